@@ -1,0 +1,72 @@
+//! The admin port: `/health`, `/ready`, `/metrics` open; everything under `/api` behind a
+//! bearer token.
+
+pub mod auth;
+mod health;
+mod transactions;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+
+pub use auth::{AdminToken, TokenSource};
+
+use crate::journal::Journal;
+use crate::metrics::Metrics;
+
+/// What the admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    pub journal: Journal,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Binds the admin port and returns the server (run it by awaiting or spawning it).
+pub fn server(
+    addr: SocketAddr,
+    workers: usize,
+    tls: &crate::config::TlsConfig,
+    state: AdminState,
+    token: AdminToken,
+) -> Result<(actix_web::dev::Server, Vec<SocketAddr>), AdminError> {
+    let tls = crate::tls::server_config(tls)?;
+    let state = web::Data::new(state);
+    let token = web::Data::new(token);
+    let factory = move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(token.clone())
+            .configure(health::routes)
+            .service(
+                web::scope("/api")
+                    .wrap(from_fn(auth::require_token))
+                    .configure(transactions::routes),
+            )
+    };
+    let bind_err = |source| AdminError::Bind { addr, source };
+    let server = HttpServer::new(factory)
+        .workers(workers.max(1))
+        .disable_signals()
+        .shutdown_timeout(5);
+    let server = match tls {
+        None => server.bind(addr).map_err(bind_err)?,
+        Some(config) => server
+            .bind_rustls_0_23(addr, Arc::unwrap_or_clone(config))
+            .map_err(bind_err)?,
+    };
+    let addrs = server.addrs();
+    Ok((server.run(), addrs))
+}

@@ -1,0 +1,194 @@
+//! `orbiter-load`: drives N MLLP connections against an engine and reports throughput and ACK
+//! latency. Each connection keeps `--window` messages in flight (1 = wait for each ACK before the
+//! next, as most HL7 senders do); `--rate` paces the total to a steady messages/s instead of
+//! going flat out.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use orbiter::mllp::MllpClient;
+
+#[derive(Debug, Parser)]
+#[command(name = "orbiter-load", about = "MLLP load generator for Orbiter")]
+struct Args {
+    /// Engine MLLP address.
+    #[arg(long, default_value = "127.0.0.1:2575")]
+    to: String,
+    /// Concurrent connections.
+    #[arg(long, short, default_value_t = 16)]
+    connections: usize,
+    /// Messages in flight per connection (1: each waits for its ACK).
+    #[arg(long, short, default_value_t = 1)]
+    window: usize,
+    /// How long to run, in seconds (after a 1 s warm-up that is not counted).
+    #[arg(long, short, default_value_t = 10)]
+    duration: u64,
+    /// Total messages per second across all connections (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// The message to send (MSH-10 is replaced per message); default: a 700-byte ADT^A01.
+    #[arg(long)]
+    message: Option<PathBuf>,
+}
+
+/// Per connection: ACK latencies in microseconds, counted only after the warm-up.
+struct Outcome {
+    latencies_us: Vec<u32>,
+    not_accepted: u64,
+    error: Option<String>,
+}
+
+fn template(path: Option<&PathBuf>) -> String {
+    match path {
+        Some(p) => String::from_utf8_lossy(&std::fs::read(p).expect("readable message file"))
+            .replace('\n', "\r"),
+        None => "MSH|^~\\&|LOADGEN|SITE|ORBITER|HOSP|20261201120000||ADT^A01^ADT_A01|{ID}|P|2.5.1\r\
+EVN|A01|20261201120000|||OP1^OPERATOR^ONE\r\
+PID|1||{ID}^^^HOSP^MR~99999^^^SSA^SS||DOE^JANE^QUINN^^MS||19800101|F||2106-3^White^HL70005|100 MAIN ST^APT 4^SPRINGFIELD^IL^62701^USA^H||^PRN^PH^^1^217^5551234|^WPN^PH^^1^217^5554321|EN|M|CHR|ACCT{ID}|123-45-6789\r\
+NK1|1|DOE^JOHN^^^MR|SPO^Spouse^HL70063|100 MAIN ST^^SPRINGFIELD^IL^62701|^PRN^PH^^1^217^5551234\r\
+PV1|1|I|WARD1^101^A^HOSP||||1234^SMITH^ALICE^^^DR|5678^JONES^BOB^^^DR||MED||||ADM|A0||1234^SMITH^ALICE^^^DR|IN||SELF|||||||||||||||||||HOSP||ADM|||20261201115500\r\
+AL1|1|DA|70618^Penicillin^RXNORM|SV|Hives\r\
+DG1|1||I10^Essential hypertension^I10|||A"
+            .to_string(),
+    }
+}
+
+fn with_control_id(template: &str, id: &str) -> Vec<u8> {
+    if template.contains("{ID}") {
+        return template.replace("{ID}", id).into_bytes();
+    }
+    // A real message file: replace MSH-10.
+    let mut fields: Vec<&str> = template.splitn(11, '|').collect();
+    if fields.len() == 11 {
+        fields[9] = id;
+    }
+    fields.join("|").into_bytes()
+}
+
+async fn connection(
+    args: &Args,
+    n: usize,
+    template: &str,
+    measure_from: Instant,
+    stop_at: Instant,
+) -> Outcome {
+    let mut out = Outcome {
+        latencies_us: Vec::new(),
+        not_accepted: 0,
+        error: None,
+    };
+    let mut client = match MllpClient::connect(&args.to, Duration::from_secs(10)).await {
+        Ok(c) => c,
+        Err(e) => {
+            out.error = Some(e.to_string());
+            return out;
+        }
+    };
+    let pace = (args.rate > 0).then(|| {
+        let per_conn = args.rate as f64 / args.connections as f64;
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / per_conn));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        ticker
+    });
+    let mut pace = pace;
+    let mut in_flight: VecDeque<Instant> = VecDeque::new();
+    let mut seq = 0u64;
+    loop {
+        let now = Instant::now();
+        while in_flight.len() < args.window && now < stop_at {
+            if let Some(ticker) = pace.as_mut() {
+                ticker.tick().await;
+            }
+            seq += 1;
+            let message = with_control_id(template, &format!("L{n}-{seq}"));
+            if let Err(e) = client.write(&message).await {
+                out.error = Some(e.to_string());
+                return out;
+            }
+            in_flight.push_back(Instant::now());
+        }
+        let Some(sent) = in_flight.pop_front() else {
+            return out;
+        };
+        match client.read_ack().await {
+            Ok(ack) => {
+                if sent >= measure_from {
+                    out.latencies_us
+                        .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                }
+                if !(ack.windows(4).any(|w| w == b"|AA|" || w == b"|CA|")) {
+                    out.not_accepted += 1;
+                }
+            }
+            Err(e) => {
+                out.error = Some(e.to_string());
+                return out;
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank] as f64 / 1000.0
+}
+
+fn main() {
+    let args = Args::parse();
+    let template = template(args.message.as_ref());
+    let size = with_control_id(&template, "L0-1").len();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let started = Instant::now();
+    let measure_from = started + Duration::from_secs(1);
+    let stop_at = measure_from + Duration::from_secs(args.duration);
+    let outcomes = runtime.block_on(async {
+        let tasks: Vec<_> = (0..args.connections)
+            .map(|n| connection(&args, n, &template, measure_from, stop_at))
+            .collect();
+        futures_util::future::join_all(tasks).await
+    });
+    let elapsed = stop_at
+        .saturating_duration_since(measure_from)
+        .as_secs_f64();
+    let mut latencies: Vec<u32> = outcomes
+        .iter()
+        .flat_map(|o| o.latencies_us.iter().copied())
+        .collect();
+    latencies.sort_unstable();
+    let errors: Vec<&String> = outcomes.iter().filter_map(|o| o.error.as_ref()).collect();
+    let not_accepted: u64 = outcomes.iter().map(|o| o.not_accepted).sum();
+    println!(
+        "connections={} window={} rate={} message_bytes={} duration_s={}",
+        args.connections,
+        args.window,
+        if args.rate == 0 {
+            "max".to_string()
+        } else {
+            args.rate.to_string()
+        },
+        size,
+        args.duration
+    );
+    println!(
+        "acked={} msgs_per_s={:.0} p50_ms={:.2} p99_ms={:.2} max_ms={:.2} not_accepted={} connection_errors={}",
+        latencies.len(),
+        latencies.len() as f64 / elapsed,
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
+        not_accepted,
+        errors.len()
+    );
+    if let Some(first) = errors.first() {
+        eprintln!("first connection error: {first}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,124 @@
+//! The `orbiter` command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::hl7::{split_batch, Ack};
+use crate::mllp::MllpClient;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orbiter",
+    version,
+    about = "Orbiter: a health information mediator (HL7 v2 over MLLP into a durable journal)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the engine (with no flags: embedded defaults, data in ./data).
+    Run {
+        /// Configuration file (default: ./orbiter.toml if it exists).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Data directory (journal); overrides the config and ORBITER_DATA_DIR.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Send HL7 v2 files over MLLP and print each ACK; exits non-zero unless every ACK is AA/CA.
+    Send {
+        /// Files holding one message each, or FHS/BHS batch files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Where to send, e.g. 127.0.0.1:2575.
+        #[arg(long)]
+        to: String,
+        /// Seconds to wait for each ACK.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+}
+
+pub fn main() -> anyhow::Result<std::process::ExitCode> {
+    crate::tls::install_crypto_provider();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, data } => {
+            let mut config = Config::load(config.as_deref(), std::env::vars())?;
+            if let Some(data) = data {
+                config.data_dir = data;
+            }
+            crate::logging::init(&config.log, config.log_json);
+            crate::server::run(config)?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Send { files, to, timeout } => {
+            crate::logging::init(
+                &std::env::var("ORBITER_LOG").unwrap_or_else(|_| "warn".into()),
+                false,
+            );
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let all_accepted = runtime.block_on(send(&files, &to, Duration::from_secs(timeout)))?;
+            Ok(if all_accepted {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::from(1)
+            })
+        }
+    }
+}
+
+/// Sends every message of every file on one connection, one at a time; prints each ACK.
+async fn send(files: &[PathBuf], to: &str, timeout: Duration) -> anyhow::Result<bool> {
+    let mut client = MllpClient::connect(to, timeout).await?;
+    let mut all_accepted = true;
+    for file in files {
+        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+        // Batch files are split; anything else goes as one message and the server judges it.
+        let messages = split_batch(&bytes).unwrap_or_else(|_| vec![&bytes[..]]);
+        for (n, message) in messages.iter().enumerate() {
+            let ack = client
+                .send(message)
+                .await
+                .with_context(|| format!("{} (message {})", file.display(), n + 1))?;
+            let summary = match Ack::parse(&ack) {
+                Ok(parsed) => {
+                    all_accepted &= matches!(parsed.code.as_str(), "AA" | "CA");
+                    let mut line = format!(
+                        "{} for {}",
+                        parsed.code,
+                        parsed.control_id.as_deref().unwrap_or("?")
+                    );
+                    if let Some(text) = &parsed.text {
+                        line.push_str(&format!(": {text}"));
+                    }
+                    line
+                }
+                Err(e) => {
+                    all_accepted = false;
+                    format!("unreadable ACK: {e}")
+                }
+            };
+            let label = if messages.len() > 1 {
+                format!("{} #{}", file.display(), n + 1)
+            } else {
+                file.display().to_string()
+            };
+            println!("{label}: {summary}");
+            println!(
+                "{}",
+                String::from_utf8_lossy(&ack).replace('\r', "\n").trim_end()
+            );
+        }
+    }
+    Ok(all_accepted)
+}

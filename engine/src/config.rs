@@ -1,0 +1,458 @@
+//! Configuration: one TOML file, every key overridable by an `ORBITER_…` environment variable.
+//!
+//! Resolution order, later wins: built-in defaults, the TOML file (if any), environment variables,
+//! then command-line flags. The environment name of a key is `ORBITER_` followed by its path in
+//! upper case joined by `_`: `mllp.addr` is `ORBITER_MLLP_ADDR`, `data_dir` is `ORBITER_DATA_DIR`.
+//! Secrets (the admin token, CDR credentials) are only taken from the environment or from files
+//! named in the config, never from the TOML itself, so a config file can be committed safely.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the engine needs to start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Journal and embedded CDR live here, and nowhere else, so the container stays stateless.
+    pub data_dir: PathBuf,
+    /// Channel definitions, one TOML file a channel.
+    pub channels_dir: PathBuf,
+    /// Rhai scripts; `lib/` below it holds the shared modules.
+    pub scripts_dir: PathBuf,
+    /// A tracing filter such as `info` or `orbiter=debug`; `ORBITER_LOG` overrides it.
+    pub log: String,
+    /// Log as JSON lines (for log shippers) instead of human-readable text.
+    pub log_json: bool,
+    pub mllp: MllpConfig,
+    pub http: HttpConfig,
+    pub admin: AdminConfig,
+    pub journal: JournalConfig,
+    pub cdr: CdrConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data"),
+            channels_dir: PathBuf::from("channels"),
+            scripts_dir: PathBuf::from("scripts"),
+            log: "info".into(),
+            log_json: false,
+            mllp: MllpConfig::default(),
+            http: HttpConfig::default(),
+            admin: AdminConfig::default(),
+            journal: JournalConfig::default(),
+            cdr: CdrConfig::default(),
+        }
+    }
+}
+
+/// The shared MLLP listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MllpConfig {
+    /// `false` turns the listener off entirely.
+    pub enabled: bool,
+    pub addr: SocketAddr,
+    /// A frame larger than this is answered with AR and the connection is closed (default 16 MiB).
+    pub max_message_bytes: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Messages read from one connection whose ACKs are not yet written; reading pauses beyond it.
+    pub max_in_flight: usize,
+    /// Connections beyond this wait in the accept queue.
+    pub max_connections: usize,
+    /// `on-commit`: AA once the message is durable in the journal.
+    pub ack_mode: AckTiming,
+    pub tls: TlsConfig,
+}
+
+impl Default for MllpConfig {
+    fn default() -> Self {
+        MllpConfig {
+            enabled: true,
+            addr: "0.0.0.0:2575".parse().expect("static address"),
+            max_message_bytes: 16 * 1024 * 1024,
+            idle_timeout_secs: 300,
+            max_in_flight: 128,
+            max_connections: 1024,
+            ack_mode: AckTiming::OnCommit,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// When the sender gets its ACK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AckTiming {
+    /// As soon as the message is durable in the journal.
+    OnCommit,
+    /// After the CDR answered (needs channels and destinations; until then behaves as on-commit).
+    OnDelivery,
+}
+
+/// TLS for a listener, from PEM files. Off while `cert` is unset; every key is always present
+/// (as null) so that `ORBITER_MLLP_TLS_CERT` and friends can switch it on from the environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// CA bundle that client certificates must chain to; unset means no client certificates.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca` set: refuse clients without a certificate (default) or merely verify those
+    /// that present one.
+    pub require_client_cert: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            client_ca: None,
+            require_client_cert: true,
+        }
+    }
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+}
+
+/// HTTP ingest (channel sources of kind `http`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    pub addr: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            addr: "0.0.0.0:5001".parse().expect("static address"),
+        }
+    }
+}
+
+/// The admin port: API, metrics, health.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub addr: SocketAddr,
+    /// The bootstrap admin token. Only from `ORBITER_ADMIN_TOKEN` (a token in a TOML file would
+    /// end up in git); when unset, one is generated into `<data_dir>/admin.token` on first start.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+    /// actix-web worker threads for the admin port; it is not on the message path.
+    pub workers: usize,
+    pub tls: TlsConfig,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            addr: "0.0.0.0:8080".parse().expect("static address"),
+            token: None,
+            workers: 1,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// The journal (sled).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// sled's page cache; its default (1 GiB) is far too much for a Raspberry Pi.
+    pub cache_mb: u64,
+    /// At most this many appends share one flush + fsync.
+    pub max_batch: usize,
+    /// `false` skips the fsync after sled's flush: survives a process crash, not a power cut.
+    pub fsync: bool,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            cache_mb: 32,
+            max_batch: 1024,
+            fsync: true,
+        }
+    }
+}
+
+/// Where FHIR output goes; unset `url` means the embedded CDR.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CdrConfig {
+    pub url: Option<String>,
+    /// Bearer token for an external CDR; environment only (`ORBITER_CDR_TOKEN`).
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Keys that are secrets: accepted from the environment, refused in a config file.
+const SECRET_KEYS: &[&str] = &["admin.token", "cdr.token"];
+
+impl Config {
+    /// Loads defaults, then `file` (if given, or `./orbiter.toml` if it exists), then the
+    /// environment (`vars` is normally `std::env::vars()`; tests pass their own).
+    pub fn load(
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree = serde_json::to_value(Config::default()).expect("config serializes");
+        // Secret keys are skipped when serializing; give them a slot so env overrides find them.
+        for key in SECRET_KEYS {
+            let (section, leaf) = key.split_once('.').expect("dotted");
+            tree[section][leaf] = serde_json::Value::Null;
+        }
+        let implicit = Path::new("orbiter.toml");
+        let file = file.or_else(|| implicit.exists().then_some(implicit));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let from_file: toml::Value = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+            let from_file = serde_json::to_value(from_file).expect("toml is json-compatible");
+            for key in SECRET_KEYS {
+                let (section, leaf) = key.split_once('.').expect("dotted");
+                if from_file.get(section).and_then(|s| s.get(leaf)).is_some() {
+                    return Err(ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: format!(
+                            "`{key}` is a secret: set it in the environment, not in a file"
+                        ),
+                    });
+                }
+            }
+            merge(&mut tree, from_file);
+            // Validate the file alone first, so its errors name the file.
+            serde_json::from_value::<Config>(tree.clone()).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        }
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("ORBITER_"))
+            .collect();
+        apply_env(&mut tree, "ORBITER", &vars)?;
+        let config: Config = serde_json::from_value(tree)
+            .map_err(|e| ConfigError::Invalid(format!("configuration: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.mllp.max_message_bytes < 64 {
+            return Err(ConfigError::Invalid(
+                "mllp.max_message_bytes must be at least 64".into(),
+            ));
+        }
+        if self.mllp.max_in_flight == 0 || self.mllp.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "mllp.max_in_flight and mllp.max_connections must be positive".into(),
+            ));
+        }
+        for (name, tls) in [("mllp", &self.mllp.tls), ("admin", &self.admin.tls)] {
+            if tls.cert.is_some() != tls.key.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}.tls needs both cert and key"
+                )));
+            }
+        }
+        if self.journal.max_batch == 0 {
+            return Err(ConfigError::Invalid(
+                "journal.max_batch must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.mllp.idle_timeout_secs)
+    }
+}
+
+/// Deep-merges `overlay` into `base` (objects merge, everything else replaces).
+fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
+    match (base, overlay) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(overlay)) => {
+            for (key, value) in overlay {
+                match base.get_mut(&key) {
+                    Some(slot) => merge(slot, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (slot, value) => *slot = value,
+    }
+}
+
+/// Walks the config tree; for each leaf whose `ORBITER_…` name is set, replaces the value.
+/// The new value takes the type of the default (number, bool) or stays a string.
+fn apply_env(
+    node: &mut serde_json::Value,
+    prefix: &str,
+    vars: &[(String, String)],
+) -> Result<(), ConfigError> {
+    let serde_json::Value::Object(map) = node else {
+        return Ok(());
+    };
+    for (key, value) in map.iter_mut() {
+        let name = format!("{prefix}_{}", key.to_ascii_uppercase());
+        if value.is_object() {
+            apply_env(value, &name, vars)?;
+            continue;
+        }
+        let Some((_, raw)) = vars.iter().find(|(k, _)| *k == name) else {
+            continue;
+        };
+        *value = match value {
+            serde_json::Value::Bool(_) => match raw.as_str() {
+                "1" | "true" | "yes" | "on" => serde_json::Value::Bool(true),
+                "0" | "false" | "no" | "off" => serde_json::Value::Bool(false),
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: name,
+                        message: "expected true or false".into(),
+                    })
+                }
+            },
+            serde_json::Value::Number(_) => {
+                serde_json::Value::Number(raw.parse().map_err(|_| ConfigError::Env {
+                    var: name.clone(),
+                    message: "expected a number".into(),
+                })?)
+            }
+            _ => serde_json::Value::String(raw.clone()),
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.mllp.addr.to_string(), "0.0.0.0:2575");
+        assert_eq!(c.http.addr.to_string(), "0.0.0.0:5001");
+        assert_eq!(c.admin.addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+        assert_eq!(c.mllp.max_message_bytes, 16 * 1024 * 1024);
+        assert!(c.cdr.url.is_none());
+    }
+
+    #[test]
+    fn environment_overrides_every_contract_variable() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("ORBITER_DATA_DIR", "/var/lib/orbiter"),
+                ("ORBITER_MLLP_ADDR", "127.0.0.1:12575"),
+                ("ORBITER_HTTP_ADDR", "127.0.0.1:15001"),
+                ("ORBITER_ADMIN_ADDR", "127.0.0.1:18080"),
+                ("ORBITER_ADMIN_TOKEN", "s3cret"),
+                ("ORBITER_CDR_URL", "http://127.0.0.1:9/fhir"),
+                ("ORBITER_CDR_TOKEN", "cdr-s3cret"),
+                ("ORBITER_CHANNELS_DIR", "/etc/orbiter/channels"),
+                ("ORBITER_SCRIPTS_DIR", "/etc/orbiter/scripts"),
+                ("ORBITER_LOG", "debug"),
+                ("ORBITER_MLLP_MAX_MESSAGE_BYTES", "1024"),
+                ("ORBITER_JOURNAL_FSYNC", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/orbiter"));
+        assert_eq!(c.mllp.addr.port(), 12575);
+        assert_eq!(c.http.addr.port(), 15001);
+        assert_eq!(c.admin.addr.port(), 18080);
+        assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
+        assert_eq!(c.cdr.url.as_deref(), Some("http://127.0.0.1:9/fhir"));
+        assert_eq!(c.cdr.token.as_deref(), Some("cdr-s3cret"));
+        assert_eq!(c.channels_dir, PathBuf::from("/etc/orbiter/channels"));
+        assert_eq!(c.scripts_dir, PathBuf::from("/etc/orbiter/scripts"));
+        assert_eq!(c.log, "debug");
+        assert_eq!(c.mllp.max_message_bytes, 1024);
+        assert!(!c.journal.fsync);
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orbiter.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/srv/o\"\n[mllp]\naddr = \"127.0.0.1:3000\"\nidle_timeout_secs = 5\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), env(&[("ORBITER_MLLP_ADDR", "127.0.0.1:4000")])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/o"));
+        assert_eq!(c.mllp.addr.port(), 4000);
+        assert_eq!(c.mllp.idle_timeout_secs, 5);
+    }
+
+    #[test]
+    fn unknown_keys_and_secrets_in_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orbiter.toml");
+        std::fs::write(&path, "[mllp]\nadress = \"127.0.0.1:3000\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("adress"), "{err}");
+        std::fs::write(&path, "[admin]\ntoken = \"oops\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        let err = Config::load(None, env(&[("ORBITER_MLLP_IDLE_TIMEOUT_SECS", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ORBITER_MLLP_IDLE_TIMEOUT_SECS"), "{err}");
+    }
+}

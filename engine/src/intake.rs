@@ -1,0 +1,227 @@
+//! The ACK policy: what happens between a listener reading one message and the sender getting
+//! its acknowledgement. Shared by every listener that answers with HL7 ACKs.
+//!
+//! - bytes that do not parse as HL7: journaled as `failed` with the parse error, answered AR;
+//! - a parseable message that cannot be accepted (no MSH-9 or MSH-10): journaled as `failed`,
+//!   answered AE naming the field;
+//! - otherwise journaled as `received`, answered AA only once the append is durable;
+//! - the journal itself failing: AR with code 207, so the sender keeps the message and resends;
+//! - a repeated control id from the same sender: accepted (AA) and flagged `duplicate_of`.
+//!
+//! In enhanced mode (MSH-15/16 set) the codes are CA/CE/CR and MSH-15 decides whether an
+//! accept ACK is sent at all (AL, NE, ER, SU).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use time::macros::format_description;
+
+use crate::hl7::{self, AckCode, AckError, ErrorCode, Message, Severity};
+use crate::journal::{Journal, MessageMeta, NewMessage, Status, TxId};
+use crate::metrics::Metrics;
+
+/// What to answer, once known.
+#[derive(Debug, Clone)]
+pub struct AckReply {
+    /// The ACK message (unframed), or `None` when the sender asked for none (MSH-15 NE...).
+    pub ack: Option<Bytes>,
+    pub code: AckCode,
+    /// The transaction, when the journal took the message.
+    pub id: Option<TxId>,
+}
+
+/// Parses, journals and acknowledges messages for one listener.
+#[derive(Clone)]
+pub struct Intake {
+    journal: Journal,
+    metrics: Arc<Metrics>,
+    listener: Arc<str>,
+}
+
+impl Intake {
+    pub fn new(journal: Journal, metrics: Arc<Metrics>, listener: &str) -> Intake {
+        Intake {
+            journal,
+            metrics,
+            listener: listener.into(),
+        }
+    }
+
+    /// Parses `raw` and queues it for the journal right away (so that callers can pipeline);
+    /// the returned future resolves to the ACK once the journal answered.
+    pub fn submit(
+        &self,
+        raw: Bytes,
+        peer: Option<String>,
+    ) -> impl Future<Output = AckReply> + Send + 'static {
+        let this = self.clone();
+        let mut meta = MessageMeta {
+            listener: self.listener.to_string(),
+            peer,
+            ..MessageMeta::default()
+        };
+        // `refusal`: why the message is not accepted, as the ACK will say it.
+        let (parsed, refusal) = match Message::parse(&raw) {
+            Err(e) => {
+                let error = AckError {
+                    code: e.hl7_error_code(),
+                    location: e.location(),
+                    text: e.to_string(),
+                    severity: Severity::Error,
+                };
+                (None, Some(error))
+            }
+            Ok(message) => {
+                fill_meta(&mut meta, &message);
+                let refusal = message.check_required().err();
+                (Some(message), refusal)
+            }
+        };
+        let (status, error) = match (&parsed, &refusal) {
+            (_, None) => (Status::Received, None),
+            (None, Some(e)) => (Status::Failed, Some(format!("not HL7 v2: {}", e.text))),
+            (Some(_), Some(e)) => (Status::Failed, Some(format!("refused: {}", e.text))),
+        };
+        let appended = self.journal.append(NewMessage {
+            meta,
+            raw: raw.clone(),
+            status,
+            error,
+            truncated: false,
+        });
+        async move {
+            let appended = appended.await;
+            let (code, error, id) = match (appended, refusal, &parsed) {
+                (Err(e), _, _) => {
+                    tracing::error!(listener = %this.listener, error = %e, "journal append failed");
+                    let error = AckError {
+                        code: ErrorCode::ApplicationInternalError,
+                        location: None,
+                        text: "message not stored; please resend".into(),
+                        severity: Severity::Error,
+                    };
+                    (AckCode::Reject, Some(error), None)
+                }
+                (Ok(a), Some(error), None) => (AckCode::Reject, Some(error), Some(a.id)),
+                (Ok(a), Some(error), Some(_)) => (AckCode::Error, Some(error), Some(a.id)),
+                (Ok(a), None, _) => {
+                    if let Some(first) = a.duplicate_of {
+                        this.metrics.duplicates_total.inc();
+                        tracing::info!(listener = %this.listener, id = %a.id, duplicate_of = %first, "duplicate control id");
+                    }
+                    (AckCode::Accept, None, Some(a.id))
+                }
+            };
+            this.metrics
+                .messages_total
+                .with_label_values(&[&this.listener, outcome(code)])
+                .inc();
+            let control_id = ack_control_id(id);
+            let timestamp = hl7_timestamp();
+            let ack = match &parsed {
+                Some(message) => message.ack_wanted(code).then(|| {
+                    hl7::build_ack(message, code, error.as_ref(), &control_id, &timestamp)
+                }),
+                None => Some(hl7::build_ack_for_unparsed(
+                    &raw,
+                    code,
+                    error.as_ref(),
+                    &control_id,
+                    &timestamp,
+                )),
+            };
+            AckReply {
+                ack: ack.map(Bytes::from),
+                code,
+                id,
+            }
+        }
+    }
+
+    /// Journals input that never became a whole message (an oversize frame, a frame cut off by
+    /// the connection closing) and builds the AR for it, if the sender is still there to read it.
+    pub fn submit_broken(
+        &self,
+        prefix: Bytes,
+        peer: Option<String>,
+        reason: String,
+    ) -> impl Future<Output = AckReply> + Send + 'static {
+        let this = self.clone();
+        let mut meta = MessageMeta {
+            listener: self.listener.to_string(),
+            peer,
+            ..MessageMeta::default()
+        };
+        if let Ok(message) = Message::parse(&prefix) {
+            fill_meta(&mut meta, &message);
+        }
+        let appended = self.journal.append(NewMessage {
+            meta,
+            raw: prefix.clone(),
+            status: Status::Failed,
+            error: Some(reason.clone()),
+            truncated: true,
+        });
+        async move {
+            let id = appended.await.ok().map(|a| a.id);
+            this.metrics
+                .messages_total
+                .with_label_values(&[&this.listener, outcome(AckCode::Reject)])
+                .inc();
+            let error = AckError {
+                code: ErrorCode::ApplicationInternalError,
+                location: None,
+                text: reason,
+                severity: Severity::Error,
+            };
+            let ack = hl7::build_ack_for_unparsed(
+                &prefix,
+                AckCode::Reject,
+                Some(&error),
+                &ack_control_id(id),
+                &hl7_timestamp(),
+            );
+            AckReply {
+                ack: Some(Bytes::from(ack)),
+                code: AckCode::Reject,
+                id,
+            }
+        }
+    }
+}
+
+fn fill_meta(meta: &mut MessageMeta, message: &Message) {
+    let owned = |v: Option<std::borrow::Cow<'_, str>>| v.map(|s| s.into_owned());
+    meta.control_id = owned(message.control_id());
+    meta.message_type = message.message_type().map(|kind| kind.to_string());
+    meta.sending_application = owned(message.sending_application());
+    meta.sending_facility = owned(message.sending_facility());
+    meta.receiving_application = owned(message.receiving_application());
+    meta.receiving_facility = owned(message.receiving_facility());
+    meta.version = owned(message.version());
+}
+
+fn outcome(code: AckCode) -> &'static str {
+    match code {
+        AckCode::Accept => "accepted",
+        AckCode::Error => "error",
+        AckCode::Reject => "rejected",
+    }
+}
+
+/// MSH-10 of an ACK: unique per ACK, tied to the transaction when there is one.
+fn ack_control_id(id: Option<TxId>) -> String {
+    match id {
+        Some(id) => format!("ORB{id}"),
+        None => format!("ORBX{:016x}", rand::random::<u64>()),
+    }
+}
+
+/// `YYYYMMDDHHMMSS+0000`, HL7's DTM in UTC.
+pub fn hl7_timestamp() -> String {
+    let format = format_description!("[year][month][day][hour][minute][second]+0000");
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_default()
+}

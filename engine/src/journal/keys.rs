@@ -1,0 +1,47 @@
+//! Key layouts of the index trees. Big-endian numbers so that byte order is numeric order.
+
+use super::record::{MessageMeta, Status, TxId};
+
+/// `by_time`: received time (ms) then id.
+pub fn time(received_at_ms: i64, id: TxId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16);
+    key.extend_from_slice(&(received_at_ms.max(0) as u64).to_be_bytes());
+    key.extend_from_slice(&id.to_key());
+    key
+}
+
+/// Lower bound of `by_time` keys at or after `ms`.
+pub fn time_from(ms: i64) -> [u8; 8] {
+    (ms.max(0) as u64).to_be_bytes()
+}
+
+/// `by_status`: one status byte then id.
+pub fn status(status: Status, id: TxId) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = status.code();
+    key[1..].copy_from_slice(&id.to_key());
+    key
+}
+
+/// `by_control`: control id, a NUL, then id; the value is the sender (see [`sender`]).
+pub fn control(control_id: &str, id: TxId) -> Vec<u8> {
+    let mut key = control_prefix(control_id);
+    key.extend_from_slice(&id.to_key());
+    key
+}
+
+pub fn control_prefix(control_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(control_id.len() + 9);
+    key.extend(control_id.bytes().filter(|b| *b != 0));
+    key.push(0);
+    key
+}
+
+/// Who sent a message, for duplicate detection: control ids are only unique per sender.
+pub fn sender(meta: &MessageMeta) -> String {
+    format!(
+        "{}|{}",
+        meta.sending_application.as_deref().unwrap_or(""),
+        meta.sending_facility.as_deref().unwrap_or("")
+    )
+}

@@ -1,0 +1,326 @@
+//! The journal: every received message, durable before it is acknowledged, and the audit trail
+//! of what happened to it.
+//!
+//! Layout in sled (one database under `<data_dir>/journal`):
+//! - `tx`: id → [`Transaction`] as JSON (metadata, status, status events);
+//! - `raw`: id → the message bytes exactly as received;
+//! - `by_time`, `by_status`, `by_control`: indexes (see [`keys`]).
+//!
+//! Writes go through one writer thread with group commit ([`writer`]); reads go straight to sled,
+//! which is safe from any thread (callers on an async runtime should use a blocking pool).
+
+mod keys;
+pub mod record;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+pub use record::{Appended, MessageMeta, NewMessage, Status, StatusEvent, Transaction, TxId};
+
+use crate::config::JournalConfig;
+use crate::metrics::Metrics;
+use writer::{Command, Writer};
+
+/// Why a journal operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal storage: {0}")]
+    Storage(Arc<sled::Error>),
+    #[error("journal I/O: {0}")]
+    Io(Arc<std::io::Error>),
+    #[error("journal is closed")]
+    Closed,
+    #[error("transaction {0} not found")]
+    NotFound(TxId),
+    #[error("journal record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("cannot open journal at {path}: {message}")]
+    Open { path: PathBuf, message: String },
+}
+
+impl From<sled::Error> for JournalError {
+    fn from(e: sled::Error) -> Self {
+        JournalError::Storage(Arc::new(e))
+    }
+}
+
+/// The sled trees, shared by the writer thread and readers.
+#[derive(Clone)]
+pub(crate) struct Trees {
+    db: sled::Db,
+    tx: sled::Tree,
+    raw: sled::Tree,
+    by_time: sled::Tree,
+    by_status: sled::Tree,
+    by_control: sled::Tree,
+}
+
+/// A cheap, cloneable handle to the journal.
+#[derive(Clone)]
+pub struct Journal {
+    trees: Trees,
+    /// `None` once closed. A std `Sender` is `Send + Sync` and never blocks.
+    commands: Arc<Mutex<Option<Sender<Command>>>>,
+    writer_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    path: PathBuf,
+}
+
+/// Filters for listing transactions (`GET /api/transactions`). Newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TxFilter {
+    pub status: Option<Status>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub control_id: Option<String>,
+    /// Only ids below this one (the `next_cursor` of the previous page).
+    pub before: Option<TxId>,
+    pub limit: usize,
+}
+
+/// One page of transactions.
+#[derive(Debug, Clone)]
+pub struct TxPage {
+    pub items: Vec<Transaction>,
+    /// Pass as `before` to get the next (older) page; `None` on the last page.
+    pub next_cursor: Option<TxId>,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal under `data_dir/journal` and starts its writer thread.
+    pub fn open(
+        data_dir: &Path,
+        config: &JournalConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Journal, JournalError> {
+        let path = data_dir.join("journal");
+        let open_err = |message: String| JournalError::Open {
+            path: path.clone(),
+            message,
+        };
+        std::fs::create_dir_all(&path).map_err(|e| open_err(e.to_string()))?;
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(config.cache_mb * 1024 * 1024)
+            // Durability comes from the writer's explicit flush; the background flusher only
+            // adds work.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| open_err(e.to_string()))?;
+        let trees = Trees {
+            tx: db.open_tree("tx")?,
+            raw: db.open_tree("raw")?,
+            by_time: db.open_tree("by_time")?,
+            by_status: db.open_tree("by_status")?,
+            by_control: db.open_tree("by_control")?,
+            db,
+        };
+        // sled 0.34 keeps its log in `<path>/db`.
+        let log_file = if config.fsync {
+            Some(std::fs::File::open(path.join("db")).map_err(|e| open_err(e.to_string()))?)
+        } else {
+            None
+        };
+        for status in Status::ALL {
+            let count = trees.by_status.scan_prefix([status.code()]).count();
+            metrics
+                .transactions_by_status
+                .with_label_values(&[status.as_str()])
+                .set(count as i64);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = Writer {
+            trees: trees.clone(),
+            log_file,
+            max_batch: config.max_batch,
+            metrics,
+        };
+        let handle = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| open_err(e.to_string()))?;
+        Ok(Journal {
+            trees,
+            commands: Arc::new(Mutex::new(Some(tx))),
+            writer_thread: Arc::new(Mutex::new(Some(handle))),
+            path,
+        })
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), JournalError> {
+        let guard = self.commands.lock().map_err(|_| JournalError::Closed)?;
+        guard
+            .as_ref()
+            .ok_or(JournalError::Closed)?
+            .send(cmd)
+            .map_err(|_| JournalError::Closed)
+    }
+
+    /// Queues a message for the journal at once (so callers can pipeline) and returns a future
+    /// that resolves once it is durable (flushed and fsynced).
+    pub fn append(
+        &self,
+        message: NewMessage,
+    ) -> impl std::future::Future<Output = Result<Appended, JournalError>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let queued = self.send(Command::Append {
+            message,
+            enqueued: Instant::now(),
+            reply,
+        });
+        async move {
+            queued?;
+            answer.await.map_err(|_| JournalError::Closed)?
+        }
+    }
+
+    /// Changes a transaction's status and records the event; resolves once durable.
+    pub async fn set_status(
+        &self,
+        id: TxId,
+        status: Status,
+        reason: Option<String>,
+    ) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::SetStatus {
+            id,
+            status,
+            reason,
+            reply: Some(reply),
+        })?;
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// One transaction's record.
+    pub fn get(&self, id: TxId) -> Result<Option<Transaction>, JournalError> {
+        match self.trees.tx.get(id.to_key())? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}"))),
+        }
+    }
+
+    /// The raw message bytes as received.
+    pub fn raw(&self, id: TxId) -> Result<Option<sled::IVec>, JournalError> {
+        Ok(self.trees.raw.get(id.to_key())?)
+    }
+
+    /// Transactions matching `filter`, newest first, one page.
+    pub fn list(&self, filter: &TxFilter) -> Result<TxPage, JournalError> {
+        let limit = filter.limit.clamp(1, 1000);
+        let below = filter.before.map(|c| c.0).unwrap_or(u64::MAX);
+        // Pick the most selective index, walk it newest first, check the other filters on
+        // the record.
+        let ids: Box<dyn Iterator<Item = Result<TxId, JournalError>>> =
+            if let Some(control_id) = &filter.control_id {
+                let mut ids: Vec<TxId> = self
+                    .trees
+                    .by_control
+                    .scan_prefix(keys::control_prefix(control_id))
+                    .keys()
+                    .filter_map(|k| k.ok().and_then(|k| TxId::from_key(&k[k.len() - 8..])))
+                    .collect();
+                ids.sort_unstable_by(|a, b| b.cmp(a));
+                Box::new(ids.into_iter().map(Ok))
+            } else if let Some(status) = filter.status {
+                let start = keys::status(status, TxId(0));
+                let end = keys::status(status, TxId(below));
+                Box::new(
+                    self.trees
+                        .by_status
+                        .range(start..end)
+                        .keys()
+                        .rev()
+                        .map(|k| Ok(TxId::from_key(&k?[1..]).unwrap_or(TxId(0)))),
+                )
+            } else if filter.since_ms.is_some() || filter.until_ms.is_some() {
+                let start = keys::time_from(filter.since_ms.unwrap_or(0)).to_vec();
+                let end = filter
+                    .until_ms
+                    .map(|u| keys::time_from(u.saturating_add(1)).to_vec())
+                    .unwrap_or_else(|| vec![0xff; 17]);
+                Box::new(
+                    self.trees
+                        .by_time
+                        .range(start..end)
+                        .keys()
+                        .rev()
+                        .map(|k| Ok(TxId::from_key(&k?[8..]).unwrap_or(TxId(0)))),
+                )
+            } else {
+                Box::new(
+                    self.trees
+                        .tx
+                        .range(..TxId(below).to_key())
+                        .keys()
+                        .rev()
+                        .map(|k| Ok(TxId::from_key(&k?).unwrap_or(TxId(0)))),
+                )
+            };
+        let mut items = Vec::with_capacity(limit.min(64));
+        let mut more = false;
+        for id in ids {
+            let id = id?;
+            if id.0 >= below {
+                continue;
+            }
+            let Some(tx) = self.get(id)? else { continue };
+            if !matches(&tx, filter) {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(tx);
+        }
+        let next_cursor = if more {
+            items.last().map(|t| t.id)
+        } else {
+            None
+        };
+        Ok(TxPage { items, next_cursor })
+    }
+
+    /// Bytes on disk (sled's own estimate, walks the files: not for hot paths).
+    pub fn size_on_disk(&self) -> Result<u64, JournalError> {
+        Ok(self.trees.db.size_on_disk()?)
+    }
+
+    /// Whether the journal accepts writes.
+    pub fn is_open(&self) -> bool {
+        self.commands.lock().map(|g| g.is_some()).unwrap_or(false)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops taking commands, lets the writer finish what is queued, flushes, and waits.
+    pub fn close(&self) {
+        if let Ok(mut guard) = self.commands.lock() {
+            guard.take();
+        }
+        if let Some(handle) = self.writer_thread.lock().ok().and_then(|mut h| h.take()) {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn matches(tx: &Transaction, filter: &TxFilter) -> bool {
+    filter.status.is_none_or(|s| tx.status == s)
+        && filter.since_ms.is_none_or(|s| tx.received_at_ms >= s)
+        && filter.until_ms.is_none_or(|u| tx.received_at_ms <= u)
+        && filter
+            .control_id
+            .as_ref()
+            .is_none_or(|c| tx.meta.control_id.as_ref() == Some(c))
+}
+
+#[cfg(test)]
+mod tests;

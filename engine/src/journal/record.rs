@@ -1,0 +1,148 @@
+//! What the journal stores about one transaction (one received message).
+
+use serde::{Deserialize, Serialize};
+
+/// A transaction's id: sled's monotonic id generator, so ids also sort by arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TxId(pub u64);
+
+impl TxId {
+    pub fn to_key(self) -> [u8; 8] {
+        self.0.to_be_bytes()
+    }
+
+    pub fn from_key(key: &[u8]) -> Option<TxId> {
+        Some(TxId(u64::from_be_bytes(key.get(..8)?.try_into().ok()?)))
+    }
+}
+
+impl std::fmt::Display for TxId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where a transaction is in its life (DESIGN.md: statuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Received,
+    Filtered,
+    Processing,
+    Delivered,
+    Queued,
+    Failed,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] = [
+        Status::Received,
+        Status::Filtered,
+        Status::Processing,
+        Status::Delivered,
+        Status::Queued,
+        Status::Failed,
+    ];
+
+    /// One byte for the status index key.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Received => "received",
+            Status::Filtered => "filtered",
+            Status::Processing => "processing",
+            Status::Delivered => "delivered",
+            Status::Queued => "queued",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown status `{s}`"))
+    }
+}
+
+/// One change of status, with when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    /// Unix time in milliseconds.
+    pub at_ms: i64,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What a listener knows about a message when it hands it to the journal. No PHI here beyond
+/// what identifies the message (control id, type, sender), so it can be listed without the body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageMeta {
+    /// Listener name, e.g. `mllp`.
+    pub listener: String,
+    /// Remote address (and client certificate subject, when mutual TLS names one).
+    pub peer: Option<String>,
+    pub control_id: Option<String>,
+    /// `ADT^A01` form.
+    pub message_type: Option<String>,
+    pub sending_application: Option<String>,
+    pub sending_facility: Option<String>,
+    pub receiving_application: Option<String>,
+    pub receiving_facility: Option<String>,
+    pub version: Option<String>,
+}
+
+/// A new message for the journal: its metadata, raw bytes, and the status it starts in.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub meta: MessageMeta,
+    pub raw: bytes::Bytes,
+    /// `received` for accepted messages, `failed` for input that was refused (kept for audit).
+    pub status: Status,
+    /// Why it failed, for refused input.
+    pub error: Option<String>,
+    /// The raw bytes are only a prefix of what was sent (e.g. an oversize frame).
+    pub truncated: bool,
+}
+
+/// The stored transaction (without its raw bytes, which live in their own tree).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub id: TxId,
+    /// Unix time in milliseconds when the journal took it.
+    pub received_at_ms: i64,
+    #[serde(flatten)]
+    pub meta: MessageMeta,
+    /// Raw size in bytes as received.
+    pub size: usize,
+    pub truncated: bool,
+    pub status: Status,
+    pub error: Option<String>,
+    /// The earlier transaction with the same sender and control id, if any: duplicates are kept
+    /// and flagged, never dropped silently.
+    pub duplicate_of: Option<TxId>,
+    pub events: Vec<StatusEvent>,
+}
+
+/// What the journal answers to an append, once it is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub id: TxId,
+    pub duplicate_of: Option<TxId>,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

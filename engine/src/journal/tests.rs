@@ -1,0 +1,221 @@
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::config::JournalConfig;
+
+fn open(dir: &std::path::Path) -> (Journal, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let journal = Journal::open(dir, &JournalConfig::default(), metrics.clone()).unwrap();
+    (journal, metrics)
+}
+
+fn message(control_id: &str, app: &str) -> NewMessage {
+    NewMessage {
+        meta: MessageMeta {
+            listener: "test".into(),
+            control_id: Some(control_id.into()),
+            sending_application: Some(app.into()),
+            message_type: Some("ADT^A01".into()),
+            ..MessageMeta::default()
+        },
+        raw: Bytes::from(format!("MSH|^~\\&|{app}|||||ADT^A01|{control_id}|P|2.5.1")),
+        status: Status::Received,
+        error: None,
+        truncated: false,
+    }
+}
+
+fn count(metrics: &Metrics, status: Status) -> i64 {
+    metrics
+        .transactions_by_status
+        .with_label_values(&[status.as_str()])
+        .get()
+}
+
+#[tokio::test]
+async fn append_then_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, metrics) = open(dir.path());
+    let m = message("C1", "LAB");
+    let raw = m.raw.clone();
+    let a = journal.append(m).await.unwrap();
+    let b = journal.append(message("C2", "LAB")).await.unwrap();
+    assert!(b.id > a.id, "ids grow with arrival");
+    let tx = journal.get(a.id).unwrap().unwrap();
+    assert_eq!(tx.meta.control_id.as_deref(), Some("C1"));
+    assert_eq!(tx.status, Status::Received);
+    assert_eq!(tx.events.len(), 1);
+    assert_eq!(tx.size, raw.len());
+    assert_eq!(journal.raw(a.id).unwrap().unwrap().as_ref(), raw.as_ref());
+    assert_eq!(count(&metrics, Status::Received), 2);
+}
+
+#[tokio::test]
+async fn duplicates_are_flagged_per_sender_within_and_across_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, metrics) = open(dir.path());
+    let first = journal.append(message("DUP", "LAB")).await.unwrap();
+    assert_eq!(first.duplicate_of, None);
+    // Same control id from another sender: not a duplicate.
+    let other = journal.append(message("DUP", "RIS")).await.unwrap();
+    assert_eq!(other.duplicate_of, None);
+    // Two at once (likely one batch) and one later: all point at the first.
+    let (x, y) = tokio::join!(
+        journal.append(message("DUP", "LAB")),
+        journal.append(message("DUP", "LAB"))
+    );
+    assert_eq!(x.unwrap().duplicate_of, Some(first.id));
+    assert_eq!(y.unwrap().duplicate_of, Some(first.id));
+    let tx = journal.get(other.id).unwrap().unwrap();
+    assert_eq!(tx.duplicate_of, None);
+    // Kept, not dropped.
+    assert_eq!(count(&metrics, Status::Received), 4);
+}
+
+#[tokio::test]
+async fn status_changes_are_events_and_move_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, metrics) = open(dir.path());
+    let a = journal.append(message("S1", "LAB")).await.unwrap();
+    journal
+        .set_status(a.id, Status::Processing, None)
+        .await
+        .unwrap();
+    journal
+        .set_status(a.id, Status::Failed, Some("script error".into()))
+        .await
+        .unwrap();
+    let tx = journal.get(a.id).unwrap().unwrap();
+    assert_eq!(tx.status, Status::Failed);
+    assert_eq!(tx.error.as_deref(), Some("script error"));
+    let statuses: Vec<Status> = tx.events.iter().map(|e| e.status).collect();
+    assert_eq!(
+        statuses,
+        vec![Status::Received, Status::Processing, Status::Failed]
+    );
+    let by_status = |status| {
+        journal
+            .list(&TxFilter {
+                status: Some(status),
+                limit: 10,
+                ..TxFilter::default()
+            })
+            .unwrap()
+            .items
+            .len()
+    };
+    assert_eq!(by_status(Status::Failed), 1);
+    assert_eq!(by_status(Status::Received), 0);
+    assert_eq!(count(&metrics, Status::Failed), 1);
+    assert_eq!(count(&metrics, Status::Received), 0);
+    let missing = journal
+        .set_status(TxId(999_999), Status::Failed, None)
+        .await;
+    assert!(matches!(missing, Err(JournalError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn list_filters_and_pages_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    let mut ids = Vec::new();
+    for n in 0..25 {
+        ids.push(
+            journal
+                .append(message(&format!("P{n}"), "LAB"))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = journal
+            .list(&TxFilter {
+                limit: 10,
+                before: cursor,
+                ..TxFilter::default()
+            })
+            .unwrap();
+        seen.extend(page.items.iter().map(|t| t.id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids, "every transaction once, newest first");
+
+    let by_control = journal
+        .list(&TxFilter {
+            control_id: Some("P7".into()),
+            limit: 10,
+            ..TxFilter::default()
+        })
+        .unwrap();
+    assert_eq!(by_control.items.len(), 1);
+    assert_eq!(by_control.items[0].meta.control_id.as_deref(), Some("P7"));
+
+    let now = record::now_ms();
+    let future = journal
+        .list(&TxFilter {
+            since_ms: Some(now + 60_000),
+            limit: 10,
+            ..TxFilter::default()
+        })
+        .unwrap();
+    assert!(future.items.is_empty());
+    let past = journal
+        .list(&TxFilter {
+            since_ms: Some(now - 60_000),
+            until_ms: Some(now + 60_000),
+            limit: 100,
+            ..TxFilter::default()
+        })
+        .unwrap();
+    assert_eq!(past.items.len(), 25);
+}
+
+#[tokio::test]
+async fn survives_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let (journal, _) = open(dir.path());
+        let id = journal.append(message("R1", "LAB")).await.unwrap().id;
+        journal.close();
+        id
+    };
+    let (journal, metrics) = open(dir.path());
+    assert_eq!(
+        journal.get(id).unwrap().unwrap().meta.control_id.as_deref(),
+        Some("R1")
+    );
+    assert_eq!(
+        count(&metrics, Status::Received),
+        1,
+        "counts rebuilt on open"
+    );
+    let next = journal.append(message("R2", "LAB")).await.unwrap();
+    assert!(next.id > id, "ids keep growing after a restart");
+    let dup = journal.append(message("R1", "LAB")).await.unwrap();
+    assert_eq!(
+        dup.duplicate_of,
+        Some(id),
+        "duplicates found across restarts"
+    );
+}
+
+#[tokio::test]
+async fn a_closed_journal_refuses_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    journal.close();
+    assert!(!journal.is_open());
+    assert!(matches!(
+        journal.append(message("X", "LAB")).await,
+        Err(JournalError::Closed)
+    ));
+}

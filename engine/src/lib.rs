@@ -1,0 +1,32 @@
+//! Orbiter: a health information mediator.
+//!
+//! # Layout
+//!
+//! The modules follow one message's way through the engine (see `DESIGN.md`):
+//!
+//! - [`mllp`]: MLLP framing (our decoder, the `hl7-mllp-codec` encoder) and an MLLP client;
+//! - [`listen`]: listener actors, one file per kind (MLLP today); each reads messages off the
+//!   wire and hands them to the intake;
+//! - [`intake`]: the ACK policy: parse, journal durably, then answer AA/AE/AR (or CA/CE/CR);
+//! - [`hl7`]: the HL7 v2 codec: parsing, path access, escapes, batches, charsets, ACK building;
+//! - [`journal`]: the sled transaction log with group commit: what was ACKed is on disk;
+//! - [`admin`]: the admin HTTP port: health, readiness, metrics, the transactions API;
+//! - [`metrics`]: every Prometheus metric, declared in one place;
+//! - [`config`]: the TOML configuration and its `ORBITER_…` environment overrides;
+//! - [`tls`]: rustls server configurations from PEM files, for every listener;
+//! - [`logging`]: tracing setup, with dependencies that would log PHI capped;
+//! - [`server`]: `orbiter run`, wiring it all into one actix system;
+//! - [`cli`]: the `orbiter` command line.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod hl7;
+pub mod intake;
+pub mod journal;
+pub mod listen;
+pub mod logging;
+pub mod metrics;
+pub mod mllp;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,313 @@
+//! The MLLP listener actor: accepts connections, reads frames, answers each with its ACK.
+//!
+//! One actor owns the listening socket; each connection runs as a task on one of the worker
+//! arbiters (round robin), so connections use every core. Per connection, a reader half decodes
+//! frames and hands each to the [`Intake`] at once (several messages can be in flight), and a
+//! writer half writes the ACKs strictly in the order the messages came. `max_in_flight` bounds
+//! the messages read but not yet acknowledged: past it the reader stops reading, and TCP flow
+//! control slows the sender down.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::BytesMut;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::config::MllpConfig;
+use crate::intake::{AckReply, Intake};
+use crate::metrics::Metrics;
+use crate::mllp::{FrameError, MllpCodec};
+
+/// A TLS handshake that takes longer than this is abandoned.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// What every connection of this listener shares.
+struct Shared {
+    intake: Intake,
+    metrics: Arc<Metrics>,
+    max_frame: usize,
+    idle_timeout: Duration,
+    max_in_flight: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// The listener actor.
+pub struct MllpListener {
+    /// Taken when the actor starts.
+    socket: Option<std::net::TcpListener>,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    /// Bounds open connections; further ones wait in the kernel's accept queue.
+    permits: Arc<Semaphore>,
+    workers: Vec<ArbiterHandle>,
+}
+
+impl MllpListener {
+    /// Binds now, so that a port in use fails start-up instead of a background task.
+    pub fn bind(
+        config: &MllpConfig,
+        intake: Intake,
+        metrics: Arc<Metrics>,
+        workers: Vec<ArbiterHandle>,
+    ) -> Result<MllpListener, ListenError> {
+        let tls = crate::tls::server_config(&config.tls)?.map(tokio_rustls::TlsAcceptor::from);
+        let bind_err = |source| ListenError::Bind {
+            addr: config.addr,
+            source,
+        };
+        let socket = std::net::TcpListener::bind(config.addr).map_err(bind_err)?;
+        socket.set_nonblocking(true).map_err(bind_err)?;
+        let local_addr = socket.local_addr().map_err(bind_err)?;
+        Ok(MllpListener {
+            socket: Some(socket),
+            local_addr,
+            shared: Arc::new(Shared {
+                intake,
+                metrics,
+                max_frame: config.max_message_bytes,
+                idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+                max_in_flight: config.max_in_flight,
+                tls,
+            }),
+            permits: Arc::new(Semaphore::new(config.max_connections)),
+            workers,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Actor for MllpListener {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::from_std(socket) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(error = %e, "MLLP listener cannot start");
+                ctx.stop();
+                return;
+            }
+        };
+        tracing::info!(addr = %self.local_addr, tls = self.shared.tls.is_some(), "MLLP listening");
+        let accept = accept_loop(
+            listener,
+            self.shared.clone(),
+            self.permits.clone(),
+            self.workers.clone(),
+        );
+        ctx.spawn(accept.into_actor(self));
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    workers: Vec<ArbiterHandle>,
+) {
+    let mut next_worker = 0usize;
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "MLLP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        // A tokio socket belongs to the runtime that registered it: hand over a std socket.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let shared = shared.clone();
+        let connection = async move {
+            serve(stream, peer, shared).await;
+            drop(permit);
+        };
+        if workers.is_empty() {
+            actix_rt::spawn(connection);
+        } else {
+            workers[next_worker % workers.len()].spawn(connection);
+            next_worker = next_worker.wrapping_add(1);
+        }
+    }
+}
+
+async fn serve(stream: std::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+        return;
+    };
+    shared.metrics.mllp_connections.inc();
+    shared.metrics.mllp_connections_total.inc();
+    tracing::debug!(%peer, "MLLP connection opened");
+    match &shared.tls {
+        None => connection(stream, peer.to_string(), &shared).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => connection(tls, peer.to_string(), &shared).await,
+                Ok(Err(e)) => tracing::warn!(%peer, error = %e, "MLLP TLS handshake failed"),
+                Err(_) => tracing::warn!(%peer, "MLLP TLS handshake timed out"),
+            }
+        }
+    }
+    shared.metrics.mllp_connections.dec();
+    tracing::debug!(%peer, "MLLP connection closed");
+}
+
+/// An ACK on its way: the intake's future, and what the writer needs to finish it.
+struct Pending {
+    reply: Pin<Box<dyn std::future::Future<Output = AckReply> + Send>>,
+    read_at: Instant,
+    /// Close the connection after writing this ACK (after an oversize frame).
+    close_after: bool,
+}
+
+async fn connection<S>(stream: S, peer: String, shared: &Shared)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(stream);
+    let mut frames = FramedRead::new(read_half, MllpCodec::new(shared.max_frame));
+    let mut acks = FramedWrite::new(write_half, MllpCodec::new(shared.max_frame));
+    let (queue, mut pending) = mpsc::channel::<Pending>(shared.max_in_flight);
+    let metrics = &shared.metrics;
+    let latency = metrics.ack_latency_seconds.with_label_values(&["mllp"]);
+
+    let writer = async move {
+        while let Some(mut next) = pending.recv().await {
+            // Write out what is buffered before waiting on a reply that is not ready yet.
+            let reply = match (&mut next.reply).now_or_never() {
+                Some(reply) => reply,
+                None => {
+                    if acks.flush().await.is_err() {
+                        break;
+                    }
+                    next.reply.await
+                }
+            };
+            if let Some(ack) = reply.ack {
+                if acks.feed(BytesMut::from(&ack[..])).await.is_err() {
+                    break;
+                }
+            }
+            latency.observe(next.read_at.elapsed().as_secs_f64());
+            if next.close_after {
+                break;
+            }
+            if pending.is_empty() && acks.flush().await.is_err() {
+                break;
+            }
+        }
+        let _ = acks.close().await;
+    };
+
+    let reader = async move {
+        loop {
+            let next = tokio::time::timeout(shared.idle_timeout, frames.next()).await;
+            let skipped = frames.decoder_mut().take_skipped();
+            if skipped > 0 {
+                metrics.mllp_bytes_skipped_total.inc_by(skipped);
+            }
+            let restarted = frames.decoder_mut().take_restarted();
+            if restarted > 0 {
+                metrics
+                    .mllp_frame_errors_total
+                    .with_label_values(&["restarted"])
+                    .inc_by(restarted);
+            }
+            let item = match next {
+                Err(_) => {
+                    metrics
+                        .mllp_frame_errors_total
+                        .with_label_values(&["idle"])
+                        .inc();
+                    tracing::debug!(%peer, "MLLP connection idle, closing");
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(Ok(frame))) => Pending {
+                    reply: Box::pin(shared.intake.submit(frame, Some(peer.clone()))),
+                    read_at: Instant::now(),
+                    close_after: false,
+                },
+                Ok(Some(Err(FrameError::TooLarge { limit, prefix }))) => {
+                    metrics
+                        .mllp_frame_errors_total
+                        .with_label_values(&["oversize"])
+                        .inc();
+                    tracing::warn!(%peer, limit, "MLLP frame too large, closing connection");
+                    let reason = format!("message exceeds the maximum size of {limit} bytes");
+                    Pending {
+                        reply: Box::pin(shared.intake.submit_broken(
+                            prefix,
+                            Some(peer.clone()),
+                            reason,
+                        )),
+                        read_at: Instant::now(),
+                        close_after: true,
+                    }
+                }
+                Ok(Some(Err(FrameError::Truncated { partial }))) => {
+                    metrics
+                        .mllp_frame_errors_total
+                        .with_label_values(&["truncated"])
+                        .inc();
+                    tracing::warn!(%peer, bytes = partial.len(), "MLLP connection closed mid-frame");
+                    let reason = format!(
+                        "connection closed in the middle of a message ({} bytes received)",
+                        partial.len()
+                    );
+                    Pending {
+                        reply: Box::pin(shared.intake.submit_broken(
+                            partial,
+                            Some(peer.clone()),
+                            reason,
+                        )),
+                        read_at: Instant::now(),
+                        close_after: true,
+                    }
+                }
+                Ok(Some(Err(FrameError::Io(e)))) => {
+                    tracing::debug!(%peer, error = %e, "MLLP read failed");
+                    break;
+                }
+            };
+            let last = item.close_after;
+            if queue.send(item).await.is_err() || last {
+                break;
+            }
+        }
+        // Dropping the queue lets the writer finish the ACKs still owed, then close.
+        drop(queue);
+    };
+
+    tokio::join!(reader, writer);
+}

@@ -1,0 +1,170 @@
+//! Every Prometheus metric the engine exports, declared in one place.
+//!
+//! Names are `orbiter_<thing>_<unit>`. Labels carry listener, outcome, status, reason: never
+//! anything from a message body (no patient ids, no control ids).
+
+use prometheus::{
+    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The engine's metrics, shared as `Arc<Metrics>`.
+pub struct Metrics {
+    registry: Registry,
+    /// Messages per listener and outcome (`accepted`, `rejected`, `error`).
+    pub messages_total: IntCounterVec,
+    /// From the last byte of a frame read to its ACK handed to the socket.
+    pub ack_latency_seconds: HistogramVec,
+    /// From enqueueing an append to it being durable.
+    pub journal_append_seconds: Histogram,
+    /// One group commit: sled flush + fsync.
+    pub journal_flush_seconds: Histogram,
+    /// Commands per group commit.
+    pub journal_batch_size: Histogram,
+    pub journal_size_bytes: IntGauge,
+    pub transactions_by_status: IntGaugeVec,
+    pub mllp_connections: IntGauge,
+    pub mllp_connections_total: IntCounter,
+    /// Frames the MLLP decoder refused or lost, by reason (`oversize`, `truncated`, `idle`).
+    pub mllp_frame_errors_total: IntCounterVec,
+    /// Bytes outside any MLLP frame (skipped, per the protocol).
+    pub mllp_bytes_skipped_total: IntCounter,
+    pub duplicates_total: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let latency = exponential_buckets(0.0001, 2.0, 16).expect("valid buckets");
+        let messages_total = IntCounterVec::new(
+            Opts::new(
+                "orbiter_messages_total",
+                "Messages received, by listener and outcome",
+            ),
+            &["listener", "outcome"],
+        )
+        .expect("metric");
+        let ack_latency_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "orbiter_ack_latency_seconds",
+                "Time from a message's last byte to its ACK being written",
+            )
+            .buckets(latency.clone()),
+            &["listener"],
+        )
+        .expect("metric");
+        let journal_append_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "orbiter_journal_append_seconds",
+                "Time from queueing an append to it being durable",
+            )
+            .buckets(latency.clone()),
+        )
+        .expect("metric");
+        let journal_flush_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "orbiter_journal_flush_seconds",
+                "Duration of one group commit (sled flush + fsync)",
+            )
+            .buckets(latency),
+        )
+        .expect("metric");
+        let journal_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "orbiter_journal_batch_size",
+                "Journal commands sharing one group commit",
+            )
+            .buckets(exponential_buckets(1.0, 2.0, 12).expect("valid buckets")),
+        )
+        .expect("metric");
+        let journal_size_bytes =
+            IntGauge::new("orbiter_journal_size_bytes", "Journal size on disk").expect("metric");
+        let transactions_by_status = IntGaugeVec::new(
+            Opts::new(
+                "orbiter_transactions_by_status",
+                "Transactions in the journal, by status",
+            ),
+            &["status"],
+        )
+        .expect("metric");
+        let mllp_connections =
+            IntGauge::new("orbiter_mllp_connections", "Open MLLP connections").expect("metric");
+        let mllp_connections_total = IntCounter::new(
+            "orbiter_mllp_connections_total",
+            "MLLP connections accepted",
+        )
+        .expect("metric");
+        let mllp_frame_errors_total = IntCounterVec::new(
+            Opts::new(
+                "orbiter_mllp_frame_errors_total",
+                "MLLP frames refused or cut off, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("metric");
+        let mllp_bytes_skipped_total = IntCounter::new(
+            "orbiter_mllp_bytes_skipped_total",
+            "Bytes received outside MLLP frames",
+        )
+        .expect("metric");
+        let duplicates_total = IntCounter::new(
+            "orbiter_duplicates_total",
+            "Messages whose sender and control id were seen before",
+        )
+        .expect("metric");
+
+        for collector in [
+            Box::new(messages_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ack_latency_seconds.clone()),
+            Box::new(journal_append_seconds.clone()),
+            Box::new(journal_flush_seconds.clone()),
+            Box::new(journal_batch_size.clone()),
+            Box::new(journal_size_bytes.clone()),
+            Box::new(transactions_by_status.clone()),
+            Box::new(mllp_connections.clone()),
+            Box::new(mllp_connections_total.clone()),
+            Box::new(mllp_frame_errors_total.clone()),
+            Box::new(mllp_bytes_skipped_total.clone()),
+            Box::new(duplicates_total.clone()),
+        ] {
+            registry.register(collector).expect("unique metric names");
+        }
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metrics");
+
+        Metrics {
+            registry,
+            messages_total,
+            ack_latency_seconds,
+            journal_append_seconds,
+            journal_flush_seconds,
+            journal_batch_size,
+            journal_size_bytes,
+            transactions_by_status,
+            mllp_connections,
+            mllp_connections_total,
+            mllp_frame_errors_total,
+            mllp_bytes_skipped_total,
+            duplicates_total,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(8 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,161 @@
+//! End-to-end: the admin port, the token, the `orbiter send` CLI, clean shutdown.
+
+mod common;
+
+use std::process::Command;
+
+use common::{ack_fields, adt, repo_root, Engine, TOKEN};
+use orbiter::mllp::MllpClient;
+
+#[tokio::test]
+async fn probes_and_metrics_are_open_and_the_api_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(&dir.path().join("data"), &[]);
+    let client = reqwest::Client::new();
+    for path in ["/health", "/ready", "/metrics"] {
+        let status = client.get(engine.url(path)).send().await.unwrap().status();
+        assert_eq!(status, 200, "{path}");
+    }
+    let metrics = client
+        .get(engine.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "orbiter_journal_flush_seconds",
+        "orbiter_transactions_by_status",
+        "orbiter_mllp_connections",
+        "orbiter_journal_size_bytes",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
+
+    let api = engine.url("/api/transactions");
+    assert_eq!(client.get(&api).send().await.unwrap().status(), 401);
+    let wrong = client
+        .get(&api)
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let body = wrong.text().await.unwrap();
+    assert!(!body.contains(TOKEN));
+    let ok = client.get(&api).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+
+    // Bad query values are 400s that say which parameter.
+    let (status, body) = engine.api("/api/transactions?status=lost").await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("lost"));
+    let (status, body) = engine.api("/api/transactions?since=yesterday").await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("since"));
+    let (status, _) = engine.api("/api/transactions/123456789").await;
+    assert_eq!(status, 404);
+
+    // Time filters.
+    let mut c = MllpClient::connect(&engine.mllp, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(ack_fields(&c.send(&adt("TIME-1")).await.unwrap()).0, "AA");
+    let (_, body) = engine
+        .api("/api/transactions?since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00Z")
+        .await;
+    assert_eq!(body["items"].as_array().unwrap().len(), 1);
+    let (_, body) = engine
+        .api("/api/transactions?until=2000-01-01T00:00:00Z")
+        .await;
+    assert_eq!(body["items"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn without_a_configured_token_one_is_generated_privately() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut engine = Engine::start(&data, &[("ORBITER_ADMIN_TOKEN", "")]);
+    let path = data.join("admin.token");
+    let token = std::fs::read_to_string(&path).unwrap().trim().to_string();
+    assert_eq!(token.len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    engine.token = Some(token.clone());
+    let (status, _) = engine.api("/api/transactions").await;
+    assert_eq!(status, 200);
+    let log = engine.log();
+    assert!(
+        log.contains("admin.token"),
+        "the log says where the token is"
+    );
+    assert!(!log.contains(&token), "the log never holds the token");
+
+    // Same token after a restart.
+    assert!(engine.stop().success(), "clean exit on SIGTERM");
+    engine.restart();
+    let (status, _) = engine.api("/api/transactions").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn orbiter_send_prints_acks_and_sets_the_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(&dir.path().join("data"), &[]);
+    let orbiter = env!("CARGO_BIN_EXE_orbiter");
+    let fixtures = repo_root().join("fixtures/hl7v2");
+
+    let out = Command::new(orbiter)
+        .args(["send", "--to", &engine.mllp])
+        .arg(fixtures.join("adt_a01.hl7"))
+        .arg(fixtures.join("oru_r01.hl7"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("MSA|AA|").count(), 2, "{stdout}");
+
+    // A batch file: every message in it is sent.
+    let out = Command::new(orbiter)
+        .args(["send", "--to", &engine.mllp])
+        .arg(fixtures.join("batch.hl7"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.matches("MSA|AA|").count() >= 2, "{stdout}");
+
+    // A refused message: exit code 1, the AR printed.
+    let out = Command::new(orbiter)
+        .args(["send", "--to", &engine.mllp])
+        .arg(fixtures.join("malformed_no_msh.hl7"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("MSA|AR|"));
+
+    // Nobody listening: a clear error, exit code 2.
+    let out = Command::new(orbiter)
+        .args([
+            "send",
+            "--to",
+            &format!("127.0.0.1:{}", common::free_port()),
+        ])
+        .arg(fixtures.join("adt_a01.hl7"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}

@@ -1,0 +1,215 @@
+//! Shared by the end-to-end tests: start the real `orbiter` binary on free loopback ports, talk
+//! to it over real sockets, stop it (politely or with SIGKILL).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A free TCP port on 127.0.0.1 (bound then released: good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(repo_root().join("fixtures/hl7v2").join(name)).unwrap()
+}
+
+/// A running engine.
+pub struct Engine {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub mllp: String,
+    pub admin: String,
+    pub log_path: PathBuf,
+    env: Vec<(String, String)>,
+    pub token: Option<String>,
+}
+
+impl Engine {
+    /// Starts an engine with data in `data_dir` and extra `ORBITER_…` variables.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Engine {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut engine = Engine {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            mllp: format!("127.0.0.1:{}", free_port()),
+            admin: format!("127.0.0.1:{}", free_port()),
+            log_path: data_dir.with_extension("log"),
+            token: Some(TOKEN.to_string()),
+            env,
+        };
+        if engine.env.iter().any(|(k, _)| k == "ORBITER_ADMIN_TOKEN") {
+            engine.token = engine
+                .env
+                .iter()
+                .find(|(k, _)| k == "ORBITER_ADMIN_TOKEN")
+                .map(|(_, v)| v.clone())
+                .filter(|v| !v.is_empty());
+        }
+        engine.spawn();
+        engine
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orbiter"));
+        cmd.arg("run")
+            .arg("--data")
+            .arg(&self.data_dir)
+            // An empty working dir: no stray ./orbiter.toml is picked up.
+            .current_dir(self.data_dir.parent().unwrap())
+            .env_remove("ORBITER_ADMIN_TOKEN")
+            .env("ORBITER_MLLP_ADDR", &self.mllp)
+            .env("ORBITER_ADMIN_ADDR", &self.admin)
+            .env("ORBITER_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("ORBITER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if self.token.is_some() && !self.env.iter().any(|(k, _)| k == "ORBITER_ADMIN_TOKEN") {
+            cmd.env("ORBITER_ADMIN_TOKEN", TOKEN);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("orbiter binary starts"));
+        self.wait_ready();
+    }
+
+    /// Waits until `/ready` answers 200 (10 s at most).
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("orbiter exited early ({status}):\n{}", self.log());
+            }
+            if http_get_status(&self.admin, "/ready") == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("orbiter not ready in time:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("orbiter did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// GET on the admin API with the token; returns status and JSON body.
+    pub async fn api(&self, path: &str) -> (u16, serde_json::Value) {
+        let client = reqwest::Client::new();
+        let mut req = client.get(self.url(path));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A minimal blocking HTTP GET for readiness polling (no runtime needed).
+pub fn http_get_status(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(200))
+            .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Builds an HL7 v2 ADT^A01 with the given control id (segments separated by CR).
+pub fn adt(control_id: &str) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|SENDAPP|SENDFAC|ORBITER|HOSP|20261201120000||ADT^A01^ADT_A01|{control_id}|P|2.5.1\r\
+         EVN|A01|20261201120000\r\
+         PID|1||MRN{control_id}^^^HOSP^MR||DOE^JANE^Q||19800101|F|||1 MAIN ST^^SPRINGFIELD^IL^62701\r\
+         PV1|1|I|WARD1^101^A"
+    )
+    .into_bytes()
+}
+
+/// MSH fields of an ACK: (MSA-1, MSA-2, the whole ACK as text).
+pub fn ack_fields(ack: &[u8]) -> (String, String, String) {
+    let text = String::from_utf8_lossy(ack).to_string();
+    let msa = text
+        .split('\r')
+        .find(|s| s.starts_with("MSA"))
+        .unwrap_or_else(|| panic!("no MSA in ACK: {text:?}"));
+    let mut fields = msa.split('|').skip(1);
+    let code = fields.next().unwrap_or("").to_string();
+    let control = fields.next().unwrap_or("").to_string();
+    (code, control, text)
+}

@@ -1,0 +1,434 @@
+//! End-to-end: the real `orbiter` binary, real TCP sockets, real MLLP frames.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ack_fields, adt, fixture, Engine};
+use orbiter::mllp::codec::frame;
+use orbiter::mllp::MllpClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(10);
+
+async fn client(engine: &Engine) -> MllpClient<TcpStream> {
+    MllpClient::connect(&engine.mllp, T).await.unwrap()
+}
+
+/// Reads until EOF (or 5 s); returns what came.
+async fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    out
+}
+
+async fn transaction_by_control_id(engine: &Engine, control_id: &str) -> serde_json::Value {
+    let (status, body) = engine
+        .api(&format!("/api/transactions?control_id={control_id}"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "one transaction for {control_id}: {body}");
+    items[0].clone()
+}
+
+#[tokio::test]
+async fn good_messages_get_aa_and_are_journaled_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(&dir.path().join("data"), &[]);
+    let mut c = client(&engine).await;
+
+    for name in ["adt_a01.hl7", "oru_r01.hl7"] {
+        let message = fixture(name);
+        let ack = c.send(&message).await.unwrap();
+        let (code, control, text) = ack_fields(&ack);
+        assert_eq!(code, "AA", "{name}: {text}");
+        let parsed = orbiter::hl7::Message::parse(&message).unwrap();
+        let control_id = parsed.control_id().unwrap().to_string();
+        assert_eq!(control, control_id);
+        // ACK header: sender and receiver swapped, ACK^<trigger>^ACK, version echoed.
+        let ack_msg = orbiter::hl7::Message::parse(&ack).unwrap();
+        assert_eq!(
+            ack_msg.sending_application().map(|s| s.to_string()),
+            parsed.receiving_application().map(|s| s.to_string())
+        );
+        assert_eq!(
+            ack_msg.receiving_application().map(|s| s.to_string()),
+            parsed.sending_application().map(|s| s.to_string())
+        );
+        let ack_type = ack_msg.message_type().unwrap();
+        assert_eq!(ack_type.code, "ACK");
+        assert_eq!(ack_type.trigger, parsed.message_type().unwrap().trigger);
+        assert_eq!(ack_type.structure, "ACK");
+        assert_eq!(
+            ack_msg.version().map(|s| s.to_string()),
+            parsed.version().map(|s| s.to_string())
+        );
+        assert_ne!(
+            ack_msg.control_id(),
+            parsed.control_id(),
+            "ACK has its own MSH-10"
+        );
+
+        let tx = transaction_by_control_id(&engine, &control_id).await;
+        assert_eq!(tx["status"], "received");
+        assert_eq!(tx["listener"], "mllp");
+        let (status, detail) = engine.api(&format!("/api/transactions/{}", tx["id"])).await;
+        assert_eq!(status, 200);
+        assert_eq!(detail["raw"].as_str().unwrap().as_bytes(), &message[..]);
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_ar_or_ae_and_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(&dir.path().join("data"), &[]);
+    let mut c = client(&engine).await;
+
+    // Not HL7 at all: AR, with an ERR segment saying why.
+    let ack = c.send(b"this is not an HL7 message").await.unwrap();
+    let (code, _, text) = ack_fields(&ack);
+    assert_eq!(code, "AR", "{text}");
+    assert!(text.contains("\rERR|"), "ERR segment: {text:?}");
+    assert!(text.contains("HL70357"), "table 0357 code: {text:?}");
+
+    // Parseable, but no control id (MSH-10): AE naming the field.
+    let no_id = fixture("no_control_id.hl7");
+    let ack = c.send(&no_id).await.unwrap();
+    let (code, _, text) = ack_fields(&ack);
+    assert_eq!(code, "AE", "{text}");
+    assert!(
+        text.contains("MSH^1^10"),
+        "ERR location names MSH-10: {text:?}"
+    );
+    assert!(
+        text.contains("101"),
+        "code 101 required field missing: {text:?}"
+    );
+
+    // The connection still works afterwards.
+    let ack = c.send(&adt("AFTER-BAD")).await.unwrap();
+    assert_eq!(ack_fields(&ack).0, "AA");
+
+    // Both refused messages are in the journal as failed, with the reason and the raw bytes.
+    let (status, body) = engine.api("/api/transactions?status=failed").await;
+    assert_eq!(status, 200);
+    let failed = body["items"].as_array().unwrap();
+    assert_eq!(failed.len(), 2, "{body}");
+    for tx in failed {
+        assert!(tx["error"].as_str().unwrap().len() > 5, "reason kept: {tx}");
+        let (_, detail) = engine.api(&format!("/api/transactions/{}", tx["id"])).await;
+        assert!(!detail["raw"].as_str().unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn fragmented_pipelined_and_garbage_prefixed_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(&dir.path().join("data"), &[]);
+
+    // One frame dribbled in 7-byte writes with pauses.
+    let mut stream = TcpStream::connect(&engine.mllp).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    for chunk in frame(&adt("FRAG-1")).chunks(7) {
+        stream.write_all(chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut c = MllpClient::new(stream, T);
+    let (code, control, _) = ack_fields(&c.read_ack().await.unwrap());
+    assert_eq!((code.as_str(), control.as_str()), ("AA", "FRAG-1"));
+
+    // 100 frames in one write: 100 ACKs, in order.
+    let mut stream = TcpStream::connect(&engine.mllp).await.unwrap();
+    let mut burst = Vec::new();
+    for n in 0..100 {
+        burst.extend_from_slice(&frame(&adt(&format!("PIPE-{n}"))));
+    }
+    stream.write_all(&burst).await.unwrap();
+    let mut c = MllpClient::new(stream, T);
+    for n in 0..100 {
+        let (code, control, _) = ack_fields(&c.read_ack().await.unwrap());
+        assert_eq!(code, "AA");
+        assert_eq!(control, format!("PIPE-{n}"), "ACKs come back in order");
+    }
+
+    // Bytes before the start block (line noise, a stray newline) are skipped.
+    let mut stream = TcpStream::connect(&engine.mllp).await.unwrap();
+    let mut noisy = b"\r\n\x00garbage before the frame".to_vec();
+    noisy.extend_from_slice(&frame(&adt("NOISY-1")));
+    stream.write_all(&noisy).await.unwrap();
+    let mut c = MllpClient::new(stream, T);
+    let (code, control, _) = ack_fields(&c.read_ack().await.unwrap());
+    assert_eq!((code.as_str(), control.as_str()), ("AA", "NOISY-1"));
+
+    let metrics = reqwest::get(engine.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("orbiter_mllp_bytes_skipped_total") && !l.ends_with(" 0")),
+        "skipped bytes counted"
+    );
+}
+
+#[tokio::test]
+async fn oversize_frame_gets_ar_and_the_connection_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &[("ORBITER_MLLP_MAX_MESSAGE_BYTES", "2048")],
+    );
+    let mut big = adt("BIG-1");
+    big.extend_from_slice(b"\rNTE|1||");
+    big.extend(std::iter::repeat_n(b'x', 10_000));
+    let mut stream = TcpStream::connect(&engine.mllp).await.unwrap();
+    stream.write_all(&frame(&big)).await.unwrap();
+    let rest = read_to_eof(&mut stream).await;
+    assert!(!rest.is_empty(), "an ACK before the close");
+    let ack = &rest[1..rest.len() - 2];
+    let (code, control, text) = ack_fields(ack);
+    assert_eq!(code, "AR", "{text}");
+    assert_eq!(control, "BIG-1", "the ACK still names the message");
+    assert!(text.contains("maximum size"), "{text}");
+
+    // Kept in the journal, marked truncated.
+    let tx = transaction_by_control_id(&engine, "BIG-1").await;
+    assert_eq!(tx["status"], "failed");
+    assert_eq!(tx["truncated"], true);
+
+    // The listener goes on.
+    let mut c = client(&engine).await;
+    assert_eq!(ack_fields(&c.send(&adt("SMALL-1")).await.unwrap()).0, "AA");
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_truncated_frames_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &[("ORBITER_MLLP_IDLE_TIMEOUT_SECS", "1")],
+    );
+    let mut idle = TcpStream::connect(&engine.mllp).await.unwrap();
+    let started = std::time::Instant::now();
+    let got = read_to_eof(&mut idle).await;
+    assert!(got.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed by the server"
+    );
+
+    // Half a frame, then the sender goes away: journaled as failed and truncated.
+    let mut half = TcpStream::connect(&engine.mllp).await.unwrap();
+    let framed = frame(&adt("HALF-1"));
+    half.write_all(&framed[..framed.len() / 2]).await.unwrap();
+    half.shutdown().await.unwrap();
+    let _ = read_to_eof(&mut half).await;
+    let mut found = false;
+    for _ in 0..50 {
+        let (_, body) = engine.api("/api/transactions?status=failed").await;
+        if let Some(tx) = body["items"].as_array().unwrap().first() {
+            assert_eq!(tx["truncated"], true);
+            assert_eq!(tx["control_id"], "HALF-1");
+            assert!(tx["error"].as_str().unwrap().contains("closed"));
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found, "truncated frame journaled");
+}
+
+#[tokio::test]
+async fn many_connections_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(&dir.path().join("data"), &[]);
+    let mut tasks = Vec::new();
+    for conn in 0..24 {
+        let addr = engine.mllp.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = MllpClient::connect(&addr, T).await.unwrap();
+            for n in 0..25 {
+                let id = format!("C{conn}-{n}");
+                let (code, control, _) = ack_fields(&c.send(&adt(&id)).await.unwrap());
+                assert_eq!(code, "AA");
+                assert_eq!(control, id);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let metrics = reqwest::get(engine.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("orbiter_messages_total{listener=\"mllp\",outcome=\"accepted\"} 600"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn enhanced_mode_and_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(&dir.path().join("data"), &[]);
+    let mut c = client(&engine).await;
+
+    // MSH-15 AL: a commit ACK, CA.
+    let al = String::from_utf8(adt("ENH-1"))
+        .unwrap()
+        .replacen("|P|2.5.1", "|P|2.5.1|||AL|NE", 1);
+    let (code, control, text) = ack_fields(&c.send(al.as_bytes()).await.unwrap());
+    assert_eq!((code.as_str(), control.as_str()), ("CA", "ENH-1"), "{text}");
+
+    // MSH-15 NE: the sender wants no accept ACK; the next message's ACK comes next.
+    let ne = String::from_utf8(adt("ENH-2"))
+        .unwrap()
+        .replacen("|P|2.5.1", "|P|2.5.1|||NE|AL", 1);
+    c.write(ne.as_bytes()).await.unwrap();
+    let (code, control, _) = ack_fields(
+        &c.send(al.replace("ENH-1", "ENH-3").as_bytes())
+            .await
+            .unwrap(),
+    );
+    assert_eq!((code.as_str(), control.as_str()), ("CA", "ENH-3"));
+    transaction_by_control_id(&engine, "ENH-2").await;
+
+    // The same message twice: both accepted, the second flagged as a duplicate of the first.
+    let message = adt("DUP-1");
+    assert_eq!(ack_fields(&c.send(&message).await.unwrap()).0, "AA");
+    assert_eq!(ack_fields(&c.send(&message).await.unwrap()).0, "AA");
+    let (_, body) = engine.api("/api/transactions?control_id=DUP-1").await;
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(
+        items[0]["duplicate_of"], items[1]["id"],
+        "newest first, pointing at the first"
+    );
+    assert!(items[1]["duplicate_of"].is_null());
+}
+
+#[tokio::test]
+async fn tls_with_client_certificates() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use std::sync::Arc;
+
+    orbiter::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    // A throwaway CA, a server certificate for 127.0.0.1, and a client certificate.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(vec![]).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client_cert = CertificateParams::new(vec!["sender.example".into()])
+        .unwrap()
+        .signed_by(&client_key, &issuer)
+        .unwrap();
+    let ca_path = write("ca.pem", ca.pem());
+    let cert_path = write("server.pem", server.pem());
+    let key_path = write("server.key", server_key.serialize_pem());
+
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &[
+            ("ORBITER_MLLP_TLS_CERT", &cert_path),
+            ("ORBITER_MLLP_TLS_KEY", &key_path),
+            ("ORBITER_MLLP_TLS_CLIENT_CA", &ca_path),
+        ],
+    );
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let connect = |with_cert: bool| {
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots.clone());
+        let config = if with_cert {
+            builder
+                .with_client_auth_cert(
+                    vec![client_cert.der().clone()],
+                    rustls_pki_types::PrivateKeyDer::try_from(client_key.serialize_der()).unwrap(),
+                )
+                .unwrap()
+        } else {
+            builder.with_no_client_auth()
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let addr = engine.mllp.clone();
+        async move {
+            let tcp = TcpStream::connect(&addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            connector.connect(name, tcp).await
+        }
+    };
+
+    // With a client certificate: a normal AA over TLS.
+    let tls = connect(true).await.unwrap();
+    let mut c = MllpClient::new(tls, T);
+    let (code, control, _) = ack_fields(&c.send(&adt("TLS-1")).await.unwrap());
+    assert_eq!((code.as_str(), control.as_str()), ("AA", "TLS-1"));
+
+    // Without one: no message gets through.
+    let refused = match connect(false).await {
+        Err(_) => true,
+        Ok(tls) => {
+            let mut c = MllpClient::new(tls, T);
+            c.send(&adt("TLS-2")).await.is_err()
+        }
+    };
+    assert!(refused, "a client without a certificate is refused");
+
+    // Plain TCP to a TLS port: nothing is accepted.
+    let mut plain = MllpClient::connect(&engine.mllp, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(plain.send(&adt("PLAIN-1")).await.is_err());
+    let (_, body) = engine.api("/api/transactions").await;
+    assert_eq!(
+        body["items"].as_array().unwrap().len(),
+        1,
+        "only TLS-1: {body}"
+    );
+}
+
+#[tokio::test]
+async fn message_contents_stay_out_of_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(&dir.path().join("data"), &[("ORBITER_LOG", "debug")]);
+    let mut c = client(&engine).await;
+    let secret_name = "ZEBRAFINCH";
+    let message = String::from_utf8(adt("PHI-1"))
+        .unwrap()
+        .replace("DOE^JANE", &format!("{secret_name}^JANE"));
+    assert_eq!(
+        ack_fields(&c.send(message.as_bytes()).await.unwrap()).0,
+        "AA"
+    );
+    let ack = c.send(b"garbage ZEBRAFINCH garbage").await.unwrap();
+    assert_eq!(ack_fields(&ack).0, "AR");
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = engine.log();
+    assert!(
+        log.contains("MLLP listening"),
+        "the log is being captured: {log}"
+    );
+    assert!(!log.contains(secret_name), "PHI in the debug log:\n{log}");
+}
