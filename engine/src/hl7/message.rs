@@ -86,6 +86,10 @@ fn valid_name(n: &[u8]) -> bool {
 /// The one pass: segment and field boundaries from `lead` on.
 fn index(text: &str, lead: usize, fs: u8) -> Result<(Vec<Seg>, Vec<u32>), ParseError> {
     let b = text.as_bytes();
+    // Offsets are u32 (and a sentinel may sit one past the end).
+    if b.len() >= u32::MAX as usize - 1 {
+        return Err(ParseError::TooLarge { len: b.len() });
+    }
     let mut segs: Vec<Seg> = Vec::with_capacity(16);
     let mut bounds: Vec<u32> = Vec::with_capacity(b.len() / 5 + 8);
 
@@ -120,14 +124,40 @@ fn index(text: &str, lead: usize, fs: u8) -> Result<(Vec<Seg>, Vec<u32>), ParseE
 
     let mut start = lead;
     bounds.push(lead as u32);
-    for (i, &c) in b.iter().enumerate().skip(lead) {
-        if c == fs {
-            bounds.push(i as u32 + 1);
-        } else if c == b'\r' || c == b'\n' {
-            finish(&mut segs, &mut bounds, start, i)?;
-            start = i + 1;
-            bounds.push(start as u32);
+    // Eight bytes at a time: a word with no field separator, CR or LF is skipped whole. The
+    // zero-byte test can flag a byte next to a real match, so every flagged byte is re-checked.
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(LO) & !x & HI;
+    let (fs_w, cr_w, lf_w) = (
+        LO * u64::from(fs),
+        LO * u64::from(b'\r'),
+        LO * u64::from(b'\n'),
+    );
+    let mut i = lead;
+    while i < b.len() {
+        let (mut mask, width) = match b.get(i..i + 8) {
+            Some(w) => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(w);
+                let x = u64::from_le_bytes(a);
+                (zero(x ^ fs_w) | zero(x ^ cr_w) | zero(x ^ lf_w), 8)
+            }
+            None => (0x80, 1),
+        };
+        while mask != 0 {
+            let k = i + (mask.trailing_zeros() / 8) as usize;
+            mask &= mask - 1;
+            let c = b[k];
+            if c == fs {
+                bounds.push(k as u32 + 1);
+            } else if c == b'\r' || c == b'\n' {
+                finish(&mut segs, &mut bounds, start, k)?;
+                start = k + 1;
+                bounds.push(start as u32);
+            }
         }
+        i += width;
     }
     finish(&mut segs, &mut bounds, start, b.len())?;
     Ok((segs, bounds))
