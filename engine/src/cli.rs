@@ -44,6 +44,27 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Parse every channel definition and compile every script; exit non-zero with
+    /// file:line:col on errors.
+    Check {
+        /// A channels directory or one channel file (default: the configured channels dir).
+        path: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Run one channel's filter and transform on one message and print the FHIR output
+    /// (no journal, no delivery).
+    Try {
+        /// A channel name (from the channels dir) or a channel file.
+        channel: String,
+        /// The HL7 v2 message.
+        message: PathBuf,
+        /// Print a JSON envelope (outcome, output, logs, steps) instead of just the output.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 pub fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -58,6 +79,21 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
             crate::logging::init(&config.log, config.log_json);
             crate::server::run(config)?;
             Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Check { path, config } => {
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            crate::logging::init("off", false);
+            Ok(crate::channel::check::check(&config, path.as_deref()))
+        }
+        Command::Try {
+            channel,
+            message,
+            json,
+            config,
+        } => {
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            crate::logging::init("off", false);
+            crate::channel::check::try_channel(&config, &channel, &message, json)
         }
         Command::Send { files, to, timeout } => {
             crate::logging::init(

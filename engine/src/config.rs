@@ -31,6 +31,10 @@ pub struct Config {
     pub admin: AdminConfig,
     pub journal: JournalConfig,
     pub cdr: CdrConfig,
+    /// Sandbox limits for every channel script (`[script]` in the file; not overridable from
+    /// the environment).
+    #[serde(skip_serializing)]
+    pub script: crate::script::ScriptLimits,
 }
 
 impl Default for Config {
@@ -46,6 +50,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             journal: JournalConfig::default(),
             cdr: CdrConfig::default(),
+            script: crate::script::ScriptLimits::default(),
         }
     }
 }
@@ -193,13 +198,25 @@ impl Default for JournalConfig {
 }
 
 /// Where FHIR output goes; unset `url` means the embedded CDR.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CdrConfig {
     pub url: Option<String>,
     /// Bearer token for an external CDR; environment only (`ORBITER_CDR_TOKEN`).
     #[serde(skip_serializing)]
     pub token: Option<String>,
+    /// Per request to an external CDR.
+    pub timeout_secs: u64,
+}
+
+impl Default for CdrConfig {
+    fn default() -> Self {
+        CdrConfig {
+            url: None,
+            token: None,
+            timeout_secs: 30,
+        }
+    }
 }
 
 /// Why a configuration could not be loaded.

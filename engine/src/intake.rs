@@ -10,6 +10,11 @@
 //!
 //! In enhanced mode (MSH-15/16 set) the codes are CA/CE/CR and MSH-15 decides whether an
 //! accept ACK is sent at all (AL, NE, ER, SU).
+//!
+//! Routing happens before the append (so the fan-out is journaled with the message); channel
+//! processing after it. When a channel that takes the message is in ACK mode `on-delivery`, the
+//! ACK waits for the pipeline: AA when delivered or filtered, AE when a script rejected or failed
+//! it or a destination refused it, AR when a destination was unavailable (queued: resend later).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,9 +22,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use time::macros::format_description;
 
+use crate::channel::SourceKind;
+use crate::config::AckTiming;
 use crate::hl7::{self, AckCode, AckError, ErrorCode, Message, Severity};
-use crate::journal::{Journal, MessageMeta, NewMessage, Status, TxId};
+use crate::journal::{ChannelRun, Journal, MessageMeta, NewMessage, Status, TxId};
 use crate::metrics::Metrics;
+use crate::route::Pipeline;
 
 /// What to answer, once known.
 #[derive(Debug, Clone)]
@@ -37,14 +45,25 @@ pub struct Intake {
     journal: Journal,
     metrics: Arc<Metrics>,
     listener: Arc<str>,
+    source: SourceKind,
+    /// Routing and processing; `None` journals and acknowledges only.
+    pipeline: Option<Pipeline>,
 }
 
 impl Intake {
-    pub fn new(journal: Journal, metrics: Arc<Metrics>, listener: &str) -> Intake {
+    pub fn new(
+        journal: Journal,
+        metrics: Arc<Metrics>,
+        listener: &str,
+        source: SourceKind,
+        pipeline: Option<Pipeline>,
+    ) -> Intake {
         Intake {
             journal,
             metrics,
             listener: listener.into(),
+            source,
+            pipeline,
         }
     }
 
@@ -78,13 +97,40 @@ impl Intake {
                 (Some(message), refusal)
             }
         };
+        let routed = match (&self.pipeline, &refusal) {
+            (Some(pipeline), None) => Some(pipeline.route(self.source, &self.listener, &meta)),
+            _ => None,
+        };
+        let channels: Vec<ChannelRun> = routed
+            .iter()
+            .flat_map(|(_, routes)| routes.iter())
+            .map(|c| ChannelRun {
+                name: c.name().to_string(),
+                revision: c.revision.clone(),
+            })
+            .collect();
         let (status, error) = match (&parsed, &refusal) {
-            (_, None) => (Status::Received, None),
             (None, Some(e)) => (Status::Failed, Some(format!("not HL7 v2: {}", e.text))),
             (Some(_), Some(e)) => (Status::Failed, Some(format!("refused: {}", e.text))),
+            (_, None) if routed.is_some() && channels.is_empty() => (
+                Status::Failed,
+                Some(format!(
+                    "no channel: none takes {} from {}",
+                    meta.message_type.as_deref().unwrap_or("this message"),
+                    self.listener
+                )),
+            ),
+            (_, None) => (Status::Received, None),
         };
+        let wait_for_delivery = routed.as_ref().is_some_and(|(_, routes)| {
+            routes
+                .iter()
+                .any(|c| c.def.ack.mode == AckTiming::OnDelivery)
+        });
+        let patient_key = meta.patient_key.clone();
         let appended = self.journal.append(NewMessage {
             meta,
+            channels,
             raw: raw.clone(),
             status,
             error,
@@ -92,6 +138,22 @@ impl Intake {
         });
         async move {
             let appended = appended.await;
+            // Hand the message to its channels; wait for them only in on-delivery mode.
+            let mut delivery = None;
+            if let (Ok(a), Some((set, routes))) = (&appended, routed) {
+                if !routes.is_empty() {
+                    let pipeline = this.pipeline.clone().expect("routed implies a pipeline");
+                    let work = {
+                        let (id, raw, key) = (a.id, raw.clone(), patient_key.clone());
+                        async move { pipeline.process(id, key, raw, set, routes).await }
+                    };
+                    if wait_for_delivery {
+                        delivery = Some(work.await);
+                    } else {
+                        actix_rt::spawn(work);
+                    }
+                }
+            }
             let (code, error, id) = match (appended, refusal, &parsed) {
                 (Err(e), _, _) => {
                     tracing::error!(listener = %this.listener, error = %e, "journal append failed");
@@ -110,7 +172,13 @@ impl Intake {
                         this.metrics.duplicates_total.inc();
                         tracing::info!(listener = %this.listener, id = %a.id, duplicate_of = %first, "duplicate control id");
                     }
-                    (AckCode::Accept, None, Some(a.id))
+                    match delivery {
+                        None => (AckCode::Accept, None, Some(a.id)),
+                        Some(outcome) => {
+                            let (code, error) = delivery_ack(&outcome);
+                            (code, error, Some(a.id))
+                        }
+                    }
                 }
             };
             this.metrics
@@ -158,6 +226,7 @@ impl Intake {
         }
         let appended = self.journal.append(NewMessage {
             meta,
+            channels: Vec::new(),
             raw: prefix.clone(),
             status: Status::Failed,
             error: Some(reason.clone()),
@@ -191,6 +260,33 @@ impl Intake {
     }
 }
 
+/// The ACK for an on-delivery channel's outcome.
+fn delivery_ack(outcome: &crate::route::PipelineOutcome) -> (AckCode, Option<AckError>) {
+    let error = |code, text: &str| AckError {
+        code,
+        location: None,
+        text: text.to_string(),
+        severity: Severity::Error,
+    };
+    let reason = outcome.reason.as_deref().unwrap_or("");
+    match outcome.status {
+        Status::Delivered | Status::Filtered | Status::Received | Status::Processing => {
+            (AckCode::Accept, None)
+        }
+        Status::Queued => (
+            AckCode::Reject,
+            Some(error(
+                ErrorCode::ApplicationInternalError,
+                &format!("stored, destination unavailable: {reason}"),
+            )),
+        ),
+        Status::Failed => (
+            AckCode::Error,
+            Some(error(ErrorCode::ApplicationInternalError, reason)),
+        ),
+    }
+}
+
 fn fill_meta(meta: &mut MessageMeta, message: &Message) {
     let owned = |v: Option<std::borrow::Cow<'_, str>>| v.map(|s| s.into_owned());
     meta.control_id = owned(message.control_id());
@@ -200,6 +296,22 @@ fn fill_meta(meta: &mut MessageMeta, message: &Message) {
     meta.receiving_application = owned(message.receiving_application());
     meta.receiving_facility = owned(message.receiving_facility());
     meta.version = owned(message.version());
+    meta.patient_key = patient_key(message);
+}
+
+/// SHA-256 of PID-3's first identifier and its assigning authority, first 16 hex digits.
+pub fn patient_key(message: &Message) -> Option<String> {
+    let id = message.get_str("PID-3.1").ok().flatten()?;
+    let authority = message
+        .get_str("PID-3.4")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("{id}\u{1f}{authority}").as_bytes(),
+    );
+    Some(hex::encode(&digest.as_ref()[..8]))
 }
 
 fn outcome(code: AckCode) -> &'static str {

@@ -7,7 +7,15 @@
 //! - [`mllp`]: MLLP framing (our decoder, the `hl7-mllp-codec` encoder) and an MLLP client;
 //! - [`listen`]: listener actors, one file per kind (MLLP today); each reads messages off the
 //!   wire and hands them to the intake;
-//! - [`intake`]: the ACK policy: parse, journal durably, then answer AA/AE/AR (or CA/CE/CR);
+//! - [`intake`]: the ACK policy: parse, route, journal durably, then answer AA/AE/AR (or CA/CE/CR);
+//! - [`channel`]: channel definitions (TOML), match rules, the live set and its hot reload,
+//!   `orbiter check` / `orbiter try`;
+//! - [`route`]: the pipeline after the journal: channels, transforms, delivery, retries, and
+//!   per-patient ordering;
+//! - [`transform`]: the pool of sync actors running Rhai, one Engine per worker;
+//! - [`script`]: the Rhai sandbox and the script API (HL7 paths, FHIR helpers, utilities);
+//! - [`deliver`]: destinations (the CDR, any FHIR server, files) and failure classification;
+//! - [`cdr`]: the embedded FHIR R4 store served under `/fhir`;
 //! - [`hl7`]: the HL7 v2 codec: parsing, path access, escapes, batches, charsets, ACK building;
 //! - [`journal`]: the sled transaction log with group commit: what was ACKed is on disk;
 //! - [`admin`]: the admin HTTP port: health, readiness, metrics, the transactions API;
@@ -19,8 +27,11 @@
 //! - [`cli`]: the `orbiter` command line.
 
 pub mod admin;
+pub mod cdr;
+pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod deliver;
 pub mod hl7;
 pub mod intake;
 pub mod journal;
@@ -28,5 +39,8 @@ pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod mllp;
+pub mod route;
+pub mod script;
 pub mod server;
 pub mod tls;
+pub mod transform;

@@ -30,6 +30,18 @@ pub struct Metrics {
     /// Bytes outside any MLLP frame (skipped, per the protocol).
     pub mllp_bytes_skipped_total: IntCounter,
     pub duplicates_total: IntCounter,
+    /// Per channel and final status (`delivered`, `filtered`, `queued`, `failed`).
+    pub channel_messages_total: IntCounterVec,
+    pub script_errors_total: IntCounterVec,
+    /// Filter + transform + delivery of one transaction.
+    pub processing_seconds: Histogram,
+    /// Deliveries per destination and outcome (`delivered`, `failed`, `retry`).
+    pub deliveries_total: IntCounterVec,
+    pub delivery_seconds: HistogramVec,
+    /// HTTP status codes answered by CDRs and other HTTP destinations.
+    pub cdr_responses_total: IntCounterVec,
+    /// Transactions waiting for a destination.
+    pub queue_depth: IntGauge,
 }
 
 impl Metrics {
@@ -113,6 +125,61 @@ impl Metrics {
         )
         .expect("metric");
 
+        let channel_messages_total = IntCounterVec::new(
+            Opts::new(
+                "orbiter_channel_messages_total",
+                "Transactions processed per channel, by final status",
+            ),
+            &["channel", "status"],
+        )
+        .expect("metric");
+        let script_errors_total = IntCounterVec::new(
+            Opts::new(
+                "orbiter_script_errors_total",
+                "Script errors and limit hits per channel",
+            ),
+            &["channel"],
+        )
+        .expect("metric");
+        let processing_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "orbiter_processing_seconds",
+                "Filter, transform and delivery of one transaction",
+            )
+            .buckets(exponential_buckets(0.0001, 2.0, 18).expect("valid buckets")),
+        )
+        .expect("metric");
+        let deliveries_total = IntCounterVec::new(
+            Opts::new(
+                "orbiter_deliveries_total",
+                "Deliveries per destination and outcome",
+            ),
+            &["destination", "outcome"],
+        )
+        .expect("metric");
+        let delivery_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "orbiter_delivery_seconds",
+                "Time to deliver to a destination",
+            )
+            .buckets(exponential_buckets(0.0001, 2.0, 18).expect("valid buckets")),
+            &["destination"],
+        )
+        .expect("metric");
+        let cdr_responses_total = IntCounterVec::new(
+            Opts::new(
+                "orbiter_cdr_responses_total",
+                "HTTP status codes answered by CDRs and HTTP destinations",
+            ),
+            &["destination", "code"],
+        )
+        .expect("metric");
+        let queue_depth = IntGauge::new(
+            "orbiter_queue_depth",
+            "Transactions queued for a destination that was unavailable",
+        )
+        .expect("metric");
+
         for collector in [
             Box::new(messages_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ack_latency_seconds.clone()),
@@ -126,6 +193,13 @@ impl Metrics {
             Box::new(mllp_frame_errors_total.clone()),
             Box::new(mllp_bytes_skipped_total.clone()),
             Box::new(duplicates_total.clone()),
+            Box::new(channel_messages_total.clone()),
+            Box::new(script_errors_total.clone()),
+            Box::new(processing_seconds.clone()),
+            Box::new(deliveries_total.clone()),
+            Box::new(delivery_seconds.clone()),
+            Box::new(cdr_responses_total.clone()),
+            Box::new(queue_depth.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -150,6 +224,13 @@ impl Metrics {
             mllp_frame_errors_total,
             mllp_bytes_skipped_total,
             duplicates_total,
+            channel_messages_total,
+            script_errors_total,
+            processing_seconds,
+            deliveries_total,
+            delivery_seconds,
+            cdr_responses_total,
+            queue_depth,
         }
     }
 

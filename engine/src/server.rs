@@ -8,11 +8,20 @@ use actix::prelude::*;
 use anyhow::Context as _;
 
 use crate::admin::{self, AdminState, AdminToken, TokenSource};
+use crate::cdr::Cdr;
+use crate::channel::{ChannelPaths, Channels, SourceKind};
 use crate::config::Config;
+use crate::deliver::{CdrTarget, Deliverer, FhirHttp};
 use crate::intake::Intake;
 use crate::journal::Journal;
 use crate::listen::MllpListener;
 use crate::metrics::Metrics;
+use crate::route::Pipeline;
+
+/// How often channel and script files are checked for edits.
+const RELOAD_POLL: Duration = Duration::from_secs(2);
+/// How often queued transactions are looked at for a retry.
+const RETRY_POLL: Duration = Duration::from_secs(1);
 
 /// How often the journal size gauge is refreshed (it walks the files).
 const SIZE_GAUGE_EVERY: Duration = Duration::from_secs(10);
@@ -36,12 +45,50 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
+    let (channels, report) = Channels::load(ChannelPaths {
+        channels_dir: config.channels_dir.clone(),
+        scripts_dir: config.scripts_dir.clone(),
+        limits: config.script.clone(),
+    });
+    tracing::info!(
+        channels = channels.current().channels.len(),
+        errors = report.errors.len(),
+        dir = %config.channels_dir.display(),
+        "channels loaded"
+    );
+    let embedded_cdr = match &config.cdr.url {
+        None => Some(
+            Cdr::open(
+                &config.data_dir.join("cdr"),
+                config.journal.cache_mb * 1024 * 1024,
+            )
+            .context("opening the embedded CDR")?,
+        ),
+        Some(_) => None,
+    };
+    let cdr_target = match (&embedded_cdr, &config.cdr.url) {
+        (Some(cdr), _) => CdrTarget::Embedded(cdr.clone()),
+        (None, Some(url)) => CdrTarget::External(
+            FhirHttp::new(
+                url,
+                config.cdr.token.clone(),
+                Duration::from_secs(config.cdr.timeout_secs),
+            )
+            .map_err(anyhow::Error::msg)
+            .context("cdr.url")?,
+        ),
+        (None, None) => unreachable!("one of the two is set"),
+    };
+
     let system = actix_rt::System::new();
     let result = system.block_on(async {
         let workers: Vec<ArbiterHandle> = (0..worker_count()).map(|_| Arbiter::new().handle()).collect();
+        let pool = crate::transform::start_pool(config.script.clone(), worker_count());
+        let deliverer = Deliverer::new(cdr_target, &config.data_dir, metrics.clone());
+        let pipeline = Pipeline::new(channels.clone(), pool, journal.clone(), deliverer, metrics.clone());
         let mut mllp_addr: Option<SocketAddr> = None;
         let _mllp = if config.mllp.enabled {
-            let intake = Intake::new(journal.clone(), metrics.clone(), "mllp");
+            let intake = Intake::new(journal.clone(), metrics.clone(), "mllp", SourceKind::Mllp, Some(pipeline.clone()));
             let listener = MllpListener::bind(&config.mllp, intake, metrics.clone(), workers.clone())
                 .context("starting the MLLP listener")?;
             mllp_addr = Some(listener.local_addr());
@@ -49,7 +96,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         } else {
             None
         };
-        let state = AdminState { journal: journal.clone(), metrics: metrics.clone() };
+        let state = AdminState {
+            journal: journal.clone(),
+            metrics: metrics.clone(),
+            channels: channels.clone(),
+            pipeline: pipeline.clone(),
+            cdr: embedded_cdr.clone(),
+        };
         let (admin, admin_addrs) = admin::server(config.admin.addr, config.admin.workers, &config.admin.tls, state, token)
             .context("starting the admin server")?;
         let admin_handle = admin.handle();
@@ -68,6 +121,30 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
         });
 
+        // Hot reload: poll the files; a broken edit keeps the running revision.
+        let watched = channels.clone();
+        actix_rt::spawn(async move {
+            let mut seen = watched.fingerprint();
+            loop {
+                tokio::time::sleep(RELOAD_POLL).await;
+                let now = watched.fingerprint();
+                if now != seen {
+                    seen = now;
+                    let reloading = watched.clone();
+                    let _ = tokio::task::spawn_blocking(move || reloading.reload()).await;
+                }
+            }
+        });
+        // Messages that were received but not processed before a stop, then the retry loop.
+        let resuming = pipeline.clone();
+        actix_rt::spawn(async move {
+            resuming.resume().await;
+            loop {
+                resuming.retry_due().await;
+                tokio::time::sleep(RETRY_POLL).await;
+            }
+        });
+
         shutdown_signal().await;
         tracing::info!("shutting down");
         admin_handle.stop(true).await;
@@ -77,6 +154,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         anyhow::Ok(())
     });
     journal.close();
+    if let Some(cdr) = &embedded_cdr {
+        let _ = cdr.flush();
+    }
     tracing::info!("journal closed");
     result
 }

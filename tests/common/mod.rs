@@ -190,6 +190,44 @@ pub fn http_get_status(addr: &str, path: &str) -> Option<u16> {
     response.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Polls the API until the transaction with this control id leaves `received`/`processing`
+/// (10 s at most) and returns it.
+pub async fn settled(engine: &Engine, control_id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = engine
+            .api(&format!("/api/transactions?control_id={control_id}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        if let Some(tx) = body["items"].as_array().and_then(|items| items.first()) {
+            let s = tx["status"].as_str().unwrap_or("");
+            if s != "received" && s != "processing" {
+                return tx.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{control_id} never settled: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The repository's own channels and scripts, as `orbiter run` uses them by default.
+pub fn default_channels() -> Vec<(String, String)> {
+    let root = repo_root();
+    vec![
+        (
+            "ORBITER_CHANNELS_DIR".into(),
+            root.join("channels").display().to_string(),
+        ),
+        (
+            "ORBITER_SCRIPTS_DIR".into(),
+            root.join("scripts").display().to_string(),
+        ),
+    ]
+}
+
 /// Builds an HL7 v2 ADT^A01 with the given control id (segments separated by CR).
 pub fn adt(control_id: &str) -> Vec<u8> {
     format!(

@@ -2,6 +2,7 @@
 //! bearer token.
 
 pub mod auth;
+mod channels;
 mod health;
 mod transactions;
 
@@ -13,14 +14,21 @@ use actix_web::{web, App, HttpServer};
 
 pub use auth::{AdminToken, TokenSource};
 
+use crate::cdr::Cdr;
+use crate::channel::Channels;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
+use crate::route::Pipeline;
 
 /// What the admin handlers share.
 #[derive(Clone)]
 pub struct AdminState {
     pub journal: Journal,
     pub metrics: Arc<Metrics>,
+    pub channels: Channels,
+    pub pipeline: Pipeline,
+    /// The embedded CDR, served under `/fhir` (absent when an external CDR is configured).
+    pub cdr: Option<Cdr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,18 +51,31 @@ pub fn server(
     token: AdminToken,
 ) -> Result<(actix_web::dev::Server, Vec<SocketAddr>), AdminError> {
     let tls = crate::tls::server_config(tls)?;
+    let cdr = state.cdr.clone().map(web::Data::new);
     let state = web::Data::new(state);
     let token = web::Data::new(token);
     let factory = move || {
-        App::new()
+        let mut app = App::new()
             .app_data(state.clone())
             .app_data(token.clone())
+            .app_data(web::JsonConfig::default().limit(16 * 1024 * 1024))
             .configure(health::routes)
             .service(
                 web::scope("/api")
                     .wrap(from_fn(auth::require_token))
-                    .configure(transactions::routes),
-            )
+                    .configure(transactions::routes)
+                    .configure(channels::routes),
+            );
+        // The embedded CDR holds patient data: behind the same token as the API.
+        if let Some(cdr) = &cdr {
+            app = app.service(
+                web::scope("/fhir")
+                    .app_data(cdr.clone())
+                    .wrap(from_fn(auth::require_token))
+                    .configure(crate::cdr::routes),
+            );
+        }
+        app
     };
     let bind_err = |source| AdminError::Bind { addr, source };
     let server = HttpServer::new(factory)

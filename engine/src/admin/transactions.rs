@@ -12,7 +12,8 @@ use crate::journal::{Status, Transaction, TxFilter, TxId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/transactions", web::get().to(list))
-        .route("/transactions/{id}", web::get().to(detail));
+        .route("/transactions/{id}", web::get().to(detail))
+        .route("/transactions/{id}/rerun", web::post().to(rerun));
 }
 
 const DEFAULT_LIMIT: usize = 100;
@@ -78,6 +79,7 @@ fn summary(tx: &Transaction) -> Value {
         "truncated": tx.truncated,
         "error": tx.error,
         "duplicate_of": tx.duplicate_of,
+        "channels": tx.channels,
         "events": events,
     })
 }
@@ -146,12 +148,13 @@ async fn detail(state: web::Data<AdminState>, id: web::Path<String>) -> HttpResp
     };
     let journal = state.journal.clone();
     let found = web::block(move || -> Result<_, crate::journal::JournalError> {
-        Ok((journal.get(id)?, journal.raw(id)?))
+        Ok((journal.get(id)?, journal.raw(id)?, journal.steps(id)?))
     })
     .await;
     match found {
-        Ok(Ok((Some(tx), raw))) => {
+        Ok(Ok((Some(tx), raw, steps))) => {
             let mut body = summary(&tx);
+            body["steps"] = serde_json::to_value(&steps).unwrap_or_default();
             // HL7 is text; non-UTF-8 bytes (e.g. ISO 8859-1) are shown replaced, and the exact
             // bytes are also given in hex.
             if let Some(raw) = raw {
@@ -162,8 +165,23 @@ async fn detail(state: web::Data<AdminState>, id: web::Path<String>) -> HttpResp
             }
             HttpResponse::Ok().json(body)
         }
-        Ok(Ok((None, _))) => HttpResponse::NotFound().json(json!({"error": "not found"})),
+        Ok(Ok((None, _, _))) => HttpResponse::NotFound().json(json!({"error": "not found"})),
         Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
         Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+    }
+}
+
+/// Runs a transaction through the channels that take it now (their current revisions).
+async fn rerun(state: web::Data<AdminState>, id: web::Path<String>) -> HttpResponse {
+    let Ok(id) = id.parse::<u64>().map(TxId) else {
+        return bad_request("transaction ids are numbers".into());
+    };
+    match state.pipeline.rerun(id, None).await {
+        None => HttpResponse::NotFound().json(json!({"error": "not found"})),
+        Some(outcome) => HttpResponse::Ok().json(json!({
+            "id": id,
+            "status": outcome.status,
+            "reason": outcome.reason,
+        })),
     }
 }

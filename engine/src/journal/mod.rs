@@ -20,7 +20,10 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-pub use record::{Appended, MessageMeta, NewMessage, Status, StatusEvent, Transaction, TxId};
+pub use record::{
+    now_ms, Appended, ChannelRun, MessageMeta, NewMessage, Status, StatusEvent, Step, StepKind,
+    Transaction, TxId,
+};
 
 use crate::config::JournalConfig;
 use crate::metrics::Metrics;
@@ -58,6 +61,7 @@ pub(crate) struct Trees {
     by_time: sled::Tree,
     by_status: sled::Tree,
     by_control: sled::Tree,
+    steps: sled::Tree,
 }
 
 /// A cheap, cloneable handle to the journal.
@@ -117,6 +121,7 @@ impl Journal {
             by_time: db.open_tree("by_time")?,
             by_status: db.open_tree("by_status")?,
             by_control: db.open_tree("by_control")?,
+            steps: db.open_tree("steps")?,
             db,
         };
         // sled 0.34 keeps its log in `<path>/db`.
@@ -185,14 +190,57 @@ impl Journal {
         status: Status,
         reason: Option<String>,
     ) -> Result<(), JournalError> {
+        self.record(id, Vec::new(), vec![(status, reason)]).await
+    }
+
+    /// Records pipeline steps and status events in one durable write.
+    pub fn record(
+        &self,
+        id: TxId,
+        steps: Vec<Step>,
+        events: Vec<(Status, Option<String>)>,
+    ) -> impl std::future::Future<Output = Result<(), JournalError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::SetStatus {
+        let queued = self.send(Command::Record {
             id,
-            status,
-            reason,
+            steps,
+            events,
             reply: Some(reply),
-        })?;
-        answer.await.map_err(|_| JournalError::Closed)?
+        });
+        async move {
+            queued?;
+            answer.await.map_err(|_| JournalError::Closed)?
+        }
+    }
+
+    /// Oldest first: the transactions in `status` (for resuming and retrying).
+    pub fn ids_with_status(&self, status: Status, limit: usize) -> Result<Vec<TxId>, JournalError> {
+        self.trees
+            .by_status
+            .scan_prefix([status.code()])
+            .keys()
+            .take(limit)
+            .map(|k| Ok(TxId::from_key(&k?[1..]).unwrap_or(TxId(0))))
+            .collect()
+    }
+
+    /// How many transactions are in `status` (walks the index).
+    pub fn count_with_status(&self, status: Status) -> usize {
+        self.trees.by_status.scan_prefix([status.code()]).count()
+    }
+
+    /// The pipeline steps recorded for a transaction, in order.
+    pub fn steps(&self, id: TxId) -> Result<Vec<Step>, JournalError> {
+        self.trees
+            .steps
+            .scan_prefix(id.to_key())
+            .values()
+            .map(|v| {
+                let v = v?;
+                serde_json::from_slice(&v)
+                    .map_err(|e| JournalError::Corrupt(format!("step of {id}: {e}")))
+            })
+            .collect()
     }
 
     /// One transaction's record.

@@ -99,12 +99,55 @@ pub struct MessageMeta {
     pub receiving_application: Option<String>,
     pub receiving_facility: Option<String>,
     pub version: Option<String>,
+    /// A hash of the patient's first identifier (PID-3): deliveries for one patient keep their
+    /// order. Hashed so that no identifier spreads into listings and logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_key: Option<String>,
+}
+
+/// A channel a transaction was routed to, and the revision that ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRun {
+    pub name: String,
+    pub revision: String,
+}
+
+/// What one step of the pipeline did: a filter, a transform or a delivery, for one channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub channel: String,
+    pub revision: String,
+    pub kind: StepKind,
+    pub at_ms: i64,
+    pub ok: bool,
+    /// The step's output: the FHIR produced by a transform, the response of a destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
+    /// `log()`/`print` lines of a script.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<String>,
+    /// Why it failed (a script error with file:line:col, a destination's answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// For deliveries: which destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    Filter,
+    Transform,
+    Deliver,
 }
 
 /// A new message for the journal: its metadata, raw bytes, and the status it starts in.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub meta: MessageMeta,
+    /// The channels it is routed to (empty: none took it).
+    pub channels: Vec<ChannelRun>,
     pub raw: bytes::Bytes,
     /// `received` for accepted messages, `failed` for input that was refused (kept for audit).
     pub status: Status,
@@ -130,6 +173,9 @@ pub struct Transaction {
     /// The earlier transaction with the same sender and control id, if any: duplicates are kept
     /// and flagged, never dropped silently.
     pub duplicate_of: Option<TxId>,
+    /// Fan-out: every channel that took it, with the revision.
+    #[serde(default)]
+    pub channels: Vec<ChannelRun>,
     pub events: Vec<StatusEvent>,
 }
 

@@ -20,6 +20,7 @@ fn message(control_id: &str, app: &str) -> NewMessage {
             message_type: Some("ADT^A01".into()),
             ..MessageMeta::default()
         },
+        channels: Vec::new(),
         raw: Bytes::from(format!("MSH|^~\\&|{app}|||||ADT^A01|{control_id}|P|2.5.1")),
         status: Status::Received,
         error: None,

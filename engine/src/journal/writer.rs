@@ -15,7 +15,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::keys;
-use super::record::{now_ms, Appended, NewMessage, Status, StatusEvent, Transaction, TxId};
+use super::record::{now_ms, Appended, NewMessage, Status, StatusEvent, Step, Transaction, TxId};
 use super::{JournalError, Trees};
 use crate::metrics::Metrics;
 
@@ -26,10 +26,11 @@ pub(super) enum Command {
         enqueued: Instant,
         reply: oneshot::Sender<Result<Appended, JournalError>>,
     },
-    SetStatus {
+    /// Records pipeline steps and, optionally, status events (in order) in one write.
+    Record {
         id: TxId,
-        status: Status,
-        reason: Option<String>,
+        steps: Vec<Step>,
+        events: Vec<(Status, Option<String>)>,
         reply: Option<oneshot::Sender<Result<(), JournalError>>>,
     },
 }
@@ -87,13 +88,13 @@ impl Writer {
                     let result = self.stage_append(&mut pending, message);
                     replies.push(Reply::Append(reply, result, enqueued));
                 }
-                Command::SetStatus {
+                Command::Record {
                     id,
-                    status,
-                    reason,
+                    steps,
+                    events,
                     reply,
                 } => {
-                    let result = self.stage_status(&mut pending, id, status, reason);
+                    let result = self.stage_record(&mut pending, id, steps, events);
                     replies.push(Reply::Status(reply, result));
                 }
             }
@@ -184,17 +185,18 @@ impl Writer {
             status: message.status,
             error: message.error.clone(),
             duplicate_of,
+            channels: message.channels,
             events: vec![StatusEvent {
                 at_ms: received_at_ms,
                 status: message.status,
                 reason: message.error,
             }],
         };
-        pending.raw.insert(&id.to_key()[..], message.raw.as_ref());
-        pending.by_time.insert(keys::time(received_at_ms, id), &[]);
+        pending.raw.insert(id.to_key(), &message.raw);
+        pending.by_time.insert(keys::time(received_at_ms, id), []);
         pending
             .by_status
-            .insert(&keys::status(message.status, id), &[]);
+            .insert(keys::status(message.status, id), []);
         *pending.status_deltas.entry(message.status).or_default() += 1;
         pending.records.insert(id, tx);
         Ok(Appended { id, duplicate_of })
@@ -218,12 +220,12 @@ impl Writer {
         Ok(None)
     }
 
-    fn stage_status(
+    fn stage_record(
         &self,
         pending: &mut PendingWrites,
         id: TxId,
-        status: Status,
-        reason: Option<String>,
+        steps: Vec<Step>,
+        events: Vec<(Status, Option<String>)>,
     ) -> Result<(), JournalError> {
         if !pending.records.contains_key(&id) {
             let Some(bytes) = self.trees.tx.get(id.to_key())? else {
@@ -233,35 +235,82 @@ impl Writer {
                 .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}")))?;
             pending.records.insert(id, tx);
         }
+        if !steps.is_empty() {
+            // Steps are keyed id + sequence; continue after the ones already stored.
+            let next = match pending.step_counts.get(&id) {
+                Some(n) => *n,
+                None => self.trees.steps.scan_prefix(id.to_key()).count() as u32,
+            };
+            for (n, step) in steps.iter().enumerate() {
+                let mut key = id.to_key().to_vec();
+                key.extend_from_slice(&(next + n as u32).to_be_bytes());
+                let json = serde_json::to_vec(step).expect("step serializes");
+                pending.steps.insert(key, json);
+            }
+            pending.step_counts.insert(id, next + steps.len() as u32);
+        }
         let tx = pending.records.get_mut(&id).expect("inserted above");
-        let old = tx.status;
-        if old != status {
-            pending.by_status.remove(&keys::status(old, id));
-            pending.by_status.insert(&keys::status(status, id), &[]);
-            *pending.status_deltas.entry(old).or_default() -= 1;
-            *pending.status_deltas.entry(status).or_default() += 1;
+        for (status, reason) in events {
+            let old = tx.status;
+            if old != status {
+                pending.by_status.remove(keys::status(old, id));
+                pending.by_status.insert(keys::status(status, id), []);
+                *pending.status_deltas.entry(old).or_default() -= 1;
+                *pending.status_deltas.entry(status).or_default() += 1;
+            }
+            if status == Status::Failed || status == Status::Queued {
+                tx.error = reason.clone().or(tx.error.take());
+            }
+            tx.status = status;
+            tx.events.push(StatusEvent {
+                at_ms: now_ms(),
+                status,
+                reason,
+            });
         }
-        if status == Status::Failed {
-            tx.error = reason.clone().or(tx.error.take());
-        }
-        tx.status = status;
-        tx.events.push(StatusEvent {
-            at_ms: now_ms(),
-            status,
-            reason,
-        });
         Ok(())
     }
 }
 
-/// Everything one batch writes, grouped per tree so each tree gets one `apply_batch`.
+/// Writes to one tree, applied in order with plain inserts and removes. (sled's `apply_batch`
+/// seals and writes an I/O buffer on every call, on a new thread: five of them per commit cost
+/// more than the inserts themselves. Atomicity across a batch is not needed: nothing in it is
+/// acknowledged before the flush.)
+#[derive(Default)]
+struct Writes(Vec<(Vec<u8>, Option<Vec<u8>>)>);
+
+impl Writes {
+    fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.0
+            .push((key.as_ref().to_vec(), Some(value.as_ref().to_vec())));
+    }
+
+    fn remove(&mut self, key: impl AsRef<[u8]>) {
+        self.0.push((key.as_ref().to_vec(), None));
+    }
+
+    fn apply(self, tree: &sled::Tree) -> Result<(), JournalError> {
+        for (key, value) in self.0 {
+            match value {
+                Some(value) => tree.insert(key, value)?,
+                None => tree.remove(key)?,
+            };
+        }
+        Ok(())
+    }
+}
+
+/// Everything one batch writes, grouped per tree.
 #[derive(Default)]
 struct PendingWrites {
     records: HashMap<TxId, Transaction>,
-    raw: sled::Batch,
-    by_time: sled::Batch,
-    by_status: sled::Batch,
-    by_control: sled::Batch,
+    raw: Writes,
+    by_time: Writes,
+    by_status: Writes,
+    by_control: Writes,
+    steps: Writes,
+    /// Steps already staged per transaction in this batch (for their sequence numbers).
+    step_counts: HashMap<TxId, u32>,
     /// Control ids appended in this batch, so duplicates within one batch are caught too.
     first_by_control: HashMap<(String, String), TxId>,
     status_deltas: HashMap<Status, i64>,
@@ -272,16 +321,15 @@ impl PendingWrites {
     /// value nothing points to; nothing in this batch was acknowledged yet (replies wait for
     /// the flush), and readers skip index entries whose record is missing.
     fn apply(self, trees: &Trees) -> Result<(), JournalError> {
-        trees.raw.apply_batch(self.raw)?;
-        let mut records = sled::Batch::default();
+        self.raw.apply(&trees.raw)?;
         for (id, tx) in &self.records {
             let json = serde_json::to_vec(tx).expect("transaction serializes");
-            records.insert(&id.to_key()[..], json);
+            trees.tx.insert(id.to_key(), json)?;
         }
-        trees.tx.apply_batch(records)?;
-        trees.by_time.apply_batch(self.by_time)?;
-        trees.by_status.apply_batch(self.by_status)?;
-        trees.by_control.apply_batch(self.by_control)?;
+        self.by_time.apply(&trees.by_time)?;
+        self.by_status.apply(&trees.by_status)?;
+        self.by_control.apply(&trees.by_control)?;
+        self.steps.apply(&trees.steps)?;
         Ok(())
     }
 }

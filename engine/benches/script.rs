@@ -1,0 +1,69 @@
+//! Script benchmarks: the default ADT transform (scripts/adt_to_fhir.rhai, ~100 lines plus the
+//! `datatypes`/`codes` library) on the ADT^A01 fixture, with the AST compiled once and one
+//! ScriptHost, as a transform worker runs it. Target: at least 20,000 runs/s per core in a
+//! release build. Also: an empty transform (the fixed cost of a run) and compiling the script.
+//!
+//! Run: `cargo bench -p orbiter --bench script`
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use orbiter::hl7::Message;
+use orbiter::script::{ScriptContext, ScriptHost, ScriptLimits, TransformOutcome};
+
+fn repo() -> PathBuf {
+    let f = Path::new(file!());
+    if f.is_absolute() {
+        f.ancestors().nth(3).unwrap().to_path_buf()
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let root = repo();
+    let host = ScriptHost::new(&root.join("scripts/lib"), ScriptLimits::default()).unwrap();
+    let script = root.join("scripts/adt_to_fhir.rhai");
+    let ast = host.compile_file(&script).unwrap();
+    let bytes = std::fs::read(root.join("fixtures/hl7v2/adt_a01.hl7")).unwrap();
+    let msg = Message::parse(&bytes).unwrap();
+    let ctx = ScriptContext {
+        channel: "adt".into(),
+        script_dir: root.join("scripts"),
+        transaction_id: Some(1),
+    };
+    match host.run_transform(&ast, &msg, &ctx).unwrap() {
+        TransformOutcome::Output { .. } => {}
+        other => panic!("the default script did not produce output: {other:?}"),
+    }
+
+    let mut g = c.benchmark_group("script");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("adt_to_fhir_a01", |b| {
+        b.iter(|| {
+            host.run_transform(black_box(&ast), black_box(&msg), &ctx)
+                .unwrap()
+        })
+    });
+    let empty = host
+        .compile_source("empty.rhai", "#{resourceType: \"Basic\"}")
+        .unwrap();
+    g.bench_function("minimal_transform", |b| {
+        b.iter(|| {
+            host.run_transform(black_box(&empty), black_box(&msg), &ctx)
+                .unwrap()
+        })
+    });
+    let source = std::fs::read_to_string(&script).unwrap();
+    g.bench_function("compile_adt_to_fhir", |b| {
+        b.iter(|| {
+            host.compile_source("adt_to_fhir.rhai", black_box(&source))
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,117 @@
+//! The embedded CDR: a FHIR R4 (4.0.1) JSON server backed by sled, served under `/fhir`.
+//!
+//! Channels write to it in-process with [`Cdr::process_bundle`] (the same code a
+//! `POST /fhir` runs); clients reach it over HTTP through [`routes`]. It does what a client of
+//! HAPI FHIR expects for the common resource types: CRUD with versions and history, search on
+//! the common parameters from sled indexes, batch and transaction Bundles with `urn:uuid`
+//! references and conditional create/update, structural validation, and OperationOutcomes with
+//! the status codes HAPI uses.
+//!
+//! # Layout
+//!
+//! - [`Cdr`] (here): the handle the engine holds; cheap to clone, sync, thread-safe;
+//! - [`store`]: sled trees, versions and history, the single writer and group commit;
+//! - [`index`]: the key layout of the tree and the index entries of a resource;
+//! - [`params`]: the search parameters of each resource type and where their values are;
+//! - [`search`]: query parsing and what each condition means;
+//! - [`plan`]: evaluating a query over the indexes (the planner);
+//! - [`searchset`]: the searchset Bundle: a page, includes, paging links;
+//! - [`interact`]: create, read, vread, update, delete, history, and the conditional forms;
+//! - [`bundle`]: batch and transaction processing, `urn:uuid` resolution;
+//! - [`validate`]: structural checks against R4 (types, shapes, formats, references);
+//! - [`r4`]: the R4 specification as tables (resource types, element shapes, bindings);
+//! - [`datetime`]: FHIR dates as millisecond ranges (validation and date search);
+//! - [`request`]: one interaction, independent of HTTP or Bundle entry; the URL grammar;
+//! - [`outcome`]: [`CdrError`] and its OperationOutcome;
+//! - [`capability`]: the CapabilityStatement, built from the same tables;
+//! - [`http`]: the actix-web handler.
+//!
+//! # Guarantees
+//!
+//! - A write (REST or Bundle) returns only once it is durable: sled flushed and its log file
+//!   fsynced, shared by concurrent writers (group commit).
+//! - A transaction is all or nothing: its writes are one atomic sled batch.
+//! - An update whose content equals the current version (`meta.versionId`/`lastUpdated` aside)
+//!   creates no new version; with conditional creates and updates, replaying a Bundle changes
+//!   nothing the second time.
+//! - Index entries are written and removed in the same batch as the version they describe.
+
+pub mod bundle;
+pub mod capability;
+pub mod datetime;
+pub mod http;
+pub mod index;
+pub mod interact;
+pub mod outcome;
+pub mod params;
+pub mod plan;
+pub mod r4;
+pub mod request;
+pub mod search;
+pub mod searchset;
+pub mod store;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+pub use http::routes;
+pub use outcome::{CdrError, Issue};
+pub use request::{FhirRequest, FhirResponse, Method, Return};
+
+/// The embedded CDR. Cheap to clone (an `Arc` inside); its methods are synchronous and block
+/// on disk I/O, so async callers use `web::block` or `spawn_blocking`.
+#[derive(Clone)]
+pub struct Cdr {
+    store: Arc<store::Store>,
+}
+
+impl Cdr {
+    /// Opens or creates the store in `dir` (the engine passes `<data_dir>/cdr`), with
+    /// `cache_bytes` of sled page cache.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Cdr, CdrError> {
+        Ok(Cdr {
+            store: Arc::new(store::Store::open(dir, cache_bytes)?),
+        })
+    }
+
+    /// Processes a batch or transaction Bundle exactly as `POST /fhir` with that Bundle would,
+    /// returning the HTTP status and the response Bundle (or an OperationOutcome). `base` is
+    /// the base URL used in `fullUrl`s (`http://127.0.0.1:8080/fhir`). Durable when it returns.
+    pub fn process_bundle(&self, bundle: &Value, base: &str) -> (u16, Value) {
+        bundle::process(
+            &self.store,
+            bundle,
+            base.trim_end_matches('/'),
+            Return::Minimal,
+        )
+    }
+
+    /// Answers one FHIR REST interaction (what the HTTP handler does, without HTTP).
+    pub fn handle(&self, request: &FhirRequest, base: &str) -> FhirResponse {
+        interact::handle(&self.store, request, base.trim_end_matches('/'))
+    }
+
+    /// The current version of `ty/id`, if it exists and is not deleted.
+    pub fn read(&self, ty: &str, id: &str) -> Result<Option<Value>, CdrError> {
+        Ok(self.store.read_live(ty, id)?.map(|(_, v)| v))
+    }
+
+    /// Makes everything written so far durable (sled flush, then fsync of its log file). Every
+    /// write already is when it returns; this is for shutdown paths that want to be sure. It
+    /// goes through the group commit, so it never runs two sled flushes at once.
+    pub fn flush(&self) -> Result<(), CdrError> {
+        self.store.wait_durable(self.store.applied())
+    }
+}
+
+impl std::fmt::Debug for Cdr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cdr").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,697 @@
+//! Resources, versions and history in sled, one writer at a time, durable by group commit.
+//!
+//! Writes go through a [`Writer`], which holds the store's write lock: the checks a write
+//! depends on (the current version for `If-Match`, the matches of a conditional create) and the
+//! write itself cannot interleave with another writer. A writer stages everything (the current
+//! record, the new version, the index entries removed and added) in one `sled::Batch` and
+//! [`Writer::commit`] applies it in one atomic step; dropping a writer without committing writes
+//! nothing, which is how a failed transaction leaves no trace.
+//!
+//! Durability is separate from the lock: after committing, a caller waits in
+//! [`Store::wait_durable`]; the first waiter flushes sled and fsyncs its log file (sled's
+//! `flush` alone is `sync_file_range`, see DEPENDENCIES.md) while later writers keep going, and
+//! every write applied before that flush started is answered by it (group commit). One flusher
+//! at a time also avoids sled 0.34's concurrent-`flush_async` deadlock.
+//!
+//! The current version lives in the resource's `R` record (one insert for a create); when it is
+//! replaced, it moves to the `H` history keys. Versions are stored in chunks of at most
+//! [`CHUNK`] bytes: sled writes a tree node larger than a quarter of its 512 KiB segment as a
+//! separate blob file that it never fsyncs, and a leaf holds up to ~17 values, so small values
+//! keep every node inside the fsynced log.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use serde_json::Value;
+
+use super::datetime;
+use super::index;
+use super::outcome::CdrError;
+use super::request::Method;
+
+/// Largest piece of a version's JSON stored under one key.
+pub const CHUNK: usize = 2048;
+
+/// The current state of a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Current {
+    /// Its latest version number (1-based).
+    pub vid: u64,
+    /// Whether that version is a deletion.
+    pub deleted: bool,
+    /// When that version was written (Unix ms).
+    pub last_updated: i64,
+}
+
+/// One version of a resource, as stored.
+#[derive(Debug, Clone)]
+pub struct Version {
+    /// The version number.
+    pub vid: u64,
+    /// A deletion (no body).
+    pub deleted: bool,
+    /// The interaction that wrote it (POST, PUT, DELETE), for history entries.
+    pub method: Method,
+    /// When it was written (Unix ms).
+    pub last_updated: i64,
+    /// The resource's JSON, `meta` included; `None` for deletions.
+    pub body: Option<Vec<u8>>,
+}
+
+impl Version {
+    /// The resource, parsed.
+    pub fn resource(&self) -> Result<Option<Value>, CdrError> {
+        match &self.body {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(b)
+                .map(Some)
+                .map_err(|e| CdrError::Corrupt(format!("stored resource is not JSON: {e}"))),
+        }
+    }
+
+    fn current(&self) -> Current {
+        Current {
+            vid: self.vid,
+            deleted: self.deleted,
+            last_updated: self.last_updated,
+        }
+    }
+}
+
+/// Header of the first chunk of a version (in `R` for the current one, `H` for older ones):
+/// version, deleted, method, lastUpdated, chunk count.
+const HEADER: usize = 8 + 1 + 1 + 8 + 2;
+
+struct Header {
+    vid: u64,
+    deleted: bool,
+    method: Method,
+    last_updated: i64,
+    chunks: u16,
+}
+
+impl Header {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.vid.to_be_bytes());
+        out.push(u8::from(self.deleted));
+        out.push(method_code(self.method));
+        out.extend_from_slice(&self.last_updated.to_be_bytes());
+        out.extend_from_slice(&self.chunks.to_be_bytes());
+    }
+
+    fn decode(b: &[u8]) -> Result<Header, CdrError> {
+        let h = b
+            .get(..HEADER)
+            .ok_or_else(|| CdrError::Corrupt("version header too short".into()))?;
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&h[i..i + 8]);
+            a
+        };
+        Ok(Header {
+            vid: u64::from_be_bytes(u64_at(0)),
+            deleted: h[8] != 0,
+            method: method_of(h[9]),
+            last_updated: i64::from_be_bytes(u64_at(10)),
+            chunks: u16::from_be_bytes([h[18], h[19]]),
+        })
+    }
+}
+
+fn method_code(m: Method) -> u8 {
+    match m {
+        Method::Post => 1,
+        Method::Put => 2,
+        Method::Delete => 3,
+        _ => 0,
+    }
+}
+
+fn method_of(code: u8) -> Method {
+    match code {
+        1 => Method::Post,
+        3 => Method::Delete,
+        _ => Method::Put,
+    }
+}
+
+/// The sled store of the CDR.
+pub struct Store {
+    /// Kept for flushing; the data is in `tree`.
+    db: sled::Db,
+    /// The one tree holding resources, versions and indexes (see [`index`]).
+    pub tree: sled::Tree,
+    /// Held by the one [`Writer`] at a time.
+    write_lock: Mutex<()>,
+    /// Group commit state: what is applied, what is durable, who is flushing.
+    commit: Mutex<CommitState>,
+    /// Wakes writers waiting for a flush.
+    flushed: Condvar,
+    /// sled's log file, opened to fsync it after sled's flush.
+    log_file: File,
+    /// For error messages.
+    dir: PathBuf,
+}
+
+#[derive(Default)]
+struct CommitState {
+    /// Number of batches applied so far (a sequence number).
+    applied: u64,
+    /// All batches up to this number are durable.
+    durable: u64,
+    /// Someone is flushing now.
+    flushing: bool,
+}
+
+impl Store {
+    /// Opens or creates the store in `dir`; rebuilds the index if its layout changed.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Store, CdrError> {
+        let io = |source| CdrError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // Every write is flushed by its writer (group commit); a background flusher would
+            // only add work and keep a thread holding the files after the store is dropped.
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let tree = db.open_tree("cdr")?;
+        // sled 0.34 keeps its log in `<dir>/db`.
+        let log_path = dir.join("db");
+        let log_file = File::open(&log_path).map_err(|source| CdrError::Io {
+            path: log_path,
+            source,
+        })?;
+        let store = Store {
+            db,
+            tree,
+            write_lock: Mutex::new(()),
+            commit: Mutex::new(CommitState::default()),
+            flushed: Condvar::new(),
+            log_file,
+            dir: dir.to_path_buf(),
+        };
+        store.check_layout()?;
+        Ok(store)
+    }
+
+    /// Rebuilds every index entry from the current versions when [`index::LAYOUT_VERSION`]
+    /// differs from the one stored (or none is stored but resources are).
+    fn check_layout(&self) -> Result<(), CdrError> {
+        let key = index::meta_key("layout");
+        let stored = self
+            .tree
+            .get(&key)?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map(u32::from_be_bytes);
+        if stored == Some(index::LAYOUT_VERSION) {
+            return Ok(());
+        }
+        let _guard = self.lock();
+        let mut batch = sled::Batch::default();
+        for item in self.tree.iter().keys() {
+            let k = item?;
+            if index::is_index_key(&k) {
+                batch.remove(k);
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        let mut batch = sled::Batch::default();
+        let mut pending = 0usize;
+        for item in self.tree.scan_prefix([b'R']) {
+            let (k, _) = item?;
+            let Some((ty, id)) = std::str::from_utf8(&k[1..])
+                .ok()
+                .and_then(|s| s.split_once('\0'))
+            else {
+                continue;
+            };
+            if let Some((_, Some(resource))) = self.read(ty, id)? {
+                for (ik, iv) in index::entries(ty, id, &resource) {
+                    batch.insert(ik, iv);
+                    pending += 1;
+                }
+            }
+            if pending > 10_000 {
+                self.tree.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+        }
+        batch.insert(key, index::LAYOUT_VERSION.to_be_bytes().to_vec());
+        self.tree.apply_batch(batch)?;
+        self.flush()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // A panic while holding the lock cannot leave sled half-written (batches are atomic).
+        self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a write: takes the write lock until the writer is committed or dropped.
+    pub fn writer(&self) -> Writer<'_> {
+        Writer {
+            store: self,
+            _guard: self.lock(),
+            batch: sled::Batch::default(),
+            staged: 0,
+        }
+    }
+
+    /// The current record of `ty/id`.
+    pub fn current(&self, ty: &str, id: &str) -> Result<Option<Current>, CdrError> {
+        match self.tree.get(index::current_key(ty, id))? {
+            Some(v) => Header::decode(&v).map(|h| {
+                Some(Current {
+                    vid: h.vid,
+                    deleted: h.deleted,
+                    last_updated: h.last_updated,
+                })
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// Assembles a version from its first chunk; `more(n)` is the key of chunk `n`.
+    fn assemble(&self, first: &[u8], more: impl Fn(u16) -> Vec<u8>) -> Result<Version, CdrError> {
+        let h = Header::decode(first)?;
+        let body = if h.deleted {
+            None
+        } else {
+            let mut body = first[HEADER..].to_vec();
+            for c in 1..h.chunks {
+                match self.tree.get(more(c))? {
+                    Some(part) => body.extend_from_slice(&part),
+                    None => {
+                        return Err(CdrError::Corrupt(format!(
+                            "missing chunk {c} of version {}",
+                            h.vid
+                        )))
+                    }
+                }
+            }
+            Some(body)
+        };
+        Ok(Version {
+            vid: h.vid,
+            deleted: h.deleted,
+            method: h.method,
+            last_updated: h.last_updated,
+            body,
+        })
+    }
+
+    /// The current version of `ty/id` (body included).
+    fn current_version(&self, ty: &str, id: &str) -> Result<Option<Version>, CdrError> {
+        match self.tree.get(index::current_key(ty, id))? {
+            Some(first) => self
+                .assemble(&first, |c| index::chunk_key(ty, id, c))
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Version `vid` of `ty/id`.
+    pub fn version(&self, ty: &str, id: &str, vid: u64) -> Result<Option<Version>, CdrError> {
+        if let Some(cur) = self.current_version(ty, id)? {
+            if cur.vid == vid {
+                return Ok(Some(cur));
+            }
+        }
+        match self.tree.get(index::version_key(ty, id, vid, 0))? {
+            Some(first) => self
+                .assemble(&first, |c| index::version_key(ty, id, vid, c))
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The current record and, unless deleted, the current resource.
+    pub fn read(&self, ty: &str, id: &str) -> Result<Option<(Current, Option<Value>)>, CdrError> {
+        match self.current_version(ty, id)? {
+            Some(v) => Ok(Some((v.current(), v.resource()?))),
+            None => Ok(None),
+        }
+    }
+
+    /// The live resource `ty/id` (not deleted), if any.
+    pub fn read_live(&self, ty: &str, id: &str) -> Result<Option<(Current, Value)>, CdrError> {
+        Ok(match self.read(ty, id)? {
+            Some((cur, Some(v))) => Some((cur, v)),
+            _ => None,
+        })
+    }
+
+    /// Every version of `ty/id`, newest first.
+    pub fn history(&self, ty: &str, id: &str) -> Result<Vec<Version>, CdrError> {
+        let Some(current) = self.current_version(ty, id)? else {
+            return Ok(Vec::new());
+        };
+        let prefix = index::history_prefix(ty, id);
+        let mut vids = Vec::new();
+        for key in self.tree.scan_prefix(&prefix).keys() {
+            let key = key?;
+            if let Some((vid, 0)) = index::version_of(&key, prefix.len()) {
+                vids.push(vid);
+            }
+        }
+        let mut out = Vec::with_capacity(vids.len() + 1);
+        out.push(current);
+        for vid in vids.into_iter().rev() {
+            if let Some(first) = self.tree.get(index::version_key(ty, id, vid, 0))? {
+                out.push(self.assemble(&first, |c| index::version_key(ty, id, vid, c))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ids of the live resources of `ty`, sorted.
+    pub fn live_ids(&self, ty: &str) -> Result<BTreeSet<String>, CdrError> {
+        let prefix = index::current_prefix(ty);
+        let mut out = BTreeSet::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            if !Header::decode(&v)?.deleted {
+                if let Ok(id) = std::str::from_utf8(&k[prefix.len()..]) {
+                    out.insert(id.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sequence number of the last applied batch (what a read may have seen).
+    pub fn applied(&self) -> u64 {
+        self.commit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .applied
+    }
+
+    /// Returns once every batch up to `seq` is on disk (flushed and fsynced).
+    pub fn wait_durable(&self, seq: u64) -> Result<(), CdrError> {
+        let mut st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if st.durable >= seq {
+                return Ok(());
+            }
+            if st.flushing {
+                st = self.flushed.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            st.flushing = true;
+            let target = st.applied;
+            drop(st);
+            let result = self.flush();
+            st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+            st.flushing = false;
+            if result.is_ok() {
+                st.durable = st.durable.max(target);
+            }
+            self.flushed.notify_all();
+            result?;
+        }
+    }
+
+    /// Flushes sled and fsyncs its log file. Only [`Store::wait_durable`] (one flusher at a
+    /// time) and [`Store::open`] call it.
+    fn flush(&self) -> Result<(), CdrError> {
+        self.db.flush()?;
+        self.log_file.sync_data().map_err(|source| CdrError::Io {
+            path: self.dir.join("db"),
+            source,
+        })
+    }
+
+    /// Marks a batch applied and returns its sequence number.
+    fn mark_applied(&self) -> u64 {
+        let mut st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        st.applied += 1;
+        st.applied
+    }
+}
+
+/// What identifies a new version besides its content.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    /// Its version number.
+    pub vid: u64,
+    /// The interaction writing it (for history entries).
+    pub method: Method,
+    /// When (Unix ms): `meta.lastUpdated`.
+    pub last_updated: i64,
+}
+
+/// A write in progress; holds the store's write lock.
+pub struct Writer<'a> {
+    store: &'a Store,
+    _guard: MutexGuard<'a, ()>,
+    batch: sled::Batch,
+    staged: usize,
+}
+
+impl Writer<'_> {
+    /// The store, for the reads a write depends on.
+    pub fn store(&self) -> &Store {
+        self.store
+    }
+
+    /// Stages version `vid` of `ty/id`: `resource` is the new content (with its `meta`), `None`
+    /// for a deletion; `previous` is the content being replaced, whose index entries go.
+    pub fn stage(
+        &mut self,
+        ty: &str,
+        id: &str,
+        stamp: Stamp,
+        resource: Option<&Value>,
+        previous: Option<&Value>,
+    ) -> Result<(), CdrError> {
+        let Stamp {
+            vid,
+            method,
+            last_updated,
+        } = stamp;
+        // Everything that can fail comes before the first insert: a failed stage stages nothing.
+        let body = match resource {
+            Some(r) => serde_json::to_vec(r).map_err(|e| CdrError::Corrupt(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let chunks: Vec<&[u8]> = if body.is_empty() {
+            vec![&[][..]]
+        } else {
+            body.chunks(CHUNK).collect()
+        };
+        let count = u16::try_from(chunks.len()).map_err(|_| {
+            CdrError::TooLarge(format!("{ty}/{id} is larger than {} bytes", CHUNK * 65_535))
+        })?;
+        // The version being replaced moves to the history, chunk for chunk.
+        let mut moved = Vec::new();
+        let mut old_chunks = 0;
+        // A create has a new id: nothing to move (saves a lookup per created resource).
+        let existing = match method {
+            Method::Post => None,
+            _ => self.store.tree.get(index::current_key(ty, id))?,
+        };
+        if let Some(first) = existing {
+            let h = Header::decode(&first)?;
+            old_chunks = h.chunks;
+            moved.push((index::version_key(ty, id, h.vid, 0), first.to_vec()));
+            for c in 1..h.chunks {
+                let part = self
+                    .store
+                    .tree
+                    .get(index::chunk_key(ty, id, c))?
+                    .ok_or_else(|| CdrError::Corrupt(format!("missing chunk {c} of {ty}/{id}")))?;
+                moved.push((index::version_key(ty, id, h.vid, c), part.to_vec()));
+            }
+        }
+        for (k, v) in moved {
+            self.batch.insert(k, v);
+        }
+        for c in count..old_chunks {
+            self.batch.remove(index::chunk_key(ty, id, c));
+        }
+        let header = Header {
+            vid,
+            deleted: resource.is_none(),
+            method,
+            last_updated,
+            chunks: count,
+        };
+        for (i, chunk) in chunks.iter().enumerate() {
+            if i == 0 {
+                let mut value = Vec::with_capacity(HEADER + chunk.len());
+                header.encode(&mut value);
+                value.extend_from_slice(chunk);
+                self.batch.insert(index::current_key(ty, id), value);
+            } else {
+                self.batch
+                    .insert(index::chunk_key(ty, id, i as u16), chunk.to_vec());
+            }
+        }
+        let old = previous
+            .map(|p| index::entries(ty, id, p))
+            .unwrap_or_default();
+        let new = resource
+            .map(|r| index::entries(ty, id, r))
+            .unwrap_or_default();
+        for key in old.keys() {
+            if !new.contains_key(key) {
+                self.batch.remove(key.as_slice());
+            }
+        }
+        for (key, value) in new {
+            if old.get(&key) != Some(&value) {
+                self.batch.insert(key, value);
+            }
+        }
+        self.staged += 1;
+        Ok(())
+    }
+
+    /// How many versions are staged.
+    pub fn staged(&self) -> usize {
+        self.staged
+    }
+
+    /// Applies what is staged so far in one atomic batch and keeps the lock; returns the
+    /// sequence number of the last applied batch.
+    pub fn apply(&mut self) -> Result<u64, CdrError> {
+        if self.staged == 0 {
+            return Ok(self.store.applied());
+        }
+        self.store
+            .tree
+            .apply_batch(std::mem::take(&mut self.batch))?;
+        self.staged = 0;
+        Ok(self.store.mark_applied())
+    }
+
+    /// Applies everything staged in one atomic batch, releases the lock, and returns the
+    /// sequence number to pass to [`Store::wait_durable`]. With nothing staged, returns the last
+    /// applied sequence (what the reads of this writer may have depended on).
+    pub fn commit(mut self) -> Result<u64, CdrError> {
+        self.apply()
+    }
+}
+
+/// A new server-assigned id: a UUID version 7 (time-ordered, so new resources append to the
+/// end of the key space, and unguessable).
+pub fn new_id() -> String {
+    let mut b: [u8; 16] = rand::random();
+    let ms = datetime::now_ms().max(0) as u64;
+    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    b[6] = 0x70 | (b[6] & 0x0f);
+    b[8] = 0x80 | (b[8] & 0x3f);
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn versions_round_trip_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let big =
+            json!({"resourceType": "Basic", "id": "b", "text": {"div": "x".repeat(3 * CHUNK + 5)}});
+        let mut w = store.writer();
+        w.stage(
+            "Basic",
+            "b",
+            Stamp {
+                vid: 1,
+                method: Method::Put,
+                last_updated: 5,
+            },
+            Some(&big),
+            None,
+        )
+        .unwrap();
+        let seq = w.commit().unwrap();
+        store.wait_durable(seq).unwrap();
+        let v = store.version("Basic", "b", 1).unwrap().unwrap();
+        assert_eq!(v.resource().unwrap().unwrap(), big);
+        assert_eq!(v.last_updated, 5);
+        let mut w = store.writer();
+        w.stage(
+            "Basic",
+            "b",
+            Stamp {
+                vid: 2,
+                method: Method::Delete,
+                last_updated: 6,
+            },
+            None,
+            Some(&big),
+        )
+        .unwrap();
+        drop(w); // not committed: nothing written
+        assert_eq!(store.current("Basic", "b").unwrap().unwrap().vid, 1);
+        // A small version replaces the big one: the big one moves to the history whole.
+        let small = json!({"resourceType": "Basic", "id": "b"});
+        let mut w = store.writer();
+        w.stage(
+            "Basic",
+            "b",
+            Stamp {
+                vid: 2,
+                method: Method::Put,
+                last_updated: 7,
+            },
+            Some(&small),
+            Some(&big),
+        )
+        .unwrap();
+        w.commit().unwrap();
+        let mut w = store.writer();
+        w.stage(
+            "Basic",
+            "b",
+            Stamp {
+                vid: 3,
+                method: Method::Delete,
+                last_updated: 8,
+            },
+            None,
+            Some(&small),
+        )
+        .unwrap();
+        w.commit().unwrap();
+        let h = store.history("Basic", "b").unwrap();
+        let vids: Vec<u64> = h.iter().map(|v| v.vid).collect();
+        assert_eq!(vids, [3, 2, 1]);
+        assert!(h[0].deleted && h[0].method == Method::Delete);
+        assert_eq!(h[1].resource().unwrap().unwrap(), small);
+        assert_eq!(h[2].resource().unwrap().unwrap(), big);
+        assert_eq!(
+            store
+                .version("Basic", "b", 1)
+                .unwrap()
+                .unwrap()
+                .last_updated,
+            5
+        );
+        assert!(store.read("Basic", "b").unwrap().unwrap().1.is_none());
+        assert!(store.live_ids("Basic").unwrap().is_empty());
+        // No chunk of the big version is left under the current record.
+        assert_eq!(store.tree.scan_prefix([b'C']).count(), 0);
+        let id = new_id();
+        assert!(super::super::validate::is_uuid(&id) && id.as_bytes()[14] == b'7');
+    }
+}

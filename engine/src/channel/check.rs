@@ -1,0 +1,163 @@
+//! `orbiter check` and `orbiter try`: the channel author's inner loop, without an engine.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use super::{files_with, lib_revision, load_channel, ChannelPaths};
+use crate::config::Config;
+use crate::hl7::Message;
+use crate::script::ScriptHost;
+use crate::transform::{ChannelOutcome, TransformWorker};
+
+fn paths(config: &Config) -> ChannelPaths {
+    ChannelPaths {
+        channels_dir: config.channels_dir.clone(),
+        scripts_dir: config.scripts_dir.clone(),
+        limits: config.script.clone(),
+    }
+}
+
+/// Compiles the library, every script in the scripts dir, and every channel under `path`.
+/// Prints one line per item; errors go to stderr as `file:line:col: message`.
+pub fn check(config: &Config, path: Option<&Path>) -> ExitCode {
+    let paths = paths(config);
+    let mut errors = 0;
+    let host = match ScriptHost::new(&paths.lib_dir(), paths.limits.clone()) {
+        Ok(host) => host,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let lib_rev = match lib_revision(&paths.lib_dir()) {
+        Ok(rev) => rev,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    for script in files_with(&paths.scripts_dir, "rhai") {
+        match host.compile_file(&script) {
+            Ok(_) => println!("ok      {}", script.display()),
+            Err(e) => {
+                errors += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    let channel_files = match path {
+        Some(p) if p.is_file() => vec![p.to_path_buf()],
+        Some(dir) => files_with(dir, "toml"),
+        None => files_with(&paths.channels_dir, "toml"),
+    };
+    let mut names = std::collections::HashMap::new();
+    for file in &channel_files {
+        match load_channel(file, &paths, &host, &lib_rev) {
+            Ok(channel) => {
+                if let Some(other) = names.insert(channel.name().to_string(), file.clone()) {
+                    errors += 1;
+                    eprintln!(
+                        "{}: channel `{}` is also defined in {}",
+                        file.display(),
+                        channel.name(),
+                        other.display()
+                    );
+                } else {
+                    println!(
+                        "ok      {} (channel {}, revision {})",
+                        file.display(),
+                        channel.name(),
+                        channel.revision
+                    );
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if errors > 0 {
+        eprintln!("{errors} error(s)");
+        ExitCode::from(1)
+    } else {
+        println!(
+            "{} channel(s) and their scripts compile",
+            channel_files.len()
+        );
+        ExitCode::SUCCESS
+    }
+}
+
+/// Runs one channel's filter and transform on one message file.
+pub fn try_channel(
+    config: &Config,
+    channel: &str,
+    message: &Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let paths = paths(config);
+    let file = if channel.ends_with(".toml") || Path::new(channel).is_file() {
+        Path::new(channel).to_path_buf()
+    } else {
+        paths.channels_dir.join(format!("{channel}.toml"))
+    };
+    let host = ScriptHost::new(&paths.lib_dir(), paths.limits.clone())?;
+    let lib_rev = lib_revision(&paths.lib_dir())?;
+    let channel = Arc::new(load_channel(&file, &paths, &host, &lib_rev)?);
+    let raw = std::fs::read(message).with_context(|| format!("reading {}", message.display()))?;
+    let parsed = Message::parse(&raw)
+        .map_err(|e| anyhow::anyhow!("{}: not HL7 v2: {e}", message.display()))?;
+    let mut worker = TransformWorker::new(paths.limits.clone());
+    worker
+        .prepare(&lib_rev, &paths.lib_dir())
+        .map_err(anyhow::Error::msg)?;
+    let result = worker.run_channel(&channel, &parsed, None);
+    let (outcome, ok) = match &result.outcome {
+        ChannelOutcome::Output { .. } => ("output", true),
+        ChannelOutcome::Filtered { .. } => ("filtered", true),
+        ChannelOutcome::Rejected { .. } => ("rejected", false),
+        ChannelOutcome::Failed { .. } => ("failed", false),
+    };
+    if json {
+        let output = match &result.outcome {
+            ChannelOutcome::Output { value } => value.clone(),
+            _ => serde_json::Value::Null,
+        };
+        let envelope = serde_json::json!({
+            "channel": channel.name(),
+            "revision": channel.revision,
+            "outcome": outcome,
+            "output": output,
+            "steps": result.steps,
+        });
+        println!("{}", serde_json::to_string_pretty(&envelope)?);
+    } else {
+        for step in &result.steps {
+            for line in &step.logs {
+                eprintln!("log: {line}");
+            }
+        }
+        match &result.outcome {
+            ChannelOutcome::Output { value } => {
+                println!("{}", serde_json::to_string_pretty(value)?)
+            }
+            ChannelOutcome::Filtered { reason } => {
+                println!(
+                    "filtered: {}",
+                    reason.as_deref().unwrap_or("the filter returned false")
+                )
+            }
+            ChannelOutcome::Rejected { reason } => eprintln!("rejected: {reason}"),
+            ChannelOutcome::Failed { error } => eprintln!("{error}"),
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

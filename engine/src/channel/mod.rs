@@ -1,0 +1,381 @@
+//! Channels: definitions (`channels/*.toml`), their compiled form, and the live set the router
+//! reads, swapped atomically on reload.
+//!
+//! A channel revision is the SHA-256 of its definition, its scripts and the shared library; each
+//! transaction records the revision that processed it. Reloading compiles every changed channel
+//! first; a channel that does not compile keeps its running revision and the error is reported.
+
+pub mod check;
+pub mod def;
+pub mod matcher;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+
+pub use def::{ChannelDef, DestinationDef, DestinationKind, SourceKind};
+pub use matcher::Matcher;
+
+use crate::journal::MessageMeta;
+use crate::script::{ScriptError, ScriptHost, ScriptLimits};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ChannelError {
+    #[error("{}:{line}:{column}: {message}", file.display())]
+    Definition {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{}: {message}", file.display())]
+    Io { file: PathBuf, message: String },
+    #[error("{0}")]
+    Script(#[from] ScriptError),
+    #[error("{}: channel `{name}` is also defined in {}", file.display(), other.display())]
+    DuplicateName {
+        name: String,
+        file: PathBuf,
+        other: PathBuf,
+    },
+}
+
+/// A script's text as it was when the revision was made: workers compile from this, so a file
+/// edited after the reload cannot mix into a running revision.
+#[derive(Debug, Clone)]
+pub struct ScriptSource {
+    pub path: PathBuf,
+    pub text: Arc<str>,
+}
+
+/// One channel revision, ready to run.
+#[derive(Debug)]
+pub struct Channel {
+    pub def: ChannelDef,
+    pub file: PathBuf,
+    /// SHA-256 (first 16 hex digits) of definition + scripts + library.
+    pub revision: String,
+    pub matcher: Matcher,
+    pub filter: Option<ScriptSource>,
+    pub transform: Option<ScriptSource>,
+}
+
+impl Channel {
+    pub fn name(&self) -> &str {
+        &self.def.name
+    }
+
+    /// The directory lookup tables are read from: the transform script's.
+    pub fn script_dir(&self) -> PathBuf {
+        self.transform
+            .as_ref()
+            .or(self.filter.as_ref())
+            .and_then(|s| s.path.parent().map(Path::to_path_buf))
+            .unwrap_or_default()
+    }
+}
+
+/// Every channel of one load, in routing order (priority, then name).
+#[derive(Debug, Default)]
+pub struct ChannelSet {
+    pub channels: Vec<Arc<Channel>>,
+    /// Hash of `scripts/lib`: workers rebuild their script host when it changes.
+    pub lib_revision: String,
+    pub lib_dir: PathBuf,
+}
+
+impl ChannelSet {
+    /// Channels that take a message from this source.
+    pub fn route(
+        &self,
+        source: SourceKind,
+        listener: &str,
+        meta: &MessageMeta,
+    ) -> Vec<Arc<Channel>> {
+        self.channels
+            .iter()
+            .filter(|c| {
+                c.def.enabled
+                    && c.def.source.kind == source
+                    && c.def
+                        .source
+                        .listener
+                        .as_deref()
+                        .is_none_or(|l| l == listener)
+                    && c.matcher.matches(meta)
+            })
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Channel>> {
+        self.channels.iter().find(|c| c.name() == name).cloned()
+    }
+}
+
+/// Where channels and scripts live, and the sandbox for compiling them.
+#[derive(Debug, Clone)]
+pub struct ChannelPaths {
+    pub channels_dir: PathBuf,
+    pub scripts_dir: PathBuf,
+    pub limits: ScriptLimits,
+}
+
+impl ChannelPaths {
+    pub fn lib_dir(&self) -> PathBuf {
+        self.scripts_dir.join("lib")
+    }
+}
+
+fn sha256_hex(parts: &[&[u8]]) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in parts {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    hex::encode(&ctx.finish().as_ref()[..8])
+}
+
+fn read(path: &Path) -> Result<String, ChannelError> {
+    std::fs::read_to_string(path).map_err(|e| ChannelError::Io {
+        file: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Files with `extension` directly in `dir`, sorted (a missing dir is empty).
+fn files_with(dir: &Path, extension: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == extension))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// The library's revision: every `.rhai` under `scripts/lib`.
+fn lib_revision(lib_dir: &Path) -> Result<String, ChannelError> {
+    let mut texts = Vec::new();
+    for file in files_with(lib_dir, "rhai") {
+        texts.push(file.to_string_lossy().into_owned());
+        texts.push(read(&file)?);
+    }
+    let parts: Vec<&[u8]> = texts.iter().map(|t| t.as_bytes()).collect();
+    Ok(sha256_hex(&parts))
+}
+
+/// Parses and compiles one channel file.
+pub fn load_channel(
+    file: &Path,
+    paths: &ChannelPaths,
+    host: &ScriptHost,
+    lib_revision: &str,
+) -> Result<Channel, ChannelError> {
+    let text = read(file)?;
+    let def = ChannelDef::parse(file, &text)?;
+    let load_script = |r: &Option<def::ScriptRef>| -> Result<Option<ScriptSource>, ChannelError> {
+        let Some(r) = r else { return Ok(None) };
+        let path = r.resolve(&paths.scripts_dir);
+        let source = read(&path)?;
+        host.compile_source(&path.to_string_lossy(), &source)?;
+        Ok(Some(ScriptSource {
+            path,
+            text: source.into(),
+        }))
+    };
+    let filter = load_script(&def.filter)?;
+    let transform = load_script(&def.transform)?;
+    let revision = sha256_hex(&[
+        text.as_bytes(),
+        filter
+            .as_ref()
+            .map(|s| s.text.as_bytes())
+            .unwrap_or_default(),
+        transform
+            .as_ref()
+            .map(|s| s.text.as_bytes())
+            .unwrap_or_default(),
+        lib_revision.as_bytes(),
+    ]);
+    Ok(Channel {
+        matcher: Matcher::new(&def.match_rules),
+        def,
+        file: file.to_path_buf(),
+        revision,
+        filter,
+        transform,
+    })
+}
+
+/// What a (re)load did, for the log and `GET /api/channels`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadReport {
+    /// Channels now running a new revision.
+    pub updated: Vec<String>,
+    /// Channels whose file is gone.
+    pub removed: Vec<String>,
+    /// Errors; a channel named here keeps its previous revision, if it had one.
+    pub errors: Vec<String>,
+}
+
+/// The live channel set, shared by the router, the workers and the admin API.
+#[derive(Clone)]
+pub struct Channels {
+    paths: ChannelPaths,
+    current: Arc<RwLock<Arc<ChannelSet>>>,
+    last_report: Arc<RwLock<ReloadReport>>,
+}
+
+impl Channels {
+    /// Loads everything; channels that fail to compile are left out and reported.
+    pub fn load(paths: ChannelPaths) -> (Channels, ReloadReport) {
+        let channels = Channels {
+            paths,
+            current: Arc::new(RwLock::new(Arc::new(ChannelSet::default()))),
+            last_report: Arc::new(RwLock::new(ReloadReport::default())),
+        };
+        let report = channels.reload();
+        (channels, report)
+    }
+
+    pub fn paths(&self) -> &ChannelPaths {
+        &self.paths
+    }
+
+    /// The set in force now (cheap: one Arc clone).
+    pub fn current(&self) -> Arc<ChannelSet> {
+        self.current.read().expect("channel set lock").clone()
+    }
+
+    pub fn last_report(&self) -> ReloadReport {
+        self.last_report.read().expect("report lock").clone()
+    }
+
+    /// Re-reads `channels/` and `scripts/`; swaps in the new set in one step.
+    pub fn reload(&self) -> ReloadReport {
+        let old = self.current();
+        let mut report = ReloadReport::default();
+        let lib_dir = self.paths.lib_dir();
+        let prepared = lib_revision(&lib_dir).and_then(|rev| {
+            let host = ScriptHost::new(&lib_dir, self.paths.limits.clone())?;
+            Ok((rev, host))
+        });
+        let (lib_rev, host) = match prepared {
+            Ok(ok) => ok,
+            Err(e) => {
+                // A broken library would break every channel: keep everything as it is.
+                report.errors.push(e.to_string());
+                self.finish(&report);
+                return report;
+            }
+        };
+        let mut by_name: BTreeMap<String, Arc<Channel>> = BTreeMap::new();
+        for file in files_with(&self.paths.channels_dir, "toml") {
+            match load_channel(&file, &self.paths, &host, &lib_rev) {
+                Ok(channel) => {
+                    if let Some(other) = by_name.get(channel.name()) {
+                        report.errors.push(
+                            ChannelError::DuplicateName {
+                                name: channel.name().to_string(),
+                                file: file.clone(),
+                                other: other.file.clone(),
+                            }
+                            .to_string(),
+                        );
+                        continue;
+                    }
+                    let unchanged = old
+                        .get(channel.name())
+                        .is_some_and(|o| o.revision == channel.revision);
+                    if unchanged {
+                        let kept = old.get(channel.name()).expect("checked above");
+                        by_name.insert(kept.name().to_string(), kept);
+                    } else {
+                        report.updated.push(channel.name().to_string());
+                        by_name.insert(channel.name().to_string(), Arc::new(channel));
+                    }
+                }
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    // Keep the running revision of the channel this file defined.
+                    if let Some(previous) = old.channels.iter().find(|c| c.file == file) {
+                        by_name.insert(previous.name().to_string(), previous.clone());
+                    }
+                }
+            }
+        }
+        for previous in &old.channels {
+            if !by_name.contains_key(previous.name()) {
+                report.removed.push(previous.name().to_string());
+            }
+        }
+        let mut channels: Vec<Arc<Channel>> = by_name.into_values().collect();
+        channels.sort_by(|a, b| {
+            b.def
+                .priority
+                .cmp(&a.def.priority)
+                .then_with(|| a.name().cmp(b.name()))
+        });
+        let set = ChannelSet {
+            channels,
+            lib_revision: lib_rev,
+            lib_dir,
+        };
+        *self.current.write().expect("channel set lock") = Arc::new(set);
+        self.finish(&report);
+        report
+    }
+
+    fn finish(&self, report: &ReloadReport) {
+        for error in &report.errors {
+            tracing::error!(%error, "channel not loaded; any running revision stays");
+        }
+        if !report.updated.is_empty() || !report.removed.is_empty() {
+            tracing::info!(updated = ?report.updated, removed = ?report.removed, "channels loaded");
+        }
+        *self.last_report.write().expect("report lock") = report.clone();
+    }
+
+    /// A fingerprint of the channel and script files (names, sizes, mtimes): polled to notice
+    /// edits without an inotify dependency.
+    pub fn fingerprint(&self) -> String {
+        let mut parts = Vec::new();
+        for dir in [
+            self.paths.channels_dir.clone(),
+            self.paths.scripts_dir.clone(),
+            self.paths.lib_dir(),
+        ] {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).collect();
+                entries.sort_by_key(|e| e.path());
+                for entry in entries {
+                    if let Ok(meta) = entry.metadata() {
+                        let mtime = meta
+                            .modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map(|d| d.as_nanos())
+                            .unwrap_or(0);
+                        parts.push(format!(
+                            "{}:{}:{}",
+                            entry.path().display(),
+                            meta.len(),
+                            mtime
+                        ));
+                    }
+                }
+            }
+        }
+        let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+        sha256_hex(&parts)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,100 @@
+//! A FHIR REST client for one server: posts Bundles (or single resources) with rustls, a bearer
+//! token if configured, and timeouts.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{classify, Delivery};
+
+/// One FHIR server.
+#[derive(Clone)]
+pub struct FhirHttp {
+    client: reqwest::Client,
+    /// The FHIR base URL, without a trailing slash.
+    base: String,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for FhirHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_struct("FhirHttp")
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+impl FhirHttp {
+    pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Result<FhirHttp, String> {
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(format!("FHIR base `{base}` must be an http(s) URL"));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(timeout)
+            .user_agent(concat!("orbiter/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(FhirHttp {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// A Bundle goes to the base URL (batch/transaction); a single resource to its type.
+    pub async fn post(&self, value: &Value) -> Delivery {
+        let url = match value["resourceType"].as_str() {
+            Some("Bundle") | None => self.base.clone(),
+            Some(kind) => format!("{}/{kind}", self.base),
+        };
+        let mut request = self
+            .client
+            .post(&url)
+            .header("Content-Type", "application/fhir+json")
+            .header("Accept", "application/fhir+json")
+            .json(value);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        match request.send().await {
+            Err(e) => Delivery::Retry {
+                error: format!("{url}: {}", error_chain(&e)),
+            },
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body = response.json::<Value>().await.unwrap_or(Value::Null);
+                classify(status, body)
+            }
+        }
+    }
+
+    /// `GET metadata`: is the server there and speaking FHIR?
+    pub async fn metadata(&self) -> Result<Value, String> {
+        let mut request = self.client.get(format!("{}/metadata", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| error_chain(&e))?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        response.json().await.map_err(|e| e.to_string())
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,220 @@
+//! Destinations: where a channel's FHIR output goes, and how failures are classified.
+//!
+//! - `cdr`: the configured CDR: the embedded store in-process, or `cdr.url` over HTTP;
+//! - `http`: any FHIR server at the destination's own `url`;
+//! - `file`: one JSON file per transaction in a directory (under the data dir when relative).
+//!
+//! Classification, as a FHIR client would: 2xx delivered; 4xx failed for good (the
+//! OperationOutcome is kept), except 408 and 429; 5xx, timeouts and refused connections are
+//! retried later (the transaction goes to `queued`).
+
+mod fhir_http;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cdr::Cdr;
+use crate::channel::{Channel, DestinationDef, DestinationKind};
+use crate::journal::TxId;
+use crate::metrics::Metrics;
+
+pub use fhir_http::FhirHttp;
+
+/// What a destination did with the output.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Delivered {
+        response: Option<Value>,
+    },
+    /// Refused for good (e.g. 4xx with an OperationOutcome).
+    Failed {
+        error: String,
+        response: Option<Value>,
+    },
+    /// Try again later (5xx, timeout, connection refused).
+    Retry {
+        error: String,
+    },
+}
+
+/// The configured CDR.
+#[derive(Clone)]
+pub enum CdrTarget {
+    /// The embedded store, written in-process (no HTTP hop).
+    Embedded(Cdr),
+    /// An external FHIR server.
+    External(FhirHttp),
+}
+
+/// Delivers to every kind of destination.
+#[derive(Clone)]
+pub struct Deliverer {
+    cdr: CdrTarget,
+    data_dir: PathBuf,
+    /// Timeouts and credentials for `http` destinations.
+    http_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Deliverer {
+    pub fn new(cdr: CdrTarget, data_dir: &Path, metrics: Arc<Metrics>) -> Deliverer {
+        Deliverer {
+            cdr,
+            data_dir: data_dir.to_path_buf(),
+            http_timeout: Duration::from_secs(30),
+            metrics,
+        }
+    }
+
+    pub async fn deliver(
+        &self,
+        destination: &DestinationDef,
+        id: TxId,
+        channel: &Channel,
+        value: &Value,
+    ) -> Delivery {
+        let name = destination.display_name();
+        let started = Instant::now();
+        let delivery = match destination.kind {
+            DestinationKind::Cdr => match &self.cdr {
+                CdrTarget::Embedded(cdr) => embedded(cdr, value).await,
+                CdrTarget::External(http) => http.post(value).await,
+            },
+            DestinationKind::Http => match &destination.url {
+                Some(url) => match FhirHttp::new(url, None, self.http_timeout) {
+                    Ok(http) => http.post(value).await,
+                    Err(e) => Delivery::Failed {
+                        error: e,
+                        response: None,
+                    },
+                },
+                None => Delivery::Failed {
+                    error: "http destination without url".into(),
+                    response: None,
+                },
+            },
+            DestinationKind::File => {
+                let dir = destination
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("out"));
+                let dir = if dir.is_absolute() {
+                    dir
+                } else {
+                    self.data_dir.join(dir)
+                };
+                write_file(&dir, id, channel.name(), value).await
+            }
+            DestinationKind::Mllp | DestinationKind::Mediator => Delivery::Failed {
+                error: format!(
+                    "destination kind `{}` is not available",
+                    destination.kind.as_str()
+                ),
+                response: None,
+            },
+        };
+        let outcome = match &delivery {
+            Delivery::Delivered { .. } => "delivered",
+            Delivery::Failed { .. } => "failed",
+            Delivery::Retry { .. } => "retry",
+        };
+        self.metrics
+            .deliveries_total
+            .with_label_values(&[&name, outcome])
+            .inc();
+        self.metrics
+            .delivery_seconds
+            .with_label_values(&[&name])
+            .observe(started.elapsed().as_secs_f64());
+        delivery
+    }
+}
+
+/// Classifies an HTTP-style answer (status and body) the way a FHIR client would.
+pub fn classify(status: u16, body: Value) -> Delivery {
+    match status {
+        200..=299 => Delivery::Delivered {
+            response: Some(body),
+        },
+        408 | 429 | 500..=599 => Delivery::Retry {
+            error: format!("HTTP {status}: {}", diagnostics(&body)),
+        },
+        _ => Delivery::Failed {
+            error: format!("HTTP {status}: {}", diagnostics(&body)),
+            response: Some(body),
+        },
+    }
+}
+
+/// The readable part of an OperationOutcome (or whatever came back).
+pub fn diagnostics(body: &Value) -> String {
+    if body["resourceType"] == "OperationOutcome" {
+        let texts: Vec<String> = body["issue"]
+            .as_array()
+            .map(|issues| {
+                issues
+                    .iter()
+                    .map(|i| {
+                        i["diagnostics"]
+                            .as_str()
+                            .or(i["details"]["text"].as_str())
+                            .or(i["code"].as_str())
+                            .unwrap_or("")
+                            .to_string()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        return texts.join("; ");
+    }
+    let text = body.to_string();
+    text.chars().take(300).collect()
+}
+
+async fn embedded(cdr: &Cdr, value: &Value) -> Delivery {
+    let cdr = cdr.clone();
+    let value = value.clone();
+    let answered =
+        tokio::task::spawn_blocking(move || cdr.process_bundle(&value, "urn:orbiter:embedded"))
+            .await;
+    match answered {
+        Ok((status, body)) => classify(status, body),
+        Err(e) => Delivery::Retry {
+            error: format!("embedded CDR: {e}"),
+        },
+    }
+}
+
+/// Writes `<dir>/<id>-<channel>.json` atomically (temp file, fsync, rename): a reader never
+/// sees half a file, and a retry overwrites rather than duplicates.
+async fn write_file(dir: &Path, id: TxId, channel: &str, value: &Value) -> Delivery {
+    let dir = dir.to_path_buf();
+    let name = format!("{id}-{channel}.json");
+    let body = serde_json::to_vec_pretty(value).expect("JSON serializes");
+    let written = tokio::task::spawn_blocking(move || -> std::io::Result<PathBuf> {
+        use std::io::Write;
+        std::fs::create_dir_all(&dir)?;
+        let final_path = dir.join(&name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&body)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &final_path)?;
+        Ok(final_path)
+    })
+    .await;
+    match written {
+        Ok(Ok(path)) => Delivery::Delivered {
+            response: Some(serde_json::json!({"file": path})),
+        },
+        Ok(Err(e)) => Delivery::Retry {
+            error: format!("writing file: {e}"),
+        },
+        Err(e) => Delivery::Retry {
+            error: format!("writing file: {e}"),
+        },
+    }
+}

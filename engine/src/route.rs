@@ -1,0 +1,457 @@
+//! The router: which channels take a journaled message, and what happens to it next.
+//!
+//! Routing itself is a cheap match on the message's metadata, done before the journal append so
+//! that the fan-out is recorded with the message. Processing (filter, transform, delivery) runs
+//! after the append: in ACK mode `on-commit` the sender already has its AA; in `on-delivery` the
+//! ACK waits for [`Pipeline::process`]. A transaction that no channel takes is marked `failed`
+//! with the reason "no channel" (rerunnable once a channel exists), as OpenHIM does.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use actix::Addr;
+use bytes::Bytes;
+
+use crate::channel::{Channel, ChannelSet, Channels, SourceKind};
+use crate::deliver::{Deliverer, Delivery};
+use crate::journal::{now_ms, Journal, MessageMeta, Status, Step, StepKind, TxId};
+use crate::metrics::Metrics;
+use crate::transform::{ChannelOutcome, RunChannels, TransformWorker};
+
+/// How one transaction ended up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineOutcome {
+    pub status: Status,
+    pub reason: Option<String>,
+    /// A channel script called `reject()`: answered AE in `on-delivery` mode.
+    pub rejected: bool,
+}
+
+/// Everything after the journal: routing, transforms, delivery.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub channels: Channels,
+    pool: Addr<TransformWorker>,
+    journal: Journal,
+    deliverer: Deliverer,
+    metrics: Arc<Metrics>,
+    order: Arc<PatientOrder>,
+}
+
+/// Keeps deliveries for one patient in order: one transaction per patient key in the pipeline
+/// at a time (FIFO), and none delivered while an earlier one for the same patient is queued.
+#[derive(Default)]
+struct PatientOrder {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Queued transactions per patient key.
+    queued: Mutex<HashMap<String, BTreeSet<TxId>>>,
+}
+
+impl PatientOrder {
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().expect("order lock");
+        // Forget keys nobody holds, so the map stays small.
+        if locks.len() > 4096 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(key.to_string()).or_default().clone()
+    }
+
+    /// An earlier transaction of this patient that is still queued.
+    fn blocked_by(&self, key: &str, id: TxId) -> Option<TxId> {
+        let queued = self.queued.lock().expect("order lock");
+        queued.get(key)?.range(..id).next().copied()
+    }
+
+    fn set_queued(&self, key: &str, id: TxId, queued_now: bool) {
+        let mut queued = self.queued.lock().expect("order lock");
+        let ids = queued.entry(key.to_string()).or_default();
+        if queued_now {
+            ids.insert(id);
+        } else {
+            ids.remove(&id);
+            if ids.is_empty() {
+                queued.remove(key);
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    pub fn new(
+        channels: Channels,
+        pool: Addr<TransformWorker>,
+        journal: Journal,
+        deliverer: Deliverer,
+        metrics: Arc<Metrics>,
+    ) -> Pipeline {
+        Pipeline {
+            channels,
+            pool,
+            journal,
+            deliverer,
+            metrics,
+            order: Arc::new(PatientOrder::default()),
+        }
+    }
+
+    /// The channels that take this message, and the set they belong to.
+    pub fn route(
+        &self,
+        source: SourceKind,
+        listener: &str,
+        meta: &MessageMeta,
+    ) -> (Arc<ChannelSet>, Vec<Arc<Channel>>) {
+        let set = self.channels.current();
+        let routes = set.route(source, listener, meta);
+        (set, routes)
+    }
+
+    /// Filter, transform and deliver one journaled message through its channels, then record
+    /// every step and the final status in one journal write.
+    pub async fn process(
+        &self,
+        id: TxId,
+        patient_key: Option<String>,
+        raw: Bytes,
+        set: Arc<ChannelSet>,
+        channels: Vec<Arc<Channel>>,
+    ) -> PipelineOutcome {
+        // Taken before the first await: tasks for one patient line up in arrival order.
+        let lock = patient_key.as_deref().map(|k| self.order.lock_for(k));
+        let _turn = match &lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        let started = std::time::Instant::now();
+        let results = self
+            .pool
+            .send(RunChannels {
+                transaction: Some(id),
+                raw,
+                channels: channels.clone(),
+                lib_revision: set.lib_revision.clone(),
+                lib_dir: set.lib_dir.clone(),
+            })
+            .await;
+        let results = match results {
+            Ok(results) => results,
+            Err(e) => {
+                let reason = format!("transform pool unavailable: {e}");
+                let _ = self
+                    .journal
+                    .record(id, Vec::new(), vec![(Status::Failed, Some(reason.clone()))])
+                    .await;
+                return PipelineOutcome {
+                    status: Status::Failed,
+                    reason: Some(reason),
+                    rejected: false,
+                };
+            }
+        };
+        let mut steps: Vec<Step> = Vec::new();
+        let mut per_channel: Vec<(Status, Option<String>)> = Vec::new();
+        let mut rejected = false;
+        for result in results {
+            let channel = result.channel.clone();
+            let name = channel.name().to_string();
+            steps.extend(result.steps);
+            let outcome = match result.outcome {
+                ChannelOutcome::Filtered { reason } => (
+                    Status::Filtered,
+                    Some(format!(
+                        "{name}: {}",
+                        reason.unwrap_or_else(|| "filtered".into())
+                    )),
+                ),
+                ChannelOutcome::Rejected { reason } => {
+                    rejected = true;
+                    (Status::Failed, Some(format!("{name}: rejected: {reason}")))
+                }
+                ChannelOutcome::Failed { error } => {
+                    self.metrics
+                        .script_errors_total
+                        .with_label_values(&[&name])
+                        .inc();
+                    (Status::Failed, Some(format!("{name}: {error}")))
+                }
+                ChannelOutcome::Output { value } => {
+                    let earlier = patient_key
+                        .as_deref()
+                        .and_then(|k| self.order.blocked_by(k, id));
+                    match earlier {
+                        Some(earlier) => (
+                            Status::Queued,
+                            Some(format!(
+                                "{name}: waiting behind transaction {earlier} for the same patient"
+                            )),
+                        ),
+                        None => self.deliver(id, &channel, &value, &mut steps).await,
+                    }
+                }
+            };
+            self.metrics
+                .channel_messages_total
+                .with_label_values(&[&name, outcome.0.as_str()])
+                .inc();
+            per_channel.push(outcome);
+        }
+        let (status, reason) = combine(&per_channel);
+        if let Some(key) = &patient_key {
+            self.order.set_queued(key, id, status == Status::Queued);
+        }
+        self.metrics
+            .processing_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let events = vec![(Status::Processing, None), (status, reason.clone())];
+        if let Err(e) = self.journal.record(id, steps, events).await {
+            tracing::error!(%id, error = %e, "cannot record pipeline result");
+        }
+        PipelineOutcome {
+            status,
+            reason,
+            rejected,
+        }
+    }
+
+    /// Sends one channel's output to each of its destinations.
+    async fn deliver(
+        &self,
+        id: TxId,
+        channel: &Arc<Channel>,
+        value: &serde_json::Value,
+        steps: &mut Vec<Step>,
+    ) -> (Status, Option<String>) {
+        let name = channel.name();
+        if channel.def.destinations.is_empty() {
+            return (
+                Status::Delivered,
+                Some(format!(
+                    "{name}: transformed; the channel has no destinations"
+                )),
+            );
+        }
+        let mut worst = (Status::Delivered, None);
+        for destination in &channel.def.destinations {
+            let delivery = self
+                .deliverer
+                .deliver(destination, id, channel, value)
+                .await;
+            let (ok, output, error, status) = match delivery {
+                Delivery::Delivered { response } => (true, response, None, Status::Delivered),
+                Delivery::Failed { error, response } => {
+                    (false, response, Some(error), Status::Failed)
+                }
+                Delivery::Retry { error } => (false, None, Some(error), Status::Queued),
+            };
+            steps.push(Step {
+                channel: name.to_string(),
+                revision: channel.revision.clone(),
+                kind: StepKind::Deliver,
+                at_ms: now_ms(),
+                ok,
+                output,
+                logs: Vec::new(),
+                error: error.clone(),
+                destination: Some(destination.display_name()),
+            });
+            let rank = |s: Status| match s {
+                Status::Failed => 2,
+                Status::Queued => 1,
+                _ => 0,
+            };
+            if rank(status) > rank(worst.0) {
+                worst = (
+                    status,
+                    error.map(|e| format!("{name} → {}: {e}", destination.display_name())),
+                );
+            }
+        }
+        worst
+    }
+}
+
+impl Pipeline {
+    /// Re-runs what was received but not processed before the last stop (crash or restart).
+    pub async fn resume(&self) {
+        // Queued transactions block later ones of the same patient, across restarts too.
+        let journal = self.journal.clone();
+        if let Ok(Ok(queued)) =
+            tokio::task::spawn_blocking(move || journal.ids_with_status(Status::Queued, usize::MAX))
+                .await
+        {
+            for id in queued {
+                if let Ok(Some(tx)) = self.journal.get(id) {
+                    if let Some(key) = &tx.meta.patient_key {
+                        self.order.set_queued(key, id, true);
+                    }
+                }
+            }
+        }
+        for status in [Status::Received, Status::Processing] {
+            let journal = self.journal.clone();
+            let ids = match tokio::task::spawn_blocking(move || {
+                journal.ids_with_status(status, usize::MAX)
+            })
+            .await
+            {
+                Ok(Ok(ids)) => ids,
+                _ => continue,
+            };
+            if !ids.is_empty() {
+                tracing::info!(
+                    count = ids.len(),
+                    status = status.as_str(),
+                    "resuming transactions"
+                );
+            }
+            for id in ids {
+                self.rerun(id, None).await;
+            }
+        }
+    }
+
+    /// Runs a stored transaction through its channels again (all current channels that take it,
+    /// or only those named). Returns `None` if it is gone.
+    pub async fn rerun(&self, id: TxId, only: Option<&[String]>) -> Option<PipelineOutcome> {
+        let journal = self.journal.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Option<_> {
+            Some((journal.get(id).ok()??, journal.raw(id).ok()??))
+        })
+        .await
+        .ok()??;
+        let (tx, raw) = loaded;
+        let source = match tx.meta.listener.as_str() {
+            "mllp" => SourceKind::Mllp,
+            "http" => SourceKind::Http,
+            "sftp" => SourceKind::Sftp,
+            _ => SourceKind::Dir,
+        };
+        let (set, mut routes) = self.route(source, &tx.meta.listener, &tx.meta);
+        if let Some(only) = only {
+            routes.retain(|c| only.iter().any(|n| n == c.name()));
+        }
+        if routes.is_empty() {
+            let reason = "no channel: none takes it now".to_string();
+            let _ = self
+                .journal
+                .record(id, Vec::new(), vec![(Status::Failed, Some(reason.clone()))])
+                .await;
+            return Some(PipelineOutcome {
+                status: Status::Failed,
+                reason: Some(reason),
+                rejected: false,
+            });
+        }
+        Some(
+            self.process(
+                id,
+                tx.meta.patient_key.clone(),
+                Bytes::copy_from_slice(&raw),
+                set,
+                routes,
+            )
+            .await,
+        )
+    }
+
+    /// Retries queued transactions whose backoff has passed, oldest first; gives up (failed)
+    /// after the channel's `max_attempts`.
+    pub async fn retry_due(&self) {
+        let journal = self.journal.clone();
+        let Ok(Ok(ids)) =
+            tokio::task::spawn_blocking(move || journal.ids_with_status(Status::Queued, 10_000))
+                .await
+        else {
+            return;
+        };
+        self.metrics.queue_depth.set(ids.len() as i64);
+        let set = self.channels.current();
+        for id in ids {
+            let Ok(Some(tx)) = self.journal.get(id) else {
+                continue;
+            };
+            let attempts = tx
+                .events
+                .iter()
+                .filter(|e| e.status == Status::Queued)
+                .count() as u32;
+            let last = tx.events.last().map(|e| e.at_ms).unwrap_or(0);
+            let retry = tx
+                .channels
+                .iter()
+                .find_map(|c| set.get(&c.name))
+                .map(|c| c.def.retry)
+                .unwrap_or_default();
+            if attempts >= retry.max_attempts {
+                let reason = format!("gave up after {attempts} attempts");
+                let _ = self
+                    .journal
+                    .record(id, Vec::new(), vec![(Status::Failed, Some(reason))])
+                    .await;
+                continue;
+            }
+            if now_ms() < last + backoff_ms(&retry, attempts, id) as i64 {
+                continue;
+            }
+            let names: Vec<String> = tx.channels.iter().map(|c| c.name.clone()).collect();
+            self.rerun(id, Some(&names)).await;
+        }
+    }
+}
+
+/// Exponential backoff with ±20% jitter derived from the id (stable across polls, different
+/// across transactions, so retries of many messages spread out).
+fn backoff_ms(retry: &crate::channel::def::RetryDef, attempts: u32, id: TxId) -> u64 {
+    let exponent = attempts.saturating_sub(1).min(30);
+    let base = retry
+        .initial_backoff_ms
+        .saturating_mul(1u64 << exponent)
+        .min(retry.max_backoff_ms);
+    let spread = (id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ attempts as u64) % 41; // 0..=40
+    base * (80 + spread) / 100
+}
+
+/// One status for the transaction from each channel's: failed beats queued beats delivered;
+/// filtered only if every channel filtered it.
+fn combine(per_channel: &[(Status, Option<String>)]) -> (Status, Option<String>) {
+    for wanted in [Status::Failed, Status::Queued] {
+        if let Some((status, reason)) = per_channel.iter().find(|(s, _)| *s == wanted) {
+            return (*status, reason.clone());
+        }
+    }
+    if per_channel.iter().all(|(s, _)| *s == Status::Filtered) {
+        let reason = per_channel.first().and_then(|(_, r)| r.clone());
+        return (Status::Filtered, reason);
+    }
+    let reasons: Vec<String> = per_channel
+        .iter()
+        .filter(|(s, _)| *s == Status::Delivered)
+        .filter_map(|(_, r)| r.clone())
+        .collect();
+    (
+        Status::Delivered,
+        (!reasons.is_empty()).then(|| reasons.join("; ")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_beats_queued_beats_delivered_and_filtered_needs_all() {
+        let d = (Status::Delivered, None);
+        let f = (Status::Filtered, Some("f".to_string()));
+        let q = (Status::Queued, Some("q".to_string()));
+        let x = (Status::Failed, Some("x".to_string()));
+        assert_eq!(
+            combine(&[d.clone(), q.clone(), x.clone()]).0,
+            Status::Failed
+        );
+        assert_eq!(combine(&[d.clone(), q.clone()]).0, Status::Queued);
+        assert_eq!(combine(&[d.clone(), f.clone()]).0, Status::Delivered);
+        assert_eq!(combine(&[f.clone(), f.clone()]).0, Status::Filtered);
+        assert_eq!(combine(&[x]).1.as_deref(), Some("x"));
+    }
+}

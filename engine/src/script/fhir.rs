@@ -1,0 +1,377 @@
+//! FHIR helpers for scripts: transaction bundles, conditional entries, references, ids.
+//!
+//! Resources are plain Rhai maps (`#{resourceType: "Patient", ...}`), so authors see FHIR JSON
+//! as it is. The helpers cover what a mapping gets wrong by hand: the shape of a transaction
+//! entry, conditional create (`ifNoneExist`) versus conditional update (`PUT Patient?identifier=`,
+//! which is what makes an A08 update the Patient an A01 created), search-value escaping, and
+//! `urn:uuid` full URLs that are deterministic (derived from the entry's conditional key, or
+//! from the message and the entry's rank) so that a replayed message yields the same Bundle.
+
+use std::sync::{Arc, Mutex};
+
+use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map};
+
+use super::json::to_json;
+
+use super::state;
+use super::util::{det_id_of, det_uuid, hex, part_text, url_encode};
+
+type Res<T> = Result<T, Box<EvalAltResult>>;
+
+fn s(v: &str) -> Dynamic {
+    Dynamic::from(ImmutableString::from(v))
+}
+
+/// The `resourceType` of a resource map.
+fn resource_type(fn_name: &str, r: &Map) -> Res<String> {
+    match r.get("resourceType").map(super::util::part_text) {
+        Some(t) if !t.is_empty() => Ok(t),
+        _ => Err(format!("{fn_name}: the resource has no resourceType").into()),
+    }
+}
+
+fn text_field(r: &Map, key: &str) -> Option<String> {
+    r.get(key)
+        .map(super::util::part_text)
+        .filter(|t| !t.trim().is_empty())
+}
+
+/// A transaction/batch entry map.
+fn entry(full_url: String, resource: Map, request: Map) -> Map {
+    let mut e = Map::new();
+    e.insert("fullUrl".into(), s(&full_url));
+    e.insert("resource".into(), Dynamic::from_map(resource));
+    e.insert("request".into(), Dynamic::from_map(request));
+    e
+}
+
+fn request(method: &str, url: &str) -> Map {
+    let mut r = Map::new();
+    r.insert("method".into(), s(method));
+    r.insert("url".into(), s(url));
+    r
+}
+
+/// `urn:uuid:` + a deterministic UUID of the parts.
+pub fn urn_uuid_of(parts: &[Dynamic]) -> String {
+    format!("urn:uuid:{}", det_id_of(parts))
+}
+
+fn urn_of(parts: &[&str]) -> String {
+    format!("urn:uuid:{}", det_uuid(parts.iter().copied()))
+}
+
+/// `create_entry(resource)`: unconditional POST.
+fn create_entry(resource: Map) -> Res<Map> {
+    let rt = resource_type("create_entry", &resource)?;
+    let full_url = match text_field(&resource, "id") {
+        Some(id) => urn_of(&[&rt, &id]),
+        None => {
+            let (seed, n) = state::next_sequence();
+            urn_of(&["entry", &hex(&seed), &n.to_string(), &rt])
+        }
+    };
+    Ok(entry(full_url, resource, request("POST", &rt)))
+}
+
+/// `create_entry(resource, "identifier=sys|val")`: POST with `ifNoneExist`.
+fn create_entry_if_none(resource: Map, condition: &str) -> Res<Map> {
+    let rt = resource_type("create_entry", &resource)?;
+    let cond = condition
+        .strip_prefix(rt.as_str())
+        .and_then(|c| c.strip_prefix('?'))
+        .unwrap_or(condition);
+    if cond.trim().is_empty() {
+        return create_entry(resource);
+    }
+    let mut req = request("POST", &rt);
+    req.insert("ifNoneExist".into(), s(cond));
+    let full_url = urn_of(&[&format!("{rt}?{cond}")]);
+    Ok(entry(full_url, resource, req))
+}
+
+/// `update_entry(resource, url)`: PUT to `Type?search` (conditional) or `Type/id`.
+fn update_entry_at(mut resource: Map, url: &str) -> Res<Map> {
+    let rt = resource_type("update_entry", &resource)?;
+    let url = url.trim();
+    let url = if url.starts_with(&format!("{rt}?")) || url.starts_with(&format!("{rt}/")) {
+        url.to_owned()
+    } else if !url.is_empty() && !url.contains('/') && !url.contains('?') && url.contains('=') {
+        // "identifier=sys|val": the search part alone.
+        format!("{rt}?{url}")
+    } else {
+        return Err(format!(
+            "update_entry: url {url:?} must be {rt}?<search> (conditional update) or {rt}/<id>"
+        )
+        .into());
+    };
+    if let Some(id) = url.strip_prefix(&format!("{rt}/")) {
+        if id.is_empty() || id.contains(['/', '?']) {
+            return Err(format!("update_entry: bad url {url:?}").into());
+        }
+        if text_field(&resource, "id").is_none() {
+            resource.insert("id".into(), s(id));
+        }
+    }
+    let full_url = urn_of(&[&url]);
+    Ok(entry(full_url, resource, request("PUT", &url)))
+}
+
+/// `update_entry(resource)`: PUT `Type/id`, the resource must have an id.
+fn update_entry(resource: Map) -> Res<Map> {
+    let rt = resource_type("update_entry", &resource)?;
+    let Some(id) = text_field(&resource, "id") else {
+        return Err(
+            "update_entry(resource) needs resource.id; for a conditional update pass the url: update_entry(r, \"Patient?identifier=...\")"
+                .into(),
+        );
+    };
+    update_entry_at(resource, &format!("{rt}/{id}"))
+}
+
+/// Escapes a FHIR search token part (`\`, `|`, `,`, `$`) and percent-encodes it.
+pub fn search_escape(v: &str) -> String {
+    let mut e = String::with_capacity(v.len());
+    for c in v.chars() {
+        if matches!(c, '\\' | '|' | ',' | '$') {
+            e.push('\\');
+        }
+        e.push(c);
+    }
+    url_encode(&e)
+}
+
+/// `Type?identifier=system|value`, escaped.
+fn identifier_url(rt: &str, system: &str, value: &str) -> Res<String> {
+    if value.trim().is_empty() {
+        return Err(format!(
+            "identifier_url({rt:?}, {system:?}, ...): the identifier has no value"
+        )
+        .into());
+    }
+    Ok(format!(
+        "{rt}?identifier={}|{}",
+        search_escape(system.trim()),
+        search_escape(value.trim())
+    ))
+}
+
+/// The reference to an entry (its fullUrl) or a resource (`Type/id`).
+fn map_target(m: &Map) -> Res<String> {
+    if let Some(u) = text_field(m, "fullUrl") {
+        Ok(u)
+    } else if let (Some(rt), Some(id)) = (text_field(m, "resourceType"), text_field(m, "id")) {
+        Ok(format!("{rt}/{id}"))
+    } else {
+        Err("reference(): the map is neither an entry (fullUrl) nor a resource with an id".into())
+    }
+}
+
+fn reference_to_map(m: &Map) -> Res<Map> {
+    let url = map_target(m)?;
+    let mut r = Map::new();
+    r.insert("reference".into(), s(&url));
+    Ok(r)
+}
+
+/// `reference(entry_or_resource_or_url)`.
+fn reference(target: Dynamic) -> Res<Map> {
+    let url = if let Ok(u) = target.as_immutable_string_ref() {
+        u.to_string()
+    } else if let Ok(m) = target.as_map_ref() {
+        map_target(&m)?
+    } else {
+        return Err(format!(
+            "reference(): expected an entry, a resource or a URL, got {}",
+            target.type_name()
+        )
+        .into());
+    };
+    if url.trim().is_empty() {
+        return Err("reference(): empty reference".into());
+    }
+    let mut r = Map::new();
+    r.insert("reference".into(), s(&url));
+    Ok(r)
+}
+
+fn bundle(kind: &str, entries: Array) -> Map {
+    let mut b = Map::new();
+    b.insert("resourceType".into(), s("Bundle"));
+    b.insert("type".into(), s(kind));
+    b.insert("entry".into(), Dynamic::from_array(entries));
+    b
+}
+
+/// A transaction (or batch) being built: `let tx = transaction(); tx.update(r, url); tx`.
+///
+/// The fast way to build a Bundle. Each entry is converted to JSON when it is added, so the
+/// script never copies resources around (Rhai copies a map whenever a variable holding it is
+/// passed or returned, and re-measures maps and arrays after every call), and a resource that
+/// cannot be converted fails at the line that added it. A `Transaction` is a handle: copies of
+/// it share the same entries.
+#[derive(Clone)]
+pub struct Transaction {
+    inner: Arc<Mutex<TxInner>>,
+}
+
+struct TxInner {
+    kind: &'static str,
+    entries: Vec<serde_json::Value>,
+}
+
+impl Transaction {
+    fn new(kind: &'static str) -> Self {
+        Transaction {
+            inner: Arc::new(Mutex::new(TxInner {
+                kind,
+                entries: Vec::new(),
+            })),
+        }
+    }
+
+    /// Adds an entry map; returns its fullUrl.
+    fn add(&self, entry: Map) -> Res<ImmutableString> {
+        let url = entry
+            .get("fullUrl")
+            .map(super::util::part_text)
+            .unwrap_or_default();
+        let value = match to_json(&Dynamic::from_map(entry)) {
+            Ok(Some(v)) => v,
+            Ok(None) => return Err("the entry is empty".into()),
+            Err(e) => return Err(format!("cannot add the entry: {e}").into()),
+        };
+        let mut inner = self.inner.lock().map_err(|_| "transaction poisoned")?;
+        inner.entries.push(value);
+        Ok(url.into())
+    }
+
+    /// The Bundle (`resourceType`, `type`, `entry`).
+    pub fn to_bundle(&self) -> serde_json::Value {
+        let (kind, entries) = match self.inner.lock() {
+            Ok(i) => (i.kind, i.entries.clone()),
+            Err(_) => ("transaction", Vec::new()),
+        };
+        let mut b = serde_json::Map::new();
+        b.insert("resourceType".into(), "Bundle".into());
+        b.insert("type".into(), kind.into());
+        b.insert("entry".into(), serde_json::Value::Array(entries));
+        serde_json::Value::Object(b)
+    }
+
+    /// Takes the Bundle out (no copy when this is the last handle).
+    pub fn into_bundle(self) -> serde_json::Value {
+        match Arc::try_unwrap(self.inner) {
+            Ok(m) => match m.into_inner() {
+                Ok(i) => {
+                    let mut b = serde_json::Map::new();
+                    b.insert("resourceType".into(), "Bundle".into());
+                    b.insert("type".into(), i.kind.into());
+                    b.insert("entry".into(), serde_json::Value::Array(i.entries));
+                    serde_json::Value::Object(b)
+                }
+                Err(_) => serde_json::Value::Null,
+            },
+            Err(shared) => Transaction { inner: shared }.to_bundle(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.inner.lock().map_or(0, |i| i.entries.len())
+    }
+}
+
+/// Registers the FHIR helpers.
+pub fn register(engine: &mut Engine) {
+    engine.register_type_with_name::<Transaction>("Transaction");
+    engine.register_fn("transaction", || Transaction::new("transaction"));
+    engine.register_fn("batch", || Transaction::new("batch"));
+    engine.register_fn("create", |t: &mut Transaction, r: Map| {
+        t.add(create_entry(r)?)
+    });
+    engine.register_fn("create", |t: &mut Transaction, r: Map, c: &str| {
+        t.add(create_entry_if_none(r, c)?)
+    });
+    engine.register_fn("update", |t: &mut Transaction, r: Map| {
+        t.add(update_entry(r)?)
+    });
+    engine.register_fn("update", |t: &mut Transaction, r: Map, url: &str| {
+        t.add(update_entry_at(r, url)?)
+    });
+    engine.register_fn("add", |t: &mut Transaction, e: Map| t.add(e));
+    engine.register_get("len", |t: &mut Transaction| t.len() as rhai::INT);
+    engine.register_fn("to_debug", |t: &mut Transaction| {
+        format!("Transaction({} entries)", t.len())
+    });
+
+    // The entries are moved into the Bundle (the variable is left empty): copying a whole
+    // Bundle's worth of resources costs more than the rest of a typical mapping.
+    engine.register_fn("bundle_transaction", |e: &mut Array| {
+        bundle("transaction", std::mem::take(e))
+    });
+    engine.register_fn("bundle_batch", |e: &mut Array| {
+        bundle("batch", std::mem::take(e))
+    });
+    engine.register_fn("create_entry", create_entry);
+    engine.register_fn("create_entry", |r: Map, c: &str| create_entry_if_none(r, c));
+    engine.register_fn("update_entry", update_entry);
+    engine.register_fn("update_entry", |r: Map, url: &str| update_entry_at(r, url));
+    engine.register_fn("identifier_url", |rt: &str, sys: Dynamic, val: Dynamic| {
+        identifier_url(rt, &part_text(&sys), &part_text(&val))
+    });
+    engine.register_fn("search_escape", |v: &str| search_escape(v));
+    // By reference for maps: an entry variable is read, not copied.
+    engine.register_fn("reference", |m: &mut Map| reference_to_map(m));
+    engine.register_fn("reference", reference);
+    engine.register_fn("reference", |m: &mut Map, display: &str| {
+        let mut r = reference_to_map(m)?;
+        if !display.trim().is_empty() {
+            r.insert("display".into(), s(display));
+        }
+        Ok::<_, Box<EvalAltResult>>(r)
+    });
+    engine.register_fn("reference", |t: Dynamic, display: &str| {
+        let mut r = reference(t)?;
+        if !display.trim().is_empty() {
+            r.insert("display".into(), s(display));
+        }
+        Ok::<_, Box<EvalAltResult>>(r)
+    });
+
+    engine.register_fn("urn_uuid", |a: Array| urn_uuid_of(&a));
+    engine.register_fn("urn_uuid", |a: Dynamic| urn_uuid_of(&[a]));
+    engine.register_fn("urn_uuid", |a: Dynamic, b: Dynamic| urn_uuid_of(&[a, b]));
+    engine.register_fn("urn_uuid", |a: Dynamic, b: Dynamic, c: Dynamic| {
+        urn_uuid_of(&[a, b, c])
+    });
+    engine.register_fn(
+        "urn_uuid",
+        |a: Dynamic, b: Dynamic, c: Dynamic, d: Dynamic| urn_uuid_of(&[a, b, c, d]),
+    );
+    engine.register_fn(
+        "urn_uuid",
+        |a: Dynamic, b: Dynamic, c: Dynamic, d: Dynamic, e: Dynamic| urn_uuid_of(&[a, b, c, d, e]),
+    );
+    engine.register_fn(
+        "urn_uuid",
+        |a: Dynamic, b: Dynamic, c: Dynamic, d: Dynamic, e: Dynamic, f: Dynamic| {
+            urn_uuid_of(&[a, b, c, d, e, f])
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_values_are_escaped() {
+        assert_eq!(search_escape("urn:oid:1.2"), "urn:oid:1.2");
+        assert_eq!(search_escape("a|b,c"), "a%5C%7Cb%5C%2Cc");
+        assert_eq!(
+            identifier_url("Patient", "urn:id:GENHOSP", "MRN 1").unwrap(),
+            "Patient?identifier=urn:id:GENHOSP|MRN%201"
+        );
+        assert!(identifier_url("Patient", "x", " ").is_err());
+    }
+}

@@ -1,0 +1,98 @@
+//! The sandbox limits a script runs under.
+//!
+//! Rhai's built-in defaults differ between debug and release builds (8 call levels in debug, 64
+//! in release), so a script could pass in one and fail in the other: every limit is set
+//! explicitly from this struct. Channels may override any of them in their configuration
+//! (`[transform.limits]`, unknown keys rejected); `time_budget` reads `"1s"`, `"250ms"` or a
+//! number of milliseconds. As in Rhai, 0 means "no limit" for operations, expression depths,
+//! string/array/map sizes; it also does for `max_stack_bytes` and `time_budget`. 0 call levels
+//! forbids function calls, 0 modules forbids `import`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Limits for one script run (compile-time depth limits apply when compiling).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScriptLimits {
+    /// Rhai operations per run; an endless loop stops here. 0 means unlimited (then only the
+    /// time budget stops it).
+    pub max_operations: u64,
+    /// Nested function calls (scripted and library functions).
+    pub max_call_levels: usize,
+    /// Expression nesting at the top level of a script (checked at compile time).
+    pub max_expr_depth: usize,
+    /// Expression nesting inside functions (checked at compile time).
+    pub max_function_expr_depth: usize,
+    /// Bytes in one string.
+    pub max_string_size: usize,
+    /// Elements in one array. Rhai re-measures an array on every push (O(n)), so filling a
+    /// large one is quadratic: keep this modest.
+    pub max_array_size: usize,
+    /// Properties in one object map.
+    pub max_map_size: usize,
+    /// `import`s per run (embedded library modules count).
+    pub max_modules: usize,
+    /// Native stack a run may use, measured from where it starts. Rhai recursion costs ~6 KiB a
+    /// level in release and ~40-70 KiB in debug builds; this guard stops a script before it
+    /// overflows a 2 MiB worker thread stack, whatever the other limits are set to.
+    pub max_stack_bytes: usize,
+    /// Wall-clock time per run, checked every 1024 operations.
+    #[serde(deserialize_with = "duration")]
+    pub time_budget: Duration,
+}
+
+impl Default for ScriptLimits {
+    fn default() -> Self {
+        ScriptLimits {
+            max_operations: 5_000_000,
+            max_call_levels: 32,
+            max_expr_depth: 64,
+            max_function_expr_depth: 32,
+            max_string_size: 1 << 20,
+            max_array_size: 10_000,
+            max_map_size: 10_000,
+            max_modules: 32,
+            max_stack_bytes: 1 << 20,
+            time_budget: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Reads `"1s"`, `"1.5s"`, `"250ms"`, `"2m"` or an integer number of milliseconds.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Millis(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Millis(ms) => Ok(Duration::from_millis(ms)),
+        Raw::Text(s) => parse_duration(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "bad duration {s:?}: expected e.g. \"1s\", \"250ms\" or \"2m\""
+            ))
+        }),
+    }
+}
+
+/// Parses `"1s"`, `"1.5s"`, `"250ms"`, `"2m"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        return None;
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    if !v.is_finite() || v < 0.0 || v * unit > 86_400.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(v * unit))
+}

@@ -1,0 +1,107 @@
+//! Rhai scripts that filter HL7 v2 messages and transform them into FHIR R4.
+//!
+//! Channel authors write the mapping; the engine must survive whatever they write. So a script
+//! runs in a sandbox (every Rhai limit set explicitly, a wall-clock budget, a stack guard, no file
+//! or network access, `import` limited to `scripts/lib/`), `print`/`debug` go into the
+//! transaction's log instead of stdout, and every failure comes back as a [`ScriptError`] that
+//! names the file, line and column. The script API itself is documented for authors in
+//! `scripts/README.md`.
+//!
+//! Layout, one file per concept:
+//! - [`host`]: [`ScriptHost`], the Engine (one per worker thread), compile, run filter/transform;
+//! - [`limits`]: [`ScriptLimits`], the sandbox settings channels may tune;
+//! - [`resolver`]: the module resolver that only sees `scripts/lib/*.rhai`;
+//! - [`state`]: per-run state (logs, deadline, stack guard, skip/reject) kept in a thread-local;
+//! - [`message`]: the HL7 message, segment, field and group types scripts read and rewrite;
+//! - [`fhir`]: bundles, entries, conditional requests, references, deterministic ids;
+//! - [`v2`]: HL7 v2 data types (CX, XPN, XAD, XTN, CWE, XCN) → FHIR data types, natively;
+//! - [`dates`]: HL7 `DTM` → FHIR `dateTime` / `date` / `instant`, keeping precision and offset;
+//! - [`lookup`]: small CSV/JSON code tables shipped beside a script, loaded once per host;
+//! - [`util`]: hashing, logging, `skip`/`reject`, small string helpers;
+//! - [`json`]: script values → `serde_json::Value` (pruning empty FHIR elements) and back;
+//! - [`output`]: the transform's value → a transaction Bundle;
+//! - [`error`]: [`ScriptError`] with file:line:col and what kind of failure it was.
+
+pub mod dates;
+pub mod error;
+pub mod fhir;
+pub mod host;
+pub mod json;
+pub mod limits;
+pub mod lookup;
+pub mod message;
+pub mod output;
+pub mod resolver;
+pub mod state;
+pub mod util;
+pub mod v2;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+
+pub use error::{LimitKind, ScriptError, ScriptErrorKind};
+pub use host::ScriptHost;
+pub use limits::ScriptLimits;
+
+/// What the engine tells a script run about where it runs.
+#[derive(Debug, Clone, Default)]
+pub struct ScriptContext {
+    /// The channel name, visible to scripts as `ctx.channel` (and handy in logs).
+    pub channel: String,
+    /// The directory of the script: `lookup("table.csv", key)` reads its tables here.
+    pub script_dir: PathBuf,
+    /// The journal transaction, visible as `ctx.transaction_id` (`()` when trying a sample).
+    pub transaction_id: Option<u64>,
+}
+
+/// Result of a filter script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterOutcome {
+    /// `true`: the message goes on to the transform.
+    pub keep: bool,
+    /// Why it was filtered, when the script called `skip("reason")`.
+    pub reason: Option<String>,
+    /// `print`, `debug` and `log` lines, in order, for the transaction log.
+    pub logs: Vec<String>,
+}
+
+/// Result of a transform script.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransformOutcome {
+    /// The script produced output: a FHIR transaction Bundle (see [`output`] for how a resource
+    /// or an array of resources is wrapped), or a JSON string when the script returned text or
+    /// a rewritten message (`msg.encode()`) for HL7 destinations.
+    Output {
+        /// The output, empty FHIR elements pruned.
+        value: serde_json::Value,
+        /// `print`, `debug` and `log` lines.
+        logs: Vec<String>,
+    },
+    /// The script called `skip("reason")`: the message is filtered out, not an error.
+    Skip {
+        /// The reason given (empty when `skip()` had none).
+        reason: String,
+        /// `print`, `debug` and `log` lines.
+        logs: Vec<String>,
+    },
+    /// The script called `reject("reason")`: the sender gets an AE acknowledgement.
+    Reject {
+        /// The reason given, for the ACK's MSA-3/ERR and the transaction.
+        reason: String,
+        /// `print`, `debug` and `log` lines.
+        logs: Vec<String>,
+    },
+}
+
+impl TransformOutcome {
+    /// The log lines, whatever the outcome.
+    pub fn logs(&self) -> &[String] {
+        match self {
+            TransformOutcome::Output { logs, .. }
+            | TransformOutcome::Skip { logs, .. }
+            | TransformOutcome::Reject { logs, .. } => logs,
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The transform's final value → what the engine delivers.
+//!
+//! A transform ends with one of:
+//! - a `Transaction` (`let tx = transaction(); tx.update(...); tx`): its Bundle, entries
+//!   checked as below;
+//! - a Bundle map (`bundle_transaction([...])`): used as it is (a transaction or batch Bundle's
+//!   entries are checked: each has a `request` with `method` and `url`, and a resource unless
+//!   it is a DELETE or GET);
+//! - one resource map, or an array of resource maps and/or entry maps: wrapped into a
+//!   transaction Bundle. A resource becomes a `POST Type` entry, or `PUT Type/id` when it has an
+//!   `id`; its `fullUrl` is a `urn:uuid:` derived from the message and its rank, so a replay is
+//!   identical. Entry maps (from `create_entry`/`update_entry`) are kept as they are;
+//! - a string or the message itself (`msg`, after `msg.set(...)`): a JSON string, the rewritten
+//!   HL7 for channels that forward HL7.
+//!
+//! Anything else, or a value that prunes to nothing, is an [`super::ScriptErrorKind::Output`]
+//! error: a transform that wants to drop a message calls `skip()`.
+
+use rhai::Dynamic;
+use serde_json::{json, Map, Value};
+
+use super::fhir::Transaction;
+use super::json::to_json;
+use super::message::ScriptMessage;
+use super::util::{det_uuid, hex, sha256_bytes};
+use crate::hl7::Message;
+
+/// Converts the transform's value; the message seeds the `fullUrl`s of wrapped resources.
+pub fn transform_output(value: Dynamic, msg: &Message) -> Result<Value, String> {
+    if value.is::<Transaction>() {
+        let Some(tx) = value.try_cast::<Transaction>() else {
+            return Err("the transaction could not be read".into());
+        };
+        let bundle = tx.into_bundle();
+        if let Value::Object(o) = &bundle {
+            check_bundle(o)?;
+        }
+        return Ok(bundle);
+    }
+    let text = if let Ok(s) = value.as_immutable_string_ref() {
+        Some(s.to_string())
+    } else {
+        value
+            .read_lock::<ScriptMessage>()
+            .map(|m| m.encoded().to_owned())
+    };
+    if let Some(text) = text {
+        if text.trim().is_empty() {
+            return Err("the transform's value is an empty string".into());
+        }
+        return Ok(Value::String(text));
+    }
+    let Some(v) = to_json(&value)? else {
+        return Err(format!(
+            "the transform's value is empty ({}): end with a resource, an array of resources or a Bundle, or call skip(\"reason\")",
+            value.type_name()
+        ));
+    };
+    match v {
+        Value::Object(o) if o.get("resourceType").and_then(Value::as_str) == Some("Bundle") => {
+            check_bundle(&o)?;
+            Ok(Value::Object(o))
+        }
+        Value::Object(o) if !o.contains_key("resourceType") && !o.contains_key("resource") => {
+            Err("the transform's value is a map with neither resourceType nor resource: end with a resource, an array of resources or a Bundle".into())
+        }
+        Value::Object(o) => wrap(vec![Value::Object(o)], msg),
+        Value::Array(items) => wrap(items, msg),
+        other => Err(format!(
+            "the transform's value is a {}: end with a resource, an array of resources or a Bundle",
+            kind(&other)
+        )),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "map",
+    }
+}
+
+fn wrap(items: Vec<Value>, msg: &Message) -> Result<Value, String> {
+    let mut seed: Option<String> = None;
+    let mut entries = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let Value::Object(o) = item else {
+            return Err(format!(
+                "element {i} of the transform's array is a {}, not a resource or an entry",
+                kind(&item)
+            ));
+        };
+        if o.contains_key("resourceType") {
+            let rt = o
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let seed = seed.get_or_insert_with(|| hex(&sha256_bytes(msg.as_str().as_bytes())));
+            let full_url = format!(
+                "urn:uuid:{}",
+                det_uuid(["output", seed.as_str(), &i.to_string(), &rt])
+            );
+            let request = match o.get("id").and_then(Value::as_str) {
+                Some(id) => json!({"method": "PUT", "url": format!("{rt}/{id}")}),
+                None => json!({"method": "POST", "url": rt}),
+            };
+            entries.push(json!({"fullUrl": full_url, "resource": o, "request": request}));
+        } else if o.contains_key("resource") || o.contains_key("request") {
+            entries.push(Value::Object(o));
+        } else {
+            return Err(format!(
+                "element {i} of the transform's array has neither resourceType nor resource"
+            ));
+        }
+    }
+    let mut b = Map::new();
+    b.insert("resourceType".into(), "Bundle".into());
+    b.insert("type".into(), "transaction".into());
+    b.insert("entry".into(), Value::Array(entries));
+    check_bundle(&b)?;
+    Ok(Value::Object(b))
+}
+
+/// Checks the entries of a transaction or batch Bundle.
+fn check_bundle(b: &Map<String, Value>) -> Result<(), String> {
+    let kind = b.get("type").and_then(Value::as_str).unwrap_or_default();
+    if kind.is_empty() {
+        return Err("the Bundle has no type (use bundle_transaction([...]))".into());
+    }
+    if kind != "transaction" && kind != "batch" {
+        return Ok(());
+    }
+    let Some(entries) = b.get("entry").and_then(Value::as_array) else {
+        return Err(format!("the {kind} Bundle has no entries"));
+    };
+    for (i, e) in entries.iter().enumerate() {
+        let req = e.get("request");
+        let method = req
+            .and_then(|r| r.get("method"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let url = req
+            .and_then(|r| r.get("url"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !matches!(method, "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE") {
+            return Err(format!(
+                "entry {i} of the {kind} Bundle: request.method {method:?} is not GET, HEAD, POST, PUT, PATCH or DELETE"
+            ));
+        }
+        if url.is_empty() {
+            return Err(format!("entry {i} of the {kind} Bundle has no request.url"));
+        }
+        let has_resource = e
+            .get("resource")
+            .and_then(|r| r.get("resourceType"))
+            .is_some();
+        if matches!(method, "POST" | "PUT") && !has_resource {
+            return Err(format!(
+                "entry {i} of the {kind} Bundle ({method} {url}) has no resource with a resourceType"
+            ));
+        }
+    }
+    Ok(())
+}

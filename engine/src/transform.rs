@@ -1,0 +1,276 @@
+//! The transform pool: Rhai runs on sync actors (an actix `SyncArbiter`), one per core.
+//!
+//! Each worker owns its own script host (a Rhai Engine) and its own compiled ASTs, keyed by
+//! channel revision: a shared Engine serialises on its string interner. Scripts run sandboxed;
+//! an error or a limit hit fails that channel's step for that transaction, never the worker.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use crate::channel::{Channel, ScriptSource};
+use crate::hl7::Message;
+use crate::journal::{now_ms, Step, StepKind, TxId};
+use crate::script::{ScriptContext, ScriptHost, ScriptLimits, TransformOutcome};
+
+/// What one channel made of one message.
+#[derive(Debug, Clone)]
+pub enum ChannelOutcome {
+    /// The filter (or `skip()`) dropped it.
+    Filtered { reason: Option<String> },
+    /// FHIR output to deliver.
+    Output { value: serde_json::Value },
+    /// `reject()`: refused, the sender is told AE in on-delivery mode.
+    Rejected { reason: String },
+    /// A script error or limit, with file:line:col.
+    Failed { error: String },
+}
+
+/// The outcome plus the steps to journal.
+#[derive(Debug, Clone)]
+pub struct ChannelResult {
+    pub channel: Arc<Channel>,
+    pub outcome: ChannelOutcome,
+    pub steps: Vec<Step>,
+}
+
+/// Run every channel's filter and transform on one message.
+#[derive(Message)]
+#[rtype(result = "Vec<ChannelResult>")]
+pub struct RunChannels {
+    pub transaction: Option<TxId>,
+    pub raw: Bytes,
+    pub channels: Vec<Arc<Channel>>,
+    /// The library these channel revisions were compiled against.
+    pub lib_revision: String,
+    pub lib_dir: PathBuf,
+}
+
+/// One worker: a script host and its compiled scripts.
+pub struct TransformWorker {
+    limits: ScriptLimits,
+    host: Option<(String, ScriptHost)>,
+    /// Compiled scripts by (path, revision): a new revision compiles once, here.
+    asts: HashMap<(PathBuf, String), Arc<rhai::AST>>,
+}
+
+impl TransformWorker {
+    pub fn new(limits: ScriptLimits) -> TransformWorker {
+        TransformWorker {
+            limits,
+            host: None,
+            asts: HashMap::new(),
+        }
+    }
+
+    /// Makes the host for this library revision (rebuilt, and ASTs dropped, when the library
+    /// changed).
+    pub fn prepare(&mut self, lib_revision: &str, lib_dir: &std::path::Path) -> Result<(), String> {
+        if self
+            .host
+            .as_ref()
+            .is_none_or(|(rev, _)| rev != lib_revision)
+        {
+            let host = ScriptHost::new(lib_dir, self.limits.clone()).map_err(|e| e.to_string())?;
+            self.host = Some((lib_revision.to_string(), host));
+            self.asts.clear();
+        }
+        Ok(())
+    }
+
+    fn ast(&mut self, source: &ScriptSource, revision: &str) -> Result<Arc<rhai::AST>, String> {
+        let key = (source.path.clone(), revision.to_string());
+        if let Some(ast) = self.asts.get(&key) {
+            return Ok(ast.clone());
+        }
+        let (_, host) = self.host.as_ref().ok_or("no script host")?;
+        let ast = host
+            .compile_source(&source.path.to_string_lossy(), &source.text)
+            .map_err(|e| e.to_string())?;
+        // Old revisions are not worth keeping once a channel moved on.
+        if self.asts.len() > 256 {
+            self.asts.clear();
+        }
+        let ast = Arc::new(ast);
+        self.asts.insert(key, ast.clone());
+        Ok(ast)
+    }
+
+    /// Filter then transform for one channel.
+    pub fn run_channel(
+        &mut self,
+        channel: &Arc<Channel>,
+        message: &Message,
+        transaction: Option<TxId>,
+    ) -> ChannelResult {
+        let mut steps = Vec::new();
+        let step = |kind, ok, output, logs, error| Step {
+            channel: channel.name().to_string(),
+            revision: channel.revision.clone(),
+            kind,
+            at_ms: now_ms(),
+            ok,
+            output,
+            logs,
+            error,
+            destination: None,
+        };
+        let ctx = ScriptContext {
+            channel: channel.name().to_string(),
+            script_dir: channel.script_dir(),
+            transaction_id: transaction.map(|t| t.0),
+        };
+        let finish = |outcome, steps| ChannelResult {
+            channel: channel.clone(),
+            outcome,
+            steps,
+        };
+        if let Some(filter) = &channel.filter {
+            let ran = self.ast(filter, &channel.revision).and_then(|ast| {
+                let (_, host) = self.host.as_ref().ok_or("no script host")?;
+                host.run_filter(&ast, message, &ctx)
+                    .map_err(|e| e.to_string())
+            });
+            match ran {
+                Err(error) => {
+                    steps.push(step(
+                        StepKind::Filter,
+                        false,
+                        None,
+                        Vec::new(),
+                        Some(error.clone()),
+                    ));
+                    return finish(ChannelOutcome::Failed { error }, steps);
+                }
+                Ok(outcome) => {
+                    let keep = outcome.keep;
+                    steps.push(step(
+                        StepKind::Filter,
+                        true,
+                        Some(serde_json::json!({"keep": keep, "reason": outcome.reason})),
+                        outcome.logs,
+                        None,
+                    ));
+                    if !keep {
+                        return finish(
+                            ChannelOutcome::Filtered {
+                                reason: outcome.reason,
+                            },
+                            steps,
+                        );
+                    }
+                }
+            }
+        }
+        let Some(transform) = &channel.transform else {
+            return finish(
+                ChannelOutcome::Output {
+                    value: serde_json::Value::Null,
+                },
+                steps,
+            );
+        };
+        let ran = self.ast(transform, &channel.revision).and_then(|ast| {
+            let (_, host) = self.host.as_ref().ok_or("no script host")?;
+            host.run_transform(&ast, message, &ctx)
+                .map_err(|e| e.to_string())
+        });
+        let outcome = match ran {
+            Err(error) => {
+                steps.push(step(
+                    StepKind::Transform,
+                    false,
+                    None,
+                    Vec::new(),
+                    Some(error.clone()),
+                ));
+                ChannelOutcome::Failed { error }
+            }
+            Ok(TransformOutcome::Output { value, logs }) => {
+                steps.push(step(
+                    StepKind::Transform,
+                    true,
+                    Some(value.clone()),
+                    logs,
+                    None,
+                ));
+                ChannelOutcome::Output { value }
+            }
+            Ok(TransformOutcome::Skip { reason, logs }) => {
+                steps.push(step(
+                    StepKind::Transform,
+                    true,
+                    Some(serde_json::json!({"skipped": reason})),
+                    logs,
+                    None,
+                ));
+                ChannelOutcome::Filtered {
+                    reason: Some(reason),
+                }
+            }
+            Ok(TransformOutcome::Reject { reason, logs }) => {
+                steps.push(step(
+                    StepKind::Transform,
+                    false,
+                    None,
+                    logs,
+                    Some(format!("rejected: {reason}")),
+                ));
+                ChannelOutcome::Rejected { reason }
+            }
+        };
+        finish(outcome, steps)
+    }
+
+    /// All channels for one message (parsed once).
+    pub fn run(&mut self, msg: RunChannels) -> Vec<ChannelResult> {
+        let parsed = Message::parse(&msg.raw);
+        let host_ready = self.prepare(&msg.lib_revision, &msg.lib_dir);
+        msg.channels
+            .iter()
+            .map(|channel| match (&parsed, &host_ready) {
+                (Err(e), _) => failed(channel, format!("not HL7 v2: {e}")),
+                (_, Err(e)) => failed(channel, format!("script library: {e}")),
+                (Ok(message), Ok(())) => self.run_channel(channel, message, msg.transaction),
+            })
+            .collect()
+    }
+}
+
+fn failed(channel: &Arc<Channel>, error: String) -> ChannelResult {
+    ChannelResult {
+        channel: channel.clone(),
+        steps: vec![Step {
+            channel: channel.name().to_string(),
+            revision: channel.revision.clone(),
+            kind: StepKind::Transform,
+            at_ms: now_ms(),
+            ok: false,
+            output: None,
+            logs: Vec::new(),
+            error: Some(error.clone()),
+            destination: None,
+        }],
+        outcome: ChannelOutcome::Failed { error },
+    }
+}
+
+impl Actor for TransformWorker {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<RunChannels> for TransformWorker {
+    type Result = MessageResult<RunChannels>;
+
+    fn handle(&mut self, msg: RunChannels, _: &mut SyncContext<Self>) -> Self::Result {
+        MessageResult(self.run(msg))
+    }
+}
+
+/// Starts the pool: one worker per core.
+pub fn start_pool(limits: ScriptLimits, workers: usize) -> Addr<TransformWorker> {
+    SyncArbiter::start(workers.max(1), move || TransformWorker::new(limits.clone()))
+}

@@ -1,0 +1,419 @@
+//! End-to-end: channels, Rhai transforms and the embedded CDR, through the real binary.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{ack_fields, adt, default_channels, fixture, repo_root, settled, Engine};
+use orbiter::mllp::MllpClient;
+
+const T: Duration = Duration::from_secs(10);
+
+/// A channels dir and a scripts dir (with the repo's `scripts/lib`) in a temp folder.
+struct Workspace {
+    root: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new() -> Workspace {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("channels")).unwrap();
+        std::fs::create_dir_all(root.path().join("scripts/lib")).unwrap();
+        for entry in std::fs::read_dir(repo_root().join("scripts/lib")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rhai") {
+                std::fs::copy(
+                    &path,
+                    root.path()
+                        .join("scripts/lib")
+                        .join(path.file_name().unwrap()),
+                )
+                .unwrap();
+            }
+        }
+        Workspace { root }
+    }
+
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.root.path().join(rel)
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        std::fs::write(self.path(rel), text).unwrap();
+    }
+
+    /// A channel taking `types`, running `scripts/<name>.rhai`, in `mode`, with `destinations`.
+    fn channel(&self, name: &str, types: &str, script: &str, mode: &str, destination: &str) {
+        self.write(
+            &format!("channels/{name}.toml"),
+            &format!(
+                "name = \"{name}\"\n[source]\nkind = \"mllp\"\n[match]\nmessage_type = [{types}]\n\
+                 [transform]\nscript = \"{name}.rhai\"\n{destination}\n[ack]\nmode = \"{mode}\"\n"
+            ),
+        );
+        self.write(&format!("scripts/{name}.rhai"), script);
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "ORBITER_CHANNELS_DIR".into(),
+                self.path("channels").display().to_string(),
+            ),
+            (
+                "ORBITER_SCRIPTS_DIR".into(),
+                self.path("scripts").display().to_string(),
+            ),
+        ]
+    }
+}
+
+fn start(data: &Path, env: &[(String, String)]) -> Engine {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Engine::start(data, &env)
+}
+
+async fn fhir(engine: &Engine, path: &str) -> serde_json::Value {
+    let (status, body) = engine.api(&format!("/fhir/{path}")).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+fn total(bundle: &serde_json::Value) -> usize {
+    bundle["entry"].as_array().map(|e| e.len()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn default_adt_channel_writes_patient_and_encounter_idempotently() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(&dir.path().join("data"), &default_channels());
+    let mut c = MllpClient::connect(&engine.mllp, T).await.unwrap();
+
+    let a01 = fixture("adt_a01.hl7");
+    let message = orbiter::hl7::Message::parse(&a01).unwrap();
+    let control_id = message.control_id().unwrap().to_string();
+    let mrn = message.get_str("PID-3.1").unwrap().unwrap().to_string();
+    assert_eq!(ack_fields(&c.send(&a01).await.unwrap()).0, "AA");
+    let tx = settled(&engine, &control_id).await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+
+    // The transaction shows the transform's output and the CDR's answer.
+    let (_, detail) = engine.api(&format!("/api/transactions/{}", tx["id"])).await;
+    let steps = detail["steps"].as_array().unwrap();
+    assert!(steps
+        .iter()
+        .any(|s| s["kind"] == "transform" && s["output"]["resourceType"] == "Bundle"));
+    assert!(steps
+        .iter()
+        .any(|s| s["kind"] == "deliver" && s["ok"] == true));
+    assert_eq!(
+        detail["channels"][0]["revision"].as_str().unwrap().len(),
+        16
+    );
+
+    let patients = fhir(&engine, &format!("Patient?identifier={mrn}")).await;
+    assert_eq!(total(&patients), 1, "{patients}");
+    let patient_id = patients["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let encounters = fhir(&engine, &format!("Encounter?subject=Patient/{patient_id}")).await;
+    assert_eq!(total(&encounters), 1, "{encounters}");
+
+    // Replaying the same message changes nothing: still one Patient, version unchanged.
+    let version = patients["entry"][0]["resource"]["meta"]["versionId"].clone();
+    assert_eq!(ack_fields(&c.send(&a01).await.unwrap()).0, "AA");
+    let (_, dups) = engine
+        .api(&format!("/api/transactions?control_id={control_id}"))
+        .await;
+    let replay = &dups["items"][0];
+    assert_eq!(
+        settled_id(&engine, replay["id"].as_u64().unwrap()).await,
+        "delivered"
+    );
+    let patients = fhir(&engine, &format!("Patient?identifier={mrn}")).await;
+    assert_eq!(total(&patients), 1);
+    assert_eq!(
+        patients["entry"][0]["resource"]["meta"]["versionId"], version,
+        "no new version"
+    );
+    assert_eq!(
+        total(&fhir(&engine, &format!("Encounter?subject=Patient/{patient_id}")).await),
+        1
+    );
+
+    // An A08 for the same patient updates the same Patient.
+    let a08 = fixture("adt_a08.hl7");
+    let a08_msg = orbiter::hl7::Message::parse(&a08).unwrap();
+    assert_eq!(
+        a08_msg.get_str("PID-3.1").unwrap().unwrap(),
+        mrn,
+        "fixture: same patient"
+    );
+    assert_eq!(ack_fields(&c.send(&a08).await.unwrap()).0, "AA");
+    let tx = settled(&engine, a08_msg.control_id().unwrap().as_ref()).await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+    let patients = fhir(&engine, &format!("Patient?identifier={mrn}")).await;
+    assert_eq!(total(&patients), 1, "updated, not duplicated");
+    assert_eq!(patients["entry"][0]["resource"]["id"], patient_id.as_str());
+}
+
+async fn settled_id(engine: &Engine, id: u64) -> String {
+    for _ in 0..200 {
+        let (_, tx) = engine.api(&format!("/api/transactions/{id}")).await;
+        let status = tx["status"].as_str().unwrap_or("").to_string();
+        if status != "received" && status != "processing" {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("transaction {id} never settled");
+}
+
+#[tokio::test]
+async fn script_errors_and_limits_fail_one_transaction_only() {
+    let ws = Workspace::new();
+    let file_dest = "[[destination]]\nkind = \"file\"\npath = \"out\"";
+    ws.channel(
+        "good",
+        "\"ADT^A01\"",
+        "#{resourceType: \"Patient\", id: msg.control_id}",
+        "on-commit",
+        file_dest,
+    );
+    ws.channel(
+        "crashes",
+        "\"ADT^A02\"",
+        "let x = 1;\nlet y = x.no_such_method();\ny",
+        "on-commit",
+        file_dest,
+    );
+    ws.channel(
+        "spins",
+        "\"ADT^A03\"",
+        "let n = 0;\nloop { n += 1; }\nn",
+        "on-commit",
+        file_dest,
+    );
+    ws.channel(
+        "recurses",
+        "\"ADT^A04\"",
+        "fn f(n) { f(n + 1) }\nf(0)",
+        "on-commit",
+        file_dest,
+    );
+    ws.channel(
+        "bloats",
+        "\"ADT^A05\"",
+        "let s = \"x\";\nloop { s += s; }\ns",
+        "on-commit",
+        file_dest,
+    );
+    ws.channel(
+        "refuses",
+        "\"ADT^A06\"",
+        "reject(\"no ward\");",
+        "on-delivery",
+        file_dest,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(&dir.path().join("data"), &ws.env());
+    let mut c = MllpClient::connect(&engine.mllp, T).await.unwrap();
+
+    let typed = |trigger: &str, id: &str| {
+        String::from_utf8(adt(id))
+            .unwrap()
+            .replace("ADT^A01^ADT_A01", &format!("ADT^{trigger}"))
+            .into_bytes()
+    };
+    for (trigger, id) in [
+        ("A02", "E-CRASH"),
+        ("A03", "E-SPIN"),
+        ("A04", "E-DEEP"),
+        ("A05", "E-BIG"),
+    ] {
+        let started = std::time::Instant::now();
+        assert_eq!(
+            ack_fields(&c.send(&typed(trigger, id)).await.unwrap()).0,
+            "AA",
+            "on-commit: stored, so AA"
+        );
+        let tx = settled(&engine, id).await;
+        assert_eq!(tx["status"], "failed", "{tx}");
+        let error = tx["error"].as_str().unwrap();
+        let script = ws.path("scripts").display().to_string();
+        assert!(
+            error.contains(&script) && error.contains(".rhai:"),
+            "file:line:col in {error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{id} bounded in time"
+        );
+    }
+    let tx = settled(&engine, "E-CRASH").await;
+    assert!(
+        tx["error"].as_str().unwrap().contains("crashes.rhai:2:"),
+        "{tx}"
+    );
+
+    // on-delivery + reject(): the sender gets AE with the reason.
+    let (code, _, text) = ack_fields(&c.send(&typed("A06", "E-REJECT")).await.unwrap());
+    assert_eq!(code, "AE", "{text}");
+    assert!(text.contains("no ward"), "{text}");
+
+    // The engine and the other channels carry on.
+    assert_eq!(ack_fields(&c.send(&adt("E-FINE")).await.unwrap()).0, "AA");
+    assert_eq!(settled(&engine, "E-FINE").await["status"], "delivered");
+    let out = std::fs::read_dir(dir.path().join("data/out"))
+        .unwrap()
+        .count();
+    assert_eq!(out, 1, "the good channel wrote its file");
+}
+
+#[tokio::test]
+async fn hot_reload_swaps_good_revisions_and_keeps_running_on_broken_ones() {
+    let ws = Workspace::new();
+    let file_dest = "[[destination]]\nkind = \"file\"\npath = \"out\"";
+    ws.channel(
+        "live",
+        "\"ADT^*\"",
+        "#{resourceType: \"Patient\", id: \"v1\"}",
+        "on-delivery",
+        file_dest,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(&dir.path().join("data"), &ws.env());
+    let mut c = MllpClient::connect(&engine.mllp, T).await.unwrap();
+
+    assert_eq!(ack_fields(&c.send(&adt("R-1")).await.unwrap()).0, "AA");
+    let first_revision = settled(&engine, "R-1").await["channels"][0]["revision"].clone();
+
+    // A broken edit: the running revision stays, the API says why.
+    ws.write(
+        "scripts/live.rhai",
+        "#{resourceType: \"Patient\", id: \"v2\"",
+    );
+    let client = reqwest::Client::new();
+    let reload = client
+        .post(engine.url("/api/channels/reload"))
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 422);
+    let report: serde_json::Value = reload.json().await.unwrap();
+    assert!(
+        report["errors"][0].as_str().unwrap().contains("live.rhai:"),
+        "{report}"
+    );
+    assert_eq!(ack_fields(&c.send(&adt("R-2")).await.unwrap()).0, "AA");
+    assert_eq!(
+        settled(&engine, "R-2").await["channels"][0]["revision"],
+        first_revision
+    );
+
+    // A good edit is picked up by the file watcher alone, with no API call.
+    ws.write(
+        "scripts/live.rhai",
+        "#{resourceType: \"Patient\", id: \"v3\"}",
+    );
+    let mut swapped = false;
+    for n in 0..100 {
+        let id = format!("R-3-{n}");
+        assert_eq!(ack_fields(&c.send(&adt(&id)).await.unwrap()).0, "AA");
+        if settled(&engine, &id).await["channels"][0]["revision"] != first_revision {
+            swapped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(swapped, "the new revision took over");
+    let (_, channels) = engine.api("/api/channels").await;
+    assert_eq!(channels["channels"][0]["name"], "live");
+}
+
+#[test]
+fn check_and_try_from_the_real_binary() {
+    let orbiter = env!("CARGO_BIN_EXE_orbiter");
+    let root = repo_root();
+
+    // The shipped channels and scripts compile.
+    let out = Command::new(orbiter)
+        .arg("check")
+        .env("ORBITER_CHANNELS_DIR", root.join("channels"))
+        .env("ORBITER_SCRIPTS_DIR", root.join("scripts"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("adt-to-fhir"));
+
+    // A broken script: non-zero exit, file:line:col.
+    let ws = Workspace::new();
+    ws.channel(
+        "bad",
+        "\"ADT^A01\"",
+        "let a = 1;\nlet b = (a + ;\n",
+        "on-commit",
+        "",
+    );
+    let out = Command::new(orbiter)
+        .arg("check")
+        .env("ORBITER_CHANNELS_DIR", ws.path("channels"))
+        .env("ORBITER_SCRIPTS_DIR", ws.path("scripts"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.rhai:2:"), "{stderr}");
+
+    // A misspelt key in a channel file: file:line:col.
+    ws.write(
+        "channels/bad.toml",
+        "name = \"bad\"\n[source]\nkind = \"mllp\"\n[transfrom]\nscript = \"bad.rhai\"\n",
+    );
+    let out = Command::new(orbiter)
+        .args(["check"])
+        .arg(ws.path("channels/bad.toml"))
+        .env("ORBITER_SCRIPTS_DIR", ws.path("scripts"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.toml:4:"), "{stderr}");
+
+    // try: the default ADT channel on the A01 fixture prints a transaction Bundle.
+    let out = Command::new(orbiter)
+        .args(["try", "adt-to-fhir"])
+        .arg(root.join("fixtures/hl7v2/adt_a01.hl7"))
+        .arg("--json")
+        .env("ORBITER_CHANNELS_DIR", root.join("channels"))
+        .env("ORBITER_SCRIPTS_DIR", root.join("scripts"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let envelope: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(envelope["outcome"], "output");
+    assert_eq!(envelope["output"]["resourceType"], "Bundle");
+    assert_eq!(envelope["output"]["type"], "transaction");
+    let kinds: Vec<&str> = envelope["output"]["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"Patient") && kinds.contains(&"Encounter"),
+        "{kinds:?}"
+    );
+}
