@@ -142,15 +142,16 @@ impl Intake {
             let mut delivery = None;
             if let (Ok(a), Some((set, routes))) = (&appended, routed) {
                 if !routes.is_empty() {
-                    let pipeline = this.pipeline.clone().expect("routed implies a pipeline");
-                    let work = {
-                        let (id, raw, key) = (a.id, raw.clone(), patient_key.clone());
-                        async move { pipeline.process(id, key, raw, set, routes).await }
-                    };
+                    let pipeline = this.pipeline.as_ref().expect("routed implies a pipeline");
+                    let (id, key) = (a.id, patient_key.clone());
                     if wait_for_delivery {
-                        delivery = Some(work.await);
+                        delivery = Some(
+                            pipeline
+                                .process_now(id, key, raw.clone(), set, routes)
+                                .await,
+                        );
                     } else {
-                        actix_rt::spawn(work);
+                        pipeline.dispatch(id, key, raw.clone(), set, routes);
                     }
                 }
             }

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub cdr_responses_total: IntCounterVec,
     /// Transactions waiting for a destination.
     pub queue_depth: IntGauge,
+    /// Journaled transactions waiting for room in the pipeline.
+    pub backlog_depth: IntGauge,
 }
 
 impl Metrics {
@@ -180,6 +182,12 @@ impl Metrics {
         )
         .expect("metric");
 
+        let backlog_depth = IntGauge::new(
+            "orbiter_backlog_depth",
+            "Journaled transactions waiting for room in the pipeline",
+        )
+        .expect("metric");
+
         for collector in [
             Box::new(messages_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ack_latency_seconds.clone()),
@@ -200,6 +208,7 @@ impl Metrics {
             Box::new(delivery_seconds.clone()),
             Box::new(cdr_responses_total.clone()),
             Box::new(queue_depth.clone()),
+            Box::new(backlog_depth.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -231,6 +240,7 @@ impl Metrics {
             delivery_seconds,
             cdr_responses_total,
             queue_depth,
+            backlog_depth,
         }
     }
 

@@ -36,6 +36,18 @@ pub struct Pipeline {
     deliverer: Deliverer,
     metrics: Arc<Metrics>,
     order: Arc<PatientOrder>,
+    admission: Arc<Admission>,
+}
+
+/// How many transactions may be in the pipeline at once. Past it, new transactions wait in the
+/// journal, `received` (a durable queue), and the backlog loop feeds them in oldest first: the
+/// senders keep getting their ACKs at journal speed and memory stays bounded.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+struct Admission {
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Journaled, routed, not yet started; oldest first.
+    backlog: Mutex<BTreeSet<TxId>>,
 }
 
 /// Keeps deliveries for one patient in order: one transaction per patient key in the pipeline
@@ -92,6 +104,10 @@ impl Pipeline {
             deliverer,
             metrics,
             order: Arc::new(PatientOrder::default()),
+            admission: Arc::new(Admission {
+                permits: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+                backlog: Mutex::default(),
+            }),
         }
     }
 
@@ -105,6 +121,76 @@ impl Pipeline {
         let set = self.channels.current();
         let routes = set.route(source, listener, meta);
         (set, routes)
+    }
+
+    /// Starts processing a journaled transaction now if there is room and nothing older is
+    /// waiting; otherwise it joins the backlog (it is durable, `received`, in the journal).
+    pub fn dispatch(
+        &self,
+        id: TxId,
+        patient_key: Option<String>,
+        raw: Bytes,
+        set: Arc<ChannelSet>,
+        channels: Vec<Arc<Channel>>,
+    ) {
+        let permit = {
+            let mut backlog = self.admission.backlog.lock().expect("backlog lock");
+            let permit = if backlog.is_empty() {
+                self.admission.permits.clone().try_acquire_owned().ok()
+            } else {
+                None
+            };
+            if permit.is_none() {
+                backlog.insert(id);
+                self.metrics.backlog_depth.set(backlog.len() as i64);
+            }
+            permit
+        };
+        if let Some(permit) = permit {
+            let this = self.clone();
+            actix_rt::spawn(async move {
+                this.process(id, patient_key, raw, set, channels).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Processes now, waiting for room in the pipeline (ACK mode `on-delivery`).
+    pub async fn process_now(
+        &self,
+        id: TxId,
+        patient_key: Option<String>,
+        raw: Bytes,
+        set: Arc<ChannelSet>,
+        channels: Vec<Arc<Channel>>,
+    ) -> PipelineOutcome {
+        let _permit = self.admission.permits.acquire().await;
+        self.process(id, patient_key, raw, set, channels).await
+    }
+
+    /// Feeds the backlog into the pipeline, oldest first, as room frees up; returns after at
+    /// most `batch` transactions so that the caller's other duties are not starved.
+    pub async fn drain_backlog(&self, batch: usize) {
+        for _ in 0..batch {
+            let next = self
+                .admission
+                .backlog
+                .lock()
+                .expect("backlog lock")
+                .pop_first();
+            let Some(id) = next else { break };
+            let Ok(permit) = self.admission.permits.clone().acquire_owned().await else {
+                return;
+            };
+            let this = self.clone();
+            actix_rt::spawn(async move {
+                this.rerun(id, None).await;
+                drop(permit);
+            });
+        }
+        self.metrics
+            .backlog_depth
+            .set(self.admission.backlog.lock().expect("backlog lock").len() as i64);
     }
 
     /// Filter, transform and deliver one journaled message through its channels, then record
@@ -272,7 +358,8 @@ impl Pipeline {
 }
 
 impl Pipeline {
-    /// Re-runs what was received but not processed before the last stop (crash or restart).
+    /// After a start: what was received but not processed before the last stop (crash or
+    /// restart) joins the backlog, and queued transactions block later ones of their patient.
     pub async fn resume(&self) {
         // Queued transactions block later ones of the same patient, across restarts too.
         let journal = self.journal.clone();

@@ -22,6 +22,8 @@ use crate::route::Pipeline;
 const RELOAD_POLL: Duration = Duration::from_secs(2);
 /// How often queued transactions are looked at for a retry.
 const RETRY_POLL: Duration = Duration::from_secs(1);
+/// How often the backlog (journaled, waiting for room in the pipeline) is fed in.
+const BACKLOG_POLL: Duration = Duration::from_millis(50);
 
 /// How often the journal size gauge is refreshed (it walks the files).
 const SIZE_GAUGE_EVERY: Duration = Duration::from_secs(10);
@@ -139,9 +141,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let resuming = pipeline.clone();
         actix_rt::spawn(async move {
             resuming.resume().await;
+            let mut last_retry = std::time::Instant::now();
             loop {
-                resuming.retry_due().await;
-                tokio::time::sleep(RETRY_POLL).await;
+                resuming.drain_backlog(1024).await;
+                if last_retry.elapsed() >= RETRY_POLL {
+                    resuming.retry_due().await;
+                    last_retry = std::time::Instant::now();
+                }
+                tokio::time::sleep(BACKLOG_POLL).await;
             }
         });
 
