@@ -25,9 +25,12 @@ pub fn filter(spec: &str) -> EnvFilter {
 /// Installs the global subscriber (once; later calls are ignored) and bridges the `log` crate.
 pub fn init(spec: &str, json: bool) {
     let _ = tracing_log::LogTracer::init();
+    // Colour only on a terminal: `kubectl logs` and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = fmt()
         .with_env_filter(filter(spec))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let _ = if json {
         builder.json().try_init()
     } else {
