@@ -1,8 +1,8 @@
-//! The journal's single writer thread and its group commit.
+//! The journal's writer threads and their group commit.
 //!
-//! Every change goes through one OS thread that drains a queue: it applies everything waiting,
-//! calls sled's `flush()` once and then `fsync`s sled's log file once, and only then answers all
-//! the waiters. Many appends share one flush, which is what makes durable ACKs cheap. One thread
+//! Every change goes through one OS thread that drains a queue and applies everything waiting;
+//! a second thread then calls sled's `flush()` once and `fsync`s sled's log file once for all
+//! the batches applied meanwhile, and only then answers their waiters. Many appends share one flush, which is what makes durable ACKs cheap. One thread
 //! also sidesteps sled 0.34's `flush_async` deadlock under concurrent callers, keeps blocking I/O
 //! off the actix arbiters, and makes read-modify-write of a record race-free.
 
@@ -60,6 +60,18 @@ enum Reply {
 impl Writer {
     /// Runs until every sender is dropped, then flushes one last time.
     pub fn run(self, rx: Receiver<Command>) {
+        // Two stages: this thread applies batch N+1 while the flusher thread makes batch N
+        // durable, so the CPU work of inserts overlaps the wait for the disk.
+        let (jobs, flush_rx) = std::sync::mpsc::channel::<FlushJob>();
+        let flusher = Flusher {
+            db: self.trees.db.clone(),
+            log_file: self.log_file.as_ref().and_then(|f| f.try_clone().ok()),
+            metrics: self.metrics.clone(),
+        };
+        let flusher = std::thread::Builder::new()
+            .name("journal-flush".into())
+            .spawn(move || flusher.run(flush_rx))
+            .expect("journal flusher thread starts");
         let mut batch = Vec::with_capacity(self.max_batch);
         while let Ok(first) = rx.recv() {
             batch.push(first);
@@ -69,12 +81,16 @@ impl Writer {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            self.commit(&mut batch);
+            if jobs.send(self.commit(&mut batch)).is_err() {
+                break;
+            }
         }
-        let _ = self.durable_flush();
+        drop(jobs);
+        let _ = flusher.join();
     }
 
-    fn commit(&self, batch: &mut Vec<Command>) {
+    /// Applies one batch; returns what the flusher must do once it is durable.
+    fn commit(&self, batch: &mut Vec<Command>) -> FlushJob {
         self.metrics.journal_batch_size.observe(batch.len() as f64);
         let mut pending = PendingWrites::default();
         let mut replies = Vec::with_capacity(batch.len());
@@ -100,54 +116,12 @@ impl Writer {
             }
         }
         let status_deltas = std::mem::take(&mut pending.status_deltas);
-        let written = pending
-            .apply(&self.trees)
-            .and_then(|()| self.durable_flush());
-        if written.is_ok() {
-            for (status, delta) in status_deltas {
-                self.metrics
-                    .transactions_by_status
-                    .with_label_values(&[status.as_str()])
-                    .add(delta);
-            }
+        let applied = pending.apply(&self.trees);
+        FlushJob {
+            replies,
+            status_deltas,
+            applied,
         }
-        for reply in replies {
-            match reply {
-                Reply::Append(tx, result, enqueued) => {
-                    let result = match &written {
-                        Ok(()) => result,
-                        Err(e) => Err(e.clone()),
-                    };
-                    self.metrics
-                        .journal_append_seconds
-                        .observe(enqueued.elapsed().as_secs_f64());
-                    let _ = tx.send(result);
-                }
-                Reply::Status(tx, result) => {
-                    if let Some(tx) = tx {
-                        let _ = tx.send(match &written {
-                            Ok(()) => result,
-                            Err(e) => Err(e.clone()),
-                        });
-                    }
-                }
-            }
-        }
-    }
-
-    /// sled `flush()` writes its buffers with `sync_file_range`; the `fsync` makes them durable
-    /// across a power cut too.
-    fn durable_flush(&self) -> Result<(), JournalError> {
-        let started = Instant::now();
-        self.trees.db.flush().map_err(JournalError::from)?;
-        if let Some(file) = &self.log_file {
-            file.sync_data()
-                .map_err(|e| JournalError::Io(Arc::new(e)))?;
-        }
-        self.metrics
-            .journal_flush_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Ok(())
     }
 
     fn stage_append(
@@ -269,6 +243,86 @@ impl Writer {
             });
         }
         Ok(())
+    }
+}
+
+/// One applied batch waiting to be made durable.
+struct FlushJob {
+    replies: Vec<Reply>,
+    status_deltas: HashMap<Status, i64>,
+    applied: Result<(), JournalError>,
+}
+
+/// The second stage: flushes and fsyncs once for every batch applied meanwhile, then answers.
+struct Flusher {
+    db: sled::Db,
+    /// sled's log file, opened separately so that it can be fsynced after sled's flush.
+    log_file: Option<File>,
+    metrics: Arc<Metrics>,
+}
+
+impl Flusher {
+    fn run(self, jobs: Receiver<FlushJob>) {
+        while let Ok(first) = jobs.recv() {
+            let mut ready = vec![first];
+            while let Ok(job) = jobs.try_recv() {
+                ready.push(job);
+            }
+            let flushed = self.durable_flush();
+            for job in ready {
+                self.answer(job, &flushed);
+            }
+        }
+        let _ = self.durable_flush();
+    }
+
+    /// sled `flush()` writes its buffers with `sync_file_range`; the `fsync` makes them durable
+    /// across a power cut too.
+    fn durable_flush(&self) -> Result<(), JournalError> {
+        let started = Instant::now();
+        self.db.flush().map_err(JournalError::from)?;
+        if let Some(file) = &self.log_file {
+            file.sync_data()
+                .map_err(|e| JournalError::Io(Arc::new(e)))?;
+        }
+        self.metrics
+            .journal_flush_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn answer(&self, job: FlushJob, flushed: &Result<(), JournalError>) {
+        let written = job.applied.and_then(|()| flushed.clone());
+        if written.is_ok() {
+            for (status, delta) in job.status_deltas {
+                self.metrics
+                    .transactions_by_status
+                    .with_label_values(&[status.as_str()])
+                    .add(delta);
+            }
+        }
+        for reply in job.replies {
+            match reply {
+                Reply::Append(tx, result, enqueued) => {
+                    let result = match &written {
+                        Ok(()) => result,
+                        Err(e) => Err(e.clone()),
+                    };
+                    self.metrics
+                        .journal_append_seconds
+                        .observe(enqueued.elapsed().as_secs_f64());
+                    let _ = tx.send(result);
+                }
+                Reply::Status(tx, result) => {
+                    if let Some(tx) = tx {
+                        let _ = tx.send(match &written {
+                            Ok(()) => result,
+                            Err(e) => Err(e.clone()),
+                        });
+                    }
+                }
+            }
+        }
     }
 }
 
