@@ -446,7 +446,7 @@ pub fn update(
         None => None,
     };
     let now = datetime::now_ms().max(current.map_or(0, |c| c.last_updated));
-    let vid = current.map_or(1, |c| c.vid + 1);
+    let vid = current.map_or(1, |c| c.vid.saturating_add(1));
     let stored = prepare(body, ty, id, vid, now);
     if let (Some(prev), Some(cur)) = (&previous, current) {
         if same_content(prev, &stored) {
@@ -563,7 +563,7 @@ pub fn delete(
         .ok_or_else(|| CdrError::Corrupt(format!("{ty}/{id}: current version missing")))?
         .resource()?;
     let now = datetime::now_ms().max(cur.last_updated);
-    let vid = cur.vid + 1;
+    let vid = cur.vid.saturating_add(1);
     w.stage(
         ty,
         id,
@@ -714,8 +714,8 @@ pub fn history(
     }
     let page_url = |off: usize| format!("{base}/{ty}/{id}/_history?_count={count}&_offset={off}");
     let mut links = vec![json!({"relation": "self", "url": page_url(offset)})];
-    if offset + count < total {
-        links.push(json!({"relation": "next", "url": page_url(offset + count)}));
+    if offset.saturating_add(count) < total {
+        links.push(json!({"relation": "next", "url": page_url(offset.saturating_add(count))}));
     }
     if offset > 0 {
         links.push(json!({"relation": "previous", "url": page_url(offset.saturating_sub(count))}));

@@ -192,7 +192,9 @@ impl Eval<'_> {
                 let prefix = with(b'n', "", false);
                 let start = prefix.len();
                 self.scan_ids(&prefix, |v| {
-                    std::str::from_utf8(&v[start..]).is_ok_and(|s| s.contains(norm.as_str()))
+                    v.get(start..)
+                        .and_then(|t| std::str::from_utf8(t).ok())
+                        .is_some_and(|s| s.contains(norm.as_str()))
                 })
             }
             Alt::Str { norm, .. } => {
@@ -213,8 +215,8 @@ impl Eval<'_> {
                     let start = prefix.len();
                     let system = index::clean(s);
                     self.scan_ids(&prefix, |v| {
-                        std::str::from_utf8(&v[start..])
-                            .ok()
+                        v.get(start..)
+                            .and_then(|t| std::str::from_utf8(t).ok())
                             .and_then(|t| t.rsplit_once(sep))
                             .is_some_and(|(_, sys)| sys == system)
                     })

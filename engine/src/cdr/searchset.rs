@@ -95,8 +95,8 @@ pub fn searchset(store: &Store, q: &SearchQuery, base: &str) -> Result<Value, Cd
             if q.offset > 0 {
                 links.push(link("previous", base, q, q.offset.saturating_sub(q.count)));
             }
-            if q.offset + q.count < total {
-                links.push(link("next", base, q, q.offset + q.count));
+            if q.offset.saturating_add(q.count) < total {
+                links.push(link("next", base, q, q.offset.saturating_add(q.count)));
             }
             let last = if total == 0 {
                 0

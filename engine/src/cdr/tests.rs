@@ -847,6 +847,28 @@ async fn include_and_revinclude() {
         call!(app, "GET", "/fhir/Observation?subject=Group/1").status,
         200
     );
+    let group_obs = json!({"resourceType": "Observation", "id": "o5", "status": "final",
+        "code": {"text": "x"}, "subject": {"reference": "Group/g1"}});
+    assert_eq!(
+        call!(app, "PUT", "/fhir/Observation/o5", group_obs).status,
+        201
+    );
+    assert_eq!(
+        call!(app, "GET", "/fhir/Observation?patient:missing=true").ids(),
+        ["o5"]
+    );
+    assert_eq!(
+        call!(app, "GET", "/fhir/Observation?subject:missing=true").total(),
+        0
+    );
+    assert_eq!(
+        call!(app, "GET", "/fhir/Observation?patient:missing=false").total(),
+        4
+    );
+    assert_eq!(
+        call!(app, "GET", "/fhir/Observation?subject=g1").ids(),
+        ["o5"]
+    );
 }
 
 #[actix_web::test]
@@ -1516,4 +1538,55 @@ async fn index_is_rebuilt_when_its_layout_changes() {
         call!(app, "GET", "/fhir/Patient?family=rebuilt&birthdate=1999").total(),
         1
     );
+}
+
+#[actix_web::test]
+async fn hostile_inputs_get_4xx_not_panics() {
+    let (_d, cdr) = open();
+    let mut deep = json!("x");
+    for _ in 0..200 {
+        deep = json!({"extension": [{"url": "u", "valueString": "v", "extension": [deep]}]});
+    }
+    let bundles = [
+        json!(null),
+        json!({"resourceType": "Bundle"}),
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": 5}),
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [null, 1, "x"]}),
+        json!({"resourceType": "Bundle", "type": "batch", "entry": [null, {"request": {}}, {"request": {"method": 7, "url": []}}]}),
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "POST", "url": "Patient"}, "resource": "text"}]}),
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "PUT", "url": "Patient?"}, "resource": {"resourceType": "Patient"}}]}),
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "POST", "url": "Patient", "ifNoneExist": "%ZZ&=&&birthdate=ge"}, "resource": {"resourceType": "Patient"}}]}),
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "DELETE", "url": "Patient?_id=a,b&_count=-1"}}]}),
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "GET", "url": "Patient/../../etc/passwd"}}]}),
+        json!({"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "POST", "url": "Basic"}, "resource": {"resourceType": "Basic", "code": {"text": "x"}, "extension": [deep]}}]}),
+        json!({"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient", "birthDate": "9999-99-99T99:99:99Z", "multipleBirthInteger": 1e300, "name": [{"given": [null]}]}}]}),
+    ];
+    for b in bundles {
+        let (status, body) = cdr.process_bundle(&b, BASE);
+        assert!(
+            status == 200 || (400..500).contains(&status),
+            "{status} for {b}: {body}"
+        );
+    }
+    let app = app!(cdr);
+    for url in [
+        "/fhir/Patient?birthdate=ge99999",
+        "/fhir/Patient?birthdate=ap1000-01-01",
+        "/fhir/Patient?_count=99999999999999999999",
+        "/fhir/Patient?_offset=18446744073709551615&_count=1000",
+        "/fhir/Patient?identifier=%00%1F|%1F",
+        "/fhir/Patient?name:contains=&family=%E2%80%AE",
+        "/fhir/Patient?_sort=-_lastUpdated,_id&_include=Patient:organization:Organization",
+        "/fhir/Observation?subject:Patient=a/b",
+        "/fhir/Patient/x/_history/99999999999999999999999",
+        "/fhir/Patient/x/_history?_since=yesterday",
+    ] {
+        let r = call!(app, "GET", url);
+        assert!(
+            r.status == 200 || (400..500).contains(&r.status),
+            "{url}: {} {}",
+            r.status,
+            r.body
+        );
+    }
 }

@@ -113,6 +113,11 @@ impl Journal {
             // Durability comes from the writer's explicit flush; the background flusher only
             // adds work.
             .flush_every_ms(None)
+            .mode(if config.high_throughput {
+                sled::Mode::HighThroughput
+            } else {
+                sled::Mode::LowSpace
+            })
             .open()
             .map_err(|e| open_err(e.to_string()))?;
         let trees = Trees {
