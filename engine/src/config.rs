@@ -209,6 +209,11 @@ pub struct CdrConfig {
     /// Bearer token for an external CDR; environment only (`ORBITER_CDR_TOKEN`).
     #[serde(skip_serializing)]
     pub token: Option<String>,
+    /// Basic-auth user for an external CDR (with `ORBITER_CDR_PASSWORD`), instead of a token.
+    pub username: Option<String>,
+    /// Environment only (`ORBITER_CDR_PASSWORD`).
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
     /// Per request to an external CDR.
     pub timeout_secs: u64,
 }
@@ -218,6 +223,8 @@ impl Default for CdrConfig {
         CdrConfig {
             url: None,
             token: None,
+            username: None,
+            password: None,
             timeout_secs: 30,
         }
     }
@@ -240,7 +247,7 @@ pub enum ConfigError {
 }
 
 /// Keys that are secrets: accepted from the environment, refused in a config file.
-const SECRET_KEYS: &[&str] = &["admin.token", "cdr.token"];
+const SECRET_KEYS: &[&str] = &["admin.token", "cdr.token", "cdr.password"];
 
 impl Config {
     /// Loads defaults, then `file` (if given, or `./orbiter.toml` if it exists), then the
@@ -425,6 +432,8 @@ mod tests {
                 ("ORBITER_LOG", "debug"),
                 ("ORBITER_MLLP_MAX_MESSAGE_BYTES", "1024"),
                 ("ORBITER_JOURNAL_FSYNC", "false"),
+                ("ORBITER_CDR_USERNAME", "orbiter"),
+                ("ORBITER_CDR_PASSWORD", "pw"),
             ]),
         )
         .unwrap();
@@ -440,6 +449,8 @@ mod tests {
         assert_eq!(c.log, "debug");
         assert_eq!(c.mllp.max_message_bytes, 1024);
         assert!(!c.journal.fsync);
+        assert_eq!(c.cdr.username.as_deref(), Some("orbiter"));
+        assert_eq!(c.cdr.password.as_deref(), Some("pw"));
     }
 
     #[test]
@@ -464,9 +475,14 @@ mod tests {
         std::fs::write(&path, "[mllp]\nadress = \"127.0.0.1:3000\"\n").unwrap();
         let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
         assert!(err.contains("adress"), "{err}");
-        std::fs::write(&path, "[admin]\ntoken = \"oops\"\n").unwrap();
-        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
-        assert!(err.contains("secret"), "{err}");
+        for secret in [
+            "[admin]\ntoken = \"oops\"\n",
+            "[cdr]\npassword = \"oops\"\n",
+        ] {
+            std::fs::write(&path, secret).unwrap();
+            let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+            assert!(err.contains("secret"), "{err}");
+        }
     }
 
     #[test]

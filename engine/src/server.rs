@@ -11,7 +11,7 @@ use crate::admin::{self, AdminState, AdminToken, TokenSource};
 use crate::cdr::Cdr;
 use crate::channel::{ChannelPaths, Channels, SourceKind};
 use crate::config::Config;
-use crate::deliver::{CdrTarget, Deliverer, FhirHttp};
+use crate::deliver::{CdrTarget, Credentials, Deliverer, FhirHttp};
 use crate::intake::Intake;
 use crate::journal::Journal;
 use crate::listen::MllpListener;
@@ -73,7 +73,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         (None, Some(url)) => CdrTarget::External(
             FhirHttp::new(
                 url,
-                config.cdr.token.clone(),
+                cdr_credentials(&config),
                 Duration::from_secs(config.cdr.timeout_secs),
             )
             .map_err(anyhow::Error::msg)
@@ -166,6 +166,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("journal closed");
     result
+}
+
+/// A bearer token, or basic auth when a username is configured.
+fn cdr_credentials(config: &Config) -> Option<Credentials> {
+    match (&config.cdr.token, &config.cdr.username) {
+        (Some(token), _) => Some(Credentials::Bearer(token.clone())),
+        (None, Some(username)) => Some(Credentials::Basic {
+            username: username.clone(),
+            password: config.cdr.password.clone().unwrap_or_default(),
+        }),
+        (None, None) => None,
+    }
 }
 
 /// One arbiter per core for connections; the journal has its own thread.

@@ -13,7 +13,14 @@ pub struct FhirHttp {
     client: reqwest::Client,
     /// The FHIR base URL, without a trailing slash.
     base: String,
-    token: Option<String>,
+    credentials: Option<Credentials>,
+}
+
+/// How to authenticate to the server.
+#[derive(Clone)]
+pub enum Credentials {
+    Bearer(String),
+    Basic { username: String, password: String },
 }
 
 impl std::fmt::Debug for FhirHttp {
@@ -26,7 +33,11 @@ impl std::fmt::Debug for FhirHttp {
 }
 
 impl FhirHttp {
-    pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Result<FhirHttp, String> {
+    pub fn new(
+        base: &str,
+        credentials: Option<Credentials>,
+        timeout: Duration,
+    ) -> Result<FhirHttp, String> {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(format!("FHIR base `{base}` must be an http(s) URL"));
         }
@@ -39,7 +50,7 @@ impl FhirHttp {
         Ok(FhirHttp {
             client,
             base: base.trim_end_matches('/').to_string(),
-            token,
+            credentials,
         })
     }
 
@@ -59,9 +70,7 @@ impl FhirHttp {
             .header("Content-Type", "application/fhir+json")
             .header("Accept", "application/fhir+json")
             .json(value);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        request = self.authenticate(request);
         match request.send().await {
             Err(e) => Delivery::Retry {
                 error: format!("{url}: {}", error_chain(&e)),
@@ -74,12 +83,19 @@ impl FhirHttp {
         }
     }
 
+    fn authenticate(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.credentials {
+            None => request,
+            Some(Credentials::Bearer(token)) => request.bearer_auth(token),
+            Some(Credentials::Basic { username, password }) => {
+                request.basic_auth(username, Some(password))
+            }
+        }
+    }
+
     /// `GET metadata`: is the server there and speaking FHIR?
     pub async fn metadata(&self) -> Result<Value, String> {
-        let mut request = self.client.get(format!("{}/metadata", self.base));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        let request = self.authenticate(self.client.get(format!("{}/metadata", self.base)));
         let response = request.send().await.map_err(|e| error_chain(&e))?;
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status()));

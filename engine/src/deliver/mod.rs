@@ -21,7 +21,7 @@ use crate::channel::{Channel, DestinationDef, DestinationKind};
 use crate::journal::TxId;
 use crate::metrics::Metrics;
 
-pub use fhir_http::FhirHttp;
+pub use fhir_http::{Credentials, FhirHttp};
 
 /// What a destination did with the output.
 #[derive(Debug, Clone)]
