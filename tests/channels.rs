@@ -291,6 +291,17 @@ async fn hot_reload_swaps_good_revisions_and_keeps_running_on_broken_ones() {
     assert_eq!(ack_fields(&c.send(&adt("R-1")).await.unwrap()).0, "AA");
     let first_revision = settled(&engine, "R-1").await["channels"][0]["revision"].clone();
 
+    // A second sender keeps a stream going through every reload below.
+    let addr = engine.mllp.clone();
+    let background = tokio::spawn(async move {
+        let mut c = MllpClient::connect(&addr, T).await.unwrap();
+        for n in 0..300 {
+            let (code, _, text) = ack_fields(&c.send(&adt(&format!("BG-{n}"))).await.unwrap());
+            assert_eq!(code, "AA", "{text}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+
     // A broken edit: the running revision stays, the API says why.
     ws.write(
         "scripts/live.rhai",
@@ -333,6 +344,18 @@ async fn hot_reload_swaps_good_revisions_and_keeps_running_on_broken_ones() {
     assert!(swapped, "the new revision took over");
     let (_, channels) = engine.api("/api/channels").await;
     assert_eq!(channels["channels"][0]["name"], "live");
+
+    // Every message of the stream was acknowledged (on-delivery: after its channel ran) and
+    // delivered by one revision or the other.
+    background.await.unwrap();
+    for n in [0, 150, 299] {
+        assert_eq!(
+            settled(&engine, &format!("BG-{n}")).await["status"],
+            "delivered"
+        );
+    }
+    let (_, failed) = engine.api("/api/transactions?status=failed").await;
+    assert!(failed["items"].as_array().unwrap().is_empty(), "{failed}");
 }
 
 #[test]
