@@ -27,7 +27,7 @@ use crate::config::AckTiming;
 use crate::hl7::{self, AckCode, AckError, ErrorCode, Message, Severity};
 use crate::journal::{ChannelRun, Journal, MessageMeta, NewMessage, Status, TxId};
 use crate::metrics::Metrics;
-use crate::route::Pipeline;
+use crate::route::{Pipeline, Routed};
 
 /// What to answer, once known.
 #[derive(Debug, Clone)]
@@ -143,15 +143,17 @@ impl Intake {
             if let (Ok(a), Some((set, routes))) = (&appended, routed) {
                 if !routes.is_empty() {
                     let pipeline = this.pipeline.as_ref().expect("routed implies a pipeline");
-                    let (id, key) = (a.id, patient_key.clone());
+                    let work = Routed {
+                        id: a.id,
+                        patient_key: patient_key.clone(),
+                        raw: raw.clone(),
+                        set,
+                        channels: routes,
+                    };
                     if wait_for_delivery {
-                        delivery = Some(
-                            pipeline
-                                .process_now(id, key, raw.clone(), set, routes)
-                                .await,
-                        );
+                        delivery = Some(pipeline.process_now(work).await);
                     } else {
-                        pipeline.dispatch(id, key, raw.clone(), set, routes);
+                        pipeline.dispatch(work);
                     }
                 }
             }

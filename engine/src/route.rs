@@ -18,6 +18,17 @@ use crate::journal::{now_ms, Journal, MessageMeta, Status, Step, StepKind, TxId}
 use crate::metrics::Metrics;
 use crate::transform::{ChannelOutcome, RunChannels, TransformWorker};
 
+/// A journaled transaction and the channels that take it: the pipeline's unit of work.
+pub struct Routed {
+    pub id: TxId,
+    /// Deliveries for one patient keep their order (see [`crate::intake::patient_key`]).
+    pub patient_key: Option<String>,
+    pub raw: Bytes,
+    /// The channel set the routes came from (its library revision compiles them).
+    pub set: Arc<ChannelSet>,
+    pub channels: Vec<Arc<Channel>>,
+}
+
 /// How one transaction ended up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineOutcome {
@@ -125,14 +136,7 @@ impl Pipeline {
 
     /// Starts processing a journaled transaction now if there is room and nothing older is
     /// waiting; otherwise it joins the backlog (it is durable, `received`, in the journal).
-    pub fn dispatch(
-        &self,
-        id: TxId,
-        patient_key: Option<String>,
-        raw: Bytes,
-        set: Arc<ChannelSet>,
-        channels: Vec<Arc<Channel>>,
-    ) {
+    pub fn dispatch(&self, work: Routed) {
         let permit = {
             let mut backlog = self.admission.backlog.lock().expect("backlog lock");
             let permit = if backlog.is_empty() {
@@ -141,7 +145,7 @@ impl Pipeline {
                 None
             };
             if permit.is_none() {
-                backlog.insert(id);
+                backlog.insert(work.id);
                 self.metrics.backlog_depth.set(backlog.len() as i64);
             }
             permit
@@ -149,23 +153,16 @@ impl Pipeline {
         if let Some(permit) = permit {
             let this = self.clone();
             actix_rt::spawn(async move {
-                this.process(id, patient_key, raw, set, channels).await;
+                this.process(work).await;
                 drop(permit);
             });
         }
     }
 
     /// Processes now, waiting for room in the pipeline (ACK mode `on-delivery`).
-    pub async fn process_now(
-        &self,
-        id: TxId,
-        patient_key: Option<String>,
-        raw: Bytes,
-        set: Arc<ChannelSet>,
-        channels: Vec<Arc<Channel>>,
-    ) -> PipelineOutcome {
+    pub async fn process_now(&self, work: Routed) -> PipelineOutcome {
         let _permit = self.admission.permits.acquire().await;
-        self.process(id, patient_key, raw, set, channels).await
+        self.process(work).await
     }
 
     /// Feeds the backlog into the pipeline, oldest first, as room frees up; returns after at
@@ -195,14 +192,14 @@ impl Pipeline {
 
     /// Filter, transform and deliver one journaled message through its channels, then record
     /// every step and the final status in one journal write.
-    pub async fn process(
-        &self,
-        id: TxId,
-        patient_key: Option<String>,
-        raw: Bytes,
-        set: Arc<ChannelSet>,
-        channels: Vec<Arc<Channel>>,
-    ) -> PipelineOutcome {
+    pub async fn process(&self, work: Routed) -> PipelineOutcome {
+        let Routed {
+            id,
+            patient_key,
+            raw,
+            set,
+            channels,
+        } = work;
         // Taken before the first await: tasks for one patient line up in arrival order.
         let lock = patient_key.as_deref().map(|k| self.order.lock_for(k));
         let _turn = match &lock {
@@ -223,16 +220,9 @@ impl Pipeline {
         let results = match results {
             Ok(results) => results,
             Err(e) => {
-                let reason = format!("transform pool unavailable: {e}");
-                let _ = self
-                    .journal
-                    .record(id, Vec::new(), vec![(Status::Failed, Some(reason.clone()))])
+                return self
+                    .fail(id, format!("transform pool unavailable: {e}"))
                     .await;
-                return PipelineOutcome {
-                    status: Status::Failed,
-                    reason: Some(reason),
-                    rejected: false,
-                };
             }
         };
         let mut steps: Vec<Step> = Vec::new();
@@ -297,6 +287,22 @@ impl Pipeline {
             status,
             reason,
             rejected,
+        }
+    }
+
+    /// Marks a transaction failed for `reason` (outside any channel's steps).
+    async fn fail(&self, id: TxId, reason: String) -> PipelineOutcome {
+        if let Err(e) = self
+            .journal
+            .record(id, Vec::new(), vec![(Status::Failed, Some(reason.clone()))])
+            .await
+        {
+            tracing::error!(%id, error = %e, "cannot record failure");
+        }
+        PipelineOutcome {
+            status: Status::Failed,
+            reason: Some(reason),
+            rejected: false,
         }
     }
 
@@ -419,25 +425,16 @@ impl Pipeline {
             routes.retain(|c| only.iter().any(|n| n == c.name()));
         }
         if routes.is_empty() {
-            let reason = "no channel: none takes it now".to_string();
-            let _ = self
-                .journal
-                .record(id, Vec::new(), vec![(Status::Failed, Some(reason.clone()))])
-                .await;
-            return Some(PipelineOutcome {
-                status: Status::Failed,
-                reason: Some(reason),
-                rejected: false,
-            });
+            return Some(self.fail(id, "no channel: none takes it now".into()).await);
         }
         Some(
-            self.process(
+            self.process(Routed {
                 id,
-                tx.meta.patient_key.clone(),
-                Bytes::copy_from_slice(&raw),
+                patient_key: tx.meta.patient_key.clone(),
+                raw: Bytes::copy_from_slice(&raw),
                 set,
-                routes,
-            )
+                channels: routes,
+            })
             .await,
         )
     }
@@ -471,10 +468,7 @@ impl Pipeline {
                 .map(|c| c.def.retry)
                 .unwrap_or_default();
             if attempts >= retry.max_attempts {
-                let reason = format!("gave up after {attempts} attempts");
-                let _ = self
-                    .journal
-                    .record(id, Vec::new(), vec![(Status::Failed, Some(reason))])
+                self.fail(id, format!("gave up after {attempts} attempts"))
                     .await;
                 continue;
             }
