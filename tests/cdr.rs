@@ -119,6 +119,22 @@ async fn a_second_engine_as_external_cdr_through_an_outage_and_a_restart() {
     assert_eq!(tx["status"], "queued", "{tx}");
     assert_eq!(settled(&engine, "OUT-UPD").await["status"], "queued");
 
+    // The engine notices the CDR is gone, and stays ready: in on-commit mode it queues.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    loop {
+        let (status, ready) = engine.api("/ready").await;
+        assert_eq!(status, 200, "{ready}");
+        assert_eq!(ready["checks"]["cdr_required"], false);
+        if ready["checks"]["cdr"] == false {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "CDR outage never noticed: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
     // Restart the first engine while messages are queued.
     drop(c);
     assert!(engine.stop().success());

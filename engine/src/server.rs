@@ -22,6 +22,8 @@ use crate::route::Pipeline;
 const RELOAD_POLL: Duration = Duration::from_secs(2);
 /// How often queued transactions are looked at for a retry.
 const RETRY_POLL: Duration = Duration::from_secs(1);
+/// How often an external CDR is asked for its `metadata` (readiness).
+const CDR_PROBE: Duration = Duration::from_secs(5);
 /// How often the backlog (journaled, waiting for room in the pipeline) is fed in.
 const BACKLOG_POLL: Duration = Duration::from_millis(50);
 
@@ -86,6 +88,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let result = system.block_on(async {
         let workers: Vec<ArbiterHandle> = (0..worker_count()).map(|_| Arbiter::new().handle()).collect();
         let pool = crate::transform::start_pool(config.script.clone(), worker_count());
+        let cdr_target_probe = cdr_target.clone();
         let deliverer = Deliverer::new(cdr_target, &config.data_dir, metrics.clone());
         let pipeline = Pipeline::new(channels.clone(), pool, journal.clone(), deliverer, metrics.clone());
         let mut mllp_addr: Option<SocketAddr> = None;
@@ -98,12 +101,26 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         } else {
             None
         };
+        let cdr_reachable = Arc::new(std::sync::atomic::AtomicBool::new(embedded_cdr.is_some()));
+        if let CdrTarget::External(http) = &cdr_target_probe {
+            let (http, reachable) = (http.clone(), cdr_reachable.clone());
+            actix_rt::spawn(async move {
+                loop {
+                    let up = http.metadata().await.is_ok();
+                    if up != reachable.swap(up, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::info!(cdr = http.base(), up, "CDR reachability changed");
+                    }
+                    tokio::time::sleep(CDR_PROBE).await;
+                }
+            });
+        }
         let state = AdminState {
             journal: journal.clone(),
             metrics: metrics.clone(),
             channels: channels.clone(),
             pipeline: pipeline.clone(),
             cdr: embedded_cdr.clone(),
+            cdr_reachable,
         };
         let (admin, admin_addrs) = admin::server(config.admin.addr, config.admin.workers, &config.admin.tls, state, token)
             .context("starting the admin server")?;

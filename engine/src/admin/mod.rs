@@ -29,6 +29,8 @@ pub struct AdminState {
     pub pipeline: Pipeline,
     /// The embedded CDR, served under `/fhir` (absent when an external CDR is configured).
     pub cdr: Option<Cdr>,
+    /// Whether the CDR answered its last `metadata` probe (always true for the embedded one).
+    pub cdr_reachable: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
