@@ -338,26 +338,7 @@ pub fn register(engine: &mut Engine) {
         Ok::<_, Box<EvalAltResult>>(r)
     });
 
-    engine.register_fn("urn_uuid", |a: Array| urn_uuid_of(&a));
-    engine.register_fn("urn_uuid", |a: Dynamic| urn_uuid_of(&[a]));
-    engine.register_fn("urn_uuid", |a: Dynamic, b: Dynamic| urn_uuid_of(&[a, b]));
-    engine.register_fn("urn_uuid", |a: Dynamic, b: Dynamic, c: Dynamic| {
-        urn_uuid_of(&[a, b, c])
-    });
-    engine.register_fn(
-        "urn_uuid",
-        |a: Dynamic, b: Dynamic, c: Dynamic, d: Dynamic| urn_uuid_of(&[a, b, c, d]),
-    );
-    engine.register_fn(
-        "urn_uuid",
-        |a: Dynamic, b: Dynamic, c: Dynamic, d: Dynamic, e: Dynamic| urn_uuid_of(&[a, b, c, d, e]),
-    );
-    engine.register_fn(
-        "urn_uuid",
-        |a: Dynamic, b: Dynamic, c: Dynamic, d: Dynamic, e: Dynamic, f: Dynamic| {
-            urn_uuid_of(&[a, b, c, d, e, f])
-        },
-    );
+    super::util::register_variadic(engine, "urn_uuid", urn_uuid_of);
 }
 
 #[cfg(test)]

@@ -115,26 +115,7 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("sha256", |s: &str| hex(&sha256_bytes(s.as_bytes())));
 
     // det_id(parts...): Rhai has no variadic functions, so 1 to 6 parts, or an array.
-    engine.register_fn("det_id", |a: Array| det_id_of(&a));
-    engine.register_fn("det_id", |a: Dynamic| det_id_of(&[a]));
-    engine.register_fn("det_id", |a: Dynamic, b: Dynamic| det_id_of(&[a, b]));
-    engine.register_fn("det_id", |a: Dynamic, b: Dynamic, c: Dynamic| {
-        det_id_of(&[a, b, c])
-    });
-    engine.register_fn(
-        "det_id",
-        |a: Dynamic, b: Dynamic, c: Dynamic, d: Dynamic| det_id_of(&[a, b, c, d]),
-    );
-    engine.register_fn(
-        "det_id",
-        |a: Dynamic, b: Dynamic, c: Dynamic, d: Dynamic, e: Dynamic| det_id_of(&[a, b, c, d, e]),
-    );
-    engine.register_fn(
-        "det_id",
-        |a: Dynamic, b: Dynamic, c: Dynamic, d: Dynamic, e: Dynamic, f: Dynamic| {
-            det_id_of(&[a, b, c, d, e, f])
-        },
-    );
+    register_variadic(engine, "det_id", det_id_of);
 
     engine.register_fn("log", |d: Dynamic| state::log(part_text(&d)));
     engine.register_fn("skip", || -> Result<(), Box<EvalAltResult>> {
@@ -162,6 +143,31 @@ pub fn register(engine: &mut Engine) {
             .collect::<Vec<_>>()
             .join(sep)
     });
+}
+
+/// Registers `name(array)` and `name(a)` … `name(a, b, c, d, e, f)`, all answered by `f` over
+/// the arguments as one slice (Rhai has no variadic functions).
+pub(super) fn register_variadic(engine: &mut Engine, name: &str, f: fn(&[Dynamic]) -> String) {
+    engine.register_fn(name, move |a: Array| f(&a));
+    engine.register_fn(name, move |a: Dynamic| f(&[a]));
+    engine.register_fn(name, move |a: Dynamic, b: Dynamic| f(&[a, b]));
+    engine.register_fn(name, move |a: Dynamic, b: Dynamic, c: Dynamic| {
+        f(&[a, b, c])
+    });
+    engine.register_fn(
+        name,
+        move |a: Dynamic, b: Dynamic, c: Dynamic, d: Dynamic| f(&[a, b, c, d]),
+    );
+    engine.register_fn(
+        name,
+        move |a: Dynamic, b: Dynamic, c: Dynamic, d: Dynamic, e: Dynamic| f(&[a, b, c, d, e]),
+    );
+    engine.register_fn(
+        name,
+        move |a: Dynamic, b: Dynamic, c: Dynamic, d: Dynamic, e: Dynamic, g: Dynamic| {
+            f(&[a, b, c, d, e, g])
+        },
+    );
 }
 
 #[cfg(test)]
