@@ -7,6 +7,8 @@
 //! - [`mllp`]: MLLP framing (our decoder, the `hl7-mllp-codec` encoder) and an MLLP client;
 //! - [`listen`]: listener actors, one file per kind (MLLP today); each reads messages off the
 //!   wire and hands them to the intake;
+//! - [`ingest`]: whole documents (HTTP bodies, files): split, journal, idempotent by origin;
+//! - [`format`]: the document formats (HL7 v2, FHIR JSON, C-CDA, CSV) and their parsers;
 //! - [`intake`]: the ACK policy: parse, route, journal durably, then answer AA/AE/AR (or CA/CE/CR);
 //! - [`channel`]: channel definitions (TOML), match rules, the live set and its hot reload,
 //!   `orbiter check` / `orbiter try`;
@@ -32,7 +34,9 @@ pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod format;
 pub mod hl7;
+pub mod ingest;
 pub mod intake;
 pub mod journal;
 pub mod listen;

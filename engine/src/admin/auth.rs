@@ -11,8 +11,71 @@ use std::path::{Path, PathBuf};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+
+/// What an API client may do. Each role includes the ones below it:
+/// `admin` ⊇ `operator` (rerun, enable/disable) ⊇ `viewer` (read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+/// Who is calling, once authenticated: put into the request by the middleware; handlers take it
+/// as an extractor and call [`Caller::require`] with the role the route needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Caller {
+    /// The API client's name (`admin` for the bootstrap token).
+    pub name: String,
+    pub roles: Vec<Role>,
+    /// Whether message bodies are shown unmasked (always for admin and operator).
+    pub read_bodies: bool,
+    /// Remote address, for the audit trail.
+    pub peer: Option<String>,
+}
+
+impl Caller {
+    pub fn bootstrap(peer: Option<String>) -> Caller {
+        Caller {
+            name: "admin".into(),
+            roles: vec![Role::Admin],
+            read_bodies: true,
+            peer,
+        }
+    }
+
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.iter().any(|r| *r >= role)
+    }
+
+    /// `Ok` when the caller has `role` (or a higher one); otherwise a bare 403.
+    pub fn require(&self, role: Role) -> Result<(), actix_web::Error> {
+        if self.has(role) {
+            Ok(())
+        } else {
+            Err(actix_web::error::InternalError::from_response(
+                "forbidden",
+                HttpResponse::Forbidden().json(serde_json::json!({"error": "forbidden"})),
+            )
+            .into())
+        }
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Caller, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(req.extensions().get::<Caller>().cloned().ok_or_else(|| {
+            actix_web::error::ErrorUnauthorized(serde_json::json!({"error": "unauthorized"}))
+        }))
+    }
+}
 
 /// The accepted bearer token.
 #[derive(Clone)]
@@ -89,6 +152,8 @@ pub async fn require_token(
             .json(serde_json::json!({"error": "unauthorized"}));
         return Ok(req.into_response(response));
     }
+    let peer = req.peer_addr().map(|a| a.to_string());
+    req.extensions_mut().insert(Caller::bootstrap(peer));
     next.call(req).await.map(|res| res.map_into_boxed_body())
 }
 

@@ -1,6 +1,7 @@
 //! The admin port: `/health`, `/ready`, `/metrics` open; everything under `/api` behind a
 //! bearer token.
 
+pub mod audit;
 pub mod auth;
 mod channels;
 mod health;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
-pub use auth::{AdminToken, TokenSource};
+pub use auth::{AdminToken, Caller, Role, TokenSource};
 
 use crate::cdr::Cdr;
 use crate::channel::Channels;

@@ -1,0 +1,66 @@
+//! The kinds of documents Orbiter takes in besides (and including) HL7 v2, and how each is
+//! recognised. Parsers for each live in their own file here.
+
+use serde::{Deserialize, Serialize};
+
+/// What a journaled message is. Decides how it is parsed for routing and what a channel's
+/// script sees as `msg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// HL7 v2 (ER7): `msg` is the message with path access.
+    #[default]
+    Hl7v2,
+    /// A FHIR R4 resource or Bundle in JSON: `msg` is the resource as a map.
+    Fhir,
+    /// A C-CDA R2.1 document (XML): `msg` is the document tree with path helpers.
+    Ccda,
+    /// One row of a CSV flat file: `msg` is a map from header to value.
+    Csv,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Hl7v2 => "hl7v2",
+            Format::Fhir => "fhir",
+            Format::Ccda => "ccda",
+            Format::Csv => "csv",
+        }
+    }
+
+    /// The format an HTTP `Content-Type` names (parameters such as `charset` ignored).
+    pub fn from_content_type(content_type: &str) -> Option<Format> {
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "application/hl7-v2" | "x-application/hl7-v2+er7" | "text/plain" => Some(Format::Hl7v2),
+            "application/fhir+json" | "application/json" => Some(Format::Fhir),
+            "application/xml" | "application/cda+xml" | "text/xml" => Some(Format::Ccda),
+            "text/csv" => Some(Format::Csv),
+            _ => None,
+        }
+    }
+
+    /// A guess from a file name's extension, for folder and SFTP sources without a `format`.
+    pub fn from_file_name(name: &str) -> Option<Format> {
+        let ext = name.rsplit_once('.')?.1.to_ascii_lowercase();
+        match ext.as_str() {
+            "hl7" | "er7" | "txt" | "msg" => Some(Format::Hl7v2),
+            "json" => Some(Format::Fhir),
+            "xml" | "cda" | "ccd" | "ccda" => Some(Format::Ccda),
+            "csv" | "tsv" => Some(Format::Csv),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
