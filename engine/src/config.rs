@@ -139,6 +139,12 @@ impl TlsConfig {
 pub struct HttpConfig {
     pub enabled: bool,
     pub addr: SocketAddr,
+    /// Largest request body taken; larger ones get 413. CSV bodies are spooled to disk and
+    /// streamed, so this bounds disk, not memory, for them.
+    pub max_body_bytes: usize,
+    /// Server threads (0: one per core).
+    pub workers: usize,
+    pub tls: TlsConfig,
 }
 
 impl Default for HttpConfig {
@@ -146,6 +152,9 @@ impl Default for HttpConfig {
         HttpConfig {
             enabled: true,
             addr: "0.0.0.0:5001".parse().expect("static address"),
+            max_body_bytes: 16 * 1024 * 1024,
+            workers: 0,
+            tls: TlsConfig::default(),
         }
     }
 }

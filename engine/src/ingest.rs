@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use bytes::Bytes;
 
 use crate::format::Format;
-use crate::journal::TxId;
+use crate::intake::Arrival;
+use crate::journal::{JournalError, TxId};
 
 /// One document handed in by a source.
 #[derive(Debug)]
@@ -78,6 +79,9 @@ impl crate::intake::Intake {
     /// Journals a whole document (see the module docs). `Ok` means every part of it is durable:
     /// the source may now answer, move or delete it.
     pub async fn accept(&self, doc: Document) -> Result<Accepted, IngestError> {
+        if doc.format == Format::Csv {
+            return self.accept_csv(doc).await;
+        }
         let bytes = match doc.body {
             Body::Bytes(b) => b,
             Body::File(path) => match tokio::fs::read(&path).await {
@@ -85,6 +89,18 @@ impl crate::intake::Intake {
                 Err(source) => return Err(IngestError::Read { path, source }),
             },
         };
+        let origin = doc.origin;
+        // Part `n` of a document has the key `<key>#n`, so a document accepted again after a
+        // crash in the middle journals only the parts it had not.
+        let arrival = |part: Option<usize>| Arrival {
+            peer: origin.peer.clone(),
+            origin: origin.name.clone(),
+            origin_key: origin.key.as_ref().map(|k| match part {
+                Some(n) => format!("{k}#{n}"),
+                None => k.clone(),
+            }),
+        };
+        let mut accepted = Accepted::default();
         match doc.format {
             Format::Hl7v2 => {
                 let parts: Vec<Bytes> = match crate::hl7::split_batch(&bytes) {
@@ -93,27 +109,42 @@ impl crate::intake::Intake {
                     }
                     _ => vec![bytes.clone()],
                 };
-                let mut accepted = Accepted::default();
-                for part in parts {
-                    let reply = self.submit(part, doc.origin.peer.clone()).await;
-                    match (reply.id, reply.code) {
-                        (None, _) => {
-                            return Err(IngestError::Journal(crate::journal::JournalError::Closed))
-                        }
-                        (Some(id), code) => {
-                            if code != crate::hl7::AckCode::Accept {
-                                accepted.failed += 1;
-                            }
-                            accepted.ids.push(id);
-                        }
+                let several = parts.len() > 1;
+                let mut all_known = true;
+                for (n, part) in parts.into_iter().enumerate() {
+                    let reply = self
+                        .submit_hl7(part, arrival(several.then_some(n + 1)))
+                        .await;
+                    let Some(id) = reply.id else {
+                        return Err(IngestError::Journal(JournalError::Closed));
+                    };
+                    if reply.code != crate::hl7::AckCode::Accept {
+                        accepted.failed += 1;
                     }
+                    all_known &= reply.already;
+                    accepted.ids.push(id);
                 }
-                Ok(accepted)
+                accepted.already = all_known;
             }
-            other => Err(IngestError::Refused {
-                reason: format!("{other} documents are not taken yet"),
-                id: None,
-            }),
+            format => {
+                let facts = crate::format::facts(format, &bytes);
+                let reply = self.submit_document(facts, bytes, arrival(None)).await?;
+                if reply.refused.is_some() {
+                    accepted.failed += 1;
+                }
+                accepted.already = reply.already;
+                accepted.ids.push(reply.id);
+            }
         }
+        Ok(accepted)
+    }
+
+    /// CSV: one transaction per row, streamed from the file.
+    async fn accept_csv(&self, doc: Document) -> Result<Accepted, IngestError> {
+        let _ = doc;
+        Err(IngestError::Refused {
+            reason: "CSV documents are not taken yet".into(),
+            id: None,
+        })
     }
 }

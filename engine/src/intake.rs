@@ -25,9 +25,11 @@ use time::macros::format_description;
 use crate::channel::SourceKind;
 use crate::config::AckTiming;
 use crate::hl7::{self, AckCode, AckError, ErrorCode, Message, Severity};
-use crate::journal::{ChannelRun, Journal, MessageMeta, NewMessage, Status, TxId};
+use crate::journal::{
+    Appended, ChannelRun, Journal, JournalError, MessageMeta, NewMessage, Status, TxId,
+};
 use crate::metrics::Metrics;
-use crate::route::{Pipeline, Routed};
+use crate::route::{Pipeline, PipelineOutcome, Routed};
 
 /// What to answer, once known.
 #[derive(Debug, Clone)]
@@ -37,6 +39,33 @@ pub struct AckReply {
     pub code: AckCode,
     /// The transaction, when the journal took the message.
     pub id: Option<TxId>,
+    /// Stored, but an on-delivery destination is down (the AR means "resend later").
+    pub queued: bool,
+    /// The origin key was known: `id` is the earlier transaction, nothing new was stored.
+    pub already: bool,
+}
+
+/// How a message arrived, beyond its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Arrival {
+    /// Remote address (and client certificate subject).
+    pub peer: Option<String>,
+    /// The file name or HTTP path it came as.
+    pub origin: Option<String>,
+    /// Idempotency key (see [`crate::ingest::Origin::key`]).
+    pub origin_key: Option<String>,
+}
+
+/// What became of a document handed to [`Intake::submit_document`].
+#[derive(Debug, Clone)]
+pub struct DocumentReply {
+    pub id: TxId,
+    /// The origin key was known: `id` is the earlier transaction.
+    pub already: bool,
+    /// Journaled as `failed` for this reason (not a well-formed document of its format).
+    pub refused: Option<String>,
+    /// The pipeline's outcome, when a channel acknowledges on delivery.
+    pub delivery: Option<PipelineOutcome>,
 }
 
 /// Parses, journals and acknowledges messages for one listener.
@@ -74,10 +103,27 @@ impl Intake {
         raw: Bytes,
         peer: Option<String>,
     ) -> impl Future<Output = AckReply> + Send + 'static {
+        self.submit_hl7(
+            raw,
+            Arrival {
+                peer,
+                ..Arrival::default()
+            },
+        )
+    }
+
+    /// [`Intake::submit`] for a message that arrived some other way than a frame (an HTTP body,
+    /// one message of a batch file), with where it came from.
+    pub fn submit_hl7(
+        &self,
+        raw: Bytes,
+        arrival: Arrival,
+    ) -> impl Future<Output = AckReply> + Send + 'static {
         let this = self.clone();
         let mut meta = MessageMeta {
             listener: self.listener.to_string(),
-            peer,
+            peer: arrival.peer,
+            origin: arrival.origin,
             ..MessageMeta::default()
         };
         // `refusal`: why the message is not accepted, as the ACK will say it.
@@ -97,66 +143,18 @@ impl Intake {
                 (Some(message), refusal)
             }
         };
-        let routed = match (&self.pipeline, &refusal) {
-            (Some(pipeline), None) => Some(pipeline.route(self.source, &self.listener, &meta)),
-            _ => None,
+        let refused = match (&parsed, &refusal) {
+            (None, Some(e)) => Some(format!("not HL7 v2: {}", e.text)),
+            (Some(_), Some(e)) => Some(format!("refused: {}", e.text)),
+            (_, None) => None,
         };
-        let channels: Vec<ChannelRun> = routed
-            .iter()
-            .flat_map(|(_, routes)| routes.iter())
-            .map(|c| ChannelRun {
-                name: c.name().to_string(),
-                revision: c.revision.clone(),
-            })
-            .collect();
-        let (status, error) = match (&parsed, &refusal) {
-            (None, Some(e)) => (Status::Failed, Some(format!("not HL7 v2: {}", e.text))),
-            (Some(_), Some(e)) => (Status::Failed, Some(format!("refused: {}", e.text))),
-            (_, None) if routed.is_some() && channels.is_empty() => (
-                Status::Failed,
-                Some(format!(
-                    "no channel: none takes {} from {}",
-                    meta.message_type.as_deref().unwrap_or("this message"),
-                    self.listener
-                )),
-            ),
-            (_, None) => (Status::Received, None),
-        };
-        let wait_for_delivery = routed.as_ref().is_some_and(|(_, routes)| {
-            routes
-                .iter()
-                .any(|c| c.def.ack.mode == AckTiming::OnDelivery)
-        });
-        let patient_key = meta.patient_key.clone();
-        let appended = self.journal.append(NewMessage {
-            meta,
-            channels,
-            raw: raw.clone(),
-            status,
-            error,
-            truncated: false,
-        });
+        let queued = self.enqueue(meta, raw.clone(), refused, arrival.origin_key);
         async move {
-            let appended = appended.await;
-            // Hand the message to its channels; wait for them only in on-delivery mode.
-            let mut delivery = None;
-            if let (Ok(a), Some((set, routes))) = (&appended, routed) {
-                if !routes.is_empty() {
-                    let pipeline = this.pipeline.as_ref().expect("routed implies a pipeline");
-                    let work = Routed {
-                        id: a.id,
-                        patient_key: patient_key.clone(),
-                        raw: raw.clone(),
-                        set,
-                        channels: routes,
-                    };
-                    if wait_for_delivery {
-                        delivery = Some(pipeline.process_now(work).await);
-                    } else {
-                        pipeline.dispatch(work);
-                    }
-                }
-            }
+            let (appended, delivery) = queued.await;
+            let queued = delivery
+                .as_ref()
+                .is_some_and(|d| d.status == Status::Queued);
+            let already = appended.as_ref().is_ok_and(|a| a.already);
             let (code, error, id) = match (appended, refusal, &parsed) {
                 (Err(e), _, _) => {
                     tracing::error!(listener = %this.listener, error = %e, "journal append failed");
@@ -171,7 +169,7 @@ impl Intake {
                 (Ok(a), Some(error), None) => (AckCode::Reject, Some(error), Some(a.id)),
                 (Ok(a), Some(error), Some(_)) => (AckCode::Error, Some(error), Some(a.id)),
                 (Ok(a), None, _) => {
-                    if let Some(first) = a.duplicate_of {
+                    if let Some(first) = a.duplicate_of.filter(|_| !a.already) {
                         this.metrics.duplicates_total.inc();
                         tracing::info!(listener = %this.listener, id = %a.id, duplicate_of = %first, "duplicate control id");
                     }
@@ -206,7 +204,128 @@ impl Intake {
                 ack: ack.map(Bytes::from),
                 code,
                 id,
+                queued,
+                already,
             }
+        }
+    }
+
+    /// Routes (unless `refused`), appends, and hands the transaction to its channels; resolves
+    /// once the append is durable, or, when a channel acknowledges on delivery, once the
+    /// pipeline is done with it.
+    fn enqueue(
+        &self,
+        meta: MessageMeta,
+        raw: Bytes,
+        refused: Option<String>,
+        origin_key: Option<String>,
+    ) -> impl Future<Output = (Result<Appended, JournalError>, Option<PipelineOutcome>)> + Send + 'static
+    {
+        let this = self.clone();
+        let routed = match (&self.pipeline, &refused) {
+            (Some(pipeline), None) => Some(pipeline.route(self.source, &self.listener, &meta)),
+            _ => None,
+        };
+        let channels: Vec<ChannelRun> = routed
+            .iter()
+            .flat_map(|(_, routes)| routes.iter())
+            .map(|c| ChannelRun {
+                name: c.name().to_string(),
+                revision: c.revision.clone(),
+            })
+            .collect();
+        let (status, error) = match refused {
+            Some(reason) => (Status::Failed, Some(reason)),
+            None if routed.is_some() && channels.is_empty() => (
+                Status::Failed,
+                Some(format!(
+                    "no channel: none takes {} from {}",
+                    meta.message_type.as_deref().unwrap_or("this message"),
+                    self.listener
+                )),
+            ),
+            None => (Status::Received, None),
+        };
+        let wait_for_delivery = routed.as_ref().is_some_and(|(_, routes)| {
+            routes
+                .iter()
+                .any(|c| c.def.ack.mode == AckTiming::OnDelivery)
+        });
+        let patient_key = meta.patient_key.clone();
+        let format = meta.format;
+        let appended = self.journal.append(NewMessage {
+            meta,
+            channels,
+            raw: raw.clone(),
+            status,
+            error,
+            truncated: false,
+            origin_key,
+        });
+        async move {
+            let appended = appended.await;
+            // Hand the message to its channels; wait for them only in on-delivery mode. A part
+            // the journal had already (same origin key) was handed on the first time.
+            let mut delivery = None;
+            if let (Ok(a), Some((set, routes))) = (&appended, routed) {
+                if !routes.is_empty() && !a.already {
+                    let pipeline = this.pipeline.as_ref().expect("routed implies a pipeline");
+                    let work = Routed {
+                        id: a.id,
+                        patient_key,
+                        format,
+                        raw,
+                        set,
+                        channels: routes,
+                    };
+                    if wait_for_delivery {
+                        delivery = Some(pipeline.process_now(work).await);
+                    } else {
+                        pipeline.dispatch(work);
+                    }
+                }
+            }
+            (appended, delivery)
+        }
+    }
+
+    /// Journals a document that is not HL7 v2 (a FHIR resource or Bundle, a C-CDA document, a
+    /// CSV row) and routes it to the channels of this source. `refused`: why it cannot be taken
+    /// (journaled as `failed` with that reason, not routed).
+    pub fn submit_document(
+        &self,
+        facts: crate::format::DocumentFacts,
+        raw: Bytes,
+        arrival: Arrival,
+    ) -> impl Future<Output = Result<DocumentReply, JournalError>> + Send + 'static {
+        let meta = MessageMeta {
+            listener: self.listener.to_string(),
+            peer: arrival.peer,
+            origin: arrival.origin,
+            format: facts.format,
+            message_type: facts.kind,
+            control_id: facts.control_id,
+            patient_key: facts.patient_key,
+            ..MessageMeta::default()
+        };
+        let refused = facts.refused.clone();
+        let queued = self.enqueue(meta, raw, facts.refused, arrival.origin_key);
+        let metrics = self.metrics.clone();
+        let listener = self.listener.clone();
+        async move {
+            let (appended, delivery) = queued.await;
+            let appended = appended?;
+            let accepted = refused.is_none();
+            metrics
+                .messages_total
+                .with_label_values(&[&*listener, if accepted { "accepted" } else { "rejected" }])
+                .inc();
+            Ok(DocumentReply {
+                id: appended.id,
+                already: appended.already,
+                refused,
+                delivery,
+            })
         }
     }
 
@@ -234,6 +353,7 @@ impl Intake {
             status: Status::Failed,
             error: Some(reason.clone()),
             truncated: true,
+            origin_key: None,
         });
         async move {
             let id = appended.await.ok().map(|a| a.id);
@@ -258,13 +378,15 @@ impl Intake {
                 ack: Some(Bytes::from(ack)),
                 code: AckCode::Reject,
                 id,
+                queued: false,
+                already: false,
             }
         }
     }
 }
 
 /// The ACK for an on-delivery channel's outcome.
-fn delivery_ack(outcome: &crate::route::PipelineOutcome) -> (AckCode, Option<AckError>) {
+pub fn delivery_ack(outcome: &PipelineOutcome) -> (AckCode, Option<AckError>) {
     let error = |code, text: &str| AckError {
         code,
         location: None,

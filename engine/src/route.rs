@@ -23,6 +23,8 @@ pub struct Routed {
     pub id: TxId,
     /// Deliveries for one patient keep their order (see [`crate::intake::patient_key`]).
     pub patient_key: Option<String>,
+    /// What `raw` is: decides what the scripts see.
+    pub format: crate::format::Format,
     pub raw: Bytes,
     /// The channel set the routes came from (its library revision compiles them).
     pub set: Arc<ChannelSet>,
@@ -196,6 +198,7 @@ impl Pipeline {
         let Routed {
             id,
             patient_key,
+            format,
             raw,
             set,
             channels,
@@ -211,6 +214,7 @@ impl Pipeline {
             .pool
             .send(RunChannels {
                 transaction: Some(id),
+                format,
                 raw,
                 channels: channels.clone(),
                 lib_revision: set.lib_revision.clone(),
@@ -414,7 +418,8 @@ impl Pipeline {
         .await
         .ok()??;
         let (tx, raw) = loaded;
-        let source = match tx.meta.listener.as_str() {
+        // Listener names start with their kind: `mllp`, `http:/ccda`, `dir:<channel>`...
+        let source = match tx.meta.listener.split(':').next().unwrap_or_default() {
             "mllp" => SourceKind::Mllp,
             "http" => SourceKind::Http,
             "sftp" => SourceKind::Sftp,
@@ -431,6 +436,7 @@ impl Pipeline {
             self.process(Routed {
                 id,
                 patient_key: tx.meta.patient_key.clone(),
+                format: tx.meta.format,
                 raw: Bytes::copy_from_slice(&raw),
                 set,
                 channels: routes,

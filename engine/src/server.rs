@@ -101,6 +101,17 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         } else {
             None
         };
+        let mut http_addrs: Vec<SocketAddr> = Vec::new();
+        let http_handle = if config.http.enabled {
+            let (http, addrs) = crate::listen::http::server(&config.http, journal.clone(), metrics.clone(), pipeline.clone(), &config.data_dir)
+                .context("starting the HTTP ingest port")?;
+            http_addrs = addrs;
+            let handle = http.handle();
+            actix_rt::spawn(http);
+            Some(handle)
+        } else {
+            None
+        };
         let cdr_reachable = Arc::new(std::sync::atomic::AtomicBool::new(embedded_cdr.is_some()));
         if let CdrTarget::External(http) = &cdr_target_probe {
             let (http, reachable) = (http.clone(), cdr_reachable.clone());
@@ -126,7 +137,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .context("starting the admin server")?;
         let admin_handle = admin.handle();
         actix_rt::spawn(admin);
-        tracing::info!(admin = ?admin_addrs, mllp = ?mllp_addr, data_dir = %config.data_dir.display(), "orbiter running");
+        tracing::info!(admin = ?admin_addrs, mllp = ?mllp_addr, http = ?http_addrs, data_dir = %config.data_dir.display(), "orbiter running");
 
         let gauge_journal = journal.clone();
         let gauge_metrics = metrics.clone();
@@ -171,6 +182,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
         shutdown_signal().await;
         tracing::info!("shutting down");
+        if let Some(http) = &http_handle {
+            http.stop(true).await;
+        }
         admin_handle.stop(true).await;
         for worker in &workers {
             worker.stop();

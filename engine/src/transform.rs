@@ -12,9 +12,10 @@ use actix::prelude::*;
 use bytes::Bytes;
 
 use crate::channel::{Channel, ScriptSource};
+use crate::format::Format;
 use crate::hl7::Message;
 use crate::journal::{now_ms, Step, StepKind, TxId};
-use crate::script::{ScriptContext, ScriptHost, ScriptLimits, TransformOutcome};
+use crate::script::{ScriptContext, ScriptHost, ScriptInput, ScriptLimits, TransformOutcome};
 
 /// What one channel made of one message.
 #[derive(Debug, Clone)]
@@ -42,6 +43,8 @@ pub struct ChannelResult {
 #[rtype(result = "Vec<ChannelResult>")]
 pub struct RunChannels {
     pub transaction: Option<TxId>,
+    /// What `raw` is (HL7 v2, FHIR JSON, C-CDA, a CSV row).
+    pub format: crate::format::Format,
     pub raw: Bytes,
     pub channels: Vec<Arc<Channel>>,
     /// The library these channel revisions were compiled against.
@@ -103,7 +106,7 @@ impl TransformWorker {
     pub fn run_channel(
         &mut self,
         channel: &Arc<Channel>,
-        message: &Message,
+        message: &ScriptInput<'_>,
         transaction: Option<TxId>,
     ) -> ChannelResult {
         let mut steps = Vec::new();
@@ -131,7 +134,7 @@ impl TransformWorker {
         if let Some(filter) = &channel.filter {
             let ran = self.ast(filter, &channel.revision).and_then(|ast| {
                 let (_, host) = self.host.as_ref().ok_or("no script host")?;
-                host.run_filter(&ast, message, &ctx)
+                host.run_filter(&ast, message.clone(), &ctx)
                     .map_err(|e| e.to_string())
             });
             match ran {
@@ -175,7 +178,7 @@ impl TransformWorker {
         };
         let ran = self.ast(transform, &channel.revision).and_then(|ast| {
             let (_, host) = self.host.as_ref().ok_or("no script host")?;
-            host.run_transform(&ast, message, &ctx)
+            host.run_transform(&ast, message.clone(), &ctx)
                 .map_err(|e| e.to_string())
         });
         let outcome = match ran {
@@ -227,17 +230,37 @@ impl TransformWorker {
 
     /// All channels for one message (parsed once).
     pub fn run(&mut self, msg: RunChannels) -> Vec<ChannelResult> {
-        let parsed = Message::parse(&msg.raw);
         let host_ready = self.prepare(&msg.lib_revision, &msg.lib_dir);
+        let parsed = match msg.format {
+            Format::Hl7v2 => Message::parse(&msg.raw)
+                .map(Parsed::Hl7)
+                .map_err(|e| format!("not HL7 v2: {e}")),
+            format => crate::format::script_value(format, &msg.raw).map(Parsed::Document),
+        };
         msg.channels
             .iter()
             .map(|channel| match (&parsed, &host_ready) {
-                (Err(e), _) => failed(channel, format!("not HL7 v2: {e}")),
+                (Err(e), _) => failed(channel, e.clone()),
                 (_, Err(e)) => failed(channel, format!("script library: {e}")),
-                (Ok(message), Ok(())) => self.run_channel(channel, message, msg.transaction),
+                (Ok(parsed), Ok(())) => {
+                    let input = match parsed {
+                        Parsed::Hl7(message) => ScriptInput::Hl7(message),
+                        Parsed::Document(value) => ScriptInput::Document {
+                            value: value.clone(),
+                            raw: &msg.raw,
+                        },
+                    };
+                    self.run_channel(channel, &input, msg.transaction)
+                }
             })
             .collect()
     }
+}
+
+/// The input of one run, parsed once for all its channels.
+enum Parsed {
+    Hl7(Message),
+    Document(rhai::Dynamic),
 }
 
 fn failed(channel: &Arc<Channel>, error: String) -> ChannelResult {

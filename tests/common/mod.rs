@@ -35,6 +35,8 @@ pub struct Engine {
     pub data_dir: PathBuf,
     pub mllp: String,
     pub admin: String,
+    /// The HTTP ingest port.
+    pub http: String,
     pub log_path: PathBuf,
     env: Vec<(String, String)>,
     pub token: Option<String>,
@@ -52,6 +54,7 @@ impl Engine {
             data_dir: data_dir.to_path_buf(),
             mllp: format!("127.0.0.1:{}", free_port()),
             admin: format!("127.0.0.1:{}", free_port()),
+            http: format!("127.0.0.1:{}", free_port()),
             log_path: data_dir.with_extension("log"),
             token: Some(TOKEN.to_string()),
             env,
@@ -83,7 +86,7 @@ impl Engine {
             .env_remove("ORBITER_ADMIN_TOKEN")
             .env("ORBITER_MLLP_ADDR", &self.mllp)
             .env("ORBITER_ADMIN_ADDR", &self.admin)
-            .env("ORBITER_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("ORBITER_HTTP_ADDR", &self.http)
             .env("ORBITER_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);

@@ -75,6 +75,8 @@ fn summary(tx: &Transaction) -> Value {
         "receiving_application": tx.meta.receiving_application,
         "receiving_facility": tx.meta.receiving_facility,
         "version": tx.meta.version,
+        "format": tx.meta.format,
+        "origin": tx.meta.origin,
         "size": tx.size,
         "truncated": tx.truncated,
         "error": tx.error,

@@ -1,5 +1,6 @@
-//! `orbiter-load`: drives N MLLP connections against an engine and reports throughput and ACK
-//! latency. Each connection keeps `--window` messages in flight (1 = wait for each ACK before the
+//! `orbiter-load`: drives N MLLP connections (or N keep-alive HTTP connections, when `--to` is
+//! an `http://` URL such as `http://127.0.0.1:5001/hl7v2`) against an engine and reports
+//! throughput and ACK latency. Over HTTP each connection has one request in flight. Each connection keeps `--window` messages in flight (1 = wait for each ACK before the
 //! next, as most HL7 senders do); `--rate` paces the total to a steady messages/s instead of
 //! going flat out.
 
@@ -13,7 +14,7 @@ use orbiter::mllp::MllpClient;
 #[derive(Debug, Parser)]
 #[command(name = "orbiter-load", about = "MLLP load generator for Orbiter")]
 struct Args {
-    /// Engine MLLP address.
+    /// Engine MLLP address, or an HTTP ingest URL (`http://127.0.0.1:5001/hl7v2`).
     #[arg(long, default_value = "127.0.0.1:2575")]
     to: String,
     /// Concurrent connections.
@@ -79,6 +80,9 @@ async fn connection(
         not_accepted: 0,
         error: None,
     };
+    if args.to.starts_with("http://") || args.to.starts_with("https://") {
+        return http_connection(args, n, template, measure_from, stop_at, out).await;
+    }
     let mut client = match MllpClient::connect(&args.to, Duration::from_secs(10)).await {
         Ok(c) => c,
         Err(e) => {
@@ -128,6 +132,62 @@ async fn connection(
             }
         }
     }
+}
+
+/// One keep-alive HTTP connection posting HL7 v2 and reading the ACK in the response.
+async fn http_connection(
+    args: &Args,
+    n: usize,
+    template: &str,
+    measure_from: Instant,
+    stop_at: Instant,
+    mut out: Outcome,
+) -> Outcome {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .expect("HTTP client");
+    let pace_every = (args.rate > 0)
+        .then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
+    let mut ticker = pace_every.map(tokio::time::interval);
+    let mut seq = 0u64;
+    while Instant::now() < stop_at {
+        if let Some(t) = ticker.as_mut() {
+            t.tick().await;
+        }
+        seq += 1;
+        let message = with_control_id(template, &format!("H{n}-{seq}"));
+        let sent = Instant::now();
+        let response = client
+            .post(&args.to)
+            .header("Content-Type", "application/hl7-v2")
+            .body(message)
+            .send()
+            .await;
+        let body = match response {
+            Ok(r) => r.bytes().await,
+            Err(e) => {
+                out.error = Some(e.to_string());
+                return out;
+            }
+        };
+        match body {
+            Ok(ack) => {
+                if sent >= measure_from {
+                    out.latencies_us
+                        .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                }
+                if !(ack.windows(4).any(|w| w == b"|AA|" || w == b"|CA|")) {
+                    out.not_accepted += 1;
+                }
+            }
+            Err(e) => {
+                out.error = Some(e.to_string());
+                return out;
+            }
+        }
+    }
+    out
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {

@@ -8,8 +8,10 @@ use anyhow::Context as _;
 
 use super::{files_with, lib_revision, load_channel, ChannelPaths};
 use crate::config::Config;
+use crate::format::Format;
 use crate::hl7::Message;
 use crate::script::ScriptHost;
+use crate::script::ScriptInput;
 use crate::transform::{ChannelOutcome, TransformWorker};
 
 fn paths(config: &Config) -> ChannelPaths {
@@ -109,13 +111,30 @@ pub fn try_channel(
     let lib_rev = lib_revision(&paths.lib_dir())?;
     let channel = Arc::new(load_channel(&file, &paths, &host, &lib_rev)?);
     let raw = std::fs::read(message).with_context(|| format!("reading {}", message.display()))?;
-    let parsed = Message::parse(&raw)
-        .map_err(|e| anyhow::anyhow!("{}: not HL7 v2: {e}", message.display()))?;
+    // The channel's declared format, else the file's extension, else HL7 v2.
+    let format = channel
+        .def
+        .source
+        .format
+        .or_else(|| Format::from_file_name(&message.to_string_lossy()))
+        .unwrap_or_default();
     let mut worker = TransformWorker::new(paths.limits.clone());
     worker
         .prepare(&lib_rev, &paths.lib_dir())
         .map_err(anyhow::Error::msg)?;
-    let result = worker.run_channel(&channel, &parsed, None);
+    let result = match format {
+        Format::Hl7v2 => {
+            let parsed = Message::parse(&raw)
+                .map_err(|e| anyhow::anyhow!("{}: not HL7 v2: {e}", message.display()))?;
+            worker.run_channel(&channel, &ScriptInput::Hl7(&parsed), None)
+        }
+        format => {
+            let value = crate::format::script_value(format, &raw)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", message.display()))?;
+            let input = ScriptInput::Document { value, raw: &raw };
+            worker.run_channel(&channel, &input, None)
+        }
+    };
     let (outcome, ok) = match &result.outcome {
         ChannelOutcome::Output { .. } => ("output", true),
         ChannelOutcome::Filtered { .. } => ("filtered", true),

@@ -54,6 +54,40 @@ pub struct SourceDef {
     /// For `http`: the path this channel owns on the ingest port.
     #[serde(default)]
     pub path: Option<String>,
+    /// What arrives: `hl7v2`, `fhir`, `ccda` or `csv`. Unset: HL7 v2 on MLLP, the request's
+    /// `Content-Type` over HTTP, the file extension for folders and SFTP. When set, HTTP
+    /// requests of another type are refused with 415.
+    #[serde(default)]
+    pub format: Option<crate::format::Format>,
+    /// For `http`: client authentication this path requires (besides mutual TLS on the port).
+    #[serde(default)]
+    pub auth: Option<HttpAuthDef>,
+}
+
+/// How an HTTP client proves who it is. Secrets are named by environment variable, never
+/// written in the channel file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum HttpAuthDef {
+    /// `Authorization: Bearer <token>`, the token in the environment variable `token_env`.
+    Bearer { token_env: String },
+    /// `Authorization: Basic`, the password in the environment variable `password_env`.
+    Basic { user: String, password_env: String },
+}
+
+impl SourceDef {
+    /// Whether this source is the listener a message came in on. HTTP listeners are named
+    /// `http:<path>` after the path the message was posted to; others by their own name, and a
+    /// source without a `listener` takes the shared one of its kind.
+    pub fn takes_from(&self, listener: &str) -> bool {
+        match self.kind {
+            SourceKind::Http => {
+                listener.strip_prefix("http:").is_some()
+                    && self.path.as_deref() == listener.strip_prefix("http:")
+            }
+            _ => self.listener.as_deref().is_none_or(|l| l == listener),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -61,6 +61,8 @@ pub(crate) struct Trees {
     by_time: sled::Tree,
     by_status: sled::Tree,
     by_control: sled::Tree,
+    /// Origin key of a document part → its transaction (idempotent file and HTTP ingest).
+    by_origin: sled::Tree,
     steps: sled::Tree,
 }
 
@@ -126,6 +128,7 @@ impl Journal {
             by_time: db.open_tree("by_time")?,
             by_status: db.open_tree("by_status")?,
             by_control: db.open_tree("by_control")?,
+            by_origin: db.open_tree("by_origin")?,
             steps: db.open_tree("steps")?,
             db,
         };

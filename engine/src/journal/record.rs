@@ -103,6 +103,16 @@ pub struct MessageMeta {
     /// order. Hashed so that no identifier spreads into listings and logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient_key: Option<String>,
+    /// What the raw bytes are (HL7 v2 unless said otherwise).
+    #[serde(default, skip_serializing_if = "is_hl7v2")]
+    pub format: crate::format::Format,
+    /// The file (or HTTP path) a document arrived as; for a CSV row, `file.csv#line`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+fn is_hl7v2(format: &crate::format::Format) -> bool {
+    *format == crate::format::Format::Hl7v2
 }
 
 /// A channel a transaction was routed to, and the revision that ran.
@@ -155,6 +165,9 @@ pub struct NewMessage {
     pub error: Option<String>,
     /// The raw bytes are only a prefix of what was sent (e.g. an oversize frame).
     pub truncated: bool,
+    /// Idempotency key of the document part (see [`crate::ingest::Origin::key`]): a second
+    /// append with a key the journal has seen returns the first transaction and writes nothing.
+    pub origin_key: Option<String>,
 }
 
 /// The stored transaction (without its raw bytes, which live in their own tree).
@@ -184,6 +197,8 @@ pub struct Transaction {
 pub struct Appended {
     pub id: TxId,
     pub duplicate_of: Option<TxId>,
+    /// The origin key was seen before: `id` is the earlier transaction, nothing was written.
+    pub already: bool,
 }
 
 pub fn now_ms() -> i64 {

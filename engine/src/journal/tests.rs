@@ -25,6 +25,7 @@ fn message(control_id: &str, app: &str) -> NewMessage {
         status: Status::Received,
         error: None,
         truncated: false,
+        origin_key: None,
     }
 }
 
@@ -219,4 +220,42 @@ async fn a_closed_journal_refuses_appends() {
         journal.append(message("X", "LAB")).await,
         Err(JournalError::Closed)
     ));
+}
+
+#[tokio::test]
+async fn an_origin_key_is_journaled_once_within_and_across_batches_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyed = |control: &str, key: &str| NewMessage {
+        origin_key: Some(key.to_string()),
+        ..message(control, "LAB")
+    };
+    let first_id;
+    {
+        let (journal, _) = open(dir.path());
+        // Same key twice in what is likely one batch, and a different key.
+        let (a, b, c) = tokio::join!(
+            journal.append(keyed("K1", "file-a#1")),
+            journal.append(keyed("K2", "file-a#1")),
+            journal.append(keyed("K3", "file-a#2")),
+        );
+        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        assert!(!a.already);
+        assert!(b.already, "second append of the same key is known");
+        assert_eq!(b.id, a.id);
+        assert!(!c.already);
+        assert_ne!(c.id, a.id);
+        first_id = a.id;
+        journal.close();
+    }
+    let (journal, _) = open(dir.path());
+    let again = journal.append(keyed("K4", "file-a#1")).await.unwrap();
+    assert!(again.already, "the key survives a restart");
+    assert_eq!(again.id, first_id);
+    let page = journal
+        .list(&crate::journal::TxFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(page.items.len(), 2, "only two transactions were written");
 }

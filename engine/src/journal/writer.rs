@@ -129,7 +129,30 @@ impl Writer {
         pending: &mut PendingWrites,
         message: NewMessage,
     ) -> Result<Appended, JournalError> {
+        if let Some(key) = &message.origin_key {
+            let earlier = match pending.first_by_origin.get(key) {
+                Some(id) => Some(*id),
+                None => self
+                    .trees
+                    .by_origin
+                    .get(key.as_bytes())?
+                    .and_then(|v| TxId::from_key(&v)),
+            };
+            if let Some(id) = earlier {
+                return Ok(Appended {
+                    id,
+                    duplicate_of: None,
+                    already: true,
+                });
+            }
+        }
         let id = TxId(self.trees.db.generate_id()?);
+        if let Some(key) = &message.origin_key {
+            pending.first_by_origin.insert(key.clone(), id);
+            pending
+                .by_origin
+                .insert(key.as_bytes().to_vec(), id.to_key());
+        }
         let received_at_ms = now_ms();
         let sender = keys::sender(&message.meta);
         let duplicate_of = match &message.meta.control_id {
@@ -173,7 +196,11 @@ impl Writer {
             .insert(keys::status(message.status, id), []);
         *pending.status_deltas.entry(message.status).or_default() += 1;
         pending.records.insert(id, tx);
-        Ok(Appended { id, duplicate_of })
+        Ok(Appended {
+            id,
+            duplicate_of,
+            already: false,
+        })
     }
 
     fn find_by_control(
@@ -362,11 +389,14 @@ struct PendingWrites {
     by_time: Writes,
     by_status: Writes,
     by_control: Writes,
+    by_origin: Writes,
     steps: Writes,
     /// Steps already staged per transaction in this batch (for their sequence numbers).
     step_counts: HashMap<TxId, u32>,
     /// Control ids appended in this batch, so duplicates within one batch are caught too.
     first_by_control: HashMap<(String, String), TxId>,
+    /// Origin keys appended in this batch.
+    first_by_origin: HashMap<String, TxId>,
     status_deltas: HashMap<Status, i64>,
 }
 
@@ -383,6 +413,7 @@ impl PendingWrites {
         self.by_time.apply(&trees.by_time)?;
         self.by_status.apply(&trees.by_status)?;
         self.by_control.apply(&trees.by_control)?;
+        self.by_origin.apply(&trees.by_origin)?;
         self.steps.apply(&trees.steps)?;
         Ok(())
     }

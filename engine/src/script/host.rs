@@ -277,18 +277,30 @@ impl ScriptHost {
         }
     }
 
-    fn run(&self, ast: &AST, msg: &Message, ctx: &ScriptContext) -> Ran {
+    fn run(&self, ast: &AST, input: &ScriptInput<'_>, ctx: &ScriptContext) -> Ran {
         let name = ast.source().unwrap_or("<script>");
-        let shared = Arc::new(msg.clone());
         let mut scope = Scope::new();
-        scope.push("msg", ScriptMessage::from_arc(shared.clone()));
+        let message = match input {
+            ScriptInput::Hl7(msg) => {
+                let shared = Arc::new((*msg).clone());
+                scope.push("msg", ScriptMessage::from_arc(shared.clone()));
+                Some(shared)
+            }
+            ScriptInput::Document { value, .. } => {
+                scope.push("msg", value.clone());
+                None
+            }
+        };
         scope.push_constant("ctx", ctx_map(ctx));
         let guard = RunGuard::start(
             self.limits.time_budget,
             self.limits.max_stack_bytes,
             &ctx.script_dir,
-            Some(shared),
+            message,
         );
+        if let ScriptInput::Document { raw, .. } = input {
+            super::state::seed_with(raw);
+        }
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast)
         }));
@@ -307,13 +319,13 @@ impl ScriptHost {
 
     /// Runs a filter. The script's value must be a bool (`true` keeps the message); `skip()` or
     /// `skip("reason")` filters it out with a reason. `reject()` is an error in a filter.
-    pub fn run_filter(
+    pub fn run_filter<'a>(
         &self,
         ast: &AST,
-        msg: &Message,
+        input: impl Into<ScriptInput<'a>>,
         ctx: &ScriptContext,
     ) -> Result<FilterOutcome, ScriptError> {
-        let Ran { result, end } = self.run(ast, msg, ctx);
+        let Ran { result, end } = self.run(ast, &input.into(), ctx);
         let logs = end.logs;
         match end.halt {
             Some(Halt::Skip(reason)) => {
@@ -366,13 +378,14 @@ impl ScriptHost {
     /// map as is; one resource map, or an array of resource/entry maps, wrapped into a
     /// transaction Bundle; a string or the message itself as a JSON string (rewritten HL7).
     /// `skip("reason")` and `reject("reason")` end the run with those outcomes.
-    pub fn run_transform(
+    pub fn run_transform<'a>(
         &self,
         ast: &AST,
-        msg: &Message,
+        input: impl Into<ScriptInput<'a>>,
         ctx: &ScriptContext,
     ) -> Result<TransformOutcome, ScriptError> {
-        let Ran { result, end } = self.run(ast, msg, ctx);
+        let input = input.into();
+        let Ran { result, end } = self.run(ast, &input, ctx);
         let logs = end.logs;
         match end.halt {
             Some(Halt::Skip(reason)) => return Ok(TransformOutcome::Skip { reason, logs }),
@@ -388,12 +401,37 @@ impl ScriptHost {
             None => {}
         }
         let value = result.map_err(|e| e.with_logs(logs.clone()))?;
-        match transform_output(value, msg) {
+        match transform_output(value, input.seed_bytes()) {
             Ok(value) => Ok(TransformOutcome::Output { value, logs }),
             Err(m) => {
                 Err(ScriptError::new(source(ast), ScriptErrorKind::Output, m).with_logs(logs))
             }
         }
+    }
+}
+
+/// What a script sees as `msg`.
+#[derive(Clone)]
+pub enum ScriptInput<'a> {
+    /// An HL7 v2 message, with path access.
+    Hl7(&'a Message),
+    /// A parsed document (FHIR resource, C-CDA tree, CSV row); `raw` is its journaled bytes,
+    /// which seed deterministic ids.
+    Document { value: Dynamic, raw: &'a [u8] },
+}
+
+impl ScriptInput<'_> {
+    fn seed_bytes(&self) -> &[u8] {
+        match self {
+            ScriptInput::Hl7(msg) => msg.as_str().as_bytes(),
+            ScriptInput::Document { raw, .. } => raw,
+        }
+    }
+}
+
+impl<'a> From<&'a Message> for ScriptInput<'a> {
+    fn from(msg: &'a Message) -> ScriptInput<'a> {
+        ScriptInput::Hl7(msg)
     }
 }
 

@@ -42,7 +42,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use error::{LimitKind, ScriptError, ScriptErrorKind};
-pub use host::ScriptHost;
+pub use host::{ScriptHost, ScriptInput};
 pub use limits::ScriptLimits;
 
 /// What the engine tells a script run about where it runs.

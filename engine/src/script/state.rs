@@ -201,6 +201,12 @@ pub fn script_dir() -> PathBuf {
     RUN.with(|r| r.borrow().script_dir.clone())
 }
 
+/// Seeds [`next_sequence`] for a run whose input is not an HL7 message (a document's bytes).
+pub fn seed_with(input: &[u8]) {
+    let seed = super::util::sha256_bytes(input);
+    RUN.with(|r| r.borrow_mut().seed = Some(seed));
+}
+
 /// A fresh 32-byte value for an entry without a natural key: SHA-256 of the message, then a
 /// counter, so the same message run through the same script gives the same values.
 pub fn next_sequence() -> ([u8; 32], u64) {

@@ -1,0 +1,470 @@
+//! The HTTP ingest port (5001 by default): channels with an `http` source own a path on it.
+//!
+//! `POST <path>` with
+//! - HL7 v2 (`application/hl7-v2`, `x-application/hl7-v2+er7`, `text/plain`): the answer is the
+//!   HL7 ACK, HTTP 200 for AA/CA, 422 for AE/CE, 503 (with `Retry-After`) when the message was
+//!   not stored or its destination is down, 400 for bytes that are not HL7 at all;
+//! - FHIR JSON (`application/fhir+json`), C-CDA (`application/xml`, `application/cda+xml`): 202
+//!   with the transaction id once it is journaled (on-delivery channels: 200 once delivered,
+//!   422 failed, 503 queued); a body that is not such a document is journaled as `failed` and
+//!   answered 400 with an OperationOutcome naming the problem;
+//! - CSV (`text/csv`): spooled to disk, then each row journaled as its own transaction; 202 with
+//!   the row count and ids.
+//!
+//! `/hl7v2` is built in: HL7 v2 posted there is taken by the channels of the shared MLLP port
+//! (journaled with listener `mllp` and origin `/hl7v2`), unless a channel claims the path.
+//!
+//! A path no channel owns is 404, an unknown or mismatching `Content-Type` 415, a body over
+//! `http.max_body_bytes` 413, missing or wrong client credentials 401.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use subtle::ConstantTimeEq;
+
+use crate::channel::def::HttpAuthDef;
+use crate::channel::{Channels, SourceKind};
+use crate::config::HttpConfig;
+use crate::format::Format;
+use crate::hl7::AckCode;
+use crate::ingest::{Body, Document, Origin};
+use crate::intake::{Arrival, Intake};
+use crate::journal::{Journal, Status};
+use crate::metrics::Metrics;
+use crate::route::Pipeline;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSourceError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// The path where HL7 v2 reaches the shared MLLP channels over HTTP.
+pub const SHARED_HL7_PATH: &str = "/hl7v2";
+
+/// What the handlers share.
+#[derive(Clone)]
+struct IngestState {
+    journal: Journal,
+    metrics: Arc<Metrics>,
+    pipeline: Pipeline,
+    channels: Channels,
+    max_body_bytes: usize,
+    /// Where CSV bodies are written before they are streamed row by row.
+    spool_dir: PathBuf,
+}
+
+/// Binds the ingest port; returns the server (await or spawn it) and its addresses.
+pub fn server(
+    config: &HttpConfig,
+    journal: Journal,
+    metrics: Arc<Metrics>,
+    pipeline: Pipeline,
+    data_dir: &std::path::Path,
+) -> Result<(actix_web::dev::Server, Vec<SocketAddr>), HttpSourceError> {
+    let tls = crate::tls::server_config(&config.tls)?;
+    let state = web::Data::new(IngestState {
+        journal,
+        metrics,
+        channels: pipeline.channels.clone(),
+        pipeline,
+        max_body_bytes: config.max_body_bytes,
+        spool_dir: data_dir.join("spool").join("http"),
+    });
+    let factory = move || {
+        App::new()
+            .app_data(state.clone())
+            // The body is read by hand (size limit, spooling), so no extractor limits apply.
+            .default_service(web::to(ingest))
+    };
+    let addr = config.addr;
+    let bind_err = |source| HttpSourceError::Bind { addr, source };
+    let workers = if config.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        config.workers
+    };
+    let server = HttpServer::new(factory)
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(5);
+    let server = match tls {
+        None => server.bind(addr).map_err(bind_err)?,
+        Some(config) => server
+            .bind_rustls_0_23(addr, Arc::unwrap_or_clone(config))
+            .map_err(bind_err)?,
+    };
+    let addrs = server.addrs();
+    Ok((server.run(), addrs))
+}
+
+/// A refusal before anything is journaled (wrong path, method, type, size, credentials).
+fn refuse(status: StatusCode, text: &str) -> HttpResponse {
+    HttpResponse::build(status).json(operation_outcome("error", refusal_code(status), text))
+}
+
+fn refusal_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "login",
+        404 => "not-found",
+        413 => "too-long",
+        415 | 400 => "structure",
+        _ => "processing",
+    }
+}
+
+fn operation_outcome(severity: &str, code: &str, text: &str) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": text}]
+    })
+}
+
+async fn ingest(
+    req: HttpRequest,
+    mut payload: web::Payload,
+    state: web::Data<IngestState>,
+) -> HttpResponse {
+    let path = req.path().to_string();
+    let set = state.channels.current();
+    let owners: Vec<_> = set
+        .channels
+        .iter()
+        .filter(|c| c.def.enabled && c.def.source.kind == SourceKind::Http)
+        .filter(|c| c.def.source.path.as_deref() == Some(path.as_str()))
+        .cloned()
+        .collect();
+    // `/hl7v2` is built in: unless a channel claims it, HL7 v2 posted there goes to the
+    // channels of the shared MLLP port, so every HL7 channel works over both.
+    let shared_hl7 = owners.is_empty() && path == SHARED_HL7_PATH;
+    if owners.is_empty() && !shared_hl7 {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "no channel takes documents at this path",
+        );
+    }
+    if req.method() != actix_web::http::Method::POST {
+        return refuse(StatusCode::METHOD_NOT_ALLOWED, "only POST is accepted");
+    }
+    for channel in &owners {
+        if let Some(auth) = &channel.def.source.auth {
+            if !authorized(auth, &req) {
+                return HttpResponse::Unauthorized()
+                    .insert_header((header::WWW_AUTHENTICATE, challenge(auth)))
+                    .json(operation_outcome("error", "login", "unauthorized"));
+            }
+        }
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(format) = Format::from_content_type(content_type) else {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/hl7-v2, x-application/hl7-v2+er7, text/plain, \
+             application/fhir+json, application/xml, application/cda+xml or text/csv",
+        );
+    };
+    if let Some(declared) = owners.iter().find_map(|c| c.def.source.format) {
+        if declared != format {
+            return refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!("this path takes {declared} documents, not {format}"),
+            );
+        }
+    }
+    let declared_len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared_len.is_some_and(|n| n > state.max_body_bytes) {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    }
+    let peer = req.peer_addr().map(|a| a.to_string());
+    if shared_hl7 && format != Format::Hl7v2 {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("{SHARED_HL7_PATH} takes HL7 v2, not {format}"),
+        );
+    }
+    let (listener, source) = if shared_hl7 {
+        ("mllp".to_string(), SourceKind::Mllp)
+    } else {
+        (format!("http:{path}"), SourceKind::Http)
+    };
+    let intake = Intake::new(
+        state.journal.clone(),
+        state.metrics.clone(),
+        &listener,
+        source,
+        Some(state.pipeline.clone()),
+    );
+    if format == Format::Csv {
+        return ingest_csv(&state, &intake, &mut payload, path, peer).await;
+    }
+    let body = match read_body(&mut payload, state.max_body_bytes).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let arrival = Arrival {
+        peer,
+        origin: Some(path),
+        origin_key: None,
+    };
+    match format {
+        Format::Hl7v2 => hl7_reply(intake.submit_hl7(body, arrival).await, content_type),
+        _ => {
+            let facts = crate::format::facts(format, &body);
+            match intake.submit_document(facts, body, arrival).await {
+                Err(_) => HttpResponse::ServiceUnavailable()
+                    .insert_header((header::RETRY_AFTER, "5"))
+                    .json(operation_outcome(
+                        "error",
+                        "transient",
+                        "not stored; please resend",
+                    )),
+                Ok(reply) => document_reply(reply),
+            }
+        }
+    }
+}
+
+/// Reads the whole body, refusing past `limit`.
+async fn read_body(payload: &mut web::Payload, limit: usize) -> Result<Bytes, HttpResponse> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|_| refuse(StatusCode::BAD_REQUEST, "request body unreadable"))?;
+        if body.len() + chunk.len() > limit {
+            return Err(refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large",
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The ACK as the response body, with an HTTP status that tells an HTTP client the same.
+fn hl7_reply(reply: crate::intake::AckReply, content_type: &str) -> HttpResponse {
+    let status = match reply.code {
+        AckCode::Accept => StatusCode::OK,
+        AckCode::Error => StatusCode::UNPROCESSABLE_ENTITY,
+        // Not stored, or stored but its destination is down: the sender should resend later.
+        AckCode::Reject if reply.id.is_none() || reply.queued => StatusCode::SERVICE_UNAVAILABLE,
+        AckCode::Reject => StatusCode::BAD_REQUEST,
+    };
+    let mut response = HttpResponse::build(status);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.insert_header((header::RETRY_AFTER, "30"));
+    }
+    if let Some(id) = reply.id {
+        response.insert_header(("X-Orbiter-Transaction", id.to_string()));
+    }
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("text/plain")
+        .trim();
+    response
+        .content_type(essence.to_string())
+        .body(reply.ack.unwrap_or_default())
+}
+
+fn document_reply(reply: crate::intake::DocumentReply) -> HttpResponse {
+    let id = reply.id.to_string();
+    if let Some(reason) = &reply.refused {
+        return HttpResponse::BadRequest()
+            .insert_header(("X-Orbiter-Transaction", id))
+            .json(operation_outcome("error", "structure", reason));
+    }
+    let (status, state, reason) = match &reply.delivery {
+        None => (StatusCode::ACCEPTED, "received", None),
+        Some(outcome) => match outcome.status {
+            Status::Failed => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "failed",
+                outcome.reason.clone(),
+            ),
+            Status::Queued => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queued",
+                outcome.reason.clone(),
+            ),
+            Status::Filtered => (StatusCode::OK, "filtered", outcome.reason.clone()),
+            _ => (StatusCode::OK, "delivered", None),
+        },
+    };
+    HttpResponse::build(status)
+        .insert_header(("X-Orbiter-Transaction", id.clone()))
+        .json(serde_json::json!({
+            "id": id,
+            "status": state,
+            "reason": reason,
+            "already": reply.already,
+        }))
+}
+
+/// CSV: written to a spool file as it arrives (memory stays flat for large files), then
+/// streamed through the journal row by row.
+async fn ingest_csv(
+    state: &IngestState,
+    intake: &Intake,
+    payload: &mut web::Payload,
+    path: String,
+    peer: Option<String>,
+) -> HttpResponse {
+    use tokio::io::AsyncWriteExt;
+    let unavailable = || {
+        HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, "5"))
+            .json(operation_outcome(
+                "error",
+                "transient",
+                "not stored; please resend",
+            ))
+    };
+    if tokio::fs::create_dir_all(&state.spool_dir).await.is_err() {
+        return unavailable();
+    }
+    let spool = state
+        .spool_dir
+        .join(format!("{:016x}.csv", rand::random::<u64>()));
+    let written = async {
+        let mut file = tokio::fs::File::create(&spool).await?;
+        let mut total = 0usize;
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            total += chunk.len();
+            if total > state.max_body_bytes {
+                return Ok(None);
+            }
+            file.write_all(&chunk).await?;
+        }
+        file.flush().await?;
+        Ok::<_, std::io::Error>(Some(total))
+    }
+    .await;
+    let response = match written {
+        Err(_) => unavailable(),
+        Ok(None) => refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+        Ok(Some(_)) => {
+            let doc = Document {
+                format: Format::Csv,
+                body: Body::File(spool.clone()),
+                origin: Origin {
+                    listener: format!("http:{path}"),
+                    peer,
+                    name: Some(path),
+                    key: None,
+                },
+            };
+            match intake.accept(doc).await {
+                Ok(accepted) => HttpResponse::Accepted().json(serde_json::json!({
+                    "rows": accepted.ids.len(),
+                    "failed": accepted.failed,
+                    "ids": accepted.ids.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+                })),
+                Err(crate::ingest::IngestError::Refused { reason, .. }) => {
+                    refuse(StatusCode::BAD_REQUEST, &reason)
+                }
+                Err(_) => unavailable(),
+            }
+        }
+    };
+    let _ = tokio::fs::remove_file(&spool).await;
+    response
+}
+
+fn challenge(auth: &HttpAuthDef) -> &'static str {
+    match auth {
+        HttpAuthDef::Bearer { .. } => "Bearer",
+        HttpAuthDef::Basic { .. } => "Basic realm=\"orbiter\"",
+    }
+}
+
+/// Whether the request carries the credentials the channel asks for. A secret that is not set
+/// in the environment lets nobody in.
+fn authorized(auth: &HttpAuthDef, req: &HttpRequest) -> bool {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let same = |a: &[u8], b: &[u8]| bool::from(a.ct_eq(b));
+    match auth {
+        HttpAuthDef::Bearer { token_env } => {
+            let Some(expected) = std::env::var(token_env).ok().filter(|t| !t.is_empty()) else {
+                return false;
+            };
+            presented
+                .strip_prefix("Bearer ")
+                .is_some_and(|t| same(t.trim().as_bytes(), expected.as_bytes()))
+        }
+        HttpAuthDef::Basic { user, password_env } => {
+            let Some(password) = std::env::var(password_env).ok().filter(|t| !t.is_empty()) else {
+                return false;
+            };
+            let expected = base64_encode(format!("{user}:{password}").as_bytes());
+            presented
+                .strip_prefix("Basic ")
+                .is_some_and(|t| same(t.trim().as_bytes(), expected.as_bytes()))
+        }
+    }
+}
+
+/// Standard base64 with padding (for comparing Basic credentials without decoding them).
+fn base64_encode(input: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(plain.as_bytes()), encoded);
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! End-to-end: the HTTP ingest port with the real binary. HL7 v2 answered with its ACK (and an
+//! HTTP status that says the same), FHIR documents journaled and delivered, and every refusal
+//! (unknown path, wrong type, too large, no credentials, not a document) defined and tested.
+
+mod common;
+
+use std::path::Path;
+
+use common::{ack_fields, default_channels, repo_root, settled, Engine};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn post(engine: &Engine, path: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+    client()
+        .post(format!("http://{}{}", engine.http, path))
+        .header("Content-Type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A channels dir with the repository's scripts and these extra channel files.
+fn channels_dir(
+    root: &Path,
+    extra: &[(&str, &str)],
+    scripts: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let repo = repo_root();
+    let channels = root.join("channels");
+    let script_dir = root.join("scripts");
+    std::fs::create_dir_all(&channels).unwrap();
+    std::fs::create_dir_all(script_dir.join("lib")).unwrap();
+    for dir in ["scripts", "scripts/lib"] {
+        for entry in std::fs::read_dir(repo.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rhai") {
+                let rel = path.strip_prefix(repo.join("scripts")).unwrap();
+                std::fs::copy(&path, script_dir.join(rel)).unwrap();
+            }
+        }
+    }
+    std::fs::copy(
+        repo.join("channels/adt-to-fhir.toml"),
+        channels.join("adt-to-fhir.toml"),
+    )
+    .unwrap();
+    for (name, text) in extra {
+        std::fs::write(channels.join(name), text).unwrap();
+    }
+    for (name, text) in scripts {
+        std::fs::write(script_dir.join(name), text).unwrap();
+    }
+    vec![
+        (
+            "ORBITER_CHANNELS_DIR".into(),
+            channels.display().to_string(),
+        ),
+        (
+            "ORBITER_SCRIPTS_DIR".into(),
+            script_dir.display().to_string(),
+        ),
+    ]
+}
+
+fn env<'a>(pairs: &'a [(String, String)], more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain(more.iter().copied())
+        .collect()
+}
+
+#[tokio::test]
+async fn hl7_over_http_is_acknowledged_and_takes_the_mllp_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = default_channels();
+    let engine = Engine::start(&dir.path().join("data"), &env(&pairs, &[]));
+
+    let resp = post(
+        &engine,
+        "/hl7v2",
+        "application/hl7-v2",
+        common::adt("HTTP1"),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/hl7-v2"
+    );
+    assert!(resp.headers().contains_key("x-orbiter-transaction"));
+    let (code, control, _) = ack_fields(&resp.bytes().await.unwrap());
+    assert_eq!((code.as_str(), control.as_str()), ("AA", "HTTP1"));
+    let tx = settled(&engine, "HTTP1").await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+    assert_eq!(tx["origin"], "/hl7v2");
+    let (status, bundle) = engine.api("/fhir/Patient?identifier=MRNHTTP1").await;
+    assert_eq!(status, 200);
+    assert_eq!(bundle["total"], 1, "{bundle}");
+
+    // x-application/hl7-v2+er7 is the same thing.
+    let resp = post(
+        &engine,
+        "/hl7v2",
+        "x-application/hl7-v2+er7",
+        common::adt("HTTP2"),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 200);
+
+    // Bytes that are not HL7: journaled as failed, answered AR with 400.
+    let resp = post(&engine, "/hl7v2", "text/plain", b"hello, not hl7".to_vec()).await;
+    assert_eq!(resp.status().as_u16(), 400);
+    let id = resp.headers()["x-orbiter-transaction"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (code, _, _) = ack_fields(&resp.bytes().await.unwrap());
+    assert_eq!(code, "AR");
+    let (status, tx) = engine.api(&format!("/api/transactions/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(tx["status"], "failed", "{tx}");
+
+    // HL7 missing MSH-10: AE, 422.
+    let no_id = b"MSH|^~\\&|A|B|C|D|20261201||ADT^A01||P|2.5.1\rPID|1||X^^^H^MR".to_vec();
+    let resp = post(&engine, "/hl7v2", "application/hl7-v2", no_id).await;
+    assert_eq!(resp.status().as_u16(), 422);
+    let (code, _, text) = ack_fields(&resp.bytes().await.unwrap());
+    assert_eq!(code, "AE", "{text}");
+}
+
+#[tokio::test]
+async fn refusals_are_defined() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = default_channels();
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &env(&pairs, &[("ORBITER_HTTP_MAX_BODY_BYTES", "4096")]),
+    );
+    let resp = post(&engine, "/nowhere", "application/hl7-v2", common::adt("R1")).await;
+    assert_eq!(resp.status().as_u16(), 404);
+    let outcome: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+
+    let resp = post(&engine, "/hl7v2", "image/png", common::adt("R2")).await;
+    assert_eq!(resp.status().as_u16(), 415);
+    let resp = post(&engine, "/hl7v2", "application/fhir+json", b"{}".to_vec()).await;
+    assert_eq!(resp.status().as_u16(), 415);
+
+    let mut big = common::adt("R3");
+    big.extend(std::iter::repeat_n(b'x', 8192));
+    let resp = post(&engine, "/hl7v2", "application/hl7-v2", big).await;
+    assert_eq!(resp.status().as_u16(), 413);
+
+    let resp = client()
+        .get(format!("http://{}/hl7v2", engine.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    // Nothing of the refused requests reached the journal.
+    let (_, page) = engine.api("/api/transactions?limit=10").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
+}
+
+const FHIR_CHANNEL: &str = r#"
+name = "fhir-in"
+[source]
+kind = "http"
+path = "/fhir"
+format = "fhir"
+[transform]
+script = "scripts/fhir_in.rhai"
+[[destination]]
+kind = "cdr"
+"#;
+
+const FHIR_SCRIPT: &str = r#"
+// Incoming FHIR resources and Bundles pass through as they are.
+if msg.resourceType == "Bundle" { msg } else { [msg] }
+"#;
+
+const SECURED_CHANNEL: &str = r#"
+name = "fhir-secured"
+[source]
+kind = "http"
+path = "/secured"
+[source.auth]
+kind = "bearer"
+token_env = "TEST_INGEST_TOKEN"
+[transform]
+script = "scripts/fhir_in.rhai"
+[[destination]]
+kind = "cdr"
+[ack]
+mode = "on-delivery"
+"#;
+
+fn patient_bundle(mrn: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{
+            "fullUrl": "urn:uuid:7d3c8c62-3b73-4f35-9b2c-2d4c8f9b1a01",
+            "resource": {
+                "resourceType": "Patient",
+                "identifier": [{"system": "urn:oid:1.2.3", "value": mrn}],
+                "name": [{"family": "Posted", "given": ["Fhir"]}]
+            },
+            "request": {"method": "PUT", "url": format!("Patient?identifier=urn:oid:1.2.3|{mrn}")}
+        }]
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn fhir_documents_are_journaled_routed_and_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = channels_dir(
+        dir.path(),
+        &[
+            ("fhir-in.toml", FHIR_CHANNEL),
+            ("fhir-secured.toml", SECURED_CHANNEL),
+        ],
+        &[("fhir_in.rhai", FHIR_SCRIPT)],
+    );
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &env(&pairs, &[("TEST_INGEST_TOKEN", "ingest-secret-42")]),
+    );
+
+    let resp = post(
+        &engine,
+        "/fhir",
+        "application/fhir+json",
+        patient_bundle("F1"),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "received");
+    let id = body["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, tx) = engine.api(&format!("/api/transactions/{id}")).await;
+        if tx["status"] == "delivered" {
+            assert_eq!(tx["format"], "fhir");
+            assert_eq!(tx["message_type"], "Bundle");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never delivered: {tx}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, found) = engine.api("/fhir/Patient?identifier=F1").await;
+    assert_eq!(found["total"], 1, "{found}");
+
+    // Not JSON: journaled as failed, answered 400 with an OperationOutcome.
+    let resp = post(
+        &engine,
+        "/fhir",
+        "application/fhir+json",
+        b"{not json".to_vec(),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 400);
+    let id = resp.headers()["x-orbiter-transaction"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let outcome: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert!(
+        outcome["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("not FHIR JSON"),
+        "{outcome}"
+    );
+    let (_, tx) = engine.api(&format!("/api/transactions/{id}")).await;
+    assert_eq!(tx["status"], "failed");
+
+    // A channel that declares its format refuses others.
+    let resp = post(&engine, "/fhir", "application/xml", b"<x/>".to_vec()).await;
+    assert_eq!(resp.status().as_u16(), 415);
+
+    // Client credentials, and an on-delivery answer once the CDR has it.
+    let resp = post(
+        &engine,
+        "/secured",
+        "application/fhir+json",
+        patient_bundle("F2"),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 401);
+    let resp = client()
+        .post(format!("http://{}/secured", engine.http))
+        .header("Content-Type", "application/fhir+json")
+        .bearer_auth("wrong")
+        .body(patient_bundle("F2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let resp = client()
+        .post(format!("http://{}/secured", engine.http))
+        .header("Content-Type", "application/fhir+json")
+        .bearer_auth("ingest-secret-42")
+        .body(patient_bundle("F2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "delivered", "{body}");
+    let (_, found) = engine.api("/fhir/Patient?identifier=F2").await;
+    assert_eq!(found["total"], 1, "{found}");
+}
