@@ -30,11 +30,12 @@
 //!
 //! - A write (REST or Bundle) returns only once it is durable: sled flushed and its log file
 //!   fsynced, shared by concurrent writers (group commit).
-//! - A transaction is all or nothing: its writes are one atomic sled batch.
+//! - A transaction is all or nothing: its writes are one commit, replayed whole after a crash
+//!   from its intent record (see [`store`]).
 //! - An update whose content equals the current version (`meta.versionId`/`lastUpdated` aside)
 //!   creates no new version; with conditional creates and updates, replaying a Bundle changes
 //!   nothing the second time.
-//! - Index entries are written and removed in the same batch as the version they describe.
+//! - Index entries are written and removed in the same commit as the version they describe.
 
 pub mod bundle;
 pub mod capability;

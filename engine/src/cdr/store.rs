@@ -3,9 +3,19 @@
 //! Writes go through a [`Writer`], which holds the store's write lock: the checks a write
 //! depends on (the current version for `If-Match`, the matches of a conditional create) and the
 //! write itself cannot interleave with another writer. A writer stages everything (the current
-//! record, the new version, the index entries removed and added) in one `sled::Batch` and
-//! [`Writer::commit`] applies it in one atomic step; dropping a writer without committing writes
-//! nothing, which is how a failed transaction leaves no trace.
+//! record, the new version, the index entries removed and added) and [`Writer::commit`] applies
+//! it; dropping a writer without committing writes nothing, which is how a failed transaction
+//! leaves no trace.
+//!
+//! Atomicity across crashes comes from an intent record, not from `sled::Batch`: sled 0.34
+//! guards `apply_batch` with a process-wide lock that, once any batch has run, every insert and
+//! read in the process takes (the journal's included), and a CDR batch stalled ingest. So a
+//! commit first writes all its operations as one record in the `intents` tree (one insert),
+//! then applies them with plain inserts and removes, then removes the record. sled recovers a
+//! prefix of its log, so after a crash either the intent is missing (and so is everything after
+//! it) or it is there and [`Store::open`] applies it again (the operations are idempotent puts
+//! and removes). Readers may see a commit's writes land one by one during the microseconds it
+//! is applied; writers are serialised by the write lock and never do.
 //!
 //! Durability is separate from the lock: after committing, a caller waits in
 //! [`Store::wait_durable`]; the first waiter flushes sled and fsyncs its log file (sled's
@@ -143,6 +153,8 @@ pub struct Store {
     db: sled::Db,
     /// The one tree holding resources, versions and indexes (see [`index`]).
     pub tree: sled::Tree,
+    /// Commits being applied: sequence number → encoded operations (see the module docs).
+    intents: sled::Tree,
     /// Held by the one [`Writer`] at a time.
     write_lock: Mutex<()>,
     /// Group commit state: what is applied, what is durable, who is flushing.
@@ -182,6 +194,7 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let tree = db.open_tree("cdr")?;
+        let intents = db.open_tree("intents")?;
         // sled 0.34 keeps its log in `<dir>/db`.
         let log_path = dir.join("db");
         let log_file = File::open(&log_path).map_err(|source| CdrError::Io {
@@ -191,14 +204,37 @@ impl Store {
         let store = Store {
             db,
             tree,
+            intents,
             write_lock: Mutex::new(()),
             commit: Mutex::new(CommitState::default()),
             flushed: Condvar::new(),
             log_file,
             dir: dir.to_path_buf(),
         };
+        store.finish_interrupted_commits()?;
         store.check_layout()?;
         Ok(store)
+    }
+
+    /// Applies the commits a crash interrupted (their intent records are still there).
+    fn finish_interrupted_commits(&self) -> Result<(), CdrError> {
+        let mut finished = 0;
+        for item in self.intents.iter() {
+            let (key, value) = item?;
+            let ops = Ops::decode(&value)
+                .ok_or_else(|| CdrError::Corrupt("unreadable commit intent".into()))?;
+            ops.apply(&self.tree)?;
+            self.intents.remove(key)?;
+            finished += 1;
+        }
+        if finished > 0 {
+            tracing::warn!(
+                commits = finished,
+                "CDR: finished commits interrupted by a crash"
+            );
+            self.flush()?;
+        }
+        Ok(())
     }
 
     /// Rebuilds every index entry from the current versions when [`index::LAYOUT_VERSION`]
@@ -213,17 +249,15 @@ impl Store {
         if stored == Some(index::LAYOUT_VERSION) {
             return Ok(());
         }
+        // Runs at open, before anything else uses the store; a crash part-way leaves the layout
+        // key unwritten, so the rebuild runs again.
         let _guard = self.lock();
-        let mut batch = sled::Batch::default();
         for item in self.tree.iter().keys() {
             let k = item?;
             if index::is_index_key(&k) {
-                batch.remove(k);
+                self.tree.remove(k)?;
             }
         }
-        self.tree.apply_batch(batch)?;
-        let mut batch = sled::Batch::default();
-        let mut pending = 0usize;
         for item in self.tree.scan_prefix([b'R']) {
             let (k, _) = item?;
             let Some((ty, id)) = std::str::from_utf8(&k[1..])
@@ -234,22 +268,19 @@ impl Store {
             };
             if let Some((_, Some(resource))) = self.read(ty, id)? {
                 for (ik, iv) in index::entries(ty, id, &resource) {
-                    batch.insert(ik, iv);
-                    pending += 1;
+                    self.tree.insert(ik, iv)?;
                 }
             }
-            if pending > 10_000 {
-                self.tree.apply_batch(std::mem::take(&mut batch))?;
-                pending = 0;
-            }
         }
-        batch.insert(key, index::LAYOUT_VERSION.to_be_bytes().to_vec());
-        self.tree.apply_batch(batch)?;
+        self.flush()?;
+        self.tree
+            .insert(key, index::LAYOUT_VERSION.to_be_bytes().to_vec())?;
         self.flush()
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
-        // A panic while holding the lock cannot leave sled half-written (batches are atomic).
+        // A panic while holding the lock cannot leave a half-applied commit behind unnoticed:
+        // its intent record is applied again at the next open.
         self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -258,7 +289,7 @@ impl Store {
         Writer {
             store: self,
             _guard: self.lock(),
-            batch: sled::Batch::default(),
+            ops: Ops::default(),
             staged: 0,
         }
     }
@@ -451,7 +482,7 @@ pub struct Stamp {
 pub struct Writer<'a> {
     store: &'a Store,
     _guard: MutexGuard<'a, ()>,
-    batch: sled::Batch,
+    ops: Ops,
     staged: usize,
 }
 
@@ -511,10 +542,10 @@ impl Writer<'_> {
             }
         }
         for (k, v) in moved {
-            self.batch.insert(k, v);
+            self.ops.insert(k, v);
         }
         for c in count..old_chunks {
-            self.batch.remove(index::chunk_key(ty, id, c));
+            self.ops.remove(index::chunk_key(ty, id, c));
         }
         let header = Header {
             vid,
@@ -528,9 +559,9 @@ impl Writer<'_> {
                 let mut value = Vec::with_capacity(HEADER + chunk.len());
                 header.encode(&mut value);
                 value.extend_from_slice(chunk);
-                self.batch.insert(index::current_key(ty, id), value);
+                self.ops.insert(index::current_key(ty, id), value);
             } else {
-                self.batch
+                self.ops
                     .insert(index::chunk_key(ty, id, i as u16), chunk.to_vec());
             }
         }
@@ -542,12 +573,12 @@ impl Writer<'_> {
             .unwrap_or_default();
         for key in old.keys() {
             if !new.contains_key(key) {
-                self.batch.remove(key.as_slice());
+                self.ops.remove(key.as_slice());
             }
         }
         for (key, value) in new {
             if old.get(&key) != Some(&value) {
-                self.batch.insert(key, value);
+                self.ops.insert(key, value);
             }
         }
         self.staged += 1;
@@ -565,9 +596,14 @@ impl Writer<'_> {
         if self.staged == 0 {
             return Ok(self.store.applied());
         }
-        self.store
-            .tree
-            .apply_batch(std::mem::take(&mut self.batch))?;
+        // Writers are serialised by the write lock, so the next sequence number is ours; it is
+        // marked applied only once every operation is in, so that a concurrent flush cannot
+        // count it durable too early.
+        let ops = std::mem::take(&mut self.ops);
+        let intent_key = (self.store.applied() + 1).to_be_bytes();
+        self.store.intents.insert(intent_key, ops.encode())?;
+        ops.apply(&self.store.tree)?;
+        self.store.intents.remove(intent_key)?;
         self.staged = 0;
         Ok(self.store.mark_applied())
     }
@@ -577,6 +613,80 @@ impl Writer<'_> {
     /// applied sequence (what the reads of this writer may have depended on).
     pub fn commit(mut self) -> Result<u64, CdrError> {
         self.apply()
+    }
+}
+
+/// The writes of one commit, in order: a key and its new value, or `None` to remove it.
+#[derive(Default)]
+struct Ops(Vec<(Vec<u8>, Option<Vec<u8>>)>);
+
+impl Ops {
+    fn insert(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.0
+            .push((key.as_ref().to_vec(), Some(value.as_ref().to_vec())));
+    }
+
+    fn remove(&mut self, key: impl AsRef<[u8]>) {
+        self.0.push((key.as_ref().to_vec(), None));
+    }
+
+    fn apply(&self, tree: &sled::Tree) -> Result<(), CdrError> {
+        for (key, value) in &self.0 {
+            match value {
+                Some(v) => tree.insert(key.as_slice(), v.as_slice())?,
+                None => tree.remove(key.as_slice())?,
+            };
+        }
+        Ok(())
+    }
+
+    /// `u32 key length, key, then 0 (remove) or 1 + u32 value length + value`, per operation.
+    fn encode(&self) -> Vec<u8> {
+        let size: usize = self
+            .0
+            .iter()
+            .map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        let mut out = Vec::with_capacity(size);
+        for (key, value) in &self.0 {
+            out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+            out.extend_from_slice(key);
+            match value {
+                None => out.push(0),
+                Some(v) => {
+                    out.push(1);
+                    out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                    out.extend_from_slice(v);
+                }
+            }
+        }
+        out
+    }
+
+    fn decode(mut bytes: &[u8]) -> Option<Ops> {
+        fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (head, tail) = (bytes.get(..n)?, bytes.get(n..)?);
+            *bytes = tail;
+            Some(head)
+        }
+        fn len(bytes: &mut &[u8]) -> Option<usize> {
+            Some(u32::from_be_bytes(take(bytes, 4)?.try_into().ok()?) as usize)
+        }
+        let mut ops = Ops::default();
+        while !bytes.is_empty() {
+            let n = len(&mut bytes)?;
+            let key = take(&mut bytes, n)?.to_vec();
+            let value = match take(&mut bytes, 1)?[0] {
+                0 => None,
+                1 => {
+                    let n = len(&mut bytes)?;
+                    Some(take(&mut bytes, n)?.to_vec())
+                }
+                _ => return None,
+            };
+            ops.0.push((key, value));
+        }
+        Some(ops)
     }
 }
 
@@ -693,5 +803,69 @@ mod unit {
         assert_eq!(store.tree.scan_prefix([b'C']).count(), 0);
         let id = new_id();
         assert!(super::super::validate::is_uuid(&id) && id.as_bytes()[14] == b'7');
+    }
+}
+
+#[cfg(test)]
+mod intent_tests {
+    use super::*;
+
+    #[test]
+    fn ops_round_trip_through_their_encoding() {
+        let mut ops = Ops::default();
+        ops.insert(b"a", b"1");
+        ops.remove(b"b");
+        ops.insert(b"", b"");
+        let decoded = Ops::decode(&ops.encode()).unwrap();
+        assert_eq!(decoded.0, ops.0);
+        assert!(
+            Ops::decode(&[0, 0, 0, 9, 1]).is_none(),
+            "truncated input is refused"
+        );
+    }
+
+    #[test]
+    fn a_commit_interrupted_after_its_intent_is_finished_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            store.tree.insert(b"Zstale", b"old").unwrap();
+            // What a crash between writing the intent and applying it leaves behind.
+            let mut ops = Ops::default();
+            ops.insert(b"Znew", b"value");
+            ops.remove(b"Zstale");
+            store
+                .intents
+                .insert(7u64.to_be_bytes(), ops.encode())
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            store.tree.get(b"Znew").unwrap().as_deref(),
+            Some(&b"value"[..])
+        );
+        assert!(store.tree.get(b"Zstale").unwrap().is_none());
+        assert_eq!(store.intents.len(), 0, "the intent is gone once applied");
+    }
+
+    #[test]
+    fn committed_writes_leave_no_intent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let mut writer = store.writer();
+        let patient = serde_json::json!({"resourceType": "Patient", "id": "p1"});
+        let stamp = Stamp {
+            vid: 1,
+            method: Method::Put,
+            last_updated: 0,
+        };
+        writer
+            .stage("Patient", "p1", stamp, Some(&patient), None)
+            .unwrap();
+        let seq = writer.commit().unwrap();
+        store.wait_durable(seq).unwrap();
+        assert_eq!(store.intents.len(), 0);
+        assert!(store.current("Patient", "p1").unwrap().is_some());
     }
 }
