@@ -440,3 +440,77 @@ fn check_and_try_from_the_real_binary() {
         "{kinds:?}"
     );
 }
+
+#[tokio::test]
+async fn a_channel_on_its_own_mllp_port_takes_only_what_arrives_there() {
+    let ws = Workspace::new();
+    let file_dest = "[[destination]]\nkind = \"file\"\npath = \"out\"";
+    ws.channel(
+        "shared",
+        "\"ADT^*\"",
+        "#{resourceType: \"Patient\", id: \"shared\"}",
+        "on-delivery",
+        file_dest,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(&dir.path().join("data"), &ws.env());
+
+    // Added while running: the port opens at the next reload, without a restart.
+    let port = common::free_port();
+    ws.write(
+        "channels/lab-port.toml",
+        &format!(
+            "name = \"lab-port\"\n[source]\nkind = \"mllp\"\naddr = \"127.0.0.1:{port}\"\n\
+             [transform]\nscript = \"lab-port.rhai\"\n{file_dest}\n[ack]\nmode = \"on-delivery\"\n"
+        ),
+    );
+    ws.write(
+        "scripts/lab-port.rhai",
+        "#{resourceType: \"Patient\", id: \"own\"}",
+    );
+    let own = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + T;
+    let mut c = loop {
+        if let Ok(c) = MllpClient::connect(&own, Duration::from_millis(200)).await {
+            break c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "port never opened:\n{}",
+            engine.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ack_fields(&c.send(&adt("OWN-1")).await.unwrap()).0, "AA");
+    let tx = settled(&engine, "OWN-1").await;
+    let channels: Vec<&str> = tx["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(channels, ["lab-port"], "{tx}");
+    assert_eq!(tx["listener"], format!("mllp:{own}"));
+
+    // The shared port does not feed the channel with its own port.
+    let mut shared = MllpClient::connect(&engine.mllp, T).await.unwrap();
+    assert_eq!(
+        ack_fields(&shared.send(&adt("SHARED-1")).await.unwrap()).0,
+        "AA"
+    );
+    let tx = settled(&engine, "SHARED-1").await;
+    assert_eq!(tx["channels"][0]["name"], "shared", "{tx}");
+    assert_eq!(tx["channels"].as_array().unwrap().len(), 1, "{tx}");
+
+    // Removed: the port closes.
+    drop(c);
+    std::fs::remove_file(ws.path("channels/lab-port.toml")).unwrap();
+    let deadline = std::time::Instant::now() + T;
+    while MllpClient::connect(&own, Duration::from_millis(200))
+        .await
+        .is_ok()
+    {
+        assert!(std::time::Instant::now() < deadline, "port never closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

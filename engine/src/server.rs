@@ -151,6 +151,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
         });
 
+        // Channels with their own MLLP port: opened now, kept in step with reloads.
+        let mut ports = crate::listen::ports::ChannelPorts::new(config.mllp.clone(), journal.clone(), metrics.clone(), pipeline.clone(), workers.clone());
+        ports.reconcile(&channels.current());
+        if !ports.addrs().is_empty() {
+            tracing::info!(ports = ?ports.addrs(), "channel MLLP ports listening");
+        }
         // Hot reload: poll the files; a broken edit keeps the running revision.
         let watched = channels.clone();
         actix_rt::spawn(async move {
@@ -163,6 +169,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                     let reloading = watched.clone();
                     let _ = tokio::task::spawn_blocking(move || reloading.reload()).await;
                 }
+                // Also after a reload through the API.
+                ports.reconcile(&watched.current());
             }
         });
         // Messages that were received but not processed before a stop, then the retry loop.

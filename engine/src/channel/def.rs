@@ -62,6 +62,11 @@ pub struct SourceDef {
     /// For `http`: client authentication this path requires (besides mutual TLS on the port).
     #[serde(default)]
     pub auth: Option<HttpAuthDef>,
+    /// For `mllp`: the channel's own port (e.g. `"0.0.0.0:2576"`) instead of the shared one;
+    /// it takes only what arrives there. Its listener is named `mllp:<addr>` and shares the
+    /// `[mllp]` settings (size limit, timeouts, TLS).
+    #[serde(default)]
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 /// How an HTTP client proves who it is. Secrets are named by environment variable, never
@@ -85,9 +90,19 @@ impl SourceDef {
                 listener.strip_prefix("http:").is_some()
                     && self.path.as_deref() == listener.strip_prefix("http:")
             }
+            SourceKind::Mllp => match (&self.addr, &self.listener) {
+                (Some(addr), _) => listener == own_mllp_listener(*addr),
+                (None, Some(named)) => listener == named,
+                (None, None) => listener == "mllp",
+            },
             _ => self.listener.as_deref().is_none_or(|l| l == listener),
         }
     }
+}
+
+/// The listener name of a channel's own MLLP port.
+pub fn own_mllp_listener(addr: std::net::SocketAddr) -> String {
+    format!("mllp:{addr}")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -275,6 +290,9 @@ impl ChannelDef {
                     self.name
                 ),
             ));
+        }
+        if self.source.addr.is_some() && self.source.kind != SourceKind::Mllp {
+            return Err(at("addr", "only an mllp source has its own `addr`".into()));
         }
         if self.source.kind == SourceKind::Http && self.source.path.is_none() {
             return Err(at("[source]", "an http source needs a `path`".into()));

@@ -96,6 +96,19 @@ impl MllpListener {
     }
 }
 
+/// Stops accepting connections (open ones finish on their own).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopListening;
+
+impl Handler<StopListening> for MllpListener {
+    type Result = ();
+
+    fn handle(&mut self, _: StopListening, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
 impl Actor for MllpListener {
     type Context = Context<Self>;
 

@@ -3,5 +3,6 @@
 
 pub mod http;
 pub mod mllp;
+pub mod ports;
 
 pub use mllp::{ListenError, MllpListener};

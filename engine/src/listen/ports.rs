@@ -1,0 +1,93 @@
+//! Channels with their own MLLP port (`[source] addr = "…"`): one listener per address, kept in
+//! step with the channel set, so that adding such a channel opens its port without a restart
+//! and removing it closes the port.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::mllp::{MllpListener, StopListening};
+use crate::channel::def::own_mllp_listener;
+use crate::channel::{ChannelSet, SourceKind};
+use crate::config::MllpConfig;
+use crate::intake::Intake;
+use crate::journal::Journal;
+use crate::metrics::Metrics;
+use crate::route::Pipeline;
+
+/// The running per-channel MLLP listeners, by address.
+pub struct ChannelPorts {
+    shared_config: MllpConfig,
+    journal: Journal,
+    metrics: Arc<Metrics>,
+    pipeline: Pipeline,
+    workers: Vec<ArbiterHandle>,
+    running: HashMap<SocketAddr, Addr<MllpListener>>,
+}
+
+impl ChannelPorts {
+    pub fn new(
+        shared_config: MllpConfig,
+        journal: Journal,
+        metrics: Arc<Metrics>,
+        pipeline: Pipeline,
+        workers: Vec<ArbiterHandle>,
+    ) -> ChannelPorts {
+        ChannelPorts {
+            shared_config,
+            journal,
+            metrics,
+            pipeline,
+            workers,
+            running: HashMap::new(),
+        }
+    }
+
+    /// Opens the ports channels ask for and closes those no channel asks for any more. A port
+    /// that cannot be bound is logged and tried again at the next reconcile.
+    pub fn reconcile(&mut self, set: &ChannelSet) {
+        let wanted: Vec<SocketAddr> = set
+            .channels
+            .iter()
+            .filter(|c| c.def.enabled && c.def.source.kind == SourceKind::Mllp)
+            .filter_map(|c| c.def.source.addr)
+            .collect();
+        self.running.retain(|addr, listener| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                tracing::info!(%addr, "closing a channel's MLLP port");
+                listener.do_send(StopListening);
+            }
+            keep
+        });
+        for addr in wanted {
+            if self.running.contains_key(&addr) {
+                continue;
+            }
+            let config = MllpConfig {
+                addr,
+                ..self.shared_config.clone()
+            };
+            let intake = Intake::new(
+                self.journal.clone(),
+                self.metrics.clone(),
+                &own_mllp_listener(addr),
+                SourceKind::Mllp,
+                Some(self.pipeline.clone()),
+            );
+            match MllpListener::bind(&config, intake, self.metrics.clone(), self.workers.clone()) {
+                Ok(listener) => {
+                    self.running.insert(addr, listener.start());
+                }
+                Err(e) => tracing::error!(%addr, error = %e, "a channel's MLLP port cannot open"),
+            }
+        }
+    }
+
+    /// The addresses listening now.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.running.keys().copied().collect()
+    }
+}
