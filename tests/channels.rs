@@ -514,3 +514,48 @@ async fn a_channel_on_its_own_mllp_port_takes_only_what_arrives_there() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_destination_that_stays_down_is_retried_then_given_up() {
+    let ws = Workspace::new();
+    // Nothing listens on this port: every attempt is refused (retryable).
+    let closed = common::free_port();
+    ws.channel(
+        "down",
+        "\"ADT^*\"",
+        "#{resourceType: \"Patient\", id: \"x\"}",
+        "on-commit",
+        &format!(
+            "[[destination]]\nkind = \"http\"\nurl = \"http://127.0.0.1:{closed}/fhir\"\n\
+             [retry]\nmax_attempts = 3\ninitial_backoff_ms = 50\nmax_backoff_ms = 100"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(&dir.path().join("data"), &ws.env());
+    let mut c = MllpClient::connect(&engine.mllp, T).await.unwrap();
+    assert_eq!(ack_fields(&c.send(&adt("DOWN-1")).await.unwrap()).0, "AA");
+    let deadline = std::time::Instant::now() + T;
+    let tx = loop {
+        let (_, page) = engine.api("/api/transactions?control_id=DOWN-1").await;
+        let tx = page["items"][0].clone();
+        if tx["status"] == "failed" {
+            break tx;
+        }
+        assert!(std::time::Instant::now() < deadline, "never gave up: {tx}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let queued = tx["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["status"] == "queued")
+        .count();
+    assert_eq!(queued, 3, "three attempts, each queued: {tx}");
+    assert!(
+        tx["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("gave up after 3 attempts"),
+        "{tx}"
+    );
+}

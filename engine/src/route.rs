@@ -50,6 +50,59 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     order: Arc<PatientOrder>,
     admission: Arc<Admission>,
+    retries: Arc<RetrySchedule>,
+}
+
+/// When each queued transaction is due for its next attempt, in memory: the retry loop looks
+/// only at what is due instead of re-reading every queued record each second. Rebuilt from the
+/// journal at start ([`Pipeline::resume`]).
+#[derive(Default)]
+struct RetrySchedule {
+    inner: Mutex<ScheduleInner>,
+}
+
+#[derive(Default)]
+struct ScheduleInner {
+    /// (due at, Unix ms; transaction), soonest first.
+    due: BTreeSet<(i64, TxId)>,
+    /// Each scheduled transaction's due time, to replace it.
+    at: HashMap<TxId, i64>,
+}
+
+impl RetrySchedule {
+    fn set(&self, id: TxId, due_ms: i64) {
+        let mut inner = self.inner.lock().expect("retry schedule lock");
+        if let Some(old) = inner.at.insert(id, due_ms) {
+            inner.due.remove(&(old, id));
+        }
+        inner.due.insert((due_ms, id));
+    }
+
+    fn remove(&self, id: TxId) {
+        let mut inner = self.inner.lock().expect("retry schedule lock");
+        if let Some(old) = inner.at.remove(&id) {
+            inner.due.remove(&(old, id));
+        }
+    }
+
+    /// Takes every transaction due by `now_ms`, soonest first.
+    fn take_due(&self, now_ms: i64) -> Vec<TxId> {
+        let mut inner = self.inner.lock().expect("retry schedule lock");
+        let mut out = Vec::new();
+        while let Some(&(due, id)) = inner.due.first() {
+            if due > now_ms {
+                break;
+            }
+            inner.due.pop_first();
+            inner.at.remove(&id);
+            out.push(id);
+        }
+        out
+    }
+
+    fn len(&self) -> usize {
+        self.inner.lock().expect("retry schedule lock").at.len()
+    }
 }
 
 /// How many transactions may be in the pipeline at once. Past it, new transactions wait in the
@@ -117,6 +170,7 @@ impl Pipeline {
             deliverer,
             metrics,
             order: Arc::new(PatientOrder::default()),
+            retries: Arc::default(),
             admission: Arc::new(Admission {
                 permits: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
                 backlog: Mutex::default(),
@@ -287,6 +341,11 @@ impl Pipeline {
         if let Err(e) = self.journal.record(id, steps, events).await {
             tracing::error!(%id, error = %e, "cannot record pipeline result");
         }
+        if status == Status::Queued {
+            self.schedule_retry(id).await;
+        } else {
+            self.retries.remove(id);
+        }
         PipelineOutcome {
             status,
             reason,
@@ -383,6 +442,7 @@ impl Pipeline {
                         self.order.set_queued(key, id, true);
                     }
                 }
+                self.schedule_retry(id).await;
             }
         }
         for status in [Status::Received, Status::Processing] {
@@ -448,47 +508,86 @@ impl Pipeline {
     /// Retries queued transactions whose backoff has passed, oldest first; gives up (failed)
     /// after the channel's `max_attempts`.
     pub async fn retry_due(&self) {
-        let journal = self.journal.clone();
-        let Ok(Ok(ids)) =
-            tokio::task::spawn_blocking(move || journal.ids_with_status(Status::Queued, 10_000))
-                .await
-        else {
-            return;
-        };
-        self.metrics.queue_depth.set(ids.len() as i64);
-        let set = self.channels.current();
-        for id in ids {
-            let Ok(Some(tx)) = self.journal.get(id) else {
+        for id in self.retries.take_due(now_ms()) {
+            let Some(plan) = self.retry_plan(id).await else {
                 continue;
             };
-            let attempts = tx
-                .events
-                .iter()
-                .filter(|e| e.status == Status::Queued)
-                .count() as u32;
-            let last = tx.events.last().map(|e| e.at_ms).unwrap_or(0);
-            let retry = tx
-                .channels
-                .iter()
-                .find_map(|c| set.get(&c.name))
-                .map(|c| c.def.retry)
-                .unwrap_or_default();
-            if attempts >= retry.max_attempts {
-                self.fail(id, format!("gave up after {attempts} attempts"))
-                    .await;
-                continue;
+            match plan {
+                RetryPlan::GiveUp { attempts } => {
+                    self.fail(id, format!("gave up after {attempts} attempts"))
+                        .await;
+                }
+                RetryPlan::At(due) if due > now_ms() => self.retries.set(id, due),
+                RetryPlan::At(_) => {
+                    let names = self.journal.get(id).ok().flatten().map(|tx| {
+                        tx.channels
+                            .iter()
+                            .map(|c| c.name.clone())
+                            .collect::<Vec<_>>()
+                    });
+                    if let Some(names) = names {
+                        self.rerun(id, Some(&names)).await;
+                    }
+                }
             }
-            if now_ms() < last + backoff_ms(&retry, attempts, id) as i64 {
-                continue;
-            }
-            let names: Vec<String> = tx.channels.iter().map(|c| c.name.clone()).collect();
-            self.rerun(id, Some(&names)).await;
         }
+        self.metrics.queue_depth.set(self.retries.len() as i64);
+    }
+
+    /// Puts a queued transaction on the retry schedule (or fails it when its attempts are
+    /// used up).
+    async fn schedule_retry(&self, id: TxId) {
+        match self.retry_plan(id).await {
+            Some(RetryPlan::At(due)) => self.retries.set(id, due),
+            // Due now: the retry loop fails it with the reason.
+            Some(RetryPlan::GiveUp { .. }) => self.retries.set(id, 0),
+            None => {}
+        }
+        self.metrics.queue_depth.set(self.retries.len() as i64);
+    }
+
+    /// When a queued transaction should be tried again: after its backoff, counted from its
+    /// last event, under the retry policy of the channel that took it.
+    async fn retry_plan(&self, id: TxId) -> Option<RetryPlan> {
+        let journal = self.journal.clone();
+        let tx = tokio::task::spawn_blocking(move || journal.get(id))
+            .await
+            .ok()?
+            .ok()??;
+        if tx.status != Status::Queued {
+            return None;
+        }
+        let attempts = tx
+            .events
+            .iter()
+            .filter(|e| e.status == Status::Queued)
+            .count() as u32;
+        let last = tx.events.last().map(|e| e.at_ms).unwrap_or(0);
+        let set = self.channels.current();
+        let retry = tx
+            .channels
+            .iter()
+            .find_map(|c| set.get(&c.name))
+            .map(|c| c.def.retry)
+            .unwrap_or_default();
+        if attempts >= retry.max_attempts {
+            return Some(RetryPlan::GiveUp { attempts });
+        }
+        Some(RetryPlan::At(
+            last + backoff_ms(&retry, attempts, id) as i64,
+        ))
     }
 }
 
-/// Exponential backoff with ±20% jitter derived from the id (stable across polls, different
-/// across transactions, so retries of many messages spread out).
+/// What the retry loop does with a queued transaction.
+enum RetryPlan {
+    /// Try again at this time (Unix ms).
+    At(i64),
+    GiveUp {
+        attempts: u32,
+    },
+}
+
 fn backoff_ms(retry: &crate::channel::def::RetryDef, attempts: u32, id: TxId) -> u64 {
     let exponent = attempts.saturating_sub(1).min(30);
     let base = retry
