@@ -559,3 +559,48 @@ async fn a_destination_that_stays_down_is_retried_then_given_up() {
         "{tx}"
     );
 }
+
+#[tokio::test]
+async fn an_mllp_destination_forwards_to_a_second_engine_and_keeps_its_ack() {
+    // The receiver: a second engine, no channels (it stores and acknowledges).
+    let receiver_ws = Workspace::new();
+    let receiver_dir = tempfile::tempdir().unwrap();
+    let receiver = start(&receiver_dir.path().join("data"), &receiver_ws.env());
+
+    let ws = Workspace::new();
+    ws.channel(
+        "forward",
+        "\"ADT^*\"",
+        "msg[\"MSH-5\"] = \"DOWNSTREAM\";\nmsg",
+        "on-delivery",
+        &format!(
+            "[[destination]]\nkind = \"mllp\"\naddr = \"{}\"",
+            receiver.mllp
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(&dir.path().join("data"), &ws.env());
+    let mut c = MllpClient::connect(&engine.mllp, T).await.unwrap();
+    let (code, _, text) = ack_fields(&c.send(&adt("FWD-1")).await.unwrap());
+    assert_eq!(code, "AA", "{text}");
+    let tx = settled(&engine, "FWD-1").await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+    let (_, detail) = engine
+        .api(&format!("/api/transactions/{}", tx["id"].as_u64().unwrap()))
+        .await;
+    let deliver = detail["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "deliver")
+        .cloned()
+        .unwrap_or_else(|| panic!("no deliver step: {detail}"));
+    assert_eq!(deliver["output"]["code"], "AA", "{deliver}");
+
+    // The receiver has the edited message.
+    let received = settled(&receiver, "FWD-1").await;
+    assert_eq!(
+        received["receiving_application"], "DOWNSTREAM",
+        "{received}"
+    );
+}

@@ -176,6 +176,9 @@ pub struct DestinationDef {
     pub url: Option<String>,
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// For `mllp`: the receiver's `host:port`.
+    #[serde(default)]
+    pub addr: Option<String>,
 }
 
 impl DestinationDef {
@@ -296,6 +299,20 @@ impl ChannelDef {
         }
         if self.source.kind == SourceKind::Http && self.source.path.is_none() {
             return Err(at("[source]", "an http source needs a `path`".into()));
+        }
+        for d in &self.destinations {
+            let missing = match d.kind {
+                DestinationKind::Http if d.url.is_none() => {
+                    Some("an http destination needs a `url`")
+                }
+                DestinationKind::Mllp if d.addr.is_none() => {
+                    Some("an mllp destination needs an `addr` (host:port)")
+                }
+                _ => None,
+            };
+            if let Some(message) = missing {
+                return Err(at("[[destination]]", message.into()));
+            }
         }
         if self.transform.is_none() && !self.destinations.is_empty() {
             return Err(at(

@@ -2,13 +2,15 @@
 //!
 //! - `cdr`: the configured CDR: the embedded store in-process, or `cdr.url` over HTTP;
 //! - `http`: any FHIR server at the destination's own `url`;
-//! - `file`: one JSON file per transaction in a directory (under the data dir when relative).
+//! - `file`: one JSON file per transaction in a directory (under the data dir when relative);
+//! - `mllp`: HL7 v2 output to a downstream system's MLLP port (`addr`), classified by its ACK.
 //!
 //! Classification, as a FHIR client would: 2xx delivered; 4xx failed for good (the
 //! OperationOutcome is kept), except 408 and 429; 5xx, timeouts and refused connections are
 //! retried later (the transaction goes to `queued`).
 
 mod fhir_http;
+mod mllp;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -108,7 +110,14 @@ impl Deliverer {
                 };
                 write_file(&dir, id, channel.name(), value).await
             }
-            DestinationKind::Mllp | DestinationKind::Mediator => Delivery::Failed {
+            DestinationKind::Mllp => match &destination.addr {
+                Some(addr) => mllp::send(addr, value, self.http_timeout).await,
+                None => Delivery::Failed {
+                    error: "mllp destination without addr".into(),
+                    response: None,
+                },
+            },
+            DestinationKind::Mediator => Delivery::Failed {
                 error: format!(
                     "destination kind `{}` is not available",
                     destination.kind.as_str()
