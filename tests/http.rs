@@ -321,3 +321,92 @@ async fn fhir_documents_are_journaled_routed_and_delivered() {
     let (_, found) = engine.api("/fhir/Patient?identifier=F2").await;
     assert_eq!(found["total"], 1, "{found}");
 }
+
+#[tokio::test]
+async fn ingest_over_tls_with_client_certificates() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(vec![]).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client_cert = CertificateParams::new(vec!["sender.example".into()])
+        .unwrap()
+        .signed_by(&client_key, &issuer)
+        .unwrap();
+    let ca_path = write("ca.pem", ca.pem());
+    let cert_path = write("server.pem", server.pem());
+    let key_path = write("server.key", server_key.serialize_pem());
+    let pairs = default_channels();
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &env(
+            &pairs,
+            &[
+                ("ORBITER_HTTP_TLS_CERT", &cert_path),
+                ("ORBITER_HTTP_TLS_KEY", &key_path),
+                ("ORBITER_HTTP_TLS_CLIENT_CA", &ca_path),
+            ],
+        ),
+    );
+    let root = reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap();
+    let identity = reqwest::Identity::from_pem(
+        format!("{}{}", client_cert.pem(), client_key.serialize_pem()).as_bytes(),
+    )
+    .unwrap();
+    let url = format!("https://{}/hl7v2", engine.http);
+    let with_cert = reqwest::Client::builder()
+        .tls_certs_only([root.clone()])
+        .identity(identity)
+        .build()
+        .unwrap();
+    let resp = with_cert
+        .post(&url)
+        .header("Content-Type", "application/hl7-v2")
+        .body(common::adt("TLS-H1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (code, _, _) = ack_fields(&resp.bytes().await.unwrap());
+    assert_eq!(code, "AA");
+
+    // No client certificate: the handshake fails, nothing is journaled.
+    let without = reqwest::Client::builder()
+        .tls_certs_only([root])
+        .build()
+        .unwrap();
+    let refused = without
+        .post(&url)
+        .header("Content-Type", "application/hl7-v2")
+        .body(common::adt("TLS-H2"))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a client without a certificate is refused"
+    );
+    // Plain HTTP to the TLS port gets nothing either.
+    let plain = client()
+        .post(format!("http://{}/hl7v2", engine.http))
+        .header("Content-Type", "application/hl7-v2")
+        .body(common::adt("TLS-H3"))
+        .send()
+        .await;
+    assert!(plain.map(|r| r.status().as_u16() != 200).unwrap_or(true));
+    let (_, page) = engine.api("/api/transactions?limit=10").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+}
