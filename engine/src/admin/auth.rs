@@ -256,7 +256,9 @@ pub async fn require_token(
         match auth.identify(header, cn.as_deref(), peer) {
             Some(caller) => caller,
             None => {
-                if let Some(ip) = ip {
+                // Only a presented credential is a guess; a request without any (a probe, a
+                // misconfigured client) gets its 401 without using up the address's budget.
+                if let (Some(ip), Some(_)) = (ip, header) {
                     auth.limiter.failed(ip);
                 }
                 // Never the header: it may hold a real token with a typo.
