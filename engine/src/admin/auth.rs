@@ -153,6 +153,13 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(token: &AdminToken, clients: Arc<ApiClients>, journal: Journal) -> Authenticator {
+        if token.0.len() < 32 {
+            // The length only, never the token.
+            tracing::warn!(
+                length = token.0.len(),
+                "ORBITER_ADMIN_TOKEN is short: use 256 random bits (e.g. `openssl rand -hex 32`)"
+            );
+        }
         Authenticator {
             bootstrap: token_digest(&token.0),
             clients,

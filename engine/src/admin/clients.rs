@@ -305,13 +305,10 @@ async fn create(
         Err(e) => return Ok(error(actix_web::http::StatusCode::BAD_REQUEST, e)),
     };
     let by = caller.name.clone();
-    let created = web::block(move || {
-        clients
-            .create(&body.name, &body.roles, body.read_bodies, &by)
-            .map(|(record, token)| (record, token))
-    })
-    .await
-    .map_err(actix_web::error::ErrorInternalServerError)?;
+    let created =
+        web::block(move || clients.create(&body.name, &body.roles, body.read_bodies, &by))
+            .await
+            .map_err(actix_web::error::ErrorInternalServerError)?;
     let (record, token) = match created {
         Ok(c) => c,
         Err(e) => return Ok(store_error(e)),
@@ -388,7 +385,7 @@ mod tests {
             token.starts_with("orb_") && token.len() == 4 + 64,
             "{token}"
         );
-        assert!(record.read_bodies == false && record.caller(None).read_bodies);
+        assert!(!record.read_bodies && record.caller(None).read_bodies);
         assert_eq!(clients.by_token(&token).unwrap().name, "ops");
         assert!(clients.by_token(&token[..token.len() - 1]).is_none());
         let (_, other) = clients
