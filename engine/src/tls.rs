@@ -84,3 +84,128 @@ pub fn server_config(tls: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>
     };
     Ok(Some(Arc::new(config)))
 }
+
+/// The subject common name (CN) of a DER certificate, if it has exactly one that is text.
+///
+/// Used for mutual TLS on the admin port, where a client certificate's CN names an API client
+/// (as OpenHIM maps certificates to clients). Only called on certificates rustls has already
+/// verified against the configured CA, and written as a bounded walk of the few DER structures
+/// on the way to the subject (no panics, no recursion) rather than a general X.509 parser.
+pub fn subject_common_name(cert: &[u8]) -> Option<String> {
+    let (tag, certificate, _) = der(cert)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, tbs, _) = der(certificate)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let mut rest = tbs;
+    let (tag, _, after) = der(rest)?;
+    if tag == 0xa0 {
+        rest = after; // [0] EXPLICIT version
+    }
+    // serialNumber, signature, issuer, validity, then subject.
+    for expected in [0x02, 0x30, 0x30, 0x30] {
+        let (tag, _, after) = der(rest)?;
+        if tag != expected {
+            return None;
+        }
+        rest = after;
+    }
+    let (tag, mut subject, _) = der(rest)?;
+    if tag != 0x30 {
+        return None;
+    }
+    const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
+    let mut found = None;
+    while !subject.is_empty() {
+        let (tag, mut set, after) = der(subject)?;
+        subject = after;
+        if tag != 0x31 {
+            return None;
+        }
+        while !set.is_empty() {
+            let (tag, attribute, after) = der(set)?;
+            set = after;
+            if tag != 0x30 {
+                return None;
+            }
+            let (tag, oid, value) = der(attribute)?;
+            if tag != 0x06 || oid != CN_OID {
+                continue;
+            }
+            let (tag, text, _) = der(value)?;
+            // UTF8String, PrintableString, IA5String.
+            if !matches!(tag, 0x0c | 0x13 | 0x16) || found.is_some() {
+                return None;
+            }
+            found = Some(std::str::from_utf8(text).ok()?.to_string());
+        }
+    }
+    found
+}
+
+/// One DER TLV: (tag, contents, what follows). Single-byte tags, definite lengths up to 4 bytes.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        first as usize
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        rest = &rest[n..];
+        len
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_with(names: &[(rcgen::DnType, &str)]) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (ty, value) in names {
+            params.distinguished_name.push(ty.clone(), *value);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn finds_the_subject_cn() {
+        let der = cert_with(&[
+            (rcgen::DnType::OrganizationName, "Hospital"),
+            (rcgen::DnType::CommonName, "ci-bot"),
+        ]);
+        assert_eq!(subject_common_name(&der).as_deref(), Some("ci-bot"));
+        assert_eq!(
+            subject_common_name(&cert_with(&[(rcgen::DnType::OrganizationName, "H")])),
+            None
+        );
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_none_not_panics() {
+        let der = cert_with(&[(rcgen::DnType::CommonName, "ci-bot")]);
+        for cut in 0..der.len() {
+            let _ = subject_common_name(&der[..cut]);
+        }
+        assert_eq!(
+            subject_common_name(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]),
+            None
+        );
+        assert_eq!(subject_common_name(b""), None);
+    }
+}

@@ -9,6 +9,15 @@ use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "test-admin-token-0123456789";
 
+/// The engine binary: cargo's, or `ORBITER_TEST_BIN` when set. (With a `CARGO_TARGET_DIR`
+/// shared between worktrees, `target/debug/orbiter` is whichever worktree built last; point
+/// this at your own `target/debug/deps/orbiter-<hash>`.)
+pub fn orbiter_bin() -> PathBuf {
+    std::env::var_os("ORBITER_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_orbiter")))
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released: good enough for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -77,7 +86,7 @@ impl Engine {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orbiter"));
+        let mut cmd = Command::new(orbiter_bin());
         cmd.arg("run")
             .arg("--data")
             .arg(&self.data_dir)

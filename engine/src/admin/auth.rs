@@ -1,19 +1,28 @@
-//! Bearer-token authentication for the admin API.
+//! Authentication and roles for the admin port.
 //!
 //! The bootstrap admin token comes from `ORBITER_ADMIN_TOKEN`; without it, one is generated on
 //! first start into `<data_dir>/admin.token` (mode 0600) and reused afterwards. The token is
-//! never logged, only where to find it. Comparison is constant-time, and 401 answers say nothing
-//! about why.
+//! never logged, only where to find it. API clients ([`super::clients`]) have their own tokens
+//! and roles, or present a client certificate whose subject CN is their name (mutual TLS).
+//! Comparison is constant-time, failures are rate-limited per address
+//! ([`super::ratelimit`]), and 401/403 answers say nothing about why.
 
+use std::any::Any;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use actix_web::body::MessageBody;
+use actix_web::dev::Extensions;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+
+use super::clients::{token_digest, ApiClients, Digest};
+use super::ratelimit::FailureLimiter;
+use crate::journal::Journal;
 
 /// What an API client may do. Each role includes the ones below it:
 /// `admin` ⊇ `operator` (rerun, enable/disable) ⊇ `viewer` (read).
@@ -131,29 +140,154 @@ impl AdminToken {
     }
 }
 
-/// Middleware: lets a request through only with the admin token.
+/// What the middleware needs to know who is calling; one per app, shared by its workers.
+pub struct Authenticator {
+    /// SHA-256 of the bootstrap token: compared digest to digest, so that the time taken does
+    /// not depend on how much of a guess matches, nor on its length.
+    bootstrap: Digest,
+    clients: Arc<ApiClients>,
+    limiter: FailureLimiter,
+    /// For audit events of denied calls.
+    journal: Journal,
+}
+
+impl Authenticator {
+    pub fn new(token: &AdminToken, clients: Arc<ApiClients>, journal: Journal) -> Authenticator {
+        if token.0.len() < 32 {
+            // The length only, never the token.
+            tracing::warn!(
+                length = token.0.len(),
+                "ORBITER_ADMIN_TOKEN is short: use 256 random bits (e.g. `openssl rand -hex 32`)"
+            );
+        }
+        Authenticator {
+            bootstrap: token_digest(&token.0),
+            clients,
+            limiter: FailureLimiter::new(),
+            journal,
+        }
+    }
+
+    /// The caller behind an `Authorization` header or, without one, a verified client
+    /// certificate whose subject CN names an API client. A header that is present but wrong is
+    /// a failure even if a certificate would do: the caller asked to be someone else.
+    fn identify(
+        &self,
+        header: Option<&str>,
+        certificate_cn: Option<&str>,
+        peer: Option<String>,
+    ) -> Option<Caller> {
+        if let Some(header) = header {
+            let token = header
+                .strip_prefix("Bearer ")
+                .or_else(|| header.strip_prefix("bearer "))?
+                .trim();
+            if bool::from(token_digest(token).ct_eq(&self.bootstrap)) {
+                return Some(Caller::bootstrap(peer));
+            }
+            return self.clients.by_token(token).map(|c| c.caller(peer));
+        }
+        let cn = certificate_cn?;
+        self.clients.by_name(cn).map(|c| c.caller(peer))
+    }
+}
+
+/// A client certificate that rustls verified against `admin.tls.client_ca`, put into the
+/// connection's data by [`on_connect`].
+#[derive(Debug, Clone)]
+pub struct PeerCertificate {
+    pub common_name: String,
+}
+
+/// `HttpServer::on_connect` hook: remembers the verified client certificate's subject CN.
+pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+    let Some(tls) = conn.downcast_ref::<Tls>() else {
+        return;
+    };
+    let (_, session) = tls.get_ref();
+    if let Some(cn) = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| crate::tls::subject_common_name(leaf))
+    {
+        data.insert(PeerCertificate { common_name: cn });
+    }
+}
+
+fn unauthorized() -> HttpResponse {
+    HttpResponse::Unauthorized()
+        .insert_header(("WWW-Authenticate", "Bearer"))
+        .json(serde_json::json!({"error": "unauthorized"}))
+}
+
+/// Whether `caller` may make this request: the embedded CDR holds patient data (reads need
+/// the right to read message bodies, writes need admin); everything else as the route table
+/// ([`super::routes`]) says.
+fn allowed(caller: &Caller, method: &actix_web::http::Method, path: &str) -> bool {
+    if path == "/fhir" || path.starts_with("/fhir/") {
+        return if matches!(method.as_str(), "GET" | "HEAD") {
+            super::mask::may_read_bodies(caller)
+        } else {
+            caller.has(Role::Admin)
+        };
+    }
+    caller.has(super::routes::required_role(method, path))
+}
+
+/// Middleware: authenticates the caller (bearer token or client certificate), enforces the
+/// route's role, and puts the [`Caller`] into the request. Answers 429 to an address with too
+/// many recent failures, 401 to an unknown caller, 403 to a known one without the role; none of
+/// these says which part was wrong.
 pub async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
-    let accepted = req
-        .app_data::<web::Data<AdminToken>>()
-        .map(|token| {
-            let header = req
-                .headers()
-                .get(actix_web::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            token.accepts(header)
-        })
-        .unwrap_or(false);
-    if !accepted {
-        let response = HttpResponse::Unauthorized()
-            .insert_header(("WWW-Authenticate", "Bearer"))
-            .json(serde_json::json!({"error": "unauthorized"}));
+    let peer_addr = req.peer_addr();
+    let peer = peer_addr.map(|a| a.to_string());
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("invalid"));
+    let caller = if let Some(auth) = req.app_data::<web::Data<Authenticator>>() {
+        let ip = peer_addr.map(|a| a.ip());
+        if let Some(wait) = ip.and_then(|ip| auth.limiter.blocked(ip)) {
+            let response = HttpResponse::TooManyRequests()
+                .insert_header(("Retry-After", wait.to_string()))
+                .json(serde_json::json!({"error": "too many requests"}));
+            return Ok(req.into_response(response));
+        }
+        let cn = req
+            .conn_data::<PeerCertificate>()
+            .map(|c| c.common_name.clone());
+        match auth.identify(header, cn.as_deref(), peer) {
+            Some(caller) => caller,
+            None => {
+                // Only a presented credential is a guess; a request without any (a probe, a
+                // misconfigured client) gets its 401 without using up the address's budget.
+                if let (Some(ip), Some(_)) = (ip, header) {
+                    auth.limiter.failed(ip);
+                }
+                // Never the header: it may hold a real token with a typo.
+                tracing::warn!(peer = ?peer_addr, path = req.path(), "admin API: authentication failed");
+                return Ok(req.into_response(unauthorized()));
+            }
+        }
+    } else {
+        // An app without an Authenticator (unit tests): the bootstrap token only.
+        match req.app_data::<web::Data<AdminToken>>() {
+            Some(token) if token.accepts(header) => Caller::bootstrap(peer),
+            _ => return Ok(req.into_response(unauthorized())),
+        }
+    };
+    if !allowed(&caller, req.method(), req.path()) {
+        if let Some(auth) = req.app_data::<web::Data<Authenticator>>() {
+            super::audit::denied(&auth.journal, &caller, req.method().as_str(), req.path());
+        }
+        let response = HttpResponse::Forbidden().json(serde_json::json!({"error": "forbidden"}));
         return Ok(req.into_response(response));
     }
-    let peer = req.peer_addr().map(|a| a.to_string());
-    req.extensions_mut().insert(Caller::bootstrap(peer));
+    req.extensions_mut().insert(caller);
     next.call(req).await.map(|res| res.map_into_boxed_body())
 }
 

@@ -3,7 +3,8 @@
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
-use super::AdminState;
+use super::audit::{self, AuditAction};
+use super::{AdminState, Caller, Role};
 use crate::channel::Channel;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -30,7 +31,10 @@ fn describe(channel: &Channel) -> Value {
     })
 }
 
-async fn list(state: web::Data<AdminState>) -> HttpResponse {
+async fn list(caller: Caller, state: web::Data<AdminState>) -> HttpResponse {
+    if let Err(denied) = caller.require(Role::Viewer) {
+        return denied.error_response();
+    }
     let set = state.channels.current();
     HttpResponse::Ok().json(json!({
         "channels": set.channels.iter().map(|c| describe(c)).collect::<Vec<_>>(),
@@ -38,7 +42,14 @@ async fn list(state: web::Data<AdminState>) -> HttpResponse {
     }))
 }
 
-async fn one(state: web::Data<AdminState>, name: web::Path<String>) -> HttpResponse {
+async fn one(
+    caller: Caller,
+    state: web::Data<AdminState>,
+    name: web::Path<String>,
+) -> HttpResponse {
+    if let Err(denied) = caller.require(Role::Viewer) {
+        return denied.error_response();
+    }
     match state.channels.current().get(&name) {
         Some(channel) => HttpResponse::Ok().json(describe(&channel)),
         None => HttpResponse::NotFound().json(json!({"error": "no such channel"})),
@@ -46,10 +57,22 @@ async fn one(state: web::Data<AdminState>, name: web::Path<String>) -> HttpRespo
 }
 
 /// Recompiles everything; channels that fail keep their running revision.
-async fn reload(state: web::Data<AdminState>) -> HttpResponse {
+async fn reload(caller: Caller, state: web::Data<AdminState>) -> HttpResponse {
+    if let Err(denied) = caller.require(Role::Operator) {
+        return denied.error_response();
+    }
     let channels = state.channels.clone();
     match web::block(move || channels.reload()).await {
         Ok(report) => {
+            audit::record(
+                &state.journal,
+                &caller,
+                AuditAction {
+                    action: "reload",
+                    target: "channels",
+                    detail: json!({"errors": report.errors.len()}),
+                },
+            );
             let status = if report.errors.is_empty() {
                 actix_web::http::StatusCode::OK
             } else {

@@ -7,7 +7,8 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::AdminState;
+use super::audit::{self, AuditAction};
+use super::{AdminState, Caller, Role};
 use crate::journal::{Status, Transaction, TxFilter, TxId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -87,9 +88,13 @@ fn summary(tx: &Transaction) -> Value {
 }
 
 async fn list(
+    caller: Caller,
     state: web::Data<AdminState>,
     query: Result<web::Query<ListQuery>, actix_web::Error>,
 ) -> HttpResponse {
+    if let Err(denied) = caller.require(Role::Viewer) {
+        return denied.error_response();
+    }
     let query = match query {
         Ok(q) => q.into_inner(),
         Err(e) => return bad_request(e.to_string()),
@@ -144,7 +149,14 @@ async fn list(
     }
 }
 
-async fn detail(state: web::Data<AdminState>, id: web::Path<String>) -> HttpResponse {
+async fn detail(
+    caller: Caller,
+    state: web::Data<AdminState>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    if let Err(denied) = caller.require(Role::Viewer) {
+        return denied.error_response();
+    }
     let Ok(id) = id.parse::<u64>().map(TxId) else {
         return bad_request("transaction ids are numbers".into());
     };
@@ -154,16 +166,41 @@ async fn detail(state: web::Data<AdminState>, id: web::Path<String>) -> HttpResp
     })
     .await;
     match found {
-        Ok(Ok((Some(tx), raw, steps))) => {
+        Ok(Ok((Some(tx), raw, mut steps))) => {
             let mut body = summary(&tx);
+            // Step outputs and script logs hold the message's data too: masked alike.
+            let full = super::mask::may_read_bodies(&caller);
+            if !full {
+                for step in &mut steps {
+                    step.output = step.output.take().map(|_| json!(super::mask::MASK));
+                    step.logs.clear();
+                }
+            }
             body["steps"] = serde_json::to_value(&steps).unwrap_or_default();
             // HL7 is text; non-UTF-8 bytes (e.g. ISO 8859-1) are shown replaced, and the exact
             // bytes are also given in hex.
             if let Some(raw) = raw {
-                body["raw"] = Value::String(String::from_utf8_lossy(&raw).into_owned());
-                if std::str::from_utf8(&raw).is_err() {
-                    body["raw_hex"] = Value::String(hex::encode(&raw));
+                let text = String::from_utf8_lossy(&raw).into_owned();
+                match super::mask::mask_body(&caller, &text) {
+                    Some(masked) => body["raw"] = Value::String(masked),
+                    None => {
+                        body["raw"] = Value::String(text);
+                        if std::str::from_utf8(&raw).is_err() {
+                            body["raw_hex"] = Value::String(hex::encode(&raw));
+                        }
+                    }
                 }
+            }
+            if full {
+                audit::record(
+                    &state.journal,
+                    &caller,
+                    AuditAction {
+                        action: "read_body",
+                        target: &format!("transaction/{}", tx.id),
+                        detail: Value::Null,
+                    },
+                );
             }
             HttpResponse::Ok().json(body)
         }
@@ -174,11 +211,30 @@ async fn detail(state: web::Data<AdminState>, id: web::Path<String>) -> HttpResp
 }
 
 /// Runs a transaction through the channels that take it now (their current revisions).
-async fn rerun(state: web::Data<AdminState>, id: web::Path<String>) -> HttpResponse {
+async fn rerun(
+    caller: Caller,
+    state: web::Data<AdminState>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    if let Err(denied) = caller.require(Role::Operator) {
+        return denied.error_response();
+    }
     let Ok(id) = id.parse::<u64>().map(TxId) else {
         return bad_request("transaction ids are numbers".into());
     };
-    match state.pipeline.rerun(id, None).await {
+    let outcome = state.pipeline.rerun(id, None).await;
+    if let Some(outcome) = &outcome {
+        audit::record(
+            &state.journal,
+            &caller,
+            AuditAction {
+                action: "rerun",
+                target: &format!("transaction/{id}"),
+                detail: json!({"status": outcome.status}),
+            },
+        );
+    }
+    match outcome {
         None => HttpResponse::NotFound().json(json!({"error": "not found"})),
         Some(outcome) => HttpResponse::Ok().json(json!({
             "id": id,

@@ -4,7 +4,10 @@
 //! Layout in sled (one database under `<data_dir>/journal`):
 //! - `tx`: id → [`Transaction`] as JSON (metadata, status, status events);
 //! - `raw`: id → the message bytes exactly as received;
-//! - `by_time`, `by_status`, `by_control`: indexes (see [`keys`]).
+//! - `by_time`, `by_status`, `by_control`: indexes (see [`keys`]);
+//! - `audit`, `api_clients`: the admin API's audit trail and API clients, owned by
+//!   `admin::audit` and `admin::clients` (they only reach them through [`Journal::audit_tree`]
+//!   and [`Journal::clients_tree`]).
 //!
 //! Writes go through one writer thread with group commit ([`writer`]); reads go straight to sled,
 //! which is safe from any thread (callers on an async runtime should use a blocking pool).
@@ -64,6 +67,8 @@ pub(crate) struct Trees {
     /// Origin key of a document part → its transaction (idempotent file and HTTP ingest).
     by_origin: sled::Tree,
     steps: sled::Tree,
+    audit: sled::Tree,
+    api_clients: sled::Tree,
 }
 
 /// A cheap, cloneable handle to the journal.
@@ -130,6 +135,8 @@ impl Journal {
             by_control: db.open_tree("by_control")?,
             by_origin: db.open_tree("by_origin")?,
             steps: db.open_tree("steps")?,
+            audit: db.open_tree("audit")?,
+            api_clients: db.open_tree("api_clients")?,
             db,
         };
         // sled 0.34 keeps its log in `<path>/db`.
@@ -346,6 +353,30 @@ impl Journal {
     /// Bytes on disk (sled's own estimate, walks the files: not for hot paths).
     pub fn size_on_disk(&self) -> Result<u64, JournalError> {
         Ok(self.trees.db.size_on_disk()?)
+    }
+
+    /// The admin audit trail (append-only; written and read by `admin::audit` only). Writes to it
+    /// bypass the message writer: call [`Journal::flush_side_trees`] to make them durable.
+    pub fn audit_tree(&self) -> &sled::Tree {
+        &self.trees.audit
+    }
+
+    /// API clients and their token digests (owned by `admin::clients`).
+    pub fn clients_tree(&self) -> &sled::Tree {
+        &self.trees.api_clients
+    }
+
+    /// A number that is unique and increasing for the life of the database (sled's counter):
+    /// orders side-tree entries written in the same millisecond.
+    pub fn generate_id(&self) -> Result<u64, JournalError> {
+        Ok(self.trees.db.generate_id()?)
+    }
+
+    /// Flushes sled so that writes to the side trees above survive a crash. Blocking: call it
+    /// from a blocking pool. (A synchronous `flush`, never `flush_async`: see DEPENDENCIES.md.)
+    pub fn flush_side_trees(&self) -> Result<(), JournalError> {
+        self.trees.db.flush()?;
+        Ok(())
     }
 
     /// Whether the journal accepts writes.
