@@ -23,7 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::repo_root;
+use common::{ack_fields, default_channels, repo_root, settled, Engine};
+use orbiter::mllp::MllpClient;
 use serde_json::Value;
 
 /// One field-level expectation, as written in `fixtures/expected/*.json`.
@@ -513,4 +514,102 @@ fn the_mapping_table_in_the_readme_names_existing_functions() {
     ] {
         assert!(segments.contains(segment), "no mapping row for {segment}");
     }
+}
+
+/// Every resource in the embedded CDR of the types the channels write: `Type/id` → versionId.
+async fn cdr_versions(engine: &Engine) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for ty in [
+        "Patient",
+        "Encounter",
+        "RelatedPerson",
+        "AllergyIntolerance",
+        "Condition",
+        "Coverage",
+        "ServiceRequest",
+        "DiagnosticReport",
+        "Observation",
+        "Specimen",
+        "Immunization",
+        "Appointment",
+        "DocumentReference",
+        "MessageHeader",
+        "Provenance",
+    ] {
+        let (status, body) = engine.api(&format!("/fhir/{ty}?_count=1000")).await;
+        assert_eq!(status, 200, "{ty}: {body}");
+        for e in body["entry"].as_array().into_iter().flatten() {
+            let r = &e["resource"];
+            out.insert(
+                format!("{ty}/{}", r["id"].as_str().unwrap()),
+                r["meta"]["versionId"].as_str().unwrap_or("").to_string(),
+            );
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn replaying_any_fixture_leaves_the_cdr_unchanged() {
+    // Through the real engine and its embedded CDR: each message is delivered, and sending it
+    // again right away creates no resource and no version. Messages about the same patient
+    // (A01, A08, A03, ORU, ORM...) update one Patient.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &{
+            let env = default_channels();
+            env.into_iter().collect::<Vec<_>>()
+        }
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect::<Vec<_>>(),
+    );
+    let mut client = MllpClient::connect(&engine.mllp, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let root = repo_root();
+    for exp in load_expectations() {
+        let bytes = std::fs::read(root.join("fixtures/hl7v2").join(&exp.message)).unwrap();
+        let control_id = orbiter::hl7::Message::parse(&bytes)
+            .unwrap()
+            .control_id()
+            .unwrap()
+            .to_string();
+        // AA, or CA for the fixtures that ask for enhanced acknowledgements (MSH-15).
+        let ack = ack_fields(&client.send(&bytes).await.unwrap()).0;
+        assert!(ack == "AA" || ack == "CA", "{}: {ack}", exp.name);
+        let tx = settled(&engine, &control_id).await;
+        assert_eq!(tx["status"], "delivered", "{}: {tx}", exp.name);
+        let before = cdr_versions(&engine).await;
+        let ack = ack_fields(&client.send(&bytes).await.unwrap()).0;
+        assert!(ack == "AA" || ack == "CA", "{} (replay): {ack}", exp.name);
+        let tx = settled(&engine, &control_id).await;
+        assert_eq!(tx["status"], "delivered", "{} (replay): {tx}", exp.name);
+        let after = cdr_versions(&engine).await;
+        assert_eq!(before, after, "{}: the replay changed the CDR", exp.name);
+    }
+    // One Patient for MRN E4471002 however many messages spoke of it (A01, A03, A08, A13, A40,
+    // ORU, OUL, ORM, OML, SIU, MDM, BAR, DFT, RDE).
+    let (_, patients) = engine
+        .api("/fhir/Patient?identifier=urn:oid:2.16.840.1.113883.3.9999.1|E4471002")
+        .await;
+    assert_eq!(
+        patients["entry"].as_array().map(Vec::len),
+        Some(1),
+        "{patients}"
+    );
+    let (_, orders) = engine
+        .api("/fhir/ServiceRequest?identifier=urn:id:CPOE|RAD-5512")
+        .await;
+    // The cancel (orm_o01_cancel) and the new order (orm_o01_new_v23) updated one resource.
+    assert_eq!(
+        orders["entry"].as_array().map(Vec::len),
+        Some(1),
+        "{orders}"
+    );
+    assert_eq!(
+        orders["entry"][0]["resource"]["meta"]["versionId"], "2",
+        "{orders}"
+    );
 }
