@@ -41,8 +41,13 @@ async fn good_messages_get_aa_and_are_journaled_exactly() {
     let engine = Engine::start(&dir.path().join("data"), &env);
     let mut c = client(&engine).await;
 
-    // ADT goes through the default channel into the embedded CDR; ORU has no channel (yet).
-    for (name, outcome) in [("adt_a01.hl7", "delivered"), ("oru_r01.hl7", "failed")] {
+    // ADT and ORU go through their default channels into the embedded CDR; a query (QBP) has
+    // no channel.
+    for (name, outcome, channel) in [
+        ("adt_a01.hl7", "delivered", "adt-to-fhir"),
+        ("oru_r01.hl7", "delivered", "oru-to-fhir"),
+        ("qbp_q22_no_channel.hl7", "failed", ""),
+    ] {
         let message = fixture(name);
         let ack = c.send(&message).await.unwrap();
         let (code, control, text) = ack_fields(&ack);
@@ -82,7 +87,7 @@ async fn good_messages_get_aa_and_are_journaled_exactly() {
                 "{tx}"
             );
         } else {
-            assert_eq!(tx["channels"][0]["name"], "adt-to-fhir");
+            assert_eq!(tx["channels"][0]["name"], channel);
         }
         assert_eq!(tx["listener"], "mllp");
         let (status, detail) = engine.api(&format!("/api/transactions/{}", tx["id"])).await;

@@ -185,6 +185,7 @@ impl ScriptHost {
         dates::register(&mut engine);
         util::register(&mut engine);
         v2::register(&mut engine);
+        super::v2fhir::register(&mut engine);
         // The closures hold the table cache: it lives as long as the host.
         lookup::register(&mut engine, tables);
 

@@ -15,6 +15,7 @@
 //! - [`message`]: the HL7 message, segment, field and group types scripts read and rewrite;
 //! - [`fhir`]: bundles, entries, conditional requests, references, deterministic ids;
 //! - [`v2`]: HL7 v2 data types (CX, XPN, XAD, XTN, CWE, XCN) → FHIR data types, natively;
+//! - [`v2fhir`]: `base64` and `hl7_add_minutes`, small helpers the mapping library needs;
 //! - [`dates`]: HL7 `DTM` → FHIR `dateTime` / `date` / `instant`, keeping precision and offset;
 //! - [`lookup`]: small CSV/JSON code tables shipped beside a script, loaded once per host;
 //! - [`util`]: hashing, logging, `skip`/`reject`, small string helpers;
@@ -35,6 +36,7 @@ pub mod resolver;
 pub mod state;
 pub mod util;
 pub mod v2;
+pub mod v2fhir;
 
 #[cfg(test)]
 mod tests;

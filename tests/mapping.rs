@@ -1,0 +1,615 @@
+//! End-to-end: the HL7 v2 → FHIR R4 mapping library and the default channels.
+//!
+//! Every fixture that has an expectation file (`fixtures/expected/<name>.json`) goes through
+//! its channel with the real `orbiter try CHANNEL FILE --json`, and then:
+//! - its resources are counted by type and compared with the expectation;
+//! - every field-level expectation ("fact": a resource, a JSON path, a value) must hold;
+//! - every request is idempotent by construction (`PUT` to a conditional URL or `Type/id`) and a
+//!   second run gives the identical Bundle;
+//! - every Bundle is validated by an independent FHIR R4 implementation, `tests/fhir_validate.py`
+//!   (PyPI `fhir.resources` 6.1.0, see `tests/requirements.txt`), plus the required code
+//!   bindings it does not check. A missing validator fails the test: it never passes unchecked.
+//!
+//! Accuracy: each expectation file also lists "gaps", facts of the message the mapping does not
+//! carry over (each with the reason). The test prints met / (facts + gaps) per kind of fact and
+//! asserts at least 98% for patient, observation, order and document facts together.
+//!
+//! The interpreter is `python3`, or `ORBITER_FHIR_PYTHON` (e.g. a virtualenv's python, when the
+//! machine's own needs pydantic 2).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{ack_fields, default_channels, repo_root, settled, Engine};
+use orbiter::mllp::MllpClient;
+use serde_json::Value;
+
+/// One field-level expectation, as written in `fixtures/expected/*.json`.
+struct Fact {
+    kind: String,
+    from: String,
+    /// `Type` (the first resource of that type) or `Type[n]` (the n-th, from 0).
+    at: String,
+    /// `a.b[0].c`; empty with value `"$none"`: there is no resource of type `at`.
+    path: String,
+    /// The expected JSON value; `"$ref:Type[n]"` means that resource's fullUrl.
+    value: Option<Value>,
+    /// The element must be absent.
+    absent: bool,
+}
+
+struct Expectation {
+    name: String,
+    message: String,
+    channel: String,
+    outcome: String,
+    resources: BTreeMap<String, u64>,
+    facts: Vec<Fact>,
+    gaps: Vec<(String, String)>,
+}
+
+fn load_expectations() -> Vec<Expectation> {
+    let dir = repo_root().join("fixtures/expected");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path).unwrap();
+            let v: Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            let facts = v["facts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| Fact {
+                    kind: f["kind"].as_str().unwrap().into(),
+                    from: f["from"].as_str().unwrap().into(),
+                    at: f["at"].as_str().unwrap().into(),
+                    path: f["path"].as_str().unwrap().into(),
+                    value: f.get("value").cloned(),
+                    absent: f["absent"].as_bool().unwrap_or(false),
+                })
+                .collect();
+            let gaps = v["gaps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| {
+                    (
+                        g["kind"].as_str().unwrap().to_string(),
+                        g["from"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            Expectation {
+                name: path.file_stem().unwrap().to_string_lossy().into(),
+                message: s("message"),
+                channel: s("channel"),
+                outcome: s("outcome"),
+                resources: v["resources"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+                    .collect(),
+                facts,
+                gaps,
+            }
+        })
+        .collect()
+}
+
+/// `orbiter try CHANNEL FILE --json` with the repository's channels and scripts: the envelope.
+fn try_channel(channel: &str, message: &Path) -> Value {
+    let root = repo_root();
+    let out = Command::new(env!("CARGO_BIN_EXE_orbiter"))
+        .args(["try", channel])
+        .arg(message)
+        .arg("--json")
+        .env("ORBITER_CHANNELS_DIR", root.join("channels"))
+        .env("ORBITER_SCRIPTS_DIR", root.join("scripts"))
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "orbiter try {channel} {}: no JSON envelope ({e}):\n{}\n{}",
+            message.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The entry of `bundle` that `at` (`Type` or `Type[n]`) names.
+fn select<'a>(bundle: &'a Value, at: &str) -> Option<&'a Value> {
+    let (ty, index) = match at.split_once('[') {
+        Some((ty, rest)) => (ty, rest.trim_end_matches(']').parse::<usize>().unwrap()),
+        None => (at, 0),
+    };
+    bundle["entry"]
+        .as_array()?
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == ty)
+        .nth(index)
+}
+
+/// Follows `a.b[0].c` into `v`.
+fn walk<'a>(mut v: &'a Value, path: &str) -> Option<&'a Value> {
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, indexes) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !key.is_empty() {
+            v = v.get(key)?;
+        }
+        for index in indexes.split('[').filter(|s| !s.is_empty()) {
+            v = v.get(index.trim_end_matches(']').parse::<usize>().ok()?)?;
+        }
+    }
+    Some(v)
+}
+
+/// JSON equality, with numbers compared by value (7.0 and 7 are the same FHIR decimal).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+/// Checks one fact; `Err` says what was found instead.
+fn check_fact(bundle: &Value, fact: &Fact) -> Result<(), String> {
+    let entry = select(bundle, &fact.at);
+    if fact.value.as_ref().and_then(Value::as_str) == Some("$none") {
+        return match entry {
+            None => Ok(()),
+            Some(_) => Err(format!("a {} was written", fact.at)),
+        };
+    }
+    let entry = entry.ok_or_else(|| format!("no {} in the output", fact.at))?;
+    let found = walk(&entry["resource"], &fact.path);
+    if fact.absent {
+        return match found {
+            None => Ok(()),
+            Some(v) => Err(format!("expected absent, found {v}")),
+        };
+    }
+    let mut want = fact
+        .value
+        .clone()
+        .expect("a fact has a value or absent: true");
+    if let Some(target) = want.as_str().and_then(|s| s.strip_prefix("$ref:")) {
+        let target_entry =
+            select(bundle, target).ok_or_else(|| format!("no {target} to refer to"))?;
+        want = target_entry["fullUrl"].clone();
+    }
+    match found {
+        Some(v) if same(v, &want) => Ok(()),
+        Some(v) => Err(format!("expected {want}, found {v}")),
+        None => Err(format!("expected {want}, found nothing")),
+    }
+}
+
+/// Every entry must be a `PUT` to `Type?identifier=...` or `Type/id`: a replay matches what the
+/// first run wrote instead of creating it again.
+fn idempotency_problems(bundle: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut full_urls = BTreeSet::new();
+    for e in bundle["entry"].as_array().unwrap() {
+        let ty = e["resource"]["resourceType"].as_str().unwrap_or("?");
+        let method = e["request"]["method"].as_str().unwrap_or("");
+        let url = e["request"]["url"].as_str().unwrap_or("");
+        let keyed = url.starts_with(&format!("{ty}?identifier="))
+            || url
+                .strip_prefix(&format!("{ty}/"))
+                .is_some_and(|id| !id.is_empty() && !id.contains(['/', '?']));
+        if method != "PUT" || !keyed {
+            problems.push(format!("{ty}: {method} {url} is not a keyed update"));
+        }
+        if !full_urls.insert(e["fullUrl"].as_str().unwrap_or("").to_string()) {
+            problems.push(format!("{ty}: fullUrl {} is used twice", e["fullUrl"]));
+        }
+    }
+    problems
+}
+
+/// The interpreter that runs `tests/fhir_validate.py`.
+fn python() -> String {
+    std::env::var("ORBITER_FHIR_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Runs the validator over `files`: its error lines (empty when everything is valid). Panics
+/// when the validator cannot run at all: a missing validator must not look like a pass.
+fn validate(files: &[PathBuf]) -> Vec<String> {
+    let script = repo_root().join("tests/fhir_validate.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .args(files)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}): the FHIR validator needs Python 3 with \
+                 `pip install -r tests/requirements.txt` (or set ORBITER_FHIR_PYTHON)",
+                python()
+            )
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match out.status.code() {
+        Some(0) => Vec::new(),
+        Some(1) => stdout.lines().map(str::to_string).collect(),
+        _ => panic!(
+            "the FHIR validator could not run ({}): {}{}\n\
+             install it with `{} -m pip install -r tests/requirements.txt` \
+             (fhir.resources 6.1.0 with pydantic<2), or set ORBITER_FHIR_PYTHON",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            stdout,
+            python()
+        ),
+    }
+}
+
+#[test]
+fn the_validator_rejects_invalid_fhir() {
+    // The validator must be able to fail, or the mapping test proves nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:1", "request": {"method": "PUT", "url": "Patient?identifier=x|1"},
+             "resource": {"resourceType": "Patient", "gender": "F", "birthDate": "1980-13-45",
+                          "nickname": "not an element"}},
+            {"fullUrl": "urn:uuid:2", "request": {"method": "PUT", "url": "Observation/x"},
+             "resource": {"resourceType": "Observation", "status": "done",
+                          "code": {"text": "x"}, "subject": {"reference": "urn:uuid:9"}}}]}"#,
+    )
+    .unwrap();
+    let errors = validate(&[bad]).join("\n");
+    for expected in [
+        "birthDate",
+        "nickname",
+        "Patient.gender = 'F'",
+        "Observation.status = 'done'",
+        "urn:uuid:9 names no entry",
+    ] {
+        assert!(
+            errors.contains(expected),
+            "{expected:?} not reported:\n{errors}"
+        );
+    }
+}
+
+#[test]
+fn every_fixture_maps_to_valid_fhir_with_its_expected_facts() {
+    let root = repo_root();
+    let expectations = load_expectations();
+    assert!(
+        expectations.len() >= 25,
+        "{} expectation files",
+        expectations.len()
+    );
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    let mut bundles = Vec::new();
+    let mut met: BTreeMap<String, usize> = BTreeMap::new();
+    let mut total: BTreeMap<String, usize> = BTreeMap::new();
+    let mut channels_seen = BTreeSet::new();
+
+    for exp in &expectations {
+        let message = root.join("fixtures/hl7v2").join(&exp.message);
+        let envelope = try_channel(&exp.channel, &message);
+        channels_seen.insert(exp.channel.clone());
+        if envelope["outcome"] != exp.outcome.as_str() {
+            failures.push(format!(
+                "{}: outcome {} (expected {}): {}",
+                exp.name, envelope["outcome"], exp.outcome, envelope["steps"]
+            ));
+            continue;
+        }
+        let bundle = envelope["output"].clone();
+
+        // Deterministic output: the same message gives the same Bundle.
+        let again = try_channel(&exp.channel, &message);
+        if again["output"] != bundle {
+            failures.push(format!(
+                "{}: a second run gave a different Bundle",
+                exp.name
+            ));
+        }
+        for p in idempotency_problems(&bundle) {
+            failures.push(format!("{}: {p}", exp.name));
+        }
+
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for e in bundle["entry"].as_array().unwrap() {
+            let ty = e["resource"]["resourceType"].as_str().unwrap().to_string();
+            *counts.entry(ty).or_default() += 1;
+        }
+        if counts != exp.resources {
+            failures.push(format!(
+                "{}: resources {counts:?}, expected {:?}",
+                exp.name, exp.resources
+            ));
+        }
+
+        for fact in &exp.facts {
+            *total.entry(fact.kind.clone()).or_default() += 1;
+            match check_fact(&bundle, fact) {
+                Ok(()) => *met.entry(fact.kind.clone()).or_default() += 1,
+                Err(why) => failures.push(format!(
+                    "{}: {} -> {} {}: {why}",
+                    exp.name, fact.from, fact.at, fact.path
+                )),
+            }
+        }
+        for (kind, _) in &exp.gaps {
+            *total.entry(kind.clone()).or_default() += 1;
+        }
+
+        let file = out_dir.path().join(format!("{}.json", exp.name));
+        std::fs::write(&file, serde_json::to_vec_pretty(&bundle).unwrap()).unwrap();
+        bundles.push(file);
+    }
+
+    // Every default channel is exercised.
+    for entry in std::fs::read_dir(root.join("channels")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        assert!(
+            channels_seen.contains(&name),
+            "channel {name} has no fixture with expectations"
+        );
+    }
+
+    // One validator run over every Bundle (each error line names its file).
+    for line in validate(&bundles) {
+        failures.push(format!("invalid FHIR: {line}"));
+    }
+
+    println!("facts met / (facts + gaps), per kind:");
+    let mut core = (0, 0);
+    for (kind, n) in &total {
+        let m = met.get(kind).copied().unwrap_or(0);
+        println!(
+            "  {kind:12} {m:4} / {n:4} = {:.1}%",
+            100.0 * m as f64 / *n as f64
+        );
+        if ["patient", "observation", "order", "document"].contains(&kind.as_str()) {
+            core.0 += m;
+            core.1 += n;
+        }
+    }
+    let accuracy = 100.0 * core.0 as f64 / core.1 as f64;
+    println!(
+        "  patient+observation+order+document: {} / {} = {accuracy:.1}%",
+        core.0, core.1
+    );
+
+    assert!(
+        failures.is_empty(),
+        "{} problem(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(accuracy >= 98.0, "accuracy {accuracy:.1}% is below 98%");
+}
+
+#[test]
+fn every_new_fixture_has_expectations() {
+    // Fixtures that test the HL7 codec itself, or a message no default channel takes.
+    let codec_only = [
+        "qbp_q22_no_channel",
+        "batch",
+        "custom_delimiters",
+        "enhanced_ack",
+        "escapes",
+        "latin1",
+        "malformed_no_msh",
+        "mixed_separators",
+        "no_control_id",
+        "v27_truncation",
+    ];
+    let root = repo_root();
+    for entry in std::fs::read_dir(root.join("fixtures/hl7v2")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        if codec_only.contains(&name.as_str()) {
+            continue;
+        }
+        assert!(
+            root.join(format!("fixtures/expected/{name}.json"))
+                .is_file(),
+            "fixtures/hl7v2/{name}.hl7 has no fixtures/expected/{name}.json"
+        );
+    }
+}
+
+/// `(module, function name, arity)` of every `fn` in `scripts/lib/*.rhai`.
+fn library_functions() -> Vec<(String, String, usize)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("scripts/lib")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|x| x != "rhai") {
+            continue;
+        }
+        let module = path.file_stem().unwrap().to_string_lossy().to_string();
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let Some(rest) = line.strip_prefix("fn ") else {
+                continue;
+            };
+            let (name, args) = rest.split_once('(').unwrap();
+            let args = args.split(')').next().unwrap();
+            let arity = args.split(',').filter(|a| !a.trim().is_empty()).count();
+            out.push((module.clone(), name.trim().to_string(), arity));
+        }
+    }
+    out
+}
+
+#[test]
+fn library_function_names_do_not_collide_across_modules() {
+    // Rhai can resolve an unqualified call inside one module to a same-name, same-arity function
+    // of another imported module. Helpers therefore get names unique across scripts/lib; only
+    // entry points called with a module prefix (write, write_all) may repeat.
+    let mut seen: BTreeMap<(String, usize), String> = BTreeMap::new();
+    let entry_points = ["write", "write_all"];
+    for (module, name, arity) in library_functions() {
+        if entry_points.contains(&name.as_str()) {
+            continue;
+        }
+        if let Some(other) = seen.insert((name.clone(), arity), module.clone()) {
+            panic!("{name}/{arity} is defined in both {other}.rhai and {module}.rhai");
+        }
+    }
+}
+
+#[test]
+fn the_mapping_table_in_the_readme_names_existing_functions() {
+    // Rows of the table look like: | `PID-5` | `Patient.name` | `patient::patient_resource` |
+    let readme = std::fs::read_to_string(repo_root().join("scripts/README.md")).unwrap();
+    let functions: BTreeSet<String> = library_functions()
+        .into_iter()
+        .map(|(m, f, _)| format!("{m}::{f}"))
+        .collect();
+    let mut rows = 0;
+    let mut segments = BTreeSet::new();
+    for line in readme.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 5 || !cells[3].starts_with('`') || !cells[3].contains("::") {
+            continue;
+        }
+        rows += 1;
+        for source in cells[1].split(',') {
+            let source = source.trim().trim_start_matches('`');
+            segments.insert(source.chars().take(3).collect::<String>());
+        }
+        for f in cells[3].split(',') {
+            let f = f.trim().trim_matches('`');
+            assert!(
+                functions.contains(f),
+                "README mapping row names {f}, which does not exist: {line}"
+            );
+        }
+    }
+    assert!(
+        rows >= 60,
+        "only {rows} mapping rows found in scripts/README.md"
+    );
+    for segment in [
+        "MSH", "PID", "PD1", "NK1", "PV1", "PV2", "AL1", "DG1", "IN1", "ORC", "OBR", "OBX", "NTE",
+        "SPM", "RXA", "RXR", "SCH", "AIL", "AIP", "TXA", "MRG",
+    ] {
+        assert!(segments.contains(segment), "no mapping row for {segment}");
+    }
+}
+
+/// Every resource in the embedded CDR of the types the channels write: `Type/id` → versionId.
+async fn cdr_versions(engine: &Engine) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for ty in [
+        "Patient",
+        "Encounter",
+        "RelatedPerson",
+        "AllergyIntolerance",
+        "Condition",
+        "Coverage",
+        "ServiceRequest",
+        "DiagnosticReport",
+        "Observation",
+        "Specimen",
+        "Immunization",
+        "Appointment",
+        "DocumentReference",
+        "MessageHeader",
+        "Provenance",
+    ] {
+        let (status, body) = engine.api(&format!("/fhir/{ty}?_count=1000")).await;
+        assert_eq!(status, 200, "{ty}: {body}");
+        for e in body["entry"].as_array().into_iter().flatten() {
+            let r = &e["resource"];
+            out.insert(
+                format!("{ty}/{}", r["id"].as_str().unwrap()),
+                r["meta"]["versionId"].as_str().unwrap_or("").to_string(),
+            );
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn replaying_any_fixture_leaves_the_cdr_unchanged() {
+    // Through the real engine and its embedded CDR: each message is delivered, and sending it
+    // again right away creates no resource and no version. Messages about the same patient
+    // (A01, A08, A03, ORU, ORM...) update one Patient.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &{
+            let env = default_channels();
+            env.into_iter().collect::<Vec<_>>()
+        }
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect::<Vec<_>>(),
+    );
+    let mut client = MllpClient::connect(&engine.mllp, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let root = repo_root();
+    for exp in load_expectations() {
+        let bytes = std::fs::read(root.join("fixtures/hl7v2").join(&exp.message)).unwrap();
+        let control_id = orbiter::hl7::Message::parse(&bytes)
+            .unwrap()
+            .control_id()
+            .unwrap()
+            .to_string();
+        // AA, or CA for the fixtures that ask for enhanced acknowledgements (MSH-15).
+        let ack = ack_fields(&client.send(&bytes).await.unwrap()).0;
+        assert!(ack == "AA" || ack == "CA", "{}: {ack}", exp.name);
+        let tx = settled(&engine, &control_id).await;
+        assert_eq!(tx["status"], "delivered", "{}: {tx}", exp.name);
+        let before = cdr_versions(&engine).await;
+        let ack = ack_fields(&client.send(&bytes).await.unwrap()).0;
+        assert!(ack == "AA" || ack == "CA", "{} (replay): {ack}", exp.name);
+        let tx = settled(&engine, &control_id).await;
+        assert_eq!(tx["status"], "delivered", "{} (replay): {tx}", exp.name);
+        let after = cdr_versions(&engine).await;
+        assert_eq!(before, after, "{}: the replay changed the CDR", exp.name);
+    }
+    // One Patient for MRN E4471002 however many messages spoke of it (A01, A03, A08, A13, A40,
+    // ORU, OUL, ORM, OML, SIU, MDM, BAR, DFT, RDE).
+    let (_, patients) = engine
+        .api("/fhir/Patient?identifier=urn:oid:2.16.840.1.113883.3.9999.1|E4471002")
+        .await;
+    assert_eq!(
+        patients["entry"].as_array().map(Vec::len),
+        Some(1),
+        "{patients}"
+    );
+    let (_, orders) = engine
+        .api("/fhir/ServiceRequest?identifier=urn:id:CPOE|RAD-5512")
+        .await;
+    // The cancel (orm_o01_cancel) and the new order (orm_o01_new_v23) updated one resource.
+    assert_eq!(
+        orders["entry"].as_array().map(Vec::len),
+        Some(1),
+        "{orders}"
+    );
+    assert_eq!(
+        orders["entry"][0]["resource"]["meta"]["versionId"], "2",
+        "{orders}"
+    );
+}
