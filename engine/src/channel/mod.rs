@@ -99,11 +99,7 @@ impl ChannelSet {
             .filter(|c| {
                 c.def.enabled
                     && c.def.source.kind == source
-                    && c.def
-                        .source
-                        .listener
-                        .as_deref()
-                        .is_none_or(|l| l == listener)
+                    && c.def.takes_from(listener)
                     && c.matcher.matches(meta)
             })
             .cloned()
