@@ -25,9 +25,8 @@ struct Sshd {
 
 impl Sshd {
     fn start(keys: &Path) -> Sshd {
-        let sshd = Path::new("/usr/sbin/sshd");
         assert!(
-            sshd.exists(),
+            Path::new("/usr/sbin/sshd").exists(),
             "/usr/sbin/sshd is missing: the SFTP source tests need a real OpenSSH server \
              (Debian/Ubuntu: apt-get install -y openssh-server)"
         );
@@ -66,15 +65,25 @@ impl Sshd {
         // As root, sshd wants its privilege separation directory (the package creates it at
         // boot, not at install); as another user this fails harmlessly and is not needed.
         let _ = std::fs::create_dir_all("/run/sshd");
-        let port = free_port();
+        Sshd::spawn(keys, free_port())
+    }
+
+    /// Runs sshd with the configuration in `keys` on `port`; returns once it listens.
+    fn spawn(keys: &Path, port: u16) -> Sshd {
         let log = keys.join("sshd.log");
-        let child = Command::new(sshd)
+        let child = Command::new("/usr/sbin/sshd")
             .args(["-D", "-e", "-f"])
-            .arg(&config)
+            .arg(keys.join("sshd_config"))
             .arg("-p")
             .arg(port.to_string())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .expect("sshd starts");
         let mut sshd = Sshd {
@@ -345,11 +354,25 @@ async fn sftp_source_takes_settled_files_from_a_trusted_server_once() {
         "{metrics}"
     );
 
-    // A restart takes neither the left file nor the moved ones again.
+    // A restart takes neither the left file nor the moved ones again; and when the server is
+    // down at first, the source keeps trying and catches up once it is back.
     assert_eq!(engine.stop().code(), Some(0));
+    let port = sshd.port;
+    drop(sshd);
+    let log_before = engine.log().len();
     engine.restart();
     write(&inbox.join("a2.hl7"), &adt("SFTP-A2"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = engine.log()[log_before..].to_string();
+    assert!(
+        log.contains("file source poll failed")
+            && log.contains(&format!("connecting to 127.0.0.1:{port}")),
+        "a server that is down is retried and said so:\n{log}"
+    );
+    assert!(transactions(&engine, "SFTP-A2").await.is_empty());
+    let _sshd = Sshd::spawn(&keys, port);
     journaled_once(&engine, "SFTP-A2").await;
+    assert!(engine.log().contains("file source available again"));
     // Both pollers started together; give `keep` a few more polls than `hie` needed.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for control_id in ["SFTP-A1", "SFTP-K1", "SFTP-G1"] {

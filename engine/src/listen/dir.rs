@@ -9,14 +9,12 @@ use std::path::{Path, PathBuf};
 use super::files::{unique_name, Fetched, FileStore, ListedFile, SourceError};
 
 pub struct DirStore {
-    dir: String,
     root: PathBuf,
 }
 
 impl DirStore {
     pub fn new(dir: &str) -> DirStore {
         DirStore {
-            dir: dir.to_string(),
             root: PathBuf::from(dir),
         }
     }
@@ -34,10 +32,6 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> SourceError {
 impl FileStore for DirStore {
     fn describe(&self) -> String {
         self.root.display().to_string()
-    }
-
-    fn dir(&self) -> &str {
-        &self.dir
     }
 
     async fn list(&mut self) -> Result<Vec<ListedFile>, SourceError> {

@@ -244,10 +244,6 @@ impl FileStore for SftpStore {
         )
     }
 
-    fn dir(&self) -> &str {
-        &self.dir
-    }
-
     async fn list(&mut self) -> Result<Vec<ListedFile>, SourceError> {
         let dir = if self.dir.is_empty() {
             ".".to_string()

@@ -111,8 +111,6 @@ pub trait FileStore {
     /// The source's location for logs and the transaction's `peer`: a path, or
     /// `sftp://user@host:port/dir`. Never a credential.
     fn describe(&self) -> String;
-    /// The watched directory, as it appears in idempotency keys.
-    fn dir(&self) -> &str;
     /// Regular files directly in the watched directory (sub-directories and links skipped).
     async fn list(&mut self) -> Result<Vec<ListedFile>, SourceError>;
     /// Makes the file's content available as a local file; SFTP downloads it into `spool`.
