@@ -420,6 +420,16 @@ async fn dir_source_moves_deletes_or_leaves_files_and_never_takes_one_twice() {
         &marked,
         "after = \"delete\"\ndone_marker = \".done\"\n",
     );
+    // `processed_dir` names a file: every move fails.
+    let blocked = tmp.path().join("blocked");
+    write(&blocked.join("not-a-dir"), b"");
+    channel(
+        "blocked",
+        &blocked,
+        "processed_dir = \"not-a-dir\"\nglob = [\"*.hl7\"]\n",
+    );
+    write(&blocked.join("b1.hl7"), &adt("DIR-B1"));
+    write(&blocked.join("b2.hl7"), &adt("DIR-B2"));
 
     write(&drop_dir.join("d1.HL7"), &adt("DIR-D1"));
     write(&drop_dir.join("bad.hl7"), b"this is not HL7 at all");
@@ -445,6 +455,11 @@ async fn dir_source_moves_deletes_or_leaves_files_and_never_takes_one_twice() {
     let tx = journaled_once(&engine, "DIR-K1").await;
     assert_routed(&tx, "dir:keep", "keep");
     assert!(keep.join("k1.dat").exists());
+
+    // A file that cannot be moved is journaled once, stays, and holds up no other file.
+    journaled_once(&engine, "DIR-B1").await;
+    journaled_once(&engine, "DIR-B2").await;
+    assert!(blocked.join("b1.hl7").exists() && blocked.join("b2.hl7").exists());
 
     // Without its done marker a file waits, however settled it looks.
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -478,7 +493,7 @@ async fn dir_source_moves_deletes_or_leaves_files_and_never_takes_one_twice() {
     write(&drop_dir.join("d2.hl7"), &adt("DIR-D2"));
     journaled_once(&engine, "DIR-D2").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    for control_id in ["DIR-D1", "DIR-K1", "DIR-M1", "DIR-G1"] {
+    for control_id in ["DIR-D1", "DIR-K1", "DIR-M1", "DIR-G1", "DIR-B1", "DIR-B2"] {
         assert_eq!(
             transactions(&engine, control_id).await.len(),
             1,
@@ -487,4 +502,9 @@ async fn dir_source_moves_deletes_or_leaves_files_and_never_takes_one_twice() {
         );
     }
     assert!(keep.join("k1.dat").exists());
+    assert_eq!(
+        engine.log().matches("journaled file not moved").count(),
+        4,
+        "each unmovable file is reported once per run, not on every poll"
+    );
 }

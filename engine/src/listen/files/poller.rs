@@ -88,6 +88,8 @@ pub struct FilePoller<S> {
     ledger: Ledger,
     stability: Stability,
     metrics: Arc<Metrics>,
+    /// Journaled files whose after-action failed and was logged (at warn once, then debug).
+    stuck: HashSet<String>,
 }
 
 impl<S: FileStore> FilePoller<S> {
@@ -112,6 +114,7 @@ impl<S: FileStore> FilePoller<S> {
             ledger,
             stability: Stability::default(),
             metrics,
+            stuck: HashSet::new(),
         })
     }
 
@@ -184,7 +187,25 @@ impl<S: FileStore> FilePoller<S> {
                     None => continue,
                 },
             };
-            self.after(&file, handled).await?;
+            // The file is in the ledger: a failed move only delays the move (retried on every
+            // poll), and must not hold up the files behind it. A dead connection fails the next
+            // fetch and ends this poll anyway.
+            match self.after(&file, handled).await {
+                Ok(()) => {
+                    self.stuck.remove(&key);
+                }
+                Err(error) => {
+                    self.metrics
+                        .source_errors_total
+                        .with_label_values(&[&self.settings.listener])
+                        .inc();
+                    if self.stuck.insert(key) {
+                        tracing::warn!(listener = %self.settings.listener, file = %file.name, %error, "journaled file not moved; retrying on every poll");
+                    } else {
+                        tracing::debug!(listener = %self.settings.listener, file = %file.name, %error, "journaled file still not moved");
+                    }
+                }
+            }
         }
         Ok(())
     }
