@@ -225,7 +225,8 @@ impl SftpStore {
     }
 }
 
-/// Whether the error is about this one file rather than the connection.
+/// The server's status for a request (no such file, permission denied...); `None` when the
+/// request failed for want of a connection.
 fn status_code(e: &russh_sftp::client::error::Error) -> Option<StatusCode> {
     match e {
         russh_sftp::client::error::Error::Status(status) => Some(status.status_code),
@@ -250,8 +251,19 @@ impl FileStore for SftpStore {
         } else {
             self.dir.clone()
         };
+        // A connection kept since the last poll may have been closed by the server meanwhile
+        // (idle timeouts): one fresh try before calling the source unavailable.
+        let reused = self.connection.is_some();
         let entries = match self.sftp().await?.read_dir(dir.clone()).await {
             Ok(entries) => entries,
+            Err(e) if reused && status_code(&e).is_none() => {
+                tracing::debug!(server = %self.server(), error = %e, "sftp connection lost; reconnecting");
+                self.connection = None;
+                match self.sftp().await?.read_dir(dir.clone()).await {
+                    Ok(entries) => entries,
+                    Err(e) => return Err(self.sftp_error("listing", &dir, e)),
+                }
+            }
             Err(e) => return Err(self.sftp_error("listing", &dir, e)),
         };
         Ok(entries
@@ -414,5 +426,55 @@ impl client::Handler for HostKeyCheck {
             )),
             Err(e) => self.refuse(format!("cannot be checked against {}: {e}", file.display())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::ChannelDef;
+
+    fn store(auth: &str) -> SftpStore {
+        let text = format!(
+            "name = \"hie\"\n[source]\nkind = \"sftp\"\nhost = \"h\"\nuser = \"u\"\ndir = \"/out\"\n{auth}\n"
+        );
+        let def = ChannelDef::parse(Path::new("hie.toml"), &text).unwrap();
+        SftpStore::new(&def.source).unwrap()
+    }
+
+    #[test]
+    fn passwords_come_from_a_file_or_the_environment_and_never_show_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret-pw\n").unwrap();
+        let from_file = store(&format!("password_file = \"{}\"", file.display()));
+        assert_eq!(
+            from_file.password().unwrap(),
+            "s3cret-pw",
+            "trailing newline dropped"
+        );
+
+        let missing = store("password_env = \"ORBITER_TEST_SURELY_UNSET_PW\"");
+        let err = missing.password().unwrap_err().to_string();
+        assert!(
+            err.contains("ORBITER_TEST_SURELY_UNSET_PW is not set"),
+            "{err}"
+        );
+
+        let auth = SourceError::Auth {
+            server: from_file.server(),
+            user: "u".into(),
+            detail: " with the password in /run/secrets/pw".into(),
+        };
+        assert!(!auth.to_string().contains("s3cret"));
+        assert_eq!(from_file.describe(), "sftp://u@h:22/out");
+    }
+
+    #[test]
+    fn paths_resolve_against_the_watched_directory() {
+        let s = store("key_file = \"/k\"");
+        assert_eq!(s.path("a.hl7"), "/out/a.hl7");
+        assert_eq!(s.path("processed"), "/out/processed");
+        assert_eq!(s.path("/archive"), "/archive");
     }
 }
