@@ -487,13 +487,22 @@ async fn dir_source_moves_deletes_or_leaves_files_and_never_takes_one_twice() {
         "the whole file, not a prefix: {tx}"
     );
 
+    // Channel reloads: a new dir channel starts polling without a restart.
+    let late = tmp.path().join("late");
+    write(&late.join("l1.hl7"), &adt("DIR-L1"));
+    channel("late", &late, "");
+    let tx = journaled_once(&engine, "DIR-L1").await;
+    assert_routed(&tx, "dir:late", "late");
+
     // A restart (even a SIGKILL) takes nothing twice; the left file stays left.
     engine.kill();
     engine.restart();
     write(&drop_dir.join("d2.hl7"), &adt("DIR-D2"));
     journaled_once(&engine, "DIR-D2").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    for control_id in ["DIR-D1", "DIR-K1", "DIR-M1", "DIR-G1", "DIR-B1", "DIR-B2"] {
+    for control_id in [
+        "DIR-D1", "DIR-K1", "DIR-M1", "DIR-G1", "DIR-B1", "DIR-B2", "DIR-L1",
+    ] {
         assert_eq!(
             transactions(&engine, control_id).await.len(),
             1,
