@@ -263,14 +263,17 @@ impl<S: FileStore> FilePoller<S> {
         match result {
             Ok(accepted) => {
                 let all_failed = !accepted.ids.is_empty() && accepted.failed == accepted.ids.len();
+                // File names are the sender's and may name a patient: at info only the
+                // transactions (which the API shows to those allowed to see them).
                 tracing::info!(
                     %listener,
-                    file = %file.name,
+                    first_transaction = ?accepted.ids.first().map(|id| id.0),
                     transactions = accepted.ids.len(),
                     failed = accepted.failed,
                     already = accepted.already,
                     "file journaled"
                 );
+                tracing::debug!(%listener, file = %file.name, ids = ?accepted.ids, "file journaled");
                 if all_failed {
                     count("refused");
                     Ok(Some(Handled::Error))
