@@ -60,58 +60,58 @@ pub struct SourceDef {
     // and gets only the files of its own source (listener `dir:<channel>`, `sftp:<channel>`).
     /// The watched directory: local for `dir`, on the server for `sftp` (absolute, or relative
     /// to the login directory).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<String>,
     /// File name patterns (`*` wildcard, case-insensitive); unset or empty takes every file.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub glob: Vec<String>,
     /// What the files are; unset guesses from the extension (`.hl7`, `.json`, `.xml`, `.csv`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Format>,
     /// Time between two looks at the directory (default 5000). A file is taken once its size
     /// and modification time are unchanged over two looks.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_ms: Option<u64>,
     /// A suffix such as `.done`: a file is taken only once `<file><suffix>` exists (the sender
     /// writes it last), instead of waiting for its size to settle.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub done_marker: Option<String>,
     /// What happens to a file once journaled (default `move`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "AfterAction::is_default")]
     pub after: AfterAction,
     /// With `after = "move"`: where journaled files go (default `processed`, under `dir`
     /// when relative).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processed_dir: Option<String>,
     /// With `after = "move"`: where refused files go (default `error`, under `dir` when
     /// relative).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_dir: Option<String>,
 
     // SFTP only. Secrets are never written here: the password comes from an environment
     // variable or a file named here.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// Default 22.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// An OpenSSH private key file (ed25519 preferred; no passphrase).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
     /// The name of an environment variable holding the password.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
     /// A file holding the password (e.g. a mounted Kubernetes secret); trailing newline ignored.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
     /// OpenSSH `known_hosts` file the server's key must be in (default `~/.ssh/known_hosts`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_hosts: Option<PathBuf>,
     /// Trust a server whose key is not in `known_hosts` yet and add it there (trust on first
     /// use). A key that differs from the recorded one is always refused. Default `false`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub trust_unknown_host: bool,
 }
 
@@ -126,6 +126,12 @@ pub enum AfterAction {
     /// Left where it is; the source remembers it (by name, size and modification time) and
     /// takes it again only if it changes.
     Leave,
+}
+
+impl AfterAction {
+    fn is_default(&self) -> bool {
+        *self == AfterAction::default()
+    }
 }
 
 impl SourceDef {
