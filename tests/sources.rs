@@ -436,7 +436,30 @@ async fn dir_source_moves_deletes_or_leaves_files_and_never_takes_one_twice() {
     write(&keep.join("k1.dat"), &adt("DIR-K1"));
     write(&marked.join("m1.hl7"), &adt("DIR-M1"));
 
+    // As a crash after the ledger entry and before the move leaves it: on start the move is
+    // finished, and the file is not journaled again.
+    let crashed = drop_dir.join("crashed.hl7");
+    write(&crashed, &adt("DIR-C1"));
+    let meta = std::fs::metadata(&crashed).unwrap();
+    let mtime_ms = meta
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let key = format!(
+        "dir:drop:{}/crashed.hl7:{}:{mtime_ms}",
+        drop_dir.display(),
+        meta.len()
+    );
     let data = tmp.path().join("data");
+    write(
+        &data.join("sources/dir-drop/ledger.json"),
+        serde_json::json!({ key: "processed" })
+            .to_string()
+            .as_bytes(),
+    );
+
     let mut engine = start(&data, &channels);
 
     let tx = journaled_once(&engine, "DIR-D1").await;
@@ -450,6 +473,11 @@ async fn dir_source_moves_deletes_or_leaves_files_and_never_takes_one_twice() {
         drop_dir.join("error/bad.hl7").exists()
     })
     .await;
+    wait_for("crashed.hl7 moved without journaling", &engine, || {
+        drop_dir.join("processed/crashed.hl7").exists()
+    })
+    .await;
+    assert!(transactions(&engine, "DIR-C1").await.is_empty());
 
     // `format` set: an extension that says nothing is fine; leave mode keeps the file.
     let tx = journaled_once(&engine, "DIR-K1").await;
