@@ -269,12 +269,21 @@ async fn sftp_source_takes_settled_files_from_a_trusted_server_once() {
     };
     channel("hie", &inbox, "known_hosts", "");
     channel("keep", &keep, "known_hosts", "after = \"leave\"\n");
+    let purge = remote.join("purge");
+    channel(
+        "purge",
+        &purge,
+        "known_hosts",
+        "after = \"delete\"\ndone_marker = \".ok\"\n",
+    );
     channel("rogue", &rogue, "impostor_known_hosts", "");
     channel("stranger", &stranger, "empty_known_hosts", "");
 
     write(&inbox.join("a1.hl7"), &adt("SFTP-A1"));
     write(&inbox.join("notes.txt"), &adt("SFTP-NOTES"));
     write(&keep.join("k1.hl7"), &adt("SFTP-K1"));
+    write(&purge.join("p1.hl7"), &adt("SFTP-P1"));
+    write(&purge.join("p1.hl7.ok"), b"");
     write(&rogue.join("r1.hl7"), &adt("SFTP-R1"));
     write(&stranger.join("s1.hl7"), &adt("SFTP-S1"));
 
@@ -301,6 +310,15 @@ async fn sftp_source_takes_settled_files_from_a_trusted_server_once() {
     let tx = journaled_once(&engine, "SFTP-K1").await;
     assert_routed(&tx, "sftp:keep", "keep");
     assert!(keep.join("k1.hl7").exists());
+
+    // Delete mode with a done marker: journaled, then the file and its marker are removed.
+    journaled_once(&engine, "SFTP-P1").await;
+    wait_for(
+        "p1.hl7 and its marker deleted on the server",
+        &engine,
+        || !purge.join("p1.hl7").exists() && !purge.join("p1.hl7.ok").exists(),
+    )
+    .await;
 
     // A file still being uploaded is not taken until it stops growing.
     let grower = grow_slowly(inbox.join("grow.hl7"), "SFTP-G1");
