@@ -5,8 +5,9 @@
 //! The modules follow one message's way through the engine (see `DESIGN.md`):
 //!
 //! - [`mllp`]: MLLP framing (our decoder, the `hl7-mllp-codec` encoder) and an MLLP client;
-//! - [`listen`]: listener actors, one file per kind (MLLP today); each reads messages off the
-//!   wire and hands them to the intake;
+//! - [`listen`]: listener actors, one file per kind; each reads messages off the wire and hands
+//!   them to the intake; `listen::files` polls dir and SFTP sources (`listen::dir`,
+//!   `listen::sftp`) and hands whole files to [`ingest`];
 //! - [`ingest`]: whole documents (HTTP bodies, files): split, journal, idempotent by origin;
 //! - [`format`]: the document formats (HL7 v2, FHIR JSON, C-CDA, CSV) and their parsers;
 //! - [`intake`]: the ACK policy: parse, route, journal durably, then answer AA/AE/AR (or CA/CE/CR);

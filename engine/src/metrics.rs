@@ -44,6 +44,11 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// Journaled transactions waiting for room in the pipeline.
     pub backlog_depth: IntGauge,
+    /// Files taken by dir and SFTP sources, per listener (`sftp:<channel>`) and outcome
+    /// (`ingested`, `refused`).
+    pub source_files_total: IntCounterVec,
+    /// Polls of a file source that failed (server down, host key refused, journal unavailable).
+    pub source_errors_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -188,6 +193,23 @@ impl Metrics {
         )
         .expect("metric");
 
+        let source_files_total = IntCounterVec::new(
+            Opts::new(
+                "orbiter_source_files_total",
+                "Files taken by dir and SFTP sources, by listener and outcome",
+            ),
+            &["listener", "outcome"],
+        )
+        .expect("metric");
+        let source_errors_total = IntCounterVec::new(
+            Opts::new(
+                "orbiter_source_errors_total",
+                "Failed polls of dir and SFTP sources, by listener",
+            ),
+            &["listener"],
+        )
+        .expect("metric");
+
         for collector in [
             Box::new(messages_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ack_latency_seconds.clone()),
@@ -209,6 +231,8 @@ impl Metrics {
             Box::new(cdr_responses_total.clone()),
             Box::new(queue_depth.clone()),
             Box::new(backlog_depth.clone()),
+            Box::new(source_files_total.clone()),
+            Box::new(source_errors_total.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -241,6 +265,8 @@ impl Metrics {
             cdr_responses_total,
             queue_depth,
             backlog_depth,
+            source_files_total,
+            source_errors_total,
         }
     }
 

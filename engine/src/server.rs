@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::deliver::{CdrTarget, Credentials, Deliverer, FhirHttp};
 use crate::intake::Intake;
 use crate::journal::Journal;
-use crate::listen::MllpListener;
+use crate::listen::{FileSources, MllpListener};
 use crate::metrics::Metrics;
 use crate::route::Pipeline;
 
@@ -112,6 +112,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         } else {
             None
         };
+        // Dir and SFTP sources: one poller per channel, on their own arbiter, following reloads.
+        let files_arbiter = Arbiter::new();
+        let file_sources = FileSources::new(
+            crate::listen::files::Engine {
+                journal: journal.clone(),
+                metrics: metrics.clone(),
+                pipeline: pipeline.clone(),
+                data_dir: config.data_dir.clone(),
+            },
+            channels.clone(),
+            files_arbiter.handle(),
+        );
+        actix_rt::spawn(file_sources.supervise());
         let cdr_reachable = Arc::new(std::sync::atomic::AtomicBool::new(embedded_cdr.is_some()));
         if let CdrTarget::External(http) = &cdr_target_probe {
             let (http, reachable) = (http.clone(), cdr_reachable.clone());
@@ -194,6 +207,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             http.stop(true).await;
         }
         admin_handle.stop(true).await;
+        files_arbiter.stop();
         for worker in &workers {
             worker.stop();
         }

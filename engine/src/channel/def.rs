@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ChannelError;
 use crate::config::AckTiming;
+use crate::format::Format;
 
 /// One channel: where its messages come from, which ones it takes, what it does with them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,7 +59,7 @@ pub struct SourceDef {
     /// `Content-Type` over HTTP, the file extension for folders and SFTP. When set, HTTP
     /// requests of another type are refused with 415.
     #[serde(default)]
-    pub format: Option<crate::format::Format>,
+    pub format: Option<Format>,
     /// For `http`: client authentication this path requires (besides mutual TLS on the port).
     #[serde(default)]
     pub auth: Option<HttpAuthDef>,
@@ -67,6 +68,61 @@ pub struct SourceDef {
     /// `[mllp]` settings (size limit, timeouts, TLS).
     #[serde(default)]
     pub addr: Option<std::net::SocketAddr>,
+
+    // File sources (`dir`, `sftp`): see `listen::files`. Each such channel has its own poller
+    // and gets only the files of its own source (listener `dir:<channel>`, `sftp:<channel>`).
+    /// The watched directory: local for `dir`, on the server for `sftp` (absolute, or relative
+    /// to the login directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// File name patterns (`*` wildcard, case-insensitive); unset or empty takes every file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub glob: Vec<String>,
+    /// Time between two looks at the directory (default 5000). A file is taken once its size
+    /// and modification time are unchanged over two looks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_ms: Option<u64>,
+    /// A suffix such as `.done`: a file is taken only once `<file><suffix>` exists (the sender
+    /// writes it last), instead of waiting for its size to settle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_marker: Option<String>,
+    /// What happens to a file once journaled (default `move`).
+    #[serde(default, skip_serializing_if = "AfterAction::is_default")]
+    pub after: AfterAction,
+    /// With `after = "move"`: where journaled files go (default `processed`, under `dir`
+    /// when relative).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processed_dir: Option<String>,
+    /// With `after = "move"`: where refused files go (default `error`, under `dir` when
+    /// relative).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_dir: Option<String>,
+
+    // SFTP only. Secrets are never written here: the password comes from an environment
+    // variable or a file named here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Default 22.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// An OpenSSH private key file (ed25519 preferred; no passphrase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The name of an environment variable holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// A file holding the password (e.g. a mounted Kubernetes secret); trailing newline ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// OpenSSH `known_hosts` file the server's key must be in (default `~/.ssh/known_hosts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<PathBuf>,
+    /// Trust a server whose key is not in `known_hosts` yet and add it there (trust on first
+    /// use). A key that differs from the recorded one is always refused. Default `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trust_unknown_host: bool,
 }
 
 /// How an HTTP client proves who it is. Secrets are named by environment variable, never
@@ -103,6 +159,32 @@ impl SourceDef {
 /// The listener name of a channel's own MLLP port.
 pub fn own_mllp_listener(addr: std::net::SocketAddr) -> String {
     format!("mllp:{addr}")
+}
+
+/// What a file source does with a file once the journal has it (or refused it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterAction {
+    /// Into `processed_dir` (journaled) or `error_dir` (refused).
+    #[default]
+    Move,
+    Delete,
+    /// Left where it is; the source remembers it (by name, size and modification time) and
+    /// takes it again only if it changes.
+    Leave,
+}
+
+impl AfterAction {
+    fn is_default(&self) -> bool {
+        *self == AfterAction::default()
+    }
+}
+
+impl SourceDef {
+    /// True for sources that poll a directory for files.
+    pub fn is_file_source(&self) -> bool {
+        matches!(self.kind, SourceKind::Dir | SourceKind::Sftp)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -314,6 +396,7 @@ impl ChannelDef {
                 return Err(at("[[destination]]", message.into()));
             }
         }
+        self.validate_file_source(&at)?;
         if self.transform.is_none() && !self.destinations.is_empty() {
             return Err(at(
                 "[[destination]]",
@@ -335,6 +418,135 @@ impl ChannelDef {
                 "[retry]",
                 "retry backoffs must be positive, max_backoff_ms >= initial_backoff_ms".into(),
             ));
+        }
+        Ok(())
+    }
+}
+
+impl ChannelDef {
+    /// The listener name a channel's messages carry. File sources are one per channel, so
+    /// their listener is named after it; the others use their `listener` key (or the shared
+    /// listener of their kind).
+    pub fn listener_name(&self) -> Option<String> {
+        match self.source.kind {
+            SourceKind::Dir | SourceKind::Sftp => {
+                Some(format!("{}:{}", self.source.kind.as_str(), self.name))
+            }
+            SourceKind::Mllp | SourceKind::Http => self.source.listener.clone(),
+        }
+    }
+
+    /// Whether messages from `listener` (of this channel's source kind) are this channel's:
+    /// the same test as [`ChannelDef::listener_name`], without allocating on the MLLP path.
+    pub fn takes_from(&self, listener: &str) -> bool {
+        match self.source.kind {
+            SourceKind::Dir | SourceKind::Sftp => {
+                listener
+                    .strip_prefix(self.source.kind.as_str())
+                    .and_then(|rest| rest.strip_prefix(':'))
+                    == Some(self.name.as_str())
+            }
+            SourceKind::Mllp | SourceKind::Http => self.source.takes_from(listener),
+        }
+    }
+
+    fn validate_file_source(
+        &self,
+        at: &dyn Fn(&str, String) -> ChannelError,
+    ) -> Result<(), ChannelError> {
+        let source = &self.source;
+        let kind = source.kind.as_str();
+        let file_keys = [
+            ("dir", source.dir.is_some()),
+            ("glob", !source.glob.is_empty()),
+            ("poll_ms", source.poll_ms.is_some()),
+            ("done_marker", source.done_marker.is_some()),
+            ("after", source.after != AfterAction::Move),
+            ("processed_dir", source.processed_dir.is_some()),
+            ("error_dir", source.error_dir.is_some()),
+        ];
+        let sftp_keys = [
+            ("host", source.host.is_some()),
+            ("port", source.port.is_some()),
+            ("user", source.user.is_some()),
+            ("key_file", source.key_file.is_some()),
+            ("password_env", source.password_env.is_some()),
+            ("password_file", source.password_file.is_some()),
+            ("known_hosts", source.known_hosts.is_some()),
+            ("trust_unknown_host", source.trust_unknown_host),
+        ];
+        // A key that the kind ignores is as likely a mistake as a misspelt one.
+        let misplaced =
+            |keys: &[(&'static str, bool)]| keys.iter().find(|(_, set)| *set).map(|(k, _)| *k);
+        if !source.is_file_source() {
+            if let Some(key) = misplaced(&file_keys).or(misplaced(&sftp_keys)) {
+                return Err(at(
+                    key,
+                    format!("`{key}` is for dir and sftp sources, not {kind}"),
+                ));
+            }
+            return Ok(());
+        }
+        if source.kind == SourceKind::Dir {
+            if let Some(key) = misplaced(&sftp_keys) {
+                return Err(at(key, format!("`{key}` is for sftp sources, not dir")));
+            }
+        }
+        if source.listener.is_some() {
+            return Err(at(
+                "listener",
+                format!(
+                    "a {kind} source is its own listener (`{kind}:{}`); remove `listener`",
+                    self.name
+                ),
+            ));
+        }
+        if source.dir.as_deref().is_none_or(str::is_empty) {
+            return Err(at("[source]", format!("a {kind} source needs a `dir`")));
+        }
+        if source.poll_ms == Some(0) {
+            return Err(at("poll_ms", "`poll_ms` must be positive".into()));
+        }
+        if source.done_marker.as_deref() == Some("") {
+            return Err(at("done_marker", "`done_marker` must not be empty".into()));
+        }
+        for pattern in &source.glob {
+            if pattern.is_empty() || pattern.contains('/') {
+                return Err(at(
+                    "glob",
+                    format!("glob `{pattern}` must be a non-empty file name pattern (no `/`)"),
+                ));
+            }
+        }
+        if source.kind == SourceKind::Sftp {
+            if source.host.as_deref().is_none_or(str::is_empty) {
+                return Err(at("[source]", "an sftp source needs a `host`".into()));
+            }
+            if source.user.as_deref().is_none_or(str::is_empty) {
+                return Err(at("[source]", "an sftp source needs a `user`".into()));
+            }
+            let auths = [
+                source.key_file.is_some(),
+                source.password_env.is_some(),
+                source.password_file.is_some(),
+            ];
+            match auths.iter().filter(|set| **set).count() {
+                1 => {}
+                0 => {
+                    return Err(at(
+                        "[source]",
+                        "an sftp source needs one of `key_file`, `password_env`, `password_file` \
+                         (passwords are never written in channel files)"
+                            .into(),
+                    ))
+                }
+                _ => {
+                    return Err(at(
+                        "key_file",
+                        "set only one of `key_file`, `password_env`, `password_file`".into(),
+                    ))
+                }
+            }
         }
         Ok(())
     }

@@ -99,7 +99,7 @@ impl ChannelSet {
             .filter(|c| {
                 c.def.enabled
                     && c.def.source.kind == source
-                    && c.def.source.takes_from(listener)
+                    && c.def.takes_from(listener)
                     && c.matcher.matches(meta)
             })
             .cloned()

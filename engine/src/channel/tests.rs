@@ -200,3 +200,107 @@ fn duplicate_channel_names_are_an_error() {
     assert_eq!(channels.current().channels.len(), 1);
     assert!(report.errors[0].contains("also defined"), "{report:?}");
 }
+
+#[test]
+fn file_sources_are_validated_with_file_and_line() {
+    let sftp = "name = \"hie\"\n[source]\nkind = \"sftp\"\n";
+    let cases = [
+        ("name = \"a\"\n[source]\nkind = \"dir\"\n", 2, "needs a `dir`"),
+        (
+            "name = \"a\"\n[source]\nkind = \"dir\"\ndir = \"/in\"\nhost = \"x\"\n",
+            5,
+            "`host` is for sftp sources",
+        ),
+        (
+            "name = \"a\"\n[source]\nkind = \"mllp\"\nglob = [\"*.hl7\"]\n",
+            4,
+            "`glob` is for dir and sftp sources",
+        ),
+        (
+            "name = \"a\"\n[source]\nkind = \"dir\"\ndir = \"/in\"\nafter = \"shred\"\n",
+            5,
+            "shred",
+        ),
+        (
+            "name = \"a\"\n[source]\nkind = \"dir\"\ndir = \"/in\"\nglob = [\"sub/*.hl7\"]\n",
+            5,
+            "no `/`",
+        ),
+        (
+            "name = \"a\"\n[source]\nkind = \"dir\"\ndir = \"/in\"\nlistener = \"x\"\n",
+            5,
+            "its own listener",
+        ),
+        (&format!("{sftp}dir = \"/in\"\nuser = \"u\"\nkey_file = \"k\"\n"), 2, "`host`"),
+        (&format!("{sftp}dir = \"/in\"\nhost = \"h\"\nkey_file = \"k\"\n"), 2, "`user`"),
+        (
+            &format!("{sftp}dir = \"/in\"\nhost = \"h\"\nuser = \"u\"\n"),
+            2,
+            "never written in channel files",
+        ),
+        (
+            &format!("{sftp}dir = \"/in\"\nhost = \"h\"\nuser = \"u\"\nkey_file = \"k\"\npassword_env = \"P\"\n"),
+            7,
+            "only one of",
+        ),
+        (
+            &format!("{sftp}dir = \"/in\"\nhost = \"h\"\nuser = \"u\"\npassword = \"hunter2\"\n"),
+            7,
+            "unknown field",
+        ),
+    ];
+    for (text, line, needle) in cases {
+        let err = ChannelDef::parse(Path::new("channels/a.toml"), text).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(&format!("channels/a.toml:{line}:")),
+            "{text}\n=> {shown}"
+        );
+        assert!(shown.contains(needle), "{text}\n=> {shown}");
+    }
+    let good = format!(
+        "{sftp}dir = \"/in\"\nhost = \"h\"\nport = 2222\nuser = \"u\"\npassword_env = \"HIE_PW\"\n\
+         known_hosts = \"/etc/orbiter/known_hosts\"\nafter = \"leave\"\nformat = \"hl7v2\"\n"
+    );
+    let def = ChannelDef::parse(Path::new("channels/hie.toml"), &good).unwrap();
+    assert_eq!(def.source.after, def::AfterAction::Leave);
+    assert_eq!(def.listener_name().as_deref(), Some("sftp:hie"));
+}
+
+#[test]
+fn a_file_source_channel_takes_only_its_own_files() {
+    let d = dirs();
+    let p = &d.paths;
+    for name in ["lab", "hie"] {
+        write(
+            &p.channels_dir.join(format!("{name}.toml")),
+            &format!("name = \"{name}\"\n[source]\nkind = \"dir\"\ndir = \"/in/{name}\"\n"),
+        );
+    }
+    write(
+        &p.channels_dir.join("adt.toml"),
+        &channel_toml("adt", "\"ADT^*\"", 0),
+    );
+    write(&p.scripts_dir.join("adt.rhai"), BUNDLE);
+    let (channels, report) = Channels::load(p.clone());
+    assert!(report.errors.is_empty(), "{report:?}");
+    let set = channels.current();
+    let names = |kind, listener| -> Vec<String> {
+        set.route(kind, listener, &meta("ADT^A01"))
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect()
+    };
+    assert_eq!(names(SourceKind::Dir, "dir:lab"), ["lab"]);
+    assert_eq!(names(SourceKind::Dir, "dir:hie"), ["hie"]);
+    assert!(names(SourceKind::Dir, "dir:other").is_empty());
+    assert!(
+        names(SourceKind::Sftp, "sftp:lab").is_empty(),
+        "kind matters"
+    );
+    assert_eq!(
+        names(SourceKind::Mllp, "mllp"),
+        ["adt"],
+        "MLLP routing unchanged"
+    );
+}
