@@ -64,3 +64,8 @@ impl std::fmt::Display for Format {
         f.write_str(self.as_str())
     }
 }
+
+pub mod ccda;
+pub mod csv;
+pub mod fhir;
+pub mod xml;

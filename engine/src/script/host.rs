@@ -24,7 +24,7 @@ use super::message::{self, ScriptMessage};
 use super::output::transform_output;
 use super::resolver::{LibModule, LibResolver};
 use super::state::{self, Halt, RunEnd, RunGuard};
-use super::{dates, fhir, util, v2};
+use super::{dates, fhir, util, v2, xml};
 use super::{FilterOutcome, ScriptContext, TransformOutcome};
 use crate::hl7::Message;
 
@@ -185,6 +185,7 @@ impl ScriptHost {
         dates::register(&mut engine);
         util::register(&mut engine);
         v2::register(&mut engine);
+        xml::register(&mut engine);
         // The closures hold the table cache: it lives as long as the host.
         lookup::register(&mut engine, tables);
 
@@ -278,17 +279,34 @@ impl ScriptHost {
     }
 
     fn run(&self, ast: &AST, msg: &Message, ctx: &ScriptContext) -> Ran {
-        let name = ast.source().unwrap_or("<script>");
         let shared = Arc::new(msg.clone());
+        let input = Dynamic::from(ScriptMessage::from_arc(shared.clone()));
+        self.run_input(ast, input, Some(shared), None, ctx)
+    }
+
+    /// Runs a script on any `msg` value. `message` is the HL7 message behind it, if any;
+    /// `seed` the raw input that seeds deterministic ids when there is no HL7 message.
+    fn run_input(
+        &self,
+        ast: &AST,
+        input: Dynamic,
+        message: Option<Arc<Message>>,
+        seed: Option<&[u8]>,
+        ctx: &ScriptContext,
+    ) -> Ran {
+        let name = ast.source().unwrap_or("<script>");
         let mut scope = Scope::new();
-        scope.push("msg", ScriptMessage::from_arc(shared.clone()));
+        scope.push_dynamic("msg", input);
         scope.push_constant("ctx", ctx_map(ctx));
         let guard = RunGuard::start(
             self.limits.time_budget,
             self.limits.max_stack_bytes,
             &ctx.script_dir,
-            Some(shared),
+            message,
         );
+        if let Some(seed) = seed {
+            state::set_seed(seed);
+        }
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast)
         }));
@@ -313,55 +331,20 @@ impl ScriptHost {
         msg: &Message,
         ctx: &ScriptContext,
     ) -> Result<FilterOutcome, ScriptError> {
-        let Ran { result, end } = self.run(ast, msg, ctx);
-        let logs = end.logs;
-        match end.halt {
-            Some(Halt::Skip(reason)) => {
-                return Ok(FilterOutcome {
-                    keep: false,
-                    reason: (!reason.is_empty()).then_some(reason),
-                    logs,
-                })
-            }
-            Some(Halt::Reject(reason)) => {
-                let mut e = match result {
-                    Err(e) => e,
-                    Ok(_) => ScriptError::new(source(ast), ScriptErrorKind::Runtime, ""),
-                };
-                e.kind = ScriptErrorKind::Runtime;
-                e.message = format!(
-                    "reject({reason:?}) cannot be used in a filter: return false or call skip() to filter, reject in the transform"
-                );
-                return Err(e.with_logs(logs));
-            }
-            Some(h @ (Halt::Timeout(_) | Halt::Stack(_))) => {
-                return Err(match result {
-                    Err(e) => e,
-                    Ok(_) => halted(source(ast), &h),
-                }
-                .with_logs(logs));
-            }
-            None => {}
-        }
-        let value = result.map_err(|e| e.with_logs(logs.clone()))?;
-        match value.as_bool() {
-            Ok(keep) => Ok(FilterOutcome {
-                keep,
-                reason: None,
-                logs,
-            }),
-            Err(_) => Err(ScriptError::new(
-                source(ast),
-                ScriptErrorKind::Output,
-                format!(
-                    "a filter must end with true (keep) or false (filter out), not {}",
-                    value.type_name()
-                ),
-            )
-            .with_logs(logs)),
-        }
+        filter_outcome(ast, self.run(ast, msg, ctx))
     }
 
+    /// Runs a filter on a non-HL7 `msg` (a C-CDA `XmlNode`, a CSV row map, a FHIR map); `raw`
+    /// is the journaled input, which seeds deterministic ids.
+    pub fn run_filter_value(
+        &self,
+        ast: &AST,
+        msg: Dynamic,
+        raw: &[u8],
+        ctx: &ScriptContext,
+    ) -> Result<FilterOutcome, ScriptError> {
+        filter_outcome(ast, self.run_input(ast, msg, None, Some(raw), ctx))
+    }
     /// Runs a transform. Its final value becomes the output (see [`super::output`]): a Bundle
     /// map as is; one resource map, or an array of resource/entry maps, wrapped into a
     /// transaction Bundle; a string or the message itself as a JSON string (rewritten HL7).
@@ -372,28 +355,96 @@ impl ScriptHost {
         msg: &Message,
         ctx: &ScriptContext,
     ) -> Result<TransformOutcome, ScriptError> {
-        let Ran { result, end } = self.run(ast, msg, ctx);
-        let logs = end.logs;
-        match end.halt {
-            Some(Halt::Skip(reason)) => return Ok(TransformOutcome::Skip { reason, logs }),
-            Some(Halt::Reject(reason)) => return Ok(TransformOutcome::Reject { reason, logs }),
-            Some(h @ (Halt::Timeout(_) | Halt::Stack(_))) => {
-                // A limit the script caught (through a closure call) still fails the run.
-                return Err(match result {
-                    Err(e) => e,
-                    Ok(_) => halted(source(ast), &h),
-                }
-                .with_logs(logs));
-            }
-            None => {}
+        let seed = msg.as_str().as_bytes();
+        transform_outcome(ast, self.run(ast, msg, ctx), seed)
+    }
+
+    /// Runs a transform on a non-HL7 `msg` (a C-CDA `XmlNode`, a CSV row map, a FHIR map);
+    /// `raw` is the journaled input, which seeds deterministic ids and `fullUrl`s (the same
+    /// input gives the same Bundle).
+    pub fn run_transform_value(
+        &self,
+        ast: &AST,
+        msg: Dynamic,
+        raw: &[u8],
+        ctx: &ScriptContext,
+    ) -> Result<TransformOutcome, ScriptError> {
+        transform_outcome(ast, self.run_input(ast, msg, None, Some(raw), ctx), raw)
+    }
+}
+
+/// Interprets a filter run.
+fn filter_outcome(ast: &AST, ran: Ran) -> Result<FilterOutcome, ScriptError> {
+    let Ran { result, end } = ran;
+    let logs = end.logs;
+    match end.halt {
+        Some(Halt::Skip(reason)) => {
+            return Ok(FilterOutcome {
+                keep: false,
+                reason: (!reason.is_empty()).then_some(reason),
+                logs,
+            })
         }
-        let value = result.map_err(|e| e.with_logs(logs.clone()))?;
-        match transform_output(value, msg) {
-            Ok(value) => Ok(TransformOutcome::Output { value, logs }),
-            Err(m) => {
-                Err(ScriptError::new(source(ast), ScriptErrorKind::Output, m).with_logs(logs))
-            }
+        Some(Halt::Reject(reason)) => {
+            let mut e = match result {
+                Err(e) => e,
+                Ok(_) => ScriptError::new(source(ast), ScriptErrorKind::Runtime, ""),
+            };
+            e.kind = ScriptErrorKind::Runtime;
+            e.message = format!(
+                "reject({reason:?}) cannot be used in a filter: return false or call skip() to filter, reject in the transform"
+            );
+            return Err(e.with_logs(logs));
         }
+        Some(h @ (Halt::Timeout(_) | Halt::Stack(_))) => {
+            return Err(match result {
+                Err(e) => e,
+                Ok(_) => halted(source(ast), &h),
+            }
+            .with_logs(logs));
+        }
+        None => {}
+    }
+    let value = result.map_err(|e| e.with_logs(logs.clone()))?;
+    match value.as_bool() {
+        Ok(keep) => Ok(FilterOutcome {
+            keep,
+            reason: None,
+            logs,
+        }),
+        Err(_) => Err(ScriptError::new(
+            source(ast),
+            ScriptErrorKind::Output,
+            format!(
+                "a filter must end with true (keep) or false (filter out), not {}",
+                value.type_name()
+            ),
+        )
+        .with_logs(logs)),
+    }
+}
+
+/// Interprets a transform run; `seed` derives the fullUrls of wrapped resources.
+fn transform_outcome(ast: &AST, ran: Ran, seed: &[u8]) -> Result<TransformOutcome, ScriptError> {
+    let Ran { result, end } = ran;
+    let logs = end.logs;
+    match end.halt {
+        Some(Halt::Skip(reason)) => return Ok(TransformOutcome::Skip { reason, logs }),
+        Some(Halt::Reject(reason)) => return Ok(TransformOutcome::Reject { reason, logs }),
+        Some(h @ (Halt::Timeout(_) | Halt::Stack(_))) => {
+            // A limit the script caught (through a closure call) still fails the run.
+            return Err(match result {
+                Err(e) => e,
+                Ok(_) => halted(source(ast), &h),
+            }
+            .with_logs(logs));
+        }
+        None => {}
+    }
+    let value = result.map_err(|e| e.with_logs(logs.clone()))?;
+    match transform_output(value, seed) {
+        Ok(value) => Ok(TransformOutcome::Output { value, logs }),
+        Err(m) => Err(ScriptError::new(source(ast), ScriptErrorKind::Output, m).with_logs(logs)),
     }
 }
 

@@ -23,10 +23,10 @@ use super::fhir::Transaction;
 use super::json::to_json;
 use super::message::ScriptMessage;
 use super::util::{det_uuid, hex, sha256_bytes};
-use crate::hl7::Message;
 
-/// Converts the transform's value; the message seeds the `fullUrl`s of wrapped resources.
-pub fn transform_output(value: Dynamic, msg: &Message) -> Result<Value, String> {
+/// Converts the transform's value; `seed` (the raw message or document) seeds the `fullUrl`s
+/// of wrapped resources.
+pub fn transform_output(value: Dynamic, seed: &[u8]) -> Result<Value, String> {
     if value.is::<Transaction>() {
         let Some(tx) = value.try_cast::<Transaction>() else {
             return Err("the transaction could not be read".into());
@@ -64,8 +64,8 @@ pub fn transform_output(value: Dynamic, msg: &Message) -> Result<Value, String> 
         Value::Object(o) if !o.contains_key("resourceType") && !o.contains_key("resource") => {
             Err("the transform's value is a map with neither resourceType nor resource: end with a resource, an array of resources or a Bundle".into())
         }
-        Value::Object(o) => wrap(vec![Value::Object(o)], msg),
-        Value::Array(items) => wrap(items, msg),
+        Value::Object(o) => wrap(vec![Value::Object(o)], seed),
+        Value::Array(items) => wrap(items, seed),
         other => Err(format!(
             "the transform's value is a {}: end with a resource, an array of resources or a Bundle",
             kind(&other)
@@ -84,7 +84,7 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn wrap(items: Vec<Value>, msg: &Message) -> Result<Value, String> {
+fn wrap(items: Vec<Value>, input: &[u8]) -> Result<Value, String> {
     let mut seed: Option<String> = None;
     let mut entries = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
@@ -100,7 +100,7 @@ fn wrap(items: Vec<Value>, msg: &Message) -> Result<Value, String> {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned();
-            let seed = seed.get_or_insert_with(|| hex(&sha256_bytes(msg.as_str().as_bytes())));
+            let seed = seed.get_or_insert_with(|| hex(&sha256_bytes(input)));
             let full_url = format!(
                 "urn:uuid:{}",
                 det_uuid(["output", seed.as_str(), &i.to_string(), &rt])
