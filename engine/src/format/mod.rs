@@ -1,5 +1,18 @@
 //! The kinds of documents Orbiter takes in besides (and including) HL7 v2, and how each is
-//! recognised. Parsers for each live in their own file here.
+//! recognised. Parsers for each live in their own file here:
+//!
+//! - [`xml`]: a safe XML tree (no DTDs, bounded size and depth) with path queries;
+//! - [`ccda`]: C-CDA documents on top of it: the script value and the header summary;
+//! - [`csv`]: CSV flat files streamed row by row with a hard row-size limit;
+//! - [`fhir`]: FHIR JSON: structural checks, batch/collection → transaction.
+
+pub mod ccda;
+pub mod csv;
+pub mod fhir;
+pub mod xml;
+
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
 
@@ -64,8 +77,3 @@ impl std::fmt::Display for Format {
         f.write_str(self.as_str())
     }
 }
-
-pub mod ccda;
-pub mod csv;
-pub mod fhir;
-pub mod xml;

@@ -759,7 +759,7 @@ mod tests {
 
     #[test]
     fn limits_hold() {
-        let deep = "<a>".repeat(10_000) + &"</a>".repeat(10_000);
+        let deep = "<a>".repeat(10_000) + "</a>".repeat(10_000).as_str();
         let e = parse(deep.as_bytes(), &XmlLimits::default()).unwrap_err();
         assert!(matches!(e, XmlError::TooDeep { max: 128, .. }), "{e}");
         let limits = XmlLimits {
