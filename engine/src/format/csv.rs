@@ -472,7 +472,7 @@ mod tests {
             assert_eq!(rows[4], rec(6, &["5", "6"]));
         }
         // An unclosed quote runs to the end of the file: one error, not a silent giant field.
-        let rows = read_all("a,b\n1,\"open\n2,3\n", &CsvOptions::default(), 8);
+        let rows = read_all("a,b,c\n1,\"open,2\n3,4,5\n", &CsvOptions::default(), 8);
         assert_eq!(rows.len(), 1);
         assert!(rows[0].is_err());
     }

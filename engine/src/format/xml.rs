@@ -158,11 +158,13 @@ pub fn parse(input: &[u8], limits: &XmlLimits) -> Result<XmlDoc, XmlError> {
     let mut root_closed = false;
 
     loop {
+        // Errors name the line where the offending markup starts.
+        let start = reader.buffer_position();
         let event = reader.read_event().map_err(|e| XmlError::Syntax {
             line: line_at(input, reader.error_position()),
             message: e.to_string(),
         })?;
-        let line = || line_at(input, reader.buffer_position());
+        let line = || line_at(input, start);
         match event {
             Event::Start(ref start) | Event::Empty(ref start) => {
                 let empty = matches!(event, Event::Empty(_));
