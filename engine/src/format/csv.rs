@@ -108,7 +108,8 @@ impl CsvError {
 /// One row: where it starts and its fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CsvRecord {
-    /// 1-based line of the row's first character in the file.
+    /// 1-based line of the row's first character in the file (lines end at `\n`; old Mac
+    /// files ending rows with a bare `\r` count as one line).
     pub line: u64,
     pub fields: Vec<String>,
 }
@@ -530,6 +531,42 @@ mod tests {
             parse_row(b"a\n1\n2\n", &CsvOptions::default()),
             Err(CsvError::NotOneRow(2))
         ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_row_round_trips(
+            fields in proptest::collection::vec("[ -~\n\r\té]{0,12}", 1..6),
+            delimiter in proptest::sample::select(vec![b',', b';', b'\t', b'|']),
+        ) {
+            let headers: Vec<String> = (1..=fields.len()).map(|i| format!("h{i}")).collect();
+            let options = CsvOptions { delimiter, ..CsvOptions::default() };
+            let bytes = row_bytes(&headers, &fields, &options);
+            let (h, row) = parse_row(&bytes, &options).unwrap();
+            proptest::prop_assert_eq!(h, headers);
+            proptest::prop_assert_eq!(row.fields, fields);
+        }
+
+        #[test]
+        fn any_bytes_read_without_panics(
+            bytes in proptest::collection::vec(proptest::sample::select(b"a,\"\r\n\xff ".to_vec()), 0..300),
+            buffer in 1usize..16,
+        ) {
+            let options = CsvOptions { max_row_bytes: 32, max_fields: 8, ..CsvOptions::default() };
+            let mut last_line = 0;
+            for r in CsvReader::with_buffer(&bytes[..], &options, buffer).take(400) {
+                let line = match r {
+                    Ok(r) => r.line,
+                    Err(CsvError::RowTooLong { line, .. } | CsvError::FieldCount { line, .. }
+                        | CsvError::NotUtf8 { line, .. } | CsvError::TooManyFields { line, .. }
+                        | CsvError::Header { line, .. }) => line,
+                    Err(_) => continue,
+                };
+                // Lines are counted by `\n`: rows split by a bare `\r` share a line number.
+                proptest::prop_assert!(line >= last_line.max(1), "line {} after {}", line, last_line);
+                last_line = line;
+            }
+        }
     }
 
     /// A reader producing `rows` generated rows without holding them.

@@ -385,7 +385,24 @@ fn split_top(s: &str, sep: char) -> Vec<&str> {
     parts
 }
 
+/// Paths longer than this, or with predicates nested deeper, are refused (a script could
+/// otherwise build a path that recurses the parser off its stack).
+const MAX_PATH_BYTES: usize = 4096;
+const MAX_PREDICATE_DEPTH: usize = 8;
+
 fn parse_path(path: &str) -> Result<Vec<Step>, String> {
+    if path.len() > MAX_PATH_BYTES {
+        return Err(format!("longer than {MAX_PATH_BYTES} bytes"));
+    }
+    parse_steps(path, 0)
+}
+
+fn parse_steps(path: &str, depth: usize) -> Result<Vec<Step>, String> {
+    if depth > MAX_PREDICATE_DEPTH {
+        return Err(format!(
+            "predicates nested deeper than {MAX_PREDICATE_DEPTH}"
+        ));
+    }
     let path = path.trim();
     if path.is_empty() {
         return Err("empty path".into());
@@ -405,7 +422,7 @@ fn parse_path(path: &str) -> Result<Vec<Step>, String> {
             continue;
         }
         let (name, preds) = match part.find('[') {
-            Some(at) => (&part[..at], parse_predicates(&part[at..])?),
+            Some(at) => (&part[..at], parse_predicates(&part[at..], depth)?),
             None => (part, Vec::new()),
         };
         steps.push(match name {
@@ -419,20 +436,23 @@ fn parse_path(path: &str) -> Result<Vec<Step>, String> {
     Ok(steps)
 }
 
-fn parse_predicates(mut s: &str) -> Result<Vec<Predicate>, String> {
+fn parse_predicates(mut s: &str, depth: usize) -> Result<Vec<Predicate>, String> {
     let mut preds = Vec::new();
     while !s.is_empty() {
         let Some(body_and_rest) = s.strip_prefix('[') else {
             return Err(format!("expected `[` at {s:?}"));
         };
-        // Find the matching `]` outside quotes.
+        // Find the matching `]` outside quotes (predicates may nest: `a[b[@c='1']]`).
         let mut quote = None;
         let mut end = None;
+        let mut nested = 0usize;
         for (i, c) in body_and_rest.char_indices() {
             match (quote, c) {
                 (Some(q), c) if c == q => quote = None,
                 (Some(_), _) => {}
                 (None, '\'' | '"') => quote = Some(c),
+                (None, '[') => nested += 1,
+                (None, ']') if nested > 0 => nested -= 1,
                 (None, ']') => {
                     end = Some(i);
                     break;
@@ -454,7 +474,7 @@ fn parse_predicates(mut s: &str) -> Result<Vec<Predicate>, String> {
         }
         let sides = split_top(body, '=');
         let pred = match sides.as_slice() {
-            [p] => Predicate::Path(parse_path(p)?, None),
+            [p] => Predicate::Path(parse_steps(p, depth + 1)?, None),
             [p, v] => {
                 let v = v.trim();
                 let unquoted = v
@@ -462,7 +482,7 @@ fn parse_predicates(mut s: &str) -> Result<Vec<Predicate>, String> {
                     .and_then(|v| v.strip_suffix('\''))
                     .or_else(|| v.strip_prefix('"').and_then(|v| v.strip_suffix('"')))
                     .ok_or_else(|| format!("the value in [{body}] must be quoted"))?;
-                Predicate::Path(parse_path(p)?, Some(unquoted.to_owned()))
+                Predicate::Path(parse_steps(p, depth + 1)?, Some(unquoted.to_owned()))
             }
             _ => return Err(format!("cannot read predicate [{body}]")),
         };
@@ -728,6 +748,11 @@ mod tests {
         assert!(d.select(0, "s[").is_err());
         assert!(d.select(0, "@a/b").is_err());
         assert!(d.select(0, "s[0]").is_err());
+        // Hostile paths are errors, not a blown stack.
+        let nested = "a[".repeat(100_000) + "]".repeat(100_000).as_str();
+        assert!(d.select(0, &nested).is_err());
+        let nested = "a[".repeat(20) + "b" + "]".repeat(20).as_str();
+        assert!(d.select(0, &nested).unwrap_err().message.contains("nested"));
     }
 
     #[test]
@@ -780,6 +805,21 @@ mod tests {
             parse(b"<a><b/><b/><b/></a>", &limits),
             Err(XmlError::TooManyElements { max: 3, .. })
         ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hostile_bytes_are_errors_not_panics(
+            bytes in proptest::collection::vec(proptest::sample::select(
+                b"<>/ab=\"' &;#x1!?[]-\n\xc3\xa9\xff".to_vec()), 0..300),
+        ) {
+            let limits = XmlLimits { max_depth: 4, max_elements: 20, ..XmlLimits::default() };
+            if let Ok(d) = parse(&bytes, &limits) {
+                proptest::prop_assert!(!d.is_empty());
+                let _ = d.select(XmlDoc::ROOT, "a/b[@a='1']");
+                let _ = d.deep_text(XmlDoc::ROOT);
+            }
+        }
     }
 
     #[test]
