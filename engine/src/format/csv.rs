@@ -361,6 +361,36 @@ pub fn row_bytes(headers: &[String], fields: &[String], options: &CsvOptions) ->
     w.into_inner().unwrap_or_default()
 }
 
+/// A row ready for the journal: where it was in the file, and its standalone bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalRow {
+    /// 1-based line of the row in the file (for the transaction's origin and error messages).
+    pub line: u64,
+    /// The header line and the row ([`row_bytes`]); [`to_script`] reads it back.
+    pub bytes: Vec<u8>,
+}
+
+/// Streams a file as journal entries, one per row. Errors are [`CsvReader`]'s: a bad row
+/// (`is_row_error()`) is one item and reading goes on; any other error is the last item.
+pub fn journal_rows<R: Read>(
+    input: R,
+    options: &CsvOptions,
+) -> impl Iterator<Item = Result<JournalRow, CsvError>> {
+    let mut reader = CsvReader::new(input, options);
+    let options = options.clone();
+    std::iter::from_fn(move || {
+        let record = reader.next_record()?;
+        Some(record.map(|r| JournalRow {
+            line: r.line,
+            bytes: row_bytes(
+                reader.known_headers().unwrap_or_default(),
+                &r.fields,
+                &options,
+            ),
+        }))
+    })
+}
+
 /// Parses a journaled row ([`row_bytes`]) back: the header and the row (its line is 2).
 pub fn parse_row(bytes: &[u8], options: &CsvOptions) -> Result<(Vec<String>, CsvRecord), CsvError> {
     let options = CsvOptions {
@@ -531,6 +561,28 @@ mod tests {
             parse_row(b"a\n1\n2\n", &CsvOptions::default()),
             Err(CsvError::NotOneRow(2))
         ));
+        // A file's rows as journal entries: bad rows are items too, with their lines.
+        let rows: Vec<_> = journal_rows(
+            "a,b\n1,2\n3\n\"4\",\"x\ny\"\n".as_bytes(),
+            &CsvOptions::default(),
+        )
+        .collect();
+        assert_eq!(rows.len(), 3);
+        let first = rows[0].as_ref().unwrap();
+        assert_eq!(
+            (first.line, first.bytes.as_slice()),
+            (2, &b"a,b\n1,2\n"[..])
+        );
+        assert!(matches!(rows[1], Err(CsvError::FieldCount { line: 3, .. })));
+        let third = rows[2].as_ref().unwrap();
+        assert_eq!(third.line, 4);
+        assert_eq!(
+            parse_row(&third.bytes, &CsvOptions::default())
+                .unwrap()
+                .1
+                .fields,
+            ["4", "x\ny"]
+        );
     }
 
     proptest::proptest! {
@@ -638,13 +690,9 @@ mod tests {
         };
         let file = std::fs::File::open(&path).unwrap();
         let options = CsvOptions::default();
-        let mut reader = CsvReader::new(file, &options);
-        let headers = reader.headers().unwrap().to_vec();
         let (mut rows, mut bytes) = (0u64, 0usize);
-        for r in reader {
-            let r = r.unwrap();
-            let journaled = row_bytes(&headers, &r.fields, &options);
-            bytes += journaled.len();
+        for r in journal_rows(file, &options) {
+            bytes += r.unwrap().bytes.len();
             rows += 1;
         }
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

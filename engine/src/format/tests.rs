@@ -507,3 +507,35 @@ fn script_api_on_a_document() {
         .unwrap_err();
     assert!(err.to_string().contains("bad path \"a[\""), "{err}");
 }
+
+#[test]
+fn the_default_channels_parse_and_their_scripts_compile() {
+    let host = ScriptHost::new(&root().join("scripts/lib"), ScriptLimits::default()).unwrap();
+    for (file, path, script_file) in [
+        ("ccda-to-fhir.toml", "/ccda", "ccda_to_fhir.rhai"),
+        ("csv-lab.toml", "/csv/lab", "csv_lab_to_fhir.rhai"),
+        ("fhir-bundle.toml", "/fhir", "fhir_passthrough.rhai"),
+    ] {
+        let p = root().join("channels").join(file);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let def =
+            crate::channel::def::ChannelDef::parse(&p, &text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(def.source.kind, crate::channel::def::SourceKind::Http);
+        assert_eq!(def.source.path.as_deref(), Some(path));
+        let script = def
+            .transform
+            .as_ref()
+            .unwrap()
+            .resolve(&root().join("scripts"));
+        assert!(script.ends_with(script_file), "{}", script.display());
+        host.compile_file(&script).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let csv_def = crate::channel::def::ChannelDef::parse(
+        Path::new("channels/csv-lab.toml"),
+        &std::fs::read_to_string(root().join("channels/csv-lab.toml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(csv_def.csv.unwrap().max_row_bytes, 65536);
+    let bad = "name = \"x\"\n[source]\nkind = \"http\"\npath = \"/x\"\n[csv]\ndelimiter = \"ab\"\n";
+    assert!(crate::channel::def::ChannelDef::parse(Path::new("x.toml"), bad).is_err());
+}
