@@ -156,24 +156,15 @@ impl<R: Read> CsvReader<R> {
         }
     }
 
-    /// The header (or `1`, `2`, ... without one), reading it if not read yet.
+    /// The header row, read now if it was not yet. Without a header row (`has_header = false`)
+    /// the columns are named `1`, `2`, ... once the first record is read; empty before.
     pub fn headers(&mut self) -> Result<&[String], CsvError> {
-        if self.headers.is_none() {
-            if self.options.has_header {
-                let row = match self.read_row()? {
-                    Some(row) => row,
-                    None => return Err(CsvError::NoHeader),
-                };
-                self.headers = Some(check_headers(row)?);
-            } else {
-                // Peek the first row to count its fields, then hand it out as a record.
-                return Err(CsvError::Header {
-                    line: 1,
-                    message:
-                        "is not in the file (has_header = false): use records() and numbered fields"
-                            .into(),
-                });
-            }
+        if self.headers.is_none() && self.options.has_header {
+            let row = match self.read_row()? {
+                Some(row) => row,
+                None => return Err(CsvError::NoHeader),
+            };
+            self.headers = Some(check_headers(row)?);
         }
         Ok(self.headers.as_deref().unwrap_or_default())
     }

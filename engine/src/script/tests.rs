@@ -382,7 +382,7 @@ fn logs_are_capped_and_kept_on_errors() {
 #[test]
 fn imports_only_see_scripts_lib() {
     let h = host();
-    assert_eq!(h.modules(), ["codes", "datatypes"]);
+    assert_eq!(h.modules(), ["ccda", "codes", "datatypes"]);
     for bad in [
         "../../etc/passwd",
         "/etc/passwd",
