@@ -244,7 +244,8 @@ fn check_bundle(b: &Value, issues: &mut Vec<FhirIssue>, full_urls: &mut HashSet<
         match entry.get("fullUrl") {
             None => {}
             Some(Value::String(u)) if !u.trim().is_empty() && !u.contains(char::is_whitespace) => {
-                if !full_urls.insert(u.clone()) {
+                let first_time = full_urls.insert(u.clone());
+                if !first_time {
                     issues.push(issue(
                         &format!("{at}.fullUrl"),
                         format!("{u} is the fullUrl of an earlier entry too"),

@@ -220,11 +220,11 @@ pub fn parse(input: &[u8], limits: &XmlLimits) -> Result<XmlDoc, XmlError> {
             }
             Event::Text(t) => {
                 let text = t.xml10_content();
-                push_text(&mut elements, &open, &text, || line())?;
+                push_text(&mut elements, &open, &text, line)?;
             }
             Event::CData(c) => {
                 let text = c.xml10_content();
-                push_text(&mut elements, &open, &text, || line())?;
+                push_text(&mut elements, &open, &text, line)?;
             }
             Event::GeneralRef(r) => {
                 let resolved: String = match r.resolve_char_ref() {
@@ -245,7 +245,7 @@ pub fn parse(input: &[u8], limits: &XmlLimits) -> Result<XmlDoc, XmlError> {
                         })
                     }
                 };
-                push_text(&mut elements, &open, &resolved, || line())?;
+                push_text(&mut elements, &open, &resolved, line)?;
             }
             Event::DocType(_) => return Err(XmlError::DocType { line: line() }),
             Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
