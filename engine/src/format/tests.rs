@@ -562,3 +562,44 @@ fn ccd_transform_time() {
     println!("parse + ccda_to_fhir.rhai on ccd_full.xml: {each:?} per document");
     assert!(each < Duration::from_secs(1));
 }
+
+#[test]
+fn value_runs_filter_and_seed_ids_from_their_raw_input() {
+    let host = ScriptHost::new(&root().join("scripts/lib"), ScriptLimits::default()).unwrap();
+    let ctx = ScriptContext::default();
+    let options = csv::CsvOptions::default();
+    let row = |sex: &str| {
+        csv::row_bytes(
+            &["mrn".into(), "sex".into()],
+            &["M1".into(), sex.into()],
+            &options,
+        )
+    };
+
+    let filter = host.compile_source("f.rhai", r#"msg.sex == "F""#).unwrap();
+    let keep = |raw: &[u8]| {
+        host.run_filter_value(&filter, csv::to_script(raw, &options).unwrap(), raw, &ctx)
+            .unwrap()
+            .keep
+    };
+    assert!(keep(&row("F")));
+    assert!(!keep(&row("M")));
+
+    // Unconditional creates get fullUrls seeded by the raw input: stable for the same row,
+    // different for another row.
+    let create = host
+        .compile_source(
+            "c.rhai",
+            r#"let tx = transaction(); tx.create(#{resourceType: "Basic", code: #{text: msg.sex}}); tx"#,
+        )
+        .unwrap();
+    let full_url = |raw: &[u8]| {
+        let out = output(
+            host.run_transform_value(&create, csv::to_script(raw, &options).unwrap(), raw, &ctx)
+                .unwrap(),
+        );
+        out["entry"][0]["fullUrl"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(full_url(&row("F")), full_url(&row("F")));
+    assert_ne!(full_url(&row("F")), full_url(&row("M")));
+}
