@@ -16,6 +16,38 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
+/// Why a journaled body could not become a script's `msg`.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("C-CDA: {0}")]
+    Ccda(#[from] ccda::CcdaError),
+    #[error("CSV: {0}")]
+    Csv(#[from] csv::CsvError),
+    #[error("FHIR: {0}")]
+    Fhir(#[from] fhir::FhirInputError),
+    /// HL7 v2 has its own path (`hl7::Message` and `ScriptHost::run_transform`).
+    #[error("HL7 v2 messages are run with ScriptHost::run_transform, not as a value")]
+    Hl7v2,
+}
+
+/// The script's `msg` for a journaled body of a non-HL7 format: a C-CDA document's root node,
+/// a CSV row's map (the body is one journaled row, see [`csv::row_bytes`]), a FHIR resource or
+/// Bundle's map (a transaction first when `fhir.as_transaction`). Run it with
+/// `ScriptHost::run_transform_value(ast, msg, raw, ctx)`, passing the same bytes as `raw`.
+pub fn script_input(
+    format: Format,
+    raw: &[u8],
+    csv_options: &csv::CsvOptions,
+    fhir_options: &fhir::FhirOptions,
+) -> Result<rhai::Dynamic, FormatError> {
+    match format {
+        Format::Ccda => Ok(ccda::to_script(raw)?),
+        Format::Csv => Ok(csv::to_script(raw, csv_options)?),
+        Format::Fhir => Ok(fhir::to_script_with(raw, fhir_options)?),
+        Format::Hl7v2 => Err(FormatError::Hl7v2),
+    }
+}
+
 /// What a journaled message is. Decides how it is parsed for routing and what a channel's
 /// script sees as `msg`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]

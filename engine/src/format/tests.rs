@@ -603,3 +603,30 @@ fn value_runs_filter_and_seed_ids_from_their_raw_input() {
     assert_eq!(full_url(&row("F")), full_url(&row("F")));
     assert_ne!(full_url(&row("F")), full_url(&row("M")));
 }
+
+#[test]
+fn script_input_dispatches_on_the_format() {
+    use super::{script_input, Format, FormatError};
+    let (c, f) = (csv::CsvOptions::default(), fhir::FhirOptions::default());
+    let doc = script_input(Format::Ccda, &fixture("ccda/ccd_full.xml"), &c, &f).unwrap();
+    assert!(doc.is::<crate::script::xml::XmlNode>());
+    let row = script_input(Format::Csv, b"a,b\n1,2\n", &c, &f).unwrap();
+    assert_eq!(
+        row.cast::<rhai::Map>()["b"].clone().into_string().unwrap(),
+        "2"
+    );
+    let fhir = script_input(Format::Fhir, &fixture("fhir/patient.json"), &c, &f).unwrap();
+    assert!(fhir.is_map());
+    assert!(matches!(
+        script_input(Format::Fhir, b"{}", &c, &f),
+        Err(FormatError::Fhir(_))
+    ));
+    assert!(matches!(
+        script_input(Format::Ccda, b"<!DOCTYPE x><x/>", &c, &f),
+        Err(FormatError::Ccda(_))
+    ));
+    assert!(matches!(
+        script_input(Format::Hl7v2, b"MSH|^~\\&|", &c, &f),
+        Err(FormatError::Hl7v2)
+    ));
+}
