@@ -279,7 +279,7 @@ async fn fhir_documents_are_journaled_routed_and_delivered() {
         outcome["issue"][0]["diagnostics"]
             .as_str()
             .unwrap()
-            .contains("not FHIR JSON"),
+            .contains("not JSON"),
         "{outcome}"
     );
     let (_, tx) = engine.api(&format!("/api/transactions/{id}")).await;

@@ -96,6 +96,22 @@ impl Intake {
         }
     }
 
+    /// The `[csv]` options of the channel this intake feeds (the first that takes from its
+    /// listener), or the defaults.
+    pub(crate) fn csv_options(&self) -> crate::format::csv::CsvOptions {
+        self.pipeline
+            .as_ref()
+            .and_then(|p| {
+                p.channels
+                    .current()
+                    .channels
+                    .iter()
+                    .find(|c| c.def.source.kind == self.source && c.def.takes_from(&self.listener))
+                    .and_then(|c| c.def.csv.clone())
+            })
+            .unwrap_or_default()
+    }
+
     /// Parses `raw` and queues it for the journal right away (so that callers can pipeline);
     /// the returned future resolves to the ACK once the journal answered.
     pub fn submit(
@@ -432,11 +448,16 @@ pub fn patient_key(message: &Message) -> Option<String> {
         .ok()
         .flatten()
         .unwrap_or_default();
+    Some(hash_patient(&id, &authority))
+}
+
+/// The patient key of an identifier and its assigning authority (any format's patient).
+pub fn hash_patient(id: &str, authority: &str) -> String {
     let digest = aws_lc_rs::digest::digest(
         &aws_lc_rs::digest::SHA256,
         format!("{id}\u{1f}{authority}").as_bytes(),
     );
-    Some(hex::encode(&digest.as_ref()[..8]))
+    hex::encode(&digest.as_ref()[..8])
 }
 
 fn outcome(code: AckCode) -> &'static str {

@@ -228,39 +228,47 @@ impl TransformWorker {
         finish(outcome, steps)
     }
 
-    /// All channels for one message (parsed once).
+    /// All channels for one message. HL7 v2 is parsed once; other formats once per channel,
+    /// with that channel's `[csv]` / `[fhir]` options.
     pub fn run(&mut self, msg: RunChannels) -> Vec<ChannelResult> {
         let host_ready = self.prepare(&msg.lib_revision, &msg.lib_dir);
-        let parsed = match msg.format {
-            Format::Hl7v2 => Message::parse(&msg.raw)
-                .map(Parsed::Hl7)
-                .map_err(|e| format!("not HL7 v2: {e}")),
-            format => crate::format::script_value(format, &msg.raw).map(Parsed::Document),
-        };
+        let hl7 = (msg.format == Format::Hl7v2).then(|| Message::parse(&msg.raw));
         msg.channels
             .iter()
-            .map(|channel| match (&parsed, &host_ready) {
-                (Err(e), _) => failed(channel, e.clone()),
-                (_, Err(e)) => failed(channel, format!("script library: {e}")),
-                (Ok(parsed), Ok(())) => {
-                    let input = match parsed {
-                        Parsed::Hl7(message) => ScriptInput::Hl7(message),
-                        Parsed::Document(value) => ScriptInput::Document {
-                            value: value.clone(),
-                            raw: &msg.raw,
-                        },
-                    };
-                    self.run_channel(channel, &input, msg.transaction)
+            .map(|channel| {
+                if let Err(e) = &host_ready {
+                    return failed(channel, format!("script library: {e}"));
+                }
+                match &hl7 {
+                    Some(Ok(message)) => {
+                        self.run_channel(channel, &ScriptInput::Hl7(message), msg.transaction)
+                    }
+                    Some(Err(e)) => failed(channel, format!("not HL7 v2: {e}")),
+                    None => match document_input(channel, msg.format, &msg.raw) {
+                        Ok(value) => {
+                            let input = ScriptInput::Document {
+                                value,
+                                raw: &msg.raw,
+                            };
+                            self.run_channel(channel, &input, msg.transaction)
+                        }
+                        Err(e) => failed(channel, e),
+                    },
                 }
             })
             .collect()
     }
 }
 
-/// The input of one run, parsed once for all its channels.
-enum Parsed {
-    Hl7(Message),
-    Document(rhai::Dynamic),
+/// What a channel's scripts see as `msg` for a document that is not HL7 v2.
+pub fn document_input(
+    channel: &Channel,
+    format: Format,
+    raw: &[u8],
+) -> Result<rhai::Dynamic, String> {
+    let csv = channel.def.csv.clone().unwrap_or_default();
+    let fhir = channel.def.fhir.clone().unwrap_or_default();
+    crate::format::script_input(format, raw, &csv, &fhir).map_err(|e| e.to_string())
 }
 
 fn failed(channel: &Arc<Channel>, error: String) -> ChannelResult {

@@ -94,6 +94,16 @@ pub fn check(config: &Config, path: Option<&Path>) -> ExitCode {
     }
 }
 
+/// The first data row of a CSV file, as a journaled row (header line + row).
+fn first_csv_row(channel: &crate::channel::Channel, file: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let options = channel.def.csv.clone().unwrap_or_default();
+    match crate::format::csv::journal_rows(file, &options).next() {
+        Some(Ok(row)) => Ok(row.bytes),
+        Some(Err(e)) => Err(anyhow::anyhow!("{e}")),
+        None => Err(anyhow::anyhow!("the CSV file has no data row")),
+    }
+}
+
 /// Runs one channel's filter and transform on one message file.
 pub fn try_channel(
     config: &Config,
@@ -129,7 +139,14 @@ pub fn try_channel(
             worker.run_channel(&channel, &ScriptInput::Hl7(&parsed), None)
         }
         format => {
-            let value = crate::format::script_value(format, &raw)
+            // A CSV file: the first data row, as it would be journaled.
+            let raw = if format == Format::Csv {
+                first_csv_row(&channel, &raw)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", message.display()))?
+            } else {
+                raw
+            };
+            let value = crate::transform::document_input(&channel, format, &raw)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", message.display()))?;
             let input = ScriptInput::Document { value, raw: &raw };
             worker.run_channel(&channel, &input, None)

@@ -38,6 +38,13 @@ pub struct ChannelDef {
     pub ack: AckDef,
     #[serde(default)]
     pub retry: RetryDef,
+    /// How CSV flat files are read (`[csv]`: delimiter, quote, header, row size limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csv: Option<crate::format::csv::CsvOptions>,
+    /// FHIR JSON input (`[fhir]`: `as_transaction` turns batch/collection Bundles into
+    /// transactions before the script sees them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fhir: Option<crate::format::fhir::FhirOptions>,
 }
 
 fn yes() -> bool {

@@ -1,7 +1,52 @@
 //! The kinds of documents Orbiter takes in besides (and including) HL7 v2, and how each is
-//! recognised. Parsers for each live in their own file here.
+//! recognised. Parsers for each live in their own file here:
+//!
+//! - [`xml`]: a safe XML tree (no DTDs, bounded size and depth) with path queries;
+//! - [`ccda`]: C-CDA documents on top of it: the script value and the header summary;
+//! - [`csv`]: CSV flat files streamed row by row with a hard row-size limit;
+//! - [`fhir`]: FHIR JSON: structural checks, batch/collection → transaction.
+
+pub mod ccda;
+pub mod csv;
+pub mod fhir;
+pub mod xml;
+
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
+
+/// Why a journaled body could not become a script's `msg`.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("C-CDA: {0}")]
+    Ccda(#[from] ccda::CcdaError),
+    #[error("CSV: {0}")]
+    Csv(#[from] csv::CsvError),
+    #[error("FHIR: {0}")]
+    Fhir(#[from] fhir::FhirInputError),
+    /// HL7 v2 has its own path (`hl7::Message` and `ScriptHost::run_transform`).
+    #[error("HL7 v2 messages are run with ScriptHost::run_transform, not as a value")]
+    Hl7v2,
+}
+
+/// The script's `msg` for a journaled body of a non-HL7 format: a C-CDA document's root node,
+/// a CSV row's map (the body is one journaled row, see [`csv::row_bytes`]), a FHIR resource or
+/// Bundle's map (a transaction first when `fhir.as_transaction`). Run it with
+/// `ScriptHost::run_transform_value(ast, msg, raw, ctx)`, passing the same bytes as `raw`.
+pub fn script_input(
+    format: Format,
+    raw: &[u8],
+    csv_options: &csv::CsvOptions,
+    fhir_options: &fhir::FhirOptions,
+) -> Result<rhai::Dynamic, FormatError> {
+    match format {
+        Format::Ccda => Ok(ccda::to_script(raw)?),
+        Format::Csv => Ok(csv::to_script(raw, csv_options)?),
+        Format::Fhir => Ok(fhir::to_script_with(raw, fhir_options)?),
+        Format::Hl7v2 => Err(FormatError::Hl7v2),
+    }
+}
 
 /// What a journaled message is. Decides how it is parsed for routing and what a channel's
 /// script sees as `msg`.
@@ -81,7 +126,8 @@ pub struct DocumentFacts {
 }
 
 /// Reads the facts of one document (the structure a script will see is built later, in the
-/// transform worker, from the journaled bytes).
+/// transform worker, from the journaled bytes). A document that does not parse or fails the
+/// format's structural checks is `refused`, with the reason (a JSON path, an XML line).
 pub fn facts(format: Format, raw: &[u8]) -> DocumentFacts {
     let mut facts = DocumentFacts {
         format,
@@ -89,38 +135,27 @@ pub fn facts(format: Format, raw: &[u8]) -> DocumentFacts {
     };
     match format {
         Format::Hl7v2 => facts.kind = Some("HL7v2".into()),
-        Format::Fhir => match serde_json::from_slice::<serde_json::Value>(raw) {
-            Err(e) => facts.refused = Some(format!("not FHIR JSON: {e}")),
-            Ok(value) => match value.get("resourceType").and_then(|v| v.as_str()) {
-                None => facts.refused = Some("not a FHIR resource: no resourceType".into()),
-                Some(kind) => {
-                    facts.kind = Some(kind.to_string());
-                    facts.control_id = value.get("id").and_then(|v| v.as_str()).map(String::from);
-                }
-            },
-        },
-        Format::Ccda => {
-            let text = String::from_utf8_lossy(&raw[..raw.len().min(4096)]);
-            if text.contains("<ClinicalDocument") {
-                facts.kind = Some("ClinicalDocument".into());
-            } else {
-                facts.refused = Some("not a C-CDA document: no ClinicalDocument root".into());
+        Format::Fhir => match fhir::parse(raw) {
+            Err(e) => facts.refused = Some(format!("not a valid FHIR document: {e}")),
+            Ok(value) => {
+                let meta = fhir::summary(&value);
+                facts.kind = Some(meta.resource_type);
+                facts.control_id = meta.id;
             }
-        }
+        },
+        Format::Ccda => match ccda::parse(raw) {
+            Err(e) => facts.refused = Some(format!("not a C-CDA document: {e}")),
+            Ok(doc) => {
+                let meta = ccda::summary(&doc);
+                facts.kind = Some(meta.document_type);
+                facts.control_id = meta.document_id;
+                facts.patient_key = meta.patient_id.and_then(|p| {
+                    let id = p.extension?;
+                    Some(crate::intake::hash_patient(&id, &p.root))
+                });
+            }
+        },
         Format::Csv => facts.kind = Some("CSV".into()),
     }
     facts
-}
-
-/// What a channel's script sees as `msg` for a document of this format (HL7 v2 has its own
-/// message object; see [`crate::script::ScriptInput`]).
-pub fn script_value(format: Format, raw: &[u8]) -> Result<rhai::Dynamic, String> {
-    match format {
-        Format::Fhir => {
-            let value: serde_json::Value =
-                serde_json::from_slice(raw).map_err(|e| format!("not FHIR JSON: {e}"))?;
-            rhai::serde::to_dynamic(value).map_err(|e| format!("FHIR JSON for the script: {e}"))
-        }
-        other => Err(format!("{other} documents cannot be given to scripts yet")),
-    }
 }

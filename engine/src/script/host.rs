@@ -24,7 +24,7 @@ use super::message::{self, ScriptMessage};
 use super::output::transform_output;
 use super::resolver::{LibModule, LibResolver};
 use super::state::{self, Halt, RunEnd, RunGuard};
-use super::{dates, fhir, util, v2};
+use super::{dates, fhir, util, v2, xml};
 use super::{FilterOutcome, ScriptContext, TransformOutcome};
 use crate::hl7::Message;
 
@@ -186,6 +186,7 @@ impl ScriptHost {
         util::register(&mut engine);
         v2::register(&mut engine);
         super::v2fhir::register(&mut engine);
+        xml::register(&mut engine);
         // The closures hold the table cache: it lives as long as the host.
         lookup::register(&mut engine, tables);
 
@@ -300,7 +301,7 @@ impl ScriptHost {
             message,
         );
         if let ScriptInput::Document { raw, .. } = input {
-            super::state::seed_with(raw);
+            super::state::set_seed(raw);
         }
         let result = catch_unwind(AssertUnwindSafe(|| {
             self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast)
@@ -326,53 +327,19 @@ impl ScriptHost {
         input: impl Into<ScriptInput<'a>>,
         ctx: &ScriptContext,
     ) -> Result<FilterOutcome, ScriptError> {
-        let Ran { result, end } = self.run(ast, &input.into(), ctx);
-        let logs = end.logs;
-        match end.halt {
-            Some(Halt::Skip(reason)) => {
-                return Ok(FilterOutcome {
-                    keep: false,
-                    reason: (!reason.is_empty()).then_some(reason),
-                    logs,
-                })
-            }
-            Some(Halt::Reject(reason)) => {
-                let mut e = match result {
-                    Err(e) => e,
-                    Ok(_) => ScriptError::new(source(ast), ScriptErrorKind::Runtime, ""),
-                };
-                e.kind = ScriptErrorKind::Runtime;
-                e.message = format!(
-                    "reject({reason:?}) cannot be used in a filter: return false or call skip() to filter, reject in the transform"
-                );
-                return Err(e.with_logs(logs));
-            }
-            Some(h @ (Halt::Timeout(_) | Halt::Stack(_))) => {
-                return Err(match result {
-                    Err(e) => e,
-                    Ok(_) => halted(source(ast), &h),
-                }
-                .with_logs(logs));
-            }
-            None => {}
-        }
-        let value = result.map_err(|e| e.with_logs(logs.clone()))?;
-        match value.as_bool() {
-            Ok(keep) => Ok(FilterOutcome {
-                keep,
-                reason: None,
-                logs,
-            }),
-            Err(_) => Err(ScriptError::new(
-                source(ast),
-                ScriptErrorKind::Output,
-                format!(
-                    "a filter must end with true (keep) or false (filter out), not {}",
-                    value.type_name()
-                ),
-            )
-            .with_logs(logs)),
-        }
+        filter_outcome(ast, self.run(ast, &input.into(), ctx))
+    }
+
+    /// Runs a filter on a non-HL7 `msg` (a C-CDA `XmlNode`, a CSV row map, a FHIR map); `raw`
+    /// is the journaled input, which seeds deterministic ids.
+    pub fn run_filter_value(
+        &self,
+        ast: &AST,
+        msg: Dynamic,
+        raw: &[u8],
+        ctx: &ScriptContext,
+    ) -> Result<FilterOutcome, ScriptError> {
+        self.run_filter(ast, ScriptInput::Document { value: msg, raw }, ctx)
     }
 
     /// Runs a transform. Its final value becomes the output (see [`super::output`]): a Bundle
@@ -386,28 +353,96 @@ impl ScriptHost {
         ctx: &ScriptContext,
     ) -> Result<TransformOutcome, ScriptError> {
         let input = input.into();
-        let Ran { result, end } = self.run(ast, &input, ctx);
-        let logs = end.logs;
-        match end.halt {
-            Some(Halt::Skip(reason)) => return Ok(TransformOutcome::Skip { reason, logs }),
-            Some(Halt::Reject(reason)) => return Ok(TransformOutcome::Reject { reason, logs }),
-            Some(h @ (Halt::Timeout(_) | Halt::Stack(_))) => {
-                // A limit the script caught (through a closure call) still fails the run.
-                return Err(match result {
-                    Err(e) => e,
-                    Ok(_) => halted(source(ast), &h),
-                }
-                .with_logs(logs));
-            }
-            None => {}
+        let seed = input.seed_bytes();
+        transform_outcome(ast, self.run(ast, &input, ctx), seed)
+    }
+
+    /// Runs a transform on a non-HL7 `msg` (a C-CDA `XmlNode`, a CSV row map, a FHIR map);
+    /// `raw` is the journaled input, which seeds deterministic ids and `fullUrl`s (the same
+    /// input gives the same Bundle).
+    pub fn run_transform_value(
+        &self,
+        ast: &AST,
+        msg: Dynamic,
+        raw: &[u8],
+        ctx: &ScriptContext,
+    ) -> Result<TransformOutcome, ScriptError> {
+        self.run_transform(ast, ScriptInput::Document { value: msg, raw }, ctx)
+    }
+}
+
+/// Interprets a filter run.
+fn filter_outcome(ast: &AST, ran: Ran) -> Result<FilterOutcome, ScriptError> {
+    let Ran { result, end } = ran;
+    let logs = end.logs;
+    match end.halt {
+        Some(Halt::Skip(reason)) => {
+            return Ok(FilterOutcome {
+                keep: false,
+                reason: (!reason.is_empty()).then_some(reason),
+                logs,
+            })
         }
-        let value = result.map_err(|e| e.with_logs(logs.clone()))?;
-        match transform_output(value, input.seed_bytes()) {
-            Ok(value) => Ok(TransformOutcome::Output { value, logs }),
-            Err(m) => {
-                Err(ScriptError::new(source(ast), ScriptErrorKind::Output, m).with_logs(logs))
-            }
+        Some(Halt::Reject(reason)) => {
+            let mut e = match result {
+                Err(e) => e,
+                Ok(_) => ScriptError::new(source(ast), ScriptErrorKind::Runtime, ""),
+            };
+            e.kind = ScriptErrorKind::Runtime;
+            e.message = format!(
+                "reject({reason:?}) cannot be used in a filter: return false or call skip() to filter, reject in the transform"
+            );
+            return Err(e.with_logs(logs));
         }
+        Some(h @ (Halt::Timeout(_) | Halt::Stack(_))) => {
+            return Err(match result {
+                Err(e) => e,
+                Ok(_) => halted(source(ast), &h),
+            }
+            .with_logs(logs));
+        }
+        None => {}
+    }
+    let value = result.map_err(|e| e.with_logs(logs.clone()))?;
+    match value.as_bool() {
+        Ok(keep) => Ok(FilterOutcome {
+            keep,
+            reason: None,
+            logs,
+        }),
+        Err(_) => Err(ScriptError::new(
+            source(ast),
+            ScriptErrorKind::Output,
+            format!(
+                "a filter must end with true (keep) or false (filter out), not {}",
+                value.type_name()
+            ),
+        )
+        .with_logs(logs)),
+    }
+}
+
+/// Interprets a transform run; `seed` derives the fullUrls of wrapped resources.
+fn transform_outcome(ast: &AST, ran: Ran, seed: &[u8]) -> Result<TransformOutcome, ScriptError> {
+    let Ran { result, end } = ran;
+    let logs = end.logs;
+    match end.halt {
+        Some(Halt::Skip(reason)) => return Ok(TransformOutcome::Skip { reason, logs }),
+        Some(Halt::Reject(reason)) => return Ok(TransformOutcome::Reject { reason, logs }),
+        Some(h @ (Halt::Timeout(_) | Halt::Stack(_))) => {
+            // A limit the script caught (through a closure call) still fails the run.
+            return Err(match result {
+                Err(e) => e,
+                Ok(_) => halted(source(ast), &h),
+            }
+            .with_logs(logs));
+        }
+        None => {}
+    }
+    let value = result.map_err(|e| e.with_logs(logs.clone()))?;
+    match transform_output(value, seed) {
+        Ok(value) => Ok(TransformOutcome::Output { value, logs }),
+        Err(m) => Err(ScriptError::new(source(ast), ScriptErrorKind::Output, m).with_logs(logs)),
     }
 }
 

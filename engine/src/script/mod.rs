@@ -19,6 +19,7 @@
 //! - [`dates`]: HL7 `DTM` → FHIR `dateTime` / `date` / `instant`, keeping precision and offset;
 //! - [`lookup`]: small CSV/JSON code tables shipped beside a script, loaded once per host;
 //! - [`util`]: hashing, logging, `skip`/`reject`, small string helpers;
+//! - [`xml`]: XML documents (C-CDA) as `XmlNode` with path helpers;
 //! - [`json`]: script values → `serde_json::Value` (pruning empty FHIR elements) and back;
 //! - [`output`]: the transform's value → a transaction Bundle;
 //! - [`error`]: [`ScriptError`] with file:line:col and what kind of failure it was.
@@ -37,6 +38,7 @@ pub mod state;
 pub mod util;
 pub mod v2;
 pub mod v2fhir;
+pub mod xml;
 
 #[cfg(test)]
 mod tests;

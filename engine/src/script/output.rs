@@ -24,10 +24,9 @@ use super::json::to_json;
 use super::message::ScriptMessage;
 use super::util::{det_uuid, hex, sha256_bytes};
 
-/// Converts the transform's value; the message seeds the `fullUrl`s of wrapped resources.
-/// `input` is the message's text (HL7) or the document's bytes: it seeds the fullUrls of
-/// entries the script did not name.
-pub fn transform_output(value: Dynamic, input: &[u8]) -> Result<Value, String> {
+/// Converts the transform's value; `seed` (the raw message or document) seeds the `fullUrl`s
+/// of wrapped resources.
+pub fn transform_output(value: Dynamic, seed: &[u8]) -> Result<Value, String> {
     if value.is::<Transaction>() {
         let Some(tx) = value.try_cast::<Transaction>() else {
             return Err("the transaction could not be read".into());
@@ -65,8 +64,8 @@ pub fn transform_output(value: Dynamic, input: &[u8]) -> Result<Value, String> {
         Value::Object(o) if !o.contains_key("resourceType") && !o.contains_key("resource") => {
             Err("the transform's value is a map with neither resourceType nor resource: end with a resource, an array of resources or a Bundle".into())
         }
-        Value::Object(o) => wrap(vec![Value::Object(o)], input),
-        Value::Array(items) => wrap(items, input),
+        Value::Object(o) => wrap(vec![Value::Object(o)], seed),
+        Value::Array(items) => wrap(items, seed),
         other => Err(format!(
             "the transform's value is a {}: end with a resource, an array of resources or a Bundle",
             kind(&other)

@@ -201,10 +201,10 @@ pub fn script_dir() -> PathBuf {
     RUN.with(|r| r.borrow().script_dir.clone())
 }
 
-/// Seeds [`next_sequence`] for a run whose input is not an HL7 message (a document's bytes).
-pub fn seed_with(input: &[u8]) {
-    let seed = super::util::sha256_bytes(input);
-    RUN.with(|r| r.borrow_mut().seed = Some(seed));
+/// Seeds [`next_sequence`] from a run's raw input when it has no HL7 message (a document, a
+/// CSV row): the same input gives the same ids, different inputs different ones.
+pub fn set_seed(raw: &[u8]) {
+    RUN.with(|r| r.borrow_mut().seed = Some(super::util::sha256_bytes(raw)));
 }
 
 /// A fresh 32-byte value for an entry without a natural key: SHA-256 of the message, then a

@@ -396,6 +396,7 @@ fn imports_only_see_scripts_lib() {
         [
             "allergy",
             "appointment",
+            "ccda",
             "codes",
             "condition",
             "coverage",
