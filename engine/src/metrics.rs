@@ -44,6 +44,8 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// Journaled transactions waiting for room in the pipeline.
     pub backlog_depth: IntGauge,
+    /// Retention: what was pruned, per channel and kind (`body`, `transaction`).
+    pub retention_pruned_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -188,6 +190,15 @@ impl Metrics {
         )
         .expect("metric");
 
+        let retention_pruned_total = IntCounterVec::new(
+            Opts::new(
+                "orbiter_retention_pruned_total",
+                "Transactions (or only their bodies) pruned by retention, per channel",
+            ),
+            &["channel", "kind"],
+        )
+        .expect("metric");
+
         for collector in [
             Box::new(messages_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(ack_latency_seconds.clone()),
@@ -209,6 +220,7 @@ impl Metrics {
             Box::new(cdr_responses_total.clone()),
             Box::new(queue_depth.clone()),
             Box::new(backlog_depth.clone()),
+            Box::new(retention_pruned_total.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -241,6 +253,7 @@ impl Metrics {
             cdr_responses_total,
             queue_depth,
             backlog_depth,
+            retention_pruned_total,
         }
     }
 
