@@ -24,10 +24,10 @@ const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// Whole transactions older than this are deleted; 0 keeps them forever (the default:
-    /// deleting is a decision for the site, not for us).
-    pub max_age_days: u32,
+    /// deleting is a decision for the site, not for us). Fractions are allowed (`0.5`: 12 h).
+    pub max_age_days: f64,
     /// Bodies older than this are pruned, metadata kept; 0 never prunes bodies on age alone.
-    pub bodies_after_days: u32,
+    pub bodies_after_days: f64,
     /// Statuses that may be pruned (`queued`, `processing` and `received` never are).
     #[serde(deserialize_with = "statuses")]
     pub statuses: Vec<Status>,
@@ -40,8 +40,8 @@ pub struct RetentionConfig {
 impl Default for RetentionConfig {
     fn default() -> Self {
         RetentionConfig {
-            max_age_days: 0,
-            bodies_after_days: 0,
+            max_age_days: 0.0,
+            bodies_after_days: 0.0,
             statuses: vec![Status::Delivered, Status::Filtered],
             interval_secs: 60,
             batch: 500,
@@ -54,9 +54,9 @@ impl Default for RetentionConfig {
 #[serde(deny_unknown_fields)]
 pub struct ChannelRetention {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_age_days: Option<u32>,
+    pub max_age_days: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bodies_after_days: Option<u32>,
+    pub bodies_after_days: Option<f64>,
     #[serde(
         default,
         deserialize_with = "some_statuses",
@@ -96,6 +96,8 @@ pub enum RetentionError {
     InFlightStatus(&'static str),
     #[error("retention.batch must be positive")]
     ZeroBatch,
+    #[error("retention ages are days, 0 or more")]
+    NegativeAge,
 }
 
 /// Statuses that are never pruned.
@@ -112,6 +114,9 @@ impl RetentionConfig {
     pub fn validate(&self) -> Result<(), RetentionError> {
         if self.batch == 0 {
             return Err(RetentionError::ZeroBatch);
+        }
+        if !(self.max_age_days >= 0.0 && self.bodies_after_days >= 0.0) {
+            return Err(RetentionError::NegativeAge);
         }
         validate_statuses(&self.statuses)
     }
@@ -162,8 +167,8 @@ pub struct Policy {
 }
 
 impl Policy {
-    fn new(max_age_days: u32, bodies_after_days: u32, statuses: Vec<Status>) -> Policy {
-        let ms = |days: u32| (days > 0).then_some(days as i64 * DAY_MS);
+    fn new(max_age_days: f64, bodies_after_days: f64, statuses: Vec<Status>) -> Policy {
+        let ms = |days: f64| (days > 0.0).then_some((days * DAY_MS as f64) as i64);
         Policy {
             max_age_ms: ms(max_age_days),
             bodies_after_ms: ms(bodies_after_days),
@@ -413,7 +418,7 @@ mod tests {
         id
     }
 
-    fn config(max_age_days: u32, bodies_after_days: u32) -> RetentionConfig {
+    fn config(max_age_days: f64, bodies_after_days: f64) -> RetentionConfig {
         RetentionConfig {
             max_age_days,
             bodies_after_days,
@@ -433,7 +438,7 @@ mod tests {
         let failed = add(&journal, "adt", Status::Failed).await;
         let queued = add(&journal, "adt", Status::Queued).await;
         let received = add(&journal, "adt", Status::Received).await;
-        let policies = Policies::new(&config(30, 7), []);
+        let policies = Policies::new(&config(30.0, 7.0), []);
         let mut pruner = Pruner::new(journal.clone(), 2);
 
         // Day 1: too young for anything.
@@ -492,17 +497,17 @@ mod tests {
         let short = add(&journal, "short", Status::Failed).await;
         let default = add(&journal, "other", Status::Delivered).await;
         let short_rules = ChannelRetention {
-            max_age_days: Some(2),
+            max_age_days: Some(2.0),
             bodies_after_days: None,
             statuses: Some(vec![Status::Failed]),
         };
         let keep_rules = ChannelRetention {
-            max_age_days: Some(0),
-            bodies_after_days: Some(0),
+            max_age_days: Some(0.0),
+            bodies_after_days: Some(0.0),
             statuses: None,
         };
         let policies = Policies::new(
-            &config(10, 0),
+            &config(10.0, 0.0),
             [("short", Some(&short_rules)), ("keep", Some(&keep_rules))],
         );
         let mut pruner = Pruner::new(journal.clone(), 100);
