@@ -553,7 +553,7 @@ async fn retention_prunes_bodies_then_transactions_and_keeps_queued_ones() {
 
 /// Runs `orbiter doctor` with only the given `ORBITER_…` variables; (exit code, stdout).
 fn doctor(args: &[&str], env: &[(&str, String)], cwd: &Path) -> (i32, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orbiter"));
+    let mut cmd = Command::new(common::orbiter_bin());
     cmd.arg("doctor").args(args).current_dir(cwd);
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ORBITER_")) {
         cmd.env_remove(k);

@@ -9,6 +9,14 @@ use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "test-admin-token-0123456789";
 
+/// The `orbiter` binary under test. `ORBITER_TEST_BIN` overrides it: with a target dir shared
+/// between worktrees, `target/debug/orbiter` is whichever worktree linked last.
+pub fn orbiter_bin() -> PathBuf {
+    std::env::var_os("ORBITER_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_orbiter")))
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released: good enough for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -74,7 +82,7 @@ impl Engine {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orbiter"));
+        let mut cmd = Command::new(orbiter_bin());
         cmd.arg("run")
             .arg("--data")
             .arg(&self.data_dir)
