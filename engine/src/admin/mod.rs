@@ -5,6 +5,8 @@ pub mod audit;
 pub mod auth;
 mod channels;
 mod health;
+#[cfg(test)]
+mod role_tests;
 mod transactions;
 
 use std::net::SocketAddr;

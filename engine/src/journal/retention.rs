@@ -297,10 +297,9 @@ impl Pruner {
         }
     }
 
-    /// One batch: reads up to `batch` transactions from the cursor and prunes what the policies
-    /// say. Returns the report and whether the pass is complete (the cursor then starts over).
-    /// Reads are plain sled reads: call it from a blocking-friendly context or accept a few
-    /// milliseconds per batch.
+    /// One batch: reads up to `batch` transactions from the cursor (on the blocking pool) and
+    /// prunes what the policies say. Returns the report and whether the pass is complete (the
+    /// cursor then starts over).
     pub async fn step(
         &mut self,
         policies: &Policies,
@@ -311,36 +310,19 @@ impl Pruner {
             self.cursor = None;
             return Ok((report, true));
         };
-        let entries = self.journal.oldest(self.cursor, self.batch)?;
-        let finished = entries.len() < self.batch;
-        let mut requests = Vec::new();
-        let mut reached_horizon = false;
-        for (received_at_ms, id) in entries {
-            if now_ms - received_at_ms <= horizon {
-                reached_horizon = true;
-                break;
-            }
-            self.cursor = Some((received_at_ms, id));
-            report.examined += 1;
-            let Some(tx) = self.journal.get(id)? else {
-                continue;
-            };
-            if let Some((action, statuses)) = policies.decide(&tx, now_ms) {
-                requests.push(PruneRequest {
-                    id,
-                    action,
-                    statuses,
-                });
-            }
+        let (journal, cursor, batch) = (self.journal.clone(), self.cursor, self.batch);
+        let policies = policies.clone();
+        let plan = tokio::task::spawn_blocking(move || {
+            plan(&journal, cursor, batch, &policies, horizon, now_ms)
+        })
+        .await
+        .map_err(|_| JournalError::Closed)??;
+        report.examined = plan.examined;
+        if !plan.requests.is_empty() {
+            report.pruned = self.journal.prune(plan.requests).await?;
         }
-        if !requests.is_empty() {
-            report.pruned = self.journal.prune(requests).await?;
-        }
-        let done = finished || reached_horizon;
-        if done {
-            self.cursor = None;
-        }
-        Ok((report, done))
+        self.cursor = if plan.done { None } else { plan.cursor };
+        Ok((report, plan.done))
     }
 
     /// Batches until the pass is complete.
@@ -359,6 +341,53 @@ impl Pruner {
             }
         }
     }
+}
+
+/// What one batch found to prune, and where it stopped.
+struct Plan {
+    requests: Vec<PruneRequest>,
+    examined: usize,
+    cursor: Option<(i64, TxId)>,
+    /// The walk reached the end of the journal or the youngest horizon.
+    done: bool,
+}
+
+fn plan(
+    journal: &Journal,
+    mut cursor: Option<(i64, TxId)>,
+    batch: usize,
+    policies: &Policies,
+    horizon: i64,
+    now_ms: i64,
+) -> Result<Plan, JournalError> {
+    let entries = journal.oldest(cursor, batch)?;
+    let mut done = entries.len() < batch;
+    let mut requests = Vec::new();
+    let mut examined = 0;
+    for (received_at_ms, id) in entries {
+        if now_ms - received_at_ms <= horizon {
+            done = true;
+            break;
+        }
+        cursor = Some((received_at_ms, id));
+        examined += 1;
+        let Some(tx) = journal.get(id)? else {
+            continue;
+        };
+        if let Some((action, statuses)) = policies.decide(&tx, now_ms) {
+            requests.push(PruneRequest {
+                id,
+                action,
+                statuses,
+            });
+        }
+    }
+    Ok(Plan {
+        requests,
+        examined,
+        cursor,
+        done,
+    })
 }
 
 #[cfg(test)]
