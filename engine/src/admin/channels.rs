@@ -361,6 +361,17 @@ async fn set_enabled(
         }
     };
     let edited = with_enabled(&text, enabled);
+    // The edit is textual; make sure it said what we meant before anything is written.
+    let took = ChannelDef::parse(&running.file, &edited).is_ok_and(|def| def.enabled == enabled);
+    if !took {
+        return Ok(error(
+            StatusCode::CONFLICT,
+            format!(
+                "cannot set `enabled` in {}: edit the file, or PUT the whole channel",
+                running.file.display()
+            ),
+        ));
+    }
     let (channel, _) = match install(&state, &name, &running.file, edited).await {
         Ok(done) => done,
         Err(response) => return Ok(response),
