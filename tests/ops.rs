@@ -668,4 +668,30 @@ async fn doctor_recognises_a_running_engine_on_its_ports() {
     assert!(has_line(&out, "ok", "port mllp"), "{out}");
     // An empty channels dir is worth a warning, not a failure.
     assert!(has_line(&out, "warn", "channels"), "{out}");
+
+    // The engine's embedded FHIR server as someone's external CDR: metadata and its clock.
+    let cdr_env = |url: String| {
+        vec![
+            ("ORBITER_CDR_URL", url),
+            ("ORBITER_CDR_TOKEN", TOKEN.to_string()),
+            ("ORBITER_ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("ORBITER_MLLP_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("ORBITER_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+        ]
+    };
+    let env = cdr_env(engine.url("/fhir"));
+    let cwd = ws.path("");
+    let (code, out) = tokio::task::spawn_blocking(move || doctor(&[], &env, &cwd))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("answers metadata (FHIR 4.0.1)"), "{out}");
+    assert!(out.contains("within 5 minutes of the CDR's"), "{out}");
+    let env = cdr_env(format!("http://127.0.0.1:{}/fhir", free_port()));
+    let cwd = ws.path("");
+    let (code, out) = tokio::task::spawn_blocking(move || doctor(&[], &env, &cwd))
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(has_line(&out, "fail", "cdr"), "{out}");
 }
