@@ -543,6 +543,15 @@ async fn retention_prunes_bodies_then_transactions_and_keeps_queued_ones() {
         .text()
         .await
         .unwrap();
+    // The unreachable destination is counted among CDR/HTTP answers as `none`.
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("orbiter_cdr_responses_total")
+                && l.contains("code=\"none\"")
+                && l.contains("destination=\"http\"")),
+        "{metrics}"
+    );
     for line in [
         "orbiter_retention_pruned_total{channel=\"short\",kind=\"body\"} 1",
         "orbiter_retention_pruned_total{channel=\"short\",kind=\"transaction\"} 1",

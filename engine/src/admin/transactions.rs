@@ -69,17 +69,13 @@ fn server_error(e: impl std::fmt::Display) -> HttpResponse {
 }
 
 /// RFC 3339 (`2026-12-01T10:00:00Z`) or Unix milliseconds.
-fn parse_instant(name: &str, value: &str) -> Result<i64, HttpResponse> {
+fn parse_instant(name: &str, value: &str) -> Result<i64, String> {
     if let Ok(ms) = value.parse::<i64>() {
         return Ok(ms);
     }
     OffsetDateTime::parse(value, &Rfc3339)
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|_| {
-            bad_request(format!(
-                "`{name}` must be an RFC 3339 time or Unix milliseconds"
-            ))
-        })
+        .map_err(|_| format!("`{name}` must be an RFC 3339 time or Unix milliseconds"))
 }
 
 /// `ID` or `ID^^^AUTHORITY` (PID-3's components 1 and 4) → the journal's patient key.
@@ -91,13 +87,13 @@ fn patient_key(patient: &str) -> String {
 }
 
 impl Search {
-    fn into_filter(self, limit: usize) -> Result<TxFilter, HttpResponse> {
+    /// The journal filter, or what is wrong with the request (for a 400).
+    fn into_filter(self, limit: usize) -> Result<TxFilter, String> {
         let status = self
             .status
             .as_deref()
             .map(str::parse::<Status>)
-            .transpose()
-            .map_err(bad_request)?;
+            .transpose()?;
         let instant = |name, value: &Option<String>| {
             value.as_deref().map(|v| parse_instant(name, v)).transpose()
         };
@@ -105,9 +101,7 @@ impl Search {
         let until_ms = instant("until", &self.until)?;
         let scan_limit = self.scan_limit.unwrap_or(0);
         if scan_limit > MAX_SCAN_LIMIT {
-            return Err(bad_request(format!(
-                "`scan_limit` must be at most {MAX_SCAN_LIMIT}"
-            )));
+            return Err(format!("`scan_limit` must be at most {MAX_SCAN_LIMIT}"));
         }
         let empty_is_none = |v: Option<String>| v.filter(|v| !v.is_empty());
         Ok(TxFilter {
@@ -195,7 +189,7 @@ async fn list(
     }
     let filter = match query.into_filter(limit) {
         Ok(f) => f,
-        Err(response) => return Ok(response),
+        Err(message) => return Ok(bad_request(message)),
     };
     let scan_limit = if filter.scan_limit == 0 {
         crate::journal::DEFAULT_SCAN_LIMIT
@@ -340,7 +334,7 @@ async fn rerun_many(
     }
     let filter = match search.into_filter(max) {
         Ok(f) => f,
-        Err(response) => return Ok(response),
+        Err(message) => return Ok(bad_request(message)),
     };
     let journal = state.journal.clone();
     let page = match web::block(move || journal.list(&filter)).await {

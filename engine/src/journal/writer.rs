@@ -174,13 +174,13 @@ impl Writer {
         if pending.deleted.contains(&id) {
             return Err(JournalError::NotFound(id));
         }
-        if !pending.records.contains_key(&id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = pending.records.entry(id) {
             let Some(bytes) = self.trees.tx.get(id.to_key())? else {
                 return Err(JournalError::NotFound(id));
             };
             let tx: Transaction = serde_json::from_slice(&bytes)
                 .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}")))?;
-            pending.records.insert(id, tx);
+            slot.insert(tx);
         }
         Ok(())
     }
