@@ -187,6 +187,10 @@ async fn channels_are_managed_over_the_api_and_route_accordingly() {
     assert!(ws.path("channels/adt.toml").is_file());
     let (status, body) = engine.api("/api/channels/adt").await;
     assert_eq!((status, body["name"].as_str()), (200, Some("adt")));
+    let (status, body) = engine.api("/api/channels").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["channels"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["channels"][0]["revision"], first_revision.as_str());
     send(&engine, &[adt("CH-1")]).await;
     let tx = by_control(&engine, "CH-1").await;
     assert_eq!(tx["status"], "delivered", "{tx}");
