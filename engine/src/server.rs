@@ -36,6 +36,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    // Alive but not ready while the journal and the CDR open (best effort: if the port is
+    // taken, the real bind below reports it).
+    let starting = if config.admin.tls.enabled() {
+        None
+    } else {
+        admin::starting::Starting::start(config.admin.addr).ok()
+    };
     let journal = Journal::open(&config.data_dir, &config.journal, metrics.clone())
         .context("opening the journal")?;
     let (token, source) =
@@ -122,6 +129,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             cdr: embedded_cdr.clone(),
             cdr_reachable,
         };
+        if let Some(starting) = starting {
+            starting.stop();
+        }
         let (admin, admin_addrs) = admin::server(config.admin.addr, config.admin.workers, &config.admin.tls, state, token)
             .context("starting the admin server")?;
         let admin_handle = admin.handle();

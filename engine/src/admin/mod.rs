@@ -7,6 +7,7 @@ mod channels;
 mod health;
 #[cfg(test)]
 mod role_tests;
+pub mod starting;
 mod transactions;
 
 use std::net::SocketAddr;
