@@ -52,6 +52,16 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Check what an operator checks first (config, data dir, ports, channels and scripts, CDR,
+    /// TLS files, clock); prints ok/warn/fail with the fix, exits non-zero on any fail.
+    Doctor {
+        /// Configuration file (default: ./orbiter.toml if it exists).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Data directory; overrides the config and ORBITER_DATA_DIR.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// Run one channel's filter and transform on one message and print the FHIR output
     /// (no journal, no delivery).
     Try {
@@ -79,6 +89,10 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
             crate::logging::init(&config.log, config.log_json);
             crate::server::run(config)?;
             Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Doctor { config, data } => {
+            crate::logging::init("off", false);
+            Ok(crate::doctor::run(config.as_deref(), data))
         }
         Command::Check { path, config } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;

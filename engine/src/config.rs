@@ -31,6 +31,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub journal: JournalConfig,
     pub cdr: CdrConfig,
+    /// Journal pruning defaults (`[retention]`); channels override them in their own file.
+    pub retention: crate::journal::retention::RetentionConfig,
     /// Sandbox limits for every channel script (`[script]` in the file; not overridable from
     /// the environment).
     #[serde(skip_serializing)]
@@ -50,6 +52,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             journal: JournalConfig::default(),
             cdr: CdrConfig::default(),
+            retention: crate::journal::retention::RetentionConfig::default(),
             script: crate::script::ScriptLimits::default(),
         }
     }
@@ -330,6 +333,9 @@ impl Config {
                 )));
             }
         }
+        self.retention
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.journal.max_batch == 0 {
             return Err(ConfigError::Invalid(
                 "journal.max_batch must be positive".into(),

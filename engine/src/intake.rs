@@ -448,11 +448,12 @@ pub fn patient_key(message: &Message) -> Option<String> {
         .ok()
         .flatten()
         .unwrap_or_default();
-    Some(hash_patient(&id, &authority))
+    Some(patient_key_of(&id, &authority))
 }
 
-/// The patient key of an identifier and its assigning authority (any format's patient).
-pub fn hash_patient(id: &str, authority: &str) -> String {
+/// The hash of a patient identifier (PID-3.1) and its assigning authority (PID-3.4): what the
+/// journal stores, and what `GET /api/transactions?patient=` compares against.
+pub fn patient_key_of(id: &str, authority: &str) -> String {
     let digest = aws_lc_rs::digest::digest(
         &aws_lc_rs::digest::SHA256,
         format!("{id}\u{1f}{authority}").as_bytes(),

@@ -20,14 +20,17 @@
 //! - [`deliver`]: destinations (the CDR, any FHIR server, files) and failure classification;
 //! - [`cdr`]: the embedded FHIR R4 store served under `/fhir`;
 //! - [`hl7`]: the HL7 v2 codec: parsing, path access, escapes, batches, charsets, ACK building;
-//! - [`journal`]: the sled transaction log with group commit: what was ACKed is on disk;
-//! - [`admin`]: the admin HTTP port: health, readiness, metrics, the API; API clients, roles,
-//!   the audit trail and the OpenAPI document (its route table is `admin::routes`);
+//! - [`journal`]: the sled transaction log with group commit: what was ACKed is on disk; its
+//!   retention (pruning by age and status per channel) and per-channel status counters;
+//! - [`admin`]: the admin HTTP port: health, readiness, metrics, the channels, transactions and
+//!   stats API; API clients, roles, the audit trail and the OpenAPI document (its route table
+//!   is `admin::routes`);
 //! - [`metrics`]: every Prometheus metric, declared in one place;
 //! - [`config`]: the TOML configuration and its `ORBITER_…` environment overrides;
 //! - [`tls`]: rustls server configurations from PEM files, for every listener;
 //! - [`logging`]: tracing setup, with dependencies that would log PHI capped;
 //! - [`server`]: `orbiter run`, wiring it all into one actix system;
+//! - [`doctor`]: `orbiter doctor`, the operator's first checks;
 //! - [`cli`]: the `orbiter` command line.
 
 pub mod admin;
@@ -36,6 +39,7 @@ pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod doctor;
 pub mod format;
 pub mod hl7;
 pub mod ingest;

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub source_files_total: IntCounterVec,
     /// Polls of a file source that failed (server down, host key refused, journal unavailable).
     pub source_errors_total: IntCounterVec,
+    /// Retention: what was pruned, per channel and kind (`body`, `transaction`).
+    pub retention_pruned_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -209,6 +211,14 @@ impl Metrics {
             &["listener"],
         )
         .expect("metric");
+        let retention_pruned_total = IntCounterVec::new(
+            Opts::new(
+                "orbiter_retention_pruned_total",
+                "Transactions (or only their bodies) pruned by retention, per channel",
+            ),
+            &["channel", "kind"],
+        )
+        .expect("metric");
 
         for collector in [
             Box::new(messages_total.clone()) as Box<dyn prometheus::core::Collector>,
@@ -233,6 +243,7 @@ impl Metrics {
             Box::new(backlog_depth.clone()),
             Box::new(source_files_total.clone()),
             Box::new(source_errors_total.clone()),
+            Box::new(retention_pruned_total.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
         }
@@ -267,6 +278,7 @@ impl Metrics {
             backlog_depth,
             source_files_total,
             source_errors_total,
+            retention_pruned_total,
         }
     }
 

@@ -14,7 +14,10 @@ use bytes::Bytes;
 
 use crate::channel::{Channel, ChannelSet, Channels, SourceKind};
 use crate::deliver::{Deliverer, Delivery};
-use crate::journal::{now_ms, Journal, MessageMeta, Status, Step, StepKind, TxId};
+use crate::journal::{
+    now_ms, ChannelRun, Journal, JournalError, MessageMeta, Status, Step, StepKind, Transaction,
+    TxId,
+};
 use crate::metrics::Metrics;
 use crate::transform::{ChannelOutcome, RunChannels, TransformWorker};
 
@@ -38,6 +41,19 @@ pub struct PipelineOutcome {
     pub reason: Option<String>,
     /// A channel script called `reject()`: answered AE in `on-delivery` mode.
     pub rejected: bool,
+}
+
+/// Why a rerun requested through the API did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RerunError {
+    #[error("transaction {0} not found")]
+    NotFound(TxId),
+    #[error("transaction {0} has no message body any more (pruned by retention)")]
+    BodyPruned(TxId),
+    #[error("no enabled channel takes transaction {0} now")]
+    NoChannel(TxId),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
 /// Everything after the journal: routing, transforms, delivery.
@@ -193,6 +209,7 @@ impl Pipeline {
     /// Starts processing a journaled transaction now if there is room and nothing older is
     /// waiting; otherwise it joins the backlog (it is durable, `received`, in the journal).
     pub fn dispatch(&self, work: Routed) {
+        self.count_received(&work);
         let permit = {
             let mut backlog = self.admission.backlog.lock().expect("backlog lock");
             let permit = if backlog.is_empty() {
@@ -217,8 +234,20 @@ impl Pipeline {
 
     /// Processes now, waiting for room in the pipeline (ACK mode `on-delivery`).
     pub async fn process_now(&self, work: Routed) -> PipelineOutcome {
+        self.count_received(&work);
         let _permit = self.admission.permits.acquire().await;
         self.process(work).await
+    }
+
+    /// `orbiter_channel_messages_total{status="received"}`: once per new transaction and channel
+    /// (retries and resumes go through [`Pipeline::rerun`] and are not counted again).
+    fn count_received(&self, work: &Routed) {
+        for channel in &work.channels {
+            self.metrics
+                .channel_messages_total
+                .with_label_values(&[channel.name(), Status::Received.as_str()])
+                .inc();
+        }
     }
 
     /// Feeds the backlog into the pipeline, oldest first, as room frees up; returns after at
@@ -478,13 +507,7 @@ impl Pipeline {
         .await
         .ok()??;
         let (tx, raw) = loaded;
-        // Listener names start with their kind: `mllp`, `http:/ccda`, `dir:<channel>`...
-        let source = match tx.meta.listener.split(':').next().unwrap_or_default() {
-            "mllp" => SourceKind::Mllp,
-            "http" => SourceKind::Http,
-            "sftp" => SourceKind::Sftp,
-            _ => SourceKind::Dir,
-        };
+        let source = source_of(&tx.meta.listener);
         let (set, mut routes) = self.route(source, &tx.meta.listener, &tx.meta);
         if let Some(only) = only {
             routes.retain(|c| only.iter().any(|n| n == c.name()));
@@ -503,6 +526,41 @@ impl Pipeline {
             })
             .await,
         )
+    }
+
+    /// A rerun requested by a person: routes the stored message with the channels in force now
+    /// (their current revisions) and journals it as a new transaction linked to the original
+    /// (`rerun_of`, plus an event on the original). Returns the work to process or dispatch.
+    pub async fn start_rerun(&self, of: TxId) -> Result<Routed, RerunError> {
+        let journal = self.journal.clone();
+        let (tx, raw) = tokio::task::spawn_blocking(move || {
+            Ok::<_, JournalError>((journal.get(of)?, journal.raw(of)?))
+        })
+        .await
+        .map_err(|_| JournalError::Closed)??;
+        let tx: Transaction = tx.ok_or(RerunError::NotFound(of))?;
+        let raw = raw.ok_or(RerunError::BodyPruned(of))?;
+        let source = source_of(&tx.meta.listener);
+        let (set, routes) = self.route(source, &tx.meta.listener, &tx.meta);
+        if routes.is_empty() {
+            return Err(RerunError::NoChannel(of));
+        }
+        let runs = routes
+            .iter()
+            .map(|c| ChannelRun {
+                name: c.name().to_string(),
+                revision: c.revision.clone(),
+            })
+            .collect();
+        let appended = self.journal.append_rerun(of, runs).await?;
+        Ok(Routed {
+            id: appended.id,
+            patient_key: tx.meta.patient_key.clone(),
+            format: tx.meta.format,
+            raw: Bytes::copy_from_slice(&raw),
+            set,
+            channels: routes,
+        })
     }
 
     /// Retries queued transactions whose backoff has passed, oldest first; gives up (failed)
@@ -588,6 +646,19 @@ enum RetryPlan {
     },
 }
 
+/// The source kind a stored transaction came from (its listener's name).
+fn source_of(listener: &str) -> SourceKind {
+    // Listener names start with their kind: `mllp`, `mllp:<addr>`, `http:/ccda`, `dir:<channel>`.
+    match listener.split(':').next().unwrap_or_default() {
+        "mllp" => SourceKind::Mllp,
+        "http" => SourceKind::Http,
+        "sftp" => SourceKind::Sftp,
+        _ => SourceKind::Dir,
+    }
+}
+
+/// Exponential backoff with ±20% jitter derived from the id (stable across polls, different
+/// across transactions, so retries of many messages spread out).
 fn backoff_ms(retry: &crate::channel::def::RetryDef, attempts: u32, id: TxId) -> u64 {
     let exponent = attempts.saturating_sub(1).min(30);
     let base = retry

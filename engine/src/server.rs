@@ -36,6 +36,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    // Alive but not ready while the journal and the CDR open (best effort: if the port is
+    // taken, the real bind below reports it).
+    let starting = if config.admin.tls.enabled() {
+        None
+    } else {
+        admin::starting::Starting::start(config.admin.addr).ok()
+    };
     let journal = Journal::open(&config.data_dir, &config.journal, metrics.clone())
         .context("opening the journal")?;
     let (token, source) =
@@ -146,6 +153,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             cdr: embedded_cdr.clone(),
             cdr_reachable,
         };
+        if let Some(starting) = starting {
+            starting.stop();
+        }
         let (admin, admin_addrs) = admin::server(config.admin.addr, config.admin.workers, &config.admin.tls, state, token)
             .context("starting the admin server")?;
         let admin_handle = admin.handle();
@@ -170,6 +180,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         if !ports.addrs().is_empty() {
             tracing::info!(ports = ?ports.addrs(), "channel MLLP ports listening");
         }
+        actix_rt::spawn(retention_loop(
+            journal.clone(),
+            channels.clone(),
+            config.retention.clone(),
+            metrics.clone(),
+        ));
+
         // Hot reload: poll the files; a broken edit keeps the running revision.
         let watched = channels.clone();
         actix_rt::spawn(async move {
@@ -220,6 +237,60 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("journal closed");
     result
 }
+
+/// Prunes the journal every `interval_secs`, one small writer batch at a time with a pause in
+/// between, so that ingest never waits behind a long prune.
+async fn retention_loop(
+    journal: Journal,
+    channels: Channels,
+    config: crate::journal::retention::RetentionConfig,
+    metrics: Arc<Metrics>,
+) {
+    use crate::journal::retention::{Policies, Pruner};
+    let mut pruner = Pruner::new(journal, config.batch);
+    loop {
+        tokio::time::sleep(Duration::from_secs(config.interval_secs.max(1))).await;
+        let set = channels.current();
+        let policies = Policies::new(
+            &config,
+            set.channels
+                .iter()
+                .map(|c| (c.name(), c.def.retention.as_ref())),
+        );
+        let now = crate::journal::now_ms();
+        let (mut bodies, mut whole) = (0, 0);
+        loop {
+            match pruner.step(&policies, now).await {
+                Ok((report, done)) => {
+                    for pruned in &report.pruned {
+                        for channel in &pruned.channels {
+                            metrics
+                                .retention_pruned_total
+                                .with_label_values(&[channel, pruned.action.as_str()])
+                                .inc();
+                        }
+                    }
+                    bodies += report.count(crate::journal::retention::PruneAction::Body);
+                    whole += report.count(crate::journal::retention::PruneAction::Whole);
+                    if done {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention pass stopped");
+                    break;
+                }
+            }
+            tokio::time::sleep(RETENTION_PAUSE).await;
+        }
+        if bodies + whole > 0 {
+            tracing::info!(bodies, transactions = whole, "retention pruned the journal");
+        }
+    }
+}
+
+/// Between two retention batches: room for the writer to serve ingest.
+const RETENTION_PAUSE: Duration = Duration::from_millis(20);
 
 /// A bearer token, or basic auth when a username is configured.
 fn cdr_credentials(config: &Config) -> Option<Credentials> {

@@ -14,7 +14,10 @@ mod health;
 pub mod mask;
 mod openapi;
 mod ratelimit;
+#[cfg(test)]
+mod role_tests;
 pub mod routes;
+pub mod starting;
 mod transactions;
 
 use std::net::SocketAddr;

@@ -1,5 +1,14 @@
-//! `GET /api/transactions` (search, newest first, cursor paging) and
-//! `GET /api/transactions/{id}` (one transaction with its raw message and status events).
+//! Transactions: search, details, reruns, and the per-channel stats.
+//!
+//! - `GET /api/transactions` (viewer): search, newest first, cursor paging;
+//! - `GET /api/transactions/{id}` (viewer): one transaction with its raw message, every step's
+//!   output, the responses and the status events (reading the body is audited);
+//! - `POST /api/transactions/{id}/rerun` (operator): run it again with the current channel
+//!   revisions, as a new transaction linked to the original;
+//! - `POST /api/transactions/rerun` (operator): the same for every match of a filter (JSON body),
+//!   up to `max`;
+//! - `GET /api/stats` (viewer): counts per channel and status, from counters the journal writer
+//!   keeps on every status change (no scan).
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
@@ -10,43 +19,105 @@ use time::OffsetDateTime;
 use super::audit::{self, AuditAction};
 use super::{AdminState, Caller, Role};
 use crate::journal::{Status, Transaction, TxFilter, TxId};
+use crate::route::RerunError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    // `/transactions/rerun` before `/transactions/{id}`: the literal must win.
     cfg.route("/transactions", web::get().to(list))
+        .route("/transactions/rerun", web::post().to(rerun_many))
         .route("/transactions/{id}", web::get().to(detail))
-        .route("/transactions/{id}/rerun", web::post().to(rerun));
+        .route("/transactions/{id}/rerun", web::post().to(rerun_one))
+        .route("/stats", web::get().to(stats));
 }
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
+/// Reruns by filter: default and ceiling of `max`.
+const DEFAULT_RERUN_MAX: usize = 100;
+const MAX_RERUN: usize = 1000;
+/// Ceiling of `scan_limit` (records examined for one page).
+const MAX_SCAN_LIMIT: usize = 100_000;
 
-#[derive(Debug, Deserialize)]
+/// The search filter, shared by `GET /api/transactions` (query string) and
+/// `POST /api/transactions/rerun` (JSON body).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+struct Search {
+    channel: Option<String>,
     status: Option<String>,
     since: Option<String>,
     until: Option<String>,
     control_id: Option<String>,
+    message_type: Option<String>,
+    /// PID-3 as `ID` or `ID^^^AUTHORITY` (compared through the same hash the journal stores).
+    patient: Option<String>,
+    /// Free text over raw messages (case-insensitive).
+    q: Option<String>,
     limit: Option<usize>,
     cursor: Option<u64>,
+    scan_limit: Option<usize>,
+    /// Reruns only: how many transactions at most.
+    max: Option<usize>,
 }
 
 fn bad_request(message: String) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({"error": message}))
 }
 
+fn server_error(e: impl std::fmt::Display) -> HttpResponse {
+    HttpResponse::InternalServerError().json(json!({"error": e.to_string()}))
+}
+
 /// RFC 3339 (`2026-12-01T10:00:00Z`) or Unix milliseconds.
-fn parse_instant(name: &str, value: &str) -> Result<i64, HttpResponse> {
+fn parse_instant(name: &str, value: &str) -> Result<i64, String> {
     if let Ok(ms) = value.parse::<i64>() {
         return Ok(ms);
     }
     OffsetDateTime::parse(value, &Rfc3339)
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|_| {
-            bad_request(format!(
-                "`{name}` must be an RFC 3339 time or Unix milliseconds"
-            ))
+        .map_err(|_| format!("`{name}` must be an RFC 3339 time or Unix milliseconds"))
+}
+
+/// `ID` or `ID^^^AUTHORITY` (PID-3's components 1 and 4) → the journal's patient key.
+fn patient_key(patient: &str) -> String {
+    let mut components = patient.split('^');
+    let id = components.next().unwrap_or_default();
+    let authority = components.nth(2).unwrap_or_default();
+    crate::intake::patient_key_of(id, authority)
+}
+
+impl Search {
+    /// The journal filter, or what is wrong with the request (for a 400).
+    fn into_filter(self, limit: usize) -> Result<TxFilter, String> {
+        let status = self
+            .status
+            .as_deref()
+            .map(str::parse::<Status>)
+            .transpose()?;
+        let instant = |name, value: &Option<String>| {
+            value.as_deref().map(|v| parse_instant(name, v)).transpose()
+        };
+        let since_ms = instant("since", &self.since)?;
+        let until_ms = instant("until", &self.until)?;
+        let scan_limit = self.scan_limit.unwrap_or(0);
+        if scan_limit > MAX_SCAN_LIMIT {
+            return Err(format!("`scan_limit` must be at most {MAX_SCAN_LIMIT}"));
+        }
+        let empty_is_none = |v: Option<String>| v.filter(|v| !v.is_empty());
+        Ok(TxFilter {
+            status,
+            since_ms,
+            until_ms,
+            control_id: empty_is_none(self.control_id),
+            channel: empty_is_none(self.channel),
+            message_type: empty_is_none(self.message_type),
+            patient_key: empty_is_none(self.patient).map(|p| patient_key(&p)),
+            text: empty_is_none(self.q),
+            before: self.cursor.map(TxId),
+            limit,
+            scan_limit,
         })
+    }
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -82,90 +153,85 @@ fn summary(tx: &Transaction) -> Value {
         "truncated": tx.truncated,
         "error": tx.error,
         "duplicate_of": tx.duplicate_of,
+        "rerun_of": tx.rerun_of,
+        "body_pruned": tx.body_pruned,
         "channels": tx.channels,
         "events": events,
     })
 }
 
+/// The one place a raw message body enters a response: masked for a viewer without
+/// `read_bodies`. HL7 is text; non-UTF-8 bytes (e.g. ISO 8859-1) are shown replaced, and the
+/// exact bytes are also given in hex.
+fn put_raw_body(body: &mut Value, raw: &[u8], caller: &Caller) {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    if let Some(masked) = super::mask::mask_body(caller, &text) {
+        body["raw"] = Value::String(masked);
+        return;
+    }
+    body["raw"] = Value::String(text);
+    if std::str::from_utf8(raw).is_err() {
+        body["raw_hex"] = Value::String(hex::encode(raw));
+    }
+}
+
 async fn list(
     caller: Caller,
     state: web::Data<AdminState>,
-    query: Result<web::Query<ListQuery>, actix_web::Error>,
-) -> HttpResponse {
-    if let Err(denied) = caller.require(Role::Viewer) {
-        return denied.error_response();
-    }
+    query: Result<web::Query<Search>, actix_web::Error>,
+) -> Result<HttpResponse, actix_web::Error> {
+    caller.require(Role::Viewer)?;
     let query = match query {
         Ok(q) => q.into_inner(),
-        Err(e) => return bad_request(e.to_string()),
-    };
-    let status = match query
-        .status
-        .as_deref()
-        .map(str::parse::<Status>)
-        .transpose()
-    {
-        Ok(s) => s,
-        Err(e) => return bad_request(e),
-    };
-    let since = match query
-        .since
-        .as_deref()
-        .map(|v| parse_instant("since", v))
-        .transpose()
-    {
-        Ok(v) => v,
-        Err(response) => return response,
-    };
-    let until = match query
-        .until
-        .as_deref()
-        .map(|v| parse_instant("until", v))
-        .transpose()
-    {
-        Ok(v) => v,
-        Err(response) => return response,
+        Err(e) => return Ok(bad_request(e.to_string())),
     };
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
-        return bad_request(format!("`limit` must be between 1 and {MAX_LIMIT}"));
+        return Ok(bad_request(format!(
+            "`limit` must be between 1 and {MAX_LIMIT}"
+        )));
     }
-    let filter = TxFilter {
-        status,
-        since_ms: since,
-        until_ms: until,
-        control_id: query.control_id,
-        before: query.cursor.map(TxId),
-        limit,
+    if query.max.is_some() {
+        return Ok(bad_request("`max` is for reruns only".into()));
+    }
+    let filter = match query.into_filter(limit) {
+        Ok(f) => f,
+        Err(message) => return Ok(bad_request(message)),
+    };
+    let scan_limit = if filter.scan_limit == 0 {
+        crate::journal::DEFAULT_SCAN_LIMIT
+    } else {
+        filter.scan_limit
     };
     let journal = state.journal.clone();
-    match web::block(move || journal.list(&filter)).await {
+    Ok(match web::block(move || journal.list(&filter)).await {
         Ok(Ok(page)) => HttpResponse::Ok().json(json!({
             "items": page.items.iter().map(summary).collect::<Vec<_>>(),
             "next_cursor": page.next_cursor,
+            "scanned": page.scanned,
+            "scan_limit": scan_limit,
+            "scan_limit_reached": page.scan_limit_reached,
         })),
-        Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
-        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
-    }
+        Ok(Err(e)) => server_error(e),
+        Err(e) => server_error(e),
+    })
 }
 
 async fn detail(
     caller: Caller,
     state: web::Data<AdminState>,
     id: web::Path<String>,
-) -> HttpResponse {
-    if let Err(denied) = caller.require(Role::Viewer) {
-        return denied.error_response();
-    }
+) -> Result<HttpResponse, actix_web::Error> {
+    caller.require(Role::Viewer)?;
     let Ok(id) = id.parse::<u64>().map(TxId) else {
-        return bad_request("transaction ids are numbers".into());
+        return Ok(bad_request("transaction ids are numbers".into()));
     };
     let journal = state.journal.clone();
     let found = web::block(move || -> Result<_, crate::journal::JournalError> {
         Ok((journal.get(id)?, journal.raw(id)?, journal.steps(id)?))
     })
     .await;
-    match found {
+    Ok(match found {
         Ok(Ok((Some(tx), raw, mut steps))) => {
             let mut body = summary(&tx);
             // Step outputs and script logs hold the message's data too: masked alike.
@@ -177,19 +243,8 @@ async fn detail(
                 }
             }
             body["steps"] = serde_json::to_value(&steps).unwrap_or_default();
-            // HL7 is text; non-UTF-8 bytes (e.g. ISO 8859-1) are shown replaced, and the exact
-            // bytes are also given in hex.
             if let Some(raw) = raw {
-                let text = String::from_utf8_lossy(&raw).into_owned();
-                match super::mask::mask_body(&caller, &text) {
-                    Some(masked) => body["raw"] = Value::String(masked),
-                    None => {
-                        body["raw"] = Value::String(text);
-                        if std::str::from_utf8(&raw).is_err() {
-                            body["raw_hex"] = Value::String(hex::encode(&raw));
-                        }
-                    }
-                }
+                put_raw_body(&mut body, &raw, &caller);
             }
             if full {
                 audit::record(
@@ -197,49 +252,189 @@ async fn detail(
                     &caller,
                     AuditAction {
                         action: "read_body",
-                        target: &format!("transaction/{}", tx.id),
-                        detail: Value::Null,
+                        target: &format!("transaction/{id}"),
+                        detail: json!({}),
                     },
                 );
             }
             HttpResponse::Ok().json(body)
         }
         Ok(Ok((None, _, _))) => HttpResponse::NotFound().json(json!({"error": "not found"})),
-        Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
-        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+        Ok(Err(e)) => server_error(e),
+        Err(e) => server_error(e),
+    })
+}
+
+fn rerun_error(e: RerunError) -> HttpResponse {
+    let body = json!({"error": e.to_string()});
+    match e {
+        RerunError::NotFound(_) => HttpResponse::NotFound().json(body),
+        RerunError::BodyPruned(_) | RerunError::NoChannel(_) => HttpResponse::Conflict().json(body),
+        RerunError::Journal(_) => HttpResponse::InternalServerError().json(body),
     }
 }
 
-/// Runs a transaction through the channels that take it now (their current revisions).
-async fn rerun(
+/// Runs one transaction again, now, and answers with the new run's outcome.
+async fn rerun_one(
     caller: Caller,
     state: web::Data<AdminState>,
     id: web::Path<String>,
-) -> HttpResponse {
-    if let Err(denied) = caller.require(Role::Operator) {
-        return denied.error_response();
-    }
+) -> Result<HttpResponse, actix_web::Error> {
+    caller.require(Role::Operator)?;
     let Ok(id) = id.parse::<u64>().map(TxId) else {
-        return bad_request("transaction ids are numbers".into());
+        return Ok(bad_request("transaction ids are numbers".into()));
     };
-    let outcome = state.pipeline.rerun(id, None).await;
-    if let Some(outcome) = &outcome {
-        audit::record(
-            &state.journal,
-            &caller,
-            AuditAction {
-                action: "rerun",
-                target: &format!("transaction/{id}"),
-                detail: json!({"status": outcome.status}),
-            },
-        );
+    let work = match state.pipeline.start_rerun(id).await {
+        Ok(work) => work,
+        Err(e) => return Ok(rerun_error(e)),
+    };
+    let new_id = work.id;
+    let channels: Vec<Value> = work
+        .channels
+        .iter()
+        .map(|c| json!({"name": c.name(), "revision": c.revision}))
+        .collect();
+    audit::record(
+        &state.journal,
+        &caller,
+        AuditAction {
+            action: "rerun",
+            target: &format!("transaction/{id}"),
+            detail: json!({"rerun": new_id}),
+        },
+    );
+    let outcome = state.pipeline.process_now(work).await;
+    Ok(HttpResponse::Ok().json(json!({
+        "id": new_id,
+        "rerun_of": id,
+        "channels": channels,
+        "status": outcome.status,
+        "reason": outcome.reason,
+    })))
+}
+
+/// Reruns every transaction matching the filter in the body (at most `max`, newest first).
+/// The new transactions are journaled before the answer and processed in the background.
+async fn rerun_many(
+    caller: Caller,
+    state: web::Data<AdminState>,
+    body: Result<web::Json<Search>, actix_web::Error>,
+) -> Result<HttpResponse, actix_web::Error> {
+    caller.require(Role::Operator)?;
+    let search = match body {
+        Ok(b) => b.into_inner(),
+        Err(e) => return Ok(bad_request(e.to_string())),
+    };
+    let max = search.max.unwrap_or(DEFAULT_RERUN_MAX);
+    if max == 0 || max > MAX_RERUN {
+        return Ok(bad_request(format!(
+            "`max` must be between 1 and {MAX_RERUN}"
+        )));
     }
-    match outcome {
-        None => HttpResponse::NotFound().json(json!({"error": "not found"})),
-        Some(outcome) => HttpResponse::Ok().json(json!({
-            "id": id,
-            "status": outcome.status,
-            "reason": outcome.reason,
-        })),
+    if search.limit.is_some() || search.cursor.is_some() {
+        return Ok(bad_request(
+            "reruns take `max`, not `limit` or `cursor`".into(),
+        ));
     }
+    let no_filter = search.channel.is_none()
+        && search.status.is_none()
+        && search.since.is_none()
+        && search.until.is_none()
+        && search.control_id.is_none()
+        && search.message_type.is_none()
+        && search.patient.is_none()
+        && search.q.is_none();
+    if no_filter {
+        return Ok(bad_request(
+            "a rerun by filter needs at least one filter".into(),
+        ));
+    }
+    let filter = match search.into_filter(max) {
+        Ok(f) => f,
+        Err(message) => return Ok(bad_request(message)),
+    };
+    let journal = state.journal.clone();
+    let page = match web::block(move || journal.list(&filter)).await {
+        Ok(Ok(page)) => page,
+        Ok(Err(e)) => return Ok(server_error(e)),
+        Err(e) => return Ok(server_error(e)),
+    };
+    let mut started = Vec::new();
+    let mut skipped = Vec::new();
+    // Oldest first, so that per-patient order is kept among the reruns.
+    for tx in page.items.iter().rev() {
+        match state.pipeline.start_rerun(tx.id).await {
+            Ok(work) => {
+                started.push(json!({"id": work.id, "rerun_of": tx.id}));
+                state.pipeline.dispatch(work);
+            }
+            Err(e) => skipped.push(json!({"id": tx.id, "reason": e.to_string()})),
+        }
+    }
+    audit::record(
+        &state.journal,
+        &caller,
+        AuditAction {
+            action: "rerun",
+            target: "transactions",
+            detail: json!({"started": started.len(), "skipped": skipped.len()}),
+        },
+    );
+    Ok(HttpResponse::Ok().json(json!({
+        "matched": page.items.len(),
+        "more": page.next_cursor.is_some(),
+        "scanned": page.scanned,
+        "scan_limit_reached": page.scan_limit_reached,
+        "started": started,
+        "skipped": skipped,
+    })))
+}
+
+/// Counts per channel and status, from the journal's `stats` counters (kept by the writer on
+/// every status change and prune; no scan), plus the transactions per status.
+async fn stats(
+    caller: Caller,
+    state: web::Data<AdminState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    caller.require(Role::Viewer)?;
+    let journal = state.journal.clone();
+    let per_channel = match web::block(move || journal.stats()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Ok(server_error(e)),
+        Err(e) => return Ok(server_error(e)),
+    };
+    let mut totals = serde_json::Map::new();
+    let mut no_channel = serde_json::Map::new();
+    let mut channels = Vec::new();
+    for entry in &per_channel {
+        let counts: serde_json::Map<String, Value> = entry
+            .counts
+            .iter()
+            .map(|(s, n)| (s.as_str().to_string(), json!(n)))
+            .collect();
+        if entry.channel.is_empty() {
+            no_channel = counts.clone();
+        } else if !counts.is_empty() {
+            let total: i64 = entry.counts.values().sum();
+            channels.push(json!({"channel": entry.channel, "counts": counts, "total": total}));
+        }
+    }
+    // A transaction several channels took counts once per channel above; the totals count
+    // transactions (the journal's status gauge, also kept by the writer).
+    for status in Status::ALL {
+        let n = state
+            .metrics
+            .transactions_by_status
+            .with_label_values(&[status.as_str()])
+            .get();
+        if n != 0 {
+            totals.insert(status.as_str().to_string(), json!(n));
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "source": "counters",
+        "channels": channels,
+        "no_channel": no_channel,
+        "totals": totals,
+    })))
 }

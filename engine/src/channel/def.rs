@@ -45,6 +45,10 @@ pub struct ChannelDef {
     /// transactions before the script sees them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fhir: Option<crate::format::fhir::FhirOptions>,
+    /// Journal pruning for this channel's transactions; unset keys take `[retention]` of
+    /// `orbiter.toml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::journal::retention::ChannelRetention>,
 }
 
 fn yes() -> bool {
@@ -425,6 +429,10 @@ impl ChannelDef {
                 "[retry]",
                 "retry backoffs must be positive, max_backoff_ms >= initial_backoff_ms".into(),
             ));
+        }
+        if let Some(statuses) = self.retention.as_ref().and_then(|r| r.statuses.as_ref()) {
+            crate::journal::retention::validate_statuses(statuses)
+                .map_err(|e| at("[retention]", e.to_string()))?;
         }
         Ok(())
     }

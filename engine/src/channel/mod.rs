@@ -174,7 +174,19 @@ pub fn load_channel(
     lib_revision: &str,
 ) -> Result<Channel, ChannelError> {
     let text = read(file)?;
-    let def = ChannelDef::parse(file, &text)?;
+    load_channel_text(file, &text, paths, host, lib_revision)
+}
+
+/// Parses and compiles a channel from its text as if it were `file` (which need not exist):
+/// the same checks as `orbiter check`, scripts compiled included.
+pub fn load_channel_text(
+    file: &Path,
+    text: &str,
+    paths: &ChannelPaths,
+    host: &ScriptHost,
+    lib_revision: &str,
+) -> Result<Channel, ChannelError> {
+    let def = ChannelDef::parse(file, text)?;
     let load_script = |r: &Option<def::ScriptRef>| -> Result<Option<ScriptSource>, ChannelError> {
         let Some(r) = r else { return Ok(None) };
         let path = r.resolve(&paths.scripts_dir);
@@ -251,6 +263,15 @@ impl Channels {
 
     pub fn last_report(&self) -> ReloadReport {
         self.last_report.read().expect("report lock").clone()
+    }
+
+    /// Compiles a channel definition that is not (yet) on disk, against the scripts and library
+    /// on disk: what `PUT /api/channels/{name}` checks before it writes anything.
+    pub fn compile(&self, file: &Path, text: &str) -> Result<Channel, ChannelError> {
+        let lib_dir = self.paths.lib_dir();
+        let lib_rev = lib_revision(&lib_dir)?;
+        let host = ScriptHost::new(&lib_dir, self.paths.limits.clone())?;
+        load_channel_text(file, text, &self.paths, &host, &lib_rev)
     }
 
     /// Re-reads `channels/` and `scripts/`; swaps in the new set in one step.

@@ -138,7 +138,31 @@ impl Deliverer {
             .delivery_seconds
             .with_label_values(&[&name])
             .observe(started.elapsed().as_secs_f64());
+        if matches!(
+            destination.kind,
+            DestinationKind::Cdr | DestinationKind::Http
+        ) {
+            self.metrics
+                .cdr_responses_total
+                .with_label_values(&[&name, &response_code(&delivery)])
+                .inc();
+        }
         delivery
+    }
+}
+
+/// The HTTP status class of a delivery, for `orbiter_cdr_responses_total`: `2xx` when
+/// delivered, the code that [`classify`] put in front of the error (`HTTP 503: …`), or `none`
+/// when no answer came (connection refused, timeout).
+fn response_code(delivery: &Delivery) -> String {
+    match delivery {
+        Delivery::Delivered { .. } => "2xx".into(),
+        Delivery::Failed { error, .. } | Delivery::Retry { error } => error
+            .strip_prefix("HTTP ")
+            .and_then(|rest| rest.get(..3))
+            .filter(|code| code.bytes().all(|b| b.is_ascii_digit()))
+            .map(str::to_string)
+            .unwrap_or_else(|| "none".into()),
     }
 }
 

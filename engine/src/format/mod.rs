@@ -151,7 +151,7 @@ pub fn facts(format: Format, raw: &[u8]) -> DocumentFacts {
                 facts.control_id = meta.document_id;
                 facts.patient_key = meta.patient_id.and_then(|p| {
                     let id = p.extension?;
-                    Some(crate::intake::hash_patient(&id, &p.root))
+                    Some(crate::intake::patient_key_of(&id, &p.root))
                 });
             }
         },

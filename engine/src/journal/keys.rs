@@ -45,3 +45,24 @@ pub fn sender(meta: &MessageMeta) -> String {
         meta.sending_facility.as_deref().unwrap_or("")
     )
 }
+
+/// `stats`: channel name (`""` for none), a NUL, the status byte; the value is an `i64` count.
+pub fn stats(channel: &str, status: Status) -> Vec<u8> {
+    let mut key: Vec<u8> = channel.bytes().filter(|b| *b != 0).collect();
+    key.push(0);
+    key.push(status.code());
+    key
+}
+
+/// A `stats` key back into its channel and status.
+pub fn stats_parts(key: &[u8]) -> Option<(String, Status)> {
+    let (&code, rest) = key.split_last()?;
+    let (&nul, channel) = rest.split_last()?;
+    let status = Status::ALL.into_iter().find(|s| s.code() == code)?;
+    (nul == 0).then(|| (String::from_utf8_lossy(channel).into_owned(), status))
+}
+
+/// A `stats` value as a count.
+pub fn count(value: &[u8]) -> i64 {
+    value.try_into().map(i64::from_be_bytes).unwrap_or_default()
+}

@@ -8,12 +8,18 @@
 //! - `audit`, `api_clients`: the admin API's audit trail and API clients, owned by
 //!   `admin::audit` and `admin::clients` (they only reach them through [`Journal::audit_tree`]
 //!   and [`Journal::clients_tree`]).
+//! - `steps`: id + sequence → one pipeline step (filter, transform, delivery) as JSON;
+//! - `stats`: (channel, status) → count, kept by the writer on every status change, so that
+//!   `GET /api/stats` never walks the journal.
+//!
+//! [`retention`] prunes old transactions (or only their bodies) through the same writer.
 //!
 //! Writes go through one writer thread with group commit ([`writer`]); reads go straight to sled,
 //! which is safe from any thread (callers on an async runtime should use a blocking pool).
 
 mod keys;
 pub mod record;
+pub mod retention;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -69,6 +75,7 @@ pub(crate) struct Trees {
     steps: sled::Tree,
     audit: sled::Tree,
     api_clients: sled::Tree,
+    stats: sled::Tree,
 }
 
 /// A cheap, cloneable handle to the journal.
@@ -88,10 +95,24 @@ pub struct TxFilter {
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
     pub control_id: Option<String>,
+    /// A channel that took the transaction.
+    pub channel: Option<String>,
+    /// `ADT^A01`; a trailing `*` matches a prefix (`ADT^*`).
+    pub message_type: Option<String>,
+    /// The hashed patient identifier (see [`crate::intake::patient_key`]).
+    pub patient_key: Option<String>,
+    /// Case-insensitive text that the raw message must contain.
+    pub text: Option<String>,
     /// Only ids below this one (the `next_cursor` of the previous page).
     pub before: Option<TxId>,
     pub limit: usize,
+    /// At most this many records are examined per page (0: [`DEFAULT_SCAN_LIMIT`]); filters
+    /// without an index (channel, type, patient, text) cannot make a page walk the whole journal.
+    pub scan_limit: usize,
 }
+
+/// Records examined per page when the filter does not say.
+pub const DEFAULT_SCAN_LIMIT: usize = 10_000;
 
 /// One page of transactions.
 #[derive(Debug, Clone)]
@@ -99,6 +120,18 @@ pub struct TxPage {
     pub items: Vec<Transaction>,
     /// Pass as `before` to get the next (older) page; `None` on the last page.
     pub next_cursor: Option<TxId>,
+    /// Records examined for this page.
+    pub scanned: usize,
+    /// The page stopped at the scan limit: older matches may exist past `next_cursor`.
+    pub scan_limit_reached: bool,
+}
+
+/// Transactions per channel and status, from the `stats` counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ChannelStats {
+    /// Channel name (`""`: transactions no channel took).
+    pub channel: String,
+    pub counts: std::collections::BTreeMap<Status, i64>,
 }
 
 impl Journal {
@@ -137,8 +170,10 @@ impl Journal {
             steps: db.open_tree("steps")?,
             audit: db.open_tree("audit")?,
             api_clients: db.open_tree("api_clients")?,
+            stats: db.open_tree("stats")?,
             db,
         };
+        rebuild_stats_if_missing(&trees)?;
         // sled 0.34 keeps its log in `<path>/db`.
         let log_file = if config.fsync {
             Some(std::fs::File::open(path.join("db")).map_err(|e| open_err(e.to_string()))?)
@@ -226,6 +261,93 @@ impl Journal {
             queued?;
             answer.await.map_err(|_| JournalError::Closed)?
         }
+    }
+
+    /// Appends a rerun of `of`: a new transaction with the same raw message and metadata,
+    /// linked by `rerun_of`, routed to `channels`; resolves once durable.
+    pub fn append_rerun(
+        &self,
+        of: TxId,
+        channels: Vec<ChannelRun>,
+    ) -> impl std::future::Future<Output = Result<Appended, JournalError>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let queued = self.send(Command::AppendRerun {
+            of,
+            channels,
+            enqueued: Instant::now(),
+            reply,
+        });
+        async move {
+            queued?;
+            answer.await.map_err(|_| JournalError::Closed)?
+        }
+    }
+
+    /// Retention: prunes what each request asks (through the writer; see [`retention`]).
+    pub fn prune(
+        &self,
+        requests: Vec<retention::PruneRequest>,
+    ) -> impl std::future::Future<Output = Result<Vec<retention::Pruned>, JournalError>> + Send + 'static
+    {
+        let (reply, answer) = oneshot::channel();
+        let queued = self.send(Command::Prune { requests, reply });
+        async move {
+            queued?;
+            answer.await.map_err(|_| JournalError::Closed)?
+        }
+    }
+
+    /// Ids in arrival-time order from `after` (exclusive; `None`: the oldest), at most `limit`,
+    /// with their receive time: what retention walks.
+    pub fn oldest(
+        &self,
+        after: Option<(i64, TxId)>,
+        limit: usize,
+    ) -> Result<Vec<(i64, TxId)>, JournalError> {
+        let start = match after {
+            Some((ms, id)) => {
+                let mut key = keys::time(ms, id);
+                key.push(0);
+                key
+            }
+            None => Vec::new(),
+        };
+        self.trees
+            .by_time
+            .range(start..)
+            .keys()
+            .take(limit)
+            .map(|k| {
+                let k = k?;
+                let ms = u64::from_be_bytes(k[..8].try_into().unwrap_or_default()) as i64;
+                Ok((ms, TxId::from_key(&k[8..]).unwrap_or(TxId(0))))
+            })
+            .collect()
+    }
+
+    /// Per channel and status counts (cheap: one small tree).
+    pub fn stats(&self) -> Result<Vec<ChannelStats>, JournalError> {
+        let mut out: Vec<ChannelStats> = Vec::new();
+        for entry in self.trees.stats.iter() {
+            let (key, value) = entry?;
+            let Some((channel, status)) = keys::stats_parts(&key) else {
+                continue;
+            };
+            let count = keys::count(&value);
+            if out.last().is_none_or(|s| s.channel != channel) {
+                out.push(ChannelStats {
+                    channel,
+                    counts: Default::default(),
+                });
+            }
+            if count != 0 {
+                out.last_mut()
+                    .expect("pushed above")
+                    .counts
+                    .insert(status, count);
+            }
+        }
+        Ok(out)
     }
 
     /// Oldest first: the transactions in `status` (for resuming and retrying).
@@ -325,16 +447,37 @@ impl Journal {
                         .map(|k| Ok(TxId::from_key(&k?).unwrap_or(TxId(0)))),
                 )
             };
+        let scan_limit = if filter.scan_limit == 0 {
+            DEFAULT_SCAN_LIMIT
+        } else {
+            filter.scan_limit
+        };
+        let text = filter.text.as_ref().map(|t| t.to_lowercase());
         let mut items = Vec::with_capacity(limit.min(64));
         let mut more = false;
+        let mut scanned = 0;
+        let mut last_scanned = None;
+        let mut scan_limit_reached = false;
         for id in ids {
             let id = id?;
             if id.0 >= below {
                 continue;
             }
+            if scanned == scan_limit {
+                scan_limit_reached = true;
+                break;
+            }
+            scanned += 1;
+            last_scanned = Some(id);
             let Some(tx) = self.get(id)? else { continue };
             if !matches(&tx, filter) {
                 continue;
+            }
+            if let Some(text) = &text {
+                let Some(raw) = self.raw(id)? else { continue };
+                if !String::from_utf8_lossy(&raw).to_lowercase().contains(text) {
+                    continue;
+                }
             }
             if items.len() == limit {
                 more = true;
@@ -344,10 +487,17 @@ impl Journal {
         }
         let next_cursor = if more {
             items.last().map(|t| t.id)
+        } else if scan_limit_reached {
+            last_scanned
         } else {
             None
         };
-        Ok(TxPage { items, next_cursor })
+        Ok(TxPage {
+            items,
+            next_cursor,
+            scanned,
+            scan_limit_reached,
+        })
     }
 
     /// Bytes on disk (sled's own estimate, walks the files: not for hot paths).
@@ -407,6 +557,44 @@ fn matches(tx: &Transaction, filter: &TxFilter) -> bool {
             .control_id
             .as_ref()
             .is_none_or(|c| tx.meta.control_id.as_ref() == Some(c))
+        && filter
+            .channel
+            .as_ref()
+            .is_none_or(|c| tx.channels.iter().any(|run| &run.name == c))
+        && filter.message_type.as_ref().is_none_or(|wanted| {
+            let actual = tx.meta.message_type.as_deref().unwrap_or("");
+            match wanted.strip_suffix('*') {
+                Some(prefix) => actual.starts_with(prefix),
+                None => actual == wanted,
+            }
+        })
+        && filter
+            .patient_key
+            .as_ref()
+            .is_none_or(|k| tx.meta.patient_key.as_ref() == Some(k))
+}
+
+/// Journals written before the `stats` tree existed: count everything once, at open.
+fn rebuild_stats_if_missing(trees: &Trees) -> Result<(), JournalError> {
+    if !trees.stats.is_empty() || trees.tx.is_empty() {
+        return Ok(());
+    }
+    let mut counts: std::collections::HashMap<(String, Status), i64> = Default::default();
+    for value in trees.tx.iter().values() {
+        let value = value?;
+        let Ok(tx) = serde_json::from_slice::<Transaction>(&value) else {
+            continue;
+        };
+        for channel in tx.channel_names() {
+            *counts.entry((channel.to_string(), tx.status)).or_default() += 1;
+        }
+    }
+    for ((channel, status), count) in counts {
+        trees
+            .stats
+            .insert(keys::stats(&channel, status), &count.to_be_bytes())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

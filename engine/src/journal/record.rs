@@ -24,7 +24,7 @@ impl std::fmt::Display for TxId {
 }
 
 /// Where a transaction is in its life (DESIGN.md: statuses).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Received,
@@ -190,6 +190,25 @@ pub struct Transaction {
     #[serde(default)]
     pub channels: Vec<ChannelRun>,
     pub events: Vec<StatusEvent>,
+    /// The transaction this one re-runs (`POST /api/transactions/{id}/rerun`): a rerun is a new
+    /// transaction with a copy of the raw message, so the original's history stays as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<TxId>,
+    /// Retention removed the raw message and the step outputs; metadata and events remain.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub body_pruned: bool,
+}
+
+impl Transaction {
+    /// The channels this transaction counts under in the per-channel stats (`""` when no
+    /// channel took it).
+    pub fn channel_names(&self) -> Vec<&str> {
+        if self.channels.is_empty() {
+            vec![""]
+        } else {
+            self.channels.iter().map(|c| c.name.as_str()).collect()
+        }
+    }
 }
 
 /// What the journal answers to an append, once it is durable.

@@ -259,3 +259,152 @@ async fn an_origin_key_is_journaled_once_within_and_across_batches_and_restarts(
         .unwrap();
     assert_eq!(page.items.len(), 2, "only two transactions were written");
 }
+
+fn routed(control_id: &str, channels: &[&str]) -> NewMessage {
+    let mut m = message(control_id, "LAB");
+    m.channels = channels
+        .iter()
+        .map(|name| ChannelRun {
+            name: name.to_string(),
+            revision: "r1".into(),
+        })
+        .collect();
+    m
+}
+
+fn counts(journal: &Journal, channel: &str) -> Vec<(Status, i64)> {
+    journal
+        .stats()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.channel == channel)
+        .map(|s| s.counts.into_iter().collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn stats_follow_status_changes_per_channel_and_are_rebuilt_for_old_journals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    let a = journal
+        .append(routed("S1", &["adt", "copy"]))
+        .await
+        .unwrap();
+    let b = journal.append(routed("S2", &["adt"])).await.unwrap();
+    journal.append(routed("S3", &[])).await.unwrap();
+    journal
+        .set_status(a.id, Status::Delivered, None)
+        .await
+        .unwrap();
+    journal
+        .set_status(b.id, Status::Failed, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        counts(&journal, "adt"),
+        vec![(Status::Delivered, 1), (Status::Failed, 1)]
+    );
+    assert_eq!(counts(&journal, "copy"), vec![(Status::Delivered, 1)]);
+    assert_eq!(counts(&journal, ""), vec![(Status::Received, 1)]);
+    let before = journal.stats().unwrap();
+    // A journal from before the counters existed: rebuilt from the records at open.
+    journal.trees.stats.clear().unwrap();
+    journal.close();
+    drop(journal);
+    let (journal, _) = open(dir.path());
+    assert_eq!(journal.stats().unwrap(), before);
+}
+
+#[tokio::test]
+async fn a_rerun_is_a_new_transaction_linked_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    let original = journal.append(routed("R1", &["adt"])).await.unwrap().id;
+    journal
+        .set_status(original, Status::Failed, Some("boom".into()))
+        .await
+        .unwrap();
+    let runs = vec![ChannelRun {
+        name: "adt".into(),
+        revision: "r2".into(),
+    }];
+    let rerun = journal.append_rerun(original, runs).await.unwrap();
+    assert_ne!(rerun.id, original);
+    assert_eq!(rerun.duplicate_of, None, "a rerun is a copy on purpose");
+    let copy = journal.get(rerun.id).unwrap().unwrap();
+    assert_eq!(copy.rerun_of, Some(original));
+    assert_eq!(copy.status, Status::Received);
+    assert_eq!(copy.channels[0].revision, "r2");
+    assert_eq!(
+        journal.raw(rerun.id).unwrap(),
+        journal.raw(original).unwrap()
+    );
+    let old = journal.get(original).unwrap().unwrap();
+    assert_eq!(old.status, Status::Failed);
+    let last = old.events.last().unwrap();
+    assert_eq!(
+        last.reason.as_deref(),
+        Some(format!("rerun as transaction {}", rerun.id).as_str())
+    );
+    // Both are found by control id, newest first.
+    let page = journal
+        .list(&TxFilter {
+            control_id: Some("R1".into()),
+            limit: 10,
+            ..TxFilter::default()
+        })
+        .unwrap();
+    let ids: Vec<TxId> = page.items.iter().map(|t| t.id).collect();
+    assert_eq!(ids, vec![rerun.id, original]);
+    assert!(journal.append_rerun(TxId(999_999), vec![]).await.is_err());
+}
+
+#[tokio::test]
+async fn search_by_channel_type_patient_and_text_within_a_scan_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    let mut with_patient = routed("P1", &["adt"]);
+    with_patient.meta.patient_key = Some("k1".into());
+    journal.append(with_patient).await.unwrap();
+    let mut lab = routed("P2", &["lab"]);
+    lab.meta.message_type = Some("ORU^R01".into());
+    lab.raw = Bytes::from_static(b"MSH|^~\\&|LAB|||||ORU^R01|P2|P|2.5.1\rOBX|1|TX|||Needle");
+    journal.append(lab).await.unwrap();
+    let find = |filter: TxFilter| {
+        let page = journal
+            .list(&TxFilter {
+                limit: 10,
+                ..filter
+            })
+            .unwrap();
+        page.items
+            .iter()
+            .map(|t| t.meta.control_id.clone().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let by = |f: fn(&mut TxFilter)| {
+        let mut filter = TxFilter::default();
+        f(&mut filter);
+        filter
+    };
+    assert_eq!(find(by(|f| f.channel = Some("lab".into()))), ["P2"]);
+    assert_eq!(find(by(|f| f.message_type = Some("ADT^*".into()))), ["P1"]);
+    assert_eq!(
+        find(by(|f| f.message_type = Some("ORU^R01".into()))),
+        ["P2"]
+    );
+    assert_eq!(find(by(|f| f.patient_key = Some("k1".into()))), ["P1"]);
+    assert_eq!(find(by(|f| f.text = Some("needle".into()))), ["P2"]);
+    assert!(find(by(|f| f.text = Some("haystack".into()))).is_empty());
+    let page = journal
+        .list(&TxFilter {
+            text: Some("MSH".into()),
+            limit: 10,
+            scan_limit: 1,
+            ..TxFilter::default()
+        })
+        .unwrap();
+    assert_eq!((page.items.len(), page.scanned), (1, 1));
+    assert!(page.scan_limit_reached);
+    assert_eq!(page.next_cursor, Some(page.items[0].id));
+}

@@ -15,7 +15,10 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::keys;
-use super::record::{now_ms, Appended, NewMessage, Status, StatusEvent, Step, Transaction, TxId};
+use super::record::{
+    now_ms, Appended, ChannelRun, NewMessage, Status, StatusEvent, Step, Transaction, TxId,
+};
+use super::retention::{PruneAction, PruneRequest, Pruned};
 use super::{JournalError, Trees};
 use crate::metrics::Metrics;
 
@@ -32,6 +35,20 @@ pub(super) enum Command {
         steps: Vec<Step>,
         events: Vec<(Status, Option<String>)>,
         reply: Option<oneshot::Sender<Result<(), JournalError>>>,
+    },
+    /// A new transaction with the raw message of `of`, linked to it (`rerun_of`), routed to
+    /// `channels`; the original gets an event naming the new one.
+    AppendRerun {
+        of: TxId,
+        channels: Vec<ChannelRun>,
+        enqueued: Instant,
+        reply: oneshot::Sender<Result<Appended, JournalError>>,
+    },
+    /// Retention: removes bodies or whole transactions. Done here, in the one writer, so that a
+    /// prune can never race a status change: the status is checked again at apply time.
+    Prune {
+        requests: Vec<PruneRequest>,
+        reply: oneshot::Sender<Result<Vec<Pruned>, JournalError>>,
     },
 }
 
@@ -54,6 +71,10 @@ enum Reply {
     Status(
         Option<oneshot::Sender<Result<(), JournalError>>>,
         Result<(), JournalError>,
+    ),
+    Prune(
+        oneshot::Sender<Result<Vec<Pruned>, JournalError>>,
+        Result<Vec<Pruned>, JournalError>,
     ),
 }
 
@@ -113,6 +134,22 @@ impl Writer {
                     let result = self.stage_record(&mut pending, id, steps, events);
                     replies.push(Reply::Status(reply, result));
                 }
+                Command::AppendRerun {
+                    of,
+                    channels,
+                    enqueued,
+                    reply,
+                } => {
+                    let result = self.stage_rerun(&mut pending, of, channels);
+                    replies.push(Reply::Append(reply, result, enqueued));
+                }
+                Command::Prune { requests, reply } => {
+                    let result = requests
+                        .into_iter()
+                        .filter_map(|r| self.stage_prune(&mut pending, r).transpose())
+                        .collect();
+                    replies.push(Reply::Prune(reply, result));
+                }
             }
         }
         let status_deltas = std::mem::take(&mut pending.status_deltas);
@@ -146,6 +183,148 @@ impl Writer {
                 });
             }
         }
+        self.stage_new(pending, message, None)
+    }
+
+    /// A transaction's record, from this batch or the tree.
+    fn load(&self, pending: &mut PendingWrites, id: TxId) -> Result<(), JournalError> {
+        if pending.deleted.contains(&id) {
+            return Err(JournalError::NotFound(id));
+        }
+        if let std::collections::hash_map::Entry::Vacant(slot) = pending.records.entry(id) {
+            let Some(bytes) = self.trees.tx.get(id.to_key())? else {
+                return Err(JournalError::NotFound(id));
+            };
+            let tx: Transaction = serde_json::from_slice(&bytes)
+                .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}")))?;
+            slot.insert(tx);
+        }
+        Ok(())
+    }
+
+    fn stage_rerun(
+        &self,
+        pending: &mut PendingWrites,
+        of: TxId,
+        channels: Vec<ChannelRun>,
+    ) -> Result<Appended, JournalError> {
+        self.load(pending, of)?;
+        let raw = match pending.raw.latest(&of.to_key()) {
+            Some(raw) => raw,
+            None => self
+                .trees
+                .raw
+                .get(of.to_key())?
+                .map(|v| v.to_vec())
+                .ok_or_else(|| JournalError::Corrupt(format!("transaction {of}: body pruned")))?,
+        };
+        let original = pending.records.get(&of).expect("loaded above");
+        let message = NewMessage {
+            meta: original.meta.clone(),
+            channels,
+            raw: raw.into(),
+            status: Status::Received,
+            error: None,
+            truncated: original.truncated,
+            origin_key: None,
+        };
+        let appended = self.stage_new(pending, message, Some(of))?;
+        let original = pending.records.get_mut(&of).expect("loaded above");
+        original.events.push(StatusEvent {
+            at_ms: now_ms(),
+            status: original.status,
+            reason: Some(format!("rerun as transaction {}", appended.id)),
+        });
+        Ok(appended)
+    }
+
+    /// Removes what `request` asks for, if the transaction is still in an allowed status.
+    fn stage_prune(
+        &self,
+        pending: &mut PendingWrites,
+        request: PruneRequest,
+    ) -> Result<Option<Pruned>, JournalError> {
+        let id = request.id;
+        match self.load(pending, id) {
+            Err(JournalError::NotFound(_)) => return Ok(None),
+            other => other?,
+        }
+        let tx = pending.records.get(&id).expect("loaded above");
+        // Never prune work in flight, whatever the request says.
+        let in_flight = matches!(
+            tx.status,
+            Status::Received | Status::Processing | Status::Queued
+        );
+        if in_flight || !request.statuses.contains(&tx.status) {
+            return Ok(None);
+        }
+        let channels: Vec<String> = tx.channel_names().iter().map(|c| c.to_string()).collect();
+        let step_keys: Vec<sled::IVec> = self
+            .trees
+            .steps
+            .scan_prefix(id.to_key())
+            .keys()
+            .collect::<Result<_, _>>()?;
+        match request.action {
+            PruneAction::Body => {
+                if tx.body_pruned {
+                    return Ok(None);
+                }
+                pending.raw.remove(id.to_key());
+                // Step outputs are FHIR made from the body: PHI too. Keep what ran and how it
+                // ended.
+                for key in step_keys {
+                    if let Some(bytes) = self.trees.steps.get(&key)? {
+                        if let Ok(mut step) = serde_json::from_slice::<Step>(&bytes) {
+                            step.output = None;
+                            step.logs.clear();
+                            let json = serde_json::to_vec(&step).expect("step serializes");
+                            pending.steps.insert(key, json);
+                        }
+                    }
+                }
+                pending
+                    .records
+                    .get_mut(&id)
+                    .expect("loaded above")
+                    .body_pruned = true;
+            }
+            PruneAction::Whole => {
+                let tx = pending.records.remove(&id).expect("loaded above");
+                pending.deleted.insert(id);
+                pending.raw.remove(id.to_key());
+                for key in step_keys {
+                    pending.steps.remove(key);
+                }
+                pending.by_time.remove(keys::time(tx.received_at_ms, id));
+                pending.by_status.remove(keys::status(tx.status, id));
+                if let Some(control_id) = &tx.meta.control_id {
+                    pending.by_control.remove(keys::control(control_id, id));
+                }
+                *pending.status_deltas.entry(tx.status).or_default() -= 1;
+                for channel in tx.channel_names() {
+                    *pending
+                        .stats_deltas
+                        .entry((channel.to_string(), tx.status))
+                        .or_default() -= 1;
+                }
+            }
+        }
+        Ok(Some(Pruned {
+            id,
+            action: request.action,
+            channels,
+        }))
+    }
+
+    /// Stages a new transaction; `rerun_of` links a rerun to its original (and skips duplicate
+    /// detection: it is a copy on purpose).
+    fn stage_new(
+        &self,
+        pending: &mut PendingWrites,
+        message: NewMessage,
+        rerun_of: Option<TxId>,
+    ) -> Result<Appended, JournalError> {
         let id = TxId(self.trees.db.generate_id()?);
         if let Some(key) = &message.origin_key {
             pending.first_by_origin.insert(key.clone(), id);
@@ -156,6 +335,12 @@ impl Writer {
         let received_at_ms = now_ms();
         let sender = keys::sender(&message.meta);
         let duplicate_of = match &message.meta.control_id {
+            Some(control_id) if rerun_of.is_some() => {
+                pending
+                    .by_control
+                    .insert(keys::control(control_id, id), sender.into_bytes());
+                None
+            }
             Some(control_id) => {
                 let dup_key = (control_id.clone(), sender.clone());
                 let earlier = match pending.first_by_control.get(&dup_key) {
@@ -186,9 +371,19 @@ impl Writer {
             events: vec![StatusEvent {
                 at_ms: received_at_ms,
                 status: message.status,
-                reason: message.error,
+                reason: message
+                    .error
+                    .or_else(|| rerun_of.map(|of| format!("rerun of transaction {of}"))),
             }],
+            rerun_of,
+            body_pruned: false,
         };
+        for channel in tx.channel_names() {
+            *pending
+                .stats_deltas
+                .entry((channel.to_string(), message.status))
+                .or_default() += 1;
+        }
         pending.raw.insert(id.to_key(), &message.raw);
         pending.by_time.insert(keys::time(received_at_ms, id), []);
         pending
@@ -228,14 +423,7 @@ impl Writer {
         steps: Vec<Step>,
         events: Vec<(Status, Option<String>)>,
     ) -> Result<(), JournalError> {
-        if !pending.records.contains_key(&id) {
-            let Some(bytes) = self.trees.tx.get(id.to_key())? else {
-                return Err(JournalError::NotFound(id));
-            };
-            let tx: Transaction = serde_json::from_slice(&bytes)
-                .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}")))?;
-            pending.records.insert(id, tx);
-        }
+        self.load(pending, id)?;
         if !steps.is_empty() {
             // Steps are keyed id + sequence; continue after the ones already stored.
             let next = match pending.step_counts.get(&id) {
@@ -258,6 +446,16 @@ impl Writer {
                 pending.by_status.insert(keys::status(status, id), []);
                 *pending.status_deltas.entry(old).or_default() -= 1;
                 *pending.status_deltas.entry(status).or_default() += 1;
+                for channel in tx.channel_names() {
+                    *pending
+                        .stats_deltas
+                        .entry((channel.to_string(), old))
+                        .or_default() -= 1;
+                    *pending
+                        .stats_deltas
+                        .entry((channel.to_string(), status))
+                        .or_default() += 1;
+                }
             }
             if status == Status::Failed || status == Status::Queued {
                 tx.error = reason.clone().or(tx.error.take());
@@ -348,6 +546,12 @@ impl Flusher {
                         });
                     }
                 }
+                Reply::Prune(tx, result) => {
+                    let _ = tx.send(match &written {
+                        Ok(()) => result,
+                        Err(e) => Err(e.clone()),
+                    });
+                }
             }
         }
     }
@@ -368,6 +572,15 @@ impl Writes {
 
     fn remove(&mut self, key: impl AsRef<[u8]>) {
         self.0.push((key.as_ref().to_vec(), None));
+    }
+
+    /// The value staged last for `key` in this batch (`None` if not staged or removed).
+    fn latest(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.clone())
     }
 
     fn apply(self, tree: &sled::Tree) -> Result<(), JournalError> {
@@ -398,6 +611,10 @@ struct PendingWrites {
     /// Origin keys appended in this batch.
     first_by_origin: HashMap<String, TxId>,
     status_deltas: HashMap<Status, i64>,
+    /// Per (channel, status) changes to the `stats` counters.
+    stats_deltas: HashMap<(String, Status), i64>,
+    /// Transactions removed by retention in this batch (their records must not be rewritten).
+    deleted: std::collections::HashSet<TxId>,
 }
 
 impl PendingWrites {
@@ -410,11 +627,24 @@ impl PendingWrites {
             let json = serde_json::to_vec(tx).expect("transaction serializes");
             trees.tx.insert(id.to_key(), json)?;
         }
+        for id in &self.deleted {
+            trees.tx.remove(id.to_key())?;
+        }
         self.by_time.apply(&trees.by_time)?;
         self.by_status.apply(&trees.by_status)?;
         self.by_control.apply(&trees.by_control)?;
         self.by_origin.apply(&trees.by_origin)?;
         self.steps.apply(&trees.steps)?;
+        // Only this thread writes `stats`: read-modify-write is race-free.
+        for ((channel, status), delta) in self.stats_deltas {
+            if delta != 0 {
+                let key = keys::stats(&channel, status);
+                let now = trees.stats.get(&key)?.map(|v| keys::count(&v)).unwrap_or(0);
+                trees
+                    .stats
+                    .insert(key, &(now + delta).max(0).to_be_bytes())?;
+            }
+        }
         Ok(())
     }
 }

@@ -1,0 +1,710 @@
+//! End-to-end, through the real binary: channels managed over the API, transaction search,
+//! reruns, stats, retention, and `orbiter doctor`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{ack_fields, adt, free_port, repo_root, Engine, TOKEN};
+use orbiter::mllp::MllpClient;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(10);
+
+/// A channels dir and a scripts dir (with the repo's `scripts/lib`) in a temp folder.
+struct Workspace {
+    root: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new() -> Workspace {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("channels")).unwrap();
+        std::fs::create_dir_all(root.path().join("scripts/lib")).unwrap();
+        for entry in std::fs::read_dir(repo_root().join("scripts/lib")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rhai") {
+                std::fs::copy(
+                    &path,
+                    root.path()
+                        .join("scripts/lib")
+                        .join(path.file_name().unwrap()),
+                )
+                .unwrap();
+            }
+        }
+        Workspace { root }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+
+    fn write(&self, rel: &str, text: &str) {
+        std::fs::write(self.path(rel), text).unwrap();
+    }
+
+    fn start(&self, extra: &[(&str, &str)]) -> Engine {
+        let channels = self.path("channels").display().to_string();
+        let scripts = self.path("scripts").display().to_string();
+        let mut env = vec![
+            ("ORBITER_CHANNELS_DIR", channels.as_str()),
+            ("ORBITER_SCRIPTS_DIR", scripts.as_str()),
+        ];
+        env.extend_from_slice(extra);
+        Engine::start(&self.path("data"), &env)
+    }
+}
+
+/// A channel without destinations taking `types` (a transformed message is `delivered`).
+fn channel_toml(name: &str, types: &str, script: &str, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\n[source]\nkind = \"mllp\"\n[match]\nmessage_type = [{types}]\n\
+         [transform]\nscript = \"{script}\"\n{extra}"
+    )
+}
+
+/// Maps to a Patient; control ids containing FAIL make it throw.
+const PATIENT_SCRIPT: &str =
+    "if msg.control_id.contains(\"FAIL\") { throw \"refused on purpose\"; }\n\
+     #{resourceType: \"Patient\", id: msg.control_id}";
+
+async fn call(
+    engine: &Engine,
+    method: reqwest::Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: Option<String>,
+) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, engine.url(path))
+        .bearer_auth(TOKEN);
+    if let Some(ct) = content_type {
+        req = req.header("Content-Type", ct);
+    }
+    if let Some(body) = body {
+        req = req.body(body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn put_toml(engine: &Engine, name: &str, toml: &str) -> (u16, Value) {
+    let path = format!("/api/channels/{name}");
+    call(
+        engine,
+        reqwest::Method::PUT,
+        &path,
+        Some("application/toml"),
+        Some(toml.into()),
+    )
+    .await
+}
+
+async fn post(engine: &Engine, path: &str, body: Option<Value>) -> (u16, Value) {
+    let ct = body.as_ref().map(|_| "application/json");
+    call(
+        engine,
+        reqwest::Method::POST,
+        path,
+        ct,
+        body.map(|b| b.to_string()),
+    )
+    .await
+}
+
+async fn send(engine: &Engine, messages: &[Vec<u8>]) {
+    let mut c = MllpClient::connect(&engine.mllp, T).await.unwrap();
+    for m in messages {
+        let ack = c.send(m).await.unwrap();
+        assert_eq!(ack_fields(&ack).0, "AA", "{}", ack_fields(&ack).2);
+    }
+}
+
+/// Waits until transaction `id` leaves `received`/`processing`; returns its details.
+async fn settled(engine: &Engine, id: u64) -> Value {
+    let deadline = Instant::now() + T;
+    loop {
+        let (status, body) = engine.api(&format!("/api/transactions/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        let s = body["status"].as_str().unwrap_or("");
+        if s != "received" && s != "processing" {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{id} never settled: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The transaction with this control id (the newest if reruns exist), settled, with details.
+async fn by_control(engine: &Engine, control_id: &str) -> Value {
+    let listed = common::settled(engine, control_id).await;
+    settled(engine, listed["id"].as_u64().unwrap()).await
+}
+
+async fn search(engine: &Engine, query: &str) -> Value {
+    let (status, body) = engine.api(&format!("/api/transactions?{query}")).await;
+    assert_eq!(status, 200, "{query}: {body}");
+    body
+}
+
+fn control_ids(page: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["control_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn oru(control_id: &str) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|LAB|SENDFAC|ORBITER|HOSP|20261201120000||ORU^R01^ORU_R01|{control_id}|P|2.5.1\r\
+         PID|1||MRNO1^^^HOSP^MR||ROE^RICHARD\r\
+         OBR|1||42|GLU\r\
+         OBX|1|NM|GLU||5.4|mmol/L"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn channels_are_managed_over_the_api_and_route_accordingly() {
+    let ws = Workspace::new();
+    ws.write("scripts/patient.rhai", PATIENT_SCRIPT);
+    let engine = ws.start(&[]);
+    let toml = channel_toml("adt", "\"ADT^A01\"", "patient.rhai", "");
+
+    // Create: 201, running, written to the channels dir.
+    let (status, body) = put_toml(&engine, "adt", &toml).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["enabled"], true);
+    let first_revision = body["revision"].as_str().unwrap().to_string();
+    assert!(ws.path("channels/adt.toml").is_file());
+    let (status, body) = engine.api("/api/channels/adt").await;
+    assert_eq!((status, body["name"].as_str()), (200, Some("adt")));
+    let (status, body) = engine.api("/api/channels").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["channels"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["channels"][0]["revision"], first_revision.as_str());
+    send(&engine, &[adt("CH-1")]).await;
+    let tx = by_control(&engine, "CH-1").await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+    assert_eq!(tx["channels"][0]["name"], "adt");
+
+    // Invalid definitions are refused with where, and nothing is written.
+    let (status, body) = put_toml(&engine, "adt", &format!("{toml}colour = \"red\"\n")).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["line"], 8, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("colour"), "{body}");
+    ws.write("scripts/broken.rhai", "let x = ;\n");
+    let broken = channel_toml("adt", "\"ADT^A01\"", "broken.rhai", "");
+    let (status, body) = put_toml(&engine, "adt", &broken).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("broken.rhai:1:"),
+        "{body}"
+    );
+    let (status, _) = put_toml(&engine, "other-name", &toml).await;
+    assert_eq!(status, 400);
+    let on_disk = std::fs::read_to_string(ws.path("channels/adt.toml")).unwrap();
+    assert_eq!(on_disk, toml);
+
+    // Disable: the file says so and messages no longer route to it; enable again.
+    let (status, body) = post(&engine, "/api/channels/adt/disable", None).await;
+    assert_eq!(
+        (status, body["enabled"].as_bool()),
+        (200, Some(false)),
+        "{body}"
+    );
+    let on_disk = std::fs::read_to_string(ws.path("channels/adt.toml")).unwrap();
+    assert!(on_disk.contains("enabled = false"), "{on_disk}");
+    send(&engine, &[adt("CH-2")]).await;
+    let tx = by_control(&engine, "CH-2").await;
+    assert_eq!(tx["status"], "failed", "{tx}");
+    let (status, _) = post(&engine, "/api/channels/adt/enable", None).await;
+    assert_eq!(status, 200);
+    send(&engine, &[adt("CH-3")]).await;
+    assert_eq!(by_control(&engine, "CH-3").await["status"], "delivered");
+
+    // Update from JSON: 200, a new revision that takes A04 too.
+    let (_, current) = engine.api("/api/channels/adt").await;
+    let update = json!({
+        "name": "adt",
+        "source": {"kind": "mllp"},
+        "match": {"message_type": ["ADT^A01", "ADT^A04"]},
+        "transform": {"script": "patient.rhai"},
+    });
+    let (status, body) = call(
+        &engine,
+        reqwest::Method::PUT,
+        "/api/channels/adt",
+        Some("application/json"),
+        Some(update.to_string()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["revision"], current["revision"]);
+    assert_ne!(body["revision"].as_str().unwrap(), first_revision);
+    assert_eq!(body["match"]["message_type"][1], "ADT^A04");
+
+    // Reload answers with a report.
+    let (status, body) = post(&engine, "/api/channels/reload", None).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Delete: gone from the API and the disk; messages no longer route.
+    let (status, _) = call(
+        &engine,
+        reqwest::Method::DELETE,
+        "/api/channels/adt",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(!ws.path("channels/adt.toml").exists());
+    let (status, _) = engine.api("/api/channels/adt").await;
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        &engine,
+        reqwest::Method::DELETE,
+        "/api/channels/adt",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    send(&engine, &[adt("CH-4")]).await;
+    assert_eq!(by_control(&engine, "CH-4").await["status"], "failed");
+}
+
+#[tokio::test]
+async fn search_rerun_and_stats() {
+    let ws = Workspace::new();
+    ws.write("scripts/patient.rhai", PATIENT_SCRIPT);
+    ws.write(
+        "scripts/lab.rhai",
+        "#{resourceType: \"Observation\", id: msg.control_id}",
+    );
+    ws.write(
+        "channels/adt.toml",
+        &channel_toml("adt", "\"ADT^A01\"", "patient.rhai", ""),
+    );
+    ws.write(
+        "channels/lab.toml",
+        &channel_toml("lab", "\"ORU^R01\"", "lab.rhai", ""),
+    );
+    let engine = ws.start(&[]);
+    send(
+        &engine,
+        &[adt("S-1"), adt("S-2"), adt("S-FAIL"), oru("S-LAB")],
+    )
+    .await;
+    let failed = by_control(&engine, "S-FAIL").await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    for id in ["S-1", "S-2", "S-LAB"] {
+        assert_eq!(by_control(&engine, id).await["status"], "delivered");
+    }
+
+    // Each filter alone.
+    assert_eq!(
+        control_ids(&search(&engine, "channel=adt").await),
+        ["S-1", "S-2", "S-FAIL"]
+    );
+    assert_eq!(
+        control_ids(&search(&engine, "status=failed").await),
+        ["S-FAIL"]
+    );
+    assert_eq!(
+        control_ids(&search(&engine, "control_id=S-2").await),
+        ["S-2"]
+    );
+    assert_eq!(
+        control_ids(&search(&engine, "message_type=ORU%5ER01").await),
+        ["S-LAB"]
+    );
+    assert_eq!(
+        control_ids(&search(&engine, "message_type=ADT%5E*").await).len(),
+        3
+    );
+    // The patient as in PID-3 (ID^^^AUTHORITY): compared through the stored hash.
+    assert_eq!(
+        control_ids(&search(&engine, "patient=MRNS-1%5E%5E%5EHOSP").await),
+        ["S-1"]
+    );
+    assert_eq!(
+        control_ids(&search(&engine, "patient=MRNS-1").await).len(),
+        0
+    );
+    assert_eq!(control_ids(&search(&engine, "q=richard").await), ["S-LAB"]);
+    assert_eq!(
+        control_ids(&search(&engine, "q=jane&channel=adt").await).len(),
+        3
+    );
+    assert_eq!(
+        control_ids(&search(&engine, "since=2999-01-01T00:00:00Z").await).len(),
+        0
+    );
+    assert_eq!(
+        control_ids(&search(&engine, "until=2999-01-01T00:00:00Z&status=delivered").await).len(),
+        3
+    );
+    // Free text is bounded: with a scan limit of 1 the page says so and gives a cursor on.
+    let page = search(&engine, "q=jane&scan_limit=1").await;
+    assert_eq!(page["scanned"], 1);
+    assert_eq!(page["scan_limit_reached"], true);
+    assert!(page["next_cursor"].as_u64().is_some(), "{page}");
+    let (status, _) = engine.api("/api/transactions?colour=red").await;
+    assert_eq!(status, 400);
+
+    // Stats from the counters.
+    let (status, stats) = engine.api("/api/stats").await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["source"], "counters");
+    let counts = |stats: &Value, channel: &str| -> Value {
+        stats["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["channel"] == channel)
+            .map(|c| c["counts"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(
+        counts(&stats, "adt"),
+        json!({"delivered": 2, "failed": 1}),
+        "{stats}"
+    );
+    assert_eq!(counts(&stats, "lab"), json!({"delivered": 1}), "{stats}");
+    assert_eq!(stats["totals"]["delivered"], 3);
+
+    // Fix the script, rerun the failed one: a new transaction, linked both ways, with the new
+    // revision.
+    ws.write(
+        "scripts/patient.rhai",
+        "#{resourceType: \"Patient\", id: msg.control_id}",
+    );
+    let (status, _) = post(&engine, "/api/channels/reload", None).await;
+    assert_eq!(status, 200);
+    let (_, channel) = engine.api("/api/channels/adt").await;
+    let original = failed["id"].as_u64().unwrap();
+    let (status, rerun) = post(
+        &engine,
+        &format!("/api/transactions/{original}/rerun"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{rerun}");
+    assert_eq!(rerun["status"], "delivered", "{rerun}");
+    assert_eq!(rerun["rerun_of"], original);
+    let new_id = rerun["id"].as_u64().unwrap();
+    assert_ne!(new_id, original);
+    let new_tx = settled(&engine, new_id).await;
+    assert_eq!(new_tx["rerun_of"], original);
+    assert_eq!(new_tx["channels"][0]["revision"], channel["revision"]);
+    assert!(new_tx["raw"].as_str().unwrap().contains("S-FAIL"));
+    let old_tx = settled(&engine, original).await;
+    assert_eq!(old_tx["status"], "failed", "the original keeps its history");
+    let linked = old_tx["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["reason"] == format!("rerun as transaction {new_id}"));
+    assert!(linked, "{old_tx}");
+    let (status, _) = post(&engine, "/api/transactions/999999999/rerun", None).await;
+    assert_eq!(status, 404);
+
+    let (_, stats) = engine.api("/api/stats").await;
+    assert_eq!(
+        counts(&stats, "adt"),
+        json!({"delivered": 3, "failed": 1}),
+        "{stats}"
+    );
+
+    // Rerun by filter: every delivered adt transaction, at most 10; ids of the new runs.
+    let (status, bulk) = post(
+        &engine,
+        "/api/transactions/rerun",
+        Some(json!({"channel": "adt", "status": "delivered", "max": 10})),
+    )
+    .await;
+    assert_eq!(status, 200, "{bulk}");
+    let started = bulk["started"].as_array().unwrap();
+    assert_eq!(started.len(), 3, "{bulk}");
+    for run in started {
+        let tx = settled(&engine, run["id"].as_u64().unwrap()).await;
+        assert_eq!(tx["status"], "delivered");
+        assert_eq!(tx["rerun_of"], run["rerun_of"]);
+    }
+    let (status, bulk) = post(&engine, "/api/transactions/rerun", Some(json!({"max": 2}))).await;
+    assert_eq!(status, 400, "a rerun of everything needs a filter: {bulk}");
+    let (status, _) = post(
+        &engine,
+        "/api/transactions/rerun",
+        Some(json!({"channel": "adt", "max": 5000})),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    let (_, stats) = engine.api("/api/stats").await;
+    assert_eq!(
+        counts(&stats, "adt"),
+        json!({"delivered": 6, "failed": 1}),
+        "{stats}"
+    );
+    let metrics = reqwest::get(engine.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("orbiter_channel_messages_total{channel=\"adt\",status=\"received\"} 7"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn retention_prunes_bodies_then_transactions_and_keeps_queued_ones() {
+    let ws = Workspace::new();
+    ws.write("scripts/patient.rhai", PATIENT_SCRIPT);
+    // `short` keeps whole transactions ~4 s; bodies go after ~1 s (the global default here).
+    ws.write(
+        "channels/short.toml",
+        &channel_toml(
+            "short",
+            "\"ADT^A01\"",
+            "patient.rhai",
+            "[retention]\nmax_age_days = 0.00005\n",
+        ),
+    );
+    // `down` delivers to nothing that answers: its transactions stay queued.
+    ws.write(
+        "channels/down.toml",
+        &channel_toml(
+            "down",
+            "\"ADT^A04\"",
+            "patient.rhai",
+            "[[destination]]\nkind = \"http\"\nurl = \"http://127.0.0.1:9/fhir\"\n",
+        ),
+    );
+    let engine = ws.start(&[
+        ("ORBITER_RETENTION_BODIES_AFTER_DAYS", "0.00001"),
+        ("ORBITER_RETENTION_MAX_AGE_DAYS", "0.00005"),
+        ("ORBITER_RETENTION_STATUSES", "delivered,failed"),
+        ("ORBITER_RETENTION_INTERVAL_SECS", "1"),
+    ]);
+    let a04 = String::from_utf8(adt("R-Q"))
+        .unwrap()
+        .replace("ADT^A01^ADT_A01", "ADT^A04")
+        .into_bytes();
+    send(&engine, &[adt("R-1"), a04]).await;
+    let kept = by_control(&engine, "R-1").await;
+    assert_eq!(kept["status"], "delivered");
+    assert!(kept["raw"].is_string());
+    let queued = by_control(&engine, "R-Q").await;
+    assert_eq!(queued["status"], "queued", "{queued}");
+    let id = kept["id"].as_u64().unwrap();
+
+    // First the body: metadata stays, the raw message is gone.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let pruned = loop {
+        let (status, tx) = engine.api(&format!("/api/transactions/{id}")).await;
+        if status == 200 && tx["body_pruned"] == true {
+            break tx;
+        }
+        assert!(status == 200, "the transaction went before its body: {tx}");
+        assert!(Instant::now() < deadline, "body never pruned: {tx}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        pruned.get("raw").is_none() || pruned["raw"].is_null(),
+        "{pruned}"
+    );
+    assert_eq!(pruned["control_id"], "R-1");
+
+    // Then the whole transaction.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _) = engine.api(&format!("/api/transactions/{id}")).await;
+        if status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "transaction never pruned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // In-flight work is never pruned, whatever its age.
+    let still = by_control(&engine, "R-Q").await;
+    assert_eq!(still["status"], "queued");
+    assert!(still["raw"].is_string(), "{still}");
+    let metrics = reqwest::get(engine.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The unreachable destination is counted among CDR/HTTP answers as `none`.
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("orbiter_cdr_responses_total")
+                && l.contains("code=\"none\"")
+                && l.contains("destination=\"http\"")),
+        "{metrics}"
+    );
+    for line in [
+        "orbiter_retention_pruned_total{channel=\"short\",kind=\"body\"} 1",
+        "orbiter_retention_pruned_total{channel=\"short\",kind=\"transaction\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+}
+
+/// Runs `orbiter doctor` with only the given `ORBITER_…` variables; (exit code, stdout).
+fn doctor(args: &[&str], env: &[(&str, String)], cwd: &Path) -> (i32, String) {
+    let mut cmd = Command::new(common::orbiter_bin());
+    cmd.arg("doctor").args(args).current_dir(cwd);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ORBITER_")) {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn has_line(out: &str, level: &str, subject: &str) -> bool {
+    out.lines()
+        .any(|l| l.starts_with(level) && l[level.len()..].trim_start().starts_with(subject))
+}
+
+#[test]
+fn doctor_passes_a_good_setup_and_names_what_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = || format!("127.0.0.1:{}", free_port());
+    let good = [
+        (
+            "ORBITER_CHANNELS_DIR",
+            repo_root().join("channels").display().to_string(),
+        ),
+        (
+            "ORBITER_SCRIPTS_DIR",
+            repo_root().join("scripts").display().to_string(),
+        ),
+        ("ORBITER_ADMIN_ADDR", port()),
+        ("ORBITER_MLLP_ADDR", port()),
+        ("ORBITER_HTTP_ADDR", port()),
+    ];
+    let data = dir.path().join("data");
+    let data_arg = data.display().to_string();
+    let (code, out) = doctor(&["--data", &data_arg], &good, dir.path());
+    assert_eq!(code, 0, "{out}");
+    for subject in [
+        "clock",
+        "config",
+        "data dir",
+        "port admin",
+        "port mllp",
+        "channels",
+        "cdr",
+    ] {
+        assert!(
+            has_line(&out, "ok", subject),
+            "ok {subject} missing:\n{out}"
+        );
+    }
+    assert!(out.contains("free space:"), "{out}");
+    assert!(out.contains("0 failure(s)"), "{out}");
+
+    // A broken channel and a port held by someone else: two failures, each with its fix.
+    let channels = dir.path().join("channels");
+    std::fs::create_dir_all(&channels).unwrap();
+    std::fs::write(
+        channels.join("bad.toml"),
+        "name = \"bad\"\n[source]\nkind = \"carrier-pigeon\"\n",
+    )
+    .unwrap();
+    let stranger = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut broken = good.clone();
+    broken[0].1 = channels.display().to_string();
+    broken[2].1 = stranger.local_addr().unwrap().to_string();
+    let (code, out) = doctor(&["--data", &data_arg], &broken, dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(has_line(&out, "fail", "channels"), "{out}");
+    assert!(out.contains("bad.toml:3:"), "{out}");
+    assert!(has_line(&out, "fail", "port admin"), "{out}");
+    assert!(out.contains("fix:"), "{out}");
+    drop(stranger);
+
+    // A config file that does not parse.
+    let config = dir.path().join("orbiter.toml");
+    std::fs::write(&config, "[mllp]\nadress = \"127.0.0.1:1\"\n").unwrap();
+    let config_arg = config.display().to_string();
+    let (code, out) = doctor(&["--config", &config_arg], &good, dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(has_line(&out, "fail", "config"), "{out}");
+    assert!(out.contains("adress"), "{out}");
+}
+
+#[tokio::test]
+async fn doctor_recognises_a_running_engine_on_its_ports() {
+    let ws = Workspace::new();
+    let engine = ws.start(&[]);
+    let env = [
+        (
+            "ORBITER_CHANNELS_DIR",
+            ws.path("channels").display().to_string(),
+        ),
+        (
+            "ORBITER_SCRIPTS_DIR",
+            ws.path("scripts").display().to_string(),
+        ),
+        ("ORBITER_ADMIN_ADDR", engine.admin.clone()),
+        ("ORBITER_MLLP_ADDR", engine.mllp.clone()),
+        ("ORBITER_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+    ];
+    let data = engine.data_dir.display().to_string();
+    let cwd = ws.path("");
+    let (code, out) = tokio::task::spawn_blocking(move || doctor(&["--data", &data], &env, &cwd))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("in use by the running engine"), "{out}");
+    assert!(has_line(&out, "ok", "port mllp"), "{out}");
+    // An empty channels dir is worth a warning, not a failure.
+    assert!(has_line(&out, "warn", "channels"), "{out}");
+
+    // The engine's embedded FHIR server as someone's external CDR: metadata and its clock.
+    let cdr_env = |url: String| {
+        vec![
+            ("ORBITER_CDR_URL", url),
+            ("ORBITER_CDR_TOKEN", TOKEN.to_string()),
+            ("ORBITER_ADMIN_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("ORBITER_MLLP_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("ORBITER_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+        ]
+    };
+    let env = cdr_env(engine.url("/fhir"));
+    let cwd = ws.path("");
+    let (code, out) = tokio::task::spawn_blocking(move || doctor(&[], &env, &cwd))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("answers metadata (FHIR 4.0.1)"), "{out}");
+    assert!(out.contains("within 5 minutes of the CDR's"), "{out}");
+    let env = cdr_env(format!("http://127.0.0.1:{}/fhir", free_port()));
+    let cwd = ws.path("");
+    let (code, out) = tokio::task::spawn_blocking(move || doctor(&[], &env, &cwd))
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(has_line(&out, "fail", "cdr"), "{out}");
+}
