@@ -31,6 +31,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub journal: JournalConfig,
     pub cdr: CdrConfig,
+    pub mediators: MediatorsConfig,
     /// Sandbox limits for every channel script (`[script]` in the file; not overridable from
     /// the environment).
     #[serde(skip_serializing)]
@@ -50,6 +51,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             journal: JournalConfig::default(),
             cdr: CdrConfig::default(),
+            mediators: MediatorsConfig::default(),
             script: crate::script::ScriptLimits::default(),
         }
     }
@@ -225,6 +227,26 @@ impl Default for CdrConfig {
             token: None,
             username: None,
             password: None,
+            timeout_secs: 30,
+        }
+    }
+}
+
+/// Registered mediators (`/api/mediators`) and the `mediator` destination.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediatorsConfig {
+    /// A mediator whose last heartbeat is older than this shows as `offline`, and deliveries to
+    /// it are queued instead of sent (OpenHIM uses a minute; mediators beat every 10 s).
+    pub offline_after_secs: u64,
+    /// Per request to a mediator's endpoint.
+    pub timeout_secs: u64,
+}
+
+impl Default for MediatorsConfig {
+    fn default() -> Self {
+        MediatorsConfig {
+            offline_after_secs: 60,
             timeout_secs: 30,
         }
     }

@@ -211,7 +211,8 @@ impl Pipeline {
             .pool
             .send(RunChannels {
                 transaction: Some(id),
-                raw,
+                // Kept for destinations that send the message as received (`payload = "raw"`).
+                raw: raw.clone(),
                 channels: channels.clone(),
                 lib_revision: set.lib_revision.clone(),
                 lib_dir: set.lib_dir.clone(),
@@ -262,7 +263,7 @@ impl Pipeline {
                                 "{name}: waiting behind transaction {earlier} for the same patient"
                             )),
                         ),
-                        None => self.deliver(id, &channel, &value, &mut steps).await,
+                        None => self.deliver(id, &channel, &value, &raw, &mut steps).await,
                     }
                 }
             };
@@ -312,6 +313,7 @@ impl Pipeline {
         id: TxId,
         channel: &Arc<Channel>,
         value: &serde_json::Value,
+        raw: &[u8],
         steps: &mut Vec<Step>,
     ) -> (Status, Option<String>) {
         let name = channel.name();
@@ -327,7 +329,7 @@ impl Pipeline {
         for destination in &channel.def.destinations {
             let delivery = self
                 .deliverer
-                .deliver(destination, id, channel, value)
+                .deliver(destination, id, channel, value, raw)
                 .await;
             let (ok, output, error, status) = match delivery {
                 Delivery::Delivered { response } => (true, response, None, Status::Delivered),

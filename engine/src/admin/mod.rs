@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 mod channels;
 mod health;
+mod mediators;
 mod transactions;
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ pub use auth::{AdminToken, Caller, Role, TokenSource};
 use crate::cdr::Cdr;
 use crate::channel::Channels;
 use crate::journal::Journal;
+use crate::mediator::Mediators;
 use crate::metrics::Metrics;
 use crate::route::Pipeline;
 
@@ -32,6 +34,8 @@ pub struct AdminState {
     pub cdr: Option<Cdr>,
     /// Whether the CDR answered its last `metadata` probe (always true for the embedded one).
     pub cdr_reachable: Arc<std::sync::atomic::AtomicBool>,
+    /// Registered mediators (`/api/mediators`), shared with the `mediator` destination.
+    pub mediators: Mediators,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +71,8 @@ pub fn server(
                 web::scope("/api")
                     .wrap(from_fn(auth::require_token))
                     .configure(transactions::routes)
-                    .configure(channels::routes),
+                    .configure(channels::routes)
+                    .configure(mediators::routes),
             );
         // The embedded CDR holds patient data: behind the same token as the API.
         if let Some(cdr) = &cdr {

@@ -127,6 +127,25 @@ pub struct DestinationDef {
     pub url: Option<String>,
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// For `mediator`: the registered mediator's URN (`urn:mediator:...`).
+    #[serde(default)]
+    pub urn: Option<String>,
+    /// For `mediator`: which of its endpoints, by name; unset means its first one.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// For `mediator`: what is sent, the channel's FHIR output (default) or the raw message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Payload>,
+}
+
+/// What a destination sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    /// The transform's FHIR output, as JSON.
+    Output,
+    /// The message exactly as received (HL7 v2, CSV, C-CDA...).
+    Raw,
 }
 
 impl DestinationDef {
@@ -250,6 +269,27 @@ impl ChannelDef {
                 "[[destination]]",
                 "destinations need a [transform] script to produce their output".into(),
             ));
+        }
+        for destination in &self.destinations {
+            let is_mediator = destination.kind == DestinationKind::Mediator;
+            if is_mediator && destination.urn.as_deref().is_none_or(str::is_empty) {
+                return Err(at(
+                    "mediator",
+                    "a mediator destination needs the mediator's `urn`".into(),
+                ));
+            }
+            let mediator_keys = destination.urn.is_some()
+                || destination.endpoint.is_some()
+                || destination.payload.is_some();
+            if !is_mediator && mediator_keys {
+                return Err(at(
+                    "[[destination]]",
+                    format!(
+                        "`urn`, `endpoint` and `payload` are for mediator destinations, not `{}`",
+                        destination.kind.as_str()
+                    ),
+                ));
+            }
         }
         for pattern in &self.match_rules.message_type {
             if pattern.is_empty() || pattern.contains(char::is_whitespace) {

@@ -2,13 +2,15 @@
 //!
 //! - `cdr`: the configured CDR: the embedded store in-process, or `cdr.url` over HTTP;
 //! - `http`: any FHIR server at the destination's own `url`;
-//! - `file`: one JSON file per transaction in a directory (under the data dir when relative).
+//! - `file`: one JSON file per transaction in a directory (under the data dir when relative);
+//! - `mediator`: a registered mediator's endpoint, by URN ([`mediator`]).
 //!
 //! Classification, as a FHIR client would: 2xx delivered; 4xx failed for good (the
 //! OperationOutcome is kept), except 408 and 429; 5xx, timeouts and refused connections are
 //! retried later (the transaction goes to `queued`).
 
 mod fhir_http;
+pub mod mediator;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use crate::journal::TxId;
 use crate::metrics::Metrics;
 
 pub use fhir_http::{Credentials, FhirHttp};
+pub use mediator::MediatorTarget;
 
 /// What a destination did with the output.
 #[derive(Debug, Clone)]
@@ -57,6 +60,8 @@ pub struct Deliverer {
     /// Timeouts and credentials for `http` destinations.
     http_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Registered mediators, for `mediator` destinations (unset: those fail).
+    mediators: Option<MediatorTarget>,
 }
 
 impl Deliverer {
@@ -66,7 +71,14 @@ impl Deliverer {
             data_dir: data_dir.to_path_buf(),
             http_timeout: Duration::from_secs(30),
             metrics,
+            mediators: None,
         }
+    }
+
+    /// Enables `mediator` destinations.
+    pub fn with_mediators(mut self, mediators: MediatorTarget) -> Deliverer {
+        self.mediators = Some(mediators);
+        self
     }
 
     pub async fn deliver(
@@ -75,6 +87,7 @@ impl Deliverer {
         id: TxId,
         channel: &Channel,
         value: &Value,
+        raw: &[u8],
     ) -> Delivery {
         let name = destination.display_name();
         let started = Instant::now();
@@ -108,7 +121,18 @@ impl Deliverer {
                 };
                 write_file(&dir, id, channel.name(), value).await
             }
-            DestinationKind::Mllp | DestinationKind::Mediator => Delivery::Failed {
+            DestinationKind::Mediator => match &self.mediators {
+                Some(mediators) => {
+                    mediators
+                        .deliver(destination, id, channel.name(), value, raw)
+                        .await
+                }
+                None => Delivery::Failed {
+                    error: "mediator destinations are not enabled".into(),
+                    response: None,
+                },
+            },
+            DestinationKind::Mllp => Delivery::Failed {
                 error: format!(
                     "destination kind `{}` is not available",
                     destination.kind.as_str()
