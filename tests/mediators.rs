@@ -73,13 +73,15 @@ fn workspace(root: &Path) -> Vec<(String, String)> {
             std::fs::copy(&path, root.join("scripts").join(rel)).unwrap();
         }
     }
-    for (name, app, urn, endpoint) in [
+    for (name, app, urn, extra) in [
         (
             "to-validator",
             "VALID",
             VALIDATOR,
             "endpoint = \"validate\"",
         ),
+        // The HL7 v2 as received: not the FHIR JSON the validator wants.
+        ("raw-to-validator", "RAW", VALIDATOR, "payload = \"raw\""),
         ("to-ghost", "GHOST", GHOST, ""),
         ("to-broken", "BROKEN", BROKEN, ""),
     ] {
@@ -88,7 +90,7 @@ fn workspace(root: &Path) -> Vec<(String, String)> {
              [source]\nkind = \"mllp\"\n\
              [match]\nmessage_type = [\"ADT^A01\"]\nsending_application = [\"{app}\"]\n\
              [transform]\nscript = \"scripts/adt_to_fhir.rhai\"\n\
-             [[destination]]\nkind = \"mediator\"\nname = \"{name}-mediator\"\nurn = \"{urn}\"\n{endpoint}\n\
+             [[destination]]\nkind = \"mediator\"\nname = \"{name}-mediator\"\nurn = \"{urn}\"\n{extra}\n\
              [retry]\nmax_attempts = 1000\ninitial_backoff_ms = 200\nmax_backoff_ms = 500\n"
         );
         std::fs::write(root.join(format!("channels/{name}.toml")), channel).unwrap();
@@ -377,6 +379,12 @@ async fn a_mediator_registers_beats_gets_its_config_and_mediates_a_channel() {
         step["output"]["orchestrations"][0]["response"]["status"],
         422
     );
+
+    // payload = "raw": the mediator gets the HL7 v2 itself, and says it is not JSON (400).
+    let raw = send(&engine, "RAW", "RAW-1").await;
+    assert_eq!(raw["status"], "failed", "{raw}");
+    assert!(last_reason(&raw).contains("response 400"), "{raw}");
+    assert!(last_reason(&raw).contains("not JSON"), "{raw}");
 
     // A URN nobody registered: queued, and why.
     let ghost = send(&engine, "GHOST", "GHOST-1").await;

@@ -318,3 +318,50 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let column = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
     (line, column)
 }
+
+#[cfg(test)]
+mod mediator_destination_tests {
+    use super::*;
+
+    const HEAD: &str =
+        "name = \"m\"\n[source]\nkind = \"mllp\"\n[transform]\nscript = \"t.rhai\"\n";
+
+    fn parse(destination: &str) -> Result<ChannelDef, String> {
+        let text = format!("{HEAD}[[destination]]\n{destination}");
+        ChannelDef::parse(Path::new("m.toml"), &text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_mediator_destination_takes_urn_endpoint_and_payload() {
+        let def = parse(
+            "kind = \"mediator\"\nurn = \"urn:mediator:v\"\nendpoint = \"validate\"\npayload = \"raw\"\n",
+        )
+        .unwrap();
+        let d = &def.destinations[0];
+        assert_eq!(d.urn.as_deref(), Some("urn:mediator:v"));
+        assert_eq!(d.endpoint.as_deref(), Some("validate"));
+        assert_eq!(d.payload, Some(Payload::Raw));
+        assert_eq!(
+            parse("kind = \"mediator\"\nurn = \"urn:mediator:v\"\n")
+                .unwrap()
+                .destinations[0]
+                .payload,
+            None
+        );
+    }
+
+    #[test]
+    fn mediator_keys_are_checked() {
+        let missing = parse("kind = \"mediator\"\n").unwrap_err();
+        assert!(missing.contains("needs the mediator's `urn`"), "{missing}");
+        let misplaced = parse("kind = \"cdr\"\nurn = \"urn:mediator:v\"\n").unwrap_err();
+        assert!(
+            misplaced.contains("for mediator destinations"),
+            "{misplaced}"
+        );
+        let bad_payload =
+            parse("kind = \"mediator\"\nurn = \"urn:mediator:v\"\npayload = \"pdf\"\n")
+                .unwrap_err();
+        assert!(bad_payload.contains("m.toml:"), "{bad_payload}");
+    }
+}
