@@ -339,6 +339,56 @@ mod tests {
         }
     }
 
+    fn destination(toml_text: &str) -> DestinationDef {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    /// Unregistered, offline, a missing endpoint, nobody listening: decided without a mediator.
+    #[tokio::test]
+    async fn what_cannot_be_called_is_queued_or_failed_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Mediators::open(dir.path(), Duration::from_secs(60)).unwrap();
+        // A port nobody listens on (bound, then released).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let registration = serde_json::from_value(json!({
+            "urn": URN, "version": "1.0.0", "name": "T",
+            "endpoints": [{"name": "main", "host": "127.0.0.1", "port": port}]
+        }))
+        .unwrap();
+        let target = MediatorTarget::new(registry.clone(), Duration::from_secs(2)).unwrap();
+        let send = |d: DestinationDef| {
+            let target = target.clone();
+            async move { target.deliver(&d, TxId(7), "c", &json!({}), b"MSH|").await }
+        };
+        let to =
+            |extra: &str| destination(&format!("kind = \"mediator\"\nurn = \"{URN}\"\n{extra}"));
+
+        let Delivery::Retry { error } = send(to("")).await else {
+            panic!("unregistered")
+        };
+        assert!(error.contains("not registered"), "{error}");
+
+        registry.register(registration, "test").unwrap();
+        let Delivery::Retry { error } = send(to("")).await else {
+            panic!("offline")
+        };
+        assert!(error.contains("offline"), "{error}");
+
+        registry.heartbeat(URN, 1.0, false).unwrap();
+        let Delivery::Failed { error, .. } = send(to("endpoint = \"other\"")).await else {
+            panic!("unknown endpoint")
+        };
+        assert!(error.contains("no endpoint named `other`"), "{error}");
+        let Delivery::Retry { error } = send(to("payload = \"raw\"")).await else {
+            panic!("connection refused")
+        };
+        assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
+    }
+
     #[test]
     fn raw_payloads_get_a_content_type_from_their_first_bytes() {
         assert_eq!(raw_content_type(b"MSH|^~\\&|"), "x-application/hl7-v2+er7");
