@@ -442,6 +442,15 @@ async fn a_mediator_registers_beats_gets_its_config_and_mediates_a_channel() {
     assert_eq!(kept["config"]["maxEntries"], 1);
     assert_eq!(kept["status"], "offline");
 
+    // A heartbeat must say how long the mediator has been up.
+    let no_uptime = call(
+        reqwest::Method::POST,
+        engine.url(&format!("/api/mediators/{VALIDATOR}/heartbeat")),
+        Some(json!({"config": true})),
+    )
+    .await;
+    assert_eq!(no_uptime.0, 400, "{}", no_uptime.1);
+
     // Removal.
     let one = engine.url(&format!("/api/mediators/{VALIDATOR}"));
     assert_eq!(

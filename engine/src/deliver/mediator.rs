@@ -387,6 +387,36 @@ mod tests {
             panic!("connection refused")
         };
         assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
+
+        // A mediator that takes the connection and never answers: the timeout queues it.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_port = silent.local_addr().unwrap().port();
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        let moved = serde_json::from_value(json!({
+            "urn": URN, "version": "1.0.1", "name": "T",
+            "endpoints": [{"name": "main", "host": "127.0.0.1", "port": silent_port}]
+        }))
+        .unwrap();
+        registry.register(moved, "test").unwrap();
+        let impatient = MediatorTarget::new(registry.clone(), Duration::from_millis(500)).unwrap();
+        let started = std::time::Instant::now();
+        let answer = impatient
+            .deliver(&to(""), TxId(8), "c", &json!({}), b"")
+            .await;
+        let Delivery::Retry { error } = answer else {
+            panic!("timeout not retried")
+        };
+        assert!(
+            error.contains(&format!("127.0.0.1:{silent_port}")),
+            "{error}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        holder.abort();
     }
 
     #[test]
