@@ -23,7 +23,8 @@
 //! - [`cdr`]: the embedded FHIR R4 store served under `/fhir`;
 //! - [`hl7`]: the HL7 v2 codec: parsing, path access, escapes, batches, charsets, ACK building;
 //! - [`journal`]: the sled transaction log with group commit: what was ACKed is on disk;
-//! - [`admin`]: the admin HTTP port: health, readiness, metrics, the transactions API;
+//! - [`admin`]: the admin HTTP port: health, readiness, metrics, the transactions and mediators
+//!   APIs;
 //! - [`metrics`]: every Prometheus metric, declared in one place;
 //! - [`config`]: the TOML configuration and its `ORBITER_…` environment overrides;
 //! - [`tls`]: rustls server configurations from PEM files, for every listener;
