@@ -33,6 +33,7 @@ pub struct Config {
     pub cdr: CdrConfig,
     /// Journal pruning defaults (`[retention]`); channels override them in their own file.
     pub retention: crate::journal::retention::RetentionConfig,
+    pub mediators: MediatorsConfig,
     /// Sandbox limits for every channel script (`[script]` in the file; not overridable from
     /// the environment).
     #[serde(skip_serializing)]
@@ -53,6 +54,7 @@ impl Default for Config {
             journal: JournalConfig::default(),
             cdr: CdrConfig::default(),
             retention: crate::journal::retention::RetentionConfig::default(),
+            mediators: MediatorsConfig::default(),
             script: crate::script::ScriptLimits::default(),
         }
     }
@@ -237,6 +239,26 @@ impl Default for CdrConfig {
             token: None,
             username: None,
             password: None,
+            timeout_secs: 30,
+        }
+    }
+}
+
+/// Registered mediators (`/api/mediators`) and the `mediator` destination.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediatorsConfig {
+    /// A mediator whose last heartbeat is older than this shows as `offline`, and deliveries to
+    /// it are queued instead of sent (OpenHIM uses a minute; mediators beat every 10 s).
+    pub offline_after_secs: u64,
+    /// Per request to a mediator's endpoint.
+    pub timeout_secs: u64,
+}
+
+impl Default for MediatorsConfig {
+    fn default() -> Self {
+        MediatorsConfig {
+            offline_after_secs: 60,
             timeout_secs: 30,
         }
     }

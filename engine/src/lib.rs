@@ -17,13 +17,16 @@
 //!   per-patient ordering;
 //! - [`transform`]: the pool of sync actors running Rhai, one Engine per worker;
 //! - [`script`]: the Rhai sandbox and the script API (HL7 paths, FHIR helpers, utilities);
-//! - [`deliver`]: destinations (the CDR, any FHIR server, files) and failure classification;
+//! - [`deliver`]: destinations (the CDR, any FHIR server, files, mediators) and failure
+//!   classification;
+//! - [`mediator`]: OpenHIM-style mediators: registration, config definitions, heartbeats, the
+//!   registry, and the `application/json+openhim` answer;
 //! - [`cdr`]: the embedded FHIR R4 store served under `/fhir`;
 //! - [`hl7`]: the HL7 v2 codec: parsing, path access, escapes, batches, charsets, ACK building;
 //! - [`journal`]: the sled transaction log with group commit: what was ACKed is on disk; its
 //!   retention (pruning by age and status per channel) and per-channel status counters;
-//! - [`admin`]: the admin HTTP port: health, readiness, metrics, the channels, transactions and
-//!   stats API; API clients, roles, the audit trail and the OpenAPI document (its route table
+//! - [`admin`]: the admin HTTP port: health, readiness, metrics, the channels, transactions,
+//!   stats and mediators APIs; API clients, roles, the audit trail and the OpenAPI document (its route table
 //!   is `admin::routes`);
 //! - [`metrics`]: every Prometheus metric, declared in one place;
 //! - [`config`]: the TOML configuration and its `ORBITER_…` environment overrides;
@@ -47,6 +50,7 @@ pub mod intake;
 pub mod journal;
 pub mod listen;
 pub mod logging;
+pub mod mediator;
 pub mod metrics;
 pub mod mllp;
 pub mod route;

@@ -298,7 +298,8 @@ impl Pipeline {
             .send(RunChannels {
                 transaction: Some(id),
                 format,
-                raw,
+                // Kept for destinations that send the message as received (`payload = "raw"`).
+                raw: raw.clone(),
                 channels: channels.clone(),
                 lib_revision: set.lib_revision.clone(),
                 lib_dir: set.lib_dir.clone(),
@@ -349,7 +350,7 @@ impl Pipeline {
                                 "{name}: waiting behind transaction {earlier} for the same patient"
                             )),
                         ),
-                        None => self.deliver(id, &channel, &value, &mut steps).await,
+                        None => self.deliver(id, &channel, &value, &raw, &mut steps).await,
                     }
                 }
             };
@@ -404,6 +405,7 @@ impl Pipeline {
         id: TxId,
         channel: &Arc<Channel>,
         value: &serde_json::Value,
+        raw: &[u8],
         steps: &mut Vec<Step>,
     ) -> (Status, Option<String>) {
         let name = channel.name();
@@ -419,7 +421,7 @@ impl Pipeline {
         for destination in &channel.def.destinations {
             let delivery = self
                 .deliverer
-                .deliver(destination, id, channel, value)
+                .deliver(destination, id, channel, value, raw)
                 .await;
             let (ok, output, error, status) = match delivery {
                 Delivery::Delivered { response } => (true, response, None, Status::Delivered),

@@ -11,10 +11,11 @@ use crate::admin::{self, AdminState, AdminToken, TokenSource};
 use crate::cdr::Cdr;
 use crate::channel::{ChannelPaths, Channels, SourceKind};
 use crate::config::Config;
-use crate::deliver::{CdrTarget, Credentials, Deliverer, FhirHttp};
+use crate::deliver::{CdrTarget, Credentials, Deliverer, FhirHttp, MediatorTarget};
 use crate::intake::Intake;
 use crate::journal::Journal;
 use crate::listen::{FileSources, MllpListener};
+use crate::mediator::Mediators;
 use crate::metrics::Metrics;
 use crate::route::Pipeline;
 
@@ -91,12 +92,23 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         (None, None) => unreachable!("one of the two is set"),
     };
 
+    let mediators = Mediators::open(
+        &config.data_dir,
+        Duration::from_secs(config.mediators.offline_after_secs),
+    )
+    .context("loading the mediator registry")?;
+    let mediator_target = MediatorTarget::new(
+        mediators.clone(),
+        Duration::from_secs(config.mediators.timeout_secs),
+    )
+    .context("building the mediator HTTP client")?;
+
     let system = actix_rt::System::new();
     let result = system.block_on(async {
         let workers: Vec<ArbiterHandle> = (0..worker_count()).map(|_| Arbiter::new().handle()).collect();
         let pool = crate::transform::start_pool(config.script.clone(), worker_count());
         let cdr_target_probe = cdr_target.clone();
-        let deliverer = Deliverer::new(cdr_target, &config.data_dir, metrics.clone());
+        let deliverer = Deliverer::new(cdr_target, &config.data_dir, metrics.clone()).with_mediators(mediator_target);
         let pipeline = Pipeline::new(channels.clone(), pool, journal.clone(), deliverer, metrics.clone());
         let mut mllp_addr: Option<SocketAddr> = None;
         let _mllp = if config.mllp.enabled {
@@ -152,6 +164,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             pipeline: pipeline.clone(),
             cdr: embedded_cdr.clone(),
             cdr_reachable,
+            mediators,
         };
         if let Some(starting) = starting {
             starting.stop();

@@ -12,6 +12,7 @@ mod channels;
 pub mod clients;
 mod health;
 pub mod mask;
+mod mediators;
 mod openapi;
 mod ratelimit;
 #[cfg(test)]
@@ -31,6 +32,7 @@ pub use auth::{AdminToken, Caller, Role, TokenSource};
 use crate::cdr::Cdr;
 use crate::channel::Channels;
 use crate::journal::Journal;
+use crate::mediator::Mediators;
 use crate::metrics::Metrics;
 use crate::route::Pipeline;
 
@@ -45,6 +47,8 @@ pub struct AdminState {
     pub cdr: Option<Cdr>,
     /// Whether the CDR answered its last `metadata` probe (always true for the embedded one).
     pub cdr_reachable: Arc<std::sync::atomic::AtomicBool>,
+    /// Registered mediators (`/api/mediators`), shared with the `mediator` destination.
+    pub mediators: Mediators,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +99,7 @@ pub fn server(
                     .configure(clients::routes)
                     .configure(audit::routes)
                     .configure(openapi::routes)
+                    .configure(mediators::routes)
                     // Told apart from a handler's "no such channel" by the tests of the route
                     // table; only reached by callers allowed to (unknown routes need admin).
                     .default_service(web::to(|| async {

@@ -272,6 +272,25 @@ pub struct DestinationDef {
     /// For `mllp`: the receiver's `host:port`.
     #[serde(default)]
     pub addr: Option<String>,
+    /// For `mediator`: the registered mediator's URN (`urn:mediator:...`).
+    #[serde(default)]
+    pub urn: Option<String>,
+    /// For `mediator`: which of its endpoints, by name; unset means its first one.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// For `mediator`: what is sent, the channel's FHIR output (default) or the raw message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Payload>,
+}
+
+/// What a destination sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    /// The transform's FHIR output, as JSON.
+    Output,
+    /// The message exactly as received (HL7 v2, CSV, C-CDA...).
+    Raw,
 }
 
 impl DestinationDef {
@@ -413,6 +432,27 @@ impl ChannelDef {
                 "[[destination]]",
                 "destinations need a [transform] script to produce their output".into(),
             ));
+        }
+        for destination in &self.destinations {
+            let is_mediator = destination.kind == DestinationKind::Mediator;
+            if is_mediator && destination.urn.as_deref().is_none_or(str::is_empty) {
+                return Err(at(
+                    "mediator",
+                    "a mediator destination needs the mediator's `urn`".into(),
+                ));
+            }
+            let mediator_keys = destination.urn.is_some()
+                || destination.endpoint.is_some()
+                || destination.payload.is_some();
+            if !is_mediator && mediator_keys {
+                return Err(at(
+                    "[[destination]]",
+                    format!(
+                        "`urn`, `endpoint` and `payload` are for mediator destinations, not `{}`",
+                        destination.kind.as_str()
+                    ),
+                ));
+            }
         }
         for pattern in &self.match_rules.message_type {
             if pattern.is_empty() || pattern.contains(char::is_whitespace) {
@@ -573,4 +613,51 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let column = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
     (line, column)
+}
+
+#[cfg(test)]
+mod mediator_destination_tests {
+    use super::*;
+
+    const HEAD: &str =
+        "name = \"m\"\n[source]\nkind = \"mllp\"\n[transform]\nscript = \"t.rhai\"\n";
+
+    fn parse(destination: &str) -> Result<ChannelDef, String> {
+        let text = format!("{HEAD}[[destination]]\n{destination}");
+        ChannelDef::parse(Path::new("m.toml"), &text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_mediator_destination_takes_urn_endpoint_and_payload() {
+        let def = parse(
+            "kind = \"mediator\"\nurn = \"urn:mediator:v\"\nendpoint = \"validate\"\npayload = \"raw\"\n",
+        )
+        .unwrap();
+        let d = &def.destinations[0];
+        assert_eq!(d.urn.as_deref(), Some("urn:mediator:v"));
+        assert_eq!(d.endpoint.as_deref(), Some("validate"));
+        assert_eq!(d.payload, Some(Payload::Raw));
+        assert_eq!(
+            parse("kind = \"mediator\"\nurn = \"urn:mediator:v\"\n")
+                .unwrap()
+                .destinations[0]
+                .payload,
+            None
+        );
+    }
+
+    #[test]
+    fn mediator_keys_are_checked() {
+        let missing = parse("kind = \"mediator\"\n").unwrap_err();
+        assert!(missing.contains("needs the mediator's `urn`"), "{missing}");
+        let misplaced = parse("kind = \"cdr\"\nurn = \"urn:mediator:v\"\n").unwrap_err();
+        assert!(
+            misplaced.contains("for mediator destinations"),
+            "{misplaced}"
+        );
+        let bad_payload =
+            parse("kind = \"mediator\"\nurn = \"urn:mediator:v\"\npayload = \"pdf\"\n")
+                .unwrap_err();
+        assert!(bad_payload.contains("m.toml:"), "{bad_payload}");
+    }
 }

@@ -4,12 +4,14 @@
 //! - `http`: any FHIR server at the destination's own `url`;
 //! - `file`: one JSON file per transaction in a directory (under the data dir when relative);
 //! - `mllp`: HL7 v2 output to a downstream system's MLLP port (`addr`), classified by its ACK.
+//! - `mediator`: a registered mediator's endpoint, by URN ([`mediator`]).
 //!
 //! Classification, as a FHIR client would: 2xx delivered; 4xx failed for good (the
 //! OperationOutcome is kept), except 408 and 429; 5xx, timeouts and refused connections are
 //! retried later (the transaction goes to `queued`).
 
 mod fhir_http;
+pub mod mediator;
 mod mllp;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +26,7 @@ use crate::journal::TxId;
 use crate::metrics::Metrics;
 
 pub use fhir_http::{Credentials, FhirHttp};
+pub use mediator::MediatorTarget;
 
 /// What a destination did with the output.
 #[derive(Debug, Clone)]
@@ -59,6 +62,8 @@ pub struct Deliverer {
     /// Timeouts and credentials for `http` destinations.
     http_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Registered mediators, for `mediator` destinations (unset: those fail).
+    mediators: Option<MediatorTarget>,
 }
 
 impl Deliverer {
@@ -68,7 +73,14 @@ impl Deliverer {
             data_dir: data_dir.to_path_buf(),
             http_timeout: Duration::from_secs(30),
             metrics,
+            mediators: None,
         }
+    }
+
+    /// Enables `mediator` destinations.
+    pub fn with_mediators(mut self, mediators: MediatorTarget) -> Deliverer {
+        self.mediators = Some(mediators);
+        self
     }
 
     pub async fn deliver(
@@ -77,6 +89,7 @@ impl Deliverer {
         id: TxId,
         channel: &Channel,
         value: &Value,
+        raw: &[u8],
     ) -> Delivery {
         let name = destination.display_name();
         let started = Instant::now();
@@ -117,12 +130,16 @@ impl Deliverer {
                     response: None,
                 },
             },
-            DestinationKind::Mediator => Delivery::Failed {
-                error: format!(
-                    "destination kind `{}` is not available",
-                    destination.kind.as_str()
-                ),
-                response: None,
+            DestinationKind::Mediator => match &self.mediators {
+                Some(mediators) => {
+                    mediators
+                        .deliver(destination, id, channel.name(), value, raw)
+                        .await
+                }
+                None => Delivery::Failed {
+                    error: "mediator destinations are not enabled".into(),
+                    response: None,
+                },
             },
         };
         let outcome = match &delivery {

@@ -1,0 +1,429 @@
+//! Destination `mediator`: sends the channel's output (or the raw message) to a registered
+//! mediator's endpoint and keeps its OpenHIM answer (status, response, orchestrations,
+//! properties) as the delivery step's output.
+//!
+//! ```toml
+//! [[destination]]
+//! kind = "mediator"
+//! urn = "urn:mediator:orbiter-fhir-validator"
+//! endpoint = "validate"   # optional: by name; default its first endpoint
+//! payload = "output"      # or "raw": the message as received
+//! ```
+//!
+//! Classification: an unknown URN or an offline mediator (no heartbeat lately) is queued and
+//! not called; HTTP answers as for any destination (4xx failed, 408/429/5xx and timeouts
+//! queued); a 2xx OpenHIM answer by the mediator's own status (`Failed` failed) and then by
+//! the status of the response it carries.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{diagnostics, Delivery};
+use crate::channel::def::Payload;
+use crate::channel::DestinationDef;
+use crate::journal::TxId;
+use crate::mediator::response::CONTENT_TYPE;
+use crate::mediator::{MediatorResponse, MediatorStatus, Mediators};
+
+/// The registry plus one HTTP client for every mediator call.
+#[derive(Clone)]
+pub struct MediatorTarget {
+    registry: Mediators,
+    client: reqwest::Client,
+}
+
+impl MediatorTarget {
+    pub fn new(registry: Mediators, timeout: Duration) -> Result<MediatorTarget, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(timeout)
+            .user_agent(concat!("orbiter/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(MediatorTarget { registry, client })
+    }
+
+    pub async fn deliver(
+        &self,
+        destination: &DestinationDef,
+        id: TxId,
+        channel: &str,
+        output: &Value,
+        raw: &[u8],
+    ) -> Delivery {
+        let Some(urn) = destination.urn.as_deref() else {
+            return failed("mediator destination without urn".into());
+        };
+        // Not registered (yet): the mediator may register later, so wait for it.
+        let Some(record) = self.registry.get(urn) else {
+            return Delivery::Retry {
+                error: format!("mediator {urn} is not registered"),
+            };
+        };
+        if !self.registry.is_online(&record) {
+            return Delivery::Retry {
+                error: format!(
+                    "mediator {urn} is offline (no heartbeat in the last {} s)",
+                    self.registry.offline_after().as_secs()
+                ),
+            };
+        }
+        let wanted = destination.endpoint.as_deref();
+        let Some(endpoint) = record.endpoint(wanted) else {
+            return failed(format!(
+                "mediator {urn} has no endpoint named `{}`",
+                wanted.unwrap_or("")
+            ));
+        };
+        if endpoint.kind != "http" {
+            return failed(format!(
+                "mediator {urn} endpoint `{}` is of type `{}`; only http can be called",
+                endpoint.name, endpoint.kind
+            ));
+        }
+        let url = endpoint.url();
+        let (content_type, body) = match destination.payload.unwrap_or(Payload::Output) {
+            Payload::Output => (
+                "application/fhir+json",
+                serde_json::to_vec(output).expect("JSON serializes"),
+            ),
+            Payload::Raw => (raw_content_type(raw), raw.to_vec()),
+        };
+        let sent = self
+            .client
+            .post(&url)
+            .header("Content-Type", content_type)
+            .header("Accept", format!("{CONTENT_TYPE}, application/json"))
+            // OpenHIM's header, so that mediators written for it can correlate.
+            .header("X-OpenHIM-TransactionID", id.to_string())
+            .header("X-Orbiter-Channel", channel)
+            .body(body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                return Delivery::Retry {
+                    error: format!("mediator {urn} at {url}: {}", error_chain(&e)),
+                }
+            }
+        };
+        let status = response.status().as_u16();
+        let reply_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        match response.bytes().await {
+            Ok(body) => classify_reply(urn, status, reply_type.as_deref(), &body),
+            Err(e) => Delivery::Retry {
+                error: format!("mediator {urn}: reading the answer: {}", error_chain(&e)),
+            },
+        }
+    }
+}
+
+fn failed(error: String) -> Delivery {
+    Delivery::Failed {
+        error,
+        response: None,
+    }
+}
+
+/// A guess good enough for the mediator to pick a parser.
+fn raw_content_type(raw: &[u8]) -> &'static str {
+    let start = raw
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(0);
+    match raw.get(start..).unwrap_or_default() {
+        r if r.starts_with(b"MSH") || r.starts_with(b"FHS") || r.starts_with(b"BHS") => {
+            "x-application/hl7-v2+er7"
+        }
+        r if r.starts_with(b"{") || r.starts_with(b"[") => "application/json",
+        r if r.starts_with(b"<") => "application/xml",
+        _ => "text/plain",
+    }
+}
+
+/// What a mediator's answer means for the transaction.
+pub fn classify_reply(urn: &str, status: u16, content_type: Option<&str>, body: &[u8]) -> Delivery {
+    let is_openhim = content_type
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(CONTENT_TYPE));
+    let document: Value = serde_json::from_slice(body).unwrap_or_else(
+        |_| json!({"body": String::from_utf8_lossy(&body[..body.len().min(64 * 1024)])}),
+    );
+    if !is_openhim {
+        // A plain HTTP service registered as a mediator: judged like any HTTP destination.
+        return super::classify(status, document);
+    }
+    let parsed = match serde_json::from_value::<MediatorResponse>(document.clone()) {
+        Ok(parsed) => parsed,
+        Err(e) if (200..300).contains(&status) => {
+            return Delivery::Failed {
+                error: format!("mediator {urn}: malformed {CONTENT_TYPE} answer: {e}"),
+                response: Some(document),
+            }
+        }
+        Err(_) => return super::classify(status, document),
+    };
+    // The whole OpenHIM document is the step's output: status, orchestrations, properties.
+    let output = serde_json::to_value(&parsed).expect("JSON serializes");
+    let inner = parsed.response.status;
+    let said = |what: &str| {
+        let body = parsed
+            .response
+            .body
+            .as_ref()
+            .map(|b| match b {
+                Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| b.clone()),
+                other => other.clone(),
+            })
+            .map(|b| diagnostics(&b))
+            .unwrap_or_default();
+        format!(
+            "mediator {urn}: {what} ({:?}, response {}){}{body}",
+            parsed.status,
+            inner.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+            if body.is_empty() { "" } else { ": " },
+        )
+    };
+    match status {
+        408 | 429 | 500..=599 => {
+            return Delivery::Retry {
+                error: format!("HTTP {status} from {}", said("unavailable")),
+            }
+        }
+        300..=499 => {
+            return Delivery::Failed {
+                error: format!("HTTP {status} from {}", said("refused")),
+                response: Some(output),
+            }
+        }
+        _ => {}
+    }
+    if parsed.status == MediatorStatus::Failed {
+        return Delivery::Failed {
+            error: said("failed"),
+            response: Some(output),
+        };
+    }
+    match inner {
+        Some(408 | 429 | 500..=599) => Delivery::Retry {
+            error: said("upstream unavailable"),
+        },
+        Some(code) if !(200..300).contains(&code) => Delivery::Failed {
+            error: said("refused"),
+            response: Some(output),
+        },
+        _ => Delivery::Delivered {
+            response: Some(output),
+        },
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URN: &str = "urn:mediator:test";
+
+    fn answer(status: &str, inner: u16) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "x-mediator-urn": URN,
+            "status": status,
+            "response": {"status": inner, "headers": {}, "body": "{\"resourceType\":\"OperationOutcome\",\"issue\":[{\"diagnostics\":\"bad ref\"}]}",
+                         "timestamp": "2026-12-01T12:00:00Z"},
+            "orchestrations": [{"name": "lookup",
+                                "request": {"method": "GET", "path": "/x", "timestamp": "2026-12-01T12:00:00Z"},
+                                "response": {"status": 200, "body": "ok", "timestamp": "2026-12-01T12:00:00Z"}}],
+            "properties": {"checked": "3"}
+        }))
+        .unwrap()
+    }
+
+    fn classify(status: u16, body: &[u8]) -> Delivery {
+        classify_reply(
+            URN,
+            status,
+            Some("application/json+openhim; charset=utf-8"),
+            body,
+        )
+    }
+
+    #[test]
+    fn a_successful_answer_is_delivered_with_its_orchestrations() {
+        let Delivery::Delivered {
+            response: Some(out),
+        } = classify(200, &answer("Successful", 200))
+        else {
+            panic!("not delivered")
+        };
+        assert_eq!(out["x-mediator-urn"], URN);
+        assert_eq!(out["status"], "Successful");
+        assert_eq!(out["orchestrations"][0]["name"], "lookup");
+        assert_eq!(out["orchestrations"][0]["response"]["status"], 200);
+        assert_eq!(out["properties"]["checked"], "3");
+        assert!(matches!(
+            classify(200, &answer("Completed with error(s)", 201)),
+            Delivery::Delivered { .. }
+        ));
+    }
+
+    #[test]
+    fn failed_or_refused_is_failed_and_keeps_the_document() {
+        let Delivery::Failed { error, response } = classify(200, &answer("Failed", 200)) else {
+            panic!("not failed")
+        };
+        assert!(
+            error.contains("failed") && error.contains("bad ref"),
+            "{error}"
+        );
+        assert_eq!(response.unwrap()["status"], "Failed");
+        let Delivery::Failed { error, response } = classify(200, &answer("Completed", 422)) else {
+            panic!("not failed")
+        };
+        assert!(error.contains("422"), "{error}");
+        assert_eq!(response.unwrap()["orchestrations"][0]["name"], "lookup");
+        assert!(matches!(
+            classify(400, &answer("Completed", 400)),
+            Delivery::Failed { .. }
+        ));
+    }
+
+    #[test]
+    fn server_errors_and_upstream_outages_are_retried() {
+        let Delivery::Retry { error } = classify(500, &answer("Failed", 500)) else {
+            panic!("not retried")
+        };
+        assert!(error.starts_with("HTTP 500"), "{error}");
+        assert!(matches!(classify(503, b"down"), Delivery::Retry { .. }));
+        assert!(matches!(
+            classify(200, &answer("Completed", 502)),
+            Delivery::Retry { .. }
+        ));
+        // Not OpenHIM: judged like any HTTP destination.
+        assert!(matches!(
+            classify_reply(URN, 502, Some("text/html"), b"<html>bad gateway"),
+            Delivery::Retry { .. }
+        ));
+        assert!(matches!(
+            classify_reply(URN, 200, Some("application/json"), b"{\"ok\":true}"),
+            Delivery::Delivered { .. }
+        ));
+    }
+
+    #[test]
+    fn a_malformed_openhim_answer_fails() {
+        for body in [
+            &b"not json"[..],
+            br#"{"status":"Successful"}"#,
+            br#"{"x-mediator-urn":"u","status":"Great","response":{}}"#,
+        ] {
+            let Delivery::Failed { error, .. } = classify(200, body) else {
+                panic!("accepted {}", String::from_utf8_lossy(body))
+            };
+            assert!(error.contains("malformed"), "{error}");
+        }
+    }
+
+    fn destination(toml_text: &str) -> DestinationDef {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    /// Unregistered, offline, a missing endpoint, nobody listening: decided without a mediator.
+    #[tokio::test]
+    async fn what_cannot_be_called_is_queued_or_failed_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Mediators::open(dir.path(), Duration::from_secs(60)).unwrap();
+        // A port nobody listens on (bound, then released).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let registration = serde_json::from_value(json!({
+            "urn": URN, "version": "1.0.0", "name": "T",
+            "endpoints": [{"name": "main", "host": "127.0.0.1", "port": port}]
+        }))
+        .unwrap();
+        let target = MediatorTarget::new(registry.clone(), Duration::from_secs(2)).unwrap();
+        let send = |d: DestinationDef| {
+            let target = target.clone();
+            async move { target.deliver(&d, TxId(7), "c", &json!({}), b"MSH|").await }
+        };
+        let to =
+            |extra: &str| destination(&format!("kind = \"mediator\"\nurn = \"{URN}\"\n{extra}"));
+
+        let Delivery::Retry { error } = send(to("")).await else {
+            panic!("unregistered")
+        };
+        assert!(error.contains("not registered"), "{error}");
+
+        registry.register(registration, "test").unwrap();
+        let Delivery::Retry { error } = send(to("")).await else {
+            panic!("offline")
+        };
+        assert!(error.contains("offline"), "{error}");
+
+        registry.heartbeat(URN, 1.0, false).unwrap();
+        let Delivery::Failed { error, .. } = send(to("endpoint = \"other\"")).await else {
+            panic!("unknown endpoint")
+        };
+        assert!(error.contains("no endpoint named `other`"), "{error}");
+        let Delivery::Retry { error } = send(to("payload = \"raw\"")).await else {
+            panic!("connection refused")
+        };
+        assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
+
+        // A mediator that takes the connection and never answers: the timeout queues it.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_port = silent.local_addr().unwrap().port();
+        let holder = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        let moved = serde_json::from_value(json!({
+            "urn": URN, "version": "1.0.1", "name": "T",
+            "endpoints": [{"name": "main", "host": "127.0.0.1", "port": silent_port}]
+        }))
+        .unwrap();
+        registry.register(moved, "test").unwrap();
+        let impatient = MediatorTarget::new(registry.clone(), Duration::from_millis(500)).unwrap();
+        let started = std::time::Instant::now();
+        let answer = impatient
+            .deliver(&to(""), TxId(8), "c", &json!({}), b"")
+            .await;
+        let Delivery::Retry { error } = answer else {
+            panic!("timeout not retried")
+        };
+        assert!(
+            error.contains(&format!("127.0.0.1:{silent_port}")),
+            "{error}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        holder.abort();
+    }
+
+    #[test]
+    fn raw_payloads_get_a_content_type_from_their_first_bytes() {
+        assert_eq!(raw_content_type(b"MSH|^~\\&|"), "x-application/hl7-v2+er7");
+        assert_eq!(raw_content_type(b"  {\"a\":1}"), "application/json");
+        assert_eq!(raw_content_type(b"<ClinicalDocument/>"), "application/xml");
+        assert_eq!(raw_content_type(b"id,name"), "text/plain");
+    }
+}
