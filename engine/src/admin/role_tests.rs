@@ -59,11 +59,8 @@ async fn each_route_needs_its_role() {
         pipeline,
         cdr: None,
         cdr_reachable: Arc::new(true.into()),
-        mediators: crate::mediator::Mediators::open(
-            dir.path(),
-            std::time::Duration::from_secs(60),
-        )
-        .unwrap(),
+        mediators: crate::mediator::Mediators::open(dir.path(), std::time::Duration::from_secs(60))
+            .unwrap(),
     });
     for role in [Role::Viewer, Role::Operator, Role::Admin] {
         let as_role = move |req: actix_web::dev::ServiceRequest,

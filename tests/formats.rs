@@ -1,0 +1,220 @@
+//! End-to-end: the default C-CDA, CSV and FHIR channels over the HTTP ingest port, with the
+//! real binary and its embedded CDR. Every document is journaled, mapped and written; a replay
+//! changes nothing; malformed and hostile input is refused, kept in the journal, and named.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{default_channels, repo_root, Engine};
+
+const T: Duration = Duration::from_secs(15);
+
+fn start(dir: &std::path::Path) -> Engine {
+    let pairs = default_channels();
+    let env: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    Engine::start(&dir.join("data"), &env)
+}
+
+async fn post(engine: &Engine, path: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("http://{}{}", engine.http, path))
+        .header("Content-Type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn fixture(rel: &str) -> Vec<u8> {
+    std::fs::read(repo_root().join("fixtures").join(rel)).unwrap()
+}
+
+/// Waits until transaction `id` has left received/processing; returns it.
+async fn settled_id(engine: &Engine, id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + T;
+    loop {
+        let (status, tx) = engine.api(&format!("/api/transactions/{id}")).await;
+        assert_eq!(status, 200, "{tx}");
+        let s = tx["status"].as_str().unwrap_or("");
+        if s != "received" && s != "processing" {
+            return tx;
+        }
+        assert!(Instant::now() < deadline, "{id} never settled: {tx}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn total(engine: &Engine, query: &str) -> u64 {
+    let (status, bundle) = engine.api(&format!("/fhir/{query}")).await;
+    assert_eq!(status, 200, "{query}: {bundle}");
+    bundle["total"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{query}: {bundle}"))
+}
+
+#[tokio::test]
+async fn a_ccd_becomes_fhir_in_the_cdr_and_a_replay_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path());
+    let ccd = fixture("ccda/ccd_full.xml");
+
+    let resp = post(&engine, "/ccda", "application/cda+xml", ccd.clone()).await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let tx = settled_id(&engine, body["id"].as_str().unwrap()).await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+    assert_eq!(tx["format"], "ccda");
+    assert_eq!(tx["message_type"], "CCD");
+    assert_eq!(
+        tx["control_id"],
+        "2.16.840.1.113883.19.5.99999.1^CCD-20261130-0001"
+    );
+    assert_eq!(total(&engine, "Patient?identifier=MRN-998991").await, 1);
+    let counts = [
+        total(&engine, "Composition").await,
+        total(&engine, "Condition").await,
+        total(&engine, "AllergyIntolerance").await,
+        total(&engine, "Observation").await,
+    ];
+    assert!(counts.iter().all(|n| *n > 0), "{counts:?}");
+
+    // The same document again: journaled again, but the CDR is unchanged.
+    let resp = post(&engine, "/ccda", "application/xml", ccd).await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let tx = settled_id(&engine, body["id"].as_str().unwrap()).await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+    let again = [
+        total(&engine, "Composition").await,
+        total(&engine, "Condition").await,
+        total(&engine, "AllergyIntolerance").await,
+        total(&engine, "Observation").await,
+    ];
+    assert_eq!(counts, again);
+    assert_eq!(total(&engine, "Patient?identifier=MRN-998991").await, 1);
+    let (_, history) = engine.api("/fhir/Patient?identifier=MRN-998991").await;
+    assert_eq!(
+        history["entry"][0]["resource"]["meta"]["versionId"], "1",
+        "an identical replay makes no new version"
+    );
+}
+
+#[tokio::test]
+async fn hostile_and_broken_xml_is_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path());
+    let laughs = br#"<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>
+<ClinicalDocument xmlns="urn:hl7-org:v3">&lol2;</ClinicalDocument>"#;
+    for (body, expect) in [
+        (laughs.to_vec(), "DOCTYPE"),
+        (
+            b"<ClinicalDocument xmlns=\"urn:hl7-org:v3\"><id".to_vec(),
+            "C-CDA",
+        ),
+    ] {
+        let resp = post(&engine, "/ccda", "application/xml", body).await;
+        assert_eq!(resp.status().as_u16(), 400);
+        let id = resp.headers()["x-orbiter-transaction"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let outcome: serde_json::Value = resp.json().await.unwrap();
+        let text = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(text.contains(expect), "{text}");
+        let (_, tx) = engine.api(&format!("/api/transactions/{id}")).await;
+        assert_eq!(tx["status"], "failed", "{tx}");
+    }
+}
+
+#[tokio::test]
+async fn a_csv_file_becomes_one_transaction_a_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path());
+    let resp = post(
+        &engine,
+        "/csv/lab",
+        "text/csv",
+        fixture("csv/lab_results.csv"),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["rows"], 4, "{body}");
+    assert_eq!(body["failed"], 0, "{body}");
+    for id in body["ids"].as_array().unwrap() {
+        let tx = settled_id(&engine, id.as_str().unwrap()).await;
+        assert_eq!(tx["status"], "delivered", "{tx}");
+        assert_eq!(tx["format"], "csv");
+        assert!(
+            tx["origin"].as_str().unwrap().starts_with("/csv/lab#"),
+            "{tx}"
+        );
+    }
+    assert_eq!(total(&engine, "Observation").await, 4);
+    assert_eq!(total(&engine, "Patient?identifier=MRN-1001").await, 1);
+
+    // Malformed rows are journaled as failed with their line; good rows go through.
+    let resp = post(
+        &engine,
+        "/csv/lab",
+        "text/csv",
+        fixture("csv/lab_results_malformed.csv"),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["failed"].as_u64().unwrap() >= 1, "{body}");
+    let mut failed_reasons = Vec::new();
+    for id in body["ids"].as_array().unwrap() {
+        let tx = settled_id(&engine, id.as_str().unwrap()).await;
+        if tx["status"] == "failed" {
+            failed_reasons.push(tx["error"].as_str().unwrap_or("").to_string());
+        }
+    }
+    assert!(
+        failed_reasons.iter().any(|r| r.contains("line 3")),
+        "{failed_reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_collection_bundle_is_written_as_a_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path());
+    let resp = post(
+        &engine,
+        "/fhir",
+        "application/fhir+json",
+        fixture("fhir/collection_bundle.json"),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let tx = settled_id(&engine, body["id"].as_str().unwrap()).await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+    assert_eq!(total(&engine, "Condition").await, 1);
+    assert_eq!(total(&engine, "Observation").await, 1);
+
+    // Structurally invalid: refused with the JSON path of the problem.
+    let resp = post(
+        &engine,
+        "/fhir",
+        "application/fhir+json",
+        fixture("fhir/invalid_bundle.json"),
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 400);
+    let outcome: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        outcome["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("Bundle."),
+        "{outcome}"
+    );
+}
