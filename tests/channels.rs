@@ -6,69 +6,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ack_fields, adt, default_channels, fixture, repo_root, settled, Engine};
+use common::{ack_fields, adt, default_channels, fixture, repo_root, settled, Engine, Workspace};
 use orbiter::mllp::MllpClient;
 
 const T: Duration = Duration::from_secs(10);
-
-/// A channels dir and a scripts dir (with the repo's `scripts/lib`) in a temp folder.
-struct Workspace {
-    root: tempfile::TempDir,
-}
-
-impl Workspace {
-    fn new() -> Workspace {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join("channels")).unwrap();
-        std::fs::create_dir_all(root.path().join("scripts/lib")).unwrap();
-        for entry in std::fs::read_dir(repo_root().join("scripts/lib")).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "rhai") {
-                std::fs::copy(
-                    &path,
-                    root.path()
-                        .join("scripts/lib")
-                        .join(path.file_name().unwrap()),
-                )
-                .unwrap();
-            }
-        }
-        Workspace { root }
-    }
-
-    fn path(&self, rel: &str) -> std::path::PathBuf {
-        self.root.path().join(rel)
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        std::fs::write(self.path(rel), text).unwrap();
-    }
-
-    /// A channel taking `types`, running `scripts/<name>.rhai`, in `mode`, with `destinations`.
-    fn channel(&self, name: &str, types: &str, script: &str, mode: &str, destination: &str) {
-        self.write(
-            &format!("channels/{name}.toml"),
-            &format!(
-                "name = \"{name}\"\n[source]\nkind = \"mllp\"\n[match]\nmessage_type = [{types}]\n\
-                 [transform]\nscript = \"{name}.rhai\"\n{destination}\n[ack]\nmode = \"{mode}\"\n"
-            ),
-        );
-        self.write(&format!("scripts/{name}.rhai"), script);
-    }
-
-    fn env(&self) -> Vec<(String, String)> {
-        vec![
-            (
-                "ORBITER_CHANNELS_DIR".into(),
-                self.path("channels").display().to_string(),
-            ),
-            (
-                "ORBITER_SCRIPTS_DIR".into(),
-                self.path("scripts").display().to_string(),
-            ),
-        ]
-    }
-}
 
 fn start(data: &Path, env: &[(String, String)]) -> Engine {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

@@ -324,32 +324,15 @@ async fn fhir_documents_are_journaled_routed_and_delivered() {
 
 #[tokio::test]
 async fn ingest_over_tls_with_client_certificates() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, pem: String| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.to_string_lossy().into_owned()
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(vec![]).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let client_cert = CertificateParams::new(vec!["sender.example".into()])
-        .unwrap()
-        .signed_by(&client_key, &issuer)
-        .unwrap();
-    let ca_path = write("ca.pem", ca.pem());
-    let cert_path = write("server.pem", server.pem());
-    let key_path = write("server.key", server_key.serialize_pem());
+    let common::TestPki {
+        ca,
+        client_cert,
+        client_key,
+        ca_path,
+        cert_path,
+        key_path,
+    } = common::TestPki::new(dir.path());
     let pairs = default_channels();
     let engine = Engine::start(
         &dir.path().join("data"),

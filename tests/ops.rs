@@ -3,60 +3,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{ack_fields, adt, free_port, repo_root, Engine, TOKEN};
+use common::{ack_fields, adt, free_port, repo_root, Engine, Workspace, TOKEN};
 use orbiter::mllp::MllpClient;
 use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(10);
-
-/// A channels dir and a scripts dir (with the repo's `scripts/lib`) in a temp folder.
-struct Workspace {
-    root: tempfile::TempDir,
-}
-
-impl Workspace {
-    fn new() -> Workspace {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join("channels")).unwrap();
-        std::fs::create_dir_all(root.path().join("scripts/lib")).unwrap();
-        for entry in std::fs::read_dir(repo_root().join("scripts/lib")).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "rhai") {
-                std::fs::copy(
-                    &path,
-                    root.path()
-                        .join("scripts/lib")
-                        .join(path.file_name().unwrap()),
-                )
-                .unwrap();
-            }
-        }
-        Workspace { root }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.root.path().join(rel)
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        std::fs::write(self.path(rel), text).unwrap();
-    }
-
-    fn start(&self, extra: &[(&str, &str)]) -> Engine {
-        let channels = self.path("channels").display().to_string();
-        let scripts = self.path("scripts").display().to_string();
-        let mut env = vec![
-            ("ORBITER_CHANNELS_DIR", channels.as_str()),
-            ("ORBITER_SCRIPTS_DIR", scripts.as_str()),
-        ];
-        env.extend_from_slice(extra);
-        Engine::start(&self.path("data"), &env)
-    }
-}
 
 /// A channel without destinations taking `types` (a transformed message is `delivered`).
 fn channel_toml(name: &str, types: &str, script: &str, extra: &str) -> String {

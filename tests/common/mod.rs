@@ -263,3 +263,119 @@ pub fn ack_fields(ack: &[u8]) -> (String, String, String) {
     let control = fields.next().unwrap_or("").to_string();
     (code, control, text)
 }
+
+/// A channels dir and a scripts dir (with the repo's `scripts/lib`) in a temp folder.
+pub struct Workspace {
+    pub root: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("channels")).unwrap();
+        std::fs::create_dir_all(root.path().join("scripts/lib")).unwrap();
+        for entry in std::fs::read_dir(repo_root().join("scripts/lib")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rhai") {
+                std::fs::copy(
+                    &path,
+                    root.path()
+                        .join("scripts/lib")
+                        .join(path.file_name().unwrap()),
+                )
+                .unwrap();
+            }
+        }
+        Workspace { root }
+    }
+
+    pub fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.root.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        std::fs::write(self.path(rel), text).unwrap();
+    }
+
+    /// A channel taking `types`, running `scripts/<name>.rhai`, in `mode`, with `destinations`.
+    pub fn channel(&self, name: &str, types: &str, script: &str, mode: &str, destination: &str) {
+        self.write(
+            &format!("channels/{name}.toml"),
+            &format!(
+                "name = \"{name}\"\n[source]\nkind = \"mllp\"\n[match]\nmessage_type = [{types}]\n\
+                 [transform]\nscript = \"{name}.rhai\"\n{destination}\n[ack]\nmode = \"{mode}\"\n"
+            ),
+        );
+        self.write(&format!("scripts/{name}.rhai"), script);
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "ORBITER_CHANNELS_DIR".into(),
+                self.path("channels").display().to_string(),
+            ),
+            (
+                "ORBITER_SCRIPTS_DIR".into(),
+                self.path("scripts").display().to_string(),
+            ),
+        ]
+    }
+
+    /// Starts an engine on these channels and scripts, data under the workspace.
+    pub fn start(&self, extra: &[(&str, &str)]) -> Engine {
+        let channels = self.path("channels").display().to_string();
+        let scripts = self.path("scripts").display().to_string();
+        let mut env = vec![
+            ("ORBITER_CHANNELS_DIR", channels.as_str()),
+            ("ORBITER_SCRIPTS_DIR", scripts.as_str()),
+        ];
+        env.extend_from_slice(extra);
+        Engine::start(&self.path("data"), &env)
+    }
+}
+
+/// A throwaway PKI for TLS tests: a CA, a server certificate for 127.0.0.1 (files written into
+/// `dir`), and a client certificate signed by the same CA.
+pub struct TestPki {
+    pub ca: rcgen::Certificate,
+    pub client_cert: rcgen::Certificate,
+    pub client_key: rcgen::KeyPair,
+    pub ca_path: String,
+    pub cert_path: String,
+    pub key_path: String,
+}
+
+impl TestPki {
+    pub fn new(dir: &Path) -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(vec![]).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap()
+            .signed_by(&server_key, &issuer)
+            .unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let client_cert = CertificateParams::new(vec!["sender.example".into()])
+            .unwrap()
+            .signed_by(&client_key, &issuer)
+            .unwrap();
+        TestPki {
+            ca_path: write("ca.pem", ca.pem()),
+            cert_path: write("server.pem", server.pem()),
+            key_path: write("server.key", server_key.serialize_pem()),
+            ca,
+            client_cert,
+            client_key,
+        }
+    }
+}
