@@ -218,3 +218,56 @@ async fn a_collection_bundle_is_written_as_a_transaction() {
         "{outcome}"
     );
 }
+
+#[tokio::test]
+async fn a_csv_file_dropped_in_a_folder_is_journaled_row_by_row_and_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let drop = dir.path().join("drop");
+    let channels = dir.path().join("channels");
+    std::fs::create_dir_all(&drop).unwrap();
+    std::fs::create_dir_all(&channels).unwrap();
+    std::fs::write(
+        channels.join("lab-folder.toml"),
+        format!(
+            "name = \"lab-folder\"\n[source]\nkind = \"dir\"\ndir = \"{}\"\nformat = \"csv\"\n\
+             poll_ms = 200\n[csv]\ndelimiter = \";\"\n[transform]\nscript = \"csv_lab_to_fhir.rhai\"\n\
+             [[destination]]\nkind = \"cdr\"\n",
+            drop.display()
+        ),
+    )
+    .unwrap();
+    let channels = channels.display().to_string();
+    let scripts = repo_root().join("scripts").display().to_string();
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &[
+            ("ORBITER_CHANNELS_DIR", &channels),
+            ("ORBITER_SCRIPTS_DIR", &scripts),
+        ],
+    );
+    // The channel's own delimiter.
+    let csv = String::from_utf8(fixture("csv/lab_results.csv"))
+        .unwrap()
+        .replace(',', ";");
+    std::fs::write(drop.join("results.csv"), csv).unwrap();
+    let deadline = Instant::now() + T;
+    while !drop.join("processed/results.csv").exists() {
+        assert!(Instant::now() < deadline, "never moved:\n{}", engine.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + T;
+    loop {
+        let (_, page) = engine
+            .api("/api/transactions?status=delivered&limit=10")
+            .await;
+        let items = page["items"].as_array().unwrap();
+        if items.len() == 4 {
+            assert!(items.iter().all(|t| t["format"] == "csv"
+                && t["origin"].as_str().unwrap().starts_with("results.csv#")));
+            break;
+        }
+        assert!(Instant::now() < deadline, "rows not delivered: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(total(&engine, "Observation").await, 4);
+}
