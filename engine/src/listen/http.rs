@@ -52,6 +52,9 @@ pub enum HttpSourceError {
 /// The path where HL7 v2 reaches the shared MLLP channels over HTTP.
 pub const SHARED_HL7_PATH: &str = "/hl7v2";
 
+/// A CSV answer lists every transaction id up to this many rows.
+const LIST_IDS_UP_TO: usize = 1000;
+
 /// What the handlers share.
 #[derive(Clone)]
 struct IngestState {
@@ -374,11 +377,20 @@ async fn ingest_csv(
                 },
             };
             match intake.accept(doc).await {
-                Ok(accepted) => HttpResponse::Accepted().json(serde_json::json!({
-                    "rows": accepted.ids.len(),
-                    "failed": accepted.failed,
-                    "ids": accepted.ids.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
-                })),
+                // Every id for a small file; a large one answers with the range (ids grow with
+                // time, so first..last covers them) instead of a megabyte of JSON.
+                Ok(accepted) => {
+                    let mut body = serde_json::json!({
+                        "rows": accepted.ids.len(),
+                        "failed": accepted.failed,
+                        "first_id": accepted.ids.first().map(|id| id.to_string()),
+                        "last_id": accepted.ids.last().map(|id| id.to_string()),
+                    });
+                    if accepted.ids.len() <= LIST_IDS_UP_TO {
+                        body["ids"] = accepted.ids.iter().map(|id| id.to_string()).collect();
+                    }
+                    HttpResponse::Accepted().json(body)
+                }
                 Err(crate::ingest::IngestError::Refused { reason, .. }) => {
                     refuse(StatusCode::BAD_REQUEST, &reason)
                 }
