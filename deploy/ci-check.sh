@@ -362,7 +362,7 @@ PY
 
 step_d() {
   step d "smoke: release binary with the manifests' env and orbiter.toml"
-  local bin="${ORBITER_BIN:-$REPO/target/release/orbiter}"
+  local bin="${ORBITER_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/orbiter}"
   if [[ -n "${ORBITER_BIN:-}" ]]; then
     log "using ORBITER_BIN=$ORBITER_BIN (no build)"
   elif ! command -v cargo >/dev/null; then
@@ -454,7 +454,7 @@ step_e() {
     bad "arm64 under qemu: orbiter --version"
     return
   fi
-  local host="${ORBITER_BIN:-$REPO/target/release/orbiter}"
+  local host="${ORBITER_BIN:-${CARGO_TARGET_DIR:-$REPO/target}/release/orbiter}"
   if [[ ! -x "$host" ]]; then
     cargo build --release -p orbiter || { bad "host build for orbiter send"; return; }
   fi
