@@ -758,3 +758,43 @@ async fn required_client_certificates_refuse_a_handshake_without_one() {
         .unwrap();
     assert_eq!(resp.status(), 200, "a certificate plus the token");
 }
+
+/// Writes to the embedded CDR through `/fhir` are audit events too (path only, never the
+/// query, which may name a patient); reads are not.
+#[tokio::test]
+async fn writes_to_the_embedded_cdr_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(&dir.path().join("data"), &[]);
+    let client = reqwest::Client::new();
+    let patient = serde_json::json!({"resourceType": "Patient", "id": "audit1", "name": [{"family": "Audit"}]});
+    let resp = client
+        .put(engine.url("/fhir/Patient/audit1"))
+        .bearer_auth(common::TOKEN)
+        .header("Content-Type", "application/fhir+json")
+        .json(&patient)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let resp = client
+        .put(engine.url("/fhir/Patient?identifier=urn:oid:1.2|SECRET-MRN"))
+        .bearer_auth(common::TOKEN)
+        .header("Content-Type", "application/fhir+json")
+        .json(&serde_json::json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2", "value": "SECRET-MRN"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let (status, _) = engine.api("/fhir/Patient/audit1").await;
+    assert_eq!(status, 200);
+    let (status, page) = engine.api("/api/audit?action=fhir_write&limit=10").await;
+    assert_eq!(status, 200, "{page}");
+    let text = page.to_string();
+    let items = page["items"].as_array().unwrap_or_else(|| panic!("{page}"));
+    assert_eq!(items.len(), 2, "two writes, the read not audited: {page}");
+    assert!(text.contains("/fhir/Patient/audit1"), "{page}");
+    assert!(
+        !text.contains("SECRET-MRN"),
+        "the query stays out of the audit trail: {page}"
+    );
+}

@@ -56,6 +56,39 @@ pub fn record(journal: &Journal, caller: &Caller, what: AuditAction<'_>) {
     record_outcome(journal, caller, what, "ok");
 }
 
+/// Middleware for the embedded CDR under `/fhir`: every write that succeeded (POST, PUT, PATCH,
+/// DELETE answered 2xx, searches by POST aside) is an audit event, as the API's changes are. The
+/// target is the request path only: a conditional update's query names a patient identifier.
+pub async fn fhir_writes(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    use actix_web::HttpMessage;
+    let method = req.method().clone();
+    let path = req.path().to_string();
+    let write =
+        !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS") && !path.ends_with("/_search");
+    let caller = req.extensions().get::<Caller>().cloned();
+    let journal = req
+        .app_data::<actix_web::web::Data<super::AdminState>>()
+        .map(|s| s.journal.clone());
+    let res = next.call(req).await?;
+    if let (true, Some(caller), Some(journal)) = (write, caller, journal) {
+        if res.status().is_success() {
+            record(
+                &journal,
+                &caller,
+                AuditAction {
+                    action: "fhir_write",
+                    target: &path,
+                    detail: serde_json::json!({"method": method.as_str(), "status": res.status().as_u16()}),
+                },
+            );
+        }
+    }
+    Ok(res.map_into_boxed_body())
+}
+
 /// [`record`] with an outcome other than `ok` (the auth middleware records `denied`).
 pub fn record_outcome(journal: &Journal, caller: &Caller, what: AuditAction<'_>, outcome: &str) {
     let at_ms = now_ms();

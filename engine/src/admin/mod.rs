@@ -112,6 +112,8 @@ pub fn server(
             app = app.service(
                 web::scope("/fhir")
                     .app_data(cdr.clone())
+                    // Inside the auth middleware (the last `wrap` runs first): the caller is known.
+                    .wrap(from_fn(audit::fhir_writes))
                     .wrap(from_fn(auth::require_token))
                     .configure(crate::cdr::routes),
             );
