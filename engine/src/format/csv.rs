@@ -682,28 +682,4 @@ mod tests {
         // The row buffer never grew past its limit.
         assert_eq!(reader.out.len(), 256);
     }
-
-    /// `ORBITER_CSV_FILE=/tmp/lab_100mb.csv cargo test -p orbiter --lib format::csv::tests::stream_a_file -- --ignored --nocapture`:
-    /// reads a real file (see engine/benches/gen_lab_csv.py) and prints the peak RSS.
-    #[test]
-    #[ignore]
-    fn stream_a_file() {
-        let Ok(path) = std::env::var("ORBITER_CSV_FILE") else {
-            return;
-        };
-        let file = std::fs::File::open(&path).unwrap();
-        let options = CsvOptions::default();
-        let (mut rows, mut bytes) = (0u64, 0usize);
-        for r in journal_rows(file, &options) {
-            bytes += r.unwrap().bytes.len();
-            rows += 1;
-        }
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let hwm = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM"))
-            .unwrap_or("VmHWM: ?");
-        println!("{rows} rows, {bytes} journal bytes, peak {hwm}");
-        assert!(rows > 0);
-    }
 }

@@ -537,29 +537,6 @@ fn the_default_channels_parse_and_their_scripts_compile() {
     assert!(crate::channel::def::ChannelDef::parse(Path::new("x.toml"), bad).is_err());
 }
 
-/// `cargo test -p orbiter --lib format::tests::ccd_transform_time -- --ignored --nocapture`
-/// (add `--release` for production figures): how long the default C-CDA transform takes, to
-/// compare with the sandbox's 1 s default budget.
-#[test]
-#[ignore]
-fn ccd_transform_time() {
-    let raw = fixture("ccda/ccd_full.xml");
-    let host = ScriptHost::new(&root().join("scripts/lib"), ScriptLimits::default()).unwrap();
-    let ast = host
-        .compile_file(&root().join("scripts/ccda_to_fhir.rhai"))
-        .unwrap();
-    let ctx = ScriptContext::default();
-    let runs = 20;
-    let start = std::time::Instant::now();
-    for _ in 0..runs {
-        let msg = ccda::to_script(&raw).unwrap();
-        output(host.run_transform_value(&ast, msg, &raw, &ctx).unwrap());
-    }
-    let each = start.elapsed() / runs;
-    println!("parse + ccda_to_fhir.rhai on ccd_full.xml: {each:?} per document");
-    assert!(each < Duration::from_secs(1));
-}
-
 #[test]
 fn value_runs_filter_and_seed_ids_from_their_raw_input() {
     let host = ScriptHost::new(&root().join("scripts/lib"), ScriptLimits::default()).unwrap();
