@@ -271,3 +271,51 @@ async fn a_csv_file_dropped_in_a_folder_is_journaled_row_by_row_and_moved() {
     }
     assert_eq!(total(&engine, "Observation").await, 4);
 }
+
+#[tokio::test]
+async fn an_hl7_batch_file_in_a_folder_becomes_its_messages_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let drop = dir.path().join("drop");
+    let channels = dir.path().join("channels");
+    std::fs::create_dir_all(&drop).unwrap();
+    std::fs::create_dir_all(&channels).unwrap();
+    // A channel without a transform: each message is journaled and routed, nothing delivered.
+    std::fs::write(
+        channels.join("batches.toml"),
+        format!(
+            "name = \"batches\"\n[source]\nkind = \"dir\"\ndir = \"{}\"\npoll_ms = 200\n",
+            drop.display()
+        ),
+    )
+    .unwrap();
+    let channels = channels.display().to_string();
+    let scripts = repo_root().join("scripts").display().to_string();
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &[
+            ("ORBITER_CHANNELS_DIR", &channels),
+            ("ORBITER_SCRIPTS_DIR", &scripts),
+        ],
+    );
+    std::fs::write(drop.join("night.hl7"), fixture("hl7v2/batch.hl7")).unwrap();
+    let deadline = Instant::now() + T;
+    let controls = loop {
+        let (_, page) = engine.api("/api/transactions?limit=10").await;
+        let items = page["items"].as_array().unwrap().clone();
+        if items.len() == 3 {
+            // Newest first: the journal kept the file's order.
+            break items
+                .iter()
+                .map(|t| t["control_id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>();
+        }
+        assert!(Instant::now() < deadline, "not journaled: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(controls, ["B0003", "B0002", "B0001"]);
+    let deadline = Instant::now() + T;
+    while !drop.join("processed/night.hl7").exists() {
+        assert!(Instant::now() < deadline, "never moved:\n{}", engine.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -14,6 +14,8 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
+use futures_util::stream::FuturesOrdered;
+use futures_util::StreamExt;
 
 use crate::format::Format;
 use crate::intake::Arrival;
@@ -100,7 +102,10 @@ impl crate::intake::Intake {
                 None => k.clone(),
             }),
         };
-        let mut accepted = Accepted::default();
+        let mut accepted = Accepted {
+            already: true,
+            ..Accepted::default()
+        };
         match doc.format {
             Format::Hl7v2 => {
                 let parts: Vec<Bytes> = match crate::hl7::split_batch(&bytes) {
@@ -110,30 +115,25 @@ impl crate::intake::Intake {
                     _ => vec![bytes.clone()],
                 };
                 let several = parts.len() > 1;
-                let mut all_known = true;
+                // Submitted with a window in flight, so a batch file shares group commits
+                // instead of waiting for one fsync a message.
+                let mut in_flight = FuturesOrdered::new();
                 for (n, part) in parts.into_iter().enumerate() {
-                    let reply = self
-                        .submit_hl7(part, arrival(several.then_some(n + 1)))
-                        .await;
-                    let Some(id) = reply.id else {
-                        return Err(IngestError::Journal(JournalError::Closed));
-                    };
-                    if reply.code != crate::hl7::AckCode::Accept {
-                        accepted.failed += 1;
+                    in_flight.push_back(self.submit_hl7(part, arrival(several.then_some(n + 1))));
+                    if in_flight.len() >= WINDOW {
+                        if let Some(reply) = in_flight.next().await {
+                            accepted.add(Part::of_ack(reply)?);
+                        }
                     }
-                    all_known &= reply.already;
-                    accepted.ids.push(id);
                 }
-                accepted.already = all_known;
+                while let Some(reply) = in_flight.next().await {
+                    accepted.add(Part::of_ack(reply)?);
+                }
             }
             format => {
                 let facts = crate::format::facts(format, &bytes);
                 let reply = self.submit_document(facts, bytes, arrival(None)).await?;
-                if reply.refused.is_some() {
-                    accepted.failed += 1;
-                }
-                accepted.already = reply.already;
-                accepted.ids.push(reply.id);
+                accepted.add(Part::of_document(&reply));
             }
         }
         Ok(accepted)
@@ -141,13 +141,11 @@ impl crate::intake::Intake {
 
     /// CSV: one transaction per row (the header line and the row), streamed from the file so
     /// that memory stays flat whatever its size. Rows are appended with a window of
-    /// [`CSV_WINDOW`] in flight, so they share the journal's group commits. A malformed row is
+    /// [`WINDOW`] in flight, so they share the journal's group commits. A malformed row is
     /// journaled as `failed` with its line; a file that cannot be read at all is refused.
     async fn accept_csv(&self, doc: Document) -> Result<Accepted, IngestError> {
-        use futures_util::StreamExt;
-
         let options = self.csv_options();
-        let (rows_tx, mut rows) = tokio::sync::mpsc::channel::<CsvItem>(CSV_WINDOW);
+        let (rows_tx, mut rows) = tokio::sync::mpsc::channel::<CsvItem>(WINDOW);
         let body = doc.body;
         let reader = tokio::task::spawn_blocking(move || -> Result<(), IngestError> {
             let input: Box<dyn std::io::Read> = match body {
@@ -178,7 +176,7 @@ impl crate::intake::Intake {
             already: true,
             ..Accepted::default()
         };
-        let mut in_flight = futures_util::stream::FuturesOrdered::new();
+        let mut in_flight = FuturesOrdered::new();
         let mut fatal = None;
         loop {
             let next = rows.recv().await;
@@ -203,14 +201,14 @@ impl crate::intake::Intake {
                 origin_key: origin.key.as_ref().map(|k| format!("{k}#{line}")),
             };
             in_flight.push_back(self.submit_document(facts, raw, arrival));
-            if in_flight.len() >= CSV_WINDOW {
+            if in_flight.len() >= WINDOW {
                 if let Some(reply) = in_flight.next().await {
-                    note(&mut accepted, reply?);
+                    accepted.add(Part::of_document(&reply?));
                 }
             }
         }
         while let Some(reply) = in_flight.next().await {
-            note(&mut accepted, reply?);
+            accepted.add(Part::of_document(&reply?));
         }
         match reader.await {
             Ok(Ok(())) => {}
@@ -236,8 +234,8 @@ impl crate::intake::Intake {
     }
 }
 
-/// Rows appended at once while a CSV file streams in.
-const CSV_WINDOW: usize = 256;
+/// Parts of one document (HL7 messages of a batch, CSV rows) appended at once.
+const WINDOW: usize = 256;
 
 /// One item of a CSV file on its way to the journal.
 enum CsvItem {
@@ -246,10 +244,39 @@ enum CsvItem {
     Fatal(String),
 }
 
-fn note(accepted: &mut Accepted, reply: crate::intake::DocumentReply) {
-    accepted.ids.push(reply.id);
-    accepted.already &= reply.already;
-    if reply.refused.is_some() {
-        accepted.failed += 1;
+/// One journaled part of a document, as [`Accepted`] counts it.
+struct Part {
+    id: TxId,
+    failed: bool,
+    already: bool,
+}
+
+impl Part {
+    /// An HL7 message's answer; no transaction means the journal did not take it.
+    fn of_ack(reply: crate::intake::AckReply) -> Result<Part, IngestError> {
+        let id = reply.id.ok_or(IngestError::Journal(JournalError::Closed))?;
+        Ok(Part {
+            id,
+            failed: reply.code != crate::hl7::AckCode::Accept,
+            already: reply.already,
+        })
+    }
+
+    fn of_document(reply: &crate::intake::DocumentReply) -> Part {
+        Part {
+            id: reply.id,
+            failed: reply.refused.is_some(),
+            already: reply.already,
+        }
+    }
+}
+
+impl Accepted {
+    fn add(&mut self, part: Part) {
+        self.ids.push(part.id);
+        self.already &= part.already;
+        if part.failed {
+            self.failed += 1;
+        }
     }
 }
