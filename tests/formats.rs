@@ -19,16 +19,6 @@ fn start(dir: &std::path::Path) -> Engine {
     Engine::start(&dir.join("data"), &env)
 }
 
-async fn post(engine: &Engine, path: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("http://{}{}", engine.http, path))
-        .header("Content-Type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 fn fixture(rel: &str) -> Vec<u8> {
     std::fs::read(repo_root().join("fixtures").join(rel)).unwrap()
 }
@@ -62,7 +52,9 @@ async fn a_ccd_becomes_fhir_in_the_cdr_and_a_replay_changes_nothing() {
     let engine = start(dir.path());
     let ccd = fixture("ccda/ccd_full.xml");
 
-    let resp = post(&engine, "/ccda", "application/cda+xml", ccd.clone()).await;
+    let resp = engine
+        .ingest("/ccda", "application/cda+xml", ccd.clone())
+        .await;
     assert_eq!(resp.status().as_u16(), 202);
     let body: serde_json::Value = resp.json().await.unwrap();
     let tx = settled_id(&engine, body["id"].as_str().unwrap()).await;
@@ -83,7 +75,7 @@ async fn a_ccd_becomes_fhir_in_the_cdr_and_a_replay_changes_nothing() {
     assert!(counts.iter().all(|n| *n > 0), "{counts:?}");
 
     // The same document again: journaled again, but the CDR is unchanged.
-    let resp = post(&engine, "/ccda", "application/xml", ccd).await;
+    let resp = engine.ingest("/ccda", "application/xml", ccd).await;
     assert_eq!(resp.status().as_u16(), 202);
     let body: serde_json::Value = resp.json().await.unwrap();
     let tx = settled_id(&engine, body["id"].as_str().unwrap()).await;
@@ -117,7 +109,7 @@ async fn hostile_and_broken_xml_is_refused_and_kept() {
             "C-CDA",
         ),
     ] {
-        let resp = post(&engine, "/ccda", "application/xml", body).await;
+        let resp = engine.ingest("/ccda", "application/xml", body).await;
         assert_eq!(resp.status().as_u16(), 400);
         let id = resp.headers()["x-orbiter-transaction"]
             .to_str()
@@ -135,13 +127,9 @@ async fn hostile_and_broken_xml_is_refused_and_kept() {
 async fn a_csv_file_becomes_one_transaction_a_row() {
     let dir = tempfile::tempdir().unwrap();
     let engine = start(dir.path());
-    let resp = post(
-        &engine,
-        "/csv/lab",
-        "text/csv",
-        fixture("csv/lab_results.csv"),
-    )
-    .await;
+    let resp = engine
+        .ingest("/csv/lab", "text/csv", fixture("csv/lab_results.csv"))
+        .await;
     assert_eq!(resp.status().as_u16(), 202);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["rows"], 4, "{body}");
@@ -159,13 +147,13 @@ async fn a_csv_file_becomes_one_transaction_a_row() {
     assert_eq!(total(&engine, "Patient?identifier=MRN-1001").await, 1);
 
     // Malformed rows are journaled as failed with their line; good rows go through.
-    let resp = post(
-        &engine,
-        "/csv/lab",
-        "text/csv",
-        fixture("csv/lab_results_malformed.csv"),
-    )
-    .await;
+    let resp = engine
+        .ingest(
+            "/csv/lab",
+            "text/csv",
+            fixture("csv/lab_results_malformed.csv"),
+        )
+        .await;
     assert_eq!(resp.status().as_u16(), 202);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert!(body["failed"].as_u64().unwrap() >= 1, "{body}");
@@ -186,13 +174,13 @@ async fn a_csv_file_becomes_one_transaction_a_row() {
 async fn a_collection_bundle_is_written_as_a_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let engine = start(dir.path());
-    let resp = post(
-        &engine,
-        "/fhir",
-        "application/fhir+json",
-        fixture("fhir/collection_bundle.json"),
-    )
-    .await;
+    let resp = engine
+        .ingest(
+            "/fhir",
+            "application/fhir+json",
+            fixture("fhir/collection_bundle.json"),
+        )
+        .await;
     assert_eq!(resp.status().as_u16(), 202);
     let body: serde_json::Value = resp.json().await.unwrap();
     let tx = settled_id(&engine, body["id"].as_str().unwrap()).await;
@@ -201,13 +189,13 @@ async fn a_collection_bundle_is_written_as_a_transaction() {
     assert_eq!(total(&engine, "Observation").await, 1);
 
     // Structurally invalid: refused with the JSON path of the problem.
-    let resp = post(
-        &engine,
-        "/fhir",
-        "application/fhir+json",
-        fixture("fhir/invalid_bundle.json"),
-    )
-    .await;
+    let resp = engine
+        .ingest(
+            "/fhir",
+            "application/fhir+json",
+            fixture("fhir/invalid_bundle.json"),
+        )
+        .await;
     assert_eq!(resp.status().as_u16(), 400);
     let outcome: serde_json::Value = resp.json().await.unwrap();
     assert!(

@@ -12,16 +12,6 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-async fn post(engine: &Engine, path: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
-    client()
-        .post(format!("http://{}{}", engine.http, path))
-        .header("Content-Type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// A channels dir with the repository's scripts and these extra channel files.
 fn channels_dir(
     root: &Path,
@@ -79,13 +69,9 @@ async fn hl7_over_http_is_acknowledged_and_takes_the_mllp_channels() {
     let pairs = default_channels();
     let engine = Engine::start(&dir.path().join("data"), &env(&pairs, &[]));
 
-    let resp = post(
-        &engine,
-        "/hl7v2",
-        "application/hl7-v2",
-        common::adt("HTTP1"),
-    )
-    .await;
+    let resp = engine
+        .ingest("/hl7v2", "application/hl7-v2", common::adt("HTTP1"))
+        .await;
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(
         resp.headers()["content-type"].to_str().unwrap(),
@@ -102,17 +88,15 @@ async fn hl7_over_http_is_acknowledged_and_takes_the_mllp_channels() {
     assert_eq!(bundle["total"], 1, "{bundle}");
 
     // x-application/hl7-v2+er7 is the same thing.
-    let resp = post(
-        &engine,
-        "/hl7v2",
-        "x-application/hl7-v2+er7",
-        common::adt("HTTP2"),
-    )
-    .await;
+    let resp = engine
+        .ingest("/hl7v2", "x-application/hl7-v2+er7", common::adt("HTTP2"))
+        .await;
     assert_eq!(resp.status().as_u16(), 200);
 
     // Bytes that are not HL7: journaled as failed, answered AR with 400.
-    let resp = post(&engine, "/hl7v2", "text/plain", b"hello, not hl7".to_vec()).await;
+    let resp = engine
+        .ingest("/hl7v2", "text/plain", b"hello, not hl7".to_vec())
+        .await;
     assert_eq!(resp.status().as_u16(), 400);
     let id = resp.headers()["x-orbiter-transaction"]
         .to_str()
@@ -126,7 +110,7 @@ async fn hl7_over_http_is_acknowledged_and_takes_the_mllp_channels() {
 
     // HL7 missing MSH-10: AE, 422.
     let no_id = b"MSH|^~\\&|A|B|C|D|20261201||ADT^A01||P|2.5.1\rPID|1||X^^^H^MR".to_vec();
-    let resp = post(&engine, "/hl7v2", "application/hl7-v2", no_id).await;
+    let resp = engine.ingest("/hl7v2", "application/hl7-v2", no_id).await;
     assert_eq!(resp.status().as_u16(), 422);
     let (code, _, text) = ack_fields(&resp.bytes().await.unwrap());
     assert_eq!(code, "AE", "{text}");
@@ -140,19 +124,25 @@ async fn refusals_are_defined() {
         &dir.path().join("data"),
         &env(&pairs, &[("ORBITER_HTTP_MAX_BODY_BYTES", "4096")]),
     );
-    let resp = post(&engine, "/nowhere", "application/hl7-v2", common::adt("R1")).await;
+    let resp = engine
+        .ingest("/nowhere", "application/hl7-v2", common::adt("R1"))
+        .await;
     assert_eq!(resp.status().as_u16(), 404);
     let outcome: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(outcome["resourceType"], "OperationOutcome");
 
-    let resp = post(&engine, "/hl7v2", "image/png", common::adt("R2")).await;
+    let resp = engine
+        .ingest("/hl7v2", "image/png", common::adt("R2"))
+        .await;
     assert_eq!(resp.status().as_u16(), 415);
-    let resp = post(&engine, "/hl7v2", "application/fhir+json", b"{}".to_vec()).await;
+    let resp = engine
+        .ingest("/hl7v2", "application/fhir+json", b"{}".to_vec())
+        .await;
     assert_eq!(resp.status().as_u16(), 415);
 
     let mut big = common::adt("R3");
     big.extend(std::iter::repeat_n(b'x', 8192));
-    let resp = post(&engine, "/hl7v2", "application/hl7-v2", big).await;
+    let resp = engine.ingest("/hl7v2", "application/hl7-v2", big).await;
     assert_eq!(resp.status().as_u16(), 413);
 
     let resp = client()
@@ -232,13 +222,9 @@ async fn fhir_documents_are_journaled_routed_and_delivered() {
         &env(&pairs, &[("TEST_INGEST_TOKEN", "ingest-secret-42")]),
     );
 
-    let resp = post(
-        &engine,
-        "/fhir",
-        "application/fhir+json",
-        patient_bundle("F1"),
-    )
-    .await;
+    let resp = engine
+        .ingest("/fhir", "application/fhir+json", patient_bundle("F1"))
+        .await;
     assert_eq!(resp.status().as_u16(), 202);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "received");
@@ -261,13 +247,9 @@ async fn fhir_documents_are_journaled_routed_and_delivered() {
     assert_eq!(found["total"], 1, "{found}");
 
     // Not JSON: journaled as failed, answered 400 with an OperationOutcome.
-    let resp = post(
-        &engine,
-        "/fhir",
-        "application/fhir+json",
-        b"{not json".to_vec(),
-    )
-    .await;
+    let resp = engine
+        .ingest("/fhir", "application/fhir+json", b"{not json".to_vec())
+        .await;
     assert_eq!(resp.status().as_u16(), 400);
     let id = resp.headers()["x-orbiter-transaction"]
         .to_str()
@@ -286,17 +268,15 @@ async fn fhir_documents_are_journaled_routed_and_delivered() {
     assert_eq!(tx["status"], "failed");
 
     // A channel that declares its format refuses others.
-    let resp = post(&engine, "/fhir", "application/xml", b"<x/>".to_vec()).await;
+    let resp = engine
+        .ingest("/fhir", "application/xml", b"<x/>".to_vec())
+        .await;
     assert_eq!(resp.status().as_u16(), 415);
 
     // Client credentials, and an on-delivery answer once the CDR has it.
-    let resp = post(
-        &engine,
-        "/secured",
-        "application/fhir+json",
-        patient_bundle("F2"),
-    )
-    .await;
+    let resp = engine
+        .ingest("/secured", "application/fhir+json", patient_bundle("F2"))
+        .await;
     assert_eq!(resp.status().as_u16(), 401);
     let resp = client()
         .post(format!("http://{}/secured", engine.http))

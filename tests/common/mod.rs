@@ -165,6 +165,17 @@ impl Engine {
         format!("http://{}{}", self.admin, path)
     }
 
+    /// POST to the HTTP ingest port, as a sender would (no credentials).
+    pub async fn ingest(&self, path: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("http://{}{}", self.http, path))
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// GET on the admin API with the token; returns status and JSON body.
     pub async fn api(&self, path: &str) -> (u16, serde_json::Value) {
         let client = reqwest::Client::new();
