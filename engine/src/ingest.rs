@@ -71,10 +71,11 @@ pub enum IngestError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The document cannot be taken at all (not the declared format, empty); already journaled
-    /// as `failed` with this reason when `id` is set.
+    /// The file cannot be taken as a whole (a CSV file with no data rows or a broken header;
+    /// rows before a fatal error are journaled). Parts that do not parse are journaled as
+    /// `failed` and counted in [`Accepted::failed`] instead.
     #[error("{reason}")]
-    Refused { reason: String, id: Option<TxId> },
+    Refused { reason: String },
 }
 
 impl crate::intake::Intake {
@@ -216,18 +217,16 @@ impl crate::intake::Intake {
             Err(e) => {
                 return Err(IngestError::Refused {
                     reason: format!("CSV reader stopped: {e}"),
-                    id: None,
                 })
             }
         }
         if let Some(reason) = fatal {
             // Rows before the error are journaled; the file as a whole is refused.
-            return Err(IngestError::Refused { reason, id: None });
+            return Err(IngestError::Refused { reason });
         }
         if accepted.ids.is_empty() {
             return Err(IngestError::Refused {
                 reason: "the CSV file has no data rows".into(),
-                id: None,
             });
         }
         Ok(accepted)

@@ -282,8 +282,8 @@ impl<S: FileStore> FilePoller<S> {
                     Ok(Some(Handled::Processed))
                 }
             }
-            Err(IngestError::Refused { reason, id }) => {
-                tracing::warn!(%listener, file = %file.name, %reason, transaction = ?id.map(|i| i.0), "file refused");
+            Err(IngestError::Refused { reason }) => {
+                tracing::warn!(%listener, file = %file.name, %reason, "file refused");
                 count("refused");
                 Ok(Some(Handled::Error))
             }
