@@ -307,7 +307,11 @@ probe_engine() {
       return 1
     fi
   done
-  if curl -sf --max-time 5 "http://$ENGINE_ADMIN/metrics" | grep -q '^orbiter_\|^# TYPE orbiter_'; then
+  # Read the whole body first: with pipefail, `curl | grep -q` fails when grep exits on the
+  # first match while curl is still writing a body larger than the pipe buffer (SIGPIPE).
+  local body
+  body="$(curl -sf --max-time 5 "http://$ENGINE_ADMIN/metrics")" || body=""
+  if grep -q '^orbiter_\|^# TYPE orbiter_' <<<"$body"; then
     ok "$label: GET /metrics has orbiter_* metrics"
   else bad "$label: GET /metrics"; fi
 }
@@ -416,8 +420,10 @@ step_d() {
     # The message ACKed before the restart is still in the journal.
     local cid
     cid="$(tr '\r' '\n' <"$FIXTURE" | awk -F'|' '/^MSH/ {print $10; exit}')"
-    if curl -sf --max-time 5 -H "Authorization: Bearer $ENGINE_TOKEN" \
-      "http://$ENGINE_ADMIN/api/transactions?control_id=$cid" | grep -q "$cid"; then
+    local found
+    found="$(curl -sf --max-time 5 -H "Authorization: Bearer $ENGINE_TOKEN" \
+      "http://$ENGINE_ADMIN/api/transactions?control_id=$cid")" || found=""
+    if grep -q "$cid" <<<"$found"; then
       ok "pi overlay after restart: transaction $cid still in the journal"
     else bad "pi overlay after restart: transaction $cid not found through /api/transactions"; fi
     stop_engine "pi overlay after restart"
