@@ -1,14 +1,17 @@
 //! The journal: every received message, durable before it is acknowledged, and the audit trail
 //! of what happened to it.
 //!
-//! Layout in sled (one database under `<data_dir>/journal`):
-//! - `tx`: id → [`Transaction`] as JSON (metadata, status, status events);
-//! - `raw`: id → the message bytes exactly as received;
+//! Layout in sled (one database under `<data_dir>/journal`), with the large values in the
+//! [`values`] log beside it (`<data_dir>/journal/values/`) and sled holding pointers to them:
+//! - `tx_ptr`: id → [`Transaction`] as JSON in the value log (metadata, status, status events);
+//! - `raw_ptr`: id → the message bytes exactly as received, in the value log;
 //! - `by_time`, `by_status`, `by_control`: indexes (see [`keys`]);
 //! - `audit`, `api_clients`: the admin API's audit trail and API clients, owned by
 //!   `admin::audit` and `admin::clients` (they only reach them through [`Journal::audit_tree`]
 //!   and [`Journal::clients_tree`]).
-//! - `steps`: id + sequence → one pipeline step (filter, transform, delivery) as JSON;
+//! - `step_ptr`: id + sequence → one pipeline step (filter, transform, delivery) as JSON, in
+//!   the value log;
+//! - `segments`: value-log segment → bytes still referenced (a segment at 0 is deleted);
 //! - `stats`: (channel, status) → count, kept by the writer on every status change, so that
 //!   `GET /api/stats` never walks the journal.
 //!
@@ -20,6 +23,7 @@
 mod keys;
 pub mod record;
 pub mod retention;
+mod values;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +40,7 @@ pub use record::{
 
 use crate::config::JournalConfig;
 use crate::metrics::Metrics;
+use values::{Kind, Ptr, ValueLog};
 use writer::{Command, Writer};
 
 /// Why a journal operation failed.
@@ -65,17 +70,52 @@ impl From<sled::Error> for JournalError {
 #[derive(Clone)]
 pub(crate) struct Trees {
     db: sled::Db,
+    /// Bodies, records and steps; the trees below marked "pointers" hold [`Ptr`]s into it.
+    values: Arc<ValueLog>,
+    /// Pointers to transaction records.
     tx: sled::Tree,
+    /// Pointers to raw bodies.
     raw: sled::Tree,
     by_time: sled::Tree,
     by_status: sled::Tree,
     by_control: sled::Tree,
     /// Origin key of a document part → its transaction (idempotent file and HTTP ingest).
     by_origin: sled::Tree,
+    /// Pointers to pipeline steps.
     steps: sled::Tree,
     audit: sled::Tree,
     api_clients: sled::Tree,
     stats: sled::Tree,
+    /// Value-log segment → live bytes.
+    segments: sled::Tree,
+}
+
+impl Trees {
+    /// The value a pointer tree refers to.
+    fn value(
+        &self,
+        tree: &sled::Tree,
+        kind: Kind,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, JournalError> {
+        let Some(ptr) = tree.get(key)? else {
+            return Ok(None);
+        };
+        let ptr = Ptr::from_bytes(&ptr).ok_or_else(|| {
+            JournalError::Corrupt(format!("{kind:?} pointer of {} bytes", ptr.len()))
+        })?;
+        self.values.read(ptr, kind, key).map(Some)
+    }
+
+    /// A transaction record (from the value log).
+    fn tx(&self, id: TxId) -> Result<Option<Transaction>, JournalError> {
+        match self.value(&self.tx, Kind::Tx, &id.to_key())? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}"))),
+        }
+    }
 }
 
 /// A cheap, cloneable handle to the journal.
@@ -160,19 +200,24 @@ impl Journal {
             })
             .open()
             .map_err(|e| open_err(e.to_string()))?;
+        let (values, mut appender) = ValueLog::open(&path.join("values"))?;
         let trees = Trees {
-            tx: db.open_tree("tx")?,
-            raw: db.open_tree("raw")?,
+            tx: db.open_tree("tx_ptr")?,
+            raw: db.open_tree("raw_ptr")?,
             by_time: db.open_tree("by_time")?,
             by_status: db.open_tree("by_status")?,
             by_control: db.open_tree("by_control")?,
             by_origin: db.open_tree("by_origin")?,
-            steps: db.open_tree("steps")?,
+            steps: db.open_tree("step_ptr")?,
             audit: db.open_tree("audit")?,
             api_clients: db.open_tree("api_clients")?,
             stats: db.open_tree("stats")?,
+            segments: db.open_tree("segments")?,
+            values,
             db,
         };
+        writer::migrate_inline_values(&trees, &mut appender)?;
+        writer::remove_dead_segments(&trees, appender.active_segment())?;
         rebuild_stats_if_missing(&trees)?;
         // sled 0.34 keeps its log in `<path>/db`.
         let log_file = if config.fsync {
@@ -190,6 +235,7 @@ impl Journal {
         let (tx, rx) = std::sync::mpsc::channel();
         let writer = Writer {
             trees: trees.clone(),
+            values: appender,
             log_file,
             max_batch: config.max_batch,
             metrics,
@@ -368,31 +414,28 @@ impl Journal {
 
     /// The pipeline steps recorded for a transaction, in order.
     pub fn steps(&self, id: TxId) -> Result<Vec<Step>, JournalError> {
-        self.trees
-            .steps
-            .scan_prefix(id.to_key())
-            .values()
-            .map(|v| {
-                let v = v?;
-                serde_json::from_slice(&v)
-                    .map_err(|e| JournalError::Corrupt(format!("step of {id}: {e}")))
-            })
-            .collect()
+        let mut steps = Vec::new();
+        for entry in self.trees.steps.scan_prefix(id.to_key()) {
+            let (key, ptr) = entry?;
+            let ptr = Ptr::from_bytes(&ptr)
+                .ok_or_else(|| JournalError::Corrupt(format!("step pointer of {id}")))?;
+            let bytes = self.trees.values.read(ptr, Kind::Step, &key)?;
+            steps.push(
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| JournalError::Corrupt(format!("step of {id}: {e}")))?,
+            );
+        }
+        Ok(steps)
     }
 
     /// One transaction's record.
     pub fn get(&self, id: TxId) -> Result<Option<Transaction>, JournalError> {
-        match self.trees.tx.get(id.to_key())? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}"))),
-        }
+        self.trees.tx(id)
     }
 
-    /// The raw message bytes as received.
-    pub fn raw(&self, id: TxId) -> Result<Option<sled::IVec>, JournalError> {
-        Ok(self.trees.raw.get(id.to_key())?)
+    /// The raw message bytes as received (`None` once retention pruned them).
+    pub fn raw(&self, id: TxId) -> Result<Option<Vec<u8>>, JournalError> {
+        self.trees.value(&self.trees.raw, Kind::Raw, &id.to_key())
     }
 
     /// Transactions matching `filter`, newest first, one page.
@@ -500,9 +543,10 @@ impl Journal {
         })
     }
 
-    /// Bytes on disk (sled's own estimate, walks the files: not for hot paths).
+    /// Bytes on disk: sled's own estimate plus the value log (walks the files: not for hot
+    /// paths).
     pub fn size_on_disk(&self) -> Result<u64, JournalError> {
-        Ok(self.trees.db.size_on_disk()?)
+        Ok(self.trees.db.size_on_disk()? + self.trees.values.size_on_disk()?)
     }
 
     /// The admin audit trail (append-only; written and read by `admin::audit` only). Writes to it
@@ -580,9 +624,11 @@ fn rebuild_stats_if_missing(trees: &Trees) -> Result<(), JournalError> {
         return Ok(());
     }
     let mut counts: std::collections::HashMap<(String, Status), i64> = Default::default();
-    for value in trees.tx.iter().values() {
-        let value = value?;
-        let Ok(tx) = serde_json::from_slice::<Transaction>(&value) else {
+    for key in trees.tx.iter().keys() {
+        let Some(id) = TxId::from_key(&key?) else {
+            continue;
+        };
+        let Ok(Some(tx)) = trees.tx(id) else {
             continue;
         };
         for channel in tx.channel_names() {

@@ -50,7 +50,7 @@ async fn append_then_read_back_exactly() {
     assert_eq!(tx.status, Status::Received);
     assert_eq!(tx.events.len(), 1);
     assert_eq!(tx.size, raw.len());
-    assert_eq!(journal.raw(a.id).unwrap().unwrap().as_ref(), raw.as_ref());
+    assert_eq!(journal.raw(a.id).unwrap().unwrap(), raw.to_vec());
     assert_eq!(count(&metrics, Status::Received), 2);
 }
 
@@ -407,4 +407,115 @@ async fn search_by_channel_type_patient_and_text_within_a_scan_limit() {
     assert_eq!((page.items.len(), page.scanned), (1, 1));
     assert!(page.scan_limit_reached);
     assert_eq!(page.next_cursor, Some(page.items[0].id));
+}
+
+fn segment_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("journal/values"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_value_segment_is_deleted_once_nothing_refers_to_it() {
+    use super::retention::{PruneAction, PruneRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    let a = journal.append(routed("V1", &["adt"])).await.unwrap().id;
+    let b = journal.append(routed("V2", &["adt"])).await.unwrap().id;
+    journal.close();
+    drop(journal);
+    // A restart starts segment 2; segment 1 holds both bodies and first records.
+    let (journal, _) = open(dir.path());
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    for id in [a, b] {
+        journal
+            .set_status(id, Status::Delivered, None)
+            .await
+            .unwrap();
+    }
+    let prune = |id, action| PruneRequest {
+        id,
+        action,
+        statuses: vec![Status::Delivered],
+    };
+    // Only a's body goes: b's body keeps segment 1.
+    journal
+        .prune(vec![prune(a, PruneAction::Whole)])
+        .await
+        .unwrap();
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    assert!(journal.get(a).unwrap().is_none());
+    assert_eq!(
+        journal.raw(b).unwrap().unwrap().len(),
+        journal.get(b).unwrap().unwrap().size
+    );
+    journal
+        .prune(vec![prune(b, PruneAction::Body)])
+        .await
+        .unwrap();
+    assert_eq!(
+        segment_files(dir.path()),
+        vec!["0000000002.vlog".to_string()]
+    );
+    assert!(journal.raw(b).unwrap().is_none());
+    assert_eq!(journal.get(b).unwrap().unwrap().status, Status::Delivered);
+    journal.close();
+    drop(journal);
+    // Reopened: segment 2 still holds b's record, the new segment 3 is empty.
+    let (journal, _) = open(dir.path());
+    assert!(journal.get(b).unwrap().unwrap().body_pruned);
+    assert_eq!(segment_files(dir.path()).len(), 2);
+}
+
+#[tokio::test]
+async fn a_journal_with_inline_values_is_moved_into_the_value_log_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = b"MSH|^~\\&|OLD|||||ADT^A01|OLD1|P|2.5.1".to_vec();
+    let tx = Transaction {
+        id: TxId(7),
+        received_at_ms: 1_700_000_000_000,
+        meta: MessageMeta {
+            control_id: Some("OLD1".into()),
+            ..MessageMeta::default()
+        },
+        size: raw.len(),
+        truncated: false,
+        status: Status::Delivered,
+        error: None,
+        duplicate_of: None,
+        channels: Vec::new(),
+        events: Vec::new(),
+        rerun_of: None,
+        body_pruned: false,
+    };
+    {
+        // The layout before the value log: JSON and bytes inline.
+        let db = sled::open(dir.path().join("journal")).unwrap();
+        db.open_tree("tx")
+            .unwrap()
+            .insert(TxId(7).to_key(), serde_json::to_vec(&tx).unwrap())
+            .unwrap();
+        db.open_tree("raw")
+            .unwrap()
+            .insert(TxId(7).to_key(), raw.clone())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let (journal, _) = open(dir.path());
+    assert_eq!(journal.get(TxId(7)).unwrap().unwrap(), tx);
+    assert_eq!(journal.raw(TxId(7)).unwrap().unwrap(), raw);
+    assert!(!journal
+        .trees
+        .db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == b"tx" || n.as_ref() == b"raw"));
+    journal.close();
+    drop(journal);
+    // Twice opened: still there (now from the log), not migrated again.
+    let (journal, _) = open(dir.path());
+    assert_eq!(journal.raw(TxId(7)).unwrap().unwrap(), raw);
 }

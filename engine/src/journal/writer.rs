@@ -1,8 +1,9 @@
 //! The journal's writer threads and their group commit.
 //!
 //! Every change goes through one OS thread that drains a queue and applies everything waiting;
-//! a second thread then calls sled's `flush()` once and `fsync`s sled's log file once for all
-//! the batches applied meanwhile, and only then answers their waiters. Many appends share one flush, which is what makes durable ACKs cheap. One thread
+//! a second thread then fsyncs the value-log segments written, calls sled's `flush()` once and
+//! `fsync`s sled's log file once for all the batches applied meanwhile, and only then answers
+//! their waiters. Many appends share one flush, which is what makes durable ACKs cheap. One thread
 //! also sidesteps sled 0.34's `flush_async` deadlock under concurrent callers, keeps blocking I/O
 //! off the actix arbiters, and makes read-modify-write of a record race-free.
 
@@ -19,6 +20,7 @@ use super::record::{
     now_ms, Appended, ChannelRun, NewMessage, Status, StatusEvent, Step, Transaction, TxId,
 };
 use super::retention::{PruneAction, PruneRequest, Pruned};
+use super::values::{Appender, Kind, Ptr};
 use super::{JournalError, Trees};
 use crate::metrics::Metrics;
 
@@ -55,6 +57,8 @@ pub(super) enum Command {
 /// Owned by the writer thread.
 pub(super) struct Writer {
     pub trees: Trees,
+    /// The value log's only appender.
+    pub values: Appender,
     /// sled's log file, opened separately so that it can be fsynced after sled's flush.
     pub log_file: Option<File>,
     pub max_batch: usize,
@@ -80,12 +84,13 @@ enum Reply {
 
 impl Writer {
     /// Runs until every sender is dropped, then flushes one last time.
-    pub fn run(self, rx: Receiver<Command>) {
+    pub fn run(mut self, rx: Receiver<Command>) {
         // Two stages: this thread applies batch N+1 while the flusher thread makes batch N
         // durable, so the CPU work of inserts overlaps the wait for the disk.
         let (jobs, flush_rx) = std::sync::mpsc::channel::<FlushJob>();
         let flusher = Flusher {
             db: self.trees.db.clone(),
+            values: self.trees.values.clone(),
             log_file: self.log_file.as_ref().and_then(|f| f.try_clone().ok()),
             metrics: self.metrics.clone(),
         };
@@ -111,7 +116,7 @@ impl Writer {
     }
 
     /// Applies one batch; returns what the flusher must do once it is durable.
-    fn commit(&self, batch: &mut Vec<Command>) -> FlushJob {
+    fn commit(&mut self, batch: &mut Vec<Command>) -> FlushJob {
         self.metrics.journal_batch_size.observe(batch.len() as f64);
         let mut pending = PendingWrites::default();
         let mut replies = Vec::with_capacity(batch.len());
@@ -153,11 +158,16 @@ impl Writer {
             }
         }
         let status_deltas = std::mem::take(&mut pending.status_deltas);
-        let applied = pending.apply(&self.trees);
+        let (applied, dead_segments) = match pending.apply(&self.trees, &mut self.values) {
+            Ok(dead) => (Ok(()), dead),
+            Err(e) => (Err(e), Vec::new()),
+        };
         FlushJob {
             replies,
             status_deltas,
             applied,
+            unsynced: self.values.take_unsynced(),
+            dead_segments,
         }
     }
 
@@ -192,11 +202,9 @@ impl Writer {
             return Err(JournalError::NotFound(id));
         }
         if let std::collections::hash_map::Entry::Vacant(slot) = pending.records.entry(id) {
-            let Some(bytes) = self.trees.tx.get(id.to_key())? else {
+            let Some(tx) = self.trees.tx(id)? else {
                 return Err(JournalError::NotFound(id));
             };
-            let tx: Transaction = serde_json::from_slice(&bytes)
-                .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}")))?;
             slot.insert(tx);
         }
         Ok(())
@@ -213,9 +221,7 @@ impl Writer {
             Some(raw) => raw,
             None => self
                 .trees
-                .raw
-                .get(of.to_key())?
-                .map(|v| v.to_vec())
+                .value(&self.trees.raw, Kind::Raw, &of.to_key())?
                 .ok_or_else(|| JournalError::Corrupt(format!("transaction {of}: body pruned")))?,
         };
         let original = pending.records.get(&of).expect("loaded above");
@@ -274,7 +280,7 @@ impl Writer {
                 // Step outputs are FHIR made from the body: PHI too. Keep what ran and how it
                 // ended.
                 for key in step_keys {
-                    if let Some(bytes) = self.trees.steps.get(&key)? {
+                    if let Some(bytes) = self.trees.value(&self.trees.steps, Kind::Step, &key)? {
                         if let Ok(mut step) = serde_json::from_slice::<Step>(&bytes) {
                             step.output = None;
                             step.logs.clear();
@@ -476,11 +482,16 @@ struct FlushJob {
     replies: Vec<Reply>,
     status_deltas: HashMap<Status, i64>,
     applied: Result<(), JournalError>,
+    /// Value-log segments written by this batch: fsynced before sled's flush.
+    unsynced: Vec<(u32, Arc<File>)>,
+    /// Value-log segments nothing refers to any more: deleted once the flush is durable.
+    dead_segments: Vec<u32>,
 }
 
 /// The second stage: flushes and fsyncs once for every batch applied meanwhile, then answers.
 struct Flusher {
     db: sled::Db,
+    values: Arc<super::values::ValueLog>,
     /// sled's log file, opened separately so that it can be fsynced after sled's flush.
     log_file: Option<File>,
     metrics: Arc<Metrics>,
@@ -493,18 +504,38 @@ impl Flusher {
             while let Ok(job) = jobs.try_recv() {
                 ready.push(job);
             }
-            let flushed = self.durable_flush();
+            let mut unsynced: Vec<(u32, Arc<File>)> = Vec::new();
+            for job in &mut ready {
+                for (segment, file) in job.unsynced.drain(..) {
+                    if !unsynced.iter().any(|(s, _)| *s == segment) {
+                        unsynced.push((segment, file));
+                    }
+                }
+            }
+            let flushed = self.durable_flush(&unsynced);
             for job in ready {
+                if flushed.is_ok() {
+                    for segment in &job.dead_segments {
+                        if let Err(e) = self.values.remove_segment(*segment) {
+                            tracing::warn!(segment, error = %e, "could not delete a value-log segment");
+                        }
+                    }
+                }
                 self.answer(job, &flushed);
             }
         }
-        let _ = self.durable_flush();
+        let _ = self.durable_flush(&[]);
     }
 
-    /// sled `flush()` writes its buffers with `sync_file_range`; the `fsync` makes them durable
-    /// across a power cut too.
-    fn durable_flush(&self) -> Result<(), JournalError> {
+    /// The value-log segments first (sled's pointers must never outlive what they point to),
+    /// then sled: its `flush()` writes its buffers with `sync_file_range`; the `fsync` makes them
+    /// durable across a power cut too.
+    fn durable_flush(&self, segments: &[(u32, Arc<File>)]) -> Result<(), JournalError> {
         let started = Instant::now();
+        for (_, file) in segments {
+            file.sync_data()
+                .map_err(|e| JournalError::Io(Arc::new(e)))?;
+        }
         self.db.flush().map_err(JournalError::from)?;
         if let Some(file) = &self.log_file {
             file.sync_data()
@@ -592,6 +623,153 @@ impl Writes {
         }
         Ok(())
     }
+
+    /// Appends the values to the value log; what is left to write to sled is their pointers.
+    fn into_pointers(
+        self,
+        kind: Kind,
+        values: &mut Appender,
+    ) -> Result<PointerWrites, JournalError> {
+        let mut out = PointerWrites::default();
+        for (key, value) in self.0 {
+            let ptr = match value {
+                Some(value) => Some(values.push(kind, &key, &value)?),
+                None => None,
+            };
+            out.push(key, ptr);
+        }
+        Ok(out)
+    }
+}
+
+/// Pointer changes for one tree, and the bytes they add to each segment.
+#[derive(Default)]
+struct PointerWrites {
+    writes: Vec<(Vec<u8>, Option<Ptr>)>,
+}
+
+impl PointerWrites {
+    fn push(&mut self, key: Vec<u8>, ptr: Option<Ptr>) {
+        self.writes.push((key, ptr));
+    }
+
+    fn added(&self, live: &mut HashMap<u32, i64>) {
+        for ptr in self.writes.iter().filter_map(|(_, p)| *p) {
+            *live.entry(ptr.segment).or_default() += i64::from(ptr.len);
+        }
+    }
+
+    /// Writes the pointers; counts what the replaced or removed ones referred to.
+    fn apply(
+        self,
+        tree: &sled::Tree,
+        released: &mut HashMap<u32, i64>,
+    ) -> Result<(), JournalError> {
+        for (key, ptr) in self.writes {
+            let old = match ptr {
+                Some(ptr) => tree.insert(key, &ptr.to_bytes())?,
+                None => tree.remove(key)?,
+            };
+            if let Some(old) = old.as_deref().and_then(Ptr::from_bytes) {
+                *released.entry(old.segment).or_default() -= i64::from(old.len);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adds `deltas` to the `segments` counters; returns the segments (other than `active`) that
+/// no pointer refers to any more, removed from the counters.
+fn count_live(
+    trees: &Trees,
+    deltas: &HashMap<u32, i64>,
+    active: u32,
+) -> Result<Vec<u32>, JournalError> {
+    let mut dead = Vec::new();
+    for (&segment, &delta) in deltas {
+        if delta == 0 {
+            continue;
+        }
+        let key = segment.to_be_bytes();
+        let now = trees
+            .segments
+            .get(key)?
+            .map(|v| keys::count(&v))
+            .unwrap_or(0)
+            + delta;
+        if now <= 0 && segment != active {
+            trees.segments.remove(key)?;
+            dead.push(segment);
+        } else {
+            trees.segments.insert(key, &now.to_be_bytes())?;
+        }
+    }
+    Ok(dead)
+}
+
+/// At open: deletes segments no pointer refers to (counted at zero, or never counted: written
+/// by a batch that a crash cut short), except the new active one.
+pub(super) fn remove_dead_segments(trees: &Trees, active: u32) -> Result<(), JournalError> {
+    for segment in trees.values.segments()? {
+        if segment == active {
+            continue;
+        }
+        let live = trees
+            .segments
+            .get(segment.to_be_bytes())?
+            .map(|v| keys::count(&v))
+            .unwrap_or(0);
+        if live <= 0 {
+            trees.segments.remove(segment.to_be_bytes())?;
+            trees.values.remove_segment(segment)?;
+        }
+    }
+    trees.db.flush()?;
+    Ok(())
+}
+
+/// Journals from before the value log kept records, bodies and steps inline in the `tx`,
+/// `raw` and `steps` trees: move them into the log once, at open. The old trees are dropped
+/// only after the new pointers are flushed, so a crash midway just starts over.
+pub(super) fn migrate_inline_values(
+    trees: &Trees,
+    values: &mut Appender,
+) -> Result<(), JournalError> {
+    let names = trees.db.tree_names();
+    let old = [
+        ("tx", Kind::Tx, &trees.tx),
+        ("raw", Kind::Raw, &trees.raw),
+        ("steps", Kind::Step, &trees.steps),
+    ];
+    if !old
+        .iter()
+        .any(|(name, ..)| names.iter().any(|n| n.as_ref() == name.as_bytes()))
+    {
+        return Ok(());
+    }
+    let mut live = HashMap::new();
+    for (name, kind, new_tree) in old {
+        let inline = trees.db.open_tree(name)?;
+        for entry in inline.iter() {
+            let (key, value) = entry?;
+            let ptr = values.push(kind, &key, &value)?;
+            *live.entry(ptr.segment).or_default() += i64::from(ptr.len);
+            new_tree.insert(key, &ptr.to_bytes())?;
+        }
+        values.write_out()?;
+    }
+    for (segment, file) in values.take_unsynced() {
+        let _ = segment;
+        file.sync_data()
+            .map_err(|e| JournalError::Io(Arc::new(e)))?;
+    }
+    count_live(trees, &live, values.active_segment())?;
+    trees.db.flush()?;
+    for name in ["tx", "raw", "steps"] {
+        trees.db.drop_tree(name)?;
+    }
+    trees.db.flush()?;
+    Ok(())
 }
 
 /// Everything one batch writes, grouped per tree.
@@ -618,23 +796,40 @@ struct PendingWrites {
 }
 
 impl PendingWrites {
-    /// Raw bytes first, then records, then indexes, so a crash in between leaves at worst a
-    /// value nothing points to; nothing in this batch was acknowledged yet (replies wait for
-    /// the flush), and readers skip index entries whose record is missing.
-    fn apply(self, trees: &Trees) -> Result<(), JournalError> {
-        self.raw.apply(&trees.raw)?;
+    /// Values into the log (one write), then in sled: the segments' new live bytes, raw
+    /// pointers, records, indexes, steps, and last the bytes released. A crash in between
+    /// leaves at worst a value nothing points to or a segment counted too high; nothing in this
+    /// batch was acknowledged yet (replies wait for the flush), and readers skip index entries
+    /// whose record is missing. Returns the segments to delete once the flush is durable.
+    fn apply(self, trees: &Trees, values: &mut Appender) -> Result<Vec<u32>, JournalError> {
+        let raw = self.raw.into_pointers(Kind::Raw, values)?;
+        let mut records = Writes::default();
         for (id, tx) in &self.records {
-            let json = serde_json::to_vec(tx).expect("transaction serializes");
-            trees.tx.insert(id.to_key(), json)?;
+            records.insert(
+                id.to_key(),
+                serde_json::to_vec(tx).expect("transaction serializes"),
+            );
         }
         for id in &self.deleted {
-            trees.tx.remove(id.to_key())?;
+            records.remove(id.to_key());
         }
+        let records = records.into_pointers(Kind::Tx, values)?;
+        let steps = self.steps.into_pointers(Kind::Step, values)?;
+        values.write_out()?;
+        let mut added = HashMap::new();
+        for writes in [&raw, &records, &steps] {
+            writes.added(&mut added);
+        }
+        let active = values.active_segment();
+        count_live(trees, &added, active)?;
+        let mut released = HashMap::new();
+        raw.apply(&trees.raw, &mut released)?;
+        records.apply(&trees.tx, &mut released)?;
         self.by_time.apply(&trees.by_time)?;
         self.by_status.apply(&trees.by_status)?;
         self.by_control.apply(&trees.by_control)?;
         self.by_origin.apply(&trees.by_origin)?;
-        self.steps.apply(&trees.steps)?;
+        steps.apply(&trees.steps, &mut released)?;
         // Only this thread writes `stats`: read-modify-write is race-free.
         for ((channel, status), delta) in self.stats_deltas {
             if delta != 0 {
@@ -645,6 +840,6 @@ impl PendingWrites {
                     .insert(key, &(now + delta).max(0).to_be_bytes())?;
             }
         }
-        Ok(())
+        count_live(trees, &released, active)
     }
 }

@@ -1,0 +1,337 @@
+//! The value log: the journal's large values (raw message bodies, transaction records, pipeline
+//! steps with their FHIR output) appended to segment files under `<journal>/values/`, while sled
+//! keeps a 12-byte [`Ptr`] to each.
+//!
+//! Why not keep them in sled: sled 0.34 copies a whole leaf node (up to 17 entries) on every
+//! insert and holds its pages in memory, so the cost of an insert, and the memory per record,
+//! grow with the size of the values. With pointers in sled, an insert copies ~400 bytes instead of
+//! ~10 KB (17 bodies or FHIR bundles), and the bodies live in the OS page cache, not the heap.
+//!
+//! Record layout: `crc32 (4) | value length (4) | kind (1) | key length (1) | key | value`, all
+//! little-endian; the crc covers everything after itself. The key is the sled key that points
+//! to the record (for a future compaction pass, and a check on read).
+//!
+//! Crash safety: one writer appends ([`Appender`], owned by the journal's writer thread) and
+//! writes a batch's records before sled gets their pointers; the flusher fsyncs the segments
+//! before it flushes sled, so a pointer that survives a crash points to data that survived too.
+//! A restart always starts a new segment, so a torn tail is never appended to. A segment is
+//! deleted (after a durable flush) once no pointer refers to it: each segment's live bytes are
+//! counted in sled's `segments` tree, increments applied before the pointers and decrements
+//! after, so a crash between them leaves a count too high (a file kept too long), never too low.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use super::JournalError;
+
+/// Segments are closed past this size (a record larger than it gets a segment of its own).
+pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+const HEADER_BYTES: usize = 10;
+
+/// What a record holds (and so which sled tree points to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    Tx = 1,
+    Raw = 2,
+    Step = 3,
+}
+
+/// Where a record is: segment number, offset of the record, length of the whole record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ptr {
+    pub segment: u32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+impl Ptr {
+    pub const BYTES: usize = 12;
+
+    pub fn to_bytes(self) -> [u8; Self::BYTES] {
+        let mut out = [0u8; Self::BYTES];
+        out[..4].copy_from_slice(&self.segment.to_be_bytes());
+        out[4..8].copy_from_slice(&self.offset.to_be_bytes());
+        out[8..].copy_from_slice(&self.len.to_be_bytes());
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<Ptr> {
+        if bytes.len() != Self::BYTES {
+            return None;
+        }
+        let word = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+        Some(Ptr {
+            segment: word(0),
+            offset: word(4),
+            len: word(8),
+        })
+    }
+}
+
+fn segment_name(segment: u32) -> String {
+    format!("{segment:010}.vlog")
+}
+
+fn io_err(e: std::io::Error) -> JournalError {
+    JournalError::Io(Arc::new(e))
+}
+
+/// Read access to every segment; shared by readers and the writer.
+pub(crate) struct ValueLog {
+    dir: PathBuf,
+    /// Open handles by segment (a reader that finds none opens the file).
+    files: RwLock<HashMap<u32, Arc<File>>>,
+}
+
+impl ValueLog {
+    /// Opens the log in `dir` and starts a new segment for appending (never the tail of an old
+    /// one, which a crash may have torn).
+    pub fn open(dir: &Path) -> Result<(Arc<ValueLog>, Appender), JournalError> {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        let log = Arc::new(ValueLog {
+            dir: dir.to_path_buf(),
+            files: RwLock::new(HashMap::new()),
+        });
+        let next = log.segments()?.last().map_or(1, |s| s + 1);
+        let appender = Appender::start(log.clone(), next)?;
+        Ok((log, appender))
+    }
+
+    /// Segment numbers on disk, ascending.
+    pub fn segments(&self) -> Result<Vec<u32>, JournalError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io_err)? {
+            let name = entry.map_err(io_err)?.file_name();
+            if let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".vlog"))
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                out.push(n);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn path(&self, segment: u32) -> PathBuf {
+        self.dir.join(segment_name(segment))
+    }
+
+    fn file(&self, segment: u32) -> Result<Arc<File>, JournalError> {
+        if let Some(file) = self.files.read().expect("lock").get(&segment) {
+            return Ok(file.clone());
+        }
+        let file = Arc::new(
+            File::open(self.path(segment))
+                .map_err(|e| JournalError::Corrupt(format!("value segment {segment}: {e}")))?,
+        );
+        self.files
+            .write()
+            .expect("lock")
+            .insert(segment, file.clone());
+        Ok(file)
+    }
+
+    /// The value at `ptr`, checked against its crc and the key that points to it.
+    pub fn read(&self, ptr: Ptr, kind: Kind, key: &[u8]) -> Result<Vec<u8>, JournalError> {
+        let corrupt = |what: &str| {
+            JournalError::Corrupt(format!(
+                "value segment {} at {}: {what}",
+                ptr.segment, ptr.offset
+            ))
+        };
+        let file = self.file(ptr.segment)?;
+        let mut record = vec![0u8; ptr.len as usize];
+        file.read_exact_at(&mut record, u64::from(ptr.offset))
+            .map_err(|e| corrupt(&e.to_string()))?;
+        if record.len() < HEADER_BYTES {
+            return Err(corrupt("short record"));
+        }
+        let crc = u32::from_le_bytes(record[..4].try_into().expect("4 bytes"));
+        if crc32fast::hash(&record[4..]) != crc {
+            return Err(corrupt("checksum mismatch"));
+        }
+        let value_len = u32::from_le_bytes(record[4..8].try_into().expect("4 bytes")) as usize;
+        let key_len = record[9] as usize;
+        if record[8] != kind as u8
+            || HEADER_BYTES + key_len + value_len != record.len()
+            || &record[HEADER_BYTES..HEADER_BYTES + key_len] != key
+        {
+            return Err(corrupt("record does not match its pointer"));
+        }
+        record.drain(..HEADER_BYTES + key_len);
+        Ok(record)
+    }
+
+    /// Deletes a segment no pointer refers to any more.
+    pub fn remove_segment(&self, segment: u32) -> Result<(), JournalError> {
+        self.files.write().expect("lock").remove(&segment);
+        match std::fs::remove_file(self.path(segment)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Bytes in all segments.
+    pub fn size_on_disk(&self) -> Result<u64, JournalError> {
+        let mut total = 0;
+        for segment in self.segments()? {
+            total += std::fs::metadata(self.path(segment))
+                .map(|m| m.len())
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+}
+
+/// The one appender (the journal writer's): buffers a batch's records, writes them with one
+/// `write`, and hands the flusher the files to fsync.
+pub(crate) struct Appender {
+    log: Arc<ValueLog>,
+    segment: u32,
+    file: Arc<File>,
+    /// Bytes in the segment, written or buffered.
+    len: u64,
+    buf: Vec<u8>,
+    /// Segments written to since the last [`Appender::take_unsynced`].
+    unsynced: Vec<(u32, Arc<File>)>,
+}
+
+impl Appender {
+    fn start(log: Arc<ValueLog>, segment: u32) -> Result<Appender, JournalError> {
+        let file = Arc::new(
+            OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .read(true)
+                .open(log.path(segment))
+                .map_err(io_err)?,
+        );
+        log.files
+            .write()
+            .expect("lock")
+            .insert(segment, file.clone());
+        // The new file's directory entry must survive a crash too.
+        if let Ok(dir) = File::open(&log.dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(Appender {
+            log,
+            segment,
+            file,
+            len: 0,
+            buf: Vec::new(),
+            unsynced: Vec::new(),
+        })
+    }
+
+    /// The segment being appended to (never deleted, whatever its count says).
+    pub fn active_segment(&self) -> u32 {
+        self.segment
+    }
+
+    /// Buffers one record; its pointer is valid once [`Appender::write_out`] has run.
+    pub fn push(&mut self, kind: Kind, key: &[u8], value: &[u8]) -> Result<Ptr, JournalError> {
+        let key_len = u8::try_from(key.len()).expect("journal keys are short");
+        let record_len = HEADER_BYTES + key.len() + value.len();
+        let too_big = || JournalError::Corrupt(format!("value of {} bytes", value.len()));
+        let record_len_u32 = u32::try_from(record_len).map_err(|_| too_big())?;
+        if self.len > 0 && self.len + record_len as u64 > SEGMENT_BYTES {
+            self.rotate()?;
+        }
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0u8; 4]);
+        self.buf.extend_from_slice(
+            &u32::try_from(value.len())
+                .map_err(|_| too_big())?
+                .to_le_bytes(),
+        );
+        self.buf.push(kind as u8);
+        self.buf.push(key_len);
+        self.buf.extend_from_slice(key);
+        self.buf.extend_from_slice(value);
+        let crc = crc32fast::hash(&self.buf[start + 4..]);
+        self.buf[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+        let ptr = Ptr {
+            segment: self.segment,
+            offset: u32::try_from(self.len).map_err(|_| too_big())?,
+            len: record_len_u32,
+        };
+        self.len += record_len as u64;
+        Ok(ptr)
+    }
+
+    fn rotate(&mut self) -> Result<(), JournalError> {
+        self.write_out()?;
+        let next = Appender::start(self.log.clone(), self.segment + 1)?;
+        let unsynced = std::mem::take(&mut self.unsynced);
+        *self = next;
+        self.unsynced = unsynced;
+        Ok(())
+    }
+
+    /// Writes what is buffered (one `write` per batch, not durable until fsynced).
+    pub fn write_out(&mut self) -> Result<(), JournalError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        (&*self.file).write_all(&self.buf).map_err(io_err)?;
+        self.buf.clear();
+        if self.unsynced.last().is_none_or(|(s, _)| *s != self.segment) {
+            self.unsynced.push((self.segment, self.file.clone()));
+        }
+        Ok(())
+    }
+
+    /// Files with writes the flusher must fsync before sled's flush.
+    pub fn take_unsynced(&mut self) -> Vec<(u32, Arc<File>)> {
+        std::mem::take(&mut self.unsynced)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_a_restart_starts_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut app) = ValueLog::open(dir.path()).unwrap();
+        let a = app.push(Kind::Raw, b"key-a", b"MSH|^~\\&|A").unwrap();
+        let b = app.push(Kind::Tx, b"key-b", b"{}").unwrap();
+        app.write_out().unwrap();
+        assert_eq!(log.read(a, Kind::Raw, b"key-a").unwrap(), b"MSH|^~\\&|A");
+        assert_eq!(log.read(b, Kind::Tx, b"key-b").unwrap(), b"{}");
+        assert_eq!(Ptr::from_bytes(&a.to_bytes()), Some(a));
+        // The wrong key or kind is refused rather than answered with another record's value.
+        assert!(log.read(a, Kind::Raw, b"key-b").is_err());
+        assert!(log.read(b, Kind::Raw, b"key-b").is_err());
+        let first = app.active_segment();
+        drop(app);
+        let (_, app) = ValueLog::open(dir.path()).unwrap();
+        assert_eq!(app.active_segment(), first + 1);
+    }
+
+    #[test]
+    fn a_flipped_byte_is_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut app) = ValueLog::open(dir.path()).unwrap();
+        let p = app.push(Kind::Raw, b"k", b"hello").unwrap();
+        app.write_out().unwrap();
+        let path = dir.path().join(segment_name(p.segment));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x20;
+        std::fs::write(&path, bytes).unwrap();
+        log.files.write().unwrap().clear();
+        let err = log.read(p, Kind::Raw, b"k").unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+    }
+}
