@@ -22,6 +22,7 @@
 
 mod keys;
 pub mod record;
+mod replay;
 pub mod retention;
 mod values;
 mod writer;
@@ -217,8 +218,19 @@ impl Journal {
             db,
         };
         writer::migrate_inline_values(&trees, &mut appender)?;
+        let replayed = replay::replay(&trees)?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                "journal: replayed the value log after the last checkpoint"
+            );
+        }
+        replay::set_checkpoint(&trees, appender.position())?;
         writer::remove_dead_segments(&trees, appender.active_segment())?;
-        rebuild_stats_if_missing(&trees)?;
+        if trees.stats.is_empty() && !trees.tx.is_empty() {
+            // Journals written before the `stats` tree existed.
+            replay::rebuild_stats(&trees)?;
+        }
         // sled 0.34 keeps its log in `<path>/db`.
         let log_file = if config.fsync {
             Some(std::fs::File::open(path.join("db")).map_err(|e| open_err(e.to_string()))?)
@@ -237,8 +249,11 @@ impl Journal {
             trees: trees.clone(),
             values: appender,
             log_file,
+            fsync: config.fsync,
             max_batch: config.max_batch,
             metrics,
+            last_checkpoint: Instant::now(),
+            dirty: false,
         };
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -616,31 +631,6 @@ fn matches(tx: &Transaction, filter: &TxFilter) -> bool {
             .patient_key
             .as_ref()
             .is_none_or(|k| tx.meta.patient_key.as_ref() == Some(k))
-}
-
-/// Journals written before the `stats` tree existed: count everything once, at open.
-fn rebuild_stats_if_missing(trees: &Trees) -> Result<(), JournalError> {
-    if !trees.stats.is_empty() || trees.tx.is_empty() {
-        return Ok(());
-    }
-    let mut counts: std::collections::HashMap<(String, Status), i64> = Default::default();
-    for key in trees.tx.iter().keys() {
-        let Some(id) = TxId::from_key(&key?) else {
-            continue;
-        };
-        let Ok(Some(tx)) = trees.tx(id) else {
-            continue;
-        };
-        for channel in tx.channel_names() {
-            *counts.entry((channel.to_string(), tx.status)).or_default() += 1;
-        }
-    }
-    for ((channel, status), count) in counts {
-        trees
-            .stats
-            .insert(keys::stats(&channel, status), &count.to_be_bytes())?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -197,6 +197,10 @@ pub struct Transaction {
     /// Retention removed the raw message and the step outputs; metadata and events remain.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub body_pruned: bool,
+    /// The document part it came from (see [`NewMessage::origin_key`]), kept so that the
+    /// `by_origin` index can be rebuilt from the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_key: Option<String>,
 }
 
 impl Transaction {

@@ -456,6 +456,11 @@ async fn a_value_segment_is_deleted_once_nothing_refers_to_it() {
         .prune(vec![prune(b, PruneAction::Body)])
         .await
         .unwrap();
+    // Deleted at the next checkpoint (the writer makes one when idle).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while segment_files(dir.path()).len() > 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(
         segment_files(dir.path()),
         vec!["0000000002.vlog".to_string()]
@@ -490,6 +495,7 @@ async fn a_journal_with_inline_values_is_moved_into_the_value_log_at_open() {
         events: Vec::new(),
         rerun_of: None,
         body_pruned: false,
+        origin_key: None,
     };
     {
         // The layout before the value log: JSON and bytes inline.
@@ -518,4 +524,133 @@ async fn a_journal_with_inline_values_is_moved_into_the_value_log_at_open() {
     // Twice opened: still there (now from the log), not migrated again.
     let (journal, _) = open(dir.path());
     assert_eq!(journal.raw(TxId(7)).unwrap().unwrap(), raw);
+}
+
+fn step(channel: &str, output: serde_json::Value) -> Step {
+    Step {
+        channel: channel.into(),
+        revision: "r1".into(),
+        kind: StepKind::Transform,
+        at_ms: 1,
+        ok: true,
+        output: Some(output),
+        logs: vec!["a log line".into()],
+        error: None,
+        destination: None,
+    }
+}
+
+/// Everything a reader can see of the journal, for before/after comparisons.
+fn snapshot(journal: &Journal) -> Vec<(Transaction, Option<Vec<u8>>, Vec<Step>)> {
+    let page = journal
+        .list(&TxFilter {
+            limit: 1000,
+            ..TxFilter::default()
+        })
+        .unwrap();
+    page.items
+        .into_iter()
+        .map(|tx| {
+            let raw = journal.raw(tx.id).unwrap();
+            let steps = journal.steps(tx.id).unwrap();
+            (tx, raw, steps)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn what_sled_lost_after_the_checkpoint_is_replayed_from_the_value_log() {
+    use super::retention::{PruneAction, PruneRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    let a = journal.append(routed("W1", &["adt"])).await.unwrap().id;
+    let b = journal
+        .append(routed("W2", &["adt", "copy"]))
+        .await
+        .unwrap()
+        .id;
+    let c = journal.append(routed("W3", &["adt"])).await.unwrap().id;
+    let mut doc = message("", "FILES");
+    doc.meta.control_id = None;
+    doc.origin_key = Some("inbox/a.csv#2".into());
+    let d = journal.append(doc).await.unwrap().id;
+    journal
+        .record(
+            a,
+            vec![step("adt", serde_json::json!({"resourceType": "Bundle"}))],
+            vec![(Status::Delivered, None)],
+        )
+        .await
+        .unwrap();
+    journal
+        .set_status(b, Status::Failed, Some("no route".into()))
+        .await
+        .unwrap();
+    journal
+        .set_status(c, Status::Delivered, None)
+        .await
+        .unwrap();
+    journal
+        .prune(vec![PruneRequest {
+            id: c,
+            action: PruneAction::Whole,
+            statuses: vec![Status::Delivered],
+        }])
+        .await
+        .unwrap();
+    let before = snapshot(&journal);
+    let stats = journal.stats().unwrap();
+    assert_eq!(before.len(), 3);
+    journal.close();
+    drop(journal);
+    {
+        // A crash before any checkpoint: sled has none of it.
+        let db = sled::open(dir.path().join("journal")).unwrap();
+        for name in [
+            "tx_ptr",
+            "raw_ptr",
+            "step_ptr",
+            "by_time",
+            "by_status",
+            "by_control",
+            "by_origin",
+            "stats",
+            "segments",
+        ] {
+            db.open_tree(name).unwrap().clear().unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let (journal, metrics) = open(dir.path());
+    assert_eq!(snapshot(&journal), before);
+    assert_eq!(journal.stats().unwrap(), stats);
+    assert_eq!(count(&metrics, Status::Failed), 1);
+    assert_eq!(count(&metrics, Status::Received), 1);
+    assert_eq!(
+        journal.ids_with_status(Status::Delivered, 10).unwrap(),
+        vec![a]
+    );
+    // The pruned one stays pruned; the indexes point where they did.
+    assert!(journal.get(c).unwrap().is_none());
+    let by_control = journal
+        .list(&TxFilter {
+            control_id: Some("W2".into()),
+            limit: 10,
+            ..TxFilter::default()
+        })
+        .unwrap();
+    assert_eq!(by_control.items.len(), 1);
+    assert_eq!(by_control.items[0].id, b);
+    // The origin key still makes a second copy of the document part a no-op.
+    let mut again = message("", "FILES");
+    again.meta.control_id = None;
+    again.origin_key = Some("inbox/a.csv#2".into());
+    let appended = journal.append(again).await.unwrap();
+    assert!(appended.already);
+    assert_eq!(appended.id, d);
+    journal.close();
+    drop(journal);
+    // Replayed once: a clean reopen replays nothing and changes nothing.
+    let (journal, _) = open(dir.path());
+    assert_eq!(snapshot(&journal), before);
 }

@@ -11,13 +11,18 @@
 //! little-endian; the crc covers everything after itself. The key is the sled key that points
 //! to the record (for a future compaction pass, and a check on read).
 //!
-//! Crash safety: one writer appends ([`Appender`], owned by the journal's writer thread) and
-//! writes a batch's records before sled gets their pointers; the flusher fsyncs the segments
-//! before it flushes sled, so a pointer that survives a crash points to data that survived too.
-//! A restart always starts a new segment, so a torn tail is never appended to. A segment is
-//! deleted (after a durable flush) once no pointer refers to it: each segment's live bytes are
-//! counted in sled's `segments` tree, increments applied before the pointers and decrements
-//! after, so a crash between them leaves a count too high (a file kept too long), never too low.
+//! The log is also the journal's write-ahead log: an ACK waits for one `fdatasync` of the
+//! segment, not for sled. Every change the writer makes is a record here (a removal is a
+//! tombstone: the kind with [`TOMBSTONE`] set and no value), so sled's pointers and indexes can be
+//! rebuilt from the records after the last checkpoint (`writer::replay`); sled itself is
+//! flushed every [`CHECKPOINT_EVERY`] with the log position it has reached.
+//!
+//! One writer appends ([`Appender`], owned by the journal's writer thread) and writes a batch's
+//! records before sled gets their pointers. A restart always starts a new segment, so a torn
+//! tail is never appended to; replay stops at the first record whose checksum fails (nothing
+//! after it was acknowledged: fsyncs are in order). A segment is deleted once no pointer refers
+//! to it and a checkpoint has passed it: each segment's live bytes are counted in sled's
+//! `segments` tree.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -33,6 +38,13 @@ pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 const HEADER_BYTES: usize = 10;
 
+/// Set on the kind byte of a record that removes its key.
+pub(crate) const TOMBSTONE: u8 = 0x80;
+
+/// How often sled is flushed and the replay start point moved up (bounds the work of a replay
+/// after a crash, and how long a dead segment waits to be deleted).
+pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// What a record holds (and so which sled tree points to it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -40,6 +52,29 @@ pub(crate) enum Kind {
     Tx = 1,
     Raw = 2,
     Step = 3,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Option<Kind> {
+        match byte & !TOMBSTONE {
+            1 => Some(Kind::Tx),
+            2 => Some(Kind::Raw),
+            3 => Some(Kind::Step),
+            _ => None,
+        }
+    }
+}
+
+/// A place in the log: records are ordered by it.
+pub(crate) type Position = (u32, u32);
+
+/// One record found by [`ValueLog::scan`].
+pub(crate) struct Scanned {
+    pub ptr: Ptr,
+    pub kind: Kind,
+    pub tombstone: bool,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
 }
 
 /// Where a record is: segment number, offset of the record, length of the whole record.
@@ -59,6 +94,10 @@ impl Ptr {
         out[4..8].copy_from_slice(&self.offset.to_be_bytes());
         out[8..].copy_from_slice(&self.len.to_be_bytes());
         out
+    }
+
+    pub fn position(self) -> Position {
+        (self.segment, self.offset)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Option<Ptr> {
@@ -170,6 +209,58 @@ impl ValueLog {
         Ok(record)
     }
 
+    /// The valid records of `segment` from `offset` on, in order; stops at the end or at the
+    /// first record that is torn or fails its checksum.
+    pub fn scan(&self, segment: u32, offset: u32) -> Result<Vec<Scanned>, JournalError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = File::open(self.path(segment)).map_err(io_err)?;
+        file.seek(SeekFrom::Start(u64::from(offset)))
+            .map_err(io_err)?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let mut out = Vec::new();
+        let mut at = offset;
+        loop {
+            let mut header = [0u8; HEADER_BYTES];
+            if reader.read_exact(&mut header).is_err() {
+                break;
+            }
+            let value_len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+            let key_len = header[9] as usize;
+            let Some(kind) = Kind::from_byte(header[8]) else {
+                break;
+            };
+            let body_len = key_len as u64 + u64::from(value_len);
+            if u64::from(at) + HEADER_BYTES as u64 + body_len > u64::from(u32::MAX) {
+                break;
+            }
+            let mut body = vec![0u8; body_len as usize];
+            if reader.read_exact(&mut body).is_err() {
+                break;
+            }
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&header[4..]);
+            hasher.update(&body);
+            if hasher.finalize() != u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) {
+                break;
+            }
+            let len = (HEADER_BYTES as u64 + body_len) as u32;
+            let value = body.split_off(key_len);
+            out.push(Scanned {
+                ptr: Ptr {
+                    segment,
+                    offset: at,
+                    len,
+                },
+                kind,
+                tombstone: header[8] & TOMBSTONE != 0,
+                key: body,
+                value,
+            });
+            at += len;
+        }
+        Ok(out)
+    }
+
     /// Deletes a segment no pointer refers to any more.
     pub fn remove_segment(&self, segment: u32) -> Result<(), JournalError> {
         self.files.write().expect("lock").remove(&segment);
@@ -237,8 +328,22 @@ impl Appender {
         self.segment
     }
 
+    /// Where the next record goes.
+    pub fn position(&self) -> Position {
+        (self.segment, self.len.min(u64::from(u32::MAX)) as u32)
+    }
+
     /// Buffers one record; its pointer is valid once [`Appender::write_out`] has run.
     pub fn push(&mut self, kind: Kind, key: &[u8], value: &[u8]) -> Result<Ptr, JournalError> {
+        self.push_record(kind as u8, key, value)
+    }
+
+    /// Buffers the removal of `key` (for replay).
+    pub fn push_tombstone(&mut self, kind: Kind, key: &[u8]) -> Result<Ptr, JournalError> {
+        self.push_record(kind as u8 | TOMBSTONE, key, &[])
+    }
+
+    fn push_record(&mut self, kind: u8, key: &[u8], value: &[u8]) -> Result<Ptr, JournalError> {
         let key_len = u8::try_from(key.len()).expect("journal keys are short");
         let record_len = HEADER_BYTES + key.len() + value.len();
         let too_big = || JournalError::Corrupt(format!("value of {} bytes", value.len()));
@@ -253,7 +358,7 @@ impl Appender {
                 .map_err(|_| too_big())?
                 .to_le_bytes(),
         );
-        self.buf.push(kind as u8);
+        self.buf.push(kind);
         self.buf.push(key_len);
         self.buf.extend_from_slice(key);
         self.buf.extend_from_slice(value);
@@ -282,7 +387,13 @@ impl Appender {
         if self.buf.is_empty() {
             return Ok(());
         }
-        (&*self.file).write_all(&self.buf).map_err(io_err)?;
+        if let Err(e) = (&*self.file).write_all(&self.buf) {
+            // Part of the batch may be on disk: nothing more goes after it (the next push
+            // starts a new segment); the batch fails, and replay stops at the torn record.
+            self.buf.clear();
+            self.len = SEGMENT_BYTES;
+            return Err(io_err(e));
+        }
         self.buf.clear();
         if self.unsynced.last().is_none_or(|(s, _)| *s != self.segment) {
             self.unsynced.push((self.segment, self.file.clone()));
@@ -317,6 +428,35 @@ mod tests {
         drop(app);
         let (_, app) = ValueLog::open(dir.path()).unwrap();
         assert_eq!(app.active_segment(), first + 1);
+    }
+
+    #[test]
+    fn a_scan_returns_records_in_order_and_stops_at_a_torn_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut app) = ValueLog::open(dir.path()).unwrap();
+        let a = app.push(Kind::Tx, b"a", b"first").unwrap();
+        let gone = app.push_tombstone(Kind::Raw, b"b").unwrap();
+        let c = app.push(Kind::Step, b"c", b"third").unwrap();
+        app.write_out().unwrap();
+        let found = log.scan(a.segment, 0).unwrap();
+        let summary: Vec<_> = found
+            .iter()
+            .map(|r| (r.ptr, r.kind, r.tombstone, r.key.clone(), r.value.clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (a, Kind::Tx, false, b"a".to_vec(), b"first".to_vec()),
+                (gone, Kind::Raw, true, b"b".to_vec(), Vec::new()),
+                (c, Kind::Step, false, b"c".to_vec(), b"third".to_vec()),
+            ]
+        );
+        assert_eq!(log.scan(a.segment, gone.offset).unwrap().len(), 2);
+        // A crash mid-write: the last record is cut short.
+        let path = dir.path().join(segment_name(a.segment));
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
+        assert_eq!(log.scan(a.segment, 0).unwrap().len(), 2);
     }
 
     #[test]

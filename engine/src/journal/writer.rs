@@ -1,9 +1,10 @@
 //! The journal's writer threads and their group commit.
 //!
-//! Every change goes through one OS thread that drains a queue and applies everything waiting;
-//! a second thread then fsyncs the value-log segments written, calls sled's `flush()` once and
-//! `fsync`s sled's log file once for all the batches applied meanwhile, and only then answers
-//! their waiters. Many appends share one flush, which is what makes durable ACKs cheap. One thread
+//! Every change goes through one OS thread that drains a queue and applies everything waiting
+//! (records to the value log, pointers and indexes to sled); a second thread then `fdatasync`s
+//! the value-log segments once for all the batches applied meanwhile, and only then answers
+//! their waiters. sled is flushed at checkpoints only (see [`super::values`]): after a crash,
+//! [`super::replay`] redoes from the log what sled had not flushed. Many appends share one flush, which is what makes durable ACKs cheap. One thread
 //! also sidesteps sled 0.34's `flush_async` deadlock under concurrent callers, keeps blocking I/O
 //! off the actix arbiters, and makes read-modify-write of a record race-free.
 
@@ -61,8 +62,14 @@ pub(super) struct Writer {
     pub values: Appender,
     /// sled's log file, opened separately so that it can be fsynced after sled's flush.
     pub log_file: Option<File>,
+    /// `fdatasync` the value log before answering (`journal.fsync`).
+    pub fsync: bool,
     pub max_batch: usize,
     pub metrics: Arc<Metrics>,
+    /// When sled was last told where the log stands.
+    pub last_checkpoint: Instant,
+    /// Something was applied since that checkpoint.
+    pub dirty: bool,
 }
 
 /// A reply to send once the batch is durable.
@@ -92,14 +99,27 @@ impl Writer {
             db: self.trees.db.clone(),
             values: self.trees.values.clone(),
             log_file: self.log_file.as_ref().and_then(|f| f.try_clone().ok()),
+            fsync: self.fsync,
             metrics: self.metrics.clone(),
+            dead_segments: Vec::new(),
         };
         let flusher = std::thread::Builder::new()
             .name("journal-flush".into())
             .spawn(move || flusher.run(flush_rx))
             .expect("journal flusher thread starts");
         let mut batch = Vec::with_capacity(self.max_batch);
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = match rx.recv_timeout(super::values::CHECKPOINT_EVERY) {
+                Ok(cmd) => cmd,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    // Idle: checkpoint what the last batches did.
+                    if self.dirty && jobs.send(self.checkpoint_job()).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             batch.push(first);
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
@@ -111,8 +131,34 @@ impl Writer {
                 break;
             }
         }
+        // Shutting down: a last checkpoint, so a clean restart replays nothing.
+        let _ = jobs.send(self.checkpoint_job());
         drop(jobs);
         let _ = flusher.join();
+    }
+
+    /// Records in sled how far the log is applied; the flusher then flushes sled.
+    fn write_checkpoint(&mut self) -> Result<(), JournalError> {
+        let (segment, offset) = self.values.position();
+        let mut value = segment.to_be_bytes().to_vec();
+        value.extend_from_slice(&offset.to_be_bytes());
+        self.trees
+            .segments
+            .insert(super::replay::CHECKPOINT_KEY, value)?;
+        self.last_checkpoint = Instant::now();
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn checkpoint_job(&mut self) -> FlushJob {
+        FlushJob {
+            replies: Vec::new(),
+            status_deltas: HashMap::new(),
+            applied: Ok(()),
+            unsynced: self.values.take_unsynced(),
+            dead_segments: Vec::new(),
+            checkpoint: self.write_checkpoint().is_ok(),
+        }
     }
 
     /// Applies one batch; returns what the flusher must do once it is durable.
@@ -162,12 +208,16 @@ impl Writer {
             Ok(dead) => (Ok(()), dead),
             Err(e) => (Err(e), Vec::new()),
         };
+        self.dirty = true;
+        let checkpoint = self.last_checkpoint.elapsed() >= super::values::CHECKPOINT_EVERY
+            && self.write_checkpoint().is_ok();
         FlushJob {
             replies,
             status_deltas,
             applied,
             unsynced: self.values.take_unsynced(),
             dead_segments,
+            checkpoint,
         }
     }
 
@@ -383,6 +433,7 @@ impl Writer {
             }],
             rerun_of,
             body_pruned: false,
+            origin_key: message.origin_key.clone(),
         };
         for channel in tx.channel_names() {
             *pending
@@ -484,21 +535,26 @@ struct FlushJob {
     applied: Result<(), JournalError>,
     /// Value-log segments written by this batch: fsynced before sled's flush.
     unsynced: Vec<(u32, Arc<File>)>,
-    /// Value-log segments nothing refers to any more: deleted once the flush is durable.
+    /// Value-log segments nothing refers to any more: deleted after the next checkpoint.
     dead_segments: Vec<u32>,
+    /// The writer recorded a checkpoint after this batch: flush sled.
+    checkpoint: bool,
 }
 
 /// The second stage: flushes and fsyncs once for every batch applied meanwhile, then answers.
 struct Flusher {
     db: sled::Db,
     values: Arc<super::values::ValueLog>,
+    fsync: bool,
+    /// Dead segments waiting for a checkpoint to pass them.
+    dead_segments: Vec<u32>,
     /// sled's log file, opened separately so that it can be fsynced after sled's flush.
     log_file: Option<File>,
     metrics: Arc<Metrics>,
 }
 
 impl Flusher {
-    fn run(self, jobs: Receiver<FlushJob>) {
+    fn run(mut self, jobs: Receiver<FlushJob>) {
         while let Ok(first) = jobs.recv() {
             let mut ready = vec![first];
             while let Ok(job) = jobs.try_recv() {
@@ -512,39 +568,55 @@ impl Flusher {
                     }
                 }
             }
-            let flushed = self.durable_flush(&unsynced);
-            for job in ready {
-                if flushed.is_ok() {
-                    for segment in &job.dead_segments {
-                        if let Err(e) = self.values.remove_segment(*segment) {
-                            tracing::warn!(segment, error = %e, "could not delete a value-log segment");
-                        }
-                    }
-                }
+            let flushed = self.sync_values(&unsynced);
+            let mut checkpoint = false;
+            for mut job in ready {
+                checkpoint |= job.checkpoint;
+                self.dead_segments.append(&mut job.dead_segments);
                 self.answer(job, &flushed);
             }
+            if checkpoint {
+                self.checkpoint();
+            }
         }
-        let _ = self.durable_flush(&[]);
     }
 
-    /// The value-log segments first (sled's pointers must never outlive what they point to),
-    /// then sled: its `flush()` writes its buffers with `sync_file_range`; the `fsync` makes them
-    /// durable across a power cut too.
-    fn durable_flush(&self, segments: &[(u32, Arc<File>)]) -> Result<(), JournalError> {
+    /// Makes the batches' records durable: what an ACK waits for.
+    fn sync_values(&self, segments: &[(u32, Arc<File>)]) -> Result<(), JournalError> {
         let started = Instant::now();
-        for (_, file) in segments {
-            file.sync_data()
-                .map_err(|e| JournalError::Io(Arc::new(e)))?;
-        }
-        self.db.flush().map_err(JournalError::from)?;
-        if let Some(file) = &self.log_file {
-            file.sync_data()
-                .map_err(|e| JournalError::Io(Arc::new(e)))?;
+        if self.fsync {
+            for (_, file) in segments {
+                file.sync_data()
+                    .map_err(|e| JournalError::Io(Arc::new(e)))?;
+            }
         }
         self.metrics
             .journal_flush_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// sled's `flush()` writes its buffers with `sync_file_range`; the `fsync` makes them
+    /// durable across a power cut too. Then the dead segments before the checkpoint go.
+    fn checkpoint(&mut self) {
+        let flushed =
+            self.db
+                .flush()
+                .map_err(JournalError::from)
+                .and_then(|_| match &self.log_file {
+                    Some(file) => file.sync_data().map_err(|e| JournalError::Io(Arc::new(e))),
+                    None => Ok(()),
+                });
+        if let Err(e) = flushed {
+            // The log still has everything: replay covers it after a crash.
+            tracing::warn!(error = %e, "journal checkpoint failed");
+            return;
+        }
+        for segment in self.dead_segments.drain(..) {
+            if let Err(e) = self.values.remove_segment(segment) {
+                tracing::warn!(segment, error = %e, "could not delete a value-log segment");
+            }
+        }
     }
 
     fn answer(&self, job: FlushJob, flushed: &Result<(), JournalError>) {
@@ -634,7 +706,10 @@ impl Writes {
         for (key, value) in self.0 {
             let ptr = match value {
                 Some(value) => Some(values.push(kind, &key, &value)?),
-                None => None,
+                None => {
+                    values.push_tombstone(kind, &key)?;
+                    None
+                }
             };
             out.push(key, ptr);
         }
@@ -758,11 +833,12 @@ pub(super) fn migrate_inline_values(
         }
         values.write_out()?;
     }
-    for (segment, file) in values.take_unsynced() {
-        let _ = segment;
+    for (_, file) in values.take_unsynced() {
         file.sync_data()
             .map_err(|e| JournalError::Io(Arc::new(e)))?;
     }
+    // Replay need not read them again.
+    super::replay::set_checkpoint(trees, values.position())?;
     count_live(trees, &live, values.active_segment())?;
     trees.db.flush()?;
     for name in ["tx", "raw", "steps"] {
@@ -797,7 +873,7 @@ struct PendingWrites {
 
 impl PendingWrites {
     /// Values into the log (one write), then in sled: the segments' new live bytes, raw
-    /// pointers, records, indexes, steps, and last the bytes released. A crash in between
+    /// pointers, indexes, records, steps, and last the bytes released. A crash in between
     /// leaves at worst a value nothing points to or a segment counted too high; nothing in this
     /// batch was acknowledged yet (replies wait for the flush), and readers skip index entries
     /// whose record is missing. Returns the segments to delete once the flush is durable.
@@ -824,11 +900,13 @@ impl PendingWrites {
         count_live(trees, &added, active)?;
         let mut released = HashMap::new();
         raw.apply(&trees.raw, &mut released)?;
-        records.apply(&trees.tx, &mut released)?;
+        // Indexes before records: if a crash cuts this short, replay finds the old record
+        // still there and can remove what it indexed.
         self.by_time.apply(&trees.by_time)?;
         self.by_status.apply(&trees.by_status)?;
         self.by_control.apply(&trees.by_control)?;
         self.by_origin.apply(&trees.by_origin)?;
+        records.apply(&trees.tx, &mut released)?;
         steps.apply(&trees.steps, &mut released)?;
         // Only this thread writes `stats`: read-modify-write is race-free.
         for ((channel, status), delta) in self.stats_deltas {
