@@ -193,7 +193,9 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JournalConfig {
-    /// sled's page cache; its default (1 GiB) is far too much for a Raspberry Pi.
+    /// sled's page cache (its own default, 1 GiB, is far too much for a Raspberry Pi). The
+    /// journal's sled holds only pointers and indexes (bodies and records are in the value log,
+    /// cached by the OS), and sled underestimates small entries, so a little goes a long way.
     pub cache_mb: u64,
     /// At most this many appends share one flush + fsync.
     pub max_batch: usize,
@@ -207,7 +209,7 @@ pub struct JournalConfig {
 impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
-            cache_mb: 32,
+            cache_mb: 8,
             max_batch: 1024,
             fsync: true,
             high_throughput: true,
@@ -230,6 +232,8 @@ pub struct CdrConfig {
     pub password: Option<String>,
     /// Per request to an external CDR.
     pub timeout_secs: u64,
+    /// The embedded CDR's sled page cache.
+    pub cache_mb: u64,
 }
 
 impl Default for CdrConfig {
@@ -240,6 +244,7 @@ impl Default for CdrConfig {
             username: None,
             password: None,
             timeout_secs: 30,
+            cache_mb: 32,
         }
     }
 }

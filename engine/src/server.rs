@@ -72,7 +72,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         None => Some(
             Cdr::open(
                 &config.data_dir.join("cdr"),
-                config.journal.cache_mb * 1024 * 1024,
+                config.cdr.cache_mb * 1024 * 1024,
             )
             .context("opening the embedded CDR")?,
         ),
