@@ -225,7 +225,8 @@ impl Journal {
                 "journal: replayed the value log after the last checkpoint"
             );
         }
-        replay::set_checkpoint(&trees, appender.position())?;
+        let appender_position = appender.position();
+        replay::set_checkpoint(&trees, appender_position)?;
         writer::remove_dead_segments(&trees, appender.active_segment())?;
         if trees.stats.is_empty() && !trees.tx.is_empty() {
             // Journals written before the `stats` tree existed.
@@ -254,6 +255,8 @@ impl Journal {
             metrics,
             last_checkpoint: Instant::now(),
             dirty: false,
+            checkpointed: appender_position,
+            last_compaction: Instant::now(),
         };
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -352,6 +355,19 @@ impl Journal {
     {
         let (reply, answer) = oneshot::channel();
         let queued = self.send(Command::Prune { requests, reply });
+        async move {
+            queued?;
+            answer.await.map_err(|_| JournalError::Closed)?
+        }
+    }
+
+    /// Compacts the value-log segment with the least live data, if any is under half live;
+    /// returns it (the writer also does this every minute on its own).
+    pub fn compact(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Option<u32>, JournalError>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let queued = self.send(Command::Compact { reply });
         async move {
             queued?;
             answer.await.map_err(|_| JournalError::Closed)?

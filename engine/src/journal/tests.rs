@@ -654,3 +654,54 @@ async fn what_sled_lost_after_the_checkpoint_is_replayed_from_the_value_log() {
     let (journal, _) = open(dir.path());
     assert_eq!(snapshot(&journal), before);
 }
+
+#[tokio::test]
+async fn compaction_moves_what_is_still_referenced_and_frees_the_segment() {
+    use super::retention::{PruneAction, PruneRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    let a = journal.append(routed("C1", &["adt"])).await.unwrap().id;
+    let b = journal.append(routed("C2", &["adt"])).await.unwrap().id;
+    // c stays as it is: it alone keeps segment 1 referenced.
+    let c = journal.append(routed("C3", &["adt"])).await.unwrap().id;
+    let c_raw = journal.raw(c).unwrap().unwrap();
+    journal.close();
+    drop(journal);
+    let (journal, _) = open(dir.path());
+    // Nothing is worth compacting yet: segment 1 is all live.
+    assert_eq!(journal.compact().await.unwrap(), None);
+    for id in [a, b] {
+        journal
+            .set_status(id, Status::Delivered, None)
+            .await
+            .unwrap();
+        journal
+            .prune(vec![PruneRequest {
+                id,
+                action: PruneAction::Body,
+                statuses: vec![Status::Delivered],
+            }])
+            .await
+            .unwrap();
+    }
+    assert_eq!(segment_files(dir.path()).len(), 2);
+    assert_eq!(journal.compact().await.unwrap(), Some(1));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while segment_files(dir.path()).contains(&"0000000001.vlog".to_string())
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        segment_files(dir.path()),
+        vec!["0000000002.vlog".to_string()]
+    );
+    let tx = journal.get(c).unwrap().unwrap();
+    assert_eq!(tx.status, Status::Received);
+    assert_eq!(journal.raw(c).unwrap().unwrap(), c_raw);
+    journal.close();
+    drop(journal);
+    let (journal, _) = open(dir.path());
+    assert_eq!(journal.raw(c).unwrap().unwrap(), c_raw);
+    assert!(journal.get(a).unwrap().unwrap().body_pruned);
+}

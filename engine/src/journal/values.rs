@@ -270,6 +270,13 @@ impl ValueLog {
         }
     }
 
+    /// Bytes in one segment (0 if it is gone).
+    pub fn segment_len(&self, segment: u32) -> u64 {
+        std::fs::metadata(self.path(segment))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
     /// Bytes in all segments.
     pub fn size_on_disk(&self) -> Result<u64, JournalError> {
         let mut total = 0;

@@ -53,7 +53,18 @@ pub(super) enum Command {
         requests: Vec<PruneRequest>,
         reply: oneshot::Sender<Result<Vec<Pruned>, JournalError>>,
     },
+    /// Compacts the value-log segment with the least live data, if one is worth it; answers
+    /// which. (The writer also does this on its own every [`COMPACT_EVERY`].)
+    Compact {
+        reply: oneshot::Sender<Result<Option<u32>, JournalError>>,
+    },
 }
+
+/// How often the writer looks for a value-log segment to compact.
+const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A segment is compacted when less than this share of it is still referenced.
+const COMPACT_BELOW: f64 = 0.5;
 
 /// Owned by the writer thread.
 pub(super) struct Writer {
@@ -70,6 +81,9 @@ pub(super) struct Writer {
     pub last_checkpoint: Instant,
     /// Something was applied since that checkpoint.
     pub dirty: bool,
+    /// The log position of the last checkpoint written (compaction stays before it).
+    pub checkpointed: super::values::Position,
+    pub last_compaction: Instant,
 }
 
 /// A reply to send once the batch is durable.
@@ -86,6 +100,10 @@ enum Reply {
     Prune(
         oneshot::Sender<Result<Vec<Pruned>, JournalError>>,
         Result<Vec<Pruned>, JournalError>,
+    ),
+    Compact(
+        Option<oneshot::Sender<Result<Option<u32>, JournalError>>>,
+        Result<Option<u32>, JournalError>,
     ),
 }
 
@@ -112,9 +130,15 @@ impl Writer {
             let first = match rx.recv_timeout(super::values::CHECKPOINT_EVERY) {
                 Ok(cmd) => cmd,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    // Idle: checkpoint what the last batches did.
+                    // Idle: checkpoint what the last batches did; compact when it is time.
                     if self.dirty && jobs.send(self.checkpoint_job()).is_err() {
                         break;
+                    }
+                    if self.last_compaction.elapsed() >= COMPACT_EVERY {
+                        self.last_compaction = Instant::now();
+                        if jobs.send(self.compact(None)).is_err() {
+                            break;
+                        }
                     }
                     continue;
                 }
@@ -127,8 +151,25 @@ impl Writer {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            if jobs.send(self.commit(&mut batch)).is_err() {
+            // Compactions run alone, after the rest of the batch: each is its own commit, so
+            // nothing else staged can interleave with the pointers it moves.
+            let mut compactions = Vec::new();
+            for cmd in batch.extract_if(.., |c| matches!(c, Command::Compact { .. })) {
+                if let Command::Compact { reply } = cmd {
+                    compactions.push(Some(reply));
+                }
+            }
+            if self.last_compaction.elapsed() >= COMPACT_EVERY {
+                compactions.push(None);
+            }
+            if !batch.is_empty() && jobs.send(self.commit(&mut batch)).is_err() {
                 break;
+            }
+            for reply in compactions {
+                self.last_compaction = Instant::now();
+                if jobs.send(self.compact(reply)).is_err() {
+                    break;
+                }
             }
         }
         // Shutting down: a last checkpoint, so a clean restart replays nothing.
@@ -140,6 +181,7 @@ impl Writer {
     /// Records in sled how far the log is applied; the flusher then flushes sled.
     fn write_checkpoint(&mut self) -> Result<(), JournalError> {
         let (segment, offset) = self.values.position();
+        self.checkpointed = (segment, offset);
         let mut value = segment.to_be_bytes().to_vec();
         value.extend_from_slice(&offset.to_be_bytes());
         self.trees
@@ -148,6 +190,91 @@ impl Writer {
         self.last_checkpoint = Instant::now();
         self.dirty = false;
         Ok(())
+    }
+
+    /// Moves what is still referenced in the emptiest old segment to the end of the log; the
+    /// segment is then unreferenced and goes at the next checkpoint. Without this, one
+    /// long-lived record (a failed transaction kept for review) would keep a whole segment.
+    fn compact(
+        &mut self,
+        reply: Option<oneshot::Sender<Result<Option<u32>, JournalError>>>,
+    ) -> FlushJob {
+        let mut pending = PendingWrites::default();
+        let result = self.stage_compaction(&mut pending);
+        let (applied, dead_segments) = match pending.apply(&self.trees, &mut self.values) {
+            Ok(dead) => (Ok(()), dead),
+            Err(e) => (Err(e), Vec::new()),
+        };
+        self.dirty = true;
+        if let Ok(Some(segment)) = &result {
+            tracing::debug!(segment, "journal: compacted a value-log segment");
+        }
+        FlushJob {
+            replies: vec![Reply::Compact(reply, result)],
+            status_deltas: HashMap::new(),
+            applied,
+            unsynced: self.values.take_unsynced(),
+            dead_segments,
+            checkpoint: false,
+        }
+    }
+
+    fn stage_compaction(&self, pending: &mut PendingWrites) -> Result<Option<u32>, JournalError> {
+        let Some(segment) = self.compaction_candidate()? else {
+            return Ok(None);
+        };
+        for record in self.trees.values.scan(segment, 0)? {
+            if record.tombstone {
+                continue;
+            }
+            let tree = match record.kind {
+                Kind::Raw => &self.trees.raw,
+                Kind::Tx => &self.trees.tx,
+                Kind::Step => &self.trees.steps,
+            };
+            let current = tree.get(&record.key)?;
+            if current.as_deref().and_then(Ptr::from_bytes) != Some(record.ptr) {
+                continue;
+            }
+            match record.kind {
+                Kind::Raw => pending.raw.insert(record.key, record.value),
+                Kind::Step => pending.steps.insert(record.key, record.value),
+                Kind::Tx => {
+                    let Some(id) = TxId::from_key(&record.key) else {
+                        continue;
+                    };
+                    let tx: Transaction = serde_json::from_slice(&record.value)
+                        .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}")))?;
+                    pending.records.insert(id, tx);
+                }
+            }
+        }
+        Ok(Some(segment))
+    }
+
+    /// The old segment (before the last checkpoint) with the smallest live share under
+    /// [`COMPACT_BELOW`].
+    fn compaction_candidate(&self) -> Result<Option<u32>, JournalError> {
+        let mut best: Option<(f64, u32)> = None;
+        for entry in self.trees.segments.iter() {
+            let (key, value) = entry?;
+            let Ok(key) = <[u8; 4]>::try_from(key.as_ref()) else {
+                continue;
+            };
+            let segment = u32::from_be_bytes(key);
+            if segment >= self.checkpointed.0 {
+                continue;
+            }
+            let size = self.trees.values.segment_len(segment);
+            if size == 0 {
+                continue;
+            }
+            let share = keys::count(&value) as f64 / size as f64;
+            if share < COMPACT_BELOW && best.is_none_or(|(b, _)| share < b) {
+                best = Some((share, segment));
+            }
+        }
+        Ok(best.map(|(_, segment)| segment))
     }
 
     fn checkpoint_job(&mut self) -> FlushJob {
@@ -200,6 +327,10 @@ impl Writer {
                         .filter_map(|r| self.stage_prune(&mut pending, r).transpose())
                         .collect();
                     replies.push(Reply::Prune(reply, result));
+                }
+                // Taken out of the batch by `run`, which compacts on its own.
+                Command::Compact { reply } => {
+                    replies.push(Reply::Compact(Some(reply), Ok(None)));
                 }
             }
         }
@@ -654,6 +785,14 @@ impl Flusher {
                         Ok(()) => result,
                         Err(e) => Err(e.clone()),
                     });
+                }
+                Reply::Compact(tx, result) => {
+                    if let Some(tx) = tx {
+                        let _ = tx.send(match &written {
+                            Ok(()) => result,
+                            Err(e) => Err(e.clone()),
+                        });
+                    }
                 }
             }
         }
