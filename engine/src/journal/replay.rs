@@ -48,14 +48,13 @@ pub(super) fn replay(trees: &Trees) -> Result<usize, JournalError> {
             Some((s, offset)) if segment == s => offset,
             _ => 0,
         };
-        for record in trees.values.scan(segment, offset)? {
-            read += 1;
-            match record.kind {
-                Kind::Raw => redo_pointer(&trees.raw, &record)?,
-                Kind::Step => redo_pointer(&trees.steps, &record)?,
-                Kind::Tx => redo_transaction(trees, &record)?,
-            }
-        }
+        read += trees
+            .values
+            .scan(segment, offset, |record| match record.kind {
+                Kind::Raw => redo_pointer(&trees.raw, &record),
+                Kind::Step => redo_pointer(&trees.steps, &record),
+                Kind::Tx => redo_transaction(trees, &record),
+            })?;
     }
     if read > 0 {
         recount_live(trees)?;

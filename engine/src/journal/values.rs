@@ -34,7 +34,9 @@ use std::sync::{Arc, RwLock};
 use super::JournalError;
 
 /// Segments are closed past this size (a record larger than it gets a segment of its own).
-pub(crate) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Small enough that compaction, which holds a segment's live records for one commit, stays
+/// small, and that space comes back in steps.
+pub(crate) const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 const HEADER_BYTES: usize = 10;
 
@@ -124,6 +126,7 @@ fn io_err(e: std::io::Error) -> JournalError {
 /// Read access to every segment; shared by readers and the writer.
 pub(crate) struct ValueLog {
     dir: PathBuf,
+    segment_bytes: u64,
     /// Open handles by segment (a reader that finds none opens the file).
     files: RwLock<HashMap<u32, Arc<File>>>,
 }
@@ -132,9 +135,17 @@ impl ValueLog {
     /// Opens the log in `dir` and starts a new segment for appending (never the tail of an old
     /// one, which a crash may have torn).
     pub fn open(dir: &Path) -> Result<(Arc<ValueLog>, Appender), JournalError> {
+        Self::open_sized(dir, SEGMENT_BYTES)
+    }
+
+    fn open_sized(
+        dir: &Path,
+        segment_bytes: u64,
+    ) -> Result<(Arc<ValueLog>, Appender), JournalError> {
         std::fs::create_dir_all(dir).map_err(io_err)?;
         let log = Arc::new(ValueLog {
             dir: dir.to_path_buf(),
+            segment_bytes,
             files: RwLock::new(HashMap::new()),
         });
         let next = log.segments()?.last().map_or(1, |s| s + 1);
@@ -209,15 +220,21 @@ impl ValueLog {
         Ok(record)
     }
 
-    /// The valid records of `segment` from `offset` on, in order; stops at the end or at the
-    /// first record that is torn or fails its checksum.
-    pub fn scan(&self, segment: u32, offset: u32) -> Result<Vec<Scanned>, JournalError> {
+    /// Calls `each` with the valid records of `segment` from `offset` on, in order (one at a
+    /// time: a segment is never read into memory whole); stops at the end or at the first
+    /// record that is torn or fails its checksum. Returns how many it read.
+    pub fn scan(
+        &self,
+        segment: u32,
+        offset: u32,
+        mut each: impl FnMut(Scanned) -> Result<(), JournalError>,
+    ) -> Result<usize, JournalError> {
         use std::io::{Read, Seek, SeekFrom};
         let mut file = File::open(self.path(segment)).map_err(io_err)?;
         file.seek(SeekFrom::Start(u64::from(offset)))
             .map_err(io_err)?;
         let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-        let mut out = Vec::new();
+        let mut read = 0;
         let mut at = offset;
         loop {
             let mut header = [0u8; HEADER_BYTES];
@@ -245,7 +262,7 @@ impl ValueLog {
             }
             let len = (HEADER_BYTES as u64 + body_len) as u32;
             let value = body.split_off(key_len);
-            out.push(Scanned {
+            each(Scanned {
                 ptr: Ptr {
                     segment,
                     offset: at,
@@ -255,10 +272,11 @@ impl ValueLog {
                 tombstone: header[8] & TOMBSTONE != 0,
                 key: body,
                 value,
-            });
+            })?;
+            read += 1;
             at += len;
         }
-        Ok(out)
+        Ok(read)
     }
 
     /// Deletes a segment no pointer refers to any more.
@@ -355,7 +373,7 @@ impl Appender {
         let record_len = HEADER_BYTES + key.len() + value.len();
         let too_big = || JournalError::Corrupt(format!("value of {} bytes", value.len()));
         let record_len_u32 = u32::try_from(record_len).map_err(|_| too_big())?;
-        if self.len > 0 && self.len + record_len as u64 > SEGMENT_BYTES {
+        if self.len > 0 && self.len + record_len as u64 > self.log.segment_bytes {
             self.rotate()?;
         }
         let start = self.buf.len();
@@ -398,7 +416,7 @@ impl Appender {
             // Part of the batch may be on disk: nothing more goes after it (the next push
             // starts a new segment); the batch fails, and replay stops at the torn record.
             self.buf.clear();
-            self.len = SEGMENT_BYTES;
+            self.len = self.log.segment_bytes;
             return Err(io_err(e));
         }
         self.buf.clear();
@@ -445,7 +463,12 @@ mod tests {
         let gone = app.push_tombstone(Kind::Raw, b"b").unwrap();
         let c = app.push(Kind::Step, b"c", b"third").unwrap();
         app.write_out().unwrap();
-        let found = log.scan(a.segment, 0).unwrap();
+        let mut found = Vec::new();
+        log.scan(a.segment, 0, |r| {
+            found.push(r);
+            Ok(())
+        })
+        .unwrap();
         let summary: Vec<_> = found
             .iter()
             .map(|r| (r.ptr, r.kind, r.tombstone, r.key.clone(), r.value.clone()))
@@ -458,12 +481,32 @@ mod tests {
                 (c, Kind::Step, false, b"c".to_vec(), b"third".to_vec()),
             ]
         );
-        assert_eq!(log.scan(a.segment, gone.offset).unwrap().len(), 2);
+        assert_eq!(log.scan(a.segment, gone.offset, |_| Ok(())).unwrap(), 2);
         // A crash mid-write: the last record is cut short.
         let path = dir.path().join(segment_name(a.segment));
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
-        assert_eq!(log.scan(a.segment, 0).unwrap().len(), 2);
+        assert_eq!(log.scan(a.segment, 0, |_| Ok(())).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_full_segment_is_closed_and_both_are_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut app) = ValueLog::open_sized(dir.path(), 64).unwrap();
+        let a = app.push(Kind::Raw, b"a", &[b'x'; 40]).unwrap();
+        let b = app.push(Kind::Raw, b"b", &[b'y'; 40]).unwrap();
+        app.write_out().unwrap();
+        assert_eq!(b.segment, a.segment + 1);
+        assert_eq!(app.active_segment(), b.segment);
+        let synced: Vec<u32> = app.take_unsynced().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(synced, vec![a.segment, b.segment]);
+        assert_eq!(log.read(a, Kind::Raw, b"a").unwrap(), vec![b'x'; 40]);
+        assert_eq!(log.read(b, Kind::Raw, b"b").unwrap(), vec![b'y'; 40]);
+        // A record larger than a segment gets one of its own.
+        let big = app.push(Kind::Raw, b"c", &[b'z'; 200]).unwrap();
+        app.write_out().unwrap();
+        assert_eq!(big.segment, b.segment + 1);
+        assert_eq!(log.read(big, Kind::Raw, b"c").unwrap().len(), 200);
     }
 
     #[test]

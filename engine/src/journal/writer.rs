@@ -223,9 +223,9 @@ impl Writer {
         let Some(segment) = self.compaction_candidate()? else {
             return Ok(None);
         };
-        for record in self.trees.values.scan(segment, 0)? {
+        self.trees.values.scan(segment, 0, |record| {
             if record.tombstone {
-                continue;
+                return Ok(());
             }
             let tree = match record.kind {
                 Kind::Raw => &self.trees.raw,
@@ -234,21 +234,22 @@ impl Writer {
             };
             let current = tree.get(&record.key)?;
             if current.as_deref().and_then(Ptr::from_bytes) != Some(record.ptr) {
-                continue;
+                return Ok(());
             }
             match record.kind {
                 Kind::Raw => pending.raw.insert(record.key, record.value),
                 Kind::Step => pending.steps.insert(record.key, record.value),
                 Kind::Tx => {
                     let Some(id) = TxId::from_key(&record.key) else {
-                        continue;
+                        return Ok(());
                     };
                     let tx: Transaction = serde_json::from_slice(&record.value)
                         .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}")))?;
                     pending.records.insert(id, tx);
                 }
             }
-        }
+            Ok(())
+        })?;
         Ok(Some(segment))
     }
 
