@@ -255,6 +255,7 @@ impl Journal {
             metrics,
             last_checkpoint: Instant::now(),
             dirty: false,
+            dead_segments: Vec::new(),
             checkpointed: appender_position,
             last_compaction: Instant::now(),
         };

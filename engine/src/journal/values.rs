@@ -316,8 +316,10 @@ pub(crate) struct Appender {
     /// Bytes in the segment, written or buffered.
     len: u64,
     buf: Vec<u8>,
-    /// Segments written to since the last [`Appender::take_unsynced`].
+    /// Segments written to since the last [`Appender::take_unsynced`] (the flusher's).
     unsynced: Vec<(u32, Arc<File>)>,
+    /// Segments written to since the last [`Appender::take_touched`] (the checkpoint's).
+    touched: Vec<(u32, Arc<File>)>,
 }
 
 impl Appender {
@@ -345,6 +347,7 @@ impl Appender {
             len: 0,
             buf: Vec::new(),
             unsynced: Vec::new(),
+            touched: Vec::new(),
         })
     }
 
@@ -402,8 +405,10 @@ impl Appender {
         self.write_out()?;
         let next = Appender::start(self.log.clone(), self.segment + 1)?;
         let unsynced = std::mem::take(&mut self.unsynced);
+        let touched = std::mem::take(&mut self.touched);
         *self = next;
         self.unsynced = unsynced;
+        self.touched = touched;
         Ok(())
     }
 
@@ -420,15 +425,22 @@ impl Appender {
             return Err(io_err(e));
         }
         self.buf.clear();
-        if self.unsynced.last().is_none_or(|(s, _)| *s != self.segment) {
-            self.unsynced.push((self.segment, self.file.clone()));
+        for list in [&mut self.unsynced, &mut self.touched] {
+            if list.last().is_none_or(|(s, _)| *s != self.segment) {
+                list.push((self.segment, self.file.clone()));
+            }
         }
         Ok(())
     }
 
-    /// Files with writes the flusher must fsync before sled's flush.
+    /// Files with writes the flusher must fsync before it answers.
     pub fn take_unsynced(&mut self) -> Vec<(u32, Arc<File>)> {
         std::mem::take(&mut self.unsynced)
+    }
+
+    /// Files with writes since the last checkpoint (fsynced again before sled is flushed).
+    pub fn take_touched(&mut self) -> Vec<(u32, Arc<File>)> {
+        std::mem::take(&mut self.touched)
     }
 }
 

@@ -81,6 +81,8 @@ pub(super) struct Writer {
     pub last_checkpoint: Instant,
     /// Something was applied since that checkpoint.
     pub dirty: bool,
+    /// Segments nothing refers to any more, deleted at the next checkpoint.
+    pub dead_segments: Vec<u32>,
     /// The log position of the last checkpoint written (compaction stays before it).
     pub checkpointed: super::values::Position,
     pub last_compaction: Instant,
@@ -114,12 +116,8 @@ impl Writer {
         // durable, so the CPU work of inserts overlaps the wait for the disk.
         let (jobs, flush_rx) = std::sync::mpsc::channel::<FlushJob>();
         let flusher = Flusher {
-            db: self.trees.db.clone(),
-            values: self.trees.values.clone(),
-            log_file: self.log_file.as_ref().and_then(|f| f.try_clone().ok()),
             fsync: self.fsync,
             metrics: self.metrics.clone(),
-            dead_segments: Vec::new(),
         };
         let flusher = std::thread::Builder::new()
             .name("journal-flush".into())
@@ -131,8 +129,8 @@ impl Writer {
                 Ok(cmd) => cmd,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     // Idle: checkpoint what the last batches did; compact when it is time.
-                    if self.dirty && jobs.send(self.checkpoint_job()).is_err() {
-                        break;
+                    if self.dirty {
+                        self.checkpoint();
                     }
                     if self.last_compaction.elapsed() >= COMPACT_EVERY {
                         self.last_compaction = Instant::now();
@@ -171,25 +169,53 @@ impl Writer {
                     break;
                 }
             }
+            if self.last_checkpoint.elapsed() >= super::values::CHECKPOINT_EVERY {
+                self.checkpoint();
+            }
         }
-        // Shutting down: a last checkpoint, so a clean restart replays nothing.
-        let _ = jobs.send(self.checkpoint_job());
         drop(jobs);
         let _ = flusher.join();
+        // Shutting down: a last checkpoint, so a clean restart replays nothing.
+        self.checkpoint();
     }
 
-    /// Records in sled how far the log is applied; the flusher then flushes sled.
-    fn write_checkpoint(&mut self) -> Result<(), JournalError> {
-        let (segment, offset) = self.values.position();
-        self.checkpointed = (segment, offset);
-        let mut value = segment.to_be_bytes().to_vec();
-        value.extend_from_slice(&offset.to_be_bytes());
-        self.trees
-            .segments
-            .insert(super::replay::CHECKPOINT_KEY, value)?;
+    /// Flushes sled with the log position it has reached. Done here, on the one thread that
+    /// writes to sled, after an fsync of every segment written since the last checkpoint: no
+    /// pointer sled makes durable can point past what the log made durable, even across a
+    /// power cut. Then the segments found dead since the last checkpoint are deleted.
+    fn checkpoint(&mut self) {
+        let result = (|| {
+            for (_, file) in self.values.take_touched() {
+                file.sync_data()
+                    .map_err(|e| JournalError::Io(Arc::new(e)))?;
+            }
+            let position = self.values.position();
+            let mut value = position.0.to_be_bytes().to_vec();
+            value.extend_from_slice(&position.1.to_be_bytes());
+            self.trees
+                .segments
+                .insert(super::replay::CHECKPOINT_KEY, value)?;
+            self.trees.db.flush()?;
+            if let Some(file) = &self.log_file {
+                file.sync_data()
+                    .map_err(|e| JournalError::Io(Arc::new(e)))?;
+            }
+            Ok::<_, JournalError>(position)
+        })();
         self.last_checkpoint = Instant::now();
-        self.dirty = false;
-        Ok(())
+        match result {
+            Ok(position) => {
+                self.checkpointed = position;
+                self.dirty = false;
+                for segment in self.dead_segments.drain(..) {
+                    if let Err(e) = self.trees.values.remove_segment(segment) {
+                        tracing::warn!(segment, error = %e, "could not delete a value-log segment");
+                    }
+                }
+            }
+            // The log still has everything: replay covers it after a crash.
+            Err(e) => tracing::warn!(error = %e, "journal checkpoint failed"),
+        }
     }
 
     /// Moves what is still referenced in the emptiest old segment to the end of the log; the
@@ -201,11 +227,7 @@ impl Writer {
     ) -> FlushJob {
         let mut pending = PendingWrites::default();
         let result = self.stage_compaction(&mut pending);
-        let (applied, dead_segments) = match pending.apply(&self.trees, &mut self.values) {
-            Ok(dead) => (Ok(()), dead),
-            Err(e) => (Err(e), Vec::new()),
-        };
-        self.dirty = true;
+        let applied = self.apply(pending);
         if let Ok(Some(segment)) = &result {
             tracing::debug!(segment, "journal: compacted a value-log segment");
         }
@@ -214,8 +236,6 @@ impl Writer {
             status_deltas: HashMap::new(),
             applied,
             unsynced: self.values.take_unsynced(),
-            dead_segments,
-            checkpoint: false,
         }
     }
 
@@ -278,15 +298,12 @@ impl Writer {
         Ok(best.map(|(_, segment)| segment))
     }
 
-    fn checkpoint_job(&mut self) -> FlushJob {
-        FlushJob {
-            replies: Vec::new(),
-            status_deltas: HashMap::new(),
-            applied: Ok(()),
-            unsynced: self.values.take_unsynced(),
-            dead_segments: Vec::new(),
-            checkpoint: self.write_checkpoint().is_ok(),
-        }
+    /// Applies staged writes; keeps the segments they left dead for the next checkpoint.
+    fn apply(&mut self, pending: PendingWrites) -> Result<(), JournalError> {
+        self.dirty = true;
+        let dead = pending.apply(&self.trees, &mut self.values)?;
+        self.dead_segments.extend(dead);
+        Ok(())
     }
 
     /// Applies one batch; returns what the flusher must do once it is durable.
@@ -336,20 +353,12 @@ impl Writer {
             }
         }
         let status_deltas = std::mem::take(&mut pending.status_deltas);
-        let (applied, dead_segments) = match pending.apply(&self.trees, &mut self.values) {
-            Ok(dead) => (Ok(()), dead),
-            Err(e) => (Err(e), Vec::new()),
-        };
-        self.dirty = true;
-        let checkpoint = self.last_checkpoint.elapsed() >= super::values::CHECKPOINT_EVERY
-            && self.write_checkpoint().is_ok();
+        let applied = self.apply(pending);
         FlushJob {
             replies,
             status_deltas,
             applied,
             unsynced: self.values.take_unsynced(),
-            dead_segments,
-            checkpoint,
         }
     }
 
@@ -665,28 +674,18 @@ struct FlushJob {
     replies: Vec<Reply>,
     status_deltas: HashMap<Status, i64>,
     applied: Result<(), JournalError>,
-    /// Value-log segments written by this batch: fsynced before sled's flush.
+    /// Value-log segments written by this batch: fsynced before the replies go.
     unsynced: Vec<(u32, Arc<File>)>,
-    /// Value-log segments nothing refers to any more: deleted after the next checkpoint.
-    dead_segments: Vec<u32>,
-    /// The writer recorded a checkpoint after this batch: flush sled.
-    checkpoint: bool,
 }
 
-/// The second stage: flushes and fsyncs once for every batch applied meanwhile, then answers.
+/// The second stage: fsyncs the value log once for every batch applied meanwhile, then answers.
 struct Flusher {
-    db: sled::Db,
-    values: Arc<super::values::ValueLog>,
     fsync: bool,
-    /// Dead segments waiting for a checkpoint to pass them.
-    dead_segments: Vec<u32>,
-    /// sled's log file, opened separately so that it can be fsynced after sled's flush.
-    log_file: Option<File>,
     metrics: Arc<Metrics>,
 }
 
 impl Flusher {
-    fn run(mut self, jobs: Receiver<FlushJob>) {
+    fn run(self, jobs: Receiver<FlushJob>) {
         while let Ok(first) = jobs.recv() {
             let mut ready = vec![first];
             while let Ok(job) = jobs.try_recv() {
@@ -701,14 +700,8 @@ impl Flusher {
                 }
             }
             let flushed = self.sync_values(&unsynced);
-            let mut checkpoint = false;
-            for mut job in ready {
-                checkpoint |= job.checkpoint;
-                self.dead_segments.append(&mut job.dead_segments);
+            for job in ready {
                 self.answer(job, &flushed);
-            }
-            if checkpoint {
-                self.checkpoint();
             }
         }
     }
@@ -726,29 +719,6 @@ impl Flusher {
             .journal_flush_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(())
-    }
-
-    /// sled's `flush()` writes its buffers with `sync_file_range`; the `fsync` makes them
-    /// durable across a power cut too. Then the dead segments before the checkpoint go.
-    fn checkpoint(&mut self) {
-        let flushed =
-            self.db
-                .flush()
-                .map_err(JournalError::from)
-                .and_then(|_| match &self.log_file {
-                    Some(file) => file.sync_data().map_err(|e| JournalError::Io(Arc::new(e))),
-                    None => Ok(()),
-                });
-        if let Err(e) = flushed {
-            // The log still has everything: replay covers it after a crash.
-            tracing::warn!(error = %e, "journal checkpoint failed");
-            return;
-        }
-        for segment in self.dead_segments.drain(..) {
-            if let Err(e) = self.values.remove_segment(segment) {
-                tracing::warn!(segment, error = %e, "could not delete a value-log segment");
-            }
-        }
     }
 
     fn answer(&self, job: FlushJob, flushed: &Result<(), JournalError>) {
