@@ -1,0 +1,29 @@
+# Shared by the load scripts: start/stop a release engine on loopback ports with its data in
+# $BENCH_DIR/data (default /tmp/orbiter-bench). Run from anywhere; build first with
+#   cargo build --release --bin orbiter --bin orbiter-load
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+BENCH_DIR="${BENCH_DIR:-/tmp/orbiter-bench}"
+BIN="${BIN:-$REPO/target/release/orbiter}"
+LOAD="$REPO/target/release/orbiter-load"
+mkdir -p "$BENCH_DIR/empty"
+ADMIN=127.0.0.1:18080
+MLLP=127.0.0.1:12575
+HTTP=127.0.0.1:15001
+
+stop_engine() {
+  pkill -f "run --data $BENCH_DIR/data" || true
+  while pgrep -f "run --data $BENCH_DIR/data" >/dev/null; do sleep 0.2; done
+}
+
+# start_engine CHANNELS_DIR [VAR=value...]: a fresh journal; extra variables as in $ENVX too.
+start_engine() {
+  local channels="$1"; shift
+  stop_engine; rm -rf "$BENCH_DIR/data"
+  (cd "$REPO" && env ORBITER_ADMIN_TOKEN=bench ORBITER_MLLP_ADDR=$MLLP ORBITER_HTTP_ADDR=$HTTP \
+    ORBITER_ADMIN_ADDR=$ADMIN ORBITER_CHANNELS_DIR="$channels" ORBITER_LOG=warn $ENVX "$@" \
+    "$BIN" run --data "$BENCH_DIR/data" >"$BENCH_DIR/log" 2>&1 &)
+  sleep 2.5
+}
+
+rss_mb() { curl -s "http://$ADMIN/metrics" | awk '/^process_resident/{printf "%.0f", $2/1048576}'; }
+delivered() { curl -s "http://$ADMIN/metrics" | awk '/^orbiter_transactions_by_status\{status="delivered"\}/{print $2}'; }
