@@ -4,9 +4,10 @@
 //! (records to the value log, pointers and indexes to sled); a second thread then `fdatasync`s
 //! the value-log segments once for all the batches applied meanwhile, and only then answers
 //! their waiters. sled is flushed at checkpoints only (see [`super::values`]): after a crash,
-//! [`super::replay`] redoes from the log what sled had not flushed. Many appends share one flush, which is what makes durable ACKs cheap. One thread
-//! also sidesteps sled 0.34's `flush_async` deadlock under concurrent callers, keeps blocking I/O
-//! off the actix arbiters, and makes read-modify-write of a record race-free.
+//! [`super::replay`] redoes from the log what sled had not flushed. Many appends share one
+//! fsync, which is what makes durable ACKs cheap. One thread also sidesteps sled 0.34's
+//! `flush_async` deadlock under concurrent callers, keeps blocking I/O off the actix arbiters,
+//! and makes read-modify-write of a record race-free.
 
 use std::collections::HashMap;
 use std::fs::File;
