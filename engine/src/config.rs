@@ -197,7 +197,7 @@ pub struct JournalConfig {
     /// journal's sled holds only pointers and indexes (bodies and records are in the value log,
     /// cached by the OS), and sled underestimates small entries, so a little goes a long way.
     pub cache_mb: u64,
-    /// At most this many appends share one flush + fsync.
+    /// At most this many appends share one group commit (one fdatasync of the value log).
     pub max_batch: usize,
     /// `false` skips the fsync after sled's flush: survives a process crash, not a power cut.
     pub fsync: bool,

@@ -17,7 +17,7 @@ pub struct Metrics {
     pub ack_latency_seconds: HistogramVec,
     /// From enqueueing an append to it being durable.
     pub journal_append_seconds: Histogram,
-    /// One group commit: sled flush + fsync.
+    /// One group commit: the value log's fdatasync.
     pub journal_flush_seconds: Histogram,
     /// Commands per group commit.
     pub journal_batch_size: Histogram,
@@ -85,7 +85,7 @@ impl Metrics {
         let journal_flush_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "orbiter_journal_flush_seconds",
-                "Duration of one group commit (sled flush + fsync)",
+                "Duration of one group commit (fdatasync of the journal's value log)",
             )
             .buckets(latency),
         )
