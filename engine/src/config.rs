@@ -199,7 +199,8 @@ pub struct JournalConfig {
     pub cache_mb: u64,
     /// At most this many appends share one group commit (one fdatasync of the value log).
     pub max_batch: usize,
-    /// `false` skips the fsync after sled's flush: survives a process crash, not a power cut.
+    /// `false` skips the fsyncs (of the value log before an ACK, of sled at checkpoints):
+    /// survives a process crash, not a power cut.
     pub fsync: bool,
     /// sled's mode: `true` favours write throughput (about 15% more messages/s measured, but
     /// more disk until its segment cleaner catches up), `false` favours disk space.
