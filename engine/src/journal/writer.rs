@@ -187,8 +187,10 @@ impl Writer {
     fn checkpoint(&mut self) {
         let result = (|| {
             for (_, file) in self.values.take_touched() {
-                file.sync_data()
-                    .map_err(|e| JournalError::Io(Arc::new(e)))?;
+                if self.fsync {
+                    file.sync_data()
+                        .map_err(|e| JournalError::Io(Arc::new(e)))?;
+                }
             }
             let position = self.values.position();
             let mut value = position.0.to_be_bytes().to_vec();
