@@ -24,10 +24,16 @@
 //! at a time also avoids sled 0.34's concurrent-`flush_async` deadlock.
 //!
 //! The current version lives in the resource's `R` record (one insert for a create); when it is
-//! replaced, it moves to the `H` history keys. Versions are stored in chunks of at most
-//! [`CHUNK`] bytes: sled writes a tree node larger than a quarter of its 512 KiB segment as a
-//! separate blob file that it never fsyncs, and a leaf holds up to ~17 values, so small values
-//! keep every node inside the fsynced log.
+//! replaced, it moves to the `H` history keys. A version's JSON is appended to the CDR's value
+//! log (`<dir>/values/`, the journal's [`ValueLog`]) and the record holds its header and a
+//! 12-byte pointer: sled 0.34 copies a whole leaf node (up to ~17 values) on every insert and
+//! keeps its pages in memory, so bodies in sled cost CPU and memory for every write near them,
+//! and a replaced version moved to the history would be copied again. The log is append-only
+//! (history is kept for ever), so it needs no compaction. Its records are fsynced before the
+//! sled writes that point to them are applied ([`Writer::apply`]), so no crash or power cut can
+//! leave a pointer to a record that is not on disk. Stores written before the log keep their
+//! versions in sled, in chunks of at most [`CHUNK`] bytes (a header with a chunk count of 0
+//! marks a version in the log); both are read.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -40,6 +46,7 @@ use super::datetime;
 use super::index;
 use super::outcome::CdrError;
 use super::request::Method;
+use crate::journal::values::{Appender, Kind, Ptr, ValueLog};
 
 /// Largest piece of a version's JSON stored under one key.
 pub const CHUNK: usize = 2048;
@@ -91,7 +98,8 @@ impl Version {
 }
 
 /// Header of the first chunk of a version (in `R` for the current one, `H` for older ones):
-/// version, deleted, method, lastUpdated, chunk count.
+/// version, deleted, method, lastUpdated, chunk count (0: the body is in the value log, and a
+/// [`Ptr`] follows the header).
 const HEADER: usize = 8 + 1 + 1 + 8 + 2;
 
 struct Header {
@@ -163,6 +171,10 @@ pub struct Store {
     flushed: Condvar,
     /// sled's log file, opened to fsync it after sled's flush.
     log_file: File,
+    /// Version bodies (see the module docs).
+    values: std::sync::Arc<ValueLog>,
+    /// The value log's appender; used under the write lock, so never contended.
+    appender: Mutex<Appender>,
     /// For error messages.
     dir: PathBuf,
 }
@@ -201,6 +213,7 @@ impl Store {
             path: log_path,
             source,
         })?;
+        let (values, appender) = ValueLog::open(&dir.join("values")).map_err(values_err)?;
         let store = Store {
             db,
             tree,
@@ -209,6 +222,8 @@ impl Store {
             commit: Mutex::new(CommitState::default()),
             flushed: Condvar::new(),
             log_file,
+            values,
+            appender: Mutex::new(appender),
             dir: dir.to_path_buf(),
         };
         store.finish_interrupted_commits()?;
@@ -308,11 +323,29 @@ impl Store {
         }
     }
 
-    /// Assembles a version from its first chunk; `more(n)` is the key of chunk `n`.
-    fn assemble(&self, first: &[u8], more: impl Fn(u16) -> Vec<u8>) -> Result<Version, CdrError> {
+    /// Assembles a version from its first chunk; `more(n)` is the key of chunk `n` (stores
+    /// from before the value log), `body_key(vid)` the value-log key of version `vid`.
+    fn assemble(
+        &self,
+        first: &[u8],
+        more: impl Fn(u16) -> Vec<u8>,
+        body_key: impl Fn(u64) -> Vec<u8>,
+    ) -> Result<Version, CdrError> {
         let h = Header::decode(first)?;
         let body = if h.deleted {
             None
+        } else if h.chunks == 0 {
+            let ptr = first
+                .get(HEADER..)
+                .and_then(Ptr::from_bytes)
+                .ok_or_else(|| {
+                    CdrError::Corrupt(format!("bad body pointer of version {}", h.vid))
+                })?;
+            Some(
+                self.values
+                    .read(ptr, Kind::Resource, &body_key(h.vid))
+                    .map_err(values_err)?,
+            )
         } else {
             let mut body = first[HEADER..].to_vec();
             for c in 1..h.chunks {
@@ -341,7 +374,11 @@ impl Store {
     fn current_version(&self, ty: &str, id: &str) -> Result<Option<Version>, CdrError> {
         match self.tree.get(index::current_key(ty, id))? {
             Some(first) => self
-                .assemble(&first, |c| index::chunk_key(ty, id, c))
+                .assemble(
+                    &first,
+                    |c| index::chunk_key(ty, id, c),
+                    |vid| index::version_key(ty, id, vid, 0),
+                )
                 .map(Some),
             None => Ok(None),
         }
@@ -356,7 +393,11 @@ impl Store {
         }
         match self.tree.get(index::version_key(ty, id, vid, 0))? {
             Some(first) => self
-                .assemble(&first, |c| index::version_key(ty, id, vid, c))
+                .assemble(
+                    &first,
+                    |c| index::version_key(ty, id, vid, c),
+                    |vid| index::version_key(ty, id, vid, 0),
+                )
                 .map(Some),
             None => Ok(None),
         }
@@ -395,7 +436,11 @@ impl Store {
         out.push(current);
         for vid in vids.into_iter().rev() {
             if let Some(first) = self.tree.get(index::version_key(ty, id, vid, 0))? {
-                out.push(self.assemble(&first, |c| index::version_key(ty, id, vid, c))?);
+                out.push(self.assemble(
+                    &first,
+                    |c| index::version_key(ty, id, vid, c),
+                    |vid| index::version_key(ty, id, vid, 0),
+                )?);
             }
         }
         Ok(out)
@@ -507,19 +552,23 @@ impl Writer<'_> {
             method,
             last_updated,
         } = stamp;
-        // Everything that can fail comes before the first insert: a failed stage stages nothing.
+        // Everything that can fail comes before the first insert: a failed stage stages nothing
+        // (a body already appended to the value log is then simply never referenced).
         let body = match resource {
             Some(r) => serde_json::to_vec(r).map_err(|e| CdrError::Corrupt(e.to_string()))?,
             None => Vec::new(),
         };
-        let chunks: Vec<&[u8]> = if body.is_empty() {
-            vec![&[][..]]
-        } else {
-            body.chunks(CHUNK).collect()
+        let ptr = match resource {
+            Some(_) => Some(
+                self.store
+                    .appender
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Kind::Resource, &index::version_key(ty, id, vid, 0), &body)
+                    .map_err(values_err)?,
+            ),
+            None => None,
         };
-        let count = u16::try_from(chunks.len()).map_err(|_| {
-            CdrError::TooLarge(format!("{ty}/{id} is larger than {} bytes", CHUNK * 65_535))
-        })?;
         // The version being replaced moves to the history, chunk for chunk.
         let mut moved = Vec::new();
         let mut old_chunks = 0;
@@ -544,7 +593,8 @@ impl Writer<'_> {
         for (k, v) in moved {
             self.ops.insert(k, v);
         }
-        for c in count..old_chunks {
+        // Chunks of a version from before the value log (chunk 0 is in `R` itself).
+        for c in 1..old_chunks {
             self.ops.remove(index::chunk_key(ty, id, c));
         }
         let header = Header {
@@ -552,19 +602,15 @@ impl Writer<'_> {
             deleted: resource.is_none(),
             method,
             last_updated,
-            chunks: count,
+            // A deletion has no body: one empty chunk, as before the value log.
+            chunks: if ptr.is_some() { 0 } else { 1 },
         };
-        for (i, chunk) in chunks.iter().enumerate() {
-            if i == 0 {
-                let mut value = Vec::with_capacity(HEADER + chunk.len());
-                header.encode(&mut value);
-                value.extend_from_slice(chunk);
-                self.ops.insert(index::current_key(ty, id), value);
-            } else {
-                self.ops
-                    .insert(index::chunk_key(ty, id, i as u16), chunk.to_vec());
-            }
+        let mut value = Vec::with_capacity(HEADER + Ptr::BYTES);
+        header.encode(&mut value);
+        if let Some(ptr) = ptr {
+            value.extend_from_slice(&ptr.to_bytes());
         }
+        self.ops.insert(index::current_key(ty, id), value);
         let old = previous
             .map(|p| index::entries(ty, id, p))
             .unwrap_or_default();
@@ -599,6 +645,22 @@ impl Writer<'_> {
         // Writers are serialised by the write lock, so the next sequence number is ours; it is
         // marked applied only once every operation is in, so that a concurrent flush cannot
         // count it durable too early.
+        // The bodies first, durable before anything in sled points to them.
+        {
+            let mut appender = self
+                .store
+                .appender
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            appender.write_out().map_err(values_err)?;
+            for (_, file) in appender.take_unsynced() {
+                file.sync_data().map_err(|source| CdrError::Io {
+                    path: self.store.dir.join("values"),
+                    source,
+                })?;
+            }
+            appender.take_touched();
+        }
         let ops = std::mem::take(&mut self.ops);
         let intent_key = (self.store.applied() + 1).to_be_bytes();
         self.store.intents.insert(intent_key, ops.encode())?;
@@ -690,6 +752,11 @@ impl Ops {
     }
 }
 
+/// A value-log error as the CDR reports it.
+fn values_err(e: crate::journal::JournalError) -> CdrError {
+    CdrError::Corrupt(format!("CDR value log: {e}"))
+}
+
 /// A new server-assigned id: a UUID version 7 (time-ordered, so new resources append to the
 /// end of the key space, and unguessable).
 pub fn new_id() -> String {
@@ -715,7 +782,61 @@ mod unit {
     use serde_json::json;
 
     #[test]
-    fn versions_round_trip_in_chunks() {
+    fn versions_in_chunks_from_before_the_value_log_are_still_read_and_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = json!({"resourceType": "Basic", "id": "old", "text": {"div": "y".repeat(2 * CHUNK + 9)}});
+        {
+            // The old layout: header + first chunk in `R`, the other chunks under `C`.
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let body = serde_json::to_vec(&big).unwrap();
+            let chunks: Vec<&[u8]> = body.chunks(CHUNK).collect();
+            let mut first = Vec::new();
+            Header {
+                vid: 1,
+                deleted: false,
+                method: Method::Put,
+                last_updated: 3,
+                chunks: chunks.len() as u16,
+            }
+            .encode(&mut first);
+            first.extend_from_slice(chunks[0]);
+            store
+                .tree
+                .insert(index::current_key("Basic", "old"), first)
+                .unwrap();
+            for (c, chunk) in chunks.iter().enumerate().skip(1) {
+                store
+                    .tree
+                    .insert(index::chunk_key("Basic", "old", c as u16), *chunk)
+                    .unwrap();
+            }
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.read_live("Basic", "old").unwrap().unwrap().1, big);
+        let new = json!({"resourceType": "Basic", "id": "old", "active": true});
+        let mut w = store.writer();
+        w.stage(
+            "Basic",
+            "old",
+            Stamp {
+                vid: 2,
+                method: Method::Put,
+                last_updated: 4,
+            },
+            Some(&new),
+            Some(&big),
+        )
+        .unwrap();
+        store.wait_durable(w.commit().unwrap()).unwrap();
+        let h = store.history("Basic", "old").unwrap();
+        assert_eq!(h[0].resource().unwrap().unwrap(), new);
+        assert_eq!(h[1].resource().unwrap().unwrap(), big);
+        assert_eq!(store.tree.scan_prefix([b'C']).count(), 0);
+    }
+
+    #[test]
+    fn versions_round_trip_through_the_value_log() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         let big =

@@ -24,7 +24,7 @@ mod keys;
 pub mod record;
 mod replay;
 pub mod retention;
-mod values;
+pub(crate) mod values;
 mod writer;
 
 use std::path::{Path, PathBuf};

@@ -54,6 +54,8 @@ pub(super) fn replay(trees: &Trees) -> Result<usize, JournalError> {
                 Kind::Raw => redo_pointer(&trees.raw, &record),
                 Kind::Step => redo_pointer(&trees.steps, &record),
                 Kind::Tx => redo_transaction(trees, &record),
+                // Not the journal's: the CDR keeps its own log.
+                Kind::Resource => Ok(()),
             })?;
     }
     if read > 0 {

@@ -54,6 +54,8 @@ pub(crate) enum Kind {
     Tx = 1,
     Raw = 2,
     Step = 3,
+    /// A version of a resource in the embedded CDR (its own log, see `cdr::store`).
+    Resource = 4,
 }
 
 impl Kind {
@@ -62,6 +64,7 @@ impl Kind {
             1 => Some(Kind::Tx),
             2 => Some(Kind::Raw),
             3 => Some(Kind::Step),
+            4 => Some(Kind::Resource),
             _ => None,
         }
     }
@@ -372,9 +375,10 @@ impl Appender {
     }
 
     fn push_record(&mut self, kind: u8, key: &[u8], value: &[u8]) -> Result<Ptr, JournalError> {
-        let key_len = u8::try_from(key.len()).expect("journal keys are short");
-        let record_len = HEADER_BYTES + key.len() + value.len();
         let too_big = || JournalError::Corrupt(format!("value of {} bytes", value.len()));
+        let key_len = u8::try_from(key.len())
+            .map_err(|_| JournalError::Corrupt(format!("value-log key of {} bytes", key.len())))?;
+        let record_len = HEADER_BYTES + key.len() + value.len();
         let record_len_u32 = u32::try_from(record_len).map_err(|_| too_big())?;
         if self.len > 0 && self.len + record_len as u64 > self.log.segment_bytes {
             self.rotate()?;

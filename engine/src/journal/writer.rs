@@ -254,6 +254,7 @@ impl Writer {
                 Kind::Raw => &self.trees.raw,
                 Kind::Tx => &self.trees.tx,
                 Kind::Step => &self.trees.steps,
+                Kind::Resource => return Ok(()),
             };
             let current = tree.get(&record.key)?;
             if current.as_deref().and_then(Ptr::from_bytes) != Some(record.ptr) {
@@ -270,6 +271,7 @@ impl Writer {
                         .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}")))?;
                     pending.records.insert(id, tx);
                 }
+                Kind::Resource => {}
             }
             Ok(())
         })?;
