@@ -40,6 +40,9 @@ pub(crate) const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 
 const HEADER_BYTES: usize = 10;
 
+/// Read handles kept open per log (a journal or CDR of many GB has hundreds of segments).
+const MAX_OPEN_SEGMENTS: usize = 128;
+
 /// Set on the kind byte of a record that removes its key.
 pub(crate) const TOMBSTONE: u8 = 0x80;
 
@@ -185,10 +188,15 @@ impl ValueLog {
             File::open(self.path(segment))
                 .map_err(|e| JournalError::Corrupt(format!("value segment {segment}: {e}")))?,
         );
-        self.files
-            .write()
-            .expect("lock")
-            .insert(segment, file.clone());
+        let mut files = self.files.write().expect("lock");
+        if files.len() >= MAX_OPEN_SEGMENTS {
+            // Bounded file descriptors for a large store: any handle will do to drop (a later
+            // read opens it again).
+            if let Some(&victim) = files.keys().find(|&&s| s != segment) {
+                files.remove(&victim);
+            }
+        }
+        files.insert(segment, file.clone());
         Ok(file)
     }
 
