@@ -66,11 +66,19 @@ pub use outcome::{CdrError, Issue};
 pub use request::{FhirRequest, FhirResponse, Method, Return};
 
 /// The embedded CDR. Cheap to clone (an `Arc` inside); its methods are synchronous and block
-/// on disk I/O, so async callers use `web::block` or `spawn_blocking`.
+/// on disk I/O, so async callers go through [`Cdr::blocking`].
 #[derive(Clone)]
 pub struct Cdr {
     store: Arc<store::Store>,
+    /// Calls on the blocking pool at a time (see [`Cdr::blocking`]).
+    admission: Arc<tokio::sync::Semaphore>,
 }
+
+/// Calls into the store that may wait on the blocking pool at once. Writers take the store's
+/// lock one at a time anyway; a few in flight are enough for group commits to be shared, and a
+/// caller waiting here holds no thread. Without a bound, a backlog of deliveries parked ~250
+/// blocking threads on the lock, each with its own allocator heap: 1.5-2 GB resident.
+const MAX_BLOCKING_CALLS: usize = 8;
 
 impl Cdr {
     /// Opens or creates the store in `dir` (the engine passes `<data_dir>/cdr`), with
@@ -78,7 +86,19 @@ impl Cdr {
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Cdr, CdrError> {
         Ok(Cdr {
             store: Arc::new(store::Store::open(dir, cache_bytes)?),
+            admission: Arc::new(tokio::sync::Semaphore::new(MAX_BLOCKING_CALLS)),
         })
+    }
+
+    /// Runs `f` with this CDR on the blocking pool, at most [`MAX_BLOCKING_CALLS`] at a time;
+    /// `None` if the task panicked or the runtime is shutting down.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Cdr) -> T + Send + 'static,
+    ) -> Option<T> {
+        let _permit = self.admission.acquire().await.ok()?;
+        let cdr = self.clone();
+        tokio::task::spawn_blocking(move || f(&cdr)).await.ok()
     }
 
     /// Processes a batch or transaction Bundle exactly as `POST /fhir` with that Bundle would,

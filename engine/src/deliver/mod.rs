@@ -225,15 +225,14 @@ pub fn diagnostics(body: &Value) -> String {
 }
 
 async fn embedded(cdr: &Cdr, value: &Value) -> Delivery {
-    let cdr = cdr.clone();
     let value = value.clone();
-    let answered =
-        tokio::task::spawn_blocking(move || cdr.process_bundle(&value, "urn:orbiter:embedded"))
-            .await;
+    let answered = cdr
+        .blocking(move |cdr| cdr.process_bundle(&value, "urn:orbiter:embedded"))
+        .await;
     match answered {
-        Ok((status, body)) => classify(status, body),
-        Err(e) => Delivery::Retry {
-            error: format!("embedded CDR: {e}"),
+        Some((status, body)) => classify(status, body),
+        None => Delivery::Retry {
+            error: "embedded CDR: the write was interrupted (shutdown)".into(),
         },
     }
 }
