@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Shared by the load scripts: start/stop a release engine on loopback ports with its data in
 # $BENCH_DIR/data (default /tmp/orbiter-bench). Run from anywhere; build first with
 #   cargo build --release --bin orbiter --bin orbiter-load
@@ -19,6 +20,7 @@ stop_engine() {
 start_engine() {
   local channels="$1"; shift
   stop_engine; rm -rf "$BENCH_DIR/data"
+  # shellcheck disable=SC2086 # ENVX holds VAR=value pairs, split on purpose
   (cd "$REPO" && env ORBITER_ADMIN_TOKEN=bench ORBITER_MLLP_ADDR=$MLLP ORBITER_HTTP_ADDR=$HTTP \
     ORBITER_ADMIN_ADDR=$ADMIN ORBITER_CHANNELS_DIR="$channels" ORBITER_LOG=warn $ENVX "$@" \
     "$BIN" run --data "$BENCH_DIR/data" >"$BENCH_DIR/log" 2>&1 &)
