@@ -663,3 +663,46 @@ async fn doctor_recognises_a_running_engine_on_its_ports() {
     assert_eq!(code, 1, "{out}");
     assert!(has_line(&out, "fail", "cdr"), "{out}");
 }
+
+/// A port in use fails start-up with the address in the error, before any listener runs (an
+/// MLLP listener started and then torn down with the runtime used to panic on the way out).
+#[test]
+fn a_port_in_use_fails_start_up_cleanly() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(common::orbiter_bin());
+    cmd.arg("run").current_dir(dir.path());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ORBITER_")) {
+        cmd.env_remove(k);
+    }
+    cmd.env("ORBITER_DATA_DIR", dir.path().join("data"))
+        .env("ORBITER_CHANNELS_DIR", dir.path().join("channels"))
+        .env("ORBITER_ADMIN_TOKEN", TOKEN)
+        .env("ORBITER_MLLP_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("ORBITER_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("ORBITER_HTTP_ADDR", &taken);
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("orbiter kept running with its HTTP port taken");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&taken), "the error names the address: {text}");
+    assert!(!text.contains("panicked"), "{text}");
+    drop(held);
+}

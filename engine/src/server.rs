@@ -111,12 +111,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let deliverer = Deliverer::new(cdr_target, &config.data_dir, metrics.clone()).with_mediators(mediator_target);
         let pipeline = Pipeline::new(channels.clone(), pool, journal.clone(), deliverer, metrics.clone());
         let mut mllp_addr: Option<SocketAddr> = None;
-        let _mllp = if config.mllp.enabled {
+        // Bound now, started once every other port is bound too: a port in use fails start-up
+        // before any listener actor runs (one started and then torn down with the runtime
+        // panicked in `TcpListener::from_std`).
+        let mllp_listener = if config.mllp.enabled {
             let intake = Intake::new(journal.clone(), metrics.clone(), "mllp", SourceKind::Mllp, Some(pipeline.clone()));
             let listener = MllpListener::bind(&config.mllp, intake, metrics.clone(), workers.clone())
                 .context("starting the MLLP listener")?;
             mllp_addr = Some(listener.local_addr());
-            Some(listener.start())
+            Some(listener)
         } else {
             None
         };
@@ -173,6 +176,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .context("starting the admin server")?;
         let admin_handle = admin.handle();
         actix_rt::spawn(admin);
+        let _mllp = mllp_listener.map(Actor::start);
         tracing::info!(admin = ?admin_addrs, mllp = ?mllp_addr, http = ?http_addrs, data_dir = %config.data_dir.display(), "orbiter running");
 
         let gauge_journal = journal.clone();
