@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{classify, Delivery};
+use super::{classify, error_chain, Delivery};
 
 /// One FHIR server.
 #[derive(Clone)]
@@ -102,15 +102,4 @@ impl FhirHttp {
         }
         response.json().await.map_err(|e| e.to_string())
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{diagnostics, Delivery};
+use super::{diagnostics, error_chain, Delivery};
 use crate::channel::def::Payload;
 use crate::channel::DestinationDef;
 use crate::journal::TxId;
@@ -221,17 +221,6 @@ pub fn classify_reply(urn: &str, status: u16, content_type: Option<&str>, body: 
             response: Some(output),
         },
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -199,6 +199,19 @@ pub fn classify(status: u16, body: Value) -> Delivery {
     }
 }
 
+/// An error with its causes, `outer: inner: innermost` (reqwest hides the useful part, such as
+/// "connection refused", in its sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// The readable part of an OperationOutcome (or whatever came back).
 pub fn diagnostics(body: &Value) -> String {
     if body["resourceType"] == "OperationOutcome" {
