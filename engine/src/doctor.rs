@@ -414,41 +414,23 @@ fn expiry(subject: &str, file: &Path, cert: &[u8], now: SystemTime) -> Finding {
     }
 }
 
-/// One DER element: (tag, contents, the rest after it).
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
-        (len, &rest[n..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
 /// A certificate's `notAfter`, by walking the DER: Certificate → tbsCertificate → (version),
 /// serial, signature algorithm, issuer, validity → notAfter. Enough for a check; no new crate.
 pub fn x509_not_after(cert: &[u8]) -> Option<SystemTime> {
-    let (_, certificate, _) = der_element(cert)?;
-    let (_, tbs, _) = der_element(certificate)?;
+    use crate::tls::der;
+    let (_, certificate, _) = der(cert)?;
+    let (_, tbs, _) = der(certificate)?;
     let mut rest = tbs;
-    let (tag, _, after) = der_element(rest)?;
+    let (tag, _, after) = der(rest)?;
     if tag == 0xa0 {
         rest = after; // explicit version
     }
     for _ in 0..3 {
-        rest = der_element(rest)?.2; // serial, signature, issuer
+        rest = der(rest)?.2; // serial, signature, issuer
     }
-    let (_, validity, _) = der_element(rest)?;
-    let (_, _, after_not_before) = der_element(validity)?;
-    let (tag, not_after, _) = der_element(after_not_before)?;
+    let (_, validity, _) = der(rest)?;
+    let (_, _, after_not_before) = der(validity)?;
+    let (tag, not_after, _) = der(after_not_before)?;
     let text = std::str::from_utf8(not_after).ok()?;
     let digits = text.strip_suffix('Z')?;
     let full = match tag {

@@ -147,7 +147,8 @@ pub fn subject_common_name(cert: &[u8]) -> Option<String> {
 }
 
 /// One DER TLV: (tag, contents, what follows). Single-byte tags, definite lengths up to 4 bytes.
-fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+/// (Also what `orbiter doctor` reads certificate expiry dates with.)
+pub(crate) fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     let (&first, mut rest) = rest.split_first()?;
     let len = if first < 0x80 {
