@@ -41,6 +41,19 @@ struct Outcome {
     error: Option<String>,
 }
 
+impl Outcome {
+    /// Counts an ACK for a message sent at `sent` (its latency once the warm-up is over).
+    fn answered(&mut self, sent: Instant, measure_from: Instant, ack: &[u8]) {
+        if sent >= measure_from {
+            self.latencies_us
+                .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        }
+        if !(ack.windows(4).any(|w| w == b"|AA|" || w == b"|CA|")) {
+            self.not_accepted += 1;
+        }
+    }
+}
+
 fn template(path: Option<&PathBuf>) -> String {
     match path {
         Some(p) => String::from_utf8_lossy(&std::fs::read(p).expect("readable message file"))
@@ -117,15 +130,7 @@ async fn connection(
             return out;
         };
         match client.read_ack().await {
-            Ok(ack) => {
-                if sent >= measure_from {
-                    out.latencies_us
-                        .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                }
-                if !(ack.windows(4).any(|w| w == b"|AA|" || w == b"|CA|")) {
-                    out.not_accepted += 1;
-                }
-            }
+            Ok(ack) => out.answered(sent, measure_from, &ack),
             Err(e) => {
                 out.error = Some(e.to_string());
                 return out;
@@ -172,15 +177,7 @@ async fn http_connection(
             }
         };
         match body {
-            Ok(ack) => {
-                if sent >= measure_from {
-                    out.latencies_us
-                        .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                }
-                if !(ack.windows(4).any(|w| w == b"|AA|" || w == b"|CA|")) {
-                    out.not_accepted += 1;
-                }
-            }
+            Ok(ack) => out.answered(sent, measure_from, &ack),
             Err(e) => {
                 out.error = Some(e.to_string());
                 return out;
