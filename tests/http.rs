@@ -189,6 +189,24 @@ kind = "cdr"
 mode = "on-delivery"
 "#;
 
+/// The same with HTTP Basic credentials (the password from the environment).
+const BASIC_CHANNEL: &str = r#"
+name = "fhir-basic"
+[source]
+kind = "http"
+path = "/basic"
+[source.auth]
+kind = "basic"
+user = "lab-feed"
+password_env = "TEST_INGEST_PASSWORD"
+[transform]
+script = "scripts/fhir_in.rhai"
+[[destination]]
+kind = "cdr"
+[ack]
+mode = "on-delivery"
+"#;
+
 fn patient_bundle(mrn: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "resourceType": "Bundle",
@@ -214,12 +232,19 @@ async fn fhir_documents_are_journaled_routed_and_delivered() {
         &[
             ("fhir-in.toml", FHIR_CHANNEL),
             ("fhir-secured.toml", SECURED_CHANNEL),
+            ("fhir-basic.toml", BASIC_CHANNEL),
         ],
         &[("fhir_in.rhai", FHIR_SCRIPT)],
     );
     let engine = Engine::start(
         &dir.path().join("data"),
-        &env(&pairs, &[("TEST_INGEST_TOKEN", "ingest-secret-42")]),
+        &env(
+            &pairs,
+            &[
+                ("TEST_INGEST_TOKEN", "ingest-secret-42"),
+                ("TEST_INGEST_PASSWORD", "pa:ss-wörd"),
+            ],
+        ),
     );
 
     let resp = engine
@@ -299,6 +324,26 @@ async fn fhir_documents_are_journaled_routed_and_delivered() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "delivered", "{body}");
     let (_, found) = engine.api("/fhir/Patient?identifier=F2").await;
+    assert_eq!(found["total"], 1, "{found}");
+
+    // Basic credentials: a wrong password is refused with the challenge, the right one taken.
+    let post_basic = |password: &'static str| {
+        client()
+            .post(format!("http://{}/basic", engine.http))
+            .header("Content-Type", "application/fhir+json")
+            .basic_auth("lab-feed", Some(password))
+            .body(patient_bundle("F3"))
+            .send()
+    };
+    let resp = post_basic("pa:ss-word").await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        "Basic realm=\"orbiter\""
+    );
+    let resp = post_basic("pa:ss-wörd").await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (_, found) = engine.api("/fhir/Patient?identifier=F3").await;
     assert_eq!(found["total"], 1, "{found}");
 }
 
