@@ -161,8 +161,9 @@ pub(crate) fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// RFC 3339 or Unix milliseconds.
-fn parse_instant(name: &str, value: &str) -> Result<i64, String> {
+/// A `since`/`until` query value (here and in `GET /api/transactions`): RFC 3339
+/// (`2026-12-01T10:00:00Z`) or Unix milliseconds.
+pub(super) fn parse_instant(name: &str, value: &str) -> Result<i64, String> {
     if let Ok(ms) = value.parse::<i64>() {
         return Ok(ms);
     }

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::audit::{self, AuditAction};
+use super::audit::{self, parse_instant, AuditAction};
 use super::{AdminState, Caller, Role};
 use crate::journal::{Status, Transaction, TxFilter, TxId};
 use crate::route::RerunError;
@@ -66,16 +66,6 @@ fn bad_request(message: String) -> HttpResponse {
 
 fn server_error(e: impl std::fmt::Display) -> HttpResponse {
     HttpResponse::InternalServerError().json(json!({"error": e.to_string()}))
-}
-
-/// RFC 3339 (`2026-12-01T10:00:00Z`) or Unix milliseconds.
-fn parse_instant(name: &str, value: &str) -> Result<i64, String> {
-    if let Ok(ms) = value.parse::<i64>() {
-        return Ok(ms);
-    }
-    OffsetDateTime::parse(value, &Rfc3339)
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|_| format!("`{name}` must be an RFC 3339 time or Unix milliseconds"))
 }
 
 /// `ID` or `ID^^^AUTHORITY` (PID-3's components 1 and 4) → the journal's patient key.
