@@ -27,6 +27,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use subtle::ConstantTimeEq;
 
+use super::ListenError;
 use crate::channel::def::HttpAuthDef;
 use crate::channel::{Channels, SourceKind};
 use crate::config::HttpConfig;
@@ -37,17 +38,6 @@ use crate::intake::{Arrival, Intake};
 use crate::journal::{Journal, Status};
 use crate::metrics::Metrics;
 use crate::route::Pipeline;
-
-#[derive(Debug, thiserror::Error)]
-pub enum HttpSourceError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-}
 
 /// The path where HL7 v2 reaches the shared MLLP channels over HTTP.
 pub const SHARED_HL7_PATH: &str = "/hl7v2";
@@ -74,7 +64,7 @@ pub fn server(
     metrics: Arc<Metrics>,
     pipeline: Pipeline,
     data_dir: &std::path::Path,
-) -> Result<(actix_web::dev::Server, Vec<SocketAddr>), HttpSourceError> {
+) -> Result<(actix_web::dev::Server, Vec<SocketAddr>), ListenError> {
     let tls = crate::tls::server_config(&config.tls)?;
     let state = web::Data::new(IngestState {
         journal,
@@ -91,7 +81,7 @@ pub fn server(
             .default_service(web::to(ingest))
     };
     let addr = config.addr;
-    let bind_err = |source| HttpSourceError::Bind { addr, source };
+    let bind_err = |source| ListenError::Bind { addr, source };
     let workers = if config.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {

@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use super::ListenError;
 use crate::config::MllpConfig;
 use crate::intake::{AckReply, Intake};
 use crate::metrics::Metrics;
@@ -26,17 +27,6 @@ use crate::mllp::{FrameError, MllpCodec};
 
 /// A TLS handshake that takes longer than this is abandoned.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ListenError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-}
 
 /// What every connection of this listener shares.
 struct Shared {

@@ -10,4 +10,18 @@ pub mod ports;
 pub mod sftp;
 
 pub use files::FileSources;
-pub use mllp::{ListenError, MllpListener};
+pub use mllp::MllpListener;
+
+use std::net::SocketAddr;
+
+/// Why a listener (MLLP or HTTP ingest) could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
