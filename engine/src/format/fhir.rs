@@ -79,17 +79,10 @@ pub struct FhirMeta {
     pub id: Option<String>,
 }
 
-const BUNDLE_TYPES: [&str; 9] = [
-    "document",
-    "message",
-    "transaction",
-    "transaction-response",
-    "batch",
-    "batch-response",
-    "history",
-    "searchset",
-    "collection",
-];
+/// Bundle.type codes (the required binding the embedded CDR validates against too).
+fn bundle_types() -> &'static [&'static str] {
+    crate::cdr::r4::binding("Bundle", "type").expect("R4 binds Bundle.type")
+}
 const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"];
 
 /// Parses and checks a body.
@@ -213,11 +206,11 @@ fn check_resource<'a>(v: &'a Value, at: &str, issues: &mut Vec<FhirIssue>) -> Op
 
 fn check_bundle(b: &Value, issues: &mut Vec<FhirIssue>, full_urls: &mut HashSet<String>) {
     let kind = match b.get("type") {
-        Some(Value::String(t)) if BUNDLE_TYPES.contains(&t.as_str()) => t.as_str(),
+        Some(Value::String(t)) if bundle_types().contains(&t.as_str()) => t.as_str(),
         Some(t) => {
             issues.push(issue(
                 "Bundle.type",
-                format!("{t} is not a Bundle type ({})", BUNDLE_TYPES.join(", ")),
+                format!("{t} is not a Bundle type ({})", bundle_types().join(", ")),
             ));
             ""
         }
