@@ -16,14 +16,7 @@ async fn probes_and_metrics_are_open_and_the_api_is_not() {
         let status = client.get(engine.url(path)).send().await.unwrap().status();
         assert_eq!(status, 200, "{path}");
     }
-    let metrics = client
-        .get(engine.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = engine.metrics().await;
     for name in [
         "orbiter_journal_flush_seconds",
         "orbiter_transactions_by_status",

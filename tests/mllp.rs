@@ -189,12 +189,7 @@ async fn fragmented_pipelined_and_garbage_prefixed_input() {
     let (code, control, _) = ack_fields(&c.read_ack().await.unwrap());
     assert_eq!((code.as_str(), control.as_str()), ("AA", "NOISY-1"));
 
-    let metrics = reqwest::get(engine.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = engine.metrics().await;
     assert!(
         metrics
             .lines()
@@ -290,12 +285,7 @@ async fn many_connections_at_once() {
     for t in tasks {
         t.await.unwrap();
     }
-    let metrics = reqwest::get(engine.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = engine.metrics().await;
     assert!(
         metrics.contains("orbiter_messages_total{listener=\"mllp\",outcome=\"accepted\"} 600"),
         "{metrics}"

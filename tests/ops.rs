@@ -411,12 +411,7 @@ async fn search_rerun_and_stats() {
         json!({"delivered": 6, "failed": 1}),
         "{stats}"
     );
-    let metrics = reqwest::get(engine.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = engine.metrics().await;
     assert!(
         metrics.contains("orbiter_channel_messages_total{channel=\"adt\",status=\"received\"} 7"),
         "{metrics}"
@@ -496,12 +491,7 @@ async fn retention_prunes_bodies_then_transactions_and_keeps_queued_ones() {
     let still = by_control(&engine, "R-Q").await;
     assert_eq!(still["status"], "queued");
     assert!(still["raw"].is_string(), "{still}");
-    let metrics = reqwest::get(engine.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = engine.metrics().await;
     // The unreachable destination is counted among CDR/HTTP answers as `none`.
     assert!(
         metrics

@@ -356,12 +356,7 @@ async fn sftp_source_takes_settled_files_from_a_trusted_server_once() {
         "logged in with the user key:\n{}",
         sshd.log()
     );
-    let metrics = reqwest::get(engine.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = engine.metrics().await;
     assert!(
         metrics
             .contains("orbiter_source_files_total{listener=\"sftp:hie\",outcome=\"ingested\"} 2"),

@@ -188,6 +188,16 @@ impl Engine {
         let body = resp.json().await.unwrap_or(serde_json::Value::Null);
         (status, body)
     }
+
+    /// The Prometheus exposition text of `/metrics` (open, no token).
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
 }
 
 impl Drop for Engine {
