@@ -659,6 +659,7 @@ impl Writer<'_> {
                     source,
                 })?;
             }
+            // Synced just above; the CDR has no checkpoints to keep that list for.
             appender.take_touched();
         }
         let ops = std::mem::take(&mut self.ops);
