@@ -70,7 +70,7 @@ fn hex_digit(b: u8) -> Option<u8> {
 /// Decodes `\X..\` hex: an even, non-zero number of hex digits whose bytes are valid text in the
 /// charset (any byte in ISO-8859-1, valid UTF-8 otherwise).
 fn hex_text(hex: &[u8], charset: Charset) -> Option<String> {
-    if hex.is_empty() || hex.len() % 2 != 0 {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
         return None;
     }
     let bytes = hex

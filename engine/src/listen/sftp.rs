@@ -86,9 +86,7 @@ impl SftpStore {
 
     /// `name` in the watched directory, or `to_dir` resolved against it.
     fn path(&self, name: &str) -> String {
-        if name.starts_with('/') {
-            name.to_string()
-        } else if self.dir.is_empty() {
+        if name.starts_with('/') || self.dir.is_empty() {
             name.to_string()
         } else {
             format!("{}/{name}", self.dir.trim_end_matches('/'))

@@ -42,7 +42,7 @@ pub fn add_minutes(dtm: &str, minutes: i64) -> Result<String, String> {
     }
     let num = |from: usize, to: usize| local.get(from..to).map_or(0, |s| s.parse().unwrap_or(0));
     let month = time::Month::try_from(num(4, 6) as u8).map_err(|e| format!("{dtm:?}: {e}"))?;
-    let date = time::Date::from_calendar_date(num(0, 4) as i32, month, num(6, 8) as u8)
+    let date = time::Date::from_calendar_date(num(0, 4), month, num(6, 8) as u8)
         .map_err(|e| format!("{dtm:?}: {e}"))?;
     let clock = time::Time::from_hms(num(8, 10) as u8, num(10, 12) as u8, num(12, 14) as u8)
         .map_err(|e| format!("{dtm:?}: {e}"))?;

@@ -19,7 +19,6 @@ pub mod ledger;
 pub mod poller;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -228,12 +227,10 @@ impl FileSources {
     }
 
     /// Starts the pollers of the current channel set, then follows reloads until dropped.
-    pub fn supervise(mut self) -> impl Future<Output = ()> {
-        async move {
-            loop {
-                self.sync();
-                tokio::time::sleep(SUPERVISE_EVERY).await;
-            }
+    pub async fn supervise(mut self) {
+        loop {
+            self.sync();
+            tokio::time::sleep(SUPERVISE_EVERY).await;
         }
     }
 
