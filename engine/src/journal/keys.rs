@@ -2,20 +2,7 @@
 
 use super::record::{MessageMeta, Status, TxId};
 
-/// `by_time`: received time (ms) then id.
-pub fn time(received_at_ms: i64, id: TxId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(16);
-    key.extend_from_slice(&(received_at_ms.max(0) as u64).to_be_bytes());
-    key.extend_from_slice(&id.to_key());
-    key
-}
-
-/// Lower bound of `by_time` keys at or after `ms`.
-pub fn time_from(ms: i64) -> [u8; 8] {
-    (ms.max(0) as u64).to_be_bytes()
-}
-
-/// `by_status`: one status byte then id.
+/// `by_status`: one status byte then id (statuses in flight only).
 pub fn status(status: Status, id: TxId) -> [u8; 9] {
     let mut key = [0u8; 9];
     key[0] = status.code();

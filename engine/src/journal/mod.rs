@@ -1,11 +1,13 @@
 //! The journal: every received message, durable before it is acknowledged, and the audit trail
 //! of what happened to it.
 //!
-//! Layout in sled (one database under `<data_dir>/journal`), with the large values in the
-//! [`values`] log beside it (`<data_dir>/journal/values/`) and sled holding pointers to them:
-//! - `tx_ptr`: id → [`Transaction`] as JSON in the value log (metadata, status, status events);
-//! - `raw_ptr`: id → the message bytes exactly as received, in the value log;
-//! - `by_time`, `by_status`, `by_control`: indexes (see [`keys`]);
+//! Layout: the records and bodies in the [`values`] log (`<data_dir>/journal/values/`), the
+//! [`slots`] table (`<data_dir>/journal/slots`: per id, where its record and raw body are, its
+//! receive time and status), and sled (one database under `<data_dir>/journal`) for the rest:
+//! - `by_status`: the transactions in flight (`received`, `processing`, `queued`), found at
+//!   start-up without a walk; finished ones are found through the slots;
+//! - `by_control`, `by_origin`: duplicate detection by control id and by document origin (see
+//!   [`keys`]);
 //! - `audit`, `api_clients`: the admin API's audit trail and API clients, owned by
 //!   `admin::audit` and `admin::clients` (they only reach them through [`Journal::audit_tree`]
 //!   and [`Journal::clients_tree`]).
@@ -24,9 +26,11 @@ mod keys;
 pub mod record;
 mod replay;
 pub mod retention;
+mod slots;
 pub(crate) mod values;
 mod writer;
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
@@ -41,6 +45,7 @@ pub use record::{
 
 use crate::config::JournalConfig;
 use crate::metrics::Metrics;
+use slots::Slots;
 use values::{Kind, Ptr, ValueLog};
 use writer::{Command, Writer};
 
@@ -71,13 +76,12 @@ impl From<sled::Error> for JournalError {
 #[derive(Clone)]
 pub(crate) struct Trees {
     db: sled::Db,
-    /// Bodies, records and steps; the trees below marked "pointers" hold [`Ptr`]s into it.
+    /// Bodies, records and steps; the slots and the trees marked "pointers" hold [`Ptr`]s into
+    /// it.
     values: Arc<ValueLog>,
-    /// Pointers to transaction records.
-    tx: sled::Tree,
-    /// Pointers to raw bodies.
-    raw: sled::Tree,
-    by_time: sled::Tree,
+    /// Per id: record and body pointers, receive time, status.
+    slots: Arc<Slots>,
+    /// Transactions in flight only (see [`Status::in_flight`]).
     by_status: sled::Tree,
     by_control: sled::Tree,
     /// Origin key of a document part → its transaction (idempotent file and HTTP ingest).
@@ -110,12 +114,52 @@ impl Trees {
 
     /// A transaction record (from the value log).
     fn tx(&self, id: TxId) -> Result<Option<Transaction>, JournalError> {
-        match self.value(&self.tx, Kind::Tx, &id.to_key())? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}"))),
+        let Some(ptr) = self.slots.get(id)?.record else {
+            return Ok(None);
+        };
+        self.tx_at(id, ptr).map(Some)
+    }
+
+    /// The transaction record at `ptr`.
+    fn tx_at(&self, id: TxId, ptr: Ptr) -> Result<Transaction, JournalError> {
+        let bytes = self.values.read(ptr, Kind::Tx, &id.to_key())?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}")))
+    }
+
+    /// A raw body (from the value log).
+    fn raw(&self, id: TxId) -> Result<Option<Vec<u8>>, JournalError> {
+        let slot = self.slots.get(id)?;
+        match (slot.status, slot.raw) {
+            (Some(_), Some(ptr)) => self.values.read(ptr, Kind::Raw, &id.to_key()).map(Some),
+            _ => Ok(None),
         }
+    }
+
+    /// Ids in `status`, oldest first: from the index for statuses in flight, else a walk of
+    /// the slots.
+    fn ids_with_status(&self, status: Status, limit: usize) -> Result<Vec<TxId>, JournalError> {
+        if status.in_flight() {
+            return self
+                .by_status
+                .scan_prefix([status.code()])
+                .keys()
+                .take(limit)
+                .map(|k| Ok(TxId::from_key(&k?[1..]).unwrap_or(TxId(0))))
+                .collect();
+        }
+        let mut ids = Vec::new();
+        self.slots.scan(0, u64::MAX, false, |id, slot| {
+            if slot.status == Some(status) {
+                ids.push(id);
+            }
+            if ids.len() >= limit {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        })?;
+        Ok(ids)
     }
 }
 
@@ -203,9 +247,7 @@ impl Journal {
             .map_err(|e| open_err(e.to_string()))?;
         let (values, mut appender) = ValueLog::open(&path.join("values"))?;
         let trees = Trees {
-            tx: db.open_tree("tx_ptr")?,
-            raw: db.open_tree("raw_ptr")?,
-            by_time: db.open_tree("by_time")?,
+            slots: Arc::new(Slots::open(&path.join("slots"))?),
             by_status: db.open_tree("by_status")?,
             by_control: db.open_tree("by_control")?,
             by_origin: db.open_tree("by_origin")?,
@@ -218,6 +260,7 @@ impl Journal {
             db,
         };
         writer::migrate_inline_values(&trees, &mut appender)?;
+        replay::migrate_pointer_trees(&trees)?;
         let replayed = replay::replay(&trees)?;
         if replayed > 0 {
             tracing::info!(
@@ -228,7 +271,7 @@ impl Journal {
         let appender_position = appender.position();
         replay::set_checkpoint(&trees, appender_position)?;
         writer::remove_dead_segments(&trees, appender.active_segment())?;
-        if trees.stats.is_empty() && !trees.tx.is_empty() {
+        if trees.stats.is_empty() && trees.slots.end() > 0 {
             // Journals written before the `stats` tree existed.
             replay::rebuild_stats(&trees)?;
         }
@@ -238,12 +281,18 @@ impl Journal {
         } else {
             None
         };
+        let mut counts = [0i64; Status::ALL.len()];
+        trees.slots.scan(0, u64::MAX, false, |_, slot| {
+            if let Some(status) = slot.status {
+                counts[status.code() as usize] += 1;
+            }
+            std::ops::ControlFlow::Continue(())
+        })?;
         for status in Status::ALL {
-            let count = trees.by_status.scan_prefix([status.code()]).count();
             metrics
                 .transactions_by_status
                 .with_label_values(&[status.as_str()])
-                .set(count as i64);
+                .set(counts[status.code() as usize]);
         }
         let (tx, rx) = std::sync::mpsc::channel();
         let writer = Writer {
@@ -258,6 +307,7 @@ impl Journal {
             dead_segments: Vec::new(),
             checkpointed: appender_position,
             last_compaction: Instant::now(),
+            next_id: std::cell::Cell::new(trees.slots.end()),
         };
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -375,32 +425,24 @@ impl Journal {
         }
     }
 
-    /// Ids in arrival-time order from `after` (exclusive; `None`: the oldest), at most `limit`,
-    /// with their receive time: what retention walks.
+    /// Ids in arrival order (id order) after `after` (`None`: from the oldest), at most
+    /// `limit`, with their receive time: what retention walks.
     pub fn oldest(
         &self,
-        after: Option<(i64, TxId)>,
+        after: Option<TxId>,
         limit: usize,
     ) -> Result<Vec<(i64, TxId)>, JournalError> {
-        let start = match after {
-            Some((ms, id)) => {
-                let mut key = keys::time(ms, id);
-                key.push(0);
-                key
+        let from = after.map_or(0, |id| id.0 + 1);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        self.trees.slots.scan(from, u64::MAX, false, |id, slot| {
+            out.push((slot.received_at_ms, id));
+            if out.len() >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
-            None => Vec::new(),
-        };
-        self.trees
-            .by_time
-            .range(start..)
-            .keys()
-            .take(limit)
-            .map(|k| {
-                let k = k?;
-                let ms = u64::from_be_bytes(k[..8].try_into().unwrap_or_default()) as i64;
-                Ok((ms, TxId::from_key(&k[8..]).unwrap_or(TxId(0))))
-            })
-            .collect()
+        })?;
+        Ok(out)
     }
 
     /// Per channel and status counts (cheap: one small tree).
@@ -430,18 +472,14 @@ impl Journal {
 
     /// Oldest first: the transactions in `status` (for resuming and retrying).
     pub fn ids_with_status(&self, status: Status, limit: usize) -> Result<Vec<TxId>, JournalError> {
-        self.trees
-            .by_status
-            .scan_prefix([status.code()])
-            .keys()
-            .take(limit)
-            .map(|k| Ok(TxId::from_key(&k?[1..]).unwrap_or(TxId(0))))
-            .collect()
+        self.trees.ids_with_status(status, limit)
     }
 
-    /// How many transactions are in `status` (walks the index).
+    /// How many transactions are in `status`.
     pub fn count_with_status(&self, status: Status) -> usize {
-        self.trees.by_status.scan_prefix([status.code()]).count()
+        self.trees
+            .ids_with_status(status, usize::MAX)
+            .map_or(0, |ids| ids.len())
     }
 
     /// The pipeline steps recorded for a transaction, in order.
@@ -467,112 +505,77 @@ impl Journal {
 
     /// The raw message bytes as received (`None` once retention pruned them).
     pub fn raw(&self, id: TxId) -> Result<Option<Vec<u8>>, JournalError> {
-        self.trees.value(&self.trees.raw, Kind::Raw, &id.to_key())
+        self.trees.raw(id)
     }
 
     /// Transactions matching `filter`, newest first, one page.
     pub fn list(&self, filter: &TxFilter) -> Result<TxPage, JournalError> {
-        let limit = filter.limit.clamp(1, 1000);
         let below = filter.before.map(|c| c.0).unwrap_or(u64::MAX);
-        // Pick the most selective index, walk it newest first, check the other filters on
-        // the record.
-        let ids: Box<dyn Iterator<Item = Result<TxId, JournalError>>> =
-            if let Some(control_id) = &filter.control_id {
-                let mut ids: Vec<TxId> = self
-                    .trees
-                    .by_control
-                    .scan_prefix(keys::control_prefix(control_id))
-                    .keys()
-                    .filter_map(|k| k.ok().and_then(|k| TxId::from_key(&k[k.len() - 8..])))
-                    .collect();
-                ids.sort_unstable_by(|a, b| b.cmp(a));
-                Box::new(ids.into_iter().map(Ok))
-            } else if let Some(status) = filter.status {
-                let start = keys::status(status, TxId(0));
-                let end = keys::status(status, TxId(below));
-                Box::new(
-                    self.trees
-                        .by_status
-                        .range(start..end)
-                        .keys()
-                        .rev()
-                        .map(|k| Ok(TxId::from_key(&k?[1..]).unwrap_or(TxId(0)))),
-                )
-            } else if filter.since_ms.is_some() || filter.until_ms.is_some() {
-                let start = keys::time_from(filter.since_ms.unwrap_or(0)).to_vec();
-                let end = filter
-                    .until_ms
-                    .map(|u| keys::time_from(u.saturating_add(1)).to_vec())
-                    .unwrap_or_else(|| vec![0xff; 17]);
-                Box::new(
-                    self.trees
-                        .by_time
-                        .range(start..end)
-                        .keys()
-                        .rev()
-                        .map(|k| Ok(TxId::from_key(&k?[8..]).unwrap_or(TxId(0)))),
-                )
-            } else {
-                Box::new(
-                    self.trees
-                        .tx
-                        .range(..TxId(below).to_key())
-                        .keys()
-                        .rev()
-                        .map(|k| Ok(TxId::from_key(&k?).unwrap_or(TxId(0)))),
-                )
-            };
-        let scan_limit = if filter.scan_limit == 0 {
-            DEFAULT_SCAN_LIMIT
-        } else {
-            filter.scan_limit
-        };
-        let text = filter.text.as_ref().map(|t| t.to_lowercase());
-        let mut items = Vec::with_capacity(limit.min(64));
-        let mut more = false;
-        let mut scanned = 0;
-        let mut last_scanned = None;
-        let mut scan_limit_reached = false;
-        for id in ids {
-            let id = id?;
-            if id.0 >= below {
-                continue;
-            }
-            if scanned == scan_limit {
-                scan_limit_reached = true;
-                break;
-            }
-            scanned += 1;
-            last_scanned = Some(id);
-            let Some(tx) = self.get(id)? else { continue };
-            if !matches(&tx, filter) {
-                continue;
-            }
-            if let Some(text) = &text {
-                let Some(raw) = self.raw(id)? else { continue };
-                if !String::from_utf8_lossy(&raw).to_lowercase().contains(text) {
-                    continue;
+        let mut page = PageWalk::new(self, filter);
+        // The most selective way in: the control-id index, the in-flight status index, or the
+        // slots newest first (status and time are checked there before a record is read).
+        if let Some(control_id) = &filter.control_id {
+            let mut ids: Vec<TxId> = self
+                .trees
+                .by_control
+                .scan_prefix(keys::control_prefix(control_id))
+                .keys()
+                .filter_map(|k| k.ok().and_then(|k| TxId::from_key(&k[k.len() - 8..])))
+                .filter(|id| id.0 < below)
+                .collect();
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            for id in ids {
+                if page.visit(id)?.is_break() {
+                    break;
                 }
             }
-            if items.len() == limit {
-                more = true;
-                break;
+        } else if let Some(status) = filter.status.filter(|s| s.in_flight()) {
+            let start = keys::status(status, TxId(0));
+            let end = keys::status(status, TxId(below));
+            for key in self.trees.by_status.range(start..end).keys().rev() {
+                let id = TxId::from_key(&key?[1..]).unwrap_or(TxId(0));
+                if page.visit(id)?.is_break() {
+                    break;
+                }
             }
-            items.push(tx);
-        }
-        let next_cursor = if more {
-            items.last().map(|t| t.id)
-        } else if scan_limit_reached {
-            last_scanned
         } else {
-            None
-        };
-        Ok(TxPage {
-            items,
-            next_cursor,
-            scanned,
-            scan_limit_reached,
-        })
+            let mut failed = None;
+            let mut slots_seen = 0usize;
+            let since = filter.since_ms.unwrap_or(i64::MIN);
+            let until = filter.until_ms.unwrap_or(i64::MAX);
+            self.trees.slots.scan(0, below, true, |id, slot| {
+                slots_seen += 1;
+                if slots_seen > SLOT_SCAN_LIMIT {
+                    page.stop_at(id);
+                    return ControlFlow::Break(());
+                }
+                if filter.status.is_some_and(|s| slot.status != Some(s))
+                    || slot.received_at_ms > until
+                {
+                    return ControlFlow::Continue(());
+                }
+                if slot.received_at_ms < since {
+                    // Ids follow arrival, so everything older is too, give or take a clock
+                    // step: the walk stops once it is well past the window.
+                    return if slot.received_at_ms < since.saturating_sub(CLOCK_SLACK_MS) {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    };
+                }
+                match page.visit(id) {
+                    Ok(flow) => flow,
+                    Err(e) => {
+                        failed = Some(e);
+                        ControlFlow::Break(())
+                    }
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        Ok(page.finish())
     }
 
     /// Bytes on disk: sled's own estimate plus the value log (walks the files: not for hot
@@ -621,6 +624,101 @@ impl Journal {
         }
         if let Some(handle) = self.writer_thread.lock().ok().and_then(|mut h| h.take()) {
             let _ = handle.join();
+        }
+    }
+}
+
+/// Slots walked at most for one page of a listing without an index (a slot is 32 bytes read,
+/// no record).
+const SLOT_SCAN_LIMIT: usize = 1_000_000;
+
+/// How far before `since` a listing keeps walking, in case the clock stepped back.
+const CLOCK_SLACK_MS: i64 = 10 * 60 * 1000;
+
+/// One page of a listing being gathered: reads records, applies the filters that need them.
+struct PageWalk<'a> {
+    journal: &'a Journal,
+    filter: &'a TxFilter,
+    limit: usize,
+    scan_limit: usize,
+    text: Option<String>,
+    items: Vec<Transaction>,
+    more: bool,
+    scanned: usize,
+    last_scanned: Option<TxId>,
+    scan_limit_reached: bool,
+}
+
+impl<'a> PageWalk<'a> {
+    fn new(journal: &'a Journal, filter: &'a TxFilter) -> Self {
+        let limit = filter.limit.clamp(1, 1000);
+        PageWalk {
+            journal,
+            filter,
+            limit,
+            scan_limit: if filter.scan_limit == 0 {
+                DEFAULT_SCAN_LIMIT
+            } else {
+                filter.scan_limit
+            },
+            text: filter.text.as_ref().map(|t| t.to_lowercase()),
+            items: Vec::with_capacity(limit.min(64)),
+            more: false,
+            scanned: 0,
+            last_scanned: None,
+            scan_limit_reached: false,
+        }
+    }
+
+    /// Examines one candidate; `Break` once the page is full or the scan limit is reached.
+    fn visit(&mut self, id: TxId) -> Result<ControlFlow<()>, JournalError> {
+        if self.scanned == self.scan_limit {
+            self.scan_limit_reached = true;
+            return Ok(ControlFlow::Break(()));
+        }
+        self.scanned += 1;
+        self.last_scanned = Some(id);
+        let Some(tx) = self.journal.get(id)? else {
+            return Ok(ControlFlow::Continue(()));
+        };
+        if !matches(&tx, self.filter) {
+            return Ok(ControlFlow::Continue(()));
+        }
+        if let Some(text) = &self.text {
+            let Some(raw) = self.journal.raw(id)? else {
+                return Ok(ControlFlow::Continue(()));
+            };
+            if !String::from_utf8_lossy(&raw).to_lowercase().contains(text) {
+                return Ok(ControlFlow::Continue(()));
+            }
+        }
+        if self.items.len() == self.limit {
+            self.more = true;
+            return Ok(ControlFlow::Break(()));
+        }
+        self.items.push(tx);
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// The walk stopped at its own limit before `id`: the next page goes on from there.
+    fn stop_at(&mut self, id: TxId) {
+        self.scan_limit_reached = true;
+        self.last_scanned = Some(TxId(id.0 + 1));
+    }
+
+    fn finish(self) -> TxPage {
+        let next_cursor = if self.more {
+            self.items.last().map(|t| t.id)
+        } else if self.scan_limit_reached {
+            self.last_scanned
+        } else {
+            None
+        };
+        TxPage {
+            items: self.items,
+            next_cursor,
+            scanned: self.scanned,
+            scan_limit_reached: self.scan_limit_reached,
         }
     }
 }

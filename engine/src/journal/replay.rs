@@ -1,14 +1,16 @@
 //! Redo after a crash: sled is flushed at checkpoints only, so what the writer applied after
 //! the last one may be missing from it (or half there). The value log has every change as a
-//! record; replaying the records after the checkpoint, in order, brings sled's pointers and
-//! indexes back to what was acknowledged. Every step is idempotent (a pointer moves only
+//! record; replaying the records after the checkpoint, in order, brings the slots, sled's
+//! pointers and indexes back to what was acknowledged. Every step is idempotent (a pointer moves only
 //! forward in log order, index entries are recomputed from the record), so a crash during
 //! replay just means replaying again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 
 use super::keys;
 use super::record::{Status, Transaction, TxId};
+use super::slots::Slot;
 use super::values::{Kind, Position, Ptr, Scanned};
 use super::{JournalError, Trees};
 
@@ -27,8 +29,10 @@ fn checkpoint(trees: &Trees) -> Result<Option<Position>, JournalError> {
     }))
 }
 
-/// Records `position` as the checkpoint and flushes sled (at open, after replay).
+/// Records `position` as the checkpoint and flushes sled (at open, after replay), the slots
+/// first.
 pub(super) fn set_checkpoint(trees: &Trees, position: Position) -> Result<(), JournalError> {
+    trees.slots.sync()?;
     let mut value = position.0.to_be_bytes().to_vec();
     value.extend_from_slice(&position.1.to_be_bytes());
     trees.segments.insert(CHECKPOINT_KEY, value)?;
@@ -51,7 +55,7 @@ pub(super) fn replay(trees: &Trees) -> Result<usize, JournalError> {
         read += trees
             .values
             .scan(segment, offset, |record| match record.kind {
-                Kind::Raw => redo_pointer(&trees.raw, &record),
+                Kind::Raw => redo_raw(trees, &record),
                 Kind::Step => redo_pointer(&trees.steps, &record),
                 Kind::Tx => redo_transaction(trees, &record),
                 // Not the journal's: the CDR keeps its own log.
@@ -86,37 +90,54 @@ fn redo_pointer(tree: &sled::Tree, record: &Scanned) -> Result<(), JournalError>
     Ok(())
 }
 
+/// Writes one slot back.
+fn put(trees: &Trees, id: TxId, slot: Slot) -> Result<(), JournalError> {
+    trees.slots.write(&BTreeMap::from([(id.0, slot)]))
+}
+
+/// A raw body: set or clear the slot's body pointer unless a later record already did.
+fn redo_raw(trees: &Trees, record: &Scanned) -> Result<(), JournalError> {
+    let Some(id) = TxId::from_key(&record.key) else {
+        return Ok(());
+    };
+    let mut slot = trees.slots.get(id)?;
+    if slot
+        .raw
+        .is_some_and(|p| p.position() >= record.ptr.position())
+    {
+        return Ok(());
+    }
+    slot.raw = (!record.tombstone).then_some(record.ptr);
+    put(trees, id, slot)
+}
+
 fn redo_transaction(trees: &Trees, record: &Scanned) -> Result<(), JournalError> {
     let Some(id) = TxId::from_key(&record.key) else {
         return Ok(());
     };
-    let now = current(&trees.tx, &record.key)?;
+    let mut slot = trees.slots.get(id)?;
+    let now = slot.record.filter(|_| !slot.is_empty());
     if now.is_some_and(|p| p.position() > record.ptr.position()) {
         return Ok(());
     }
     if record.tombstone {
         if let Some(old) = now {
-            let bytes = trees.values.read(old, Kind::Tx, &record.key)?;
-            if let Ok(old) = serde_json::from_slice::<Transaction>(&bytes) {
-                trees.by_time.remove(keys::time(old.received_at_ms, id))?;
+            if let Ok(old) = trees.tx_at(id, old) {
                 if let Some(control_id) = &old.meta.control_id {
                     trees.by_control.remove(keys::control(control_id, id))?;
                 }
             }
-            for status in Status::ALL {
+            for status in Status::ALL.into_iter().filter(|s| s.in_flight()) {
                 trees.by_status.remove(keys::status(status, id))?;
             }
-            trees.tx.remove(&record.key)?;
+            put(trees, id, Slot::default())?;
         }
         return Ok(());
     }
     let tx: Transaction = serde_json::from_slice(&record.value)
         .map_err(|e| JournalError::Corrupt(format!("transaction {id} in the log: {e}")))?;
     // Indexes are recomputed whole, so a batch that stopped halfway is finished either way.
-    trees
-        .by_time
-        .insert(keys::time(tx.received_at_ms, id), &[])?;
-    for status in Status::ALL {
+    for status in Status::ALL.into_iter().filter(|s| s.in_flight()) {
         if status == tx.status {
             trees.by_status.insert(keys::status(status, id), &[])?;
         } else {
@@ -135,21 +156,27 @@ fn redo_transaction(trees: &Trees, record: &Scanned) -> Result<(), JournalError>
             trees.by_origin.insert(origin.as_bytes(), &id.to_key())?;
         }
     }
-    if now != Some(record.ptr) {
-        trees.tx.insert(&record.key, &record.ptr.to_bytes())?;
-    }
-    Ok(())
+    slot.record = Some(record.ptr);
+    slot.status = Some(tx.status);
+    slot.received_at_ms = tx.received_at_ms;
+    put(trees, id, slot)
 }
 
-/// Every segment's live bytes, counted again from the pointers.
+/// Every segment's live bytes, counted again from the slots and the step pointers.
 fn recount_live(trees: &Trees) -> Result<(), JournalError> {
     let mut live: HashMap<u32, i64> = HashMap::new();
-    for tree in [&trees.tx, &trees.raw, &trees.steps] {
-        for value in tree.iter().values() {
-            if let Some(ptr) = Ptr::from_bytes(&value?) {
-                *live.entry(ptr.segment).or_default() += i64::from(ptr.len);
-            }
+    let mut count = |ptr: Option<Ptr>| {
+        if let Some(ptr) = ptr {
+            *live.entry(ptr.segment).or_default() += i64::from(ptr.len);
         }
+    };
+    trees.slots.scan(0, u64::MAX, false, |_, slot| {
+        count(slot.record);
+        count(slot.raw);
+        ControlFlow::Continue(())
+    })?;
+    for value in trees.steps.iter().values() {
+        count(Ptr::from_bytes(&value?));
     }
     for key in trees.segments.iter().keys() {
         let key = key?;
@@ -168,22 +195,88 @@ fn recount_live(trees: &Trees) -> Result<(), JournalError> {
 /// The per-channel counters, counted again from the records.
 pub(super) fn rebuild_stats(trees: &Trees) -> Result<(), JournalError> {
     let mut counts: HashMap<(String, Status), i64> = HashMap::new();
-    for key in trees.tx.iter().keys() {
-        let Some(id) = TxId::from_key(&key?) else {
-            continue;
-        };
-        let Ok(Some(tx)) = trees.tx(id) else {
-            continue;
-        };
-        for channel in tx.channel_names() {
-            *counts.entry((channel.to_string(), tx.status)).or_default() += 1;
+    trees.slots.scan(0, u64::MAX, false, |id, slot| {
+        if let Some(Ok(tx)) = slot.record.map(|ptr| trees.tx_at(id, ptr)) {
+            for channel in tx.channel_names() {
+                *counts.entry((channel.to_string(), tx.status)).or_default() += 1;
+            }
         }
-    }
+        ControlFlow::Continue(())
+    })?;
     trees.stats.clear()?;
     for ((channel, status), count) in counts {
         trees
             .stats
             .insert(keys::stats(&channel, status), &count.to_be_bytes())?;
     }
+    Ok(())
+}
+
+/// Journals written before the slots kept record and body pointers in the `tx_ptr` and
+/// `raw_ptr` trees, with a `by_time` index and every status in `by_status`: move the pointers
+/// into the slots once, at open, and drop what the slots replace. The trees are dropped only
+/// after the slots are fsynced, so a crash midway just starts over.
+pub(super) fn migrate_pointer_trees(trees: &Trees) -> Result<(), JournalError> {
+    let names = trees.db.tree_names();
+    if !names.iter().any(|n| n.as_ref() == b"tx_ptr") {
+        return Ok(());
+    }
+    const CHUNK: usize = 65_536;
+    let mut batch: BTreeMap<u64, Slot> = BTreeMap::new();
+    let records = trees.db.open_tree("tx_ptr")?;
+    for entry in records.iter() {
+        let (key, ptr) = entry?;
+        let (Some(id), Some(ptr)) = (TxId::from_key(&key), Ptr::from_bytes(&ptr)) else {
+            continue;
+        };
+        let Ok(tx) = trees.tx_at(id, ptr) else {
+            continue;
+        };
+        batch.insert(
+            id.0,
+            Slot {
+                record: Some(ptr),
+                raw: None,
+                received_at_ms: tx.received_at_ms,
+                status: Some(tx.status),
+            },
+        );
+        if batch.len() == CHUNK {
+            trees.slots.write(&std::mem::take(&mut batch))?;
+        }
+    }
+    trees.slots.write(&std::mem::take(&mut batch))?;
+    let bodies = trees.db.open_tree("raw_ptr")?;
+    for entry in bodies.iter() {
+        let (key, ptr) = entry?;
+        let (Some(id), Some(ptr)) = (TxId::from_key(&key), Ptr::from_bytes(&ptr)) else {
+            continue;
+        };
+        let mut slot = trees.slots.get(id)?;
+        if !slot.is_empty() {
+            slot.raw = Some(ptr);
+            batch.insert(id.0, slot);
+        }
+        if batch.len() == CHUNK {
+            trees.slots.write(&std::mem::take(&mut batch))?;
+        }
+    }
+    trees.slots.write(&batch)?;
+    trees.slots.sync()?;
+    recount_live(trees)?;
+    for key in trees.by_status.iter().keys() {
+        let key = key?;
+        let in_flight = Status::ALL
+            .into_iter()
+            .any(|s| s.in_flight() && key.first() == Some(&s.code()));
+        if !in_flight {
+            trees.by_status.remove(key)?;
+        }
+    }
+    trees.db.flush()?;
+    for name in ["tx_ptr", "raw_ptr", "by_time"] {
+        trees.db.drop_tree(name)?;
+    }
+    trees.db.flush()?;
     Ok(())
 }

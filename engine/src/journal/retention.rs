@@ -6,7 +6,7 @@
 //! Only transactions in one of `statuses` are touched, and never one in `received`,
 //! `processing` or `queued` (work in flight), whatever the configuration says.
 //!
-//! A pass walks the `by_time` index oldest first in small batches; each batch is one command to
+//! A pass walks the journal's slots oldest first (ids follow arrival) in small batches; each batch is one command to
 //! the journal writer, which checks the status again when it applies it, so pruning cannot race
 //! the pipeline and ingest only waits for a batch at a time. The walk stops at the youngest
 //! horizon of any policy, so a pass over a journal with nothing to prune reads little.
@@ -284,8 +284,8 @@ impl PassReport {
 pub struct Pruner {
     journal: Journal,
     batch: usize,
-    /// The last `by_time` entry examined; `None` starts from the oldest.
-    cursor: Option<(i64, TxId)>,
+    /// The last transaction examined; `None` starts from the oldest.
+    cursor: Option<TxId>,
 }
 
 impl Pruner {
@@ -347,14 +347,14 @@ impl Pruner {
 struct Plan {
     requests: Vec<PruneRequest>,
     examined: usize,
-    cursor: Option<(i64, TxId)>,
+    cursor: Option<TxId>,
     /// The walk reached the end of the journal or the youngest horizon.
     done: bool,
 }
 
 fn plan(
     journal: &Journal,
-    mut cursor: Option<(i64, TxId)>,
+    mut cursor: Option<TxId>,
     batch: usize,
     policies: &Policies,
     horizon: i64,
@@ -369,7 +369,7 @@ fn plan(
             done = true;
             break;
         }
-        cursor = Some((received_at_ms, id));
+        cursor = Some(id);
         examined += 1;
         let Some(tx) = journal.get(id)? else {
             continue;

@@ -513,12 +513,13 @@ async fn a_journal_with_inline_values_is_moved_into_the_value_log_at_open() {
     let (journal, _) = open(dir.path());
     assert_eq!(journal.get(TxId(7)).unwrap().unwrap(), tx);
     assert_eq!(journal.raw(TxId(7)).unwrap().unwrap(), raw);
-    assert!(!journal
-        .trees
-        .db
-        .tree_names()
-        .iter()
-        .any(|n| n.as_ref() == b"tx" || n.as_ref() == b"raw"));
+    assert!(!journal.trees.db.tree_names().iter().any(|n| [
+        &b"tx"[..],
+        b"raw",
+        b"tx_ptr",
+        b"raw_ptr"
+    ]
+    .contains(&n.as_ref())));
     journal.close();
     drop(journal);
     // Twice opened: still there (now from the log), not migrated again.
@@ -604,13 +605,11 @@ async fn what_sled_lost_after_the_checkpoint_is_replayed_from_the_value_log() {
     journal.close();
     drop(journal);
     {
-        // A crash before any checkpoint: sled has none of it.
+        // A crash before any checkpoint: neither sled nor the slots have any of it.
+        std::fs::remove_file(dir.path().join("journal/slots")).unwrap();
         let db = sled::open(dir.path().join("journal")).unwrap();
         for name in [
-            "tx_ptr",
-            "raw_ptr",
             "step_ptr",
-            "by_time",
             "by_status",
             "by_control",
             "by_origin",
@@ -704,4 +703,175 @@ async fn compaction_moves_what_is_still_referenced_and_frees_the_segment() {
     let (journal, _) = open(dir.path());
     assert_eq!(journal.raw(c).unwrap().unwrap(), c_raw);
     assert!(journal.get(a).unwrap().unwrap().body_pruned);
+}
+
+#[tokio::test]
+async fn a_journal_with_pointer_trees_moves_them_into_the_slots_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    let raw = b"MSH|^~\\&|PTR|||||ADT^A01|PTR1|P|2.5.1".to_vec();
+    // sled's generate_id left gaps of up to a million ids at each restart.
+    let id = TxId(3_000_005);
+    let tx = Transaction {
+        id,
+        received_at_ms: 1_760_000_000_000,
+        meta: MessageMeta {
+            control_id: Some("PTR1".into()),
+            ..MessageMeta::default()
+        },
+        size: raw.len(),
+        truncated: false,
+        status: Status::Delivered,
+        error: None,
+        duplicate_of: None,
+        channels: Vec::new(),
+        events: Vec::new(),
+        rerun_of: None,
+        body_pruned: false,
+        origin_key: None,
+    };
+    {
+        // The layout of the first value-log journals: pointers in `tx_ptr` and `raw_ptr`, a
+        // `by_time` index, every status in `by_status`.
+        let db = sled::open(&path).unwrap();
+        let (_, mut appender) = ValueLog::open(&path.join("values")).unwrap();
+        let record = appender
+            .push(Kind::Tx, &id.to_key(), &serde_json::to_vec(&tx).unwrap())
+            .unwrap();
+        let body = appender.push(Kind::Raw, &id.to_key(), &raw).unwrap();
+        appender.write_out().unwrap();
+        db.open_tree("tx_ptr")
+            .unwrap()
+            .insert(id.to_key(), &record.to_bytes())
+            .unwrap();
+        db.open_tree("raw_ptr")
+            .unwrap()
+            .insert(id.to_key(), &body.to_bytes())
+            .unwrap();
+        db.open_tree("by_time")
+            .unwrap()
+            .insert(b"some time key", &[])
+            .unwrap();
+        db.open_tree("by_status")
+            .unwrap()
+            .insert(keys::status(Status::Delivered, id), &[])
+            .unwrap();
+        let position = appender.position();
+        let mut checkpoint = position.0.to_be_bytes().to_vec();
+        checkpoint.extend_from_slice(&position.1.to_be_bytes());
+        db.open_tree("segments")
+            .unwrap()
+            .insert(super::replay::CHECKPOINT_KEY, checkpoint)
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let (journal, metrics) = open(dir.path());
+    assert_eq!(journal.get(id).unwrap().unwrap(), tx);
+    assert_eq!(journal.raw(id).unwrap().unwrap(), raw);
+    assert_eq!(count(&metrics, Status::Delivered), 1);
+    assert_eq!(
+        journal.ids_with_status(Status::Delivered, 10).unwrap(),
+        vec![id]
+    );
+    assert!(
+        journal.trees.by_status.is_empty(),
+        "only work in flight is indexed"
+    );
+    assert!(!journal.trees.db.tree_names().iter().any(|n| [
+        &b"tx_ptr"[..],
+        b"raw_ptr",
+        b"by_time"
+    ]
+    .contains(&n.as_ref())));
+    // New ids continue after the highest one.
+    let next = journal.append(message("NEW1", "APP")).await.unwrap().id;
+    assert_eq!(next, TxId(id.0 + 1));
+    let page = journal
+        .list(&TxFilter {
+            limit: 10,
+            ..TxFilter::default()
+        })
+        .unwrap();
+    assert_eq!(
+        page.items.iter().map(|t| t.id).collect::<Vec<_>>(),
+        vec![next, id]
+    );
+    journal.close();
+    drop(journal);
+    let (journal, _) = open(dir.path());
+    assert_eq!(journal.raw(id).unwrap().unwrap(), raw);
+    assert_eq!(journal.get(next).unwrap().unwrap().id, next);
+}
+
+#[tokio::test]
+async fn listings_by_time_and_finished_status_walk_the_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        let id = journal
+            .append(routed(&format!("L{n}"), &["adt"]))
+            .await
+            .unwrap()
+            .id;
+        if n % 3 == 0 {
+            journal.set_status(id, Status::Failed, None).await.unwrap();
+        }
+        ids.push(id);
+    }
+    let failed: Vec<TxId> = ids.iter().copied().step_by(3).rev().collect();
+    let page = journal
+        .list(&TxFilter {
+            status: Some(Status::Failed),
+            limit: 4,
+            ..TxFilter::default()
+        })
+        .unwrap();
+    assert_eq!(
+        page.items.iter().map(|t| t.id).collect::<Vec<_>>(),
+        failed[..4]
+    );
+    let rest = journal
+        .list(&TxFilter {
+            status: Some(Status::Failed),
+            before: page.next_cursor,
+            limit: 100,
+            ..TxFilter::default()
+        })
+        .unwrap();
+    assert_eq!(
+        rest.items.iter().map(|t| t.id).collect::<Vec<_>>(),
+        failed[4..]
+    );
+    assert_eq!(journal.count_with_status(Status::Failed), 10);
+    assert_eq!(journal.count_with_status(Status::Received), 20);
+    // A time window: everything was received now, nothing an hour ago.
+    let now = now_ms();
+    let all = journal
+        .list(&TxFilter {
+            since_ms: Some(now - 60_000),
+            limit: 100,
+            ..TxFilter::default()
+        })
+        .unwrap();
+    assert_eq!(all.items.len(), 30);
+    let none = journal
+        .list(&TxFilter {
+            until_ms: Some(now - 3_600_000),
+            limit: 100,
+            ..TxFilter::default()
+        })
+        .unwrap();
+    assert!(none.items.is_empty());
+    // Retention walks arrival order.
+    let oldest = journal.oldest(None, 5).unwrap();
+    assert_eq!(
+        oldest.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+        ids[..5]
+    );
+    let after = journal.oldest(Some(ids[4]), 2).unwrap();
+    assert_eq!(
+        after.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+        ids[5..7]
+    );
 }

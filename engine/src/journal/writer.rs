@@ -1,7 +1,7 @@
 //! The journal's writer threads and their group commit.
 //!
 //! Every change goes through one OS thread that drains a queue and applies everything waiting
-//! (records to the value log, pointers and indexes to sled); a second thread then `fdatasync`s
+//! (records to the value log, then their pointers to the slots and indexes to sled); a second thread then `fdatasync`s
 //! the value-log segments once for all the batches applied meanwhile, and only then answers
 //! their waiters. sled is flushed at checkpoints only (see [`super::values`]): after a crash,
 //! [`super::replay`] redoes from the log what sled had not flushed. Many appends share one
@@ -9,7 +9,8 @@
 //! `flush_async` deadlock under concurrent callers, keeps blocking I/O off the actix arbiters,
 //! and makes read-modify-write of a record race-free.
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use super::record::{
     now_ms, Appended, ChannelRun, NewMessage, Status, StatusEvent, Step, Transaction, TxId,
 };
 use super::retention::{PruneAction, PruneRequest, Pruned};
+use super::slots::Slot;
 use super::values::{Appender, Kind, Ptr};
 use super::{JournalError, Trees};
 use crate::metrics::Metrics;
@@ -89,6 +91,8 @@ pub(super) struct Writer {
     /// The log position of the last checkpoint written (compaction stays before it).
     pub checkpointed: super::values::Position,
     pub last_compaction: Instant,
+    /// The id the next new transaction gets: ids are dense, one slot each.
+    pub next_id: Cell<u64>,
 }
 
 /// A reply to send once the batch is durable.
@@ -194,6 +198,9 @@ impl Writer {
                         .map_err(|e| JournalError::Io(Arc::new(e)))?;
                 }
             }
+            if self.fsync {
+                self.trees.slots.sync()?;
+            }
             let position = self.values.position();
             let mut value = position.0.to_be_bytes().to_vec();
             value.extend_from_slice(&position.1.to_be_bytes());
@@ -230,7 +237,7 @@ impl Writer {
         &mut self,
         reply: Option<oneshot::Sender<Result<Option<u32>, JournalError>>>,
     ) -> FlushJob {
-        let mut pending = PendingWrites::default();
+        let mut pending = PendingWrites::new(None);
         let result = self.stage_compaction(&mut pending);
         let applied = self.apply(pending);
         if let Ok(Some(segment)) = &result {
@@ -252,14 +259,27 @@ impl Writer {
             if record.tombstone {
                 return Ok(());
             }
-            let tree = match record.kind {
-                Kind::Raw => &self.trees.raw,
-                Kind::Tx => &self.trees.tx,
-                Kind::Step => &self.trees.steps,
+            let current = match record.kind {
+                Kind::Raw | Kind::Tx => {
+                    let Some(id) = TxId::from_key(&record.key) else {
+                        return Ok(());
+                    };
+                    let slot = self.trees.slots.get(id)?;
+                    match (record.kind, slot.status) {
+                        (_, None) => None,
+                        (Kind::Raw, _) => slot.raw,
+                        _ => slot.record,
+                    }
+                }
+                Kind::Step => self
+                    .trees
+                    .steps
+                    .get(&record.key)?
+                    .as_deref()
+                    .and_then(Ptr::from_bytes),
                 Kind::Resource => return Ok(()),
             };
-            let current = tree.get(&record.key)?;
-            if current.as_deref().and_then(Ptr::from_bytes) != Some(record.ptr) {
+            if current != Some(record.ptr) {
                 return Ok(());
             }
             match record.kind {
@@ -316,7 +336,7 @@ impl Writer {
     /// Applies one batch; returns what the flusher must do once it is durable.
     fn commit(&mut self, batch: &mut Vec<Command>) -> FlushJob {
         self.metrics.journal_batch_size.observe(batch.len() as f64);
-        let mut pending = PendingWrites::default();
+        let mut pending = PendingWrites::new(Some(TxId(self.next_id.get())));
         let mut replies = Vec::with_capacity(batch.len());
         for cmd in batch.drain(..) {
             match cmd {
@@ -419,7 +439,7 @@ impl Writer {
             Some(raw) => raw,
             None => self
                 .trees
-                .value(&self.trees.raw, Kind::Raw, &of.to_key())?
+                .raw(of)?
                 .ok_or_else(|| JournalError::Corrupt(format!("transaction {of}: body pruned")))?,
         };
         let original = pending.records.get(&of).expect("loaded above");
@@ -500,8 +520,6 @@ impl Writer {
                 for key in step_keys {
                     pending.steps.remove(key);
                 }
-                pending.by_time.remove(keys::time(tx.received_at_ms, id));
-                pending.by_status.remove(keys::status(tx.status, id));
                 if let Some(control_id) = &tx.meta.control_id {
                     pending.by_control.remove(keys::control(control_id, id));
                 }
@@ -529,7 +547,8 @@ impl Writer {
         message: NewMessage,
         rerun_of: Option<TxId>,
     ) -> Result<Appended, JournalError> {
-        let id = TxId(self.trees.db.generate_id()?);
+        let id = TxId(self.next_id.get());
+        self.next_id.set(id.0 + 1);
         if let Some(key) = &message.origin_key {
             pending.first_by_origin.insert(key.clone(), id);
             pending.by_origin.insert(key.as_bytes(), id.to_key());
@@ -588,10 +607,11 @@ impl Writer {
                 .or_default() += 1;
         }
         pending.raw.insert(id.to_key(), &message.raw);
-        pending.by_time.insert(keys::time(received_at_ms, id), []);
-        pending
-            .by_status
-            .insert(keys::status(message.status, id), []);
+        if message.status.in_flight() {
+            pending
+                .by_status
+                .insert(keys::status(message.status, id), []);
+        }
         *pending.status_deltas.entry(message.status).or_default() += 1;
         pending.records.insert(id, tx);
         Ok(Appended {
@@ -645,8 +665,12 @@ impl Writer {
         for (status, reason) in events {
             let old = tx.status;
             if old != status {
-                pending.by_status.remove(keys::status(old, id));
-                pending.by_status.insert(keys::status(status, id), []);
+                if old.in_flight() {
+                    pending.by_status.remove(keys::status(old, id));
+                }
+                if status.in_flight() {
+                    pending.by_status.insert(keys::status(status, id), []);
+                }
                 *pending.status_deltas.entry(old).or_default() -= 1;
                 *pending.status_deltas.entry(status).or_default() += 1;
                 for channel in tx.channel_names() {
@@ -926,17 +950,18 @@ pub(super) fn migrate_inline_values(
     values: &mut Appender,
 ) -> Result<(), JournalError> {
     let names = trees.db.tree_names();
-    let old = [
-        ("tx", Kind::Tx, &trees.tx),
-        ("raw", Kind::Raw, &trees.raw),
-        ("steps", Kind::Step, &trees.steps),
-    ];
-    if !old
+    if !["tx", "raw", "steps"]
         .iter()
-        .any(|(name, ..)| names.iter().any(|n| n.as_ref() == name.as_bytes()))
+        .any(|name| names.iter().any(|n| n.as_ref() == name.as_bytes()))
     {
         return Ok(());
     }
+    // Into pointer trees, which [`super::replay::migrate_pointer_trees`] then moves to slots.
+    let old = [
+        ("tx", Kind::Tx, &trees.db.open_tree("tx_ptr")?),
+        ("raw", Kind::Raw, &trees.db.open_tree("raw_ptr")?),
+        ("steps", Kind::Step, &trees.steps),
+    ];
     let mut live = HashMap::new();
     for (name, kind, new_tree) in old {
         let inline = trees.db.open_tree(name)?;
@@ -963,12 +988,33 @@ pub(super) fn migrate_inline_values(
     Ok(())
 }
 
+/// The slot a batch is building for the id in `key`: what the table holds now, or an empty one
+/// for ids the batch created (from `new_from` on).
+fn slot_of<'a>(
+    slots: &'a mut BTreeMap<u64, Slot>,
+    trees: &Trees,
+    new_from: u64,
+    key: &[u8],
+) -> Result<Option<&'a mut Slot>, JournalError> {
+    let Some(id) = TxId::from_key(key) else {
+        return Ok(None);
+    };
+    Ok(Some(match slots.entry(id.0) {
+        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::btree_map::Entry::Vacant(e) if id.0 >= new_from => {
+            e.insert(Slot::default())
+        }
+        std::collections::btree_map::Entry::Vacant(e) => e.insert(trees.slots.get(id)?),
+    }))
+}
+
 /// Everything one batch writes, grouped per tree.
 #[derive(Default)]
 struct PendingWrites {
+    /// Ids from this one on were created by this batch: their slots are known to be empty.
+    new_from: Option<TxId>,
     records: HashMap<TxId, Transaction>,
     raw: Writes,
-    by_time: Writes,
     by_status: Writes,
     by_control: Writes,
     by_origin: Writes,
@@ -987,11 +1033,19 @@ struct PendingWrites {
 }
 
 impl PendingWrites {
-    /// Values into the log (one write), then in sled: the segments' new live bytes, raw
-    /// pointers, indexes, records, steps, and last the bytes released. A crash in between
-    /// leaves at worst a value nothing points to or a segment counted too high; nothing in this
-    /// batch was acknowledged yet (replies wait for the flush), and readers skip index entries
-    /// whose record is missing. Returns the segments to delete once the flush is durable.
+    fn new(new_from: Option<TxId>) -> PendingWrites {
+        PendingWrites {
+            new_from,
+            ..PendingWrites::default()
+        }
+    }
+
+    /// Values into the log (one write), then: the segments' new live bytes in sled, the
+    /// indexes, the slots (record and body pointers, status), steps, and last the bytes
+    /// released. A crash in between leaves at worst a value nothing points to or a segment
+    /// counted too high; nothing in this batch was acknowledged yet (replies wait for the
+    /// flush), and readers skip index entries whose slot is empty. Returns the segments to
+    /// delete once the flush is durable.
     fn apply(self, trees: &Trees, values: &mut Appender) -> Result<Vec<u32>, JournalError> {
         let raw = self.raw.into_pointers(Kind::Raw, values)?;
         let mut records = Writes::default();
@@ -1014,14 +1068,42 @@ impl PendingWrites {
         let active = values.active_segment();
         count_live(trees, &added, active)?;
         let mut released = HashMap::new();
-        raw.apply(&trees.raw, &mut released)?;
-        // Indexes before records: if a crash cuts this short, replay finds the old record
-        // still there and can remove what it indexed.
-        self.by_time.apply(&trees.by_time)?;
+        let mut slots: BTreeMap<u64, Slot> = BTreeMap::new();
+        let new_from = self.new_from.map_or(u64::MAX, |id| id.0);
+        let mut release = |ptr: Option<Ptr>| {
+            if let Some(old) = ptr {
+                *released.entry(old.segment).or_default() -= i64::from(old.len);
+            }
+        };
+        for (key, ptr) in raw.writes {
+            if let Some(slot) = slot_of(&mut slots, trees, new_from, &key)? {
+                release(slot.raw);
+                slot.raw = ptr;
+            }
+        }
+        for (key, ptr) in records.writes {
+            let Some(slot) = slot_of(&mut slots, trees, new_from, &key)? else {
+                continue;
+            };
+            release(slot.record);
+            match ptr.zip(TxId::from_key(&key).and_then(|id| self.records.get(&id))) {
+                Some((ptr, tx)) => {
+                    slot.record = Some(ptr);
+                    slot.status = Some(tx.status);
+                    slot.received_at_ms = tx.received_at_ms;
+                }
+                None => {
+                    release(slot.raw);
+                    *slot = Slot::default();
+                }
+            }
+        }
+        // Indexes before slots: if a crash cuts this short, replay finds the old record still
+        // there and can remove what it indexed.
         self.by_status.apply(&trees.by_status)?;
         self.by_control.apply(&trees.by_control)?;
         self.by_origin.apply(&trees.by_origin)?;
-        records.apply(&trees.tx, &mut released)?;
+        trees.slots.write(&slots)?;
         steps.apply(&trees.steps, &mut released)?;
         // Only this thread writes `stats`: read-modify-write is race-free.
         for ((channel, status), delta) in self.stats_deltas {
