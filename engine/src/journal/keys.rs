@@ -2,14 +2,6 @@
 
 use super::record::{MessageMeta, Status, TxId};
 
-/// `by_status`: one status byte then id (statuses in flight only).
-pub fn status(status: Status, id: TxId) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[0] = status.code();
-    key[1..].copy_from_slice(&id.to_key());
-    key
-}
-
 /// `by_control`: control id, a NUL, then id; the value is the sender (see [`sender`]).
 pub fn control(control_id: &str, id: TxId) -> Vec<u8> {
     let mut key = control_prefix(control_id);

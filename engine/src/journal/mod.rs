@@ -4,8 +4,6 @@
 //! Layout: the records and bodies in the [`values`] log (`<data_dir>/journal/values/`), the
 //! [`slots`] table (`<data_dir>/journal/slots`: per id, where its record and raw body are, its
 //! receive time and status), and sled (one database under `<data_dir>/journal`) for the rest:
-//! - `by_status`: the transactions in flight (`received`, `processing`, `queued`), found at
-//!   start-up without a walk; finished ones are found through the slots;
 //! - `by_control`, `by_origin`: duplicate detection by control id and by document origin (see
 //!   [`keys`]);
 //! - `audit`, `api_clients`: the admin API's audit trail and API clients, owned by
@@ -81,8 +79,6 @@ pub(crate) struct Trees {
     values: Arc<ValueLog>,
     /// Per id: record and body pointers, receive time, status.
     slots: Arc<Slots>,
-    /// Transactions in flight only (see [`Status::in_flight`]).
-    by_status: sled::Tree,
     by_control: sled::Tree,
     /// Origin key of a document part → its transaction (idempotent file and HTTP ingest).
     by_origin: sled::Tree,
@@ -136,18 +132,9 @@ impl Trees {
         }
     }
 
-    /// Ids in `status`, oldest first: from the index for statuses in flight, else a walk of
-    /// the slots.
+    /// Ids in `status`, oldest first: a walk of the slots (32 bytes a transaction; no index
+    /// to keep, so a backlog of a million `received` costs no memory).
     fn ids_with_status(&self, status: Status, limit: usize) -> Result<Vec<TxId>, JournalError> {
-        if status.in_flight() {
-            return self
-                .by_status
-                .scan_prefix([status.code()])
-                .keys()
-                .take(limit)
-                .map(|k| Ok(TxId::from_key(&k?[1..]).unwrap_or(TxId(0))))
-                .collect();
-        }
         let mut ids = Vec::new();
         self.slots.scan(0, u64::MAX, false, |id, slot| {
             if slot.status == Some(status) {
@@ -248,7 +235,6 @@ impl Journal {
         let (values, mut appender) = ValueLog::open(&path.join("values"))?;
         let trees = Trees {
             slots: Arc::new(Slots::open(&path.join("slots"))?),
-            by_status: db.open_tree("by_status")?,
             by_control: db.open_tree("by_control")?,
             by_origin: db.open_tree("by_origin")?,
             steps: db.open_tree("step_ptr")?,
@@ -512,8 +498,8 @@ impl Journal {
     pub fn list(&self, filter: &TxFilter) -> Result<TxPage, JournalError> {
         let below = filter.before.map(|c| c.0).unwrap_or(u64::MAX);
         let mut page = PageWalk::new(self, filter);
-        // The most selective way in: the control-id index, the in-flight status index, or the
-        // slots newest first (status and time are checked there before a record is read).
+        // The most selective way in: the control-id index, or the slots newest first (status
+        // and time are checked there before a record is read).
         if let Some(control_id) = &filter.control_id {
             let mut ids: Vec<TxId> = self
                 .trees
@@ -525,15 +511,6 @@ impl Journal {
                 .collect();
             ids.sort_unstable_by(|a, b| b.cmp(a));
             for id in ids {
-                if page.visit(id)?.is_break() {
-                    break;
-                }
-            }
-        } else if let Some(status) = filter.status.filter(|s| s.in_flight()) {
-            let start = keys::status(status, TxId(0));
-            let end = keys::status(status, TxId(below));
-            for key in self.trees.by_status.range(start..end).keys().rev() {
-                let id = TxId::from_key(&key?[1..]).unwrap_or(TxId(0));
                 if page.visit(id)?.is_break() {
                     break;
                 }

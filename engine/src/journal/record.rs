@@ -50,8 +50,7 @@ impl Status {
         self as u8
     }
 
-    /// Work not finished: kept in the journal's `by_status` index so that start-up finds it
-    /// without walking the journal (the other statuses are found through the slots).
+    /// Work not finished: never pruned.
     pub fn in_flight(self) -> bool {
         matches!(self, Status::Received | Status::Processing | Status::Queued)
     }

@@ -127,9 +127,6 @@ fn redo_transaction(trees: &Trees, record: &Scanned) -> Result<(), JournalError>
                     trees.by_control.remove(keys::control(control_id, id))?;
                 }
             }
-            for status in Status::ALL.into_iter().filter(|s| s.in_flight()) {
-                trees.by_status.remove(keys::status(status, id))?;
-            }
             put(trees, id, Slot::default())?;
         }
         return Ok(());
@@ -137,13 +134,6 @@ fn redo_transaction(trees: &Trees, record: &Scanned) -> Result<(), JournalError>
     let tx: Transaction = serde_json::from_slice(&record.value)
         .map_err(|e| JournalError::Corrupt(format!("transaction {id} in the log: {e}")))?;
     // Indexes are recomputed whole, so a batch that stopped halfway is finished either way.
-    for status in Status::ALL.into_iter().filter(|s| s.in_flight()) {
-        if status == tx.status {
-            trees.by_status.insert(keys::status(status, id), &[])?;
-        } else {
-            trees.by_status.remove(keys::status(status, id))?;
-        }
-    }
     if let Some(control_id) = &tx.meta.control_id {
         trees.by_control.insert(
             keys::control(control_id, id),
@@ -213,12 +203,17 @@ pub(super) fn rebuild_stats(trees: &Trees) -> Result<(), JournalError> {
 }
 
 /// Journals written before the slots kept record and body pointers in the `tx_ptr` and
-/// `raw_ptr` trees, with a `by_time` index and every status in `by_status`: move the pointers
-/// into the slots once, at open, and drop what the slots replace. The trees are dropped only
+/// `raw_ptr` trees, with `by_time` and `by_status` indexes: move the pointers into the slots
+/// once, at open, and drop what the slots replace. The trees are dropped only
 /// after the slots are fsynced, so a crash midway just starts over.
 pub(super) fn migrate_pointer_trees(trees: &Trees) -> Result<(), JournalError> {
     let names = trees.db.tree_names();
+    let replaced = ["tx_ptr", "raw_ptr", "by_time", "by_status"];
     if !names.iter().any(|n| n.as_ref() == b"tx_ptr") {
+        // A journal of the first slot layout kept an index of statuses in flight.
+        if names.iter().any(|n| n.as_ref() == b"by_status") {
+            trees.db.drop_tree("by_status")?;
+        }
         return Ok(());
     }
     const CHUNK: usize = 65_536;
@@ -264,17 +259,8 @@ pub(super) fn migrate_pointer_trees(trees: &Trees) -> Result<(), JournalError> {
     trees.slots.write(&batch)?;
     trees.slots.sync()?;
     recount_live(trees)?;
-    for key in trees.by_status.iter().keys() {
-        let key = key?;
-        let in_flight = Status::ALL
-            .into_iter()
-            .any(|s| s.in_flight() && key.first() == Some(&s.code()));
-        if !in_flight {
-            trees.by_status.remove(key)?;
-        }
-    }
     trees.db.flush()?;
-    for name in ["tx_ptr", "raw_ptr", "by_time"] {
+    for name in replaced {
         trees.db.drop_tree(name)?;
     }
     trees.db.flush()?;

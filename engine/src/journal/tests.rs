@@ -413,6 +413,8 @@ fn segment_files(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir.join("journal/values"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        // Not the next segment, prepared in advance.
+        .filter(|name| name.ends_with(".vlog"))
         .collect();
     names.sort();
     names
@@ -608,14 +610,7 @@ async fn what_sled_lost_after_the_checkpoint_is_replayed_from_the_value_log() {
         // A crash before any checkpoint: neither sled nor the slots have any of it.
         std::fs::remove_file(dir.path().join("journal/slots")).unwrap();
         let db = sled::open(dir.path().join("journal")).unwrap();
-        for name in [
-            "step_ptr",
-            "by_status",
-            "by_control",
-            "by_origin",
-            "stats",
-            "segments",
-        ] {
+        for name in ["step_ptr", "by_control", "by_origin", "stats", "segments"] {
             db.open_tree(name).unwrap().clear().unwrap();
         }
         db.flush().unwrap();
@@ -754,7 +749,10 @@ async fn a_journal_with_pointer_trees_moves_them_into_the_slots_at_open() {
             .unwrap();
         db.open_tree("by_status")
             .unwrap()
-            .insert(keys::status(Status::Delivered, id), &[])
+            .insert(
+                [Status::Delivered.code(), 0, 0, 0, 0, 0, 0x2d, 0xc6, 0xc5],
+                &[],
+            )
             .unwrap();
         let position = appender.position();
         let mut checkpoint = position.0.to_be_bytes().to_vec();
@@ -773,14 +771,11 @@ async fn a_journal_with_pointer_trees_moves_them_into_the_slots_at_open() {
         journal.ids_with_status(Status::Delivered, 10).unwrap(),
         vec![id]
     );
-    assert!(
-        journal.trees.by_status.is_empty(),
-        "only work in flight is indexed"
-    );
     assert!(!journal.trees.db.tree_names().iter().any(|n| [
         &b"tx_ptr"[..],
         b"raw_ptr",
-        b"by_time"
+        b"by_time",
+        b"by_status"
     ]
     .contains(&n.as_ref())));
     // New ids continue after the highest one.

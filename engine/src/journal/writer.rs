@@ -475,11 +475,7 @@ impl Writer {
         }
         let tx = pending.records.get(&id).expect("loaded above");
         // Never prune work in flight, whatever the request says.
-        let in_flight = matches!(
-            tx.status,
-            Status::Received | Status::Processing | Status::Queued
-        );
-        if in_flight || !request.statuses.contains(&tx.status) {
+        if tx.status.in_flight() || !request.statuses.contains(&tx.status) {
             return Ok(None);
         }
         let channels: Vec<String> = tx.channel_names().iter().map(|c| c.to_string()).collect();
@@ -607,11 +603,6 @@ impl Writer {
                 .or_default() += 1;
         }
         pending.raw.insert(id.to_key(), &message.raw);
-        if message.status.in_flight() {
-            pending
-                .by_status
-                .insert(keys::status(message.status, id), []);
-        }
         *pending.status_deltas.entry(message.status).or_default() += 1;
         pending.records.insert(id, tx);
         Ok(Appended {
@@ -665,12 +656,6 @@ impl Writer {
         for (status, reason) in events {
             let old = tx.status;
             if old != status {
-                if old.in_flight() {
-                    pending.by_status.remove(keys::status(old, id));
-                }
-                if status.in_flight() {
-                    pending.by_status.insert(keys::status(status, id), []);
-                }
                 *pending.status_deltas.entry(old).or_default() -= 1;
                 *pending.status_deltas.entry(status).or_default() += 1;
                 for channel in tx.channel_names() {
@@ -1015,7 +1000,6 @@ struct PendingWrites {
     new_from: Option<TxId>,
     records: HashMap<TxId, Transaction>,
     raw: Writes,
-    by_status: Writes,
     by_control: Writes,
     by_origin: Writes,
     steps: Writes,
@@ -1100,7 +1084,6 @@ impl PendingWrites {
         }
         // Indexes before slots: if a crash cuts this short, replay finds the old record still
         // there and can remove what it indexed.
-        self.by_status.apply(&trees.by_status)?;
         self.by_control.apply(&trees.by_control)?;
         self.by_origin.apply(&trees.by_origin)?;
         trees.slots.write(&slots)?;
