@@ -103,9 +103,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     )
     .context("building the mediator HTTP client")?;
 
-    let system = actix_rt::System::new();
+    let system = actix_rt::System::with_tokio_rt(runtime);
     let result = system.block_on(async {
-        let workers: Vec<ArbiterHandle> = (0..worker_count()).map(|_| Arbiter::new().handle()).collect();
+        let workers: Vec<ArbiterHandle> =
+            (0..worker_count()).map(|_| Arbiter::with_tokio_rt(runtime).handle()).collect();
         let pool = crate::transform::start_pool(config.script.clone(), worker_count());
         let cdr_target_probe = cdr_target.clone();
         let deliverer = Deliverer::new(cdr_target, &config.data_dir, metrics.clone()).with_mediators(mediator_target);
@@ -319,6 +320,21 @@ fn cdr_credentials(config: &Config) -> Option<Credentials> {
         }),
         (None, None) => None,
     }
+}
+
+/// Threads a runtime may start for blocking work (journal reads, file writes, CDR calls).
+/// tokio's default is 512: with 256 transactions in flight, each reading its record on the
+/// blocking pool, a backlog grew it to ~100 threads, each with an allocator heap of its own.
+/// What waits for a thread here is a short read or write, not a long wait.
+const BLOCKING_THREADS: usize = 16;
+
+/// The runtime of the system and of every arbiter.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()
+        .expect("a tokio runtime can be built")
 }
 
 /// One arbiter per core for connections; the journal has its own thread.
