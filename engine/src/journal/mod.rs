@@ -520,7 +520,18 @@ impl Journal {
             let mut slots_seen = 0usize;
             let since = filter.since_ms.unwrap_or(i64::MIN);
             let until = filter.until_ms.unwrap_or(i64::MAX);
-            self.trees.slots.scan(0, below, true, |id, slot| {
+            // Newer than `until` (with slack): not walked at all.
+            let upper = match filter.until_ms {
+                Some(until) => {
+                    let bound = self
+                        .trees
+                        .slots
+                        .first_after(until.saturating_add(CLOCK_SLACK_MS))?;
+                    below.min(bound)
+                }
+                None => below,
+            };
+            self.trees.slots.scan(0, upper, true, |id, slot| {
                 slots_seen += 1;
                 if slots_seen > SLOT_SCAN_LIMIT {
                     page.stop_at(id);
@@ -609,7 +620,7 @@ impl Journal {
 /// no record).
 const SLOT_SCAN_LIMIT: usize = 1_000_000;
 
-/// How far before `since` a listing keeps walking, in case the clock stepped back.
+/// How far outside a `since`..`until` window a listing looks, in case the clock stepped back.
 const CLOCK_SLACK_MS: i64 = 10 * 60 * 1000;
 
 /// One page of a listing being gathered: reads records, applies the filters that need them.

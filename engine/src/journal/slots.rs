@@ -235,6 +235,28 @@ impl Slots {
         }
         Ok(())
     }
+
+    /// The first id whose transaction arrived after `ms`, by binary search: ids follow arrival
+    /// order (a clock that steps back makes the answer approximate, so callers add slack).
+    /// Empty slots are skipped forward.
+    pub fn first_after(&self, ms: i64) -> Result<u64, JournalError> {
+        let (mut lo, mut hi) = (0u64, self.end());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let mut found = None;
+            self.scan(mid, hi, false, |id, slot| {
+                found = Some((id.0, slot.received_at_ms));
+                ControlFlow::Break(())
+            })?;
+            match found {
+                // Only empty slots from `mid` up: the answer is below.
+                None => hi = mid,
+                Some((_, received)) if received > ms => hi = mid,
+                Some((id, _)) => lo = id + 1,
+            }
+        }
+        Ok(lo)
+    }
 }
 
 #[cfg(test)]
@@ -305,5 +327,29 @@ mod tests {
         bytes[5] ^= 0x10;
         std::fs::write(&path, bytes).unwrap();
         assert!(matches!(slots.get(TxId(0)), Err(JournalError::Corrupt(_))));
+    }
+
+    #[test]
+    fn first_after_finds_the_arrival_boundary_across_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let slots = Slots::open(&dir.path().join("slots")).unwrap();
+        let at = |ms| Slot {
+            record: Some(ptr(1, 0)),
+            raw: None,
+            received_at_ms: ms,
+            status: Some(Status::Delivered),
+        };
+        // Ids 0..10 at 100, 110, ...; then a hole (a restart of an old journal); 5000.. at 500...
+        let mut writes: BTreeMap<u64, Slot> =
+            (0..10).map(|i| (i, at(100 + 10 * i as i64))).collect();
+        writes.extend((5000..5010).map(|i| (i, at(500 + (i - 5000) as i64))));
+        slots.write(&writes).unwrap();
+        assert_eq!(slots.first_after(0).unwrap(), 0);
+        assert_eq!(slots.first_after(100).unwrap(), 1);
+        assert_eq!(slots.first_after(155).unwrap(), 6);
+        assert_eq!(slots.first_after(190).unwrap(), 10);
+        assert_eq!(slots.first_after(499).unwrap(), 10);
+        assert_eq!(slots.first_after(503).unwrap(), 5004);
+        assert_eq!(slots.first_after(10_000).unwrap(), 5010);
     }
 }
