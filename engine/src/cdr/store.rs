@@ -7,21 +7,21 @@
 //! it; dropping a writer without committing writes nothing, which is how a failed transaction
 //! leaves no trace.
 //!
-//! Atomicity across crashes comes from an intent record, not from `sled::Batch`: sled 0.34
-//! guards `apply_batch` with a process-wide lock that, once any batch has run, every insert and
-//! read in the process takes (the journal's included), and a CDR batch stalled ingest. So a
-//! commit first writes all its operations as one record in the `intents` tree (one insert),
-//! then applies them with plain inserts and removes, then removes the record. sled recovers a
-//! prefix of its log, so after a crash either the intent is missing (and so is everything after
-//! it) or it is there and [`Store::open`] applies it again (the operations are idempotent puts
-//! and removes). Readers may see a commit's writes land one by one during the microseconds it
-//! is applied; writers are serialised by the write lock and never do.
-//!
-//! Durability is separate from the lock: after committing, a caller waits in
-//! [`Store::wait_durable`]; the first waiter flushes sled and fsyncs its log file (sled's
-//! `flush` alone is `sync_file_range`, see DEPENDENCIES.md) while later writers keep going, and
-//! every write applied before that flush started is answered by it (group commit). One flusher
-//! at a time also avoids sled 0.34's concurrent-`flush_async` deadlock.
+//! Atomicity and durability come from the value log, used as a redo log (as the journal does):
+//! a commit appends one [`Kind::Commit`] record holding all its sled operations, after the
+//! bodies of its versions, then applies the operations with plain inserts and removes (not
+//! `sled::Batch`: sled 0.34 guards `apply_batch` with a process-wide lock that every insert in
+//! the process then takes, the journal's included). A caller then waits in
+//! [`Store::wait_durable`]: the first waiter `fdatasync`s the log for every commit applied so
+//! far (group commit) while later writers keep going. sled itself is flushed only at
+//! checkpoints (every [`CHECKPOINT_EVERY`], by a waiter, and when the store is dropped), with
+//! the log position it covers; at open, the commit records after that position are applied
+//! again in order (puts and removes of whole values: idempotent), so sled holds every commit
+//! that was answered. Checkpoints fsync the log before flushing sled, so sled never holds an
+//! operation whose record is not on disk. Readers may see a commit's writes land one by one
+//! during the microseconds it is applied; writers are serialised by the write lock and never
+//! do. (Stores from before the redo log kept an `intents` tree for the same purpose; an intent
+//! left by a crash is still applied at open.)
 //!
 //! The current version lives in the resource's `R` record (one insert for a create); when it is
 //! replaced, it moves to the `H` history keys. A version's JSON is appended to the CDR's value
@@ -29,9 +29,7 @@
 //! 12-byte pointer: sled 0.34 copies a whole leaf node (up to ~17 values) on every insert and
 //! keeps its pages in memory, so bodies in sled cost CPU and memory for every write near them,
 //! and a replaced version moved to the history would be copied again. The log is append-only
-//! (history is kept for ever), so it needs no compaction. Its records are fsynced before the
-//! sled writes that point to them are applied ([`Writer::apply`]), so no crash or power cut can
-//! leave a pointer to a record that is not on disk. Stores written before the log keep their
+//! (history is kept for ever), so it needs no compaction. Stores written before the log keep their
 //! versions in sled, in chunks of at most [`CHUNK`] bytes (a header with a chunk count of 0
 //! marks a version in the log); both are read.
 
@@ -46,7 +44,7 @@ use super::datetime;
 use super::index;
 use super::outcome::CdrError;
 use super::request::Method;
-use crate::journal::values::{Appender, Kind, Ptr, ValueLog};
+use crate::journal::values::{Appender, Kind, Position, Ptr, ValueLog, CHECKPOINT_EVERY};
 
 /// Largest piece of a version's JSON stored under one key.
 pub const CHUNK: usize = 2048;
@@ -161,8 +159,10 @@ pub struct Store {
     db: sled::Db,
     /// The one tree holding resources, versions and indexes (see [`index`]).
     pub tree: sled::Tree,
-    /// Commits being applied: sequence number → encoded operations (see the module docs).
+    /// Commits interrupted by a crash in stores from before the redo log (see the module docs).
     intents: sled::Tree,
+    /// The checkpoint: the value-log position up to which sled holds every commit.
+    wal: sled::Tree,
     /// Held by the one [`Writer`] at a time.
     write_lock: Mutex<()>,
     /// Group commit state: what is applied, what is durable, who is flushing.
@@ -187,6 +187,10 @@ struct CommitState {
     durable: u64,
     /// Someone is flushing now.
     flushing: bool,
+    /// The value-log position after the last applied commit's record.
+    applied_position: Position,
+    /// When sled was last flushed with the position it covers.
+    last_checkpoint: Option<std::time::Instant>,
 }
 
 impl Store {
@@ -207,6 +211,7 @@ impl Store {
             .open()?;
         let tree = db.open_tree("cdr")?;
         let intents = db.open_tree("intents")?;
+        let wal = db.open_tree("wal")?;
         // sled 0.34 keeps its log in `<dir>/db`.
         let log_path = dir.join("db");
         let log_file = File::open(&log_path).map_err(|source| CdrError::Io {
@@ -218,6 +223,7 @@ impl Store {
             db,
             tree,
             intents,
+            wal,
             write_lock: Mutex::new(()),
             commit: Mutex::new(CommitState::default()),
             flushed: Condvar::new(),
@@ -227,8 +233,114 @@ impl Store {
             dir: dir.to_path_buf(),
         };
         store.finish_interrupted_commits()?;
+        store.replay()?;
         store.check_layout()?;
         Ok(store)
+    }
+
+    /// Applies again, in order, the commit records after the checkpoint; then checkpoints at
+    /// the start of the new segment. A store without a checkpoint predates the redo log (every
+    /// commit of it was flushed) or is new: nothing to replay.
+    fn replay(&self) -> Result<(), CdrError> {
+        let from = self
+            .wal
+            .get(CHECKPOINT_KEY)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(|v| {
+                (
+                    u32::from_be_bytes(v[..4].try_into().expect("4 bytes")),
+                    u32::from_be_bytes(v[4..].try_into().expect("4 bytes")),
+                )
+            });
+        let mut replayed = 0usize;
+        if let Some((from_segment, from_offset)) = from {
+            for segment in self.values.segments().map_err(values_err)? {
+                if segment < from_segment {
+                    continue;
+                }
+                let offset = if segment == from_segment {
+                    from_offset
+                } else {
+                    0
+                };
+                let mut failed = None;
+                self.values
+                    .scan(segment, offset, |record| {
+                        if record.kind == Kind::Commit && !record.tombstone {
+                            match Ops::decode(&record.value) {
+                                Some(ops) => {
+                                    if let Err(e) = ops.apply(&self.tree) {
+                                        failed = Some(e);
+                                    }
+                                    replayed += 1;
+                                }
+                                None => {
+                                    failed = Some(CdrError::Corrupt(
+                                        "unreadable commit record in the CDR log".into(),
+                                    ))
+                                }
+                            }
+                        }
+                        Ok(())
+                    })
+                    .map_err(values_err)?;
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(
+                commits = replayed,
+                "CDR: replayed the log after the last checkpoint"
+            );
+        }
+        let position = self
+            .appender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .position();
+        self.commit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .applied_position = position;
+        self.checkpoint(position)
+    }
+
+    /// Flushes sled with the log position it covers (every commit up to `position` is
+    /// applied), after an fsync of every segment written since the last checkpoint.
+    fn checkpoint(&self, position: Position) -> Result<(), CdrError> {
+        let touched = self
+            .appender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_touched();
+        for (_, file) in touched {
+            file.sync_data().map_err(|source| CdrError::Io {
+                path: self.dir.join("values"),
+                source,
+            })?;
+        }
+        let mut value = position.0.to_be_bytes().to_vec();
+        value.extend_from_slice(&position.1.to_be_bytes());
+        self.wal.insert(CHECKPOINT_KEY, value)?;
+        self.flush()
+    }
+
+    /// Makes the commit records written so far durable: what a commit's answer waits for.
+    fn sync_log(&self) -> Result<(), CdrError> {
+        let unsynced = self
+            .appender
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_unsynced();
+        for (_, file) in unsynced {
+            file.sync_data().map_err(|source| CdrError::Io {
+                path: self.dir.join("values"),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// Applies the commits a crash interrupted (their intent records are still there).
@@ -469,7 +581,8 @@ impl Store {
             .applied
     }
 
-    /// Returns once every batch up to `seq` is on disk (flushed and fsynced).
+    /// Returns once every batch up to `seq` is on disk (its commit record fsynced); checkpoints
+    /// sled on the way when one is due.
     pub fn wait_durable(&self, seq: u64) -> Result<(), CdrError> {
         let mut st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -482,20 +595,33 @@ impl Store {
             }
             st.flushing = true;
             let target = st.applied;
+            let position = st.applied_position;
+            let due = st
+                .last_checkpoint
+                .is_none_or(|at| at.elapsed() >= CHECKPOINT_EVERY);
             drop(st);
-            let result = self.flush();
+            // Either way every commit up to `target` is durable: a checkpoint fsyncs the log
+            // first.
+            let result = if due {
+                self.checkpoint(position)
+            } else {
+                self.sync_log()
+            };
             st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
             st.flushing = false;
             if result.is_ok() {
                 st.durable = st.durable.max(target);
+                if due {
+                    st.last_checkpoint = Some(std::time::Instant::now());
+                }
             }
             self.flushed.notify_all();
             result?;
         }
     }
 
-    /// Flushes sled and fsyncs its log file. Only [`Store::wait_durable`] (one flusher at a
-    /// time) and [`Store::open`] call it.
+    /// Flushes sled and fsyncs its log file: at open and at checkpoints (one at a time: only
+    /// the flushing waiter of [`Store::wait_durable`] checkpoints once the store is open).
     fn flush(&self) -> Result<(), CdrError> {
         self.db.flush()?;
         self.log_file.sync_data().map_err(|source| CdrError::Io {
@@ -504,13 +630,29 @@ impl Store {
         })
     }
 
-    /// Marks a batch applied and returns its sequence number.
-    fn mark_applied(&self) -> u64 {
+    /// Marks a batch applied, its record ending at `position`, and returns its sequence number.
+    fn mark_applied(&self, position: Position) -> u64 {
         let mut st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         st.applied += 1;
+        st.applied_position = position;
         st.applied
     }
 }
+
+impl Drop for Store {
+    /// A last checkpoint, so that a clean restart replays nothing.
+    fn drop(&mut self) {
+        let st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        let position = st.applied_position;
+        drop(st);
+        if let Err(e) = self.checkpoint(position) {
+            tracing::warn!(error = %e, "CDR: last checkpoint failed (the log is replayed at open)");
+        }
+    }
+}
+
+/// The key of the checkpoint in the `wal` tree.
+const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 
 /// What identifies a new version besides its content.
 #[derive(Debug, Clone, Copy)]
@@ -642,33 +784,27 @@ impl Writer<'_> {
         if self.staged == 0 {
             return Ok(self.store.applied());
         }
-        // Writers are serialised by the write lock, so the next sequence number is ours; it is
-        // marked applied only once every operation is in, so that a concurrent flush cannot
-        // count it durable too early.
-        // The bodies first, durable before anything in sled points to them.
-        {
+        // The commit record after the bodies of its versions, in one write; durable once a
+        // waiter has fsynced the log (group commit), and replayed after a crash until a
+        // checkpoint covers it. Writers are serialised by the write lock, so the next sequence
+        // number is ours; it is marked applied only once every operation is in, so that a
+        // concurrent flush cannot count it durable too early.
+        let ops = std::mem::take(&mut self.ops);
+        let position = {
             let mut appender = self
                 .store
                 .appender
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
+            appender
+                .push(Kind::Commit, b"commit", &ops.encode())
+                .map_err(values_err)?;
             appender.write_out().map_err(values_err)?;
-            for (_, file) in appender.take_unsynced() {
-                file.sync_data().map_err(|source| CdrError::Io {
-                    path: self.store.dir.join("values"),
-                    source,
-                })?;
-            }
-            // Synced just above; the CDR has no checkpoints to keep that list for.
-            appender.take_touched();
-        }
-        let ops = std::mem::take(&mut self.ops);
-        let intent_key = (self.store.applied() + 1).to_be_bytes();
-        self.store.intents.insert(intent_key, ops.encode())?;
+            appender.position()
+        };
         ops.apply(&self.store.tree)?;
-        self.store.intents.remove(intent_key)?;
         self.staged = 0;
-        Ok(self.store.mark_applied())
+        Ok(self.store.mark_applied(position))
     }
 
     /// Applies everything staged in one atomic batch, releases the lock, and returns the
@@ -989,5 +1125,45 @@ mod intent_tests {
         store.wait_durable(seq).unwrap();
         assert_eq!(store.intents.len(), 0);
         assert!(store.current("Patient", "p1").unwrap().is_some());
+    }
+
+    #[test]
+    fn commits_sled_lost_are_replayed_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let stamp = Stamp {
+            vid: 1,
+            method: Method::Put,
+            last_updated: 0,
+        };
+        let p1 = serde_json::json!({"resourceType": "Patient", "id": "p1", "gender": "female"});
+        let p2 = serde_json::json!({"resourceType": "Patient", "id": "p2", "gender": "male"});
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            for (id, patient) in [("p1", &p1), ("p2", &p2)] {
+                let mut writer = store.writer();
+                writer
+                    .stage("Patient", id, stamp, Some(patient), None)
+                    .unwrap();
+                store.wait_durable(writer.commit().unwrap()).unwrap();
+            }
+        }
+        {
+            // A crash before any checkpoint covered them: sled has none of it.
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("cdr").unwrap().clear().unwrap();
+            db.open_tree("wal")
+                .unwrap()
+                .insert(CHECKPOINT_KEY, vec![0u8; 8])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.read_live("Patient", "p1").unwrap().unwrap().1, p1);
+        assert_eq!(store.read_live("Patient", "p2").unwrap().unwrap().1, p2);
+        assert_eq!(store.live_ids("Patient").unwrap().len(), 2);
+        drop(store);
+        // Replayed once: the checkpoint moved past it.
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.read_live("Patient", "p2").unwrap().unwrap().1, p2);
     }
 }

@@ -59,7 +59,7 @@ pub(super) fn replay(trees: &Trees) -> Result<usize, JournalError> {
                 Kind::Step => redo_pointer(&trees.steps, &record),
                 Kind::Tx => redo_transaction(trees, &record),
                 // Not the journal's: the CDR keeps its own log.
-                Kind::Resource => Ok(()),
+                Kind::Resource | Kind::Commit => Ok(()),
             })?;
     }
     if read > 0 {

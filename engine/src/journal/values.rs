@@ -61,6 +61,8 @@ pub(crate) enum Kind {
     Step = 3,
     /// A version of a resource in the embedded CDR (its own log, see `cdr::store`).
     Resource = 4,
+    /// The sled operations of one CDR commit: its redo record (see `cdr::store`).
+    Commit = 5,
 }
 
 impl Kind {
@@ -70,6 +72,7 @@ impl Kind {
             2 => Some(Kind::Raw),
             3 => Some(Kind::Step),
             4 => Some(Kind::Resource),
+            5 => Some(Kind::Commit),
             _ => None,
         }
     }

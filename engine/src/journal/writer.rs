@@ -277,7 +277,7 @@ impl Writer {
                     .get(&record.key)?
                     .as_deref()
                     .and_then(Ptr::from_bytes),
-                Kind::Resource => return Ok(()),
+                Kind::Resource | Kind::Commit => return Ok(()),
             };
             if current != Some(record.ptr) {
                 return Ok(());
@@ -293,7 +293,7 @@ impl Writer {
                         .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}")))?;
                     pending.records.insert(id, tx);
                 }
-                Kind::Resource => {}
+                Kind::Resource | Kind::Commit => {}
             }
             Ok(())
         })?;
