@@ -153,7 +153,7 @@ impl Metrics {
         let processing_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "orbiter_processing_seconds",
-                "Filter, transform and delivery of one transaction",
+                "Filter, transform and delivery of one transaction, until its outcome is journaled",
             )
             .buckets(exponential_buckets(0.0001, 2.0, 18).expect("valid buckets")),
         )

@@ -364,13 +364,13 @@ impl Pipeline {
         if let Some(key) = &patient_key {
             self.order.set_queued(key, id, status == Status::Queued);
         }
-        self.metrics
-            .processing_seconds
-            .observe(started.elapsed().as_secs_f64());
         let events = vec![(Status::Processing, None), (status, reason.clone())];
         if let Err(e) = self.journal.record(id, steps, events).await {
             tracing::error!(%id, error = %e, "cannot record pipeline result");
         }
+        self.metrics
+            .processing_seconds
+            .observe(started.elapsed().as_secs_f64());
         if status == Status::Queued {
             self.schedule_retry(id).await;
         } else {
