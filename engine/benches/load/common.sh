@@ -29,3 +29,19 @@ start_engine() {
 
 rss_mb() { curl -s "http://$ADMIN/metrics" | awk '/^process_resident/{printf "%.0f", $2/1048576}'; }
 delivered() { curl -s "http://$ADMIN/metrics" | awk '/^orbiter_transactions_by_status\{status="delivered"\}/{print $2}'; }
+
+# patient_encounter_channels DIR [DESTINATION_KIND]: a scripts dir and a channels dir under DIR
+# with one channel running engine/benches/load/patient_encounter.rhai (the ~100-line Patient +
+# Encounter transform) on ADT^A01/A04/A08, optionally into a destination ("cdr").
+patient_encounter_channels() {
+  local dir="$1" destination="${2:-}"
+  rm -rf "$dir" && mkdir -p "$dir/channels" "$dir/scripts"
+  ln -s "$REPO/scripts/lib" "$dir/scripts/lib"
+  cp "$REPO/engine/benches/load/patient_encounter.rhai" "$dir/scripts/"
+  printf '%s\n' 'name = "patient-encounter"' '[source]' 'kind = "mllp"' '[match]' \
+    'message_type = ["ADT^A01", "ADT^A04", "ADT^A08"]' '[transform]' \
+    'script = "scripts/patient_encounter.rhai"' >"$dir/channels/pe.toml"
+  if [ -n "$destination" ]; then
+    printf '%s\n' '[[destination]]' "kind = \"$destination\"" >>"$dir/channels/pe.toml"
+  fi
+}

@@ -7,12 +7,7 @@
 # shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
 dir="$BENCH_DIR/latency"
-rm -rf "$dir" && mkdir -p "$dir/channels" "$dir/scripts"
-ln -s "$REPO/scripts/lib" "$dir/scripts/lib"
-cp "$(dirname "$0")/patient_encounter.rhai" "$dir/scripts/"
-printf '%s\n' 'name = "patient-encounter"' '[source]' 'kind = "mllp"' '[match]' \
-  'message_type = ["ADT^A01", "ADT^A04", "ADT^A08"]' '[transform]' \
-  'script = "scripts/patient_encounter.rhai"' >"$dir/channels/pe.toml"
+patient_encounter_channels "$dir"
 start_engine "$dir/channels" ORBITER_SCRIPTS_DIR="$dir/scripts"
 for _ in 1 2 3; do echo "paced5000 $($LOAD --to "$MLLP" -c 16 -d 8 --rate 5000 | tail -1)"; done
 sleep 2

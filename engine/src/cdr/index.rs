@@ -1,7 +1,7 @@
 //! The key layout of the CDR's sled tree, and the index entries of a resource.
 //!
 //! Everything lives in one sled tree; a commit writes a resource, its version and its index
-//! entries together, made atomic across crashes by its intent record (see [`super::store`]).
+//! entries together, made atomic across crashes by its redo record in the value log (see [`super::store`]).
 //! Keys start with a tag byte:
 //!
 //! | key | value | what |

@@ -28,10 +28,10 @@
 //!
 //! # Guarantees
 //!
-//! - A write (REST or Bundle) returns only once it is durable: sled flushed and its log file
-//!   fsynced, shared by concurrent writers (group commit).
+//! - A write (REST or Bundle) returns only once it is durable: its commit record in the value
+//!   log fsynced, shared by concurrent writers (group commit).
 //! - A transaction is all or nothing: its writes are one commit, replayed whole after a crash
-//!   from its intent record (see [`store`]).
+//!   from its commit record (see [`store`]).
 //! - An update whose content equals the current version (`meta.versionId`/`lastUpdated` aside)
 //!   creates no new version; with conditional creates and updates, replaying a Bundle changes
 //!   nothing the second time.
@@ -123,9 +123,9 @@ impl Cdr {
         Ok(self.store.read_live(ty, id)?.map(|(_, v)| v))
     }
 
-    /// Makes everything written so far durable (sled flush, then fsync of its log file). Every
-    /// write already is when it returns; this is for shutdown paths that want to be sure. It
-    /// goes through the group commit, so it never runs two sled flushes at once.
+    /// Makes everything written so far durable (an fsync of the log, or a checkpoint when one is
+    /// due). Every write already is when it returns; this is for shutdown paths that want to be
+    /// sure. It goes through the group commit, so it never runs two flushes at once.
     pub fn flush(&self) -> Result<(), CdrError> {
         self.store.wait_durable(self.store.applied())
     }
