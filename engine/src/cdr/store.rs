@@ -44,7 +44,9 @@ use super::datetime;
 use super::index;
 use super::outcome::CdrError;
 use super::request::Method;
-use crate::journal::values::{Appender, Kind, Position, Ptr, ValueLog, CHECKPOINT_EVERY};
+use crate::journal::values::{
+    position_bytes, position_from_bytes, Appender, Kind, Position, Ptr, ValueLog, CHECKPOINT_EVERY,
+};
 
 /// Largest piece of a version's JSON stored under one key.
 pub const CHUNK: usize = 2048;
@@ -245,13 +247,7 @@ impl Store {
         let from = self
             .wal
             .get(CHECKPOINT_KEY)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(|v| {
-                (
-                    u32::from_be_bytes(v[..4].try_into().expect("4 bytes")),
-                    u32::from_be_bytes(v[4..].try_into().expect("4 bytes")),
-                )
-            });
+            .and_then(|v| position_from_bytes(&v));
         let mut replayed = 0usize;
         if let Some((from_segment, from_offset)) = from {
             for segment in self.values.segments().map_err(values_err)? {
@@ -315,15 +311,8 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take_touched();
-        for (_, file) in touched {
-            file.sync_data().map_err(|source| CdrError::Io {
-                path: self.dir.join("values"),
-                source,
-            })?;
-        }
-        let mut value = position.0.to_be_bytes().to_vec();
-        value.extend_from_slice(&position.1.to_be_bytes());
-        self.wal.insert(CHECKPOINT_KEY, value)?;
+        self.sync_segments(touched)?;
+        self.wal.insert(CHECKPOINT_KEY, &position_bytes(position))?;
         self.flush()
     }
 
@@ -334,7 +323,11 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take_unsynced();
-        for (_, file) in unsynced {
+        self.sync_segments(unsynced)
+    }
+
+    fn sync_segments(&self, segments: Vec<(u32, std::sync::Arc<File>)>) -> Result<(), CdrError> {
+        for (_, file) in segments {
             file.sync_data().map_err(|source| CdrError::Io {
                 path: self.dir.join("values"),
                 source,

@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 use super::keys;
 use super::record::{Status, Transaction, TxId};
 use super::slots::Slot;
-use super::values::{Kind, Position, Ptr, Scanned};
+use super::values::{self, Kind, Position, Ptr, Scanned};
 use super::{JournalError, Trees};
 
 /// The key in the `segments` tree that holds the checkpoint (segment keys are 4 bytes).
@@ -20,22 +20,19 @@ pub(super) const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 /// Where replay starts: everything before it is in sled (`None`: a journal that never
 /// checkpointed, replayed from its first segment).
 fn checkpoint(trees: &Trees) -> Result<Option<Position>, JournalError> {
-    Ok(trees.segments.get(CHECKPOINT_KEY)?.and_then(|v| {
-        let v: [u8; 8] = v.as_ref().try_into().ok()?;
-        Some((
-            u32::from_be_bytes(v[..4].try_into().ok()?),
-            u32::from_be_bytes(v[4..].try_into().ok()?),
-        ))
-    }))
+    Ok(trees
+        .segments
+        .get(CHECKPOINT_KEY)?
+        .and_then(|v| values::position_from_bytes(&v)))
 }
 
 /// Records `position` as the checkpoint and flushes sled (at open, after replay), the slots
 /// first.
 pub(super) fn set_checkpoint(trees: &Trees, position: Position) -> Result<(), JournalError> {
     trees.slots.sync()?;
-    let mut value = position.0.to_be_bytes().to_vec();
-    value.extend_from_slice(&position.1.to_be_bytes());
-    trees.segments.insert(CHECKPOINT_KEY, value)?;
+    trees
+        .segments
+        .insert(CHECKPOINT_KEY, &values::position_bytes(position))?;
     trees.db.flush()?;
     Ok(())
 }

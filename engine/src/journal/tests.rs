@@ -477,18 +477,16 @@ async fn a_value_segment_is_deleted_once_nothing_refers_to_it() {
     assert_eq!(segment_files(dir.path()).len(), 2);
 }
 
-#[tokio::test]
-async fn a_journal_with_inline_values_is_moved_into_the_value_log_at_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let raw = b"MSH|^~\\&|OLD|||||ADT^A01|OLD1|P|2.5.1".to_vec();
-    let tx = Transaction {
-        id: TxId(7),
-        received_at_ms: 1_700_000_000_000,
+/// A delivered transaction's record as journals of an older layout hold it.
+fn delivered_record(id: TxId, control_id: &str, received_at_ms: i64, size: usize) -> Transaction {
+    Transaction {
+        id,
+        received_at_ms,
         meta: MessageMeta {
-            control_id: Some("OLD1".into()),
+            control_id: Some(control_id.into()),
             ..MessageMeta::default()
         },
-        size: raw.len(),
+        size,
         truncated: false,
         status: Status::Delivered,
         error: None,
@@ -498,7 +496,14 @@ async fn a_journal_with_inline_values_is_moved_into_the_value_log_at_open() {
         rerun_of: None,
         body_pruned: false,
         origin_key: None,
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_journal_with_inline_values_is_moved_into_the_value_log_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = b"MSH|^~\\&|OLD|||||ADT^A01|OLD1|P|2.5.1".to_vec();
+    let tx = delivered_record(TxId(7), "OLD1", 1_700_000_000_000, raw.len());
     {
         // The layout before the value log: JSON and bytes inline.
         let db = sled::open(dir.path().join("journal")).unwrap();
@@ -707,24 +712,7 @@ async fn a_journal_with_pointer_trees_moves_them_into_the_slots_at_open() {
     let raw = b"MSH|^~\\&|PTR|||||ADT^A01|PTR1|P|2.5.1".to_vec();
     // sled's generate_id left gaps of up to a million ids at each restart.
     let id = TxId(3_000_005);
-    let tx = Transaction {
-        id,
-        received_at_ms: 1_760_000_000_000,
-        meta: MessageMeta {
-            control_id: Some("PTR1".into()),
-            ..MessageMeta::default()
-        },
-        size: raw.len(),
-        truncated: false,
-        status: Status::Delivered,
-        error: None,
-        duplicate_of: None,
-        channels: Vec::new(),
-        events: Vec::new(),
-        rerun_of: None,
-        body_pruned: false,
-        origin_key: None,
-    };
+    let tx = delivered_record(id, "PTR1", 1_760_000_000_000, raw.len());
     {
         // The layout of the first value-log journals: pointers in `tx_ptr` and `raw_ptr`, a
         // `by_time` index, every status in `by_status`.
@@ -754,12 +742,12 @@ async fn a_journal_with_pointer_trees_moves_them_into_the_slots_at_open() {
                 &[],
             )
             .unwrap();
-        let position = appender.position();
-        let mut checkpoint = position.0.to_be_bytes().to_vec();
-        checkpoint.extend_from_slice(&position.1.to_be_bytes());
         db.open_tree("segments")
             .unwrap()
-            .insert(super::replay::CHECKPOINT_KEY, checkpoint)
+            .insert(
+                super::replay::CHECKPOINT_KEY,
+                &super::values::position_bytes(appender.position()),
+            )
             .unwrap();
         db.flush().unwrap();
     }

@@ -81,6 +81,23 @@ impl Kind {
 /// A place in the log: records are ordered by it.
 pub(crate) type Position = (u32, u32);
 
+/// A position as stored with a checkpoint: segment then offset, big-endian.
+pub(crate) fn position_bytes(position: Position) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out[..4].copy_from_slice(&position.0.to_be_bytes());
+    out[4..].copy_from_slice(&position.1.to_be_bytes());
+    out
+}
+
+/// A stored checkpoint position back (`None` if it is not 8 bytes).
+pub(crate) fn position_from_bytes(bytes: &[u8]) -> Option<Position> {
+    let bytes: [u8; 8] = bytes.try_into().ok()?;
+    Some((
+        u32::from_be_bytes(bytes[..4].try_into().ok()?),
+        u32::from_be_bytes(bytes[4..].try_into().ok()?),
+    ))
+}
+
 /// One record found by [`ValueLog::scan`].
 pub(crate) struct Scanned {
     pub ptr: Ptr,

@@ -202,11 +202,10 @@ impl Writer {
                 self.trees.slots.sync()?;
             }
             let position = self.values.position();
-            let mut value = position.0.to_be_bytes().to_vec();
-            value.extend_from_slice(&position.1.to_be_bytes());
-            self.trees
-                .segments
-                .insert(super::replay::CHECKPOINT_KEY, value)?;
+            self.trees.segments.insert(
+                super::replay::CHECKPOINT_KEY,
+                &super::values::position_bytes(position),
+            )?;
             self.trees.db.flush()?;
             if let Some(file) = &self.log_file {
                 file.sync_data()
