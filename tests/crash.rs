@@ -1,6 +1,7 @@
 //! The promise behind AA: a message the engine acknowledged is on disk, even if the engine is
 //! SIGKILLed right after. Several senders stream messages; the engine is killed mid-stream and
-//! restarted; every control id that got an AA must be listed by the API.
+//! restarted; every control id that got an AA must be listed by the API. The same for the
+//! embedded CDR: every resource whose create was answered 201 must be there after a SIGKILL.
 
 mod common;
 
@@ -97,4 +98,92 @@ async fn every_aa_survives_sigkill() {
         ack_fields(&c.send(&adt("AFTER-RESTART")).await.unwrap()).0,
         "AA"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_created_resource_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = Engine::start(&dir.path().join("data"), &[]);
+    let created = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let token = engine.token.clone().expect("the test engine has a token");
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let url = engine.url("/fhir/Patient");
+        let created = created.clone();
+        let token = token.clone();
+        writers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for n in 0.. {
+                let mrn = format!("KILL-{w}-{n}");
+                let patient = serde_json::json!({
+                    "resourceType": "Patient",
+                    "identifier": [{"system": "urn:test:mrn", "value": mrn}],
+                    "name": [{"family": "Crash", "given": [format!("W{w}N{n}")]}],
+                });
+                let Ok(resp) = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("Content-Type", "application/fhir+json")
+                    .json(&patient)
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                if resp.status().as_u16() != 201 {
+                    return;
+                }
+                let Ok(body) = resp.json::<serde_json::Value>().await else {
+                    return;
+                };
+                let id = body["id"].as_str().unwrap().to_string();
+                created.lock().unwrap().push((id, mrn));
+            }
+        }));
+    }
+    for _ in 0..400 {
+        if created.lock().unwrap().len() >= 800 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    engine.kill();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let created = created.lock().unwrap().clone();
+    assert!(
+        created.len() > 100,
+        "the writes ran ({} created)",
+        created.len()
+    );
+    eprintln!("{} resources created before SIGKILL", created.len());
+
+    engine.restart();
+    // sled only flushes at checkpoints: the commits after the last one came back from the log.
+    assert!(
+        engine.log().contains("CDR: replayed the log"),
+        "the restart replayed the CDR's log: {}",
+        engine.log()
+    );
+    let mut lost = Vec::new();
+    for (id, mrn) in &created {
+        let (status, body) = engine.api(&format!("/fhir/Patient/{id}")).await;
+        if status != 200 || body["identifier"][0]["value"] != mrn.as_str() {
+            lost.push(id.clone());
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} created resources lost after SIGKILL: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    // Searches see them too: the index came back with them.
+    let (id, mrn) = created.last().unwrap();
+    let (status, body) = engine
+        .api(&format!("/fhir/Patient?identifier=urn:test:mrn|{mrn}"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["entry"][0]["resource"]["id"], id.as_str());
 }
