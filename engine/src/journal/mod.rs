@@ -566,10 +566,12 @@ impl Journal {
         Ok(page.finish())
     }
 
-    /// Bytes on disk: sled's own estimate plus the value log (walks the files: not for hot
-    /// paths).
+    /// Bytes on disk: sled's own estimate, the value log and the slots (walks the files: not
+    /// for hot paths).
     pub fn size_on_disk(&self) -> Result<u64, JournalError> {
-        Ok(self.trees.db.size_on_disk()? + self.trees.values.size_on_disk()?)
+        Ok(self.trees.db.size_on_disk()?
+            + self.trees.values.size_on_disk()?
+            + self.trees.slots.size_on_disk()?)
     }
 
     /// The admin audit trail (append-only; written and read by `admin::audit` only). Writes to it

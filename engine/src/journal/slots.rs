@@ -179,6 +179,12 @@ impl Slots {
             .map_err(io_err)
     }
 
+    /// Blocks the file takes on disk (a sparse file's holes take none).
+    pub fn size_on_disk(&self) -> Result<u64, JournalError> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata().map_err(io_err)?.blocks() * 512)
+    }
+
     pub fn sync(&self) -> Result<(), JournalError> {
         self.file.sync_data().map_err(io_err)
     }
@@ -292,6 +298,8 @@ mod tests {
         writes.insert(1_000_000, full);
         slots.write(&writes).unwrap();
         assert_eq!(slots.end(), 1_000_001);
+        // The gap is a hole: the file is 32 MB long but takes a few blocks.
+        assert!(slots.size_on_disk().unwrap() < 1 << 20);
         assert_eq!(slots.get(TxId(5)).unwrap(), full);
         assert_eq!(slots.get(TxId(6)).unwrap(), no_body);
         assert!(slots.get(TxId(7)).unwrap().is_empty());
