@@ -53,13 +53,9 @@ pub struct AdminState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    /// Binding the port or loading its TLS files: as for the ingest listeners.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Listen(#[from] crate::listen::ListenError),
     #[error("API clients: {0}")]
     Clients(#[from] clients::ClientError),
 }
@@ -72,7 +68,7 @@ pub fn server(
     state: AdminState,
     token: AdminToken,
 ) -> Result<(actix_web::dev::Server, Vec<SocketAddr>), AdminError> {
-    let tls = crate::tls::server_config(tls)?;
+    let tls = crate::tls::server_config(tls).map_err(crate::listen::ListenError::from)?;
     let clients = Arc::new(clients::ApiClients::open(&state.journal)?);
     let authenticator = web::Data::new(auth::Authenticator::new(
         &token,
@@ -120,7 +116,7 @@ pub fn server(
         }
         app
     };
-    let bind_err = |source| AdminError::Bind { addr, source };
+    let bind_err = |source| crate::listen::ListenError::Bind { addr, source };
     let server = HttpServer::new(factory)
         .on_connect(auth::on_connect)
         .workers(workers.max(1))

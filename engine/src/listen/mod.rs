@@ -14,7 +14,7 @@ pub use mllp::MllpListener;
 
 use std::net::SocketAddr;
 
-/// Why a listener (MLLP or HTTP ingest) could not start.
+/// Why a listener (MLLP, HTTP ingest or the admin port) could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     #[error("cannot listen on {addr}: {source}")]
