@@ -461,31 +461,29 @@ impl Pipeline {
     /// After a start: what was received but not processed before the last stop (crash or
     /// restart) joins the backlog, and queued transactions block later ones of their patient.
     pub async fn resume(&self) {
-        // Queued transactions block later ones of the same patient, across restarts too.
+        // One walk of the journal finds all three kinds of unfinished work.
         let journal = self.journal.clone();
-        if let Ok(Ok(queued)) =
-            tokio::task::spawn_blocking(move || journal.ids_with_status(Status::Queued, usize::MAX))
-                .await
-        {
-            for id in queued {
-                if let Ok(Some(tx)) = self.journal.get(id) {
-                    if let Some(key) = &tx.meta.patient_key {
-                        self.order.set_queued(key, id, true);
-                    }
+        let Ok(Ok(in_flight)) = tokio::task::spawn_blocking(move || journal.in_flight()).await
+        else {
+            return;
+        };
+        let of = |wanted: Status| {
+            in_flight
+                .iter()
+                .filter(move |(_, status)| *status == wanted)
+                .map(|(id, _)| *id)
+        };
+        // Queued transactions block later ones of the same patient, across restarts too.
+        for id in of(Status::Queued) {
+            if let Ok(Some(tx)) = self.journal.get(id) {
+                if let Some(key) = &tx.meta.patient_key {
+                    self.order.set_queued(key, id, true);
                 }
-                self.schedule_retry(id).await;
             }
+            self.schedule_retry(id).await;
         }
         for status in [Status::Received, Status::Processing] {
-            let journal = self.journal.clone();
-            let ids = match tokio::task::spawn_blocking(move || {
-                journal.ids_with_status(status, usize::MAX)
-            })
-            .await
-            {
-                Ok(Ok(ids)) => ids,
-                _ => continue,
-            };
+            let ids: Vec<TxId> = of(status).collect();
             if !ids.is_empty() {
                 tracing::info!(
                     count = ids.len(),

@@ -456,7 +456,20 @@ impl Journal {
         Ok(out)
     }
 
-    /// Oldest first: the transactions in `status` (for resuming and retrying).
+    /// Oldest first: the transactions whose work is not finished (`received`, `processing`,
+    /// `queued`) with their status, in one walk of the slots (what start-up resumes).
+    pub fn in_flight(&self) -> Result<Vec<(TxId, Status)>, JournalError> {
+        let mut out = Vec::new();
+        self.trees.slots.scan(0, u64::MAX, false, |id, slot| {
+            if let Some(status) = slot.status.filter(|s| s.in_flight()) {
+                out.push((id, status));
+            }
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
+
+    /// Oldest first: the transactions in `status`.
     pub fn ids_with_status(&self, status: Status, limit: usize) -> Result<Vec<TxId>, JournalError> {
         self.trees.ids_with_status(status, limit)
     }

@@ -828,6 +828,19 @@ async fn listings_by_time_and_finished_status_walk_the_slots() {
     );
     assert_eq!(journal.count_with_status(Status::Failed), 10);
     assert_eq!(journal.count_with_status(Status::Received), 20);
+    // What start-up resumes: the unfinished ones, oldest first, in one walk.
+    let unfinished: Vec<TxId> = ids
+        .iter()
+        .copied()
+        .filter(|id| !failed.contains(id))
+        .collect();
+    assert_eq!(
+        journal.in_flight().unwrap(),
+        unfinished
+            .iter()
+            .map(|id| (*id, Status::Received))
+            .collect::<Vec<_>>()
+    );
     // A time window: everything was received now, nothing an hour ago.
     let now = now_ms();
     let all = journal
