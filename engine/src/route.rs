@@ -319,6 +319,7 @@ impl Pipeline {
         for result in results {
             let channel = result.channel.clone();
             let name = channel.name().to_string();
+            let first_step = steps.len();
             steps.extend(result.steps);
             let outcome = match result.outcome {
                 ChannelOutcome::Filtered { reason } => (
@@ -343,7 +344,7 @@ impl Pipeline {
                     let earlier = patient_key
                         .as_deref()
                         .and_then(|k| self.order.blocked_by(k, id));
-                    match earlier {
+                    let outcome = match earlier {
                         Some(earlier) => (
                             Status::Queued,
                             Some(format!(
@@ -351,7 +352,15 @@ impl Pipeline {
                             )),
                         ),
                         None => self.deliver(id, &channel, &value, &raw, &mut steps).await,
+                    };
+                    // The transform step keeps the output (moved, not copied).
+                    if let Some(transform) = steps[first_step..]
+                        .iter_mut()
+                        .rfind(|s| s.kind == StepKind::Transform)
+                    {
+                        transform.output = Some(value);
                     }
+                    outcome
                 }
             };
             self.metrics
@@ -365,7 +374,10 @@ impl Pipeline {
             self.order.set_queued(key, id, status == Status::Queued);
         }
         let events = vec![(Status::Processing, None), (status, reason.clone())];
-        if let Err(e) = self.journal.record(id, steps, events).await {
+        // Not waiting for the fsync: the outcome is on disk with the next group commit, and a
+        // crash before that resumes the transaction and runs it again (deliveries are
+        // idempotent), as a crash between the delivery and this record always did.
+        if let Err(e) = self.journal.record_applied(id, steps, events).await {
             tracing::error!(%id, error = %e, "cannot record pipeline result");
         }
         self.metrics

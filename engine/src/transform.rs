@@ -22,7 +22,8 @@ use crate::script::{ScriptContext, ScriptHost, ScriptInput, ScriptLimits, Transf
 pub enum ChannelOutcome {
     /// The filter (or `skip()`) dropped it.
     Filtered { reason: Option<String> },
-    /// FHIR output to deliver.
+    /// FHIR output to deliver. It is also the transform step's output, which is left empty in
+    /// the steps so that the value is not copied: whoever journals the steps puts it there.
     Output { value: serde_json::Value },
     /// `reject()`: refused, the sender is told AE in on-delivery mode.
     Rejected { reason: String },
@@ -193,13 +194,9 @@ impl TransformWorker {
                 ChannelOutcome::Failed { error }
             }
             Ok(TransformOutcome::Output { value, logs }) => {
-                steps.push(step(
-                    StepKind::Transform,
-                    true,
-                    Some(value.clone()),
-                    logs,
-                    None,
-                ));
+                // The step's output is the outcome's value: the pipeline moves it into the
+                // step once delivered (see `Pipeline::process`), instead of a copy here.
+                steps.push(step(StepKind::Transform, true, None, logs, None));
                 ChannelOutcome::Output { value }
             }
             Ok(TransformOutcome::Skip { reason, logs }) => {

@@ -45,7 +45,7 @@ use crate::config::JournalConfig;
 use crate::metrics::Metrics;
 use slots::Slots;
 use values::{Kind, Ptr, ValueLog};
-use writer::{Command, Writer};
+use writer::{Command, Wait, Writer};
 
 /// Why a journal operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -351,12 +351,37 @@ impl Journal {
         steps: Vec<Step>,
         events: Vec<(Status, Option<String>)>,
     ) -> impl std::future::Future<Output = Result<(), JournalError>> + Send + 'static {
+        self.record_with(id, steps, events, Wait::Durable)
+    }
+
+    /// Records pipeline steps and status events in one write, resolving once it is applied
+    /// (readable) rather than once it is fsynced; the same group commit makes it durable a
+    /// moment later. For outcomes a crash may lose safely: a transaction whose outcome was not
+    /// yet on disk is resumed and run again, and deliveries are idempotent, exactly as when
+    /// the crash comes between a delivery and its record.
+    pub fn record_applied(
+        &self,
+        id: TxId,
+        steps: Vec<Step>,
+        events: Vec<(Status, Option<String>)>,
+    ) -> impl std::future::Future<Output = Result<(), JournalError>> + Send + 'static {
+        self.record_with(id, steps, events, Wait::Applied)
+    }
+
+    fn record_with(
+        &self,
+        id: TxId,
+        steps: Vec<Step>,
+        events: Vec<(Status, Option<String>)>,
+        wait: Wait,
+    ) -> impl std::future::Future<Output = Result<(), JournalError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         let queued = self.send(Command::Record {
             id,
             steps,
             events,
             reply: Some(reply),
+            wait,
         });
         async move {
             queued?;

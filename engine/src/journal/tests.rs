@@ -210,6 +210,33 @@ async fn survives_close_and_reopen() {
     );
 }
 
+/// An outcome recorded without waiting for its fsync is readable as soon as the call returns,
+/// and on disk once the group commit (here: the close) has run.
+#[tokio::test]
+async fn an_outcome_recorded_applied_is_readable_at_once_and_durable_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let (journal, _) = open(dir.path());
+        let id = journal.append(message("O1", "LAB")).await.unwrap().id;
+        journal
+            .record_applied(
+                id,
+                Vec::new(),
+                vec![(Status::Processing, None), (Status::Delivered, None)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(journal.get(id).unwrap().unwrap().status, Status::Delivered);
+        journal.close();
+        id
+    };
+    let (journal, metrics) = open(dir.path());
+    let tx = journal.get(id).unwrap().unwrap();
+    assert_eq!(tx.status, Status::Delivered);
+    assert_eq!(tx.events.len(), 3, "received, processing, delivered");
+    assert_eq!(count(&metrics, Status::Delivered), 1);
+}
+
 #[tokio::test]
 async fn a_closed_journal_refuses_appends() {
     let dir = tempfile::tempdir().unwrap();

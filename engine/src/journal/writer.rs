@@ -43,6 +43,8 @@ pub(super) enum Command {
         steps: Vec<Step>,
         events: Vec<(Status, Option<String>)>,
         reply: Option<oneshot::Sender<Result<(), JournalError>>>,
+        /// Answer once durable (after the group commit's fsync), or as soon as applied.
+        wait: Wait,
     },
     /// A new transaction with the raw message of `of`, linked to it (`rerun_of`), routed to
     /// `channels`; the original gets an event naming the new one.
@@ -63,6 +65,16 @@ pub(super) enum Command {
     Compact {
         reply: oneshot::Sender<Result<Option<u32>, JournalError>>,
     },
+}
+
+/// When the writer answers a [`Command::Record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// After the group commit has fsynced it.
+    Durable,
+    /// Once applied: visible to readers, made durable by the same group commit, but the caller
+    /// does not wait for the disk.
+    Applied,
 }
 
 /// How often the writer looks for a value-log segment to compact.
@@ -337,6 +349,7 @@ impl Writer {
         self.metrics.journal_batch_size.observe(batch.len() as f64);
         let mut pending = PendingWrites::new(Some(TxId(self.next_id.get())));
         let mut replies = Vec::with_capacity(batch.len());
+        let mut on_apply = Vec::new();
         for cmd in batch.drain(..) {
             match cmd {
                 Command::Append {
@@ -352,9 +365,13 @@ impl Writer {
                     steps,
                     events,
                     reply,
+                    wait,
                 } => {
                     let result = self.stage_record(&mut pending, id, steps, events);
-                    replies.push(Reply::Status(reply, result));
+                    match (wait, reply) {
+                        (Wait::Applied, Some(reply)) => on_apply.push((reply, result)),
+                        (_, reply) => replies.push(Reply::Status(reply, result)),
+                    }
                 }
                 Command::AppendRerun {
                     of,
@@ -380,6 +397,9 @@ impl Writer {
         }
         let status_deltas = std::mem::take(&mut pending.status_deltas);
         let applied = self.apply(pending);
+        for (reply, result) in on_apply {
+            let _ = reply.send(applied.clone().and(result));
+        }
         FlushJob {
             replies,
             status_deltas,
