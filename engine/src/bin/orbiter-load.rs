@@ -29,6 +29,10 @@ struct Args {
     /// Total messages per second across all connections (0: as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// With `--rate`: start every connection's pacing at the same instant (bursts of one
+    /// message per connection, as this tool paced before), instead of spreading them evenly.
+    #[arg(long)]
+    aligned: bool,
     /// The message to send (MSH-10 is replaced per message); default: a 700-byte ADT^A01.
     #[arg(long)]
     message: Option<PathBuf>,
@@ -81,6 +85,24 @@ fn with_control_id(template: &str, id: &str) -> Vec<u8> {
     fields.join("|").into_bytes()
 }
 
+/// With `--rate`, when connection `n` sends: every `connections / rate` seconds, its first tick
+/// offset by `n / rate` so that the connections take turns and the engine sees a steady stream
+/// (with `--aligned`, all start together: bursts of one message per connection).
+fn pacer(args: &Args, n: usize) -> Option<tokio::time::Interval> {
+    if args.rate == 0 {
+        return None;
+    }
+    let period = Duration::from_secs_f64(args.connections as f64 / args.rate as f64);
+    let offset = if args.aligned {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(n as f64 / args.rate as f64)
+    };
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    Some(ticker)
+}
+
 async fn connection(
     args: &Args,
     n: usize,
@@ -103,13 +125,7 @@ async fn connection(
             return out;
         }
     };
-    let pace = (args.rate > 0).then(|| {
-        let per_conn = args.rate as f64 / args.connections as f64;
-        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / per_conn));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        ticker
-    });
-    let mut pace = pace;
+    let mut pace = pacer(args, n);
     let mut in_flight: VecDeque<Instant> = VecDeque::new();
     let mut seq = 0u64;
     loop {
@@ -152,9 +168,7 @@ async fn http_connection(
         .pool_max_idle_per_host(1)
         .build()
         .expect("HTTP client");
-    let pace_every = (args.rate > 0)
-        .then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
-    let mut ticker = pace_every.map(tokio::time::interval);
+    let mut ticker = pacer(args, n);
     let mut seq = 0u64;
     while Instant::now() < stop_at {
         if let Some(t) = ticker.as_mut() {
