@@ -72,6 +72,48 @@ pub struct Cdr {
     store: Arc<store::Store>,
     /// Calls on the blocking pool at a time (see [`Cdr::blocking`]).
     admission: Arc<tokio::sync::Semaphore>,
+    /// Declared after `store`: dropped last, it stops and joins the checkpoint thread, so the
+    /// store is closed (its last checkpoint written) when the last `Cdr` is gone.
+    _checkpoints: Arc<Checkpoints>,
+}
+
+/// The thread that checkpoints the store's sled tree every [`values::CHECKPOINT_EVERY`] (see
+/// [`store::Store::checkpoint_if_due`]). It holds the store weakly, so it keeps nothing alive.
+struct Checkpoints {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpoints {
+    fn start(store: &Arc<store::Store>) -> std::io::Result<Checkpoints> {
+        let weak = Arc::downgrade(store);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("cdr-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(crate::journal::values::CHECKPOINT_EVERY)
+                {
+                    let Some(store) = weak.upgrade() else { break };
+                    if let Err(e) = store.checkpoint_if_due() {
+                        tracing::warn!(error = %e, "CDR: checkpoint failed (the log is replayed at open)");
+                    }
+                }
+            })?;
+        Ok(Checkpoints {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpoints {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Calls into the store that may wait on the blocking pool at once. Writers take the store's
@@ -84,9 +126,15 @@ impl Cdr {
     /// Opens or creates the store in `dir` (the engine passes `<data_dir>/cdr`), with
     /// `cache_bytes` of sled page cache.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Cdr, CdrError> {
+        let store = Arc::new(store::Store::open(dir, cache_bytes)?);
+        let checkpoints = Checkpoints::start(&store).map_err(|source| CdrError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         Ok(Cdr {
-            store: Arc::new(store::Store::open(dir, cache_bytes)?),
+            store,
             admission: Arc::new(tokio::sync::Semaphore::new(MAX_BLOCKING_CALLS)),
+            _checkpoints: Arc::new(checkpoints),
         })
     }
 

@@ -14,7 +14,8 @@
 //! the process then takes, the journal's included). A caller then waits in
 //! [`Store::wait_durable`]: the first waiter `fdatasync`s the log for every commit applied so
 //! far (group commit) while later writers keep going. sled itself is flushed only at
-//! checkpoints (every [`CHECKPOINT_EVERY`], by a waiter, and when the store is dropped), with
+//! checkpoints (every [`CHECKPOINT_EVERY`](crate::journal::values::CHECKPOINT_EVERY) by a thread of its own, so that no writer waits for
+//! a sled flush, and when the store is dropped), with
 //! the log position it covers; at open, the commit records after that position are applied
 //! again in order (puts and removes of whole values: idempotent), so sled holds every commit
 //! that was answered. Checkpoints fsync the log before flushing sled, so sled never holds an
@@ -45,7 +46,7 @@ use super::index;
 use super::outcome::CdrError;
 use super::request::Method;
 use crate::journal::values::{
-    position_bytes, position_from_bytes, Appender, Kind, Position, Ptr, ValueLog, CHECKPOINT_EVERY,
+    position_bytes, position_from_bytes, Appender, Kind, Position, Ptr, ValueLog,
 };
 
 /// Largest piece of a version's JSON stored under one key.
@@ -191,8 +192,8 @@ struct CommitState {
     flushing: bool,
     /// The value-log position after the last applied commit's record.
     applied_position: Position,
-    /// When sled was last flushed with the position it covers.
-    last_checkpoint: Option<std::time::Instant>,
+    /// The last batch sled was checkpointed with (flushed, with its log position).
+    checkpointed: u64,
 }
 
 impl Store {
@@ -574,8 +575,8 @@ impl Store {
             .applied
     }
 
-    /// Returns once every batch up to `seq` is on disk (its commit record fsynced); checkpoints
-    /// sled on the way when one is due.
+    /// Returns once every batch up to `seq` is on disk (its commit record fsynced). sled is
+    /// checkpointed elsewhere ([`Store::checkpoint_if_due`]), so no writer waits for a flush.
     pub fn wait_durable(&self, seq: u64) -> Result<(), CdrError> {
         let mut st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -588,33 +589,37 @@ impl Store {
             }
             st.flushing = true;
             let target = st.applied;
-            let position = st.applied_position;
-            let due = st
-                .last_checkpoint
-                .is_none_or(|at| at.elapsed() >= CHECKPOINT_EVERY);
             drop(st);
-            // Either way every commit up to `target` is durable: a checkpoint fsyncs the log
-            // first.
-            let result = if due {
-                self.checkpoint(position)
-            } else {
-                self.sync_log()
-            };
+            let result = self.sync_log();
             st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
             st.flushing = false;
             if result.is_ok() {
                 st.durable = st.durable.max(target);
-                if due {
-                    st.last_checkpoint = Some(std::time::Instant::now());
-                }
             }
             self.flushed.notify_all();
             result?;
         }
     }
 
-    /// Flushes sled and fsyncs its log file: at open and at checkpoints (one at a time: only
-    /// the flushing waiter of [`Store::wait_durable`] checkpoints once the store is open).
+    /// Checkpoints sled when something was applied since the last checkpoint: called every
+    /// [`CHECKPOINT_EVERY`](crate::journal::values::CHECKPOINT_EVERY) by the CDR's checkpoint thread (see [`super::Cdr::open`]), the one
+    /// caller, so checkpoints never overlap. Returns whether it checkpointed.
+    pub fn checkpoint_if_due(&self) -> Result<bool, CdrError> {
+        let (applied, position) = {
+            let st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+            if st.applied == st.checkpointed {
+                return Ok(false);
+            }
+            (st.applied, st.applied_position)
+        };
+        self.checkpoint(position)?;
+        let mut st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        st.checkpointed = st.checkpointed.max(applied);
+        Ok(true)
+    }
+
+    /// Flushes sled and fsyncs its log file: at open and at checkpoints (one at a time: once the
+    /// store is open, only the checkpoint thread checkpoints, and the drop after it stopped).
     fn flush(&self) -> Result<(), CdrError> {
         self.db.flush()?;
         self.log_file.sync_data().map_err(|source| CdrError::Io {
@@ -1158,5 +1163,44 @@ mod intent_tests {
         // Replayed once: the checkpoint moved past it.
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(store.read_live("Patient", "p2").unwrap().unwrap().1, p2);
+    }
+
+    /// A checkpoint is due once something was applied after the last one, and only then; the
+    /// CDR's own thread takes it without any writer waiting (see `Cdr::open`).
+    #[test]
+    fn a_checkpoint_is_due_after_a_commit_and_taken_by_the_cdr_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let stamp = Stamp {
+            vid: 1,
+            method: Method::Put,
+            last_updated: 0,
+        };
+        let patient = serde_json::json!({"resourceType": "Patient", "id": "p1"});
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert!(!store.checkpoint_if_due().unwrap(), "nothing since open");
+        let mut writer = store.writer();
+        writer
+            .stage("Patient", "p1", stamp, Some(&patient), None)
+            .unwrap();
+        store.wait_durable(writer.commit().unwrap()).unwrap();
+        assert!(store.checkpoint_if_due().unwrap());
+        assert!(!store.checkpoint_if_due().unwrap(), "taken once");
+        drop(store);
+
+        let cdr = crate::cdr::Cdr::open(dir.path(), 1 << 20).unwrap();
+        let mut writer = cdr.store.writer();
+        let stamp = Stamp { vid: 2, ..stamp };
+        writer
+            .stage("Patient", "p1", stamp, Some(&patient), None)
+            .unwrap();
+        cdr.store.wait_durable(writer.commit().unwrap()).unwrap();
+        std::thread::sleep(crate::journal::values::CHECKPOINT_EVERY * 3);
+        assert!(
+            !cdr.store.checkpoint_if_due().unwrap(),
+            "the checkpoint thread took it"
+        );
+        drop(cdr);
+        // Dropping the last handle closed the store: it opens again at once.
+        Store::open(dir.path(), 1 << 20).unwrap();
     }
 }
