@@ -264,7 +264,7 @@ async fn retention_loop(
     config: crate::journal::retention::RetentionConfig,
     metrics: Arc<Metrics>,
 ) {
-    use crate::journal::retention::{Policies, Pruner};
+    use crate::journal::retention::{self, Policies, Pruner};
     let mut pruner = Pruner::new(journal, config.batch);
     loop {
         tokio::time::sleep(Duration::from_secs(config.interval_secs.max(1))).await;
@@ -303,6 +303,20 @@ async fn retention_loop(
         }
         if bodies + whole > 0 {
             tracing::info!(bodies, transactions = whole, "retention pruned the journal");
+        }
+        if config.audit_max_age_days > 0.0 {
+            let cutoff = now - (config.audit_max_age_days * retention::DAY_MS as f64) as i64;
+            let journal = pruner.journal().clone();
+            let pruned = tokio::task::spawn_blocking(move || {
+                crate::admin::audit::prune_before(&journal, cutoff)
+            })
+            .await;
+            match pruned {
+                Ok(Ok(0)) => {}
+                Ok(Ok(events)) => tracing::info!(events, "retention pruned the audit trail"),
+                Ok(Err(error)) => tracing::warn!(%error, "audit retention stopped"),
+                Err(_) => break,
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The audit trail: every API call that changes something, and every read of a message body,
 //! as an event in the journal (who, when, what, target, from where, outcome). Append-only:
 //! nothing in the API changes or deletes an audit event; `GET /api/audit` (admin) lists them.
+//! Only retention deletes them, by age, when `retention.audit_max_age_days` says so
+//! ([`prune_before`]).
 //!
 //! Events live in the journal's `audit` tree, keyed by time: 8 bytes of Unix milliseconds then
 //! 8 bytes of a sled-generated sequence number, both big-endian, so that byte order is time order
@@ -152,6 +154,23 @@ fn key(at_ms: i64, seq: u64) -> [u8; 16] {
     k[..8].copy_from_slice(&(at_ms.max(0) as u64).to_be_bytes());
     k[8..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// Deletes the audit events recorded before `cutoff_ms` (Unix ms), oldest first, and flushes;
+/// returns how many went. Blocking: run it on the blocking pool.
+pub fn prune_before(journal: &Journal, cutoff_ms: i64) -> Result<usize, String> {
+    let tree = journal.audit_tree();
+    let end = key(cutoff_ms, 0);
+    let mut removed = 0;
+    for entry in tree.range(..end) {
+        let (k, _) = entry.map_err(|e| e.to_string())?;
+        tree.remove(k).map_err(|e| e.to_string())?;
+        removed += 1;
+    }
+    if removed > 0 {
+        journal.flush_side_trees().map_err(|e| e.to_string())?;
+    }
+    Ok(removed)
 }
 
 pub(crate) fn rfc3339(ms: i64) -> String {
@@ -377,5 +396,37 @@ mod tests {
         )
         .is_err());
         journal.close();
+    }
+
+    #[test]
+    fn retention_deletes_only_events_older_than_its_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(
+            dir.path(),
+            &crate::config::JournalConfig {
+                fsync: false,
+                ..Default::default()
+            },
+            std::sync::Arc::new(crate::metrics::Metrics::new()),
+        )
+        .unwrap();
+        let tree = journal.audit_tree();
+        let event = |target: &str| {
+            serde_json::to_vec(&json!({
+                "at": "", "actor": "a", "roles": [], "action": "rerun",
+                "target": target, "detail": null, "outcome": "ok"
+            }))
+            .unwrap()
+        };
+        let day = crate::journal::retention::DAY_MS;
+        let now = now_ms();
+        for (age_days, seq) in [(400, 1), (40, 2), (1, 3)] {
+            tree.insert(key(now - age_days * day, seq), event(&format!("t{seq}")))
+                .unwrap();
+        }
+        assert_eq!(prune_before(&journal, now - 30 * day).unwrap(), 2);
+        let left: Vec<_> = tree.iter().map(|e| e.unwrap().0).collect();
+        assert_eq!(left, vec![sled::IVec::from(&key(now - day, 3)[..])]);
+        assert_eq!(prune_before(&journal, now - 30 * day).unwrap(), 0);
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{Journal, JournalError, Status, Transaction, TxId};
 
-const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+pub(crate) const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// The global `[retention]` table of `orbiter.toml`: defaults for every channel, and the pace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +31,9 @@ pub struct RetentionConfig {
     /// Statuses that may be pruned (`queued`, `processing` and `received` never are).
     #[serde(deserialize_with = "statuses")]
     pub statuses: Vec<Status>,
+    /// Audit events (`GET /api/audit`) older than this are deleted; 0 keeps them forever (the
+    /// default: audit trails often must be kept for years, e.g. six under HIPAA).
+    pub audit_max_age_days: f64,
     /// Seconds between passes.
     pub interval_secs: u64,
     /// Transactions examined per journal command (one writer batch).
@@ -43,6 +46,7 @@ impl Default for RetentionConfig {
             max_age_days: 0.0,
             bodies_after_days: 0.0,
             statuses: vec![Status::Delivered, Status::Filtered],
+            audit_max_age_days: 0.0,
             interval_secs: 60,
             batch: 500,
         }
@@ -115,7 +119,10 @@ impl RetentionConfig {
         if self.batch == 0 {
             return Err(RetentionError::ZeroBatch);
         }
-        if !(self.max_age_days >= 0.0 && self.bodies_after_days >= 0.0) {
+        if !(self.max_age_days >= 0.0
+            && self.bodies_after_days >= 0.0
+            && self.audit_max_age_days >= 0.0)
+        {
             return Err(RetentionError::NegativeAge);
         }
         validate_statuses(&self.statuses)
@@ -295,6 +302,11 @@ impl Pruner {
             batch: batch.max(1),
             cursor: None,
         }
+    }
+
+    /// The journal it prunes.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     /// One batch: reads up to `batch` transactions from the cursor (on the blocking pool) and
