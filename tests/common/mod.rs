@@ -76,11 +76,35 @@ impl Engine {
                 .map(|(_, v)| v.clone())
                 .filter(|v| !v.is_empty());
         }
-        engine.spawn();
-        engine
+        // free_port() releases the port it found, so another test may take it before this
+        // engine binds it: on a first start that fails for a port in use, try fresh ports.
+        for _ in 0..3 {
+            match engine.try_spawn() {
+                Ok(()) => return engine,
+                Err(log) if log.contains("in use") => {
+                    engine.mllp = format!("127.0.0.1:{}", free_port());
+                    engine.admin = format!("127.0.0.1:{}", free_port());
+                    engine.http = format!("127.0.0.1:{}", free_port());
+                }
+                Err(log) => panic!("orbiter exited early:\n{log}"),
+            }
+        }
+        panic!(
+            "orbiter found no free ports in three tries:\n{}",
+            engine.log()
+        );
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("orbiter exited early:\n{log}");
+        }
+    }
+
+    /// Starts the process and waits until it is ready; `Err` with this start's log if it
+    /// exited first.
+    fn try_spawn(&mut self) -> Result<(), String> {
+        let log_from = std::fs::metadata(&self.log_path).map_or(0, |m| m.len() as usize);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -106,18 +130,22 @@ impl Engine {
             cmd.env(k, v);
         }
         self.child = Some(cmd.spawn().expect("orbiter binary starts"));
-        self.wait_ready();
+        self.wait_ready(log_from)
     }
 
-    /// Waits until `/ready` answers 200 (10 s at most).
-    fn wait_ready(&mut self) {
+    /// Waits until `/ready` answers 200 (20 s at most); `Err` with the log written since
+    /// `log_from` if the process exits first.
+    fn wait_ready(&mut self, log_from: usize) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("orbiter exited early ({status}):\n{}", self.log());
+                self.child = None;
+                let log = self.log();
+                let this_start = log.get(log_from..).unwrap_or(&log);
+                return Err(format!("({status})\n{this_start}"));
             }
             if http_get_status(&self.admin, "/ready") == Some(200) {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
