@@ -317,18 +317,22 @@ pub(crate) fn denied(journal: &Journal, caller: &Caller, method: &str, path: &st
 mod tests {
     use super::*;
 
-    #[test]
-    fn events_are_listed_newest_first_with_filters_and_cursors() {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(
-            dir.path(),
+    fn open_journal(dir: &std::path::Path) -> Journal {
+        Journal::open(
+            dir,
             &crate::config::JournalConfig {
                 fsync: false,
                 ..Default::default()
             },
             std::sync::Arc::new(crate::metrics::Metrics::new()),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn events_are_listed_newest_first_with_filters_and_cursors() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = open_journal(dir.path());
         let alice = Caller {
             name: "alice".into(),
             roles: vec![Role::Operator],
@@ -401,15 +405,7 @@ mod tests {
     #[test]
     fn retention_deletes_only_events_older_than_its_cutoff() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(
-            dir.path(),
-            &crate::config::JournalConfig {
-                fsync: false,
-                ..Default::default()
-            },
-            std::sync::Arc::new(crate::metrics::Metrics::new()),
-        )
-        .unwrap();
+        let journal = open_journal(dir.path());
         let tree = journal.audit_tree();
         let event = |target: &str| {
             serde_json::to_vec(&json!({
