@@ -473,12 +473,8 @@ impl Pipeline {
     /// After a start: what was received but not processed before the last stop (crash or
     /// restart) joins the backlog, and queued transactions block later ones of their patient.
     pub async fn resume(&self) {
-        // One walk of the journal finds all three kinds of unfinished work.
-        let journal = self.journal.clone();
-        let Ok(Ok(in_flight)) = tokio::task::spawn_blocking(move || journal.in_flight()).await
-        else {
-            return;
-        };
+        // What the journal found unfinished when it opened (before any listener ran).
+        let in_flight = self.journal.take_in_flight_at_open();
         let of = |wanted: Status| {
             in_flight
                 .iter()

@@ -158,6 +158,9 @@ pub struct Journal {
     commands: Arc<Mutex<Option<Sender<Command>>>>,
     writer_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     path: PathBuf,
+    /// What was unfinished when the journal opened, oldest first (see
+    /// [`Journal::take_in_flight_at_open`]); emptied by the first taker.
+    in_flight_at_open: Arc<Mutex<Vec<(TxId, Status)>>>,
 }
 
 /// Filters for listing transactions (`GET /api/transactions`). Newest first.
@@ -267,10 +270,15 @@ impl Journal {
         } else {
             None
         };
+        // One walk of the slots: the status gauges, and the work start-up resumes.
         let mut counts = [0i64; Status::ALL.len()];
-        trees.slots.scan(0, u64::MAX, false, |_, slot| {
+        let mut in_flight_at_open = Vec::new();
+        trees.slots.scan(0, u64::MAX, false, |id, slot| {
             if let Some(status) = slot.status {
                 counts[status.code() as usize] += 1;
+                if status.in_flight() {
+                    in_flight_at_open.push((id, status));
+                }
             }
             std::ops::ControlFlow::Continue(())
         })?;
@@ -304,6 +312,7 @@ impl Journal {
             commands: Arc::new(Mutex::new(Some(tx))),
             writer_thread: Arc::new(Mutex::new(Some(handle))),
             path,
+            in_flight_at_open: Arc::new(Mutex::new(in_flight_at_open)),
         })
     }
 
@@ -481,17 +490,18 @@ impl Journal {
         Ok(out)
     }
 
-    /// Oldest first: the transactions whose work is not finished (`received`, `processing`,
-    /// `queued`) with their status, in one walk of the slots (what start-up resumes).
-    pub fn in_flight(&self) -> Result<Vec<(TxId, Status)>, JournalError> {
-        let mut out = Vec::new();
-        self.trees.slots.scan(0, u64::MAX, false, |id, slot| {
-            if let Some(status) = slot.status.filter(|s| s.in_flight()) {
-                out.push((id, status));
-            }
-            ControlFlow::Continue(())
-        })?;
-        Ok(out)
+    /// Oldest first: the transactions whose work was not finished (`received`, `processing`,
+    /// `queued`) when the journal opened, with their status: what start-up resumes. Found by
+    /// the walk of the slots that open makes anyway, before any listener runs, so a message
+    /// that arrives while start-up resumes is not taken for unfinished work and run twice. The
+    /// first call takes the list; later calls get nothing.
+    pub fn take_in_flight_at_open(&self) -> Vec<(TxId, Status)> {
+        std::mem::take(
+            &mut self
+                .in_flight_at_open
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     /// Oldest first: the transactions in `status`.

@@ -855,19 +855,24 @@ async fn listings_by_time_and_finished_status_walk_the_slots() {
     );
     assert_eq!(journal.count_with_status(Status::Failed), 10);
     assert_eq!(journal.count_with_status(Status::Received), 20);
-    // What start-up resumes: the unfinished ones, oldest first, in one walk.
+    // What start-up resumes: what was unfinished when the journal opened, oldest first.
+    assert!(journal.take_in_flight_at_open().is_empty(), "opened empty");
+    journal.close();
+    drop(journal);
+    let (journal, _) = open(dir.path());
     let unfinished: Vec<TxId> = ids
         .iter()
         .copied()
         .filter(|id| !failed.contains(id))
         .collect();
     assert_eq!(
-        journal.in_flight().unwrap(),
+        journal.take_in_flight_at_open(),
         unfinished
             .iter()
             .map(|id| (*id, Status::Received))
             .collect::<Vec<_>>()
     );
+    assert!(journal.take_in_flight_at_open().is_empty(), "taken once");
     // A time window: everything was received now, nothing an hour ago.
     let now = now_ms();
     let all = journal
@@ -896,5 +901,10 @@ async fn listings_by_time_and_finished_status_walk_the_slots() {
     assert_eq!(
         after.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
         ids[5..7]
+    );
+    journal.append(message("LATE", "APP")).await.unwrap();
+    assert!(
+        journal.take_in_flight_at_open().is_empty(),
+        "a message received after open is not start-up's work"
     );
 }
