@@ -265,7 +265,7 @@ async fn retention_loop(
     metrics: Arc<Metrics>,
 ) {
     use crate::journal::retention::{self, Policies, Pruner};
-    let mut pruner = Pruner::new(journal, config.batch);
+    let mut pruner = Pruner::new(journal.clone(), config.batch);
     loop {
         tokio::time::sleep(Duration::from_secs(config.interval_secs.max(1))).await;
         let set = channels.current();
@@ -306,7 +306,7 @@ async fn retention_loop(
         }
         if config.audit_max_age_days > 0.0 {
             let cutoff = now - (config.audit_max_age_days * retention::DAY_MS as f64) as i64;
-            let journal = pruner.journal().clone();
+            let journal = journal.clone();
             let pruned = tokio::task::spawn_blocking(move || {
                 crate::admin::audit::prune_before(&journal, cutoff)
             })

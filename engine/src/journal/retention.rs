@@ -304,11 +304,6 @@ impl Pruner {
         }
     }
 
-    /// The journal it prunes.
-    pub fn journal(&self) -> &Journal {
-        &self.journal
-    }
-
     /// One batch: reads up to `batch` transactions from the cursor (on the blocking pool) and
     /// prunes what the policies say. Returns the report and whether the pass is complete (the
     /// cursor then starts over).
