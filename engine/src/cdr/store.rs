@@ -14,7 +14,7 @@
 //! the process then takes, the journal's included). A caller then waits in
 //! [`Store::wait_durable`]: the first waiter `fdatasync`s the log for every commit applied so
 //! far (group commit) while later writers keep going. sled itself is flushed only at
-//! checkpoints (every [`CHECKPOINT_EVERY`](crate::journal::values::CHECKPOINT_EVERY) by a thread of its own, so that no writer waits for
+//! checkpoints (every [`CHECKPOINT_EVERY`] by a thread of its own, so that no writer waits for
 //! a sled flush, and when the store is dropped), with
 //! the log position it covers; at open, the commit records after that position are applied
 //! again in order (puts and removes of whole values: idempotent), so sled holds every commit
@@ -48,6 +48,10 @@ use super::request::Method;
 use crate::journal::values::{
     position_bytes, position_from_bytes, Appender, Kind, Position, Ptr, ValueLog,
 };
+
+// For the doc links to the checkpoint pace (the journal's).
+#[cfg(doc)]
+use crate::journal::values::CHECKPOINT_EVERY;
 
 /// Largest piece of a version's JSON stored under one key.
 pub const CHUNK: usize = 2048;
@@ -602,8 +606,8 @@ impl Store {
     }
 
     /// Checkpoints sled when something was applied since the last checkpoint: called every
-    /// [`CHECKPOINT_EVERY`](crate::journal::values::CHECKPOINT_EVERY) by the CDR's checkpoint thread (see [`super::Cdr::open`]), the one
-    /// caller, so checkpoints never overlap. Returns whether it checkpointed.
+    /// [`CHECKPOINT_EVERY`] by the CDR's checkpoint thread (see [`super::Cdr::open`]), the
+    /// one caller, so checkpoints never overlap. Returns whether it checkpointed.
     pub fn checkpoint_if_due(&self) -> Result<bool, CdrError> {
         let (applied, position) = {
             let st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
