@@ -33,6 +33,7 @@
 //! - [`tls`]: rustls server configurations from PEM files, for every listener;
 //! - [`logging`]: tracing setup, with dependencies that would log PHI capped;
 //! - [`server`]: `orbiter run`, wiring it all into one actix system;
+//! - [`sled_db`]: opening a sled database, waiting out a lock this process is letting go;
 //! - [`doctor`]: `orbiter doctor`, the operator's first checks;
 //! - [`cli`]: the `orbiter` command line.
 
@@ -56,5 +57,6 @@ pub mod mllp;
 pub mod route;
 pub mod script;
 pub mod server;
+pub mod sled_db;
 pub mod tls;
 pub mod transform;

@@ -208,14 +208,16 @@ impl Store {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            // Every write is flushed by its writer (group commit); a background flusher would
-            // only add work and keep a thread holding the files after the store is dropped.
-            .flush_every_ms(None)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = crate::sled_db::open(
+            &sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_bytes)
+                // Every write is flushed by its writer (group commit); a background flusher
+                // would only add work and keep a thread holding the files after the store is
+                // dropped.
+                .flush_every_ms(None)
+                .mode(sled::Mode::HighThroughput),
+        )?;
         let tree = db.open_tree("cdr")?;
         let intents = db.open_tree("intents")?;
         let wal = db.open_tree("wal")?;
@@ -1151,7 +1153,7 @@ mod intent_tests {
         }
         {
             // A crash before any checkpoint covered them: sled has none of it.
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::sled_db::open(&sled::Config::new().path(dir.path())).unwrap();
             db.open_tree("cdr").unwrap().clear().unwrap();
             db.open_tree("wal")
                 .unwrap()

@@ -1517,7 +1517,7 @@ async fn index_is_rebuilt_when_its_layout_changes() {
     }
     {
         // As an older version would have left it: no layout marker, index entries missing.
-        let db = sled::Config::new().path(&path).open().unwrap();
+        let db = crate::sled_db::open(&sled::Config::new().path(&path)).unwrap();
         let tree = db.open_tree("cdr").unwrap();
         let stale: Vec<_> = tree
             .iter()

@@ -222,19 +222,20 @@ impl Journal {
             message,
         };
         std::fs::create_dir_all(&path).map_err(|e| open_err(e.to_string()))?;
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(config.cache_mb * 1024 * 1024)
-            // Durability comes from the writer's explicit flush; the background flusher only
-            // adds work.
-            .flush_every_ms(None)
-            .mode(if config.high_throughput {
-                sled::Mode::HighThroughput
-            } else {
-                sled::Mode::LowSpace
-            })
-            .open()
-            .map_err(|e| open_err(e.to_string()))?;
+        let db = crate::sled_db::open(
+            &sled::Config::new()
+                .path(&path)
+                .cache_capacity(config.cache_mb * 1024 * 1024)
+                // Durability comes from the writer's explicit flush; the background flusher
+                // only adds work.
+                .flush_every_ms(None)
+                .mode(if config.high_throughput {
+                    sled::Mode::HighThroughput
+                } else {
+                    sled::Mode::LowSpace
+                }),
+        )
+        .map_err(|e| open_err(e.to_string()))?;
         let (values, mut appender) = ValueLog::open(&path.join("values"))?;
         let trees = Trees {
             slots: Arc::new(Slots::open(&path.join("slots"))?),

@@ -533,7 +533,8 @@ async fn a_journal_with_inline_values_is_moved_into_the_value_log_at_open() {
     let tx = delivered_record(TxId(7), "OLD1", 1_700_000_000_000, raw.len());
     {
         // The layout before the value log: JSON and bytes inline.
-        let db = sled::open(dir.path().join("journal")).unwrap();
+        let db =
+            crate::sled_db::open(&sled::Config::new().path(dir.path().join("journal"))).unwrap();
         db.open_tree("tx")
             .unwrap()
             .insert(TxId(7).to_key(), serde_json::to_vec(&tx).unwrap())
@@ -641,7 +642,8 @@ async fn what_sled_lost_after_the_checkpoint_is_replayed_from_the_value_log() {
     {
         // A crash before any checkpoint: neither sled nor the slots have any of it.
         std::fs::remove_file(dir.path().join("journal/slots")).unwrap();
-        let db = sled::open(dir.path().join("journal")).unwrap();
+        let db =
+            crate::sled_db::open(&sled::Config::new().path(dir.path().join("journal"))).unwrap();
         for name in ["step_ptr", "by_control", "by_origin", "stats", "segments"] {
             db.open_tree(name).unwrap().clear().unwrap();
         }
@@ -743,7 +745,7 @@ async fn a_journal_with_pointer_trees_moves_them_into_the_slots_at_open() {
     {
         // The layout of the first value-log journals: pointers in `tx_ptr` and `raw_ptr`, a
         // `by_time` index, every status in `by_status`.
-        let db = sled::open(&path).unwrap();
+        let db = crate::sled_db::open(&sled::Config::new().path(&path)).unwrap();
         let (_, mut appender) = ValueLog::open(&path.join("values")).unwrap();
         let record = appender
             .push(Kind::Tx, &id.to_key(), &serde_json::to_vec(&tx).unwrap())
