@@ -41,7 +41,7 @@ mod tests {
         let first = open(&config).unwrap();
         // Kept past the wait: a clear error, after about LOCK_WAIT.
         let started = Instant::now();
-        let held = open(&config).err().expect("the lock is held");
+        let held = open(&config).expect_err("the lock is held");
         assert!(is_lock_held(&held), "{held}");
         assert!(started.elapsed() >= LOCK_WAIT);
         // Released while waiting: the open succeeds.
