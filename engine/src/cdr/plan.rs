@@ -87,7 +87,7 @@ impl Eval<'_> {
                 let mut out = BTreeSet::new();
                 for alt in alts {
                     let mut found = self.alt_ids(def, alt)?;
-                    if alt.needs_check() {
+                    if alt.needs_check() || params::is_part_alias(self.ty, def) {
                         let mut kept = BTreeSet::new();
                         for id in found {
                             let ok = match self.resource(&id)? {
@@ -133,9 +133,23 @@ impl Eval<'_> {
         let (src, only) = source(self.ty, def);
         let prefix = index::param_prefix(self.ty, src.name);
         let start = prefix.len() + 1;
-        self.scan_ids(&prefix, |v| {
+        let found = self.scan_ids(&prefix, |v| {
             only.is_none_or(|t| v.get(start..).is_some_and(|r| keyed_type(r) == Some(t)))
-        })
+        })?;
+        if !params::is_part_alias(self.ty, def) {
+            return Ok(found);
+        }
+        // A name with no family has `name` keys but no `family`: checked on the resources.
+        let mut kept = BTreeSet::new();
+        for id in found {
+            let store = self.store;
+            if let Some((_, r)) = store.read_live(self.ty, &id)? {
+                if !params::extract(def, &r).is_empty() {
+                    kept.insert(id);
+                }
+            }
+        }
+        Ok(kept)
     }
 
     /// Ids of the `I` entries under `prefix` (whose value bytes, kind byte and all after the
@@ -305,8 +319,9 @@ impl Eval<'_> {
     }
 }
 
-/// The parameter whose index entries answer `def`, and the reference type they must have:
-/// `patient` is answered from `subject`, keeping references to Patients.
+/// The parameter whose index entries answer `def` ([`params::alias_of`]), and the reference
+/// type they must have: `patient` is answered from `subject`, keeping references to Patients;
+/// `family` from `name`, its candidates checked on the resources.
 fn source(ty: &str, def: &'static ParamDef) -> (&'static ParamDef, Option<&'static str>) {
     match params::alias_of(ty, def) {
         Some(src) => (src, def.target),
@@ -427,6 +442,25 @@ fn sort(store: &Store, q: &SearchQuery, ids: &mut [String]) -> Result<(), CdrErr
                         {
                             if wanted.contains(id) && !map.contains_key(id) {
                                 map.insert(id.to_string(), key[n..n + 8].to_vec());
+                            }
+                        }
+                    }
+                } else if params::is_part_alias(&q.ty, def) {
+                    // No keys of its own (`family` is in `name`'s): the lowest value, as the
+                    // first key of a scan would be.
+                    for id in ids.iter() {
+                        if let Some((_, r)) = store.read_live(&q.ty, id)? {
+                            let lowest = params::extract(def, &r)
+                                .iter()
+                                .filter_map(|v| match v {
+                                    params::IndexValue::Str(s) => {
+                                        Some(index::clean(&params::normalize_str(s)).into_bytes())
+                                    }
+                                    _ => None,
+                                })
+                                .min();
+                            if let Some(key) = lowest {
+                                map.insert(id.clone(), key);
                             }
                         }
                     }
