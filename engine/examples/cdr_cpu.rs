@@ -60,11 +60,14 @@ fn main() {
         transaction_id: Some(1),
     };
     let bundle = |n: usize| {
-        let variant = vary
-            .iter()
-            .fold(text.clone(), |t, token| t.replace(token, &format!("{token}{n}")));
+        let variant = vary.iter().fold(text.clone(), |t, token| {
+            t.replace(token, &format!("{token}{n}"))
+        });
         let msg = Message::parse(variant.as_bytes()).unwrap();
-        match host.run_transform(&ast, ScriptInput::Hl7(&msg), &ctx).unwrap() {
+        match host
+            .run_transform(&ast, ScriptInput::Hl7(&msg), &ctx)
+            .unwrap()
+        {
             TransformOutcome::Output { value, .. } => value,
             other => panic!("{}: no output: {other:?}", script.display()),
         }
@@ -77,7 +80,7 @@ fn main() {
     for batch in 0..BATCHES {
         let bundles: Vec<_> = (0..runs).map(|n| bundle(batch * runs + n)).collect();
         let (c0, w0) = (thread_cpu_ns(), Instant::now());
-        for b in &bundles {
+        for b in bundles {
             let (status, body) = cdr.process_bundle(b, "urn:orbiter:embedded");
             assert_eq!(status, 200, "{body}");
         }

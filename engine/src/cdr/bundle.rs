@@ -14,6 +14,7 @@
 //! alone and later entries see earlier ones; one flush makes the whole batch durable before the
 //! answer. Either way the answer only comes once the writes are on disk.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use serde_json::{json, Value};
@@ -61,15 +62,21 @@ enum Plan {
 }
 
 /// Processes a batch or transaction Bundle; returns the HTTP status and the response Bundle
-/// (or an OperationOutcome).
-pub fn process(store: &Store, bundle: &Value, base: &str, prefer: Return) -> (u16, Value) {
+/// (or an OperationOutcome). An owned Bundle gives its resources up to the writes; a borrowed
+/// one has them copied.
+pub fn process(store: &Store, bundle: Cow<'_, Value>, base: &str, prefer: Return) -> (u16, Value) {
     match run(store, bundle, base, prefer) {
         Ok(v) => (200, v),
         Err(e) => (e.status(), e.to_outcome()),
     }
 }
 
-fn run(store: &Store, bundle: &Value, base: &str, prefer: Return) -> Result<Value, CdrError> {
+fn run(
+    store: &Store,
+    bundle: Cow<'_, Value>,
+    base: &str,
+    prefer: Return,
+) -> Result<Value, CdrError> {
     let bad = |m: &str| CdrError::BadRequest(m.to_string());
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(bad(
@@ -86,10 +93,17 @@ fn run(store: &Store, bundle: &Value, base: &str, prefer: Return) -> Result<Valu
             )))
         }
     };
-    let raw = match bundle.get("entry") {
-        None => &[][..],
-        Some(Value::Array(a)) => a.as_slice(),
-        Some(_) => return Err(bad("Bundle.entry must be an array")),
+    let raw = match bundle {
+        Cow::Borrowed(b) => match b.get("entry") {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a.clone(),
+            Some(_) => return Err(bad("Bundle.entry must be an array")),
+        },
+        Cow::Owned(mut b) => match b.get_mut("entry").map(Value::take) {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a,
+            Some(_) => return Err(bad("Bundle.entry must be an array")),
+        },
     };
     if raw.len() > MAX_ENTRIES {
         return Err(CdrError::TooLarge(format!(
@@ -99,7 +113,8 @@ fn run(store: &Store, bundle: &Value, base: &str, prefer: Return) -> Result<Valu
     }
     let mut entries = Vec::with_capacity(raw.len());
     let mut failed: HashMap<usize, CdrError> = HashMap::new();
-    for (i, e) in raw.iter().enumerate() {
+    let count = raw.len();
+    for (i, e) in raw.into_iter().enumerate() {
         match parse_entry(i, e, base) {
             Ok(entry) => entries.push(entry),
             Err(err) if transaction => return Err(err.in_entry(i)),
@@ -123,7 +138,7 @@ fn run(store: &Store, bundle: &Value, base: &str, prefer: Return) -> Result<Valu
     } else {
         "batch-response"
     };
-    let mut responses: Vec<Option<Value>> = vec![None; raw.len()];
+    let mut responses: Vec<Option<Value>> = vec![None; count];
     for (i, err) in failed.drain() {
         responses[i] = Some(error_entry(&err));
     }
@@ -142,8 +157,9 @@ fn run(store: &Store, bundle: &Value, base: &str, prefer: Return) -> Result<Valu
     }))
 }
 
-fn parse_entry(index: usize, e: &Value, base: &str) -> Result<Entry, CdrError> {
+fn parse_entry(index: usize, mut e: Value, base: &str) -> Result<Entry, CdrError> {
     let bad = |m: String| CdrError::BadRequest(m);
+    let resource = e.get_mut("resource").map(Value::take);
     let request = e
         .get("request")
         .ok_or_else(|| bad("the entry has no request".into()))?;
@@ -161,7 +177,6 @@ fn parse_entry(index: usize, e: &Value, base: &str) -> Result<Entry, CdrError> {
         .and_then(Value::as_str)
         .ok_or_else(|| bad("the entry has no request.url".into()))?;
     let r = FhirRequest::new(method, url, base);
-    let resource = e.get("resource").cloned();
     if matches!(method, Method::Post | Method::Put) && resource.is_none() {
         return Err(bad(format!("{method_name} {url} needs a resource")));
     }

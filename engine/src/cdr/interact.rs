@@ -106,7 +106,8 @@ fn dispatch(store: &Store, req: &FhirRequest, base: &str) -> Result<FhirResponse
             let body = req.body.as_ref().ok_or_else(|| {
                 CdrError::BadRequest("POST to the base needs a batch or transaction Bundle".into())
             })?;
-            let (status, body) = bundle::process(store, body, base, req.prefer);
+            let (status, body) =
+                bundle::process(store, std::borrow::Cow::Borrowed(body), base, req.prefer);
             Ok(FhirResponse::body(status, body))
         }
         (_, Target::Base) => {

@@ -152,10 +152,11 @@ impl Cdr {
     /// Processes a batch or transaction Bundle exactly as `POST /fhir` with that Bundle would,
     /// returning the HTTP status and the response Bundle (or an OperationOutcome). `base` is
     /// the base URL used in `fullUrl`s (`http://127.0.0.1:8080/fhir`). Durable when it returns.
-    pub fn process_bundle(&self, bundle: &Value, base: &str) -> (u16, Value) {
+    /// The Bundle is taken by value: its resources move into the writes, uncopied.
+    pub fn process_bundle(&self, bundle: Value, base: &str) -> (u16, Value) {
         bundle::process(
             &self.store,
-            bundle,
+            std::borrow::Cow::Owned(bundle),
             base.trim_end_matches('/'),
             Return::Minimal,
         )

@@ -1053,7 +1053,7 @@ async fn transaction_resolves_urn_uuids_and_replays_idempotently() {
     );
 
     // Replay through the in-process API: nothing new, no new versions.
-    let (status, replay) = cdr.process_bundle(&bundle, BASE);
+    let (status, replay) = cdr.process_bundle(bundle.clone(), BASE);
     assert_eq!(status, 200, "{replay}");
     for (a, b) in entries(&replay).iter().zip(&es) {
         assert_eq!(a["response"]["status"], "200 OK", "{a}");
@@ -1075,7 +1075,7 @@ async fn transaction_resolves_urn_uuids_and_replays_idempotently() {
         e["request"] = json!({"method": "PUT", "url": format!("{ty}?{crit}")});
     }
     for round in 0..2 {
-        let (status, r) = cdr.process_bundle(&upd, BASE);
+        let (status, r) = cdr.process_bundle(upd.clone(), BASE);
         assert_eq!(status, 200, "{r}");
         for e in entries(&r) {
             assert_eq!(e["response"]["status"], "200 OK", "round {round}: {e}");
@@ -1084,7 +1084,7 @@ async fn transaction_resolves_urn_uuids_and_replays_idempotently() {
     }
     // A changed value makes exactly one new version of that Observation.
     upd["entry"][2]["resource"]["valueQuantity"]["value"] = json!(99);
-    let (_, r) = cdr.process_bundle(&upd, BASE);
+    let (_, r) = cdr.process_bundle(upd.clone(), BASE);
     assert_eq!(entries(&r)[2]["response"]["etag"], "W/\"2\"");
     assert_eq!(entries(&r)[0]["response"]["etag"], "W/\"1\"");
     assert_eq!(
@@ -1425,7 +1425,7 @@ async fn concurrent_conditional_creates_make_one_resource() {
         .map(|_| {
             let cdr = cdr.clone();
             let b = bundle.clone();
-            std::thread::spawn(move || cdr.process_bundle(&b, BASE).0)
+            std::thread::spawn(move || cdr.process_bundle(b.clone(), BASE).0)
         })
         .collect();
     for t in threads {
@@ -1449,7 +1449,7 @@ async fn store_survives_close_and_reopen() {
             .as_object_mut()
             .unwrap()
             .remove("managingOrganization");
-        let (status, r) = cdr.process_bundle(&b, BASE);
+        let (status, r) = cdr.process_bundle(b.clone(), BASE);
         assert_eq!(status, 200, "{r}");
         pid = id_of(entries(&r)[0]["response"]["location"].as_str().unwrap());
         let app = app!(cdr);
@@ -1509,7 +1509,7 @@ fn crash_child() {
             .as_object_mut()
             .unwrap()
             .remove("managingOrganization");
-        let (status, r) = cdr.process_bundle(&b, BASE);
+        let (status, r) = cdr.process_bundle(b.clone(), BASE);
         assert_eq!(status, 200, "{r}");
         println!("acked K{n}");
     }
@@ -1618,7 +1618,7 @@ async fn hostile_inputs_get_4xx_not_panics() {
         json!({"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient", "birthDate": "9999-99-99T99:99:99Z", "multipleBirthInteger": 1e300, "name": [{"given": [null]}]}}]}),
     ];
     for b in bundles {
-        let (status, body) = cdr.process_bundle(&b, BASE);
+        let (status, body) = cdr.process_bundle(b.clone(), BASE);
         assert!(
             status == 200 || (400..500).contains(&status),
             "{status} for {b}: {body}"

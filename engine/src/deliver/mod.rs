@@ -240,7 +240,7 @@ pub fn diagnostics(body: &Value) -> String {
 async fn embedded(cdr: &Cdr, value: &Value) -> Delivery {
     let value = value.clone();
     let answered = cdr
-        .blocking(move |cdr| cdr.process_bundle(&value, "urn:orbiter:embedded"))
+        .blocking(move |cdr| cdr.process_bundle(value, "urn:orbiter:embedded"))
         .await;
     match answered {
         Some((status, body)) => classify(status, body),

@@ -113,11 +113,19 @@ fn apply_twice(bundle: &Value) -> (Vec<String>, Vec<String>) {
             .unwrap_or_default()
     };
     let base = "http://localhost/fhir";
-    let (code, first) =
-        crate::cdr::bundle::process(&store, bundle, base, crate::cdr::Return::Minimal);
+    let (code, first) = crate::cdr::bundle::process(
+        &store,
+        std::borrow::Cow::Borrowed(bundle),
+        base,
+        crate::cdr::Return::Minimal,
+    );
     assert_eq!(code, 200, "{first:#}");
-    let (code, second) =
-        crate::cdr::bundle::process(&store, bundle, base, crate::cdr::Return::Minimal);
+    let (code, second) = crate::cdr::bundle::process(
+        &store,
+        std::borrow::Cow::Borrowed(bundle),
+        base,
+        crate::cdr::Return::Minimal,
+    );
     assert_eq!(code, 200, "{second:#}");
     (statuses(&first), statuses(&second))
 }
