@@ -3,35 +3,25 @@
 //! Runs a transform on `runs` variants of one message (each token in VARY gets the run number
 //! appended, so every variant is a new patient and visit), then writes the Bundles one by one
 //! with [`Cdr::process_bundle`] (what the engine's CDR destination does) into a fresh store, and
-//! prints the median of several batches of this thread's on-CPU time per Bundle
-//! (`/proc/thread-self/schedstat`, which preemption does not inflate; it includes the kernel
-//! time of the fsync each write makes, not the wait for the disk). The transforms run before
+//! prints the median of several batches of this thread's on-CPU time per Bundle (see
+//! `common/cpu.rs`; it includes the kernel time of the fsync each write makes, not the wait
+//! for the disk). The transforms run before
 //! the clock starts.
 //!
 //! Run: `cargo run --release -p orbiter --example cdr_cpu -- [script] [message] [runs] [VARY]`
 //! (defaults: engine/benches/load/patient_encounter.rhai, fixtures/hl7v2/adt_a01.hl7, 1000
 //! Bundles a batch, VARY `MRN100234,ACCT5566778`: PID-3 and PID-18 of that message).
 
+#[path = "common/cpu.rs"]
+mod cpu;
+
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use orbiter::cdr::Cdr;
 use orbiter::hl7::Message;
 use orbiter::script::{ScriptContext, ScriptHost, ScriptInput, ScriptLimits, TransformOutcome};
 
-// The allocator the `orbiter` binary runs with (engine/src/main.rs).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const BATCHES: usize = 5;
-
-/// Nanoseconds this thread has spent on a CPU.
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .expect("/proc/thread-self/schedstat (Linux only)")
-}
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -75,26 +65,28 @@ fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let cdr = Cdr::open(dir.path(), 64 << 20).unwrap();
-    let mut cpu = Vec::with_capacity(BATCHES);
-    let mut wall = Vec::with_capacity(BATCHES);
-    for batch in 0..BATCHES {
-        let bundles: Vec<_> = (0..runs).map(|n| bundle(batch * runs + n)).collect();
-        let (c0, w0) = (thread_cpu_ns(), Instant::now());
-        for b in bundles {
-            let (status, body) = cdr.process_bundle(b, "urn:orbiter:embedded");
-            assert_eq!(status, 200, "{body}");
-        }
-        cpu.push((thread_cpu_ns() - c0) as f64 / runs as f64 / 1000.0);
-        wall.push(w0.elapsed().as_secs_f64() * 1e6 / runs as f64);
-    }
-    cpu.sort_by(f64::total_cmp);
-    wall.sort_by(f64::total_cmp);
-    let (c, w) = (cpu[BATCHES / 2], wall[BATCHES / 2]);
+    let per = cpu::measure(
+        BATCHES,
+        runs,
+        |batch| {
+            (0..runs)
+                .map(|n| bundle(batch * runs + n))
+                .collect::<Vec<_>>()
+        },
+        |bundles| {
+            for b in bundles {
+                let (status, body) = cdr.process_bundle(b, "urn:orbiter:embedded");
+                assert_eq!(status, 200, "{body}");
+            }
+        },
+    );
     println!(
-        "{}: cpu {c:.1} µs/Bundle ({:.0} Bundles/s per core; batches {:.1}..{:.1}), wall {w:.1} µs",
+        "{}: cpu {:.1} µs/Bundle ({:.0} Bundles/s per core; batches {:.1}..{:.1}), wall {:.1} µs",
         script.file_name().unwrap_or_default().to_string_lossy(),
-        1e6 / c,
-        cpu[0],
-        cpu[BATCHES - 1],
+        per.cpu,
+        1e6 / per.cpu,
+        per.cpu_min,
+        per.cpu_max,
+        per.wall,
     );
 }

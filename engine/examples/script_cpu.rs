@@ -1,9 +1,6 @@
-//! CPU time per run of a transform, for A/B comparisons on a shared machine.
-//!
-//! Criterion measures wall time, which on a loaded 2-core machine swings by ±20% between runs
-//! (other processes preempt the benchmark). This measures the thread's own on-CPU time
-//! (`/proc/thread-self/schedstat`, Linux), which preemption does not inflate, and prints the
-//! median of several batches. Scripts are read at start, so a script change needs no rebuild.
+//! CPU time per run of a transform, for A/B comparisons on a shared machine: the median of
+//! several batches of this thread's on-CPU time (see `common/cpu.rs`). Scripts are read at
+//! start, so a script change needs no rebuild.
 //!
 //! Run: `cargo run --release -p orbiter --example script_cpu -- [script] [message] [runs]`
 //! (defaults: scripts/adt_to_fhir.rhai, fixtures/hl7v2/adt_a01_full.hl7, 2000 runs per batch).
@@ -11,26 +8,16 @@
 //! is parsed on every run, as the transform worker does, so the figure includes the parser:
 //! `-- scripts/ccda_to_fhir.rhai fixtures/ccda/ccd_full.xml 20`.
 
+#[path = "common/cpu.rs"]
+mod cpu;
+
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use orbiter::format::{self, Format};
 use orbiter::hl7::Message;
 use orbiter::script::{ScriptContext, ScriptHost, ScriptInput, ScriptLimits, TransformOutcome};
 
-// The allocator the `orbiter` binary runs with (engine/src/main.rs).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const BATCHES: usize = 7;
-
-/// Nanoseconds this thread has spent on a CPU.
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .expect("/proc/thread-self/schedstat (Linux only)")
-}
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -82,24 +69,23 @@ fn main() {
         other => panic!("{}: no output: {other:?}", script.display()),
     }
 
-    let mut cpu = Vec::with_capacity(BATCHES);
-    let mut wall = Vec::with_capacity(BATCHES);
-    for _ in 0..BATCHES {
-        let (c0, w0) = (thread_cpu_ns(), Instant::now());
-        for _ in 0..runs {
-            std::hint::black_box(run());
-        }
-        cpu.push((thread_cpu_ns() - c0) as f64 / runs as f64 / 1000.0);
-        wall.push(w0.elapsed().as_secs_f64() * 1e6 / runs as f64);
-    }
-    cpu.sort_by(f64::total_cmp);
-    wall.sort_by(f64::total_cmp);
-    let (c, w) = (cpu[BATCHES / 2], wall[BATCHES / 2]);
+    let per = cpu::measure(
+        BATCHES,
+        runs as usize,
+        |_| (),
+        |()| {
+            for _ in 0..runs {
+                std::hint::black_box(run());
+            }
+        },
+    );
     println!(
-        "{}: cpu {c:.1} µs/run ({:.0} runs/s per core; batches {:.1}..{:.1}), wall {w:.1} µs",
+        "{}: cpu {:.1} µs/run ({:.0} runs/s per core; batches {:.1}..{:.1}), wall {:.1} µs",
         message.file_name().unwrap_or_default().to_string_lossy(),
-        1e6 / c,
-        cpu[0],
-        cpu[BATCHES - 1],
+        per.cpu,
+        1e6 / per.cpu,
+        per.cpu_min,
+        per.cpu_max,
+        per.wall,
     );
 }
