@@ -160,12 +160,20 @@ async fn every_created_resource_survives_sigkill() {
     eprintln!("{} resources created before SIGKILL", created.len());
 
     engine.restart();
-    // sled only flushes at checkpoints: the commits after the last one came back from the log.
+    // sled only flushes at checkpoints (every 500 ms): the commits after the last one come back
+    // from the log. Unless the kill came right after a checkpoint that covered every commit,
+    // which happens when this process was starved of CPU for longer than the checkpoint pace
+    // (a loaded CI machine): then nothing needs replaying, and the check below still proves
+    // nothing was lost. The replay itself is covered by `cdr::store`'s tests either way.
+    let log = engine.log();
+    let replayed = log.contains("CDR: replayed the log");
     assert!(
-        engine.log().contains("CDR: replayed the log"),
-        "the restart replayed the CDR's log: {}",
-        engine.log()
+        replayed || log.contains("CDR: the last checkpoint covers every commit"),
+        "the restart opened the CDR through its log: {log}"
     );
+    if !replayed {
+        eprintln!("the last checkpoint covered every commit: nothing was replayed");
+    }
     let mut lost = Vec::new();
     for (id, mrn) in &created {
         let (status, body) = engine.api(&format!("/fhir/Patient/{id}")).await;

@@ -297,6 +297,8 @@ impl Store {
                 commits = replayed,
                 "CDR: replayed the log after the last checkpoint"
             );
+        } else if from.is_some() {
+            tracing::info!("CDR: the last checkpoint covers every commit: nothing to replay");
         }
         let position = self
             .appender
