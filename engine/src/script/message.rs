@@ -14,6 +14,7 @@ use std::sync::{Arc, LazyLock};
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, INT};
 
+use crate::hl7::message::nth_part;
 use crate::hl7::{escape, Index, Message, Path, Value};
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
@@ -417,18 +418,12 @@ impl ScriptField {
             return Value::Absent;
         };
         let d = self.msg.delimiters();
-        let Some(c) = comp
-            .checked_sub(1)
-            .and_then(|i| r.split(char::from(d.component)).nth(i))
-        else {
+        let Some(c) = nth_part(r, d.component, comp) else {
             return Value::Absent;
         };
         let (text, composite) = match sub {
             None => (c, c.as_bytes().contains(&d.subcomponent)),
-            Some(s) => match s
-                .checked_sub(1)
-                .and_then(|i| c.split(char::from(d.subcomponent)).nth(i))
-            {
+            Some(s) => match nth_part(c, d.subcomponent, s) {
                 Some(t) => (t, false),
                 None => return Value::Absent,
             },
