@@ -45,11 +45,30 @@ fn convert(d: &Dynamic, depth: usize) -> Result<Option<Value>, ConvError> {
             "value nested deeper than {MAX_DEPTH} levels at {{at}}"
         )));
     }
+    // Most frequent first, and `read_lock`/`is_*` rather than `as_*`, whose failures build an
+    // error with the type's name: a map used to fail six casts before it was recognised.
+    if let Some(s) = d.read_lock::<ImmutableString>() {
+        return Ok(string(&s));
+    }
+    if let Some(m) = d.read_lock::<Map>() {
+        return map(&m, depth);
+    }
+    if let Some(a) = d.read_lock::<rhai::Array>() {
+        let mut out = Vec::with_capacity(a.len());
+        for (i, item) in a.iter().enumerate() {
+            match convert(item, depth + 1) {
+                Ok(Some(v)) => out.push(v),
+                Ok(None) => {}
+                Err(mut e) => {
+                    e.path.push(format!("[{i}]"));
+                    return Err(e);
+                }
+            }
+        }
+        return Ok((!out.is_empty()).then_some(Value::Array(out)));
+    }
     if d.is_unit() {
         return Ok(None);
-    }
-    if let Ok(s) = d.as_immutable_string_ref() {
-        return Ok(string(&s));
     }
     if let Ok(b) = d.as_bool() {
         return Ok(Some(Value::Bool(b)));
@@ -65,23 +84,6 @@ fn convert(d: &Dynamic, depth: usize) -> Result<Option<Value>, ConvError> {
     }
     if let Ok(c) = d.as_char() {
         return Ok(string(c.to_string().as_str()));
-    }
-    if let Ok(a) = d.as_array_ref() {
-        let mut out = Vec::with_capacity(a.len());
-        for (i, item) in a.iter().enumerate() {
-            match convert(item, depth + 1) {
-                Ok(Some(v)) => out.push(v),
-                Ok(None) => {}
-                Err(mut e) => {
-                    e.path.push(format!("[{i}]"));
-                    return Err(e);
-                }
-            }
-        }
-        return Ok((!out.is_empty()).then_some(Value::Array(out)));
-    }
-    if let Ok(m) = d.as_map_ref() {
-        return map(&m, depth);
     }
     if let Some(m) = d.read_lock::<ScriptMessage>() {
         return Ok(string(m.encoded()));
