@@ -142,8 +142,7 @@ impl Eval<'_> {
         // A name with no family has `name` keys but no `family`: checked on the resources.
         let mut kept = BTreeSet::new();
         for id in found {
-            let store = self.store;
-            if let Some((_, r)) = store.read_live(self.ty, &id)? {
+            if let Some((_, r)) = self.store.read_live(self.ty, &id)? {
                 if !params::extract(def, &r).is_empty() {
                     kept.insert(id);
                 }
