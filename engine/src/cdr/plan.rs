@@ -115,7 +115,7 @@ impl Eval<'_> {
     }
 
     /// Ids having at least one value of `def`.
-    fn has_param(&self, def: &'static ParamDef) -> Result<BTreeSet<String>, CdrError> {
+    fn has_param(&mut self, def: &'static ParamDef) -> Result<BTreeSet<String>, CdrError> {
         let mut out = BTreeSet::new();
         if def.kind == ParamType::Date {
             let prefix = index::date_prefix(self.ty, def.name, b'L');
@@ -142,10 +142,11 @@ impl Eval<'_> {
         // A name with no family has `name` keys but no `family`: checked on the resources.
         let mut kept = BTreeSet::new();
         for id in found {
-            if let Some((_, r)) = self.store.read_live(self.ty, &id)? {
-                if !params::extract(def, &r).is_empty() {
-                    kept.insert(id);
-                }
+            if self
+                .resource(&id)?
+                .is_some_and(|r| !params::extract(def, r).is_empty())
+            {
+                kept.insert(id);
             }
         }
         Ok(kept)

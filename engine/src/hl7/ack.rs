@@ -454,7 +454,7 @@ fn write_ack(
 
 /// The `n`-th (1-based) part of `s` split by `sep`, or `""`.
 fn part(s: &str, sep: u8, n: usize) -> &str {
-    s.split(char::from(sep)).nth(n - 1).unwrap_or("")
+    super::message::nth_part(s, sep, n).unwrap_or("")
 }
 
 /// Whether a raw MSH-15/16 value puts the message in enhanced mode.
