@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -58,7 +59,7 @@ pub struct TransformWorker {
     limits: ScriptLimits,
     host: Option<(String, ScriptHost)>,
     /// Compiled scripts by (path, revision): a new revision compiles once, here.
-    asts: HashMap<(PathBuf, String), Arc<rhai::AST>>,
+    asts: HashMap<(PathBuf, String), Rc<rhai::AST>>,
 }
 
 impl TransformWorker {
@@ -85,7 +86,7 @@ impl TransformWorker {
         Ok(())
     }
 
-    fn ast(&mut self, source: &ScriptSource, revision: &str) -> Result<Arc<rhai::AST>, String> {
+    fn ast(&mut self, source: &ScriptSource, revision: &str) -> Result<Rc<rhai::AST>, String> {
         let key = (source.path.clone(), revision.to_string());
         if let Some(ast) = self.asts.get(&key) {
             return Ok(ast.clone());
@@ -98,7 +99,7 @@ impl TransformWorker {
         if self.asts.len() > 256 {
             self.asts.clear();
         }
-        let ast = Arc::new(ast);
+        let ast = Rc::new(ast);
         self.asts.insert(key, ast.clone());
         Ok(ast)
     }

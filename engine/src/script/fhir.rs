@@ -7,7 +7,8 @@
 //! `urn:uuid` full URLs that are deterministic (derived from the entry's conditional key, or
 //! from the message and the entry's rank) so that a replayed message yields the same Bundle.
 
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
+use std::rc::Rc;
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map};
 
@@ -212,7 +213,7 @@ fn bundle(kind: &str, entries: Array) -> Map {
 /// it share the same entries.
 #[derive(Clone)]
 pub struct Transaction {
-    inner: Arc<Mutex<TxInner>>,
+    inner: Rc<RefCell<TxInner>>,
 }
 
 struct TxInner {
@@ -223,7 +224,7 @@ struct TxInner {
 impl Transaction {
     fn new(kind: &'static str) -> Self {
         Transaction {
-            inner: Arc::new(Mutex::new(TxInner {
+            inner: Rc::new(RefCell::new(TxInner {
                 kind,
                 entries: Vec::new(),
             })),
@@ -241,17 +242,14 @@ impl Transaction {
             Ok(None) => return Err("the entry is empty".into()),
             Err(e) => return Err(format!("cannot add the entry: {e}").into()),
         };
-        let mut inner = self.inner.lock().map_err(|_| "transaction poisoned")?;
-        inner.entries.push(value);
+        self.inner.borrow_mut().entries.push(value);
         Ok(url.into())
     }
 
     /// The Bundle (`resourceType`, `type`, `entry`).
     pub fn to_bundle(&self) -> serde_json::Value {
-        let (kind, entries) = match self.inner.lock() {
-            Ok(i) => (i.kind, i.entries.clone()),
-            Err(_) => ("transaction", Vec::new()),
-        };
+        let inner = self.inner.borrow();
+        let (kind, entries) = (inner.kind, inner.entries.clone());
         let mut b = serde_json::Map::new();
         b.insert("resourceType".into(), "Bundle".into());
         b.insert("type".into(), kind.into());
@@ -261,23 +259,21 @@ impl Transaction {
 
     /// Takes the Bundle out (no copy when this is the last handle).
     pub fn into_bundle(self) -> serde_json::Value {
-        match Arc::try_unwrap(self.inner) {
-            Ok(m) => match m.into_inner() {
-                Ok(i) => {
-                    let mut b = serde_json::Map::new();
-                    b.insert("resourceType".into(), "Bundle".into());
-                    b.insert("type".into(), i.kind.into());
-                    b.insert("entry".into(), serde_json::Value::Array(i.entries));
-                    serde_json::Value::Object(b)
-                }
-                Err(_) => serde_json::Value::Null,
-            },
+        match Rc::try_unwrap(self.inner) {
+            Ok(cell) => {
+                let i = cell.into_inner();
+                let mut b = serde_json::Map::new();
+                b.insert("resourceType".into(), "Bundle".into());
+                b.insert("type".into(), i.kind.into());
+                b.insert("entry".into(), serde_json::Value::Array(i.entries));
+                serde_json::Value::Object(b)
+            }
             Err(shared) => Transaction { inner: shared }.to_bundle(),
         }
     }
 
     fn len(&self) -> usize {
-        self.inner.lock().map_or(0, |i| i.entries.len())
+        self.inner.borrow().entries.len()
     }
 }
 

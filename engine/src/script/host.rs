@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::Arc;
+use std::rc::Rc;
 
 use rhai::packages::{Package, StandardPackage};
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST, INT};
@@ -179,7 +179,7 @@ impl ScriptHost {
         engine.on_debug(|s, src, pos| state::log(format!("[debug] {}: {s}", at(src, pos))));
         engine.on_progress(state::progress);
 
-        let tables = Arc::new(Tables::new());
+        let tables = Rc::new(Tables::new());
         message::register(&mut engine);
         fhir::register(&mut engine);
         dates::register(&mut engine);
@@ -284,8 +284,8 @@ impl ScriptHost {
         let mut scope = Scope::new();
         let message = match input {
             ScriptInput::Hl7(msg) => {
-                let shared = Arc::new((*msg).clone());
-                scope.push("msg", ScriptMessage::from_arc(shared.clone()));
+                let shared = Rc::new((*msg).clone());
+                scope.push("msg", ScriptMessage::from_rc(shared.clone()));
                 Some(shared)
             }
             ScriptInput::Document { value, .. } => {

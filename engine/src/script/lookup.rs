@@ -12,9 +12,10 @@
 //! error. JSON: one object whose members are the keys; values may be any JSON (a map gives a
 //! Rhai map).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::rc::Rc;
 
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString};
 
@@ -30,7 +31,7 @@ type Table = HashMap<String, Dynamic>;
 /// The tables a host has loaded, by full path.
 #[derive(Default)]
 pub struct Tables {
-    cache: RwLock<HashMap<PathBuf, Arc<Table>>>,
+    cache: RefCell<HashMap<PathBuf, Rc<Table>>>,
 }
 
 impl Tables {
@@ -40,16 +41,14 @@ impl Tables {
     }
 
     /// The table `name` beside the running script, loaded on first use.
-    fn get(&self, dir: &Path, name: &str) -> Result<Arc<Table>, String> {
+    fn get(&self, dir: &Path, name: &str) -> Result<Rc<Table>, String> {
         let rel = checked_name(name)?;
         let path = dir.join(rel);
-        if let Some(t) = self.cache.read().ok().and_then(|c| c.get(&path).cloned()) {
-            return Ok(t);
+        if let Some(t) = self.cache.borrow().get(&path) {
+            return Ok(t.clone());
         }
-        let table = Arc::new(load(&path)?);
-        if let Ok(mut c) = self.cache.write() {
-            c.insert(path, table.clone());
-        }
+        let table = Rc::new(load(&path)?);
+        self.cache.borrow_mut().insert(path, table.clone());
         Ok(table)
     }
 }
@@ -190,7 +189,7 @@ fn lookup(tables: &Tables, name: &str, key: &Dynamic) -> Result<Dynamic, Box<Eva
 }
 
 /// Registers `lookup(table, key)` and `lookup(table, key, default)`.
-pub fn register(engine: &mut Engine, tables: Arc<Tables>) {
+pub fn register(engine: &mut Engine, tables: Rc<Tables>) {
     let t = tables.clone();
     engine.register_fn("lookup", move |name: &str, key: Dynamic| {
         lookup(&t, name, &key)

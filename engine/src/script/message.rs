@@ -10,7 +10,7 @@
 //! `msg.set(...)` copies the message on first write, so views taken before a write keep reading
 //! the old values. A malformed path is a runtime error naming the path, not a silent `""`.
 
-use std::sync::{Arc, LazyLock};
+use std::rc::Rc;
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, INT};
 
@@ -22,13 +22,13 @@ type Res<T> = Result<T, Box<EvalAltResult>>;
 /// The message, registered in Rhai as `Message` (the script's `msg`).
 #[derive(Clone)]
 pub struct ScriptMessage {
-    msg: Arc<Message>,
+    msg: Rc<Message>,
 }
 
 /// One segment occurrence, registered as `Segment`: `seg["5.1"]`, `seg[5]`, `seg.get("3[2].1")`.
 #[derive(Clone)]
 pub struct ScriptSegment {
-    msg: Arc<Message>,
+    msg: Rc<Message>,
     name: ImmutableString,
     /// 1-based occurrence among segments of this name (`OBX[3]`).
     occurrence: usize,
@@ -43,7 +43,7 @@ pub struct ScriptSegment {
 /// field's components one after the other; see [`super::v2`]).
 #[derive(Clone)]
 pub struct ScriptField {
-    msg: Arc<Message>,
+    msg: Rc<Message>,
     /// Where the repetition is: segment name, occurrence, field, repetition (all 1-based).
     loc: Loc,
     /// Byte range of the repetition's encoded text in the message text; `None` when absent.
@@ -63,13 +63,15 @@ fn parse(path: &str) -> Res<Path> {
     Path::parse(path).map_err(|e| e.to_string().into())
 }
 
-/// The empty string, shared: most reads of optional fields find nothing, and a new
-/// `ImmutableString` is an allocation.
-static EMPTY: LazyLock<ImmutableString> = LazyLock::new(ImmutableString::new);
+thread_local! {
+    /// The empty string, shared: most reads of optional fields find nothing, and a new
+    /// `ImmutableString` is an allocation. Per thread: script strings are not `Send`.
+    static EMPTY: ImmutableString = ImmutableString::new();
+}
 
 /// `""`, without allocating.
 pub fn empty() -> ImmutableString {
-    EMPTY.clone()
+    EMPTY.with(ImmutableString::clone)
 }
 
 fn text(v: Value<'_>) -> ImmutableString {
@@ -146,7 +148,7 @@ fn range_in(msg: &Message, part: &str) -> (usize, usize) {
 
 /// The repetitions of the field a path names, as `Field`s (none when absent or empty); a
 /// repetition index in the path is ignored.
-fn repetitions(msg: &Arc<Message>, path: &str) -> Res<Array> {
+fn repetitions(msg: &Rc<Message>, path: &str) -> Res<Array> {
     let p = parse(path)?;
     if p.component().is_some() {
         return Err(format!("{path}: repetitions() takes a field path such as PID-3").into());
@@ -184,7 +186,7 @@ fn repetitions(msg: &Arc<Message>, path: &str) -> Res<Array> {
 }
 
 /// The first repetition of a field whose component `rel` (`"5"`, `"4.1"`) reads `value`.
-fn find_repetition(msg: &Arc<Message>, path: &str, rel: &str, value: &str) -> Res<Dynamic> {
+fn find_repetition(msg: &Rc<Message>, path: &str, rel: &str, value: &str) -> Res<Dynamic> {
     let (c, sub) = rel_component(rel)?;
     for r in repetitions(msg, path)? {
         if let Some(f) = r.read_lock::<ScriptField>() {
@@ -197,7 +199,7 @@ fn find_repetition(msg: &Arc<Message>, path: &str, rel: &str, value: &str) -> Re
 }
 
 /// The field repetition a path names, as a `Field`.
-fn field(msg: &Arc<Message>, path: &str) -> Res<ScriptField> {
+fn field(msg: &Rc<Message>, path: &str) -> Res<ScriptField> {
     let p = parse(path)?;
     if p.component().is_some() {
         return Err(format!("{path}: field() takes a field path such as PID-3 or PID-3[2]").into());
@@ -212,7 +214,7 @@ fn field(msg: &Arc<Message>, path: &str) -> Res<ScriptField> {
 }
 
 /// Every segment, in order, with its occurrence number.
-fn all_segments(msg: &Arc<Message>) -> Vec<ScriptSegment> {
+fn all_segments(msg: &Rc<Message>) -> Vec<ScriptSegment> {
     let mut seen: Vec<(ImmutableString, usize)> = Vec::new();
     let mut out = Vec::with_capacity(msg.segment_count());
     for s in msg.segments() {
@@ -241,7 +243,7 @@ fn all_segments(msg: &Arc<Message>) -> Vec<ScriptSegment> {
     out
 }
 
-fn segments_named(msg: &Arc<Message>, name: &str) -> Vec<ScriptSegment> {
+fn segments_named(msg: &Rc<Message>, name: &str) -> Vec<ScriptSegment> {
     let mut out = Vec::new();
     for s in msg.segments().filter(|s| s.name == name) {
         out.push(ScriptSegment {
@@ -254,8 +256,23 @@ fn segments_named(msg: &Arc<Message>, name: &str) -> Vec<ScriptSegment> {
     out
 }
 
-fn to_array<T: Clone + Send + Sync + 'static>(v: Vec<T>) -> Array {
-    v.into_iter().map(Dynamic::from).collect()
+fn to_array<T>(v: Vec<T>) -> Array
+where
+    Dynamic: From<T>,
+{
+    v.into_iter().map(Into::into).collect()
+}
+
+impl From<ScriptSegment> for Dynamic {
+    fn from(s: ScriptSegment) -> Dynamic {
+        Dynamic::from(s)
+    }
+}
+
+impl From<ScriptGroup> for Dynamic {
+    fn from(g: ScriptGroup) -> Dynamic {
+        Dynamic::from(g)
+    }
 }
 
 fn names(children: &Array) -> Res<Vec<String>> {
@@ -298,11 +315,11 @@ pub fn group(segments: &[ScriptSegment], anchor: &str, children: &[String]) -> V
 impl ScriptMessage {
     /// Wraps a parsed message for a script run.
     pub fn new(msg: Message) -> Self {
-        ScriptMessage { msg: Arc::new(msg) }
+        ScriptMessage { msg: Rc::new(msg) }
     }
 
     /// Wraps a shared message (no copy until a script writes).
-    pub fn from_arc(msg: Arc<Message>) -> Self {
+    pub fn from_rc(msg: Rc<Message>) -> Self {
         ScriptMessage { msg }
     }
 
@@ -312,7 +329,7 @@ impl ScriptMessage {
     }
 
     /// The shared message.
-    pub fn arc(&self) -> &Arc<Message> {
+    pub fn rc(&self) -> &Rc<Message> {
         &self.msg
     }
 
@@ -322,14 +339,14 @@ impl ScriptMessage {
     }
 
     fn set(&mut self, path: &str, value: &str) -> Res<()> {
-        Arc::make_mut(&mut self.msg)
+        Rc::make_mut(&mut self.msg)
             .set_str(path, value)
             .map_err(|e| e.to_string().into())
     }
 
     fn set_raw(&mut self, path: &str, raw: &str) -> Res<()> {
         let p = parse(path)?;
-        Arc::make_mut(&mut self.msg)
+        Rc::make_mut(&mut self.msg)
             .set_raw(&p, raw)
             .map_err(|e| e.to_string().into())
     }
@@ -369,13 +386,13 @@ fn rel_component(rel: &str) -> Res<(usize, Option<usize>)> {
 
 impl ScriptField {
     /// The repetition at `loc`.
-    fn at(msg: &Arc<Message>, loc: Loc) -> Res<ScriptField> {
+    fn at(msg: &Rc<Message>, loc: Loc) -> Res<ScriptField> {
         let p = parse(&loc.base())?;
         Ok(ScriptField::at_path(msg, &p, loc))
     }
 
     /// The repetition `p` names (a field path, `loc` the same place as numbers).
-    fn at_path(msg: &Arc<Message>, p: &Path, loc: Loc) -> ScriptField {
+    fn at_path(msg: &Rc<Message>, p: &Path, loc: Loc) -> ScriptField {
         let atomic = is_header(p.segment()) && p.field() <= 2;
         let raw = if atomic {
             None

@@ -1,15 +1,14 @@
 //! Per-run state: logs, the wall-clock deadline, the stack guard, `skip`/`reject`.
 //!
 //! Rhai calls back into the host (`print`, `on_progress`, registered functions) through closures
-//! fixed when the Engine is built, and with the `sync` feature they must be `Send + Sync`. The
-//! run's state therefore lives in a thread-local: a run executes synchronously on the calling
-//! thread, so the thread-local is exactly "this run", even if a [`super::ScriptHost`] were shared
-//! between threads. [`RunGuard`] installs it and takes it back out, restoring whatever was there
+//! fixed when the Engine is built, which cannot hold a run's state. The run's state therefore
+//! lives in a thread-local: a run executes synchronously on the calling thread (a host is not
+//! `Send`: one per worker thread), so the thread-local is exactly "this run". [`RunGuard`] installs it and takes it back out, restoring whatever was there
 //! before.
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use rhai::{Dynamic, EvalAltResult, Position};
@@ -48,7 +47,7 @@ struct Run {
     dropped: usize,
     halt: Option<Halt>,
     script_dir: PathBuf,
-    message: Option<Arc<Message>>,
+    message: Option<Rc<Message>>,
     seed: Option<[u8; 32]>,
     counter: u64,
 }
@@ -94,7 +93,7 @@ impl RunGuard {
         budget: Duration,
         max_stack: usize,
         script_dir: &Path,
-        message: Option<Arc<Message>>,
+        message: Option<Rc<Message>>,
     ) -> RunGuard {
         let guard = Guard {
             stack_base: stack_pointer(),

@@ -216,13 +216,15 @@ fn deep_recursion_stops_with_a_limit() {
 fn stack_guard_stops_recursion_before_the_thread_overflows() {
     // With call levels effectively unlimited, only the stack guard stands between the script
     // and a 2 MiB worker stack: the run must fail cleanly, not abort the process.
-    let h = host_with(ScriptLimits {
-        max_call_levels: 100_000,
-        ..ScriptLimits::default()
-    });
     let e = std::thread::Builder::new()
         .stack_size(2 << 20)
-        .spawn(move || err(&h, "fn f(x) { [1, #{a: [f(x + 1)], b: x}] }\nf(0)"))
+        .spawn(|| {
+            let h = host_with(ScriptLimits {
+                max_call_levels: 100_000,
+                ..ScriptLimits::default()
+            });
+            err(&h, "fn f(x) { [1, #{a: [f(x + 1)], b: x}] }\nf(0)")
+        })
         .unwrap()
         .join()
         .unwrap();
@@ -1129,16 +1131,16 @@ fn error_display_format() {
 }
 
 #[test]
-fn one_host_serves_many_runs_and_threads() {
-    let h = std::sync::Arc::new(host());
-    let ast = std::sync::Arc::new(
-        h.compile_source("t.rhai", "print(msg.control_id); msg.type")
-            .unwrap(),
-    );
+fn hosts_on_two_threads_keep_their_runs_apart() {
+    // As the transform workers do: a host per thread (script values are not `Send`), each run
+    // with its own log.
     let threads: Vec<_> = (0..2)
         .map(|_| {
-            let (h, ast) = (h.clone(), ast.clone());
             std::thread::spawn(move || {
+                let h = host();
+                let ast = h
+                    .compile_source("t.rhai", "print(msg.control_id); msg.type")
+                    .unwrap();
                 for _ in 0..50 {
                     let out = h.run_transform(&ast, &a01(), &ctx()).unwrap();
                     assert_eq!(out.logs(), ["ADT20240315083012001"]);

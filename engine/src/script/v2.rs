@@ -10,7 +10,6 @@
 //! Only non-empty elements are written, so the maps are already what the output keeps.
 
 use std::borrow::Cow;
-use std::sync::LazyLock;
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map};
 
@@ -31,56 +30,57 @@ fn t(f: &ScriptField, comp: usize, sub: Option<usize>) -> Cow<'_, str> {
     f.value(comp, sub).into_text().unwrap_or(Cow::Borrowed(""))
 }
 
-/// The words the conversions write, allocated once and shared (a new `ImmutableString` per
-/// element is an allocation, and allocations dominate these conversions).
-static WORDS: LazyLock<std::collections::HashMap<&'static str, ImmutableString>> =
-    LazyLock::new(|| {
-        [
-            "official",
-            "usual",
-            "maiden",
-            "nickname",
-            "anonymous",
-            "temp",
-            "old",
-            "home",
-            "work",
-            "postal",
-            "physical",
-            "phone",
-            "fax",
-            "pager",
-            "email",
-            "other",
-            "mobile",
-            "http://hl7.org/fhir/sid/us-ssn",
-            "http://hl7.org/fhir/sid/us-npi",
-            "http://loinc.org",
-            "http://snomed.info/sct",
-            "http://unitsofmeasure.org",
-            "Medical record number",
-            "Social Security number",
-            "Account number",
-            "Visit number",
-            "Patient internal identifier",
-            "Patient external identifier",
-            "National provider identifier",
-        ]
-        .into_iter()
-        .map(|w| (w, ImmutableString::from(w)))
-        .collect()
-    });
+thread_local! {
+    /// The words the conversions write, allocated once per thread and shared (a new
+    /// `ImmutableString` per element is an allocation, and allocations dominate these
+    /// conversions). Per thread: script strings are not `Send`.
+    static WORDS: std::collections::HashMap<&'static str, ImmutableString> =
+            [
+                "official",
+                "usual",
+                "maiden",
+                "nickname",
+                "anonymous",
+                "temp",
+                "old",
+                "home",
+                "work",
+                "postal",
+                "physical",
+                "phone",
+                "fax",
+                "pager",
+                "email",
+                "other",
+                "mobile",
+                "http://hl7.org/fhir/sid/us-ssn",
+                "http://hl7.org/fhir/sid/us-npi",
+                "http://loinc.org",
+                "http://snomed.info/sct",
+                "http://unitsofmeasure.org",
+                "Medical record number",
+                "Social Security number",
+                "Account number",
+                "Visit number",
+                "Patient internal identifier",
+                "Patient external identifier",
+                "National provider identifier",
+            ]
+            .into_iter()
+            .map(|w| (w, ImmutableString::from(w)))
+            .collect();
+
+    /// The system of table 0203, shared rather than allocated per identifier.
+    static V2_0203: ImmutableString = format!("{V2}0203").into();
+}
 
 /// A constant word as a script value, shared when it is a known one.
 fn word(w: &'static str) -> Dynamic {
-    match WORDS.get(w) {
-        Some(v) => Dynamic::from(v.clone()),
+    match WORDS.with(|words| words.get(w).cloned()) {
+        Some(v) => Dynamic::from(v),
         None => s(w),
     }
 }
-
-/// The system of table 0203, shared rather than allocated per identifier.
-static V2_0203: LazyLock<ImmutableString> = LazyLock::new(|| format!("{V2}0203").into());
 
 /// Inserts `v` under `k` unless it is blank.
 fn put(m: &mut Map, k: &str, v: ImmutableString) {
@@ -229,7 +229,7 @@ fn datetime(what: &str, v: &str) -> Res<Option<String>> {
 fn table_concept(table: &str, code: &str, display: Option<&'static str>) -> Dynamic {
     let mut c = Map::new();
     let system = if table == "0203" {
-        V2_0203.clone()
+        V2_0203.with(ImmutableString::clone)
     } else {
         format!("{V2}{table}").into()
     };
