@@ -178,6 +178,14 @@ impl Path {
         self.subcomponent
     }
 
+    /// The same path with another field repetition (`PID-3` → `PID-3[*]`).
+    pub fn with_repetition(&self, repetition: Index) -> Path {
+        Path {
+            repetition,
+            ..self.clone()
+        }
+    }
+
     /// Whether the path has a `[*]`.
     pub fn has_wildcard(&self) -> bool {
         self.segment_index == Index::All || self.repetition == Index::All

@@ -95,7 +95,10 @@ fn create_entry_if_none(resource: Map, condition: &str) -> Res<Map> {
 fn update_entry_at(mut resource: Map, url: &str) -> Res<Map> {
     let rt = resource_type("update_entry", &resource)?;
     let url = url.trim();
-    let url = if url.starts_with(&format!("{rt}?")) || url.starts_with(&format!("{rt}/")) {
+    let typed = url
+        .strip_prefix(rt.as_str())
+        .is_some_and(|rest| rest.starts_with(['?', '/']));
+    let url = if typed {
         url.to_owned()
     } else if !url.is_empty() && !url.contains('/') && !url.contains('?') && url.contains('=') {
         // "identifier=sys|val": the search part alone.
@@ -106,7 +109,10 @@ fn update_entry_at(mut resource: Map, url: &str) -> Res<Map> {
         )
         .into());
     };
-    if let Some(id) = url.strip_prefix(&format!("{rt}/")) {
+    if let Some(id) = url
+        .strip_prefix(rt.as_str())
+        .and_then(|r| r.strip_prefix('/'))
+    {
         if id.is_empty() || id.contains(['/', '?']) {
             return Err(format!("update_entry: bad url {url:?}").into());
         }

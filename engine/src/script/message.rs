@@ -161,11 +161,7 @@ fn repetitions(msg: &Rc<Message>, path: &str) -> Res<Array> {
             Loc::new(seg, n, f, 1),
         )?)]);
     }
-    let all = if path.ends_with(']') {
-        parse(&format!("{seg}[{n}]-{f}[*]"))?
-    } else {
-        parse(&format!("{path}[*]"))?
-    };
+    let all = p.with_repetition(Index::All);
     let whole = match msg.get_raw(&all) {
         None | Some("") => return Ok(Array::new()),
         Some(w) => w,

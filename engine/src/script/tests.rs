@@ -850,6 +850,59 @@ fn transaction_builder() {
 }
 
 #[test]
+fn the_site_authority_table_gives_systems_unless_the_sender_gave_a_universal_id() {
+    let msg = Message::parse(
+        "MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5.1\r\
+PID|1||1^^^GENHOSP^MR~2^^^GENHOSP&1.2.3&ISO^PI~3^^^OTHER^PI~4^^^^PI||X\r"
+            .as_bytes(),
+    )
+    .unwrap();
+    let v = eval_with(
+        &host(),
+        r#"
+        import "datatypes" as dt;
+        import "site" as site;
+        let table = #{ "GENHOSP": "urn:oid:9.9", "OTHER": () };
+        #{
+            site: dt::identifier(msg.repetitions("PID-3")).map(|i| i.system),
+            own: v2_identifier(msg.repetitions("PID-3"), "", table).map(|i| i.system),
+            none: v2_identifier(msg.repetitions("PID-3"), "").map(|i| i.system),
+            hd: [v2_system("GENHOSP", "", "", table), v2_system("GENHOSP", "1.2", "ISO", table)],
+            lookup: [site::authority_system("GENHOSP"), site::authority_system("NOPE") == ()]
+        }
+        "#,
+        &msg,
+        &ctx(),
+    );
+    let genhosp = "urn:oid:2.16.840.1.113883.3.9999.1";
+    assert_eq!(
+        v["site"],
+        json!([genhosp, "urn:oid:1.2.3", "urn:id:OTHER"]),
+        "{v}"
+    );
+    assert_eq!(
+        v["own"],
+        json!(["urn:oid:9.9", "urn:oid:1.2.3", "urn:id:OTHER"])
+    );
+    assert_eq!(
+        v["none"],
+        json!(["urn:id:GENHOSP", "urn:oid:1.2.3", "urn:id:OTHER"])
+    );
+    assert_eq!(v["hd"], json!(["urn:oid:9.9", "urn:oid:1.2"]));
+    assert_eq!(v["lookup"], json!([genhosp, true]));
+    // A table entry that is not a URI string is the site's mistake, named as such.
+    let e = err(
+        &host(),
+        "let t = #{ \"GENHOSP\": 1 }; v2_identifier(msg.field(\"PID-3\"), \"\", t)",
+    );
+    assert!(
+        e.message
+            .contains("assigning authorities maps \"GENHOSP\" to a i64"),
+        "{e}"
+    );
+}
+
+#[test]
 fn v2_data_types() {
     let msg = Message::parse(
         "MSH|^~\\&|A|B|C|D|20240101||ORU^R01|1|P|2.5.1\r\

@@ -48,13 +48,15 @@ pub fn uuid_from_hash(h: &[u8; 32]) -> String {
 
 /// The deterministic id of some text parts: a UUID from SHA-256 over the length-prefixed parts.
 pub fn det_uuid<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(b"orbiter-det-id\0");
+    // One digest call over a buffer: each `Context::update` is a call into aws-lc, and the
+    // parts are short.
+    let mut input = Vec::with_capacity(128);
+    input.extend_from_slice(b"orbiter-det-id\0");
     for p in parts {
-        ctx.update(&(p.len() as u64).to_be_bytes());
-        ctx.update(p.as_bytes());
+        input.extend_from_slice(&(p.len() as u64).to_be_bytes());
+        input.extend_from_slice(p.as_bytes());
     }
-    let d = ctx.finish();
+    let d = digest::digest(&digest::SHA256, &input);
     let mut h = [0u8; 32];
     h.copy_from_slice(d.as_ref());
     uuid_from_hash(&h)

@@ -130,6 +130,32 @@ pub fn hd_system(namespace: &str, universal_id: &str, id_type: &str) -> Option<S
     }
 }
 
+/// The system the site's table of assigning authorities (`site::AUTHORITIES`: namespace →
+/// URI) gives an HD sent without a universal id; `None` when the table does not list it. An HD
+/// with its own universal id keeps it, whatever the table says.
+fn site_system(
+    authorities: Option<&Map>,
+    namespace: &str,
+    universal_id: &str,
+) -> Res<Option<Dynamic>> {
+    let Some(table) = authorities else {
+        return Ok(None);
+    };
+    if !universal_id.is_empty() || namespace.is_empty() {
+        return Ok(None);
+    }
+    match table.get(namespace) {
+        None => Ok(None),
+        Some(v) if v.is_unit() => Ok(None),
+        Some(v) if v.is_string() => Ok(Some(v.clone())),
+        Some(v) => Err(format!(
+            "the table of assigning authorities maps {namespace:?} to a {}, not a system URI string",
+            v.type_name()
+        )
+        .into()),
+    }
+}
+
 /// HL7 table 0203 → display text.
 pub fn identifier_type_display(code: &str) -> Option<&'static str> {
     Some(match code {
@@ -247,7 +273,7 @@ fn table_concept(table: &str, code: &str, display: Option<&'static str>) -> Dyna
 }
 
 /// CX → Identifier (type from CX.5, or `default_type` when CX.5 is empty).
-pub fn identifier(cx: &ScriptField, default_type: &str) -> Res<Dynamic> {
+pub fn identifier(cx: &ScriptField, default_type: &str, authorities: Option<&Map>) -> Res<Dynamic> {
     let value = t(cx, 1, None);
     if value.trim().is_empty() {
         return Ok(Dynamic::UNIT);
@@ -261,7 +287,10 @@ pub fn identifier(cx: &ScriptField, default_type: &str) -> Res<Dynamic> {
             table_concept("0203", ty, identifier_type_display(ty)),
         );
     }
-    if let Some(sys) = hd_system(&t(cx, 4, Some(1)), &t(cx, 4, Some(2)), &t(cx, 4, Some(3))) {
+    let (namespace, universal_id) = (t(cx, 4, Some(1)), t(cx, 4, Some(2)));
+    if let Some(sys) = site_system(authorities, &namespace, &universal_id)? {
+        m.insert("system".into(), sys);
+    } else if let Some(sys) = hd_system(&namespace, &universal_id, &t(cx, 4, Some(3))) {
         m.insert("system".into(), s(&sys));
     }
     m.insert("value".into(), s(&value));
@@ -495,12 +524,19 @@ fn each(arg: Dynamic, f: &dyn Fn(&ScriptField) -> Res<Dynamic>) -> Res<Dynamic> 
 /// Registers the `v2_*` conversions.
 pub fn register(engine: &mut Engine) {
     engine.register_fn("v2_identifier", |x: Dynamic| {
-        each(x, &|f| identifier(f, ""))
+        each(x, &|f| identifier(f, "", None))
     });
     engine.register_fn("v2_identifier", |x: Dynamic, default_type: &str| {
-        let t = default_type.to_owned();
-        each(x, &move |f| identifier(f, &t))
+        each(x, &|f| identifier(f, default_type, None))
     });
+    // With the site's table of assigning authorities (a map: namespace → system URI), so that
+    // datatypes.rhai applies it without a script call per identifier.
+    engine.register_fn(
+        "v2_identifier",
+        |x: Dynamic, default_type: &str, authorities: Map| {
+            each(x, &|f| identifier(f, default_type, Some(&authorities)))
+        },
+    );
     engine.register_fn("v2_human_name", |x: Dynamic| {
         each(x, &|f| Ok(human_name(f)))
     });
@@ -521,6 +557,15 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("v2_system", |ns: &str, uid: &str, uid_type: &str| {
         hd_system(ns, uid, uid_type).map_or(Dynamic::UNIT, |v| s(&v))
     });
+    engine.register_fn(
+        "v2_system",
+        |ns: &str, uid: &str, uid_type: &str, authorities: Map| -> Res<Dynamic> {
+            Ok(match site_system(Some(&authorities), ns, uid)? {
+                Some(system) => system,
+                None => hd_system(ns, uid, uid_type).map_or(Dynamic::UNIT, |v| s(&v)),
+            })
+        },
+    );
     engine.register_fn("v2_coding_system", |name: &str| {
         system_uri(name).map_or(Dynamic::UNIT, |v| s(&v))
     });
