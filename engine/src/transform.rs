@@ -16,7 +16,9 @@ use crate::channel::{Channel, ScriptSource};
 use crate::format::Format;
 use crate::hl7::Message;
 use crate::journal::{now_ms, Step, StepKind, TxId};
-use crate::script::{ScriptContext, ScriptHost, ScriptInput, ScriptLimits, TransformOutcome};
+use crate::script::{
+    Script, ScriptContext, ScriptHost, ScriptInput, ScriptLimits, TransformOutcome,
+};
 
 /// What one channel made of one message.
 #[derive(Debug, Clone)]
@@ -59,7 +61,7 @@ pub struct TransformWorker {
     limits: ScriptLimits,
     host: Option<(String, ScriptHost)>,
     /// Compiled scripts by (path, revision): a new revision compiles once, here.
-    asts: HashMap<(PathBuf, String), Rc<rhai::AST>>,
+    asts: HashMap<(PathBuf, String), Rc<Script>>,
 }
 
 impl TransformWorker {
@@ -86,7 +88,7 @@ impl TransformWorker {
         Ok(())
     }
 
-    fn ast(&mut self, source: &ScriptSource, revision: &str) -> Result<Rc<rhai::AST>, String> {
+    fn ast(&mut self, source: &ScriptSource, revision: &str) -> Result<Rc<Script>, String> {
         let key = (source.path.clone(), revision.to_string());
         if let Some(ast) = self.asts.get(&key) {
             return Ok(ast.clone());

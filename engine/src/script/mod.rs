@@ -46,7 +46,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use error::{LimitKind, ScriptError, ScriptErrorKind};
-pub use host::{ScriptHost, ScriptInput};
+pub use host::{Script, ScriptHost, ScriptInput};
 pub use limits::ScriptLimits;
 
 /// What the engine tells a script run about where it runs.

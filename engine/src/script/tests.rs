@@ -1384,3 +1384,49 @@ fn default_adt_script_skips_other_triggers_and_rejects_unidentified_patients() {
         matches!(adt(&anon), TransformOutcome::Reject { ref reason, .. } if reason.contains("PID-3"))
     );
 }
+
+#[test]
+fn a_script_keeps_its_function_resolution_cache_between_runs_and_drops_it_after_an_error() {
+    let h = host();
+    let script = h
+        .compile_source(
+            "t.rhai",
+            r#"
+            import "codes" as codes;
+            // Same name and arity as a library function: each call must keep its own target.
+            fn gender(code) { "mine:" + code }
+            if msg.control_id == "" { throw "no control id" }
+            #{ resourceType: "Basic", a: gender("F"), b: codes::gender("F"), c: msg.type }
+            "#,
+        )
+        .unwrap();
+    let cached = |s: &Script| s.caches.borrow().fn_resolution_caches_len();
+    for run in 0..3 {
+        let out = match h.run_transform(&script, &a01(), &ctx()).unwrap() {
+            TransformOutcome::Output { value, .. } => value,
+            other => panic!("{other:?}"),
+        };
+        let r = &out["entry"][0]["resource"];
+        assert_eq!(
+            (r["a"].as_str(), r["b"].as_str(), r["c"].as_str()),
+            (Some("mine:F"), Some("female"), Some("ADT^A01")),
+            "run {run}"
+        );
+        assert_eq!(
+            cached(&script),
+            1,
+            "one cache level is kept after run {run}"
+        );
+    }
+    let no_control_id = Message::parse(b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01||P|2.5.1\r").unwrap();
+    let e = h
+        .run_transform(&script, &no_control_id, &ctx())
+        .unwrap_err();
+    assert!(e.message.contains("no control id"), "{e}");
+    assert_eq!(
+        cached(&script),
+        0,
+        "an error starts the next run with an empty cache"
+    );
+    assert!(h.run_transform(&script, &a01(), &ctx()).is_ok());
+}
