@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map};
 
-use super::json::to_json;
+use super::json::{to_json, to_json_at};
 
 use super::state;
 use super::util::{det_id_of, det_uuid, hex, part_text, url_encode};
@@ -37,20 +37,61 @@ fn text_field(r: &Map, key: &str) -> Option<String> {
         .filter(|t| !t.trim().is_empty())
 }
 
-/// A transaction/batch entry map.
-fn entry(full_url: String, resource: Map, request: Map) -> Map {
-    let mut e = Map::new();
-    e.insert("fullUrl".into(), s(&full_url));
-    e.insert("resource".into(), Dynamic::from_map(resource));
-    e.insert("request".into(), Dynamic::from_map(request));
-    e
+/// A transaction/batch entry as the helpers build it. Scripts get it as a map
+/// (`update_entry(...)`); a [`Transaction`] turns it into JSON directly, converting only the
+/// resource (the entry and request maps cost as much again to build, convert and drop).
+struct Entry {
+    full_url: String,
+    resource: Map,
+    method: &'static str,
+    url: String,
+    if_none_exist: Option<String>,
 }
 
-fn request(method: &str, url: &str) -> Map {
-    let mut r = Map::new();
-    r.insert("method".into(), s(method));
-    r.insert("url".into(), s(url));
-    r
+impl Entry {
+    fn new(full_url: String, resource: Map, method: &'static str, url: String) -> Entry {
+        Entry {
+            full_url,
+            resource,
+            method,
+            url,
+            if_none_exist: None,
+        }
+    }
+
+    /// `#{fullUrl, resource, request: #{method, url, ifNoneExist}}`.
+    fn into_map(self) -> Map {
+        let mut request = Map::new();
+        request.insert("method".into(), s(self.method));
+        request.insert("url".into(), s(&self.url));
+        if let Some(c) = &self.if_none_exist {
+            request.insert("ifNoneExist".into(), s(c));
+        }
+        let mut e = Map::new();
+        e.insert("fullUrl".into(), s(&self.full_url));
+        e.insert("resource".into(), Dynamic::from_map(self.resource));
+        e.insert("request".into(), Dynamic::from_map(request));
+        e
+    }
+
+    /// The entry's JSON, keys in the order the map's conversion gives them.
+    fn into_json(self) -> Result<serde_json::Value, String> {
+        use serde_json::Value;
+        let resource = to_json_at(&Dynamic::from_map(self.resource), ".resource")?;
+        let mut request = serde_json::Map::with_capacity(3);
+        request.insert("method".into(), Value::from(self.method));
+        request.insert("url".into(), Value::from(self.url));
+        if let Some(c) = self.if_none_exist {
+            request.insert("ifNoneExist".into(), Value::from(c));
+        }
+        let mut e = serde_json::Map::with_capacity(3);
+        e.insert("fullUrl".into(), Value::from(self.full_url));
+        e.insert("request".into(), Value::Object(request));
+        if let Some(r) = resource {
+            e.insert("resource".into(), r);
+        }
+        Ok(Value::Object(e))
+    }
 }
 
 /// `urn:uuid:` + a deterministic UUID of the parts.
@@ -63,7 +104,7 @@ fn urn_of(parts: &[&str]) -> String {
 }
 
 /// `create_entry(resource)`: unconditional POST.
-fn create_entry(resource: Map) -> Res<Map> {
+fn create_entry(resource: Map) -> Res<Entry> {
     let rt = resource_type("create_entry", &resource)?;
     let full_url = match text_field(&resource, "id") {
         Some(id) => urn_of(&[&rt, &id]),
@@ -72,11 +113,11 @@ fn create_entry(resource: Map) -> Res<Map> {
             urn_of(&["entry", &hex(&seed), &n.to_string(), &rt])
         }
     };
-    Ok(entry(full_url, resource, request("POST", &rt)))
+    Ok(Entry::new(full_url, resource, "POST", rt))
 }
 
 /// `create_entry(resource, "identifier=sys|val")`: POST with `ifNoneExist`.
-fn create_entry_if_none(resource: Map, condition: &str) -> Res<Map> {
+fn create_entry_if_none(resource: Map, condition: &str) -> Res<Entry> {
     let rt = resource_type("create_entry", &resource)?;
     let cond = condition
         .strip_prefix(rt.as_str())
@@ -85,14 +126,16 @@ fn create_entry_if_none(resource: Map, condition: &str) -> Res<Map> {
     if cond.trim().is_empty() {
         return create_entry(resource);
     }
-    let mut req = request("POST", &rt);
-    req.insert("ifNoneExist".into(), s(cond));
     let full_url = urn_of(&[&format!("{rt}?{cond}")]);
-    Ok(entry(full_url, resource, req))
+    let if_none_exist = Some(cond.to_owned());
+    Ok(Entry {
+        if_none_exist,
+        ..Entry::new(full_url, resource, "POST", rt)
+    })
 }
 
 /// `update_entry(resource, url)`: PUT to `Type?search` (conditional) or `Type/id`.
-fn update_entry_at(mut resource: Map, url: &str) -> Res<Map> {
+fn update_entry_at(mut resource: Map, url: &str) -> Res<Entry> {
     let rt = resource_type("update_entry", &resource)?;
     let url = url.trim();
     let typed = url
@@ -121,11 +164,11 @@ fn update_entry_at(mut resource: Map, url: &str) -> Res<Map> {
         }
     }
     let full_url = urn_of(&[&url]);
-    Ok(entry(full_url, resource, request("PUT", &url)))
+    Ok(Entry::new(full_url, resource, "PUT", url))
 }
 
 /// `update_entry(resource)`: PUT `Type/id`, the resource must have an id.
-fn update_entry(resource: Map) -> Res<Map> {
+fn update_entry(resource: Map) -> Res<Entry> {
     let rt = resource_type("update_entry", &resource)?;
     let Some(id) = text_field(&resource, "id") else {
         return Err(
@@ -237,6 +280,16 @@ impl Transaction {
         }
     }
 
+    /// Adds an entry a helper built; returns its fullUrl.
+    fn add_entry(&self, entry: Entry) -> Res<ImmutableString> {
+        let url = ImmutableString::from(entry.full_url.as_str());
+        let value = entry
+            .into_json()
+            .map_err(|e| format!("cannot add the entry: {e}"))?;
+        self.inner.borrow_mut().entries.push(value);
+        Ok(url)
+    }
+
     /// Adds an entry map; returns its fullUrl.
     fn add(&self, entry: Map) -> Res<ImmutableString> {
         let url = entry
@@ -289,16 +342,16 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("transaction", || Transaction::new("transaction"));
     engine.register_fn("batch", || Transaction::new("batch"));
     engine.register_fn("create", |t: &mut Transaction, r: Map| {
-        t.add(create_entry(r)?)
+        t.add_entry(create_entry(r)?)
     });
     engine.register_fn("create", |t: &mut Transaction, r: Map, c: &str| {
-        t.add(create_entry_if_none(r, c)?)
+        t.add_entry(create_entry_if_none(r, c)?)
     });
     engine.register_fn("update", |t: &mut Transaction, r: Map| {
-        t.add(update_entry(r)?)
+        t.add_entry(update_entry(r)?)
     });
     engine.register_fn("update", |t: &mut Transaction, r: Map, url: &str| {
-        t.add(update_entry_at(r, url)?)
+        t.add_entry(update_entry_at(r, url)?)
     });
     engine.register_fn("add", |t: &mut Transaction, e: Map| t.add(e));
     engine.register_get("len", |t: &mut Transaction| t.len() as rhai::INT);
@@ -314,10 +367,18 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("bundle_batch", |e: &mut Array| {
         bundle("batch", std::mem::take(e))
     });
-    engine.register_fn("create_entry", create_entry);
-    engine.register_fn("create_entry", |r: Map, c: &str| create_entry_if_none(r, c));
-    engine.register_fn("update_entry", update_entry);
-    engine.register_fn("update_entry", |r: Map, url: &str| update_entry_at(r, url));
+    engine.register_fn("create_entry", |r: Map| {
+        create_entry(r).map(Entry::into_map)
+    });
+    engine.register_fn("create_entry", |r: Map, c: &str| {
+        create_entry_if_none(r, c).map(Entry::into_map)
+    });
+    engine.register_fn("update_entry", |r: Map| {
+        update_entry(r).map(Entry::into_map)
+    });
+    engine.register_fn("update_entry", |r: Map, url: &str| {
+        update_entry_at(r, url).map(Entry::into_map)
+    });
     engine.register_fn("identifier_url", |rt: &str, sys: Dynamic, val: Dynamic| {
         identifier_url(rt, &part_text(&sys), &part_text(&val))
     });

@@ -18,8 +18,14 @@ const MAX_DEPTH: usize = 64;
 
 /// Converts a script value to JSON, pruning empty elements. `Ok(None)` when nothing is left.
 pub fn to_json(d: &Dynamic) -> Result<Option<Value>, String> {
+    to_json_at(d, "")
+}
+
+/// [`to_json`] of a value found at `path` (`.resource`), which errors name.
+pub fn to_json_at(d: &Dynamic, path: &str) -> Result<Option<Value>, String> {
     convert(d, 0).map_err(|e| {
-        let at: String = e.path.iter().rev().map(String::as_str).collect();
+        let inner: String = e.path.iter().rev().map(String::as_str).collect();
+        let at = format!("{path}{inner}");
         let at = if at.is_empty() { "the top level" } else { &at };
         e.message.replace("{at}", at)
     })

@@ -1430,3 +1430,36 @@ fn a_script_keeps_its_function_resolution_cache_between_runs_and_drops_it_after_
     );
     assert!(h.run_transform(&script, &a01(), &ctx()).is_ok());
 }
+
+#[test]
+fn an_entry_a_transaction_cannot_convert_names_the_element_under_resource() {
+    let e = err(
+        &host(),
+        r#"let tx = transaction();
+        tx.update(#{ resourceType: "Patient", name: [#{ family: || 1 }] }, "Patient?identifier=a|b");
+        tx"#,
+    );
+    assert_eq!((e.file.as_str(), e.line), ("test.rhai", Some(2)), "{e}");
+    assert!(
+        e.message.contains(
+            "cannot add the entry: Fn at .resource.name[0].family cannot be converted to JSON"
+        ),
+        "{e}"
+    );
+    // The same entry built as a map converts the same way, request first.
+    let v = output(
+        &host(),
+        r#"let tx = transaction();
+        tx.create(#{ resourceType: "Patient", id: "p1" }, "identifier=a|b");
+        tx.add(create_entry(#{ resourceType: "Patient", id: "p1" }, "identifier=a|b"));
+        tx"#,
+    );
+    let entries = v["entry"].as_array().unwrap();
+    assert_eq!(entries[0], entries[1]);
+    assert_eq!(
+        entries[0]["request"],
+        json!({"method": "POST", "url": "Patient", "ifNoneExist": "identifier=a|b"})
+    );
+    let keys: Vec<&String> = entries[0].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["fullUrl", "request", "resource"]);
+}
