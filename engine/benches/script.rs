@@ -17,7 +17,7 @@ use orbiter::script::{ScriptContext, ScriptHost, ScriptLimits, TransformOutcome}
 // The allocator the `orbiter` binary runs with (engine/src/main.rs): with glibc malloc the
 // mapping spends ~17% of its time in malloc/free, which production does not.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: orbiter::allocator::Mimalloc = orbiter::allocator::Mimalloc;
 
 fn repo() -> PathBuf {
     let f = Path::new(file!());

@@ -38,6 +38,7 @@
 //! - [`cli`]: the `orbiter` command line.
 
 pub mod admin;
+pub mod allocator;
 pub mod cdr;
 pub mod channel;
 pub mod cli;

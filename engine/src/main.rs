@@ -1,6 +1,6 @@
 // See engine/Cargo.toml: glibc malloc was the engine's largest cost under load.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: orbiter::allocator::Mimalloc = orbiter::allocator::Mimalloc;
 
 fn main() -> std::process::ExitCode {
     transparent_huge_pages_off_unless_asked();

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 // The allocator the `orbiter` binary runs with (engine/src/main.rs).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: orbiter::allocator::Mimalloc = orbiter::allocator::Mimalloc;
 
 /// Nanoseconds this thread has spent on a CPU.
 fn thread_cpu_ns() -> u64 {
