@@ -862,7 +862,7 @@ PID|1||1^^^GENHOSP^MR~2^^^GENHOSP&1.2.3&ISO^PI~3^^^OTHER^PI~4^^^^PI||X\r"
         r#"
         import "datatypes" as dt;
         import "site" as site;
-        let table = #{ "GENHOSP": "urn:oid:9.9", "OTHER": () };
+        let table = authority_table(#{ "GENHOSP": "urn:oid:9.9" });
         #{
             site: dt::identifier(msg.repetitions("PID-3")).map(|i| i.system),
             own: v2_identifier(msg.repetitions("PID-3"), "", table).map(|i| i.system),
@@ -891,15 +891,14 @@ PID|1||1^^^GENHOSP^MR~2^^^GENHOSP&1.2.3&ISO^PI~3^^^OTHER^PI~4^^^^PI||X\r"
     assert_eq!(v["hd"], json!(["urn:oid:9.9", "urn:oid:1.2"]));
     assert_eq!(v["lookup"], json!([genhosp, true]));
     // A table entry that is not a URI string is the site's mistake, named as such.
-    let e = err(
-        &host(),
-        "let t = #{ \"GENHOSP\": 1 }; v2_identifier(msg.field(\"PID-3\"), \"\", t)",
-    );
+    let e = err(&host(), "authority_table(#{ \"GENHOSP\": 1 })");
     assert!(
         e.message
-            .contains("assigning authorities maps \"GENHOSP\" to a i64"),
+            .contains("authority_table: \"GENHOSP\" maps to a i64, not a system URI string"),
         "{e}"
     );
+    let e = err(&host(), "authority_table(#{ \"GENHOSP\": \" \" })");
+    assert!(e.message.contains("maps to an empty system"), "{e}");
 }
 
 #[test]

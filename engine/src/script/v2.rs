@@ -10,6 +10,8 @@
 //! Only non-empty elements are written, so the maps are already what the output keeps.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map};
 
@@ -130,29 +132,43 @@ pub fn hd_system(namespace: &str, universal_id: &str, id_type: &str) -> Option<S
     }
 }
 
-/// The system the site's table of assigning authorities (`site::AUTHORITIES`: namespace →
-/// URI) gives an HD sent without a universal id; `None` when the table does not list it. An HD
-/// with its own universal id keeps it, whatever the table says.
-fn site_system(
-    authorities: Option<&Map>,
-    namespace: &str,
-    universal_id: &str,
-) -> Res<Option<Dynamic>> {
-    let Some(table) = authorities else {
-        return Ok(None);
-    };
-    if !universal_id.is_empty() || namespace.is_empty() {
-        return Ok(None);
+/// The site's table of assigning authorities (`site::AUTHORITIES`): HD.1 namespace → identifier
+/// system URI, built once from a map by `authority_table(#{...})` when `site.rhai` loads.
+///
+/// A handle rather than a map: conversions take it on every identifier, and passing a Rhai map
+/// copies it. Its values are checked when it is built, so a site's mistake fails `orbiter
+/// check` and reloads, not messages.
+#[derive(Clone, Default)]
+pub struct AuthorityTable(Rc<HashMap<String, ImmutableString>>);
+
+impl AuthorityTable {
+    fn from_map(m: Map) -> Res<AuthorityTable> {
+        let mut table = HashMap::with_capacity(m.len());
+        for (namespace, system) in m {
+            let Some(uri) = system.read_lock::<ImmutableString>().map(|s| s.clone()) else {
+                return Err(format!(
+                    "authority_table: {namespace:?} maps to a {}, not a system URI string",
+                    system.type_name()
+                )
+                .into());
+            };
+            if uri.trim().is_empty() {
+                return Err(
+                    format!("authority_table: {namespace:?} maps to an empty system").into(),
+                );
+            }
+            table.insert(namespace.to_string(), uri);
+        }
+        Ok(AuthorityTable(Rc::new(table)))
     }
-    match table.get(namespace) {
-        None => Ok(None),
-        Some(v) if v.is_unit() => Ok(None),
-        Some(v) if v.is_string() => Ok(Some(v.clone())),
-        Some(v) => Err(format!(
-            "the table of assigning authorities maps {namespace:?} to a {}, not a system URI string",
-            v.type_name()
-        )
-        .into()),
+
+    /// The system an HD sent without a universal id gets; `None` when the table does not list
+    /// its namespace. An HD with its own universal id keeps it, whatever the table says.
+    fn system(&self, namespace: &str, universal_id: &str) -> Option<Dynamic> {
+        if !universal_id.is_empty() {
+            return None;
+        }
+        self.0.get(namespace).map(|uri| Dynamic::from(uri.clone()))
     }
 }
 
@@ -273,7 +289,11 @@ fn table_concept(table: &str, code: &str, display: Option<&'static str>) -> Dyna
 }
 
 /// CX → Identifier (type from CX.5, or `default_type` when CX.5 is empty).
-pub fn identifier(cx: &ScriptField, default_type: &str, authorities: Option<&Map>) -> Res<Dynamic> {
+pub fn identifier(
+    cx: &ScriptField,
+    default_type: &str,
+    authorities: Option<&AuthorityTable>,
+) -> Res<Dynamic> {
     let value = t(cx, 1, None);
     if value.trim().is_empty() {
         return Ok(Dynamic::UNIT);
@@ -288,7 +308,7 @@ pub fn identifier(cx: &ScriptField, default_type: &str, authorities: Option<&Map
         );
     }
     let (namespace, universal_id) = (t(cx, 4, Some(1)), t(cx, 4, Some(2)));
-    if let Some(sys) = site_system(authorities, &namespace, &universal_id)? {
+    if let Some(sys) = authorities.and_then(|a| a.system(&namespace, &universal_id)) {
         m.insert("system".into(), sys);
     } else if let Some(sys) = hd_system(&namespace, &universal_id, &t(cx, 4, Some(3))) {
         m.insert("system".into(), s(&sys));
@@ -531,9 +551,15 @@ pub fn register(engine: &mut Engine) {
     });
     // With the site's table of assigning authorities (a map: namespace → system URI), so that
     // datatypes.rhai applies it without a script call per identifier.
+    engine.register_type_with_name::<AuthorityTable>("AuthorityTable");
+    engine.register_fn("authority_table", AuthorityTable::from_map);
+    // `site::AUTHORITIES["GENHOSP"]`: the system, () when not listed.
+    engine.register_indexer_get(|t: &mut AuthorityTable, namespace: &str| {
+        t.system(namespace, "").unwrap_or(Dynamic::UNIT)
+    });
     engine.register_fn(
         "v2_identifier",
-        |x: Dynamic, default_type: &str, authorities: Map| {
+        |x: Dynamic, default_type: &str, authorities: AuthorityTable| {
             each(x, &|f| identifier(f, default_type, Some(&authorities)))
         },
     );
@@ -559,11 +585,11 @@ pub fn register(engine: &mut Engine) {
     });
     engine.register_fn(
         "v2_system",
-        |ns: &str, uid: &str, uid_type: &str, authorities: Map| -> Res<Dynamic> {
-            Ok(match site_system(Some(&authorities), ns, uid)? {
-                Some(system) => system,
-                None => hd_system(ns, uid, uid_type).map_or(Dynamic::UNIT, |v| s(&v)),
-            })
+        |ns: &str, uid: &str, uid_type: &str, authorities: AuthorityTable| match authorities
+            .system(ns, uid)
+        {
+            Some(system) => system,
+            None => hd_system(ns, uid, uid_type).map_or(Dynamic::UNIT, |v| s(&v)),
         },
     );
     engine.register_fn("v2_coding_system", |name: &str| {
