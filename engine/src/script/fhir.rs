@@ -15,7 +15,7 @@ use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map};
 use super::json::{to_json, to_json_at};
 
 use super::state;
-use super::util::{det_id_of, det_uuid, hex, part_text, url_encode};
+use super::util::{det_hash, det_id_of, hex, part_text, push_uuid, url_encode};
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
 
@@ -100,7 +100,10 @@ pub fn urn_uuid_of(parts: &[Dynamic]) -> String {
 }
 
 fn urn_of(parts: &[&str]) -> String {
-    format!("urn:uuid:{}", det_uuid(parts.iter().copied()))
+    let mut urn = String::with_capacity(45);
+    urn.push_str("urn:uuid:");
+    push_uuid(&mut urn, &det_hash(parts.iter().copied()));
+    urn
 }
 
 /// `create_entry(resource)`: unconditional POST.

@@ -149,6 +149,14 @@ fn range_in(msg: &Message, part: &str) -> (usize, usize) {
 /// The repetitions of the field a path names, as `Field`s (none when absent or empty); a
 /// repetition index in the path is ignored.
 fn repetitions(msg: &Rc<Message>, path: &str) -> Res<Array> {
+    Ok(repetition_fields(msg, path)?
+        .into_iter()
+        .map(Dynamic::from)
+        .collect())
+}
+
+/// [`repetitions`] before they become script values (each one a boxed `Dynamic`).
+fn repetition_fields(msg: &Rc<Message>, path: &str) -> Res<Vec<ScriptField>> {
     let p = parse(path)?;
     if p.component().is_some() {
         return Err(format!("{path}: repetitions() takes a field path such as PID-3").into());
@@ -156,27 +164,22 @@ fn repetitions(msg: &Rc<Message>, path: &str) -> Res<Array> {
     let n = nth(p.segment_index())?;
     let (seg, f) = (p.segment(), p.field());
     if is_header(seg) && f <= 2 {
-        return Ok(vec![Dynamic::from(ScriptField::at(
-            msg,
-            Loc::new(seg, n, f, 1),
-        )?)]);
+        return Ok(vec![ScriptField::at(msg, Loc::new(seg, n, f, 1))?]);
     }
     let all = p.with_repetition(Index::All);
     let whole = match msg.get_raw(&all) {
-        None | Some("") => return Ok(Array::new()),
+        None | Some("") => return Ok(Vec::new()),
         Some(w) => w,
     };
     let sep = char::from(msg.delimiters().repetition);
     Ok(whole
         .split(sep)
         .enumerate()
-        .map(|(i, part)| {
-            Dynamic::from(ScriptField {
-                msg: msg.clone(),
-                loc: Loc::new(seg, n, f, i + 1),
-                raw: Some(range_in(msg, part)),
-                atomic: false,
-            })
+        .map(|(i, part)| ScriptField {
+            msg: msg.clone(),
+            loc: Loc::new(seg, n, f, i + 1),
+            raw: Some(range_in(msg, part)),
+            atomic: false,
         })
         .collect())
 }
@@ -184,14 +187,10 @@ fn repetitions(msg: &Rc<Message>, path: &str) -> Res<Array> {
 /// The first repetition of a field whose component `rel` (`"5"`, `"4.1"`) reads `value`.
 fn find_repetition(msg: &Rc<Message>, path: &str, rel: &str, value: &str) -> Res<Dynamic> {
     let (c, sub) = rel_component(rel)?;
-    for r in repetitions(msg, path)? {
-        if let Some(f) = r.read_lock::<ScriptField>() {
-            if f.value(c, sub).as_str() == Some(value) {
-                return Ok(r.clone());
-            }
-        }
-    }
-    Ok(Dynamic::UNIT)
+    Ok(repetition_fields(msg, path)?
+        .into_iter()
+        .find(|f| f.value(c, sub).as_str() == Some(value))
+        .map_or(Dynamic::UNIT, Dynamic::from))
 }
 
 /// The field repetition a path names, as a `Field`.

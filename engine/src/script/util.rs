@@ -31,23 +31,34 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// A UUID (RFC 9562 version 8, "custom") from the first 16 bytes of a hash.
 pub fn uuid_from_hash(h: &[u8; 32]) -> String {
+    let mut uuid = String::with_capacity(36);
+    push_uuid(&mut uuid, h);
+    uuid
+}
+
+/// Appends the UUID of a hash (see [`uuid_from_hash`]) to `out`.
+pub fn push_uuid(out: &mut String, h: &[u8; 32]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut b = [0u8; 16];
     b.copy_from_slice(&h[..16]);
     b[6] = (b[6] & 0x0f) | 0x80;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let x = hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &x[0..8],
-        &x[8..12],
-        &x[12..16],
-        &x[16..20],
-        &x[20..32]
-    )
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(DIGITS[(byte >> 4) as usize] as char);
+        out.push(DIGITS[(byte & 15) as usize] as char);
+    }
 }
 
 /// The deterministic id of some text parts: a UUID from SHA-256 over the length-prefixed parts.
 pub fn det_uuid<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    uuid_from_hash(&det_hash(parts))
+}
+
+/// SHA-256 over the length-prefixed parts: what [`det_uuid`] is made from.
+pub fn det_hash<'a>(parts: impl IntoIterator<Item = &'a str>) -> [u8; 32] {
     // One digest call over a buffer: each `Context::update` is a call into aws-lc, and the
     // parts are short.
     let mut input = Vec::with_capacity(128);
@@ -59,7 +70,7 @@ pub fn det_uuid<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
     let d = digest::digest(&digest::SHA256, &input);
     let mut h = [0u8; 32];
     h.copy_from_slice(d.as_ref());
-    uuid_from_hash(&h)
+    h
 }
 
 /// Text of a script value for hashing and ids: strings as they are, `()` as empty, others
