@@ -61,11 +61,6 @@ impl Script {
     pub fn source(&self) -> &str {
         self.ast.source().unwrap_or("<script>")
     }
-
-    /// The compiled statements and functions.
-    pub fn ast(&self) -> &AST {
-        &self.ast
-    }
 }
 
 impl std::fmt::Debug for Script {

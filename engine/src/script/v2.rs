@@ -36,41 +36,41 @@ thread_local! {
     /// The words the conversions write, allocated once per thread and shared (a new
     /// `ImmutableString` per element is an allocation, and allocations dominate these
     /// conversions). Per thread: script strings are not `Send`.
-    static WORDS: std::collections::HashMap<&'static str, ImmutableString> =
-            [
-                "official",
-                "usual",
-                "maiden",
-                "nickname",
-                "anonymous",
-                "temp",
-                "old",
-                "home",
-                "work",
-                "postal",
-                "physical",
-                "phone",
-                "fax",
-                "pager",
-                "email",
-                "other",
-                "mobile",
-                "http://hl7.org/fhir/sid/us-ssn",
-                "http://hl7.org/fhir/sid/us-npi",
-                "http://loinc.org",
-                "http://snomed.info/sct",
-                "http://unitsofmeasure.org",
-                "Medical record number",
-                "Social Security number",
-                "Account number",
-                "Visit number",
-                "Patient internal identifier",
-                "Patient external identifier",
-                "National provider identifier",
-            ]
-            .into_iter()
-            .map(|w| (w, ImmutableString::from(w)))
-            .collect();
+    static WORDS: HashMap<&'static str, ImmutableString> =
+        [
+            "official",
+            "usual",
+            "maiden",
+            "nickname",
+            "anonymous",
+            "temp",
+            "old",
+            "home",
+            "work",
+            "postal",
+            "physical",
+            "phone",
+            "fax",
+            "pager",
+            "email",
+            "other",
+            "mobile",
+            "http://hl7.org/fhir/sid/us-ssn",
+            "http://hl7.org/fhir/sid/us-npi",
+            "http://loinc.org",
+            "http://snomed.info/sct",
+            "http://unitsofmeasure.org",
+            "Medical record number",
+            "Social Security number",
+            "Account number",
+            "Visit number",
+            "Patient internal identifier",
+            "Patient external identifier",
+            "National provider identifier",
+        ]
+        .into_iter()
+        .map(|w| (w, ImmutableString::from(w)))
+        .collect();
 
     /// The system of table 0203, shared rather than allocated per identifier.
     static V2_0203: ImmutableString = format!("{V2}0203").into();
