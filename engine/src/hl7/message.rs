@@ -327,6 +327,21 @@ impl Message {
         )
     }
 
+    /// Reads the value at a path in the segment at a 0-based position, whatever segment the
+    /// path names (for a caller that found the segment already).
+    pub fn get_in(&self, position: usize, path: &Path) -> Value<'_> {
+        let Some(seg) = self.segs.get(position) else {
+            return Value::Absent;
+        };
+        self.value_in(
+            seg,
+            path.field(),
+            path.repetition().first_or_nth(),
+            path.component(),
+            path.subcomponent(),
+        )
+    }
+
     /// Reads every value a path with `[*]` names, in message order: one per matching segment
     /// when the segment index is `[*]` (absent ones included, so results line up with segments),
     /// and one per existing repetition when the repetition is `[*]` (none for an absent or empty

@@ -124,6 +124,33 @@ impl Path {
         if !c.eat(b'-') {
             return Err(c.fail("- and a field number"));
         }
+        c.rest(name, segment_index)
+    }
+
+    /// Parses the part of a path after `SEG[n]-` (`3[2].4.1`) for the segment `name`
+    /// (occurrence `segment_index`): what a script reading a segment it holds (`seg["3.1"]`)
+    /// names, without formatting and parsing a whole path.
+    pub fn parse_field_path(
+        name: [u8; 3],
+        segment_index: Index,
+        rel: &str,
+    ) -> Result<Path, PathError> {
+        if rel.is_empty() {
+            return Err(PathError::Empty);
+        }
+        Cursor {
+            s: rel,
+            b: rel.as_bytes(),
+            i: 0,
+        }
+        .rest(name, segment_index)
+    }
+}
+
+impl Cursor<'_> {
+    /// `field[rep].comp.sub` to the end of the text.
+    fn rest(mut self, name: [u8; 3], segment_index: Index) -> Result<Path, PathError> {
+        let c = &mut self;
         let field = c.number("a field number from 1")?;
         let repetition = c.index()?;
         let mut component = None;
@@ -146,7 +173,9 @@ impl Path {
             subcomponent,
         })
     }
+}
 
+impl Path {
     /// The segment name, e.g. `PID`.
     pub fn segment(&self) -> &str {
         // The name is checked ASCII at parse time.

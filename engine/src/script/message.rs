@@ -356,6 +356,20 @@ impl ScriptSegment {
         format!("{}[{}]-{}", self.name, self.occurrence, rel)
     }
 
+    /// `seg["3.1"]`: read in this segment directly (mappings read many fields of each
+    /// segment), without formatting a whole path and finding the segment again.
+    fn read(&self, rel: &str) -> Res<ImmutableString> {
+        let name = self.name.as_bytes();
+        let parsed = <[u8; 3]>::try_from(name)
+            .ok()
+            .and_then(|name| Path::parse_field_path(name, Index::Nth(self.occurrence), rel).ok());
+        match parsed {
+            Some(p) => Ok(text(self.msg.get_in(self.position, &p))),
+            // The whole path's parse names the error as it always did.
+            None => read(&self.msg, &self.path(rel)),
+        }
+    }
+
     fn raw(&self) -> ImmutableString {
         self.msg
             .segment(self.position)
@@ -618,17 +632,11 @@ fn register_message(engine: &mut Engine) {
 
 fn register_segment(engine: &mut Engine) {
     engine.register_type_with_name::<ScriptSegment>("Segment");
-    engine.register_indexer_get(|s: &mut ScriptSegment, rel: ImmutableString| {
-        read(&s.msg, &s.path(&rel))
-    });
-    engine.register_indexer_get(|s: &mut ScriptSegment, f: INT| {
-        read(&s.msg, &s.path(&f.to_string()))
-    });
-    engine.register_fn("get", |s: &mut ScriptSegment, rel: &str| {
-        read(&s.msg, &s.path(rel))
-    });
+    engine.register_indexer_get(|s: &mut ScriptSegment, rel: ImmutableString| s.read(&rel));
+    engine.register_indexer_get(|s: &mut ScriptSegment, f: INT| s.read(&f.to_string()));
+    engine.register_fn("get", |s: &mut ScriptSegment, rel: &str| s.read(rel));
     engine.register_fn("get", |s: &mut ScriptSegment, f: INT| {
-        read(&s.msg, &s.path(&f.to_string()))
+        s.read(&f.to_string())
     });
     engine.register_fn("get_all", |s: &mut ScriptSegment, rel: &str| {
         read_all(&s.msg, &s.path(rel))

@@ -1462,3 +1462,39 @@ fn an_entry_a_transaction_cannot_convert_names_the_element_under_resource() {
     let keys: Vec<&String> = entries[0].as_object().unwrap().keys().collect();
     assert_eq!(keys, ["fullUrl", "request", "resource"]);
 }
+
+#[test]
+fn a_segment_reads_what_the_whole_path_reads() {
+    let msg = Message::parse(
+        "MSH|^~\\&|A|B|C|D|20240101||ORU^R01|1|P|2.5.1\r\
+PID|1||X1^^^&2.16.840.1&ISO^PI~Y2^^^H^MR||O\\T\\BRIEN^MARY&ANN^B||\"\"\r\
+OBX|1|NM|8867-4^HR^LN||72|/min\r\
+OBX|2|ST|X^Y^L||a\\F\\b~c\r"
+            .as_bytes(),
+    )
+    .unwrap();
+    let v = eval_with(
+        &host(),
+        r#"
+        let rels = ["1", "2", "3", "3.1", "3[2].4.1", "3[2]", "3[*].1", "5", "5.2.2", "7", "9", "60", "5.1.1"];
+        let differ = [];
+        let reads = 0;
+        for s in msg.segments() {
+            for r in rels {
+                let whole = msg[`${s.name}[${s.index}]-${r}`];
+                if s[r] != whole || s.get(r) != whole { differ.push(`${s.name}[${s.index}]-${r}`); }
+                reads += 1;
+            }
+            if s[5] != msg[`${s.name}[${s.index}]-5`] { differ.push(`${s.name}[${s.index}]-5 (int)`); }
+        }
+        #{ differ: differ, reads: reads, sample: [msg.segment("PID")["5.2.2"], msg.segments("OBX")[1]["5"], msg.segment("MSH")[2]] }
+        "#,
+        &msg,
+        &ctx(),
+    );
+    assert_eq!(v.get("differ"), None, "{v}");
+    assert_eq!(v["reads"], json!(52));
+    assert_eq!(v["sample"], json!(["ANN", "a|b", "^~\\&"]));
+    let e = err(&host(), "msg.segment(\"PID\")[\"5.x\"]");
+    assert!(e.message.contains("PID[1]-5.x"), "{e}");
+}
