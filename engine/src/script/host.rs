@@ -35,7 +35,12 @@ pub struct ScriptHost {
     limits: ScriptLimits,
     /// Import names available from `scripts/lib`.
     modules: Vec<String>,
+    /// Tells hosts apart: a [`Script`]'s cache holds this host's functions.
+    pub(super) id: u64,
 }
+
+/// The next [`ScriptHost::id`].
+static NEXT_HOST_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A compiled script (filter or transform) and Rhai's function-resolution cache for it.
 ///
@@ -46,14 +51,16 @@ pub struct ScriptHost {
 /// Not `Send`, like the host: compiled per worker thread.
 pub struct Script {
     ast: AST,
-    pub(super) caches: RefCell<Caches>,
+    /// The resolution cache, and the host whose functions it holds (0: none yet). A script run
+    /// by another host than the last one starts from an empty cache.
+    pub(super) caches: RefCell<(u64, Caches)>,
 }
 
 impl Script {
     fn new(ast: AST) -> Script {
         Script {
             ast,
-            caches: RefCell::new(Caches::new()),
+            caches: RefCell::new((0, Caches::new())),
         }
     }
 
@@ -234,6 +241,7 @@ impl ScriptHost {
             engine,
             limits,
             modules,
+            id: NEXT_HOST_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         host.load_modules(lib_dir)?;
         Ok(host)
@@ -321,12 +329,17 @@ impl ScriptHost {
         global.source = ast.source().map(Into::into);
         global.lib.push(ast.shared_lib().clone());
         global.embedded_module_resolver = ast.resolver().cloned();
-        let mut caches = script.caches.borrow_mut();
+        let mut cached = script.caches.borrow_mut();
+        let (host, caches) = &mut *cached;
+        if *host != self.id {
+            *caches = Caches::new();
+            *host = self.id;
+        }
         // Deprecated, not gone: the only call that takes the caches (rhai 1.27, locked).
         #[allow(deprecated)]
-        let result =
-            self.engine
-                .eval_statements_raw(&mut global, &mut caches, scope, ast.statements());
+        let result = self
+            .engine
+            .eval_statements_raw(&mut global, caches, scope, ast.statements());
         if result.is_err() {
             // An error may leave nested cache levels behind: start the next run clean.
             *caches = Caches::new();
@@ -360,7 +373,7 @@ impl ScriptHost {
         }
         let result = catch_unwind(AssertUnwindSafe(|| self.eval(script, &mut scope)));
         if result.is_err() {
-            script.caches.replace(Caches::new());
+            script.caches.replace((0, Caches::new()));
         }
         let end = guard.finish();
         let result = match result {

@@ -1399,7 +1399,7 @@ fn a_script_keeps_its_function_resolution_cache_between_runs_and_drops_it_after_
             "#,
         )
         .unwrap();
-    let cached = |s: &Script| s.caches.borrow().fn_resolution_caches_len();
+    let cached = |s: &Script| s.caches.borrow().1.fn_resolution_caches_len();
     for run in 0..3 {
         let out = match h.run_transform(&script, &a01(), &ctx()).unwrap() {
             TransformOutcome::Output { value, .. } => value,
@@ -1428,6 +1428,16 @@ fn a_script_keeps_its_function_resolution_cache_between_runs_and_drops_it_after_
         "an error starts the next run with an empty cache"
     );
     assert!(h.run_transform(&script, &a01(), &ctx()).is_ok());
+    // Run by another host (whose functions are other closures), the script starts afresh.
+    let other = host();
+    assert!(other.run_transform(&script, &a01(), &ctx()).is_ok());
+    assert_eq!(
+        script.caches.borrow().0,
+        other.id,
+        "the cache now belongs to the other host"
+    );
+    assert!(h.run_transform(&script, &a01(), &ctx()).is_ok());
+    assert_eq!(script.caches.borrow().0, h.id);
 }
 
 #[test]
