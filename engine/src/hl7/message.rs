@@ -315,22 +315,19 @@ impl Message {
     /// Reads the value at a path (see [`Value`]). `[*]` reads as the first occurrence; use
     /// [`Message::get_all`] for all of them.
     pub fn get(&self, path: &Path) -> Value<'_> {
-        let Some(seg) = self.find_segment(path.segment_bytes(), path.segment_index()) else {
-            return Value::Absent;
-        };
-        self.value_in(
-            seg,
-            path.field(),
-            path.repetition().first_or_nth(),
-            path.component(),
-            path.subcomponent(),
-        )
+        let seg = self.find_segment(path.segment_bytes(), path.segment_index());
+        self.value_at(seg, path)
     }
 
     /// Reads the value at a path in the segment at a 0-based position, whatever segment the
     /// path names (for a caller that found the segment already).
     pub fn get_in(&self, position: usize, path: &Path) -> Value<'_> {
-        let Some(seg) = self.segs.get(position) else {
+        self.value_at(self.segs.get(position), path)
+    }
+
+    /// The value a path's field, repetition, component and subcomponent name in `seg`.
+    fn value_at(&self, seg: Option<&Seg>, path: &Path) -> Value<'_> {
+        let Some(seg) = seg else {
             return Value::Absent;
         };
         self.value_in(
