@@ -138,7 +138,7 @@ pub fn hd_system(namespace: &str, universal_id: &str, id_type: &str) -> Option<S
 /// A handle rather than a map: conversions take it on every identifier, and passing a Rhai map
 /// copies it. Its values are checked when it is built, so a site's mistake fails `orbiter
 /// check` and reloads, not messages.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct AuthorityTable(Rc<HashMap<String, ImmutableString>>);
 
 impl AuthorityTable {
@@ -170,6 +170,19 @@ impl AuthorityTable {
         }
         self.0.get(namespace).map(|uri| Dynamic::from(uri.clone()))
     }
+}
+
+/// An HD's system: the site's table first (when given), then the built-in rules of
+/// [`hd_system`].
+fn system_of(
+    authorities: Option<&AuthorityTable>,
+    namespace: &str,
+    universal_id: &str,
+    id_type: &str,
+) -> Option<Dynamic> {
+    authorities
+        .and_then(|a| a.system(namespace, universal_id))
+        .or_else(|| hd_system(namespace, universal_id, id_type).map(|v| s(&v)))
 }
 
 /// HL7 table 0203 → display text.
@@ -308,10 +321,14 @@ pub fn identifier(
         );
     }
     let (namespace, universal_id) = (t(cx, 4, Some(1)), t(cx, 4, Some(2)));
-    if let Some(sys) = authorities.and_then(|a| a.system(&namespace, &universal_id)) {
+    // The id type only qualifies a universal id.
+    let id_type = if universal_id.is_empty() {
+        Cow::Borrowed("")
+    } else {
+        t(cx, 4, Some(3))
+    };
+    if let Some(sys) = system_of(authorities, &namespace, &universal_id, &id_type) {
         m.insert("system".into(), sys);
-    } else if let Some(sys) = hd_system(&namespace, &universal_id, &t(cx, 4, Some(3))) {
-        m.insert("system".into(), s(&sys));
     }
     m.insert("value".into(), s(&value));
     let (from, to) = (t(cx, 7, None), t(cx, 8, None));
@@ -549,7 +566,7 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn("v2_identifier", |x: Dynamic, default_type: &str| {
         each(x, &|f| identifier(f, default_type, None))
     });
-    // With the site's table of assigning authorities (a map: namespace → system URI), so that
+    // With the site's table of assigning authorities (`site::AUTHORITIES`), so that
     // datatypes.rhai applies it without a script call per identifier.
     engine.register_type_with_name::<AuthorityTable>("AuthorityTable");
     engine.register_fn("authority_table", AuthorityTable::from_map);
@@ -581,15 +598,12 @@ pub fn register(engine: &mut Engine) {
         each(x, &|f| Ok(practitioner_reference(f)))
     });
     engine.register_fn("v2_system", |ns: &str, uid: &str, uid_type: &str| {
-        hd_system(ns, uid, uid_type).map_or(Dynamic::UNIT, |v| s(&v))
+        system_of(None, ns, uid, uid_type).unwrap_or(Dynamic::UNIT)
     });
     engine.register_fn(
         "v2_system",
-        |ns: &str, uid: &str, uid_type: &str, authorities: AuthorityTable| match authorities
-            .system(ns, uid)
-        {
-            Some(system) => system,
-            None => hd_system(ns, uid, uid_type).map_or(Dynamic::UNIT, |v| s(&v)),
+        |ns: &str, uid: &str, uid_type: &str, authorities: AuthorityTable| {
+            system_of(Some(&authorities), ns, uid, uid_type).unwrap_or(Dynamic::UNIT)
         },
     );
     engine.register_fn("v2_coding_system", |name: &str| {
