@@ -20,13 +20,18 @@ pub fn sha256_bytes(data: &[u8]) -> [u8; 32] {
 
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
+        push_hex(&mut s, *b);
     }
     s
+}
+
+/// Appends a byte as two lowercase hex digits.
+fn push_hex(out: &mut String, b: u8) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.push(DIGITS[(b >> 4) as usize] as char);
+    out.push(DIGITS[(b & 15) as usize] as char);
 }
 
 /// A UUID (RFC 9562 version 8, "custom") from the first 16 bytes of a hash.
@@ -38,7 +43,6 @@ pub fn uuid_from_hash(h: &[u8; 32]) -> String {
 
 /// Appends the UUID of a hash (see [`uuid_from_hash`]) to `out`.
 pub fn push_uuid(out: &mut String, h: &[u8; 32]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut b = [0u8; 16];
     b.copy_from_slice(&h[..16]);
     b[6] = (b[6] & 0x0f) | 0x80;
@@ -47,8 +51,7 @@ pub fn push_uuid(out: &mut String, h: &[u8; 32]) {
         if matches!(i, 4 | 6 | 8 | 10) {
             out.push('-');
         }
-        out.push(DIGITS[(byte >> 4) as usize] as char);
-        out.push(DIGITS[(byte & 15) as usize] as char);
+        push_hex(out, *byte);
     }
 }
 
