@@ -311,12 +311,7 @@ impl Transaction {
     /// The Bundle (`resourceType`, `type`, `entry`).
     pub fn to_bundle(&self) -> serde_json::Value {
         let inner = self.inner.borrow();
-        let (kind, entries) = (inner.kind, inner.entries.clone());
-        let mut b = serde_json::Map::new();
-        b.insert("resourceType".into(), "Bundle".into());
-        b.insert("type".into(), kind.into());
-        b.insert("entry".into(), serde_json::Value::Array(entries));
-        serde_json::Value::Object(b)
+        bundle_json(inner.kind, inner.entries.clone())
     }
 
     /// Takes the Bundle out (no copy when this is the last handle).
@@ -324,11 +319,7 @@ impl Transaction {
         match Rc::try_unwrap(self.inner) {
             Ok(cell) => {
                 let i = cell.into_inner();
-                let mut b = serde_json::Map::new();
-                b.insert("resourceType".into(), "Bundle".into());
-                b.insert("type".into(), i.kind.into());
-                b.insert("entry".into(), serde_json::Value::Array(i.entries));
-                serde_json::Value::Object(b)
+                bundle_json(i.kind, i.entries)
             }
             Err(shared) => Transaction { inner: shared }.to_bundle(),
         }
@@ -337,6 +328,15 @@ impl Transaction {
     fn len(&self) -> usize {
         self.inner.borrow().entries.len()
     }
+}
+
+/// `{resourceType: "Bundle", type, entry}`.
+fn bundle_json(kind: &str, entries: Vec<serde_json::Value>) -> serde_json::Value {
+    let mut b = serde_json::Map::new();
+    b.insert("resourceType".into(), "Bundle".into());
+    b.insert("type".into(), kind.into());
+    b.insert("entry".into(), serde_json::Value::Array(entries));
+    serde_json::Value::Object(b)
 }
 
 /// Registers the FHIR helpers.
