@@ -96,6 +96,32 @@ impl Cursor<'_> {
         }
         Ok(idx)
     }
+
+    /// `field[rep].comp.sub` to the end of the text.
+    fn rest(mut self, name: [u8; 3], segment_index: Index) -> Result<Path, PathError> {
+        let c = &mut self;
+        let field = c.number("a field number from 1")?;
+        let repetition = c.index()?;
+        let mut component = None;
+        let mut subcomponent = None;
+        if c.eat(b'.') {
+            component = Some(c.number("a component number from 1")?);
+            if c.eat(b'.') {
+                subcomponent = Some(c.number("a subcomponent number from 1")?);
+            }
+        }
+        if c.i != c.b.len() {
+            return Err(c.fail("end of path"));
+        }
+        Ok(Path {
+            segment: name,
+            segment_index,
+            field,
+            repetition,
+            component,
+            subcomponent,
+        })
+    }
 }
 
 impl Path {
@@ -145,37 +171,7 @@ impl Path {
         }
         .rest(name, segment_index)
     }
-}
 
-impl Cursor<'_> {
-    /// `field[rep].comp.sub` to the end of the text.
-    fn rest(mut self, name: [u8; 3], segment_index: Index) -> Result<Path, PathError> {
-        let c = &mut self;
-        let field = c.number("a field number from 1")?;
-        let repetition = c.index()?;
-        let mut component = None;
-        let mut subcomponent = None;
-        if c.eat(b'.') {
-            component = Some(c.number("a component number from 1")?);
-            if c.eat(b'.') {
-                subcomponent = Some(c.number("a subcomponent number from 1")?);
-            }
-        }
-        if c.i != c.b.len() {
-            return Err(c.fail("end of path"));
-        }
-        Ok(Path {
-            segment: name,
-            segment_index,
-            field,
-            repetition,
-            component,
-            subcomponent,
-        })
-    }
-}
-
-impl Path {
     /// The segment name, e.g. `PID`.
     pub fn segment(&self) -> &str {
         // The name is checked ASCII at parse time.
