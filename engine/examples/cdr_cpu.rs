@@ -5,8 +5,7 @@
 //! with [`Cdr::process_bundle`] (what the engine's CDR destination does) into a fresh store, and
 //! prints the median of several batches of this thread's on-CPU time per Bundle (see
 //! `common/cpu.rs`; it includes the kernel time of the fsync each write makes, not the wait
-//! for the disk). The transforms run before
-//! the clock starts.
+//! for the disk). The transforms run before the clock starts.
 //!
 //! Run: `cargo run --release -p orbiter --example cdr_cpu -- [script] [message] [runs] [VARY]`
 //! (defaults: engine/benches/load/patient_encounter.rhai, fixtures/hl7v2/adt_a01.hl7, 1000

@@ -61,7 +61,7 @@ pub struct TransformWorker {
     limits: ScriptLimits,
     host: Option<(String, ScriptHost)>,
     /// Compiled scripts by (path, revision): a new revision compiles once, here.
-    asts: HashMap<(PathBuf, String), Rc<Script>>,
+    scripts: HashMap<(PathBuf, String), Rc<Script>>,
 }
 
 impl TransformWorker {
@@ -69,11 +69,11 @@ impl TransformWorker {
         TransformWorker {
             limits,
             host: None,
-            asts: HashMap::new(),
+            scripts: HashMap::new(),
         }
     }
 
-    /// Makes the host for this library revision (rebuilt, and ASTs dropped, when the library
+    /// Makes the host for this library revision (rebuilt, and scripts dropped, when the library
     /// changed).
     pub fn prepare(&mut self, lib_revision: &str, lib_dir: &std::path::Path) -> Result<(), String> {
         if self
@@ -83,27 +83,27 @@ impl TransformWorker {
         {
             let host = ScriptHost::new(lib_dir, self.limits.clone()).map_err(|e| e.to_string())?;
             self.host = Some((lib_revision.to_string(), host));
-            self.asts.clear();
+            self.scripts.clear();
         }
         Ok(())
     }
 
-    fn ast(&mut self, source: &ScriptSource, revision: &str) -> Result<Rc<Script>, String> {
+    fn script(&mut self, source: &ScriptSource, revision: &str) -> Result<Rc<Script>, String> {
         let key = (source.path.clone(), revision.to_string());
-        if let Some(ast) = self.asts.get(&key) {
-            return Ok(ast.clone());
+        if let Some(script) = self.scripts.get(&key) {
+            return Ok(script.clone());
         }
         let (_, host) = self.host.as_ref().ok_or("no script host")?;
-        let ast = host
+        let script = host
             .compile_source(&source.path.to_string_lossy(), &source.text)
             .map_err(|e| e.to_string())?;
         // Old revisions are not worth keeping once a channel moved on.
-        if self.asts.len() > 256 {
-            self.asts.clear();
+        if self.scripts.len() > 256 {
+            self.scripts.clear();
         }
-        let ast = Rc::new(ast);
-        self.asts.insert(key, ast.clone());
-        Ok(ast)
+        let script = Rc::new(script);
+        self.scripts.insert(key, script.clone());
+        Ok(script)
     }
 
     /// Filter then transform for one channel.
@@ -136,9 +136,9 @@ impl TransformWorker {
             steps,
         };
         if let Some(filter) = &channel.filter {
-            let ran = self.ast(filter, &channel.revision).and_then(|ast| {
+            let ran = self.script(filter, &channel.revision).and_then(|script| {
                 let (_, host) = self.host.as_ref().ok_or("no script host")?;
-                host.run_filter(&ast, message.clone(), &ctx)
+                host.run_filter(&script, message.clone(), &ctx)
                     .map_err(|e| e.to_string())
             });
             match ran {
@@ -180,11 +180,13 @@ impl TransformWorker {
                 steps,
             );
         };
-        let ran = self.ast(transform, &channel.revision).and_then(|ast| {
-            let (_, host) = self.host.as_ref().ok_or("no script host")?;
-            host.run_transform(&ast, message.clone(), &ctx)
-                .map_err(|e| e.to_string())
-        });
+        let ran = self
+            .script(transform, &channel.revision)
+            .and_then(|script| {
+                let (_, host) = self.host.as_ref().ok_or("no script host")?;
+                host.run_transform(&script, message.clone(), &ctx)
+                    .map_err(|e| e.to_string())
+            });
         let outcome = match ran {
             Err(error) => {
                 steps.push(step(

@@ -3,8 +3,8 @@
 //! Rhai calls back into the host (`print`, `on_progress`, registered functions) through closures
 //! fixed when the Engine is built, which cannot hold a run's state. The run's state therefore
 //! lives in a thread-local: a run executes synchronously on the calling thread (a host is not
-//! `Send`: one per worker thread), so the thread-local is exactly "this run". [`RunGuard`] installs it and takes it back out, restoring whatever was there
-//! before.
+//! `Send`: one per worker thread), so the thread-local is exactly "this run". [`RunGuard`]
+//! installs it and takes it back out, restoring whatever was there before.
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
