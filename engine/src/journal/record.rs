@@ -206,6 +206,10 @@ pub struct Transaction {
     /// `by_origin` index can be rebuilt from the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin_key: Option<String>,
+    /// How many steps are stored for it (keyed id + 0..n), so that recording more needs no scan
+    /// of the steps tree. `None` in records written before it was kept: the keys are counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_count: Option<u32>,
 }
 
 impl Transaction {

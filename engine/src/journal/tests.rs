@@ -523,6 +523,7 @@ fn delivered_record(id: TxId, control_id: &str, received_at_ms: i64, size: usize
         rerun_of: None,
         body_pruned: false,
         origin_key: None,
+        step_count: None,
     }
 }
 
@@ -574,6 +575,58 @@ fn step(channel: &str, output: serde_json::Value) -> Step {
         error: None,
         destination: None,
     }
+}
+
+/// Steps are keyed by the transaction and a sequence number that the record keeps
+/// (`step_count`); a record written before it was kept has its stored steps counted instead.
+#[tokio::test]
+async fn steps_recorded_later_follow_the_earlier_ones_in_old_and_new_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = b"MSH|^~\\&|OLD|||||ADT^A01|OLD2|P|2.5.1".to_vec();
+    let old = delivered_record(TxId(7), "OLD2", 1_700_000_000_000, raw.len());
+    {
+        // The layout before the value log, with two steps stored and no step count.
+        let db =
+            crate::sled_db::open(&sled::Config::new().path(dir.path().join("journal"))).unwrap();
+        db.open_tree("tx")
+            .unwrap()
+            .insert(TxId(7).to_key(), serde_json::to_vec(&old).unwrap())
+            .unwrap();
+        db.open_tree("raw").unwrap().insert(TxId(7).to_key(), raw).unwrap();
+        let steps = db.open_tree("steps").unwrap();
+        for n in 0..2u32 {
+            let mut key = TxId(7).to_key().to_vec();
+            key.extend_from_slice(&n.to_be_bytes());
+            let json = serde_json::to_vec(&step(&format!("old{n}"), serde_json::json!(n))).unwrap();
+            steps.insert(key, json).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let (journal, _) = open(dir.path());
+    let new = journal.append(routed("N1", &["adt"])).await.unwrap().id;
+    for (id, name) in [(TxId(7), "again"), (new, "first"), (new, "second")] {
+        journal
+            .record(id, vec![step(name, serde_json::json!(name))], Vec::new())
+            .await
+            .unwrap();
+    }
+    let names = |id| -> Vec<String> {
+        journal.steps(id).unwrap().into_iter().map(|s| s.channel).collect()
+    };
+    assert_eq!(names(TxId(7)), ["old0", "old1", "again"]);
+    assert_eq!(names(new), ["first", "second"]);
+    assert_eq!(journal.get(TxId(7)).unwrap().unwrap().step_count, Some(3));
+    assert_eq!(journal.get(new).unwrap().unwrap().step_count, Some(2));
+    journal.close();
+    drop(journal);
+    // After a reopen, the count read back from the record carries on.
+    let (journal, _) = open(dir.path());
+    journal
+        .record(new, vec![step("third", serde_json::json!(3))], Vec::new())
+        .await
+        .unwrap();
+    let names: Vec<String> = journal.steps(new).unwrap().into_iter().map(|s| s.channel).collect();
+    assert_eq!(names, ["first", "second", "third"]);
 }
 
 /// Everything a reader can see of the journal, for before/after comparisons.

@@ -613,6 +613,7 @@ impl Writer {
             }],
             rerun_of,
             body_pruned: false,
+            step_count: Some(0),
             origin_key: message.origin_key.clone(),
         };
         for channel in tx.channel_names() {
@@ -659,17 +660,18 @@ impl Writer {
         self.load(pending, id)?;
         if !steps.is_empty() {
             // Steps are keyed id + sequence; continue after the ones already stored.
-            let next = match pending.step_counts.get(&id) {
-                Some(n) => *n,
+            let tx = pending.records.get_mut(&id).expect("loaded above");
+            let next = match tx.step_count {
+                Some(n) => n,
                 None => self.trees.steps.scan_prefix(id.to_key()).count() as u32,
             };
+            tx.step_count = Some(next + steps.len() as u32);
             for (n, step) in steps.iter().enumerate() {
                 let mut key = id.to_key().to_vec();
                 key.extend_from_slice(&(next + n as u32).to_be_bytes());
                 let json = serde_json::to_vec(step).expect("step serializes");
                 pending.steps.insert(key, json);
             }
-            pending.step_counts.insert(id, next + steps.len() as u32);
         }
         let tx = pending.records.get_mut(&id).expect("inserted above");
         for (status, reason) in events {
@@ -1022,8 +1024,6 @@ struct PendingWrites {
     by_control: Writes,
     by_origin: Writes,
     steps: Writes,
-    /// Steps already staged per transaction in this batch (for their sequence numbers).
-    step_counts: HashMap<TxId, u32>,
     /// Control ids appended in this batch, so duplicates within one batch are caught too.
     first_by_control: HashMap<(String, String), TxId>,
     /// Origin keys appended in this batch.
