@@ -15,8 +15,8 @@ use bytes::Bytes;
 use crate::channel::{Channel, ChannelSet, Channels, SourceKind};
 use crate::deliver::{Deliverer, Delivery};
 use crate::journal::{
-    now_ms, ChannelRun, Journal, JournalError, MessageMeta, Status, Step, StepKind, Transaction,
-    TxId,
+    now_ms, ChannelRun, Journal, JournalError, MessageMeta, Status, Step, StepKind, StepOutput,
+    Transaction, TxId,
 };
 use crate::metrics::Metrics;
 use crate::transform::{ChannelOutcome, RunChannels, TransformWorker};
@@ -41,6 +41,17 @@ pub struct PipelineOutcome {
     pub reason: Option<String>,
     /// A channel script called `reject()`: answered AE in `on-delivery` mode.
     pub rejected: bool,
+}
+
+/// Whether [`Pipeline::process`] waits for its outcome to be journaled before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// Wait: the caller answers a sender or a person next, who may read the transaction.
+    Await,
+    /// Hand the record to the journal and return: for work nobody waits on (on-commit
+    /// dispatch, the backlog). The journal's writer observes the processing time when it has
+    /// applied the record, so the figure still ends at the journaled outcome.
+    Handoff,
 }
 
 /// Why a rerun requested through the API did not start.
@@ -226,7 +237,7 @@ impl Pipeline {
         if let Some(permit) = permit {
             let this = self.clone();
             actix_rt::spawn(async move {
-                this.process(work).await;
+                this.process(work, Record::Handoff).await;
                 drop(permit);
             });
         }
@@ -236,7 +247,7 @@ impl Pipeline {
     pub async fn process_now(&self, work: Routed) -> PipelineOutcome {
         self.count_received(&work);
         let _permit = self.admission.permits.acquire().await;
-        self.process(work).await
+        self.process(work, Record::Await).await
     }
 
     /// `orbiter_channel_messages_total{status="received"}`: once per new transaction and channel
@@ -266,7 +277,7 @@ impl Pipeline {
             };
             let this = self.clone();
             actix_rt::spawn(async move {
-                this.rerun(id, None).await;
+                this.rerun(id, None, Record::Handoff).await;
                 drop(permit);
             });
         }
@@ -277,7 +288,7 @@ impl Pipeline {
 
     /// Filter, transform and deliver one journaled message through its channels, then record
     /// every step and the final status in one journal write.
-    pub async fn process(&self, work: Routed) -> PipelineOutcome {
+    pub async fn process(&self, work: Routed, record: Record) -> PipelineOutcome {
         let Routed {
             id,
             patient_key,
@@ -319,7 +330,6 @@ impl Pipeline {
         for result in results {
             let channel = result.channel.clone();
             let name = channel.name().to_string();
-            let first_step = steps.len();
             steps.extend(result.steps);
             let outcome = match result.outcome {
                 ChannelOutcome::Filtered { reason } => (
@@ -344,23 +354,15 @@ impl Pipeline {
                     let earlier = patient_key
                         .as_deref()
                         .and_then(|k| self.order.blocked_by(k, id));
-                    let outcome = match earlier {
+                    match earlier {
                         Some(earlier) => (
                             Status::Queued,
                             Some(format!(
                                 "{name}: waiting behind transaction {earlier} for the same patient"
                             )),
                         ),
-                        None => self.deliver(id, &channel, &value, &raw, &mut steps).await,
-                    };
-                    // The transform step keeps the output (moved, not copied).
-                    if let Some(transform) = steps[first_step..]
-                        .iter_mut()
-                        .rfind(|s| s.kind == StepKind::Transform)
-                    {
-                        transform.output = Some(value);
+                        None => self.deliver(id, &channel, value, &raw, &mut steps).await,
                     }
-                    outcome
                 }
             };
             self.metrics
@@ -376,13 +378,27 @@ impl Pipeline {
         let events = vec![(Status::Processing, None), (status, reason.clone())];
         // Not waiting for the fsync: the outcome is on disk with the next group commit, and a
         // crash before that resumes the transaction and runs it again (deliveries are
-        // idempotent), as a crash between the delivery and this record always did.
-        if let Err(e) = self.journal.record_applied(id, steps, events).await {
-            tracing::error!(%id, error = %e, "cannot record pipeline result");
+        // idempotent), as a crash between the delivery and this record always did. A queued
+        // outcome is always awaited: its retry plan reads the record.
+        if record == Record::Handoff && status != Status::Queued {
+            let metrics = self.metrics.clone();
+            self.journal
+                .record_then(id, steps, events, move |recorded| {
+                    if let Err(e) = recorded {
+                        tracing::error!(%id, error = %e, "cannot record pipeline result");
+                    }
+                    metrics
+                        .processing_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                });
+        } else {
+            if let Err(e) = self.journal.record_applied(id, steps, events).await {
+                tracing::error!(%id, error = %e, "cannot record pipeline result");
+            }
+            self.metrics
+                .processing_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
-        self.metrics
-            .processing_seconds
-            .observe(started.elapsed().as_secs_f64());
         if status == Status::Queued {
             self.schedule_retry(id).await;
         } else {
@@ -411,12 +427,13 @@ impl Pipeline {
         }
     }
 
-    /// Sends one channel's output to each of its destinations.
+    /// Sends one channel's output to each of its destinations (the last one is given the
+    /// value itself, so that the embedded CDR takes it without a copy).
     async fn deliver(
         &self,
         id: TxId,
         channel: &Arc<Channel>,
-        value: &serde_json::Value,
+        value: serde_json::Value,
         raw: &[u8],
         steps: &mut Vec<Step>,
     ) -> (Status, Option<String>) {
@@ -430,16 +447,32 @@ impl Pipeline {
             );
         }
         let mut worst = (Status::Delivered, None);
-        for destination in &channel.def.destinations {
+        let mut value = Some(Arc::new(value));
+        let last = channel.def.destinations.len() - 1;
+        for (n, destination) in channel.def.destinations.iter().enumerate() {
+            let value = if n == last {
+                value.take()
+            } else {
+                value.clone()
+            };
+            let value = value.expect("taken at the last destination only");
             let delivery = self
                 .deliverer
                 .deliver(destination, id, channel, value, raw)
                 .await;
             let (ok, output, error, status) = match delivery {
-                Delivery::Delivered { response } => (true, response, None, Status::Delivered),
-                Delivery::Failed { error, response } => {
-                    (false, response, Some(error), Status::Failed)
-                }
+                Delivery::Delivered { response } => (
+                    true,
+                    response.as_ref().map(StepOutput::of),
+                    None,
+                    Status::Delivered,
+                ),
+                Delivery::Failed { error, response } => (
+                    false,
+                    response.as_ref().map(StepOutput::of),
+                    Some(error),
+                    Status::Failed,
+                ),
                 Delivery::Retry { error } => (false, None, Some(error), Status::Queued),
             };
             steps.push(Step {
@@ -500,14 +533,19 @@ impl Pipeline {
                 );
             }
             for id in ids {
-                self.rerun(id, None).await;
+                self.rerun(id, None, Record::Await).await;
             }
         }
     }
 
     /// Runs a stored transaction through its channels again (all current channels that take it,
     /// or only those named). Returns `None` if it is gone.
-    pub async fn rerun(&self, id: TxId, only: Option<&[String]>) -> Option<PipelineOutcome> {
+    pub async fn rerun(
+        &self,
+        id: TxId,
+        only: Option<&[String]>,
+        record: Record,
+    ) -> Option<PipelineOutcome> {
         let journal = self.journal.clone();
         let loaded = tokio::task::spawn_blocking(move || -> Option<_> {
             Some((journal.get(id).ok()??, journal.raw(id).ok()??))
@@ -524,14 +562,17 @@ impl Pipeline {
             return Some(self.fail(id, "no channel: none takes it now".into()).await);
         }
         Some(
-            self.process(Routed {
-                id,
-                patient_key: tx.meta.patient_key.clone(),
-                format: tx.meta.format,
-                raw: Bytes::copy_from_slice(&raw),
-                set,
-                channels: routes,
-            })
+            self.process(
+                Routed {
+                    id,
+                    patient_key: tx.meta.patient_key.clone(),
+                    format: tx.meta.format,
+                    raw: Bytes::copy_from_slice(&raw),
+                    set,
+                    channels: routes,
+                },
+                record,
+            )
             .await,
         )
     }
@@ -592,7 +633,7 @@ impl Pipeline {
                             .collect::<Vec<_>>()
                     });
                     if let Some(names) = names {
-                        self.rerun(id, Some(&names)).await;
+                        self.rerun(id, Some(&names), Record::Await).await;
                     }
                 }
             }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use crate::channel::{Channel, ScriptSource};
 use crate::format::Format;
 use crate::hl7::Message;
-use crate::journal::{now_ms, Step, StepKind, TxId};
+use crate::journal::{now_ms, Step, StepKind, StepOutput, TxId};
 use crate::script::{
     Script, ScriptContext, ScriptHost, ScriptInput, ScriptLimits, TransformOutcome,
 };
@@ -25,8 +25,8 @@ use crate::script::{
 pub enum ChannelOutcome {
     /// The filter (or `skip()`) dropped it.
     Filtered { reason: Option<String> },
-    /// FHIR output to deliver. It is also the transform step's output, which is left empty in
-    /// the steps so that the value is not copied: whoever journals the steps puts it there.
+    /// FHIR output to deliver. The transform step holds it as JSON text too; in the pipeline a
+    /// channel without destinations gets `Null` here (see [`TransformWorker::run`]).
     Output { value: serde_json::Value },
     /// `reject()`: refused, the sender is told AE in on-delivery mode.
     Rejected { reason: String },
@@ -157,7 +157,9 @@ impl TransformWorker {
                     steps.push(step(
                         StepKind::Filter,
                         true,
-                        Some(serde_json::json!({"keep": keep, "reason": outcome.reason})),
+                        Some(StepOutput::of(
+                            &serde_json::json!({"keep": keep, "reason": outcome.reason}),
+                        )),
                         outcome.logs,
                         None,
                     ));
@@ -199,16 +201,17 @@ impl TransformWorker {
                 ChannelOutcome::Failed { error }
             }
             Ok(TransformOutcome::Output { value, logs }) => {
-                // The step's output is the outcome's value: the pipeline moves it into the
-                // step once delivered (see `Pipeline::process`), instead of a copy here.
-                steps.push(step(StepKind::Transform, true, None, logs, None));
+                // Written here, on the worker pool, rather than by the journal's one writer
+                // thread; the pipeline can then give the value itself to a destination.
+                let output = StepOutput::of(&value);
+                steps.push(step(StepKind::Transform, true, Some(output), logs, None));
                 ChannelOutcome::Output { value }
             }
             Ok(TransformOutcome::Skip { reason, logs }) => {
                 steps.push(step(
                     StepKind::Transform,
                     true,
-                    Some(serde_json::json!({"skipped": reason})),
+                    Some(StepOutput::of(&serde_json::json!({"skipped": reason}))),
                     logs,
                     None,
                 ));
@@ -241,7 +244,7 @@ impl TransformWorker {
                 if let Err(e) = &host_ready {
                     return failed(channel, format!("script library: {e}"));
                 }
-                match &hl7 {
+                let mut result = match &hl7 {
                     Some(Ok(message)) => {
                         self.run_channel(channel, &ScriptInput::Hl7(message), msg.transaction)
                     }
@@ -256,7 +259,15 @@ impl TransformWorker {
                         }
                         Err(e) => failed(channel, e),
                     },
+                };
+                // Nothing will deliver it (the step has its text): the tree is freed here, on
+                // the thread whose allocator built it.
+                if let ChannelOutcome::Output { value } = &mut result.outcome {
+                    if channel.def.destinations.is_empty() {
+                        *value = serde_json::Value::Null;
+                    }
                 }
+                result
             })
             .collect()
     }

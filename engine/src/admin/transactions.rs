@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 
 use super::audit::{self, parse_instant, AuditAction};
 use super::{AdminState, Caller, Role};
-use crate::journal::{Status, Transaction, TxFilter, TxId};
+use crate::journal::{Status, StepOutput, Transaction, TxFilter, TxId};
 use crate::route::RerunError;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -228,7 +228,10 @@ async fn detail(
             let full = super::mask::may_read_bodies(&caller);
             if !full {
                 for step in &mut steps {
-                    step.output = step.output.take().map(|_| json!(super::mask::MASK));
+                    step.output = step
+                        .output
+                        .take()
+                        .map(|_| StepOutput::of(&json!(super::mask::MASK)));
                     step.logs.clear();
                 }
             }

@@ -83,19 +83,24 @@ impl Deliverer {
         self
     }
 
+    /// Sends `value` to one destination. It is shared (`Arc`) so that the embedded CDR, which
+    /// consumes a Bundle, copies it only when another destination still holds it, and never on
+    /// the caller's thread.
     pub async fn deliver(
         &self,
         destination: &DestinationDef,
         id: TxId,
         channel: &Channel,
-        value: &Value,
+        value: Arc<Value>,
         raw: &[u8],
     ) -> Delivery {
         let name = destination.display_name();
+        let shared = value;
+        let value = &*shared;
         let started = Instant::now();
         let delivery = match destination.kind {
             DestinationKind::Cdr => match &self.cdr {
-                CdrTarget::Embedded(cdr) => embedded(cdr, value).await,
+                CdrTarget::Embedded(cdr) => embedded(cdr, shared).await,
                 CdrTarget::External(http) => http.post(value).await,
             },
             DestinationKind::Http => match &destination.url {
@@ -237,10 +242,11 @@ pub fn diagnostics(body: &Value) -> String {
     text.chars().take(300).collect()
 }
 
-async fn embedded(cdr: &Cdr, value: &Value) -> Delivery {
-    let value = value.clone();
+async fn embedded(cdr: &Cdr, value: Arc<Value>) -> Delivery {
     let answered = cdr
-        .blocking(move |cdr| cdr.process_bundle(value, "urn:orbiter:embedded"))
+        .blocking(move |cdr| {
+            cdr.process_bundle(Arc::unwrap_or_clone(value), "urn:orbiter:embedded")
+        })
         .await;
     match answered {
         Some((status, body)) => classify(status, body),

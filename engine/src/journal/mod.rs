@@ -38,14 +38,14 @@ use tokio::sync::oneshot;
 
 pub use record::{
     now_ms, Appended, ChannelRun, MessageMeta, NewMessage, Status, StatusEvent, Step, StepKind,
-    Transaction, TxId,
+    StepOutput, Transaction, TxId,
 };
 
 use crate::config::JournalConfig;
 use crate::metrics::Metrics;
 use slots::Slots;
 use values::{Kind, Ptr, ValueLog};
-use writer::{Command, Wait, Writer};
+use writer::{Command, RecordReply, Wait, Writer};
 
 /// Why a journal operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -390,12 +390,46 @@ impl Journal {
             id,
             steps,
             events,
-            reply: Some(reply),
+            reply: RecordReply::Answer(reply),
             wait,
         });
         async move {
             queued?;
             answer.await.map_err(|_| JournalError::Closed)?
+        }
+    }
+
+    /// [`Journal::record_applied`] for a caller that does not wait: `then` runs on the writer
+    /// thread once the record is applied (readable), with how it went; at once, with the error,
+    /// if the journal is closed. Spares the caller a wake-up per record.
+    pub fn record_then(
+        &self,
+        id: TxId,
+        steps: Vec<Step>,
+        events: Vec<(Status, Option<String>)>,
+        then: impl FnOnce(Result<(), JournalError>) + Send + 'static,
+    ) {
+        let then: Box<dyn FnOnce(Result<(), JournalError>) + Send> = Box::new(then);
+        let command = Command::Record {
+            id,
+            steps,
+            events,
+            reply: RecordReply::Then(then),
+            wait: Wait::Applied,
+        };
+        let refused = match self.commands.lock() {
+            Ok(guard) => match guard.as_ref() {
+                Some(sender) => sender.send(command).err().map(|e| e.0),
+                None => Some(command),
+            },
+            Err(_) => Some(command),
+        };
+        if let Some(Command::Record {
+            reply: RecordReply::Then(then),
+            ..
+        }) = refused
+        {
+            then(Err(JournalError::Closed));
         }
     }
 

@@ -136,8 +136,10 @@ pub struct Step {
     pub at_ms: i64,
     pub ok: bool,
     /// The step's output: the FHIR produced by a transform, the response of a destination.
+    /// Kept as JSON text: the transform worker writes it once, and neither the pipeline nor the
+    /// journal writer holds (or copies) the parsed tree for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<serde_json::Value>,
+    pub output: Option<StepOutput>,
     /// `log()`/`print` lines of a script.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<String>,
@@ -147,6 +149,35 @@ pub struct Step {
     /// For deliveries: which destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
+}
+
+/// A step's output as JSON text (see [`Step::output`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StepOutput(Box<serde_json::value::RawValue>);
+
+impl StepOutput {
+    /// `value` written as JSON.
+    pub fn of(value: &serde_json::Value) -> StepOutput {
+        StepOutput(serde_json::value::to_raw_value(value).expect("a JSON value serializes"))
+    }
+
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The output parsed.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).expect("a step output holds JSON")
+    }
+}
+
+/// The same JSON text (what was written is compared, not what it means).
+impl PartialEq for StepOutput {
+    fn eq(&self, other: &StepOutput) -> bool {
+        self.json() == other.json()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -405,7 +405,7 @@ mod tests {
 
     use super::*;
     use crate::config::JournalConfig;
-    use crate::journal::{ChannelRun, MessageMeta, NewMessage, Step, StepKind};
+    use crate::journal::{ChannelRun, MessageMeta, NewMessage, Step, StepKind, StepOutput};
     use crate::metrics::Metrics;
 
     fn open(dir: &std::path::Path) -> (Journal, Arc<Metrics>) {
@@ -441,7 +441,9 @@ mod tests {
             kind: StepKind::Transform,
             at_ms: 0,
             ok: true,
-            output: Some(serde_json::json!({"resourceType": "Bundle"})),
+            output: Some(StepOutput::of(
+                &serde_json::json!({"resourceType": "Bundle"}),
+            )),
             logs: vec!["name DOE".into()],
             error: None,
             destination: None,

@@ -237,6 +237,35 @@ async fn an_outcome_recorded_applied_is_readable_at_once_and_durable_after() {
     assert_eq!(count(&metrics, Status::Delivered), 1);
 }
 
+/// `record_then`: nobody waits, and the callback runs once the record is readable (the
+/// pipeline observes its processing time there); a closed journal calls it with the error.
+#[tokio::test]
+async fn a_record_handed_off_calls_back_once_it_is_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    let id = journal.append(message("H1", "LAB")).await.unwrap().id;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reader = journal.clone();
+    journal.record_then(
+        id,
+        vec![step("adt", serde_json::json!({"resourceType": "Bundle"}))],
+        vec![(Status::Processing, None), (Status::Delivered, None)],
+        move |recorded| {
+            // On the writer thread, after the apply: what a reader sees now.
+            let seen = reader.get(id).unwrap().unwrap().status;
+            let _ = tx.send((recorded.is_ok(), seen));
+        },
+    );
+    assert_eq!(rx.await.unwrap(), (true, Status::Delivered));
+    assert_eq!(journal.steps(id).unwrap().len(), 1);
+    journal.close();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    journal.record_then(id, Vec::new(), Vec::new(), move |recorded| {
+        let _ = tx.send(recorded);
+    });
+    assert!(matches!(rx.await.unwrap(), Err(JournalError::Closed)));
+}
+
 #[tokio::test]
 async fn a_closed_journal_refuses_appends() {
     let dir = tempfile::tempdir().unwrap();
@@ -570,7 +599,7 @@ fn step(channel: &str, output: serde_json::Value) -> Step {
         kind: StepKind::Transform,
         at_ms: 1,
         ok: true,
-        output: Some(output),
+        output: Some(StepOutput::of(&output)),
         logs: vec!["a log line".into()],
         error: None,
         destination: None,
@@ -592,7 +621,10 @@ async fn steps_recorded_later_follow_the_earlier_ones_in_old_and_new_records() {
             .unwrap()
             .insert(TxId(7).to_key(), serde_json::to_vec(&old).unwrap())
             .unwrap();
-        db.open_tree("raw").unwrap().insert(TxId(7).to_key(), raw).unwrap();
+        db.open_tree("raw")
+            .unwrap()
+            .insert(TxId(7).to_key(), raw)
+            .unwrap();
         let steps = db.open_tree("steps").unwrap();
         for n in 0..2u32 {
             let mut key = TxId(7).to_key().to_vec();
@@ -611,7 +643,12 @@ async fn steps_recorded_later_follow_the_earlier_ones_in_old_and_new_records() {
             .unwrap();
     }
     let names = |id| -> Vec<String> {
-        journal.steps(id).unwrap().into_iter().map(|s| s.channel).collect()
+        journal
+            .steps(id)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.channel)
+            .collect()
     };
     assert_eq!(names(TxId(7)), ["old0", "old1", "again"]);
     assert_eq!(names(new), ["first", "second"]);
@@ -625,7 +662,12 @@ async fn steps_recorded_later_follow_the_earlier_ones_in_old_and_new_records() {
         .record(new, vec![step("third", serde_json::json!(3))], Vec::new())
         .await
         .unwrap();
-    let names: Vec<String> = journal.steps(new).unwrap().into_iter().map(|s| s.channel).collect();
+    let names: Vec<String> = journal
+        .steps(new)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.channel)
+        .collect();
     assert_eq!(names, ["first", "second", "third"]);
 }
 

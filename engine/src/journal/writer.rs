@@ -42,7 +42,7 @@ pub(super) enum Command {
         id: TxId,
         steps: Vec<Step>,
         events: Vec<(Status, Option<String>)>,
-        reply: Option<oneshot::Sender<Result<(), JournalError>>>,
+        reply: RecordReply,
         /// Answer once durable (after the group commit's fsync), or as soon as applied.
         wait: Wait,
     },
@@ -65,6 +65,26 @@ pub(super) enum Command {
     Compact {
         reply: oneshot::Sender<Result<Option<u32>, JournalError>>,
     },
+}
+
+/// Who hears how a [`Command::Record`] went.
+pub(super) enum RecordReply {
+    /// A caller awaiting the answer.
+    Answer(oneshot::Sender<Result<(), JournalError>>),
+    /// A caller that does not wait: this runs on the writer thread instead, so nobody is woken
+    /// only to learn that the record was written.
+    Then(Box<dyn FnOnce(Result<(), JournalError>) + Send>),
+}
+
+impl RecordReply {
+    fn send(self, result: Result<(), JournalError>) {
+        match self {
+            RecordReply::Answer(reply) => {
+                let _ = reply.send(result);
+            }
+            RecordReply::Then(then) => then(result),
+        }
+    }
 }
 
 /// When the writer answers a [`Command::Record`].
@@ -114,10 +134,7 @@ enum Reply {
         Result<Appended, JournalError>,
         Instant,
     ),
-    Status(
-        Option<oneshot::Sender<Result<(), JournalError>>>,
-        Result<(), JournalError>,
-    ),
+    Status(RecordReply, Result<(), JournalError>),
     Prune(
         oneshot::Sender<Result<Vec<Pruned>, JournalError>>,
         Result<Vec<Pruned>, JournalError>,
@@ -368,9 +385,9 @@ impl Writer {
                     wait,
                 } => {
                     let result = self.stage_record(&mut pending, id, steps, events);
-                    match (wait, reply) {
-                        (Wait::Applied, Some(reply)) => on_apply.push((reply, result)),
-                        (_, reply) => replies.push(Reply::Status(reply, result)),
+                    match wait {
+                        Wait::Applied => on_apply.push((reply, result)),
+                        Wait::Durable => replies.push(Reply::Status(reply, result)),
                     }
                 }
                 Command::AppendRerun {
@@ -398,7 +415,7 @@ impl Writer {
         let status_deltas = std::mem::take(&mut pending.status_deltas);
         let applied = self.apply(pending);
         for (reply, result) in on_apply {
-            let _ = reply.send(applied.clone().and(result));
+            reply.send(applied.clone().and(result));
         }
         FlushJob {
             replies,
@@ -778,14 +795,10 @@ impl Flusher {
                         .observe(enqueued.elapsed().as_secs_f64());
                     let _ = tx.send(result);
                 }
-                Reply::Status(tx, result) => {
-                    if let Some(tx) = tx {
-                        let _ = tx.send(match &written {
-                            Ok(()) => result,
-                            Err(e) => Err(e.clone()),
-                        });
-                    }
-                }
+                Reply::Status(reply, result) => reply.send(match &written {
+                    Ok(()) => result,
+                    Err(e) => Err(e.clone()),
+                }),
                 Reply::Prune(tx, result) => {
                     let _ = tx.send(match &written {
                         Ok(()) => result,
