@@ -303,6 +303,7 @@ impl Journal {
             checkpointed: appender_position,
             last_compaction: Instant::now(),
             next_id: std::cell::Cell::new(trees.slots.end()),
+            recent: Default::default(),
         };
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())

@@ -266,6 +266,47 @@ async fn a_record_handed_off_calls_back_once_it_is_readable() {
     assert!(matches!(rx.await.unwrap(), Err(JournalError::Closed)));
 }
 
+/// The writer keeps the records it wrote last and records outcomes on them without reading
+/// them back: every change (an outcome, a prune, a reopen) must be seen by the next one.
+#[tokio::test]
+async fn records_changed_one_after_another_keep_every_change() {
+    use super::retention::{PruneAction, PruneRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    let id = journal.append(message("K1", "LAB")).await.unwrap().id;
+    journal
+        .record_applied(
+            id,
+            vec![step("adt", serde_json::json!(1))],
+            vec![(Status::Delivered, None)],
+        )
+        .await
+        .unwrap();
+    journal
+        .prune(vec![PruneRequest {
+            id,
+            action: PruneAction::Body,
+            statuses: vec![Status::Delivered],
+        }])
+        .await
+        .unwrap();
+    journal
+        .set_status(id, Status::Failed, Some("later".into()))
+        .await
+        .unwrap();
+    let check = |tx: Transaction| {
+        assert!(tx.body_pruned, "the prune is kept");
+        assert_eq!(tx.status, Status::Failed);
+        assert_eq!(tx.events.len(), 3, "received, delivered, failed");
+        assert_eq!(tx.step_count, Some(1));
+    };
+    check(journal.get(id).unwrap().unwrap());
+    journal.close();
+    drop(journal);
+    let (journal, _) = open(dir.path());
+    check(journal.get(id).unwrap().unwrap());
+}
+
 #[tokio::test]
 async fn a_closed_journal_refuses_appends() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@
 //! `flush_async` deadlock under concurrent callers, keeps blocking I/O off the actix arbiters,
 //! and makes read-modify-write of a record race-free.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -97,6 +97,10 @@ pub(super) enum Wait {
     Applied,
 }
 
+/// How many of the latest written records the writer keeps parsed (see [`Writer::recent`]):
+/// at 5,000 messages/s, the last ~200 ms of appends, which is when their outcomes come back.
+const RECENT_RECORDS: usize = 1024;
+
 /// How often the writer looks for a value-log segment to compact.
 const COMPACT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -125,6 +129,10 @@ pub(super) struct Writer {
     pub last_compaction: Instant,
     /// The id the next new transaction gets: ids are dense, one slot each.
     pub next_id: Cell<u64>,
+    /// The records this writer wrote last, as written: recording an outcome takes the record
+    /// from here instead of reading and parsing it back from the value log. Only this thread
+    /// writes records, so these are the stored versions.
+    pub recent: RefCell<BTreeMap<TxId, Transaction>>,
 }
 
 /// A reply to send once the batch is durable.
@@ -356,8 +364,13 @@ impl Writer {
     /// Applies staged writes; keeps the segments they left dead for the next checkpoint.
     fn apply(&mut self, pending: PendingWrites) -> Result<(), JournalError> {
         self.dirty = true;
-        let dead = pending.apply(&self.trees, &mut self.values)?;
+        let (dead, records) = pending.apply(&self.trees, &mut self.values)?;
         self.dead_segments.extend(dead);
+        let mut recent = self.recent.borrow_mut();
+        recent.extend(records);
+        while recent.len() > RECENT_RECORDS {
+            recent.pop_first();
+        }
         Ok(())
     }
 
@@ -456,8 +469,12 @@ impl Writer {
             return Err(JournalError::NotFound(id));
         }
         if let std::collections::hash_map::Entry::Vacant(slot) = pending.records.entry(id) {
-            let Some(tx) = self.trees.tx(id)? else {
-                return Err(JournalError::NotFound(id));
+            // Taken out: it comes back once this batch is applied, or not (a failed batch, a
+            // deletion), and then the stored version is read next time.
+            let recent = self.recent.borrow_mut().remove(&id);
+            let tx = match recent {
+                Some(tx) => tx,
+                None => self.trees.tx(id)?.ok_or(JournalError::NotFound(id))?,
             };
             slot.insert(tx);
         }
@@ -1061,8 +1078,12 @@ impl PendingWrites {
     /// released. A crash in between leaves at worst a value nothing points to or a segment
     /// counted too high; nothing in this batch was acknowledged yet (replies wait for the
     /// flush), and readers skip index entries whose slot is empty. Returns the segments to
-    /// delete once the flush is durable.
-    fn apply(self, trees: &Trees, values: &mut Appender) -> Result<Vec<u32>, JournalError> {
+    /// delete once the flush is durable, and the records written.
+    fn apply(
+        self,
+        trees: &Trees,
+        values: &mut Appender,
+    ) -> Result<(Vec<u32>, HashMap<TxId, Transaction>), JournalError> {
         let raw = self.raw.into_pointers(Kind::Raw, values)?;
         let mut records = Writes::default();
         for (id, tx) in &self.records {
@@ -1130,6 +1151,7 @@ impl PendingWrites {
                     .insert(key, &(now + delta).max(0).to_be_bytes())?;
             }
         }
-        count_live(trees, &released, active)
+        let dead = count_live(trees, &released, active)?;
+        Ok((dead, self.records))
     }
 }
