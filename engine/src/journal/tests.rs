@@ -266,11 +266,23 @@ async fn a_record_handed_off_calls_back_once_it_is_readable() {
     assert!(matches!(rx.await.unwrap(), Err(JournalError::Closed)));
 }
 
+/// Retention's body prune of a delivered transaction.
+async fn prune_body(journal: &Journal, id: TxId) {
+    use super::retention::{PruneAction, PruneRequest};
+    journal
+        .prune(vec![PruneRequest {
+            id,
+            action: PruneAction::Body,
+            statuses: vec![Status::Delivered],
+        }])
+        .await
+        .unwrap();
+}
+
 /// The writer keeps the records it wrote last and records outcomes on them without reading
 /// them back: every change (an outcome, a prune, a reopen) must be seen by the next one.
 #[tokio::test]
 async fn records_changed_one_after_another_keep_every_change() {
-    use super::retention::{PruneAction, PruneRequest};
     let dir = tempfile::tempdir().unwrap();
     let (journal, _) = open(dir.path());
     let id = journal.append(message("K1", "LAB")).await.unwrap().id;
@@ -282,14 +294,7 @@ async fn records_changed_one_after_another_keep_every_change() {
         )
         .await
         .unwrap();
-    journal
-        .prune(vec![PruneRequest {
-            id,
-            action: PruneAction::Body,
-            statuses: vec![Status::Delivered],
-        }])
-        .await
-        .unwrap();
+    prune_body(&journal, id).await;
     journal
         .set_status(id, Status::Failed, Some("later".into()))
         .await
@@ -597,25 +602,34 @@ fn delivered_record(id: TxId, control_id: &str, received_at_ms: i64, size: usize
     }
 }
 
+/// Writes a journal in the layout from before the value log (JSON and bytes inline in sled):
+/// one record, its body and its steps.
+fn write_old_layout(dir: &std::path::Path, tx: &Transaction, raw: &[u8], steps: &[Step]) {
+    let db = crate::sled_db::open(&sled::Config::new().path(dir.join("journal"))).unwrap();
+    let key = tx.id.to_key();
+    db.open_tree("tx")
+        .unwrap()
+        .insert(key, serde_json::to_vec(tx).unwrap())
+        .unwrap();
+    db.open_tree("raw").unwrap().insert(key, raw).unwrap();
+    if !steps.is_empty() {
+        let tree = db.open_tree("steps").unwrap();
+        for (n, step) in steps.iter().enumerate() {
+            let mut step_key = key.to_vec();
+            step_key.extend_from_slice(&(n as u32).to_be_bytes());
+            tree.insert(step_key, serde_json::to_vec(step).unwrap())
+                .unwrap();
+        }
+    }
+    db.flush().unwrap();
+}
+
 #[tokio::test]
 async fn a_journal_with_inline_values_is_moved_into_the_value_log_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let raw = b"MSH|^~\\&|OLD|||||ADT^A01|OLD1|P|2.5.1".to_vec();
     let tx = delivered_record(TxId(7), "OLD1", 1_700_000_000_000, raw.len());
-    {
-        // The layout before the value log: JSON and bytes inline.
-        let db =
-            crate::sled_db::open(&sled::Config::new().path(dir.path().join("journal"))).unwrap();
-        db.open_tree("tx")
-            .unwrap()
-            .insert(TxId(7).to_key(), serde_json::to_vec(&tx).unwrap())
-            .unwrap();
-        db.open_tree("raw")
-            .unwrap()
-            .insert(TxId(7).to_key(), raw.clone())
-            .unwrap();
-        db.flush().unwrap();
-    }
+    write_old_layout(dir.path(), &tx, &raw, &[]);
     let (journal, _) = open(dir.path());
     assert_eq!(journal.get(TxId(7)).unwrap().unwrap(), tx);
     assert_eq!(journal.raw(TxId(7)).unwrap().unwrap(), raw);
@@ -654,27 +668,11 @@ async fn steps_recorded_later_follow_the_earlier_ones_in_old_and_new_records() {
     let dir = tempfile::tempdir().unwrap();
     let raw = b"MSH|^~\\&|OLD|||||ADT^A01|OLD2|P|2.5.1".to_vec();
     let old = delivered_record(TxId(7), "OLD2", 1_700_000_000_000, raw.len());
-    {
-        // The layout before the value log, with two steps stored and no step count.
-        let db =
-            crate::sled_db::open(&sled::Config::new().path(dir.path().join("journal"))).unwrap();
-        db.open_tree("tx")
-            .unwrap()
-            .insert(TxId(7).to_key(), serde_json::to_vec(&old).unwrap())
-            .unwrap();
-        db.open_tree("raw")
-            .unwrap()
-            .insert(TxId(7).to_key(), raw)
-            .unwrap();
-        let steps = db.open_tree("steps").unwrap();
-        for n in 0..2u32 {
-            let mut key = TxId(7).to_key().to_vec();
-            key.extend_from_slice(&n.to_be_bytes());
-            let json = serde_json::to_vec(&step(&format!("old{n}"), serde_json::json!(n))).unwrap();
-            steps.insert(key, json).unwrap();
-        }
-        db.flush().unwrap();
-    }
+    // Two steps stored, and no step count.
+    let steps: Vec<Step> = (0..2)
+        .map(|n| step(&format!("old{n}"), serde_json::json!(n)))
+        .collect();
+    write_old_layout(dir.path(), &old, &raw, &steps);
     let (journal, _) = open(dir.path());
     let new = journal.append(routed("N1", &["adt"])).await.unwrap().id;
     for (id, name) in [(TxId(7), "again"), (new, "first"), (new, "second")] {
@@ -821,7 +819,6 @@ async fn what_sled_lost_after_the_checkpoint_is_replayed_from_the_value_log() {
 
 #[tokio::test]
 async fn compaction_moves_what_is_still_referenced_and_frees_the_segment() {
-    use super::retention::{PruneAction, PruneRequest};
     let dir = tempfile::tempdir().unwrap();
     let (journal, _) = open(dir.path());
     let a = journal.append(routed("C1", &["adt"])).await.unwrap().id;
@@ -839,14 +836,7 @@ async fn compaction_moves_what_is_still_referenced_and_frees_the_segment() {
             .set_status(id, Status::Delivered, None)
             .await
             .unwrap();
-        journal
-            .prune(vec![PruneRequest {
-                id,
-                action: PruneAction::Body,
-                statuses: vec![Status::Delivered],
-            }])
-            .await
-            .unwrap();
+        prune_body(&journal, id).await;
     }
     assert_eq!(segment_files(dir.path()).len(), 2);
     assert_eq!(journal.compact().await.unwrap(), Some(1));
