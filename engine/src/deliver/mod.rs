@@ -83,7 +83,7 @@ impl Deliverer {
         self
     }
 
-    /// Sends `value` to one destination. It is shared (`Arc`) so that the embedded CDR, which
+    /// Sends `output` to one destination. It is shared (`Arc`) so that the embedded CDR, which
     /// consumes a Bundle, copies it only when another destination still holds it, and never on
     /// the caller's thread.
     pub async fn deliver(
@@ -91,16 +91,15 @@ impl Deliverer {
         destination: &DestinationDef,
         id: TxId,
         channel: &Channel,
-        value: Arc<Value>,
+        output: Arc<Value>,
         raw: &[u8],
     ) -> Delivery {
         let name = destination.display_name();
-        let shared = value;
-        let value = &*shared;
+        let value: &Value = &output;
         let started = Instant::now();
         let delivery = match destination.kind {
             DestinationKind::Cdr => match &self.cdr {
-                CdrTarget::Embedded(cdr) => embedded(cdr, shared).await,
+                CdrTarget::Embedded(cdr) => embedded(cdr, output).await,
                 CdrTarget::External(http) => http.post(value).await,
             },
             DestinationKind::Http => match &destination.url {
