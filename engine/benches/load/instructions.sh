@@ -19,7 +19,8 @@ patient_encounter_channels "$dir" "${1:-}"
 BIN="$wrapper" start_engine "$dir/channels" ORBITER_SCRIPTS_DIR="$dir/scripts"
 sleep 15 # valgrind's start-up, the library compiled
 pid=$(pgrep -f "valgrind.*run --data $BENCH_DIR/data" | head -1)
-$LOAD --to "$MLLP" -c 4 -d 4 --rate 25 >/dev/null # warm-up: first-use costs
+# Warm-up (first-use costs), with ids of its own: the counted messages are all new patients.
+$LOAD --to "$MLLP" -c 4 -d 4 --rate 25 --id-prefix W >/dev/null
 sleep 5
 processed() { curl -s "http://$ADMIN/metrics" | awk '/^orbiter_processing_seconds_count/{print $2}'; }
 callgrind_control -z "$pid" >/dev/null 2>&1

@@ -36,6 +36,11 @@ struct Args {
     /// The message to send (MSH-10 is replaced per message); default: a 700-byte ADT^A01.
     #[arg(long)]
     message: Option<PathBuf>,
+    /// Starts every message id (MSH-10, and the default message's MRN and account number):
+    /// a second run against the same engine gives other ids (new patients, not updates or
+    /// duplicates of the first run's). Default: `L` over MLLP, `H` over HTTP.
+    #[arg(long)]
+    id_prefix: Option<String>,
 }
 
 /// Per connection: ACK latencies in microseconds, counted only after the warm-up.
@@ -135,7 +140,8 @@ async fn connection(
                 ticker.tick().await;
             }
             seq += 1;
-            let message = with_control_id(template, &format!("L{n}-{seq}"));
+            let prefix = args.id_prefix.as_deref().unwrap_or("L");
+            let message = with_control_id(template, &format!("{prefix}{n}-{seq}"));
             if let Err(e) = client.write(&message).await {
                 out.error = Some(e.to_string());
                 return out;
@@ -175,7 +181,8 @@ async fn http_connection(
             t.tick().await;
         }
         seq += 1;
-        let message = with_control_id(template, &format!("H{n}-{seq}"));
+        let prefix = args.id_prefix.as_deref().unwrap_or("H");
+        let message = with_control_id(template, &format!("{prefix}{n}-{seq}"));
         let sent = Instant::now();
         let response = client
             .post(&args.to)
