@@ -21,6 +21,7 @@
 //! which is safe from any thread (callers on an async runtime should use a blocking pool).
 
 mod keys;
+mod live;
 pub mod record;
 mod replay;
 pub mod retention;
@@ -304,6 +305,7 @@ impl Journal {
             last_compaction: Instant::now(),
             next_id: std::cell::Cell::new(trees.slots.end()),
             recent: Default::default(),
+            live: live::LiveBytes::load(&trees)?,
         };
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())

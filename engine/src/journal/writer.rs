@@ -19,6 +19,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::keys;
+use super::live::LiveBytes;
 use super::record::{
     now_ms, Appended, ChannelRun, NewMessage, Status, StatusEvent, Step, Transaction, TxId,
 };
@@ -133,6 +134,8 @@ pub(super) struct Writer {
     /// from here instead of reading and parsing it back from the value log. Only this thread
     /// writes records, so these are the stored versions.
     pub recent: RefCell<BTreeMap<TxId, Transaction>>,
+    /// Each segment's live bytes, written to sled at checkpoints.
+    pub live: LiveBytes,
 }
 
 /// A reply to send once the batch is durable.
@@ -238,6 +241,7 @@ impl Writer {
             if self.fsync {
                 self.trees.slots.sync()?;
             }
+            self.live.persist(&self.trees)?;
             let position = self.values.position();
             self.trees.segments.insert(
                 super::replay::CHECKPOINT_KEY,
@@ -340,12 +344,7 @@ impl Writer {
     /// [`COMPACT_BELOW`].
     fn compaction_candidate(&self) -> Result<Option<u32>, JournalError> {
         let mut best: Option<(f64, u32)> = None;
-        for entry in self.trees.segments.iter() {
-            let (key, value) = entry?;
-            let Ok(key) = <[u8; 4]>::try_from(key.as_ref()) else {
-                continue;
-            };
-            let segment = u32::from_be_bytes(key);
+        for (segment, live) in self.live.iter() {
             if segment >= self.checkpointed.0 {
                 continue;
             }
@@ -353,7 +352,7 @@ impl Writer {
             if size == 0 {
                 continue;
             }
-            let share = keys::count(&value) as f64 / size as f64;
+            let share = live as f64 / size as f64;
             if share < COMPACT_BELOW && best.is_none_or(|(b, _)| share < b) {
                 best = Some((share, segment));
             }
@@ -364,7 +363,7 @@ impl Writer {
     /// Applies staged writes; keeps the segments they left dead for the next checkpoint.
     fn apply(&mut self, pending: PendingWrites) -> Result<(), JournalError> {
         self.dirty = true;
-        let (dead, records) = pending.apply(&self.trees, &mut self.values)?;
+        let (dead, records) = pending.apply(&self.trees, &mut self.values, &mut self.live)?;
         self.dead_segments.extend(dead);
         let mut recent = self.recent.borrow_mut();
         recent.extend(records);
@@ -928,35 +927,6 @@ impl PointerWrites {
     }
 }
 
-/// Adds `deltas` to the `segments` counters; returns the segments (other than `active`) that
-/// no pointer refers to any more, removed from the counters.
-fn count_live(
-    trees: &Trees,
-    deltas: &HashMap<u32, i64>,
-    active: u32,
-) -> Result<Vec<u32>, JournalError> {
-    let mut dead = Vec::new();
-    for (&segment, &delta) in deltas {
-        if delta == 0 {
-            continue;
-        }
-        let key = segment.to_be_bytes();
-        let now = trees
-            .segments
-            .get(key)?
-            .map(|v| keys::count(&v))
-            .unwrap_or(0)
-            + delta;
-        if now <= 0 && segment != active {
-            trees.segments.remove(key)?;
-            dead.push(segment);
-        } else {
-            trees.segments.insert(key, &now.to_be_bytes())?;
-        }
-    }
-    Ok(dead)
-}
-
 /// At open: deletes segments no pointer refers to (counted at zero, or never counted: written
 /// by a batch that a crash cut short), except the new active one.
 pub(super) fn remove_dead_segments(trees: &Trees, active: u32) -> Result<(), JournalError> {
@@ -1015,7 +985,9 @@ pub(super) fn migrate_inline_values(
     }
     // Replay need not read them again.
     super::replay::set_checkpoint(trees, values.position())?;
-    count_live(trees, &live, values.active_segment())?;
+    let mut counts = LiveBytes::load(trees)?;
+    counts.add(&live, values.active_segment());
+    counts.persist(trees)?;
     trees.db.flush()?;
     for name in ["tx", "raw", "steps"] {
         trees.db.drop_tree(name)?;
@@ -1073,16 +1045,17 @@ impl PendingWrites {
         }
     }
 
-    /// Values into the log (one write), then: the segments' new live bytes in sled, the
-    /// indexes, the slots (record and body pointers, status), steps, and last the bytes
-    /// released. A crash in between leaves at worst a value nothing points to or a segment
-    /// counted too high; nothing in this batch was acknowledged yet (replies wait for the
-    /// flush), and readers skip index entries whose slot is empty. Returns the segments to
-    /// delete once the flush is durable, and the records written.
+    /// Values into the log (one write), then: the segments' new live bytes (in memory, see
+    /// [`LiveBytes`]), the indexes, the slots (record and body pointers, status), steps, and
+    /// last the bytes released. A crash in between leaves at worst a value nothing points to;
+    /// nothing in this batch was acknowledged yet (replies wait for the flush), and readers
+    /// skip index entries whose slot is empty. Returns the segments to delete once the flush
+    /// is durable, and the records written.
     fn apply(
         self,
         trees: &Trees,
         values: &mut Appender,
+        live: &mut LiveBytes,
     ) -> Result<(Vec<u32>, HashMap<TxId, Transaction>), JournalError> {
         let raw = self.raw.into_pointers(Kind::Raw, values)?;
         let mut records = Writes::default();
@@ -1103,7 +1076,9 @@ impl PendingWrites {
             writes.added(&mut added);
         }
         let active = values.active_segment();
-        count_live(trees, &added, active)?;
+        // Counted before anything points at them: a segment is never found dead while a
+        // pointer into it is being written.
+        let mut dead = live.add(&added, active);
         let mut released = HashMap::new();
         let mut slots: BTreeMap<u64, Slot> = BTreeMap::new();
         let new_from = self.new_from.map_or(u64::MAX, |id| id.0);
@@ -1151,7 +1126,7 @@ impl PendingWrites {
                     .insert(key, &(now + delta).max(0).to_be_bytes())?;
             }
         }
-        let dead = count_live(trees, &released, active)?;
+        dead.extend(live.add(&released, active));
         Ok((dead, self.records))
     }
 }
