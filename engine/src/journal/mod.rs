@@ -20,6 +20,7 @@
 //! Writes go through one writer thread with group commit ([`writer`]); reads go straight to sled,
 //! which is safe from any thread (callers on an async runtime should use a blocking pool).
 
+mod counts;
 mod keys;
 mod live;
 pub mod record;
@@ -162,6 +163,8 @@ pub struct Journal {
     /// What was unfinished when the journal opened, oldest first (see
     /// [`Journal::take_in_flight_at_open`]); emptied by the first taker.
     in_flight_at_open: Arc<Mutex<Vec<(TxId, Status)>>>,
+    /// Per channel and status counts, kept by the writer.
+    counts: counts::ChannelCounts,
 }
 
 /// Filters for listing transactions (`GET /api/transactions`). Newest first.
@@ -290,6 +293,7 @@ impl Journal {
                 .with_label_values(&[status.as_str()])
                 .set(counts[status.code() as usize]);
         }
+        let counts = counts::ChannelCounts::load(&trees)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let writer = Writer {
             trees: trees.clone(),
@@ -306,6 +310,7 @@ impl Journal {
             next_id: std::cell::Cell::new(trees.slots.end()),
             recent: Default::default(),
             live: live::LiveBytes::load(&trees)?,
+            counts: counts.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -317,6 +322,7 @@ impl Journal {
             writer_thread: Arc::new(Mutex::new(Some(handle))),
             path,
             in_flight_at_open: Arc::new(Mutex::new(in_flight_at_open)),
+            counts,
         })
     }
 
@@ -503,29 +509,9 @@ impl Journal {
         Ok(out)
     }
 
-    /// Per channel and status counts (cheap: one small tree).
+    /// Per channel and status counts (from memory).
     pub fn stats(&self) -> Result<Vec<ChannelStats>, JournalError> {
-        let mut out: Vec<ChannelStats> = Vec::new();
-        for entry in self.trees.stats.iter() {
-            let (key, value) = entry?;
-            let Some((channel, status)) = keys::stats_parts(&key) else {
-                continue;
-            };
-            let count = keys::count(&value);
-            if out.last().is_none_or(|s| s.channel != channel) {
-                out.push(ChannelStats {
-                    channel,
-                    counts: Default::default(),
-                });
-            }
-            if count != 0 {
-                out.last_mut()
-                    .expect("pushed above")
-                    .counts
-                    .insert(status, count);
-            }
-        }
-        Ok(out)
+        Ok(self.counts.snapshot())
     }
 
     /// Oldest first: the transactions whose work was not finished (`received`, `processing`,

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::counts::ChannelCounts;
 use super::keys;
 use super::live::LiveBytes;
 use super::record::{
@@ -136,6 +137,9 @@ pub(super) struct Writer {
     pub recent: RefCell<BTreeMap<TxId, Transaction>>,
     /// Each segment's live bytes, written to sled at checkpoints.
     pub live: LiveBytes,
+    /// Per channel and status, shared with the journal's readers; written to sled at
+    /// checkpoints.
+    pub counts: ChannelCounts,
 }
 
 /// A reply to send once the batch is durable.
@@ -242,6 +246,7 @@ impl Writer {
                 self.trees.slots.sync()?;
             }
             self.live.persist(&self.trees)?;
+            self.counts.persist(&self.trees)?;
             let position = self.values.position();
             self.trees.segments.insert(
                 super::replay::CHECKPOINT_KEY,
@@ -363,7 +368,8 @@ impl Writer {
     /// Applies staged writes; keeps the segments they left dead for the next checkpoint.
     fn apply(&mut self, pending: PendingWrites) -> Result<(), JournalError> {
         self.dirty = true;
-        let (dead, records) = pending.apply(&self.trees, &mut self.values, &mut self.live)?;
+        let (dead, records) =
+            pending.apply(&self.trees, &mut self.values, &mut self.live, &self.counts)?;
         self.dead_segments.extend(dead);
         let mut recent = self.recent.borrow_mut();
         recent.extend(records);
@@ -1056,6 +1062,7 @@ impl PendingWrites {
         trees: &Trees,
         values: &mut Appender,
         live: &mut LiveBytes,
+        counts: &ChannelCounts,
     ) -> Result<(Vec<u32>, HashMap<TxId, Transaction>), JournalError> {
         let raw = self.raw.into_pointers(Kind::Raw, values)?;
         let mut records = Writes::default();
@@ -1116,16 +1123,7 @@ impl PendingWrites {
         self.by_origin.apply(&trees.by_origin)?;
         trees.slots.write(&slots)?;
         steps.apply(&trees.steps, &mut released)?;
-        // Only this thread writes `stats`: read-modify-write is race-free.
-        for ((channel, status), delta) in self.stats_deltas {
-            if delta != 0 {
-                let key = keys::stats(&channel, status);
-                let now = trees.stats.get(&key)?.map(|v| keys::count(&v)).unwrap_or(0);
-                trees
-                    .stats
-                    .insert(key, &(now + delta).max(0).to_be_bytes())?;
-            }
-        }
+        counts.add(self.stats_deltas);
         dead.extend(live.add(&released, active));
         Ok((dead, self.records))
     }
