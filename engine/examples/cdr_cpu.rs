@@ -57,7 +57,7 @@ fn main() {
             .run_transform(&ast, ScriptInput::Hl7(&msg), &ctx)
             .unwrap()
         {
-            TransformOutcome::Output { value, .. } => value,
+            TransformOutcome::Output { output, .. } => output.to_value(),
             other => panic!("{}: no output: {other:?}", script.display()),
         }
     };

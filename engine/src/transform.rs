@@ -200,10 +200,15 @@ impl TransformWorker {
                 ));
                 ChannelOutcome::Failed { error }
             }
-            Ok(TransformOutcome::Output { value, logs }) => {
-                // Written here, on the worker pool, rather than by the journal's one writer
-                // thread; the pipeline can then give the value itself to a destination.
-                let output = StepOutput::of(&value);
+            Ok(TransformOutcome::Output { output, logs }) => {
+                // The script wrote its output as JSON text, which the journal keeps as it is.
+                // Destinations take the tree, parsed here, on the worker pool, rather than by
+                // the pipeline; a channel without any needs none.
+                let value = if channel.def.destinations.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    output.to_value()
+                };
                 steps.push(step(StepKind::Transform, true, Some(output), logs, None));
                 ChannelOutcome::Output { value }
             }
@@ -244,7 +249,7 @@ impl TransformWorker {
                 if let Err(e) = &host_ready {
                     return failed(channel, format!("script library: {e}"));
                 }
-                let mut result = match &hl7 {
+                let result = match &hl7 {
                     Some(Ok(message)) => {
                         self.run_channel(channel, &ScriptInput::Hl7(message), msg.transaction)
                     }
@@ -260,13 +265,6 @@ impl TransformWorker {
                         Err(e) => failed(channel, e),
                     },
                 };
-                // Nothing will deliver it (the step has its text): the tree is freed here, on
-                // the thread whose allocator built it.
-                if let ChannelOutcome::Output { value } = &mut result.outcome {
-                    if channel.def.destinations.is_empty() {
-                        *value = serde_json::Value::Null;
-                    }
-                }
                 result
             })
             .collect()

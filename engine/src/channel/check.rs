@@ -10,6 +10,7 @@ use super::{files_with, lib_revision, load_channel, ChannelPaths};
 use crate::config::Config;
 use crate::format::Format;
 use crate::hl7::Message;
+use crate::journal::{StepKind, StepOutput};
 use crate::script::ScriptHost;
 use crate::script::ScriptInput;
 use crate::transform::{ChannelOutcome, TransformWorker};
@@ -158,11 +159,19 @@ pub fn try_channel(
         ChannelOutcome::Rejected { .. } => ("rejected", false),
         ChannelOutcome::Failed { .. } => ("failed", false),
     };
+    // The output as the journal keeps it: the transform step's text (the outcome's tree is
+    // parsed only for channels with destinations).
+    let output = match &result.outcome {
+        ChannelOutcome::Output { .. } => result
+            .steps
+            .iter()
+            .rev()
+            .find(|s| s.kind == StepKind::Transform)
+            .and_then(|s| s.output.as_ref())
+            .map_or(serde_json::Value::Null, StepOutput::to_value),
+        _ => serde_json::Value::Null,
+    };
     if json {
-        let output = match &result.outcome {
-            ChannelOutcome::Output { value } => value.clone(),
-            _ => serde_json::Value::Null,
-        };
         let envelope = serde_json::json!({
             "channel": channel.name(),
             "revision": channel.revision,
@@ -178,8 +187,8 @@ pub fn try_channel(
             }
         }
         match &result.outcome {
-            ChannelOutcome::Output { value } => {
-                println!("{}", serde_json::to_string_pretty(value)?)
+            ChannelOutcome::Output { .. } => {
+                println!("{}", serde_json::to_string_pretty(&output)?)
             }
             ChannelOutcome::Filtered { reason } => {
                 println!(

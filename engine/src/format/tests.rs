@@ -43,7 +43,7 @@ fn run(script: &str, msg: Dynamic, raw: &[u8]) -> TransformOutcome {
 
 fn output(outcome: TransformOutcome) -> Value {
     match outcome {
-        TransformOutcome::Output { value, .. } => value,
+        TransformOutcome::Output { output, .. } => output.to_value(),
         other => panic!("expected output, got {other:?}"),
     }
 }

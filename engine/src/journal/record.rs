@@ -162,6 +162,11 @@ impl StepOutput {
         StepOutput(serde_json::value::to_raw_value(value).expect("a JSON value serializes"))
     }
 
+    /// JSON text written already.
+    pub fn from_raw(json: Box<serde_json::value::RawValue>) -> StepOutput {
+        StepOutput(json)
+    }
+
     /// The JSON text.
     pub fn json(&self) -> &str {
         self.0.get()

@@ -12,7 +12,10 @@ use std::rc::Rc;
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map};
 
-use super::json::{to_json, to_json_at};
+use serde_json::value::RawValue;
+
+use super::json::{raw_json, to_json, write_json_at, write_str};
+use super::output::{check_entries, EntryCheck};
 
 use super::state;
 use super::util::{det_hash, det_id_of, hex, part_text, push_uuid, url_encode};
@@ -74,23 +77,40 @@ impl Entry {
         e
     }
 
-    /// The entry's JSON, keys in the order the map's conversion gives them.
-    fn into_json(self) -> Result<serde_json::Value, String> {
-        use serde_json::Value;
-        let resource = to_json_at(&Dynamic::from_map(self.resource), ".resource")?;
-        let mut request = serde_json::Map::with_capacity(3);
-        request.insert("method".into(), Value::from(self.method));
-        request.insert("url".into(), Value::from(self.url));
-        if let Some(c) = self.if_none_exist {
-            request.insert("ifNoneExist".into(), Value::from(c));
+    /// Writes the entry's JSON (`fullUrl`, `request`, then the pruned `resource`) into `out`;
+    /// returns what the Bundle's check needs. On error, `out` is as it was.
+    fn write_json(self, out: &mut Vec<u8>) -> Result<EntryCheck, String> {
+        let start = out.len();
+        out.extend_from_slice(b"{\"fullUrl\":");
+        write_str(&self.full_url, out);
+        out.extend_from_slice(b",\"request\":{\"method\":");
+        write_str(self.method, out);
+        out.extend_from_slice(b",\"url\":");
+        write_str(&self.url, out);
+        if let Some(c) = &self.if_none_exist {
+            out.extend_from_slice(b",\"ifNoneExist\":");
+            write_str(c, out);
         }
-        let mut e = serde_json::Map::with_capacity(3);
-        e.insert("fullUrl".into(), Value::from(self.full_url));
-        e.insert("request".into(), Value::Object(request));
-        if let Some(r) = resource {
-            e.insert("resource".into(), r);
+        out.extend_from_slice(b"}");
+        let before_resource = out.len();
+        out.extend_from_slice(b",\"resource\":");
+        let at = out.len();
+        match write_json_at(&Dynamic::from_map(self.resource), ".resource", out) {
+            Ok(true) => {}
+            Ok(false) => out.truncate(before_resource),
+            Err(e) => {
+                out.truncate(start);
+                return Err(e);
+            }
         }
-        Ok(Value::Object(e))
+        // `resourceType` is written first when the resource kept one.
+        let has_resource = out.len() > at && out[at..].starts_with(b"{\"resourceType\":");
+        out.push(b'}');
+        Ok(EntryCheck {
+            method: self.method.to_owned(),
+            url: self.url,
+            has_resource,
+        })
     }
 }
 
@@ -270,7 +290,10 @@ pub struct Transaction {
 
 struct TxInner {
     kind: &'static str,
-    entries: Vec<serde_json::Value>,
+    /// The entries' JSON text, comma-separated: written once, when added.
+    entries: Vec<u8>,
+    /// What the Bundle's check needs of each entry, in order.
+    checks: Vec<EntryCheck>,
 }
 
 impl Transaction {
@@ -279,6 +302,7 @@ impl Transaction {
             inner: Rc::new(RefCell::new(TxInner {
                 kind,
                 entries: Vec::new(),
+                checks: Vec::new(),
             })),
         }
     }
@@ -286,10 +310,19 @@ impl Transaction {
     /// Adds an entry a helper built; returns its fullUrl.
     fn add_entry(&self, entry: Entry) -> Res<ImmutableString> {
         let url = ImmutableString::from(entry.full_url.as_str());
-        let value = entry
-            .into_json()
-            .map_err(|e| format!("cannot add the entry: {e}"))?;
-        self.inner.borrow_mut().entries.push(value);
+        let mut inner = self.inner.borrow_mut();
+        let inner = &mut *inner;
+        let start = inner.entries.len();
+        if !inner.checks.is_empty() {
+            inner.entries.push(b',');
+        }
+        match entry.write_json(&mut inner.entries) {
+            Ok(check) => inner.checks.push(check),
+            Err(e) => {
+                inner.entries.truncate(start);
+                return Err(format!("cannot add the entry: {e}").into());
+            }
+        }
         Ok(url)
     }
 
@@ -304,39 +337,33 @@ impl Transaction {
             Ok(None) => return Err("the entry is empty".into()),
             Err(e) => return Err(format!("cannot add the entry: {e}").into()),
         };
-        self.inner.borrow_mut().entries.push(value);
+        let mut inner = self.inner.borrow_mut();
+        if !inner.checks.is_empty() {
+            inner.entries.push(b',');
+        }
+        serde_json::to_writer(&mut inner.entries, &value).expect("writing to a Vec cannot fail");
+        inner.checks.push(EntryCheck::of(&value));
         Ok(url.into())
     }
 
-    /// The Bundle (`resourceType`, `type`, `entry`).
-    pub fn to_bundle(&self) -> serde_json::Value {
+    /// The Bundle (`resourceType`, `type`, `entry`) as JSON text, its entries checked.
+    pub fn bundle_json(&self) -> Result<Box<RawValue>, String> {
         let inner = self.inner.borrow();
-        bundle_json(inner.kind, inner.entries.clone())
-    }
-
-    /// Takes the Bundle out (no copy when this is the last handle).
-    pub fn into_bundle(self) -> serde_json::Value {
-        match Rc::try_unwrap(self.inner) {
-            Ok(cell) => {
-                let i = cell.into_inner();
-                bundle_json(i.kind, i.entries)
-            }
-            Err(shared) => Transaction { inner: shared }.to_bundle(),
-        }
+        check_entries(inner.kind, &inner.checks)?;
+        let mut out = Vec::with_capacity(inner.entries.len() + 64);
+        out.extend_from_slice(b"{\"resourceType\":\"Bundle\",\"type\":");
+        write_str(inner.kind, &mut out);
+        out.extend_from_slice(b",\"entry\":[");
+        out.extend_from_slice(&inner.entries);
+        out.extend_from_slice(b"]}");
+        // Every piece came from `&str`s and `write_str`: UTF-8 by construction.
+        let text = String::from_utf8(out).map_err(|e| format!("the Bundle is not UTF-8: {e}"))?;
+        Ok(raw_json(text))
     }
 
     fn len(&self) -> usize {
-        self.inner.borrow().entries.len()
+        self.inner.borrow().checks.len()
     }
-}
-
-/// `{resourceType: "Bundle", type, entry}`.
-fn bundle_json(kind: &str, entries: Vec<serde_json::Value>) -> serde_json::Value {
-    let mut b = serde_json::Map::new();
-    b.insert("resourceType".into(), "Bundle".into());
-    b.insert("type".into(), kind.into());
-    b.insert("entry".into(), serde_json::Value::Array(entries));
-    serde_json::Value::Object(b)
 }
 
 /// Registers the FHIR helpers.

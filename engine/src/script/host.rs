@@ -510,7 +510,10 @@ fn transform_outcome(source: &str, ran: Ran, seed: &[u8]) -> Result<TransformOut
     }
     let value = result.map_err(|e| e.with_logs(logs.clone()))?;
     match transform_output(value, seed) {
-        Ok(value) => Ok(TransformOutcome::Output { value, logs }),
+        Ok(json) => Ok(TransformOutcome::Output {
+            output: crate::journal::StepOutput::from_raw(json),
+            logs,
+        }),
         Err(m) => Err(ScriptError::new(source, ScriptErrorKind::Output, m).with_logs(logs)),
     }
 }

@@ -78,8 +78,9 @@ pub enum TransformOutcome {
     /// or an array of resources is wrapped), or a JSON string when the script returned text or
     /// a rewritten message (`msg.encode()`) for HL7 destinations.
     Output {
-        /// The output, empty FHIR elements pruned.
-        value: serde_json::Value,
+        /// The output as JSON text, empty FHIR elements pruned ([`StepOutput::to_value`]
+        /// parses it).
+        output: crate::journal::StepOutput,
         /// `print`, `debug` and `log` lines.
         logs: Vec<String>,
     },

@@ -17,6 +17,7 @@
 //! error: a transform that wants to drop a message calls `skip()`.
 
 use rhai::Dynamic;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::fhir::Transaction;
@@ -26,17 +27,17 @@ use super::util::{det_uuid, hex, sha256_bytes};
 
 /// Converts the transform's value; `seed` (the raw message or document) seeds the `fullUrl`s
 /// of wrapped resources.
-pub fn transform_output(value: Dynamic, seed: &[u8]) -> Result<Value, String> {
-    if value.is::<Transaction>() {
-        let Some(tx) = value.try_cast::<Transaction>() else {
-            return Err("the transaction could not be read".into());
-        };
-        let bundle = tx.into_bundle();
-        if let Value::Object(o) = &bundle {
-            check_bundle(o)?;
-        }
-        return Ok(bundle);
+pub fn transform_output(value: Dynamic, seed: &[u8]) -> Result<Box<RawValue>, String> {
+    if let Some(tx) = value.read_lock::<Transaction>() {
+        // Its entries are JSON text already.
+        return tx.bundle_json();
     }
+    let value = output_value(value, seed)?;
+    Ok(serde_json::value::to_raw_value(&value).expect("a JSON value serializes"))
+}
+
+/// [`transform_output`] for every value but a `Transaction`.
+fn output_value(value: Dynamic, seed: &[u8]) -> Result<Value, String> {
     let text = if let Ok(s) = value.as_immutable_string_ref() {
         Some(s.to_string())
     } else {
@@ -126,6 +127,34 @@ fn wrap(items: Vec<Value>, input: &[u8]) -> Result<Value, String> {
     Ok(Value::Object(b))
 }
 
+/// What the check of a transaction or batch Bundle needs of one entry.
+pub struct EntryCheck {
+    pub method: String,
+    pub url: String,
+    /// A resource with a `resourceType`.
+    pub has_resource: bool,
+}
+
+impl EntryCheck {
+    pub fn of(e: &Value) -> EntryCheck {
+        let req = e.get("request");
+        let text = |name: &str| {
+            req.and_then(|r| r.get(name))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        EntryCheck {
+            method: text("method"),
+            url: text("url"),
+            has_resource: e
+                .get("resource")
+                .and_then(|r| r.get("resourceType"))
+                .is_some(),
+        }
+    }
+}
+
 /// Checks the entries of a transaction or batch Bundle.
 fn check_bundle(b: &Map<String, Value>) -> Result<(), String> {
     let kind = b.get("type").and_then(Value::as_str).unwrap_or_default();
@@ -138,16 +167,15 @@ fn check_bundle(b: &Map<String, Value>) -> Result<(), String> {
     let Some(entries) = b.get("entry").and_then(Value::as_array) else {
         return Err(format!("the {kind} Bundle has no entries"));
     };
+    let checks: Vec<EntryCheck> = entries.iter().map(EntryCheck::of).collect();
+    check_entries(kind, &checks)
+}
+
+/// Each entry of a `kind` (transaction or batch) Bundle has a request with a method and a
+/// url, and a resource when it creates or updates one.
+pub fn check_entries(kind: &str, entries: &[EntryCheck]) -> Result<(), String> {
     for (i, e) in entries.iter().enumerate() {
-        let req = e.get("request");
-        let method = req
-            .and_then(|r| r.get("method"))
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let url = req
-            .and_then(|r| r.get("url"))
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let (method, url) = (e.method.as_str(), e.url.as_str());
         if !matches!(method, "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE") {
             return Err(format!(
                 "entry {i} of the {kind} Bundle: request.method {method:?} is not GET, HEAD, POST, PUT, PATCH or DELETE"
@@ -156,11 +184,7 @@ fn check_bundle(b: &Map<String, Value>) -> Result<(), String> {
         if url.is_empty() {
             return Err(format!("entry {i} of the {kind} Bundle has no request.url"));
         }
-        let has_resource = e
-            .get("resource")
-            .and_then(|r| r.get("resourceType"))
-            .is_some();
-        if matches!(method, "POST" | "PUT") && !has_resource {
+        if matches!(method, "POST" | "PUT") && !e.has_resource {
             return Err(format!(
                 "entry {i} of the {kind} Bundle ({method} {url}) has no resource with a resourceType"
             ));

@@ -64,7 +64,9 @@ fn eval_with(host: &ScriptHost, src: &str, msg: &Message, c: &ScriptContext) -> 
         .compile_source("eval.rhai", &wrapped)
         .unwrap_or_else(|e| panic!("{src}: {e}"));
     match host.run_transform(&ast, msg, c) {
-        Ok(TransformOutcome::Output { value, .. }) => value["entry"][0]["resource"]["v"].clone(),
+        Ok(TransformOutcome::Output { output, .. }) => {
+            output.to_value()["entry"][0]["resource"]["v"].clone()
+        }
         other => panic!("{src}: {other:?}"),
     }
 }
@@ -76,7 +78,7 @@ fn value(host: &ScriptHost, src: &str) -> Value {
 /// Runs a whole transform and returns its output.
 fn output(host: &ScriptHost, src: &str) -> Value {
     match transform(host, src, &a01()) {
-        Ok(TransformOutcome::Output { value, .. }) => value,
+        Ok(TransformOutcome::Output { output, .. }) => output.to_value(),
         other => panic!("{src}: {other:?}"),
     }
 }
@@ -785,6 +787,15 @@ fn bad_output_is_an_output_error() {
         ),
         ("#{resourceType: \"Bundle\"}", "no type"),
         ("#{resourceType: \"Basic\", f: 1.0 / 0.0}", "not a JSON number"),
+        // A Transaction's entries are written as text when added, and checked at the end.
+        (
+            "let tx = transaction(); tx.update(#{resourceType: \"Patient\"}, \"Patient?identifier=a|b\"); tx.add(#{resource: #{name: \"x\"}, request: #{method: \"PUT\", url: \"Basic?identifier=a|c\"}}); tx",
+            "entry 1 of the transaction Bundle (PUT Basic?identifier=a|c) has no resource with a resourceType",
+        ),
+        (
+            "let tx = batch(); tx.add(#{resource: #{resourceType: \"Patient\"}, request: #{method: \"PUT\"}}); tx",
+            "entry 0 of the batch Bundle has no request.url",
+        ),
     ] {
         let e = err(&h, src);
         assert_eq!(e.kind, ScriptErrorKind::Output, "{src}: {e}");
@@ -1243,7 +1254,7 @@ fn adt(msg: &Message) -> TransformOutcome {
 
 fn adt_bundle(msg: &Message) -> (Value, Vec<String>) {
     match adt(msg) {
-        TransformOutcome::Output { value, logs } => (value, logs),
+        TransformOutcome::Output { output, logs } => (output.to_value(), logs),
         o => panic!("{o:?}"),
     }
 }
@@ -1402,7 +1413,7 @@ fn a_script_keeps_its_function_resolution_cache_between_runs_and_drops_it_after_
     let cached = |s: &Script| s.caches.borrow().1.fn_resolution_caches_len();
     for run in 0..3 {
         let out = match h.run_transform(&script, &a01(), &ctx()).unwrap() {
-            TransformOutcome::Output { value, .. } => value,
+            TransformOutcome::Output { output, .. } => output.to_value(),
             other => panic!("{other:?}"),
         };
         let r = &out["entry"][0]["resource"];
