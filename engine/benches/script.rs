@@ -39,6 +39,7 @@ fn bench(c: &mut Criterion) {
         channel: "adt".into(),
         script_dir: root.join("scripts"),
         transaction_id: Some(1),
+        output_tree: false,
     };
     match host.run_transform(&ast, &msg, &ctx).unwrap() {
         TransformOutcome::Output { .. } => {}

@@ -47,6 +47,7 @@ fn main() {
         channel: "cpu".into(),
         script_dir: script.parent().unwrap_or(Path::new(".")).to_path_buf(),
         transaction_id: Some(1),
+        output_tree: true,
     };
     let bundle = |n: usize| {
         let variant = vary.iter().fold(text.clone(), |t, token| {

@@ -52,6 +52,7 @@ fn main() {
         channel: "cpu".into(),
         script_dir: script.parent().unwrap_or(Path::new(".")).to_path_buf(),
         transaction_id: Some(1),
+        output_tree: false,
     };
     let run = || {
         let input = match &hl7 {

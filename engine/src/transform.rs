@@ -129,6 +129,7 @@ impl TransformWorker {
             channel: channel.name().to_string(),
             script_dir: channel.script_dir(),
             transaction_id: transaction.map(|t| t.0),
+            output_tree: !channel.def.destinations.is_empty(),
         };
         let finish = |outcome, steps| ChannelResult {
             channel: channel.clone(),
@@ -200,14 +201,14 @@ impl TransformWorker {
                 ));
                 ChannelOutcome::Failed { error }
             }
-            Ok(TransformOutcome::Output { output, logs }) => {
-                // The script wrote its output as JSON text, which the journal keeps as it is.
-                // Destinations take the tree, parsed here, on the worker pool, rather than by
-                // the pipeline; a channel without any needs none.
+            Ok(TransformOutcome::Output { output, tree, logs }) => {
+                // The journal keeps the JSON text as it is; destinations take the tree (built
+                // with the text when `ctx.output_tree` asked for it). A channel without any
+                // needs none.
                 let value = if channel.def.destinations.is_empty() {
                     serde_json::Value::Null
                 } else {
-                    output.to_value()
+                    tree.unwrap_or_else(|| output.to_value())
                 };
                 steps.push(step(StepKind::Transform, true, Some(output), logs, None));
                 ChannelOutcome::Output { value }

@@ -36,6 +36,7 @@ fn run(script: &str, msg: Dynamic, raw: &[u8]) -> TransformOutcome {
         channel: "test".into(),
         script_dir: root().join("scripts"),
         transaction_id: None,
+        output_tree: false,
     };
     host.run_transform_value(&ast, msg, raw, &ctx)
         .unwrap_or_else(|e| panic!("{e}\nlogs: {:?}", e.logs))

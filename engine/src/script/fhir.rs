@@ -14,7 +14,7 @@ use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map};
 
 use serde_json::value::RawValue;
 
-use super::json::{raw_json, to_json, write_json_at, write_str};
+use super::json::{raw_json, to_json, to_json_at, write_json_at, write_str};
 use super::output::{check_entries, EntryCheck};
 
 use super::state;
@@ -75,6 +75,25 @@ impl Entry {
         e.insert("resource".into(), Dynamic::from_map(self.resource));
         e.insert("request".into(), Dynamic::from_map(request));
         e
+    }
+
+    /// The entry's JSON as a tree, keys in the order [`Entry::write_json`] writes them.
+    fn into_json(self) -> Result<serde_json::Value, String> {
+        use serde_json::Value;
+        let resource = to_json_at(&Dynamic::from_map(self.resource), ".resource")?;
+        let mut request = serde_json::Map::with_capacity(3);
+        request.insert("method".into(), Value::from(self.method));
+        request.insert("url".into(), Value::from(self.url));
+        if let Some(c) = self.if_none_exist {
+            request.insert("ifNoneExist".into(), Value::from(c));
+        }
+        let mut e = serde_json::Map::with_capacity(3);
+        e.insert("fullUrl".into(), Value::from(self.full_url));
+        e.insert("request".into(), Value::Object(request));
+        if let Some(r) = resource {
+            e.insert("resource".into(), r);
+        }
+        Ok(Value::Object(e))
     }
 
     /// Writes the entry's JSON (`fullUrl`, `request`, then the pruned `resource`) into `out`;
@@ -290,8 +309,11 @@ pub struct Transaction {
 
 struct TxInner {
     kind: &'static str,
-    /// The entries' JSON text, comma-separated: written once, when added.
+    /// The entries' JSON text, comma-separated: written once, when added (unless `tree`).
     entries: Vec<u8>,
+    /// The entries as trees instead, when the run's output is delivered (a destination takes
+    /// the tree: building it and then writing it once costs less than parsing the text).
+    tree: Option<Vec<serde_json::Value>>,
     /// What the Bundle's check needs of each entry, in order.
     checks: Vec<EntryCheck>,
 }
@@ -302,6 +324,7 @@ impl Transaction {
             inner: Rc::new(RefCell::new(TxInner {
                 kind,
                 entries: Vec::new(),
+                tree: super::state::output_tree().then(Vec::new),
                 checks: Vec::new(),
             })),
         }
@@ -312,6 +335,14 @@ impl Transaction {
         let url = ImmutableString::from(entry.full_url.as_str());
         let mut inner = self.inner.borrow_mut();
         let inner = &mut *inner;
+        if let Some(tree) = &mut inner.tree {
+            let value = entry
+                .into_json()
+                .map_err(|e| format!("cannot add the entry: {e}"))?;
+            inner.checks.push(EntryCheck::of(&value));
+            tree.push(value);
+            return Ok(url);
+        }
         let start = inner.entries.len();
         if !inner.checks.is_empty() {
             inner.entries.push(b',');
@@ -338,18 +369,51 @@ impl Transaction {
             Err(e) => return Err(format!("cannot add the entry: {e}").into()),
         };
         let mut inner = self.inner.borrow_mut();
-        if !inner.checks.is_empty() {
-            inner.entries.push(b',');
-        }
-        serde_json::to_writer(&mut inner.entries, &value).expect("writing to a Vec cannot fail");
+        let inner = &mut *inner;
         inner.checks.push(EntryCheck::of(&value));
+        match &mut inner.tree {
+            Some(tree) => tree.push(value),
+            None => {
+                if inner.checks.len() > 1 {
+                    inner.entries.push(b',');
+                }
+                serde_json::to_writer(&mut inner.entries, &value)
+                    .expect("writing to a Vec cannot fail");
+            }
+        }
         Ok(url.into())
     }
 
-    /// The Bundle (`resourceType`, `type`, `entry`) as JSON text, its entries checked.
-    pub fn bundle_json(&self) -> Result<Box<RawValue>, String> {
-        let inner = self.inner.borrow();
+    /// The Bundle (`resourceType`, `type`, `entry`) as JSON text, its entries checked, and as
+    /// a tree when the entries were kept as trees (moved out, not copied, when this is the
+    /// last handle).
+    pub fn into_bundle_json(self) -> Result<(Box<RawValue>, Option<serde_json::Value>), String> {
+        let tree = match Rc::try_unwrap(self.inner) {
+            Ok(cell) => {
+                let mut inner = cell.into_inner();
+                let tree = inner.tree.take();
+                return Self::bundle_of(&inner, tree);
+            }
+            Err(shared) => shared,
+        };
+        let inner = tree.borrow();
+        Self::bundle_of(&inner, inner.tree.clone())
+    }
+
+    fn bundle_of(
+        inner: &TxInner,
+        tree: Option<Vec<serde_json::Value>>,
+    ) -> Result<(Box<RawValue>, Option<serde_json::Value>), String> {
         check_entries(inner.kind, &inner.checks)?;
+        if let Some(entries) = tree {
+            let mut b = serde_json::Map::with_capacity(3);
+            b.insert("resourceType".into(), "Bundle".into());
+            b.insert("type".into(), inner.kind.into());
+            b.insert("entry".into(), serde_json::Value::Array(entries));
+            let bundle = serde_json::Value::Object(b);
+            let text = serde_json::value::to_raw_value(&bundle).expect("a JSON value serializes");
+            return Ok((text, Some(bundle)));
+        }
         let mut out = Vec::with_capacity(inner.entries.len() + 64);
         out.extend_from_slice(b"{\"resourceType\":\"Bundle\",\"type\":");
         write_str(inner.kind, &mut out);
@@ -358,7 +422,7 @@ impl Transaction {
         out.extend_from_slice(b"]}");
         // Every piece came from `&str`s and `write_str`: UTF-8 by construction.
         let text = String::from_utf8(out).map_err(|e| format!("the Bundle is not UTF-8: {e}"))?;
-        Ok(raw_json(text))
+        Ok((raw_json(text), None))
     }
 
     fn len(&self) -> usize {

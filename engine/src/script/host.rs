@@ -368,6 +368,7 @@ impl ScriptHost {
             &ctx.script_dir,
             message,
         );
+        super::state::set_output_tree(ctx.output_tree);
         if let ScriptInput::Document { raw, .. } = input {
             super::state::set_seed(raw);
         }
@@ -510,8 +511,9 @@ fn transform_outcome(source: &str, ran: Ran, seed: &[u8]) -> Result<TransformOut
     }
     let value = result.map_err(|e| e.with_logs(logs.clone()))?;
     match transform_output(value, seed) {
-        Ok(json) => Ok(TransformOutcome::Output {
+        Ok((json, tree)) => Ok(TransformOutcome::Output {
             output: crate::journal::StepOutput::from_raw(json),
+            tree,
             logs,
         }),
         Err(m) => Err(ScriptError::new(source, ScriptErrorKind::Output, m).with_logs(logs)),

@@ -58,6 +58,10 @@ pub struct ScriptContext {
     pub script_dir: PathBuf,
     /// The journal transaction, visible as `ctx.transaction_id` (`()` when trying a sample).
     pub transaction_id: Option<u64>,
+    /// The output is delivered, so destinations want it as a `serde_json::Value` too. When
+    /// not, a `transaction()` writes its entries as JSON text only, which is all the journal
+    /// keeps (building the tree and serializing it was ~15% of a message's instructions).
+    pub output_tree: bool,
 }
 
 /// Result of a filter script.
@@ -81,6 +85,9 @@ pub enum TransformOutcome {
         /// The output as JSON text, empty FHIR elements pruned ([`StepOutput::to_value`]
         /// parses it).
         output: crate::journal::StepOutput,
+        /// The same output as a tree, when it was built anyway: always with
+        /// [`ScriptContext::output_tree`], and for outputs other than a `transaction()`.
+        tree: Option<serde_json::Value>,
         /// `print`, `debug` and `log` lines.
         logs: Vec<String>,
     },

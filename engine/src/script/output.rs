@@ -27,13 +27,20 @@ use super::util::{det_uuid, hex, sha256_bytes};
 
 /// Converts the transform's value; `seed` (the raw message or document) seeds the `fullUrl`s
 /// of wrapped resources.
-pub fn transform_output(value: Dynamic, seed: &[u8]) -> Result<Box<RawValue>, String> {
-    if let Some(tx) = value.read_lock::<Transaction>() {
-        // Its entries are JSON text already.
-        return tx.bundle_json();
+/// Returns the JSON text and, when it was built, the tree.
+pub fn transform_output(
+    value: Dynamic,
+    seed: &[u8],
+) -> Result<(Box<RawValue>, Option<Value>), String> {
+    if value.is::<Transaction>() {
+        let Some(tx) = value.try_cast::<Transaction>() else {
+            return Err("the transaction could not be read".into());
+        };
+        return tx.into_bundle_json();
     }
     let value = output_value(value, seed)?;
-    Ok(serde_json::value::to_raw_value(&value).expect("a JSON value serializes"))
+    let text = serde_json::value::to_raw_value(&value).expect("a JSON value serializes");
+    Ok((text, Some(value)))
 }
 
 /// [`transform_output`] for every value but a `Transaction`.

@@ -50,6 +50,8 @@ struct Run {
     message: Option<Rc<Message>>,
     seed: Option<[u8; 32]>,
     counter: u64,
+    /// The run's output is also wanted as a tree (see [`super::ScriptContext::output_tree`]).
+    output_tree: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -212,6 +214,16 @@ pub fn script_dir() -> PathBuf {
 
 /// Seeds [`next_sequence`] from a run's raw input when it has no HL7 message (a document, a
 /// CSV row): the same input gives the same ids, different inputs different ones.
+/// Whether this run's output is wanted as a tree too.
+pub fn set_output_tree(on: bool) {
+    RUN.with(|r| r.borrow_mut().output_tree = on);
+}
+
+/// See [`set_output_tree`].
+pub fn output_tree() -> bool {
+    RUN.with(|r| r.borrow().output_tree)
+}
+
 pub fn set_seed(raw: &[u8]) {
     RUN.with(|r| r.borrow_mut().seed = Some(super::util::sha256_bytes(raw)));
 }

@@ -47,6 +47,7 @@ fn ctx() -> ScriptContext {
         channel: "adt".into(),
         script_dir: repo().join("scripts"),
         transaction_id: Some(42),
+        output_tree: false,
     }
 }
 
@@ -804,6 +805,52 @@ fn bad_output_is_an_output_error() {
     }
 }
 
+/// A delivered output (`ctx.output_tree`) is built as a tree and written from it; otherwise a
+/// `transaction()` writes its entries as text. Both give the same bytes, and the tree is the
+/// text parsed.
+#[test]
+fn output_text_is_the_same_with_or_without_the_tree() {
+    let h = host();
+    let ast = h
+        .compile_source(
+            "both.rhai",
+            &std::fs::read_to_string(repo().join("scripts/adt_to_fhir.rhai")).unwrap(),
+        )
+        .unwrap();
+    let srcs = [
+        r#"let tx = transaction(); tx.update(#{resourceType: "Patient", name: [#{family: "O\"Brien", given: ["", ()]}], x: #{}}, "Patient?identifier=a|b"); tx.create(#{resourceType: "Basic", code: #{text: "Zoë\n\t"}}); tx.add(#{fullUrl: "urn:uuid:1", resource: #{resourceType: "Basic"}, request: #{method: "POST", url: "Basic"}}); tx"#,
+        r#"let tx = batch(); tx"#,
+        r#"#{resourceType: "Patient", active: true}"#,
+    ];
+    let mut scripts: Vec<_> = srcs
+        .iter()
+        .map(|src| h.compile_source("both.rhai", src).unwrap())
+        .collect();
+    scripts.push(ast);
+    for (n, script) in scripts.iter().enumerate() {
+        let run = |output_tree| {
+            let c = ScriptContext {
+                output_tree,
+                ..ctx()
+            };
+            match h.run_transform(script, &fixture("adt_a01_full.hl7"), &c) {
+                Ok(TransformOutcome::Output { output, tree, .. }) => (output, tree),
+                other => panic!("{other:?}"),
+            }
+        };
+        let (text, none) = run(false);
+        let (text_of_tree, tree) = run(true);
+        assert_eq!(text.json(), text_of_tree.json());
+        assert_eq!(tree.expect("the tree, when asked for"), text.to_value());
+        // All but the plain resource end with a transaction() (adt_to_fhir.rhai too).
+        assert_eq!(
+            none.is_none(),
+            n != 2,
+            "script {n}: a tree only when asked for or built"
+        );
+    }
+}
+
 #[test]
 fn transaction_builder() {
     let out = output(
@@ -1254,7 +1301,7 @@ fn adt(msg: &Message) -> TransformOutcome {
 
 fn adt_bundle(msg: &Message) -> (Value, Vec<String>) {
     match adt(msg) {
-        TransformOutcome::Output { output, logs } => (output.to_value(), logs),
+        TransformOutcome::Output { output, logs, .. } => (output.to_value(), logs),
         o => panic!("{o:?}"),
     }
 }
