@@ -318,6 +318,17 @@ struct TxInner {
     checks: Vec<EntryCheck>,
 }
 
+impl TxInner {
+    /// Where the next entry's text starts, after the comma that separates it from the last.
+    fn begin_text_entry(&mut self) -> usize {
+        let start = self.entries.len();
+        if !self.checks.is_empty() {
+            self.entries.push(b',');
+        }
+        start
+    }
+}
+
 impl Transaction {
     fn new(kind: &'static str) -> Self {
         Transaction {
@@ -343,10 +354,7 @@ impl Transaction {
             tree.push(value);
             return Ok(url);
         }
-        let start = inner.entries.len();
-        if !inner.checks.is_empty() {
-            inner.entries.push(b',');
-        }
+        let start = inner.begin_text_entry();
         match entry.write_json(&mut inner.entries) {
             Ok(check) => inner.checks.push(check),
             Err(e) => {
@@ -369,18 +377,16 @@ impl Transaction {
             Err(e) => return Err(format!("cannot add the entry: {e}").into()),
         };
         let mut inner = self.inner.borrow_mut();
-        let inner = &mut *inner;
-        inner.checks.push(EntryCheck::of(&value));
+        let check = EntryCheck::of(&value);
         match &mut inner.tree {
             Some(tree) => tree.push(value),
             None => {
-                if inner.checks.len() > 1 {
-                    inner.entries.push(b',');
-                }
+                inner.begin_text_entry();
                 serde_json::to_writer(&mut inner.entries, &value)
                     .expect("writing to a Vec cannot fail");
             }
         }
+        inner.checks.push(check);
         Ok(url.into())
     }
 

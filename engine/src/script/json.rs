@@ -24,12 +24,7 @@ pub fn to_json(d: &Dynamic) -> Result<Option<Value>, String> {
 
 /// [`to_json`] of a value found at `path` (`.resource`), which errors name.
 pub fn to_json_at(d: &Dynamic, path: &str) -> Result<Option<Value>, String> {
-    convert(d, 0).map_err(|e| {
-        let inner: String = e.path.iter().rev().map(String::as_str).collect();
-        let at = format!("{path}{inner}");
-        let at = if at.is_empty() { "the top level" } else { &at };
-        e.message.replace("{at}", at)
-    })
+    convert(d, 0).map_err(|e| e.at(path))
 }
 
 /// A conversion error; the path is collected on the way out (innermost first), so the
@@ -37,6 +32,16 @@ pub fn to_json_at(d: &Dynamic, path: &str) -> Result<Option<Value>, String> {
 struct ConvError {
     message: String,
     path: Vec<String>,
+}
+
+impl ConvError {
+    /// The message, naming where in the value found at `path` it went wrong.
+    fn at(self, path: &str) -> String {
+        let inner: String = self.path.iter().rev().map(String::as_str).collect();
+        let at = format!("{path}{inner}");
+        let at = if at.is_empty() { "the top level" } else { &at };
+        self.message.replace("{at}", at)
+    }
 }
 
 fn fail(message: String) -> ConvError {
@@ -134,12 +139,7 @@ fn map(m: &Map, depth: usize) -> Result<Option<Value>, ConvError> {
 /// written once, as text, for the journal and the destinations that send text). Returns whether
 /// anything was left; when not, `out` is as it was. `path` is as in [`to_json_at`].
 pub fn write_json_at(d: &Dynamic, path: &str, out: &mut Vec<u8>) -> Result<bool, String> {
-    write(d, 0, out).map_err(|e| {
-        let inner: String = e.path.iter().rev().map(String::as_str).collect();
-        let at = format!("{path}{inner}");
-        let at = if at.is_empty() { "the top level" } else { &at };
-        e.message.replace("{at}", at)
-    })
+    write(d, 0, out).map_err(|e| e.at(path))
 }
 
 /// A JSON string, escaped as serde_json escapes (`"`, `\\`, and control characters; the

@@ -212,8 +212,6 @@ pub fn script_dir() -> PathBuf {
     RUN.with(|r| r.borrow().script_dir.clone())
 }
 
-/// Seeds [`next_sequence`] from a run's raw input when it has no HL7 message (a document, a
-/// CSV row): the same input gives the same ids, different inputs different ones.
 /// Whether this run's output is wanted as a tree too.
 pub fn set_output_tree(on: bool) {
     RUN.with(|r| r.borrow_mut().output_tree = on);
@@ -224,6 +222,8 @@ pub fn output_tree() -> bool {
     RUN.with(|r| r.borrow().output_tree)
 }
 
+/// Seeds [`next_sequence`] from a run's raw input when it has no HL7 message (a document, a
+/// CSV row): the same input gives the same ids, different inputs different ones.
 pub fn set_seed(raw: &[u8]) {
     RUN.with(|r| r.borrow_mut().seed = Some(super::util::sha256_bytes(raw)));
 }
