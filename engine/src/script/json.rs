@@ -149,9 +149,16 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
-    let mut start = 0;
+    // Most strings need no escape: skip them 8 bytes at a time.
+    let mut start = clean_prefix(bytes);
+    if start == bytes.len() {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    out.extend_from_slice(&bytes[..start]);
     let mut unicode = *b"\\u0000";
-    for (i, &b) in bytes.iter().enumerate() {
+    for (i, &b) in bytes.iter().enumerate().skip(start) {
         let short: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -173,6 +180,32 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// How many leading bytes of `bytes` JSON writes as they are (no `"`, `\\` or control
+/// character), counted a word at a time: a zero byte of `w ^ 0x22..` is a `"`, of
+/// `w ^ 0x5c..` a `\\`, and `w - 0x20..` borrows into the top bit of a byte below 0x20 (the
+/// classic "has a byte less than n" test; exact for the first such byte, which is all the
+/// count needs).
+fn clean_prefix(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+        let found = zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGH);
+        if found != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < bytes.len() && !matches!(bytes[i], b'"' | b'\\' | 0..=0x1f) {
+        i += 1;
+    }
+    i
 }
 
 /// JSON text this module wrote, as a `RawValue`, without parsing it again to check it
@@ -395,6 +428,27 @@ mod tests {
     }
 
     /// The text goes into a `RawValue` unchanged (serde_json's raw-value protocol holds).
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        // Every character that needs an escape, at every offset of a string longer than the
+        // word the fast path reads, next to multi-byte UTF-8.
+        let specials = ['"', '\\', '\n', '\r', '\t', '\u{8}', '\u{c}', '\u{0}', '\u{1f}', '\u{7f}'];
+        for special in specials {
+            for at in 0..20 {
+                let mut text: String = "aé€😀bcdefghijklmnopqr".chars().take(at).collect();
+                text.push(special);
+                text.push_str("xyz ~ \u{80}tail");
+                let mut out = Vec::new();
+                write_str(&text, &mut out);
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    serde_json::to_string(&text).unwrap(),
+                    "{text:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn raw_json_keeps_the_text() {
         let text = r#"{"resourceType":"Bundle","entry":[{"a":"x\"y","n":1.5}]}"#;
