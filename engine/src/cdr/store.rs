@@ -663,7 +663,7 @@ const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 /// What identifies a new version besides its content.
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp {
-    /// Its version number.
+    /// Its version number: 1 only for a resource's first version (no current record yet).
     pub vid: u64,
     /// The interaction writing it (for history entries).
     pub method: Method,
@@ -720,9 +720,11 @@ impl Writer<'_> {
         // The version being replaced moves to the history, chunk for chunk.
         let mut moved = Vec::new();
         let mut old_chunks = 0;
-        // A create has a new id: nothing to move (saves a lookup per created resource).
-        let existing = match method {
-            Method::Post => None,
+        // Version 1 has no current record to move: every caller numbers a resource's first
+        // version 1 (a create, or an update that creates), so the lookup is saved for each
+        // new resource, whichever method created it.
+        let existing = match vid {
+            1 => None,
             _ => self.store.tree.get(index::current_key(ty, id))?,
         };
         if let Some(first) = existing {
