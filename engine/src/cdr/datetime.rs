@@ -81,7 +81,15 @@ pub fn format_instant(ms: i64) -> String {
             v /= 10;
         }
     }
-    for (at, sep) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (23, b'Z')] {
+    for (at, sep) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (23, b'Z'),
+    ] {
         out[at] = sep;
     }
     String::from_utf8_lossy(&out).into_owned()

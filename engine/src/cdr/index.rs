@@ -173,14 +173,26 @@ pub fn decode_i64(b: &[u8]) -> Option<i64> {
 
 /// Drops characters that would break the key layout and cuts at [`MAX_VALUE`] bytes.
 pub fn clean(s: &str) -> String {
-    let mut out = String::with_capacity(s.len().min(MAX_VALUE));
+    let mut out = Vec::with_capacity(s.len().min(MAX_VALUE));
+    clean_into(s, &mut out);
+    String::from_utf8(out).expect("whole characters of a str")
+}
+
+/// [`clean`], appended to a key being built.
+fn clean_into(s: &str, out: &mut Vec<u8>) {
+    let start = out.len();
+    if s.len() <= MAX_VALUE && !s.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
+        // No control character can be in it (C1 controls are U+0080-U+009F, `C2 xx` in UTF-8).
+        out.extend_from_slice(s.as_bytes());
+        return;
+    }
+    let mut buf = [0u8; 4];
     for c in s.chars().filter(|c| !c.is_control()) {
-        if out.len() + c.len_utf8() > MAX_VALUE {
+        if out.len() - start + c.len_utf8() > MAX_VALUE {
             break;
         }
-        out.push(c);
+        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
     }
-    out
 }
 
 /// The index value bytes (kind byte + text) of a string/token/reference entry.
@@ -193,14 +205,34 @@ pub fn value_bytes(kind: u8, text: &str) -> Vec<u8> {
 
 /// A token as keyed: `code 1F system` (system empty when absent).
 pub fn token_key(system: Option<&str>, code: &str) -> String {
-    format!("{}{SEP}{}", clean(code), clean(system.unwrap_or("")))
+    let mut out = Vec::new();
+    token_into(system, code, &mut out);
+    String::from_utf8(out).expect("whole characters of a str")
+}
+
+/// [`token_key`], appended to a key being built.
+fn token_into(system: Option<&str>, code: &str, out: &mut Vec<u8>) {
+    clean_into(code, out);
+    out.push(SEP as u8);
+    clean_into(system.unwrap_or(""), out);
 }
 
 /// A normalised reference as keyed: `id 1F Type` when relative, the reference otherwise.
 pub fn reference_key(norm: &str) -> String {
+    let mut out = Vec::new();
+    reference_into(norm, &mut out);
+    String::from_utf8(out).expect("whole characters of a str")
+}
+
+/// [`reference_key`], appended to a key being built.
+fn reference_into(norm: &str, out: &mut Vec<u8>) {
     match norm.split_once('/') {
-        Some((ty, id)) if params::reference_id(norm).is_some() => format!("{id}{SEP}{ty}"),
-        _ => clean(norm),
+        Some((ty, id)) if params::reference_id(norm).is_some() => {
+            out.extend_from_slice(id.as_bytes());
+            out.push(SEP as u8);
+            out.extend_from_slice(ty.as_bytes());
+        }
+        _ => clean_into(norm, out),
     }
 }
 
@@ -211,33 +243,47 @@ pub fn entries(ty: &str, id: &str, resource: &Value) -> BTreeMap<Vec<u8>, Vec<u8
         if params::alias_of(ty, def).is_some() {
             continue; // answered from the unrestricted parameter's entries
         }
-        for value in params::extract(def, resource) {
-            add_entries(ty, id, def, &value, &mut out);
+        let values = params::extract(def, resource);
+        if values.is_empty() {
+            continue;
+        }
+        let prefix = param_prefix(ty, def.name);
+        for value in values {
+            add_entries(ty, id, def, &prefix, &value, &mut out);
         }
     }
     out
 }
 
+/// The entries of one value of parameter `def`; `prefix` is its [`param_prefix`]. Each key is
+/// written once, into its own buffer (a resource's ~11 keys cost ~5 allocations each when
+/// every part was a `String` of its own).
 fn add_entries(
     ty: &str,
     id: &str,
     def: &ParamDef,
+    prefix: &[u8],
     value: &IndexValue,
     out: &mut BTreeMap<Vec<u8>, Vec<u8>>,
 ) {
-    let mut keyed = |v: Vec<u8>| {
-        let mut k = param_prefix(ty, def.name);
-        k.extend_from_slice(&v);
+    let keyed = |kind: u8, write: &dyn Fn(&mut Vec<u8>), out: &mut BTreeMap<Vec<u8>, Vec<u8>>| {
+        let mut k = Vec::with_capacity(prefix.len() + 64 + id.len());
+        k.extend_from_slice(prefix);
+        k.push(kind);
+        write(&mut k);
         k.push(0);
         k.extend_from_slice(id.as_bytes());
         out.insert(k, Vec::new());
     };
     match value {
-        IndexValue::Str(s) => keyed(value_bytes(b'n', &clean(&params::normalize_str(s)))),
-        IndexValue::Token(system, code) => {
-            keyed(value_bytes(b'c', &token_key(system.as_deref(), code)))
+        IndexValue::Str(s) => {
+            let norm = params::normalize_str(s);
+            keyed(b'n', &|k| clean_into(&norm, k), out);
         }
-        IndexValue::Ref(r) => keyed(value_bytes(b'r', &reference_key(r))),
+        IndexValue::Token(system, code) => {
+            keyed(b'c', &|k| token_into(system.as_deref(), code, k), out);
+        }
+        IndexValue::Ref(r) => keyed(b'r', &|k| reference_into(r, k), out),
         IndexValue::Date(range) => {
             let mut by_low = date_prefix(ty, def.name, b'L');
             by_low.extend_from_slice(&encode_i64(range.low));
@@ -287,5 +333,38 @@ mod unit {
         assert_eq!(e.len(), 1 + 2, "{e:?}");
         assert!(e.keys().any(|k| k.ends_with(b"p1\x1fPatient\0e1")));
         assert_eq!(clean(&"é".repeat(100)).len(), MAX_VALUE);
+    }
+
+    #[test]
+    fn keys_are_cleaned_as_characters_are() {
+        let reference = |s: &str| {
+            let mut out = String::new();
+            for c in s.chars().filter(|c| !c.is_control()) {
+                if out.len() + c.len_utf8() > MAX_VALUE {
+                    break;
+                }
+                out.push(c);
+            }
+            out
+        };
+        let long = "x".repeat(MAX_VALUE - 1);
+        for s in [
+            "",
+            "plain",
+            "tab\there",
+            "del\u{7f}",
+            "c1\u{85}next",
+            "nbsp\u{a0}©",
+            "émile",
+            &format!("{long}é"),
+            &format!("{long}ab"),
+            &format!("{long}\u{1}é"),
+            &"😀".repeat(50),
+        ] {
+            assert_eq!(clean(s), reference(s), "{s:?}");
+        }
+        assert_eq!(token_key(Some("sys\n"), "c|1"), "c|1\u{1f}sys");
+        assert_eq!(reference_key("Patient/p1"), "p1\u{1f}Patient");
+        assert_eq!(reference_key("urn:uuid:x\u{0}"), "urn:uuid:x");
     }
 }

@@ -432,7 +432,9 @@ mod tests {
     fn strings_are_escaped_as_serde_json_escapes_them() {
         // Every character that needs an escape, at every offset of a string longer than the
         // word the fast path reads, next to multi-byte UTF-8.
-        let specials = ['"', '\\', '\n', '\r', '\t', '\u{8}', '\u{c}', '\u{0}', '\u{1f}', '\u{7f}'];
+        let specials = [
+            '"', '\\', '\n', '\r', '\t', '\u{8}', '\u{c}', '\u{0}', '\u{1f}', '\u{7f}',
+        ];
         for special in specials {
             for at in 0..20 {
                 let mut text: String = "aé€😀bcdefghijklmnopqr".chars().take(at).collect();
