@@ -173,6 +173,7 @@ fn resource_frame<'a>(resource: &'a Value, expected: Option<&str>) -> Result<&'a
     }
     Ok(ty)
 }
+
 /// Where an element is (`Patient.name[0].given`), as links on the stack: the text is only
 /// written when an issue names it. Formatting every element's path up front was half the
 /// checker's cost on valid resources.
