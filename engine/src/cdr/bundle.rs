@@ -292,6 +292,12 @@ fn plan(
                 .and_then(Value::as_str)
                 .map(str::to_string);
             match ids.as_slice() {
+                // Nothing matched and no id given: a create with a new id, as `PUT Type?criteria`
+                // over HTTP does (`interact::conditional_update`); a new id has no current record
+                // to look up.
+                [] if body_id.is_none() && e.if_match.is_none() => {
+                    Ok(Plan::Create { ty, id: new_id() })
+                }
                 [] => Ok(Plan::Update {
                     id: match body_id {
                         Some(id) => {

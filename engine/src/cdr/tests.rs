@@ -1139,6 +1139,30 @@ async fn transaction_resolves_urn_uuids_and_replays_idempotently() {
         .status,
         201
     );
+    // In a transaction too: no match creates (201, a new id), and the same entry again
+    // finds what it created.
+    let fresh = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": patient("G", "G", "female", "2001", "bfresh"),
+        "request": {"method": "PUT", "url": "Patient?identifier=bfresh"}
+    }]});
+    let (status, r) = cdr.process_bundle(fresh.clone(), BASE);
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(entries(&r)[0]["response"]["status"], "201 Created", "{r}");
+    let created = id_of(entries(&r)[0]["response"]["location"].as_str().unwrap());
+    let (_, again) = cdr.process_bundle(fresh, BASE);
+    assert_eq!(
+        entries(&again)[0]["response"]["status"],
+        "200 OK",
+        "{again}"
+    );
+    assert_eq!(
+        id_of(entries(&again)[0]["response"]["location"].as_str().unwrap()),
+        created
+    );
+    assert_eq!(
+        call!(app, "GET", "/fhir/Patient?identifier=bfresh").total(),
+        1
+    );
     // Conditional delete.
     assert_eq!(
         call!(app, "DELETE", "/fhir/Patient?identifier=dup").status,
