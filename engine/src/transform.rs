@@ -205,10 +205,10 @@ impl TransformWorker {
                 // The journal keeps the JSON text as it is; destinations take the tree (built
                 // with the text when `ctx.output_tree` asked for it). A channel without any
                 // needs none.
-                let value = if channel.def.destinations.is_empty() {
-                    serde_json::Value::Null
-                } else {
+                let value = if ctx.output_tree {
                     tree.unwrap_or_else(|| output.to_value())
+                } else {
+                    serde_json::Value::Null
                 };
                 steps.push(step(StepKind::Transform, true, Some(output), logs, None));
                 ChannelOutcome::Output { value }
@@ -250,7 +250,7 @@ impl TransformWorker {
                 if let Err(e) = &host_ready {
                     return failed(channel, format!("script library: {e}"));
                 }
-                let result = match &hl7 {
+                match &hl7 {
                     Some(Ok(message)) => {
                         self.run_channel(channel, &ScriptInput::Hl7(message), msg.transaction)
                     }
@@ -265,8 +265,7 @@ impl TransformWorker {
                         }
                         Err(e) => failed(channel, e),
                     },
-                };
-                result
+                }
             })
             .collect()
     }

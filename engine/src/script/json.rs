@@ -149,16 +149,11 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
-    // Most strings need no escape: skip them 8 bytes at a time.
-    let mut start = clean_prefix(bytes);
-    if start == bytes.len() {
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return;
-    }
-    out.extend_from_slice(&bytes[..start]);
+    // `start`: the first byte not written yet. Most strings need no escape: their bytes are
+    // skipped 8 at a time, the loop has nothing to do, and the tail copies the whole string.
+    let mut start = 0;
     let mut unicode = *b"\\u0000";
-    for (i, &b) in bytes.iter().enumerate().skip(start) {
+    for (i, &b) in bytes.iter().enumerate().skip(clean_prefix(bytes)) {
         let short: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",

@@ -47,6 +47,12 @@ pub fn push_uuid(out: &mut String, h: &[u8; 32]) {
     b.copy_from_slice(&h[..16]);
     b[6] = (b[6] & 0x0f) | 0x80;
     b[8] = (b[8] & 0x3f) | 0x80;
+    push_uuid_text(out, &b);
+}
+
+/// Appends 16 bytes in a UUID's text form (`8-4-4-4-12` lowercase hex digits), as they are:
+/// the caller has set the version and variant bits.
+pub fn push_uuid_text(out: &mut String, b: &[u8; 16]) {
     for (i, byte) in b.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
             out.push('-');
