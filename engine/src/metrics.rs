@@ -35,6 +35,9 @@ pub struct Metrics {
     pub script_errors_total: IntCounterVec,
     /// Filter + transform + delivery of one transaction.
     pub processing_seconds: Histogram,
+    /// Messages whose scripts ran, by where they finished (`inline` on the receiving thread,
+    /// `pool` after using up the inline slice or with none configured).
+    pub transform_runs_total: IntCounterVec,
     /// Deliveries per destination and outcome (`delivered`, `failed`, `retry`).
     pub deliveries_total: IntCounterVec,
     pub delivery_seconds: HistogramVec,
@@ -150,6 +153,14 @@ impl Metrics {
             &["channel"],
         )
         .expect("metric");
+        let transform_runs_total = IntCounterVec::new(
+            Opts::new(
+                "orbiter_transform_runs_total",
+                "Messages whose channel scripts ran, by where they finished (inline, pool)",
+            ),
+            &["on"],
+        )
+        .expect("metric");
         let processing_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "orbiter_processing_seconds",
@@ -240,6 +251,7 @@ impl Metrics {
             Box::new(channel_messages_total.clone()),
             Box::new(script_errors_total.clone()),
             Box::new(processing_seconds.clone()),
+            Box::new(transform_runs_total.clone()),
             Box::new(deliveries_total.clone()),
             Box::new(delivery_seconds.clone()),
             Box::new(cdr_responses_total.clone()),
@@ -275,6 +287,7 @@ impl Metrics {
             channel_messages_total,
             script_errors_total,
             processing_seconds,
+            transform_runs_total,
             deliveries_total,
             delivery_seconds,
             cdr_responses_total,

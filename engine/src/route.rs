@@ -9,7 +9,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use actix::Addr;
 use bytes::Bytes;
 
 use crate::channel::{Channel, ChannelSet, Channels, SourceKind};
@@ -19,7 +18,7 @@ use crate::journal::{
     Transaction, TxId,
 };
 use crate::metrics::Metrics;
-use crate::transform::{ChannelOutcome, RunChannels, TransformWorker};
+use crate::transform::{ChannelOutcome, RunChannels, Transforms};
 
 /// A journaled transaction and the channels that take it: the pipeline's unit of work.
 pub struct Routed {
@@ -71,7 +70,7 @@ pub enum RerunError {
 #[derive(Clone)]
 pub struct Pipeline {
     pub channels: Channels,
-    pool: Addr<TransformWorker>,
+    transforms: Transforms,
     journal: Journal,
     deliverer: Deliverer,
     metrics: Arc<Metrics>,
@@ -185,14 +184,14 @@ impl PatientOrder {
 impl Pipeline {
     pub fn new(
         channels: Channels,
-        pool: Addr<TransformWorker>,
+        transforms: Transforms,
         journal: Journal,
         deliverer: Deliverer,
         metrics: Arc<Metrics>,
     ) -> Pipeline {
         Pipeline {
             channels,
-            pool,
+            transforms,
             journal,
             deliverer,
             metrics,
@@ -305,8 +304,8 @@ impl Pipeline {
         };
         let started = std::time::Instant::now();
         let results = self
-            .pool
-            .send(RunChannels {
+            .transforms
+            .run(RunChannels {
                 transaction: Some(id),
                 format,
                 // Kept for destinations that send the message as received (`payload = "raw"`).

@@ -107,10 +107,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let result = system.block_on(async {
         let workers: Vec<ArbiterHandle> =
             (0..worker_count()).map(|_| Arbiter::with_tokio_rt(runtime).handle()).collect();
-        let pool = crate::transform::start_pool(config.script.clone(), worker_count());
+        let transforms = crate::transform::Transforms::start(config.script.clone(), worker_count(), metrics.clone());
         let cdr_target_probe = cdr_target.clone();
         let deliverer = Deliverer::new(cdr_target, &config.data_dir, metrics.clone()).with_mediators(mediator_target);
-        let pipeline = Pipeline::new(channels.clone(), pool, journal.clone(), deliverer, metrics.clone());
+        let pipeline = Pipeline::new(channels.clone(), transforms, journal.clone(), deliverer, metrics.clone());
         let mut mllp_addr: Option<SocketAddr> = None;
         // Bound now, started once every other port is bound too: a port in use fails start-up
         // before any listener actor runs (one started and then torn down with the runtime

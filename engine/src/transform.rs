@@ -1,13 +1,24 @@
-//! The transform pool: Rhai runs on sync actors (an actix `SyncArbiter`), one per core.
+//! Where channel scripts run: first on the thread that has the message, then, for a run that
+//! needs longer than the inline slice, on the transform pool of sync actors (an actix
+//! `SyncArbiter`), one per core.
 //!
-//! Each worker owns its own script host (a Rhai Engine) and its own compiled ASTs, keyed by
-//! channel revision: a shared Engine serialises on its string interner. Scripts run sandboxed;
-//! an error or a limit hit fails that channel's step for that transaction, never the worker.
+//! Each worker, inline or pooled, owns its own script host (a Rhai Engine) and its own compiled
+//! ASTs, keyed by channel revision: a shared Engine serialises on its string interner. Scripts
+//! run sandboxed; an error or a limit hit fails that channel's step for that transaction, never
+//! the worker.
+//!
+//! Why inline first: on a loaded two-core machine each hand-off between threads (to a pool
+//! worker and back) is a wake-up that may wait for a core, and those waits, not the scripts,
+//! made most of a message's processing time (`BENCHMARKS.md`, eleventh session). A run stopped
+//! at its slice has no effect anywhere (scripts cannot reach files or the network; their log
+//! lines are dropped with the run), so running it again from the start on the pool is safe.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -16,8 +27,10 @@ use crate::channel::{Channel, ScriptSource};
 use crate::format::Format;
 use crate::hl7::Message;
 use crate::journal::{now_ms, Step, StepKind, StepOutput, TxId};
+use crate::metrics::Metrics;
 use crate::script::{
-    Script, ScriptContext, ScriptHost, ScriptInput, ScriptLimits, TransformOutcome,
+    Script, ScriptContext, ScriptError, ScriptErrorKind, ScriptHost, ScriptInput, ScriptLimits,
+    TransformOutcome,
 };
 
 /// What one channel made of one message.
@@ -56,20 +69,66 @@ pub struct RunChannels {
     pub lib_dir: PathBuf,
 }
 
+/// An inline run used up its slice: the message is to run again, from the start, on the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SliceUsed;
+
+/// Why one script run gave no outcome.
+enum Stopped {
+    /// An error (compile, runtime, limit), as the transaction records it.
+    Failed(String),
+    /// An inline run reached its slice.
+    Slice,
+}
+
 /// One worker: a script host and its compiled scripts.
 pub struct TransformWorker {
     limits: ScriptLimits,
+    /// Set on an inline worker: its runs stop here (the host's time budget) and are moved.
+    slice: Option<Duration>,
     host: Option<(String, ScriptHost)>,
     /// Compiled scripts by (path, revision): a new revision compiles once, here.
     scripts: HashMap<(PathBuf, String), Rc<Script>>,
 }
 
 impl TransformWorker {
+    /// A worker that runs scripts to the end (the pool's, and `orbiter try`'s).
     pub fn new(limits: ScriptLimits) -> TransformWorker {
         TransformWorker {
             limits,
+            slice: None,
             host: None,
             scripts: HashMap::new(),
+        }
+    }
+
+    /// A worker for the receiving thread: its runs stop at `limits.inline_slice()` (`None`: no
+    /// inline runs with these limits).
+    fn inline(limits: ScriptLimits) -> Option<TransformWorker> {
+        let slice = limits.inline_slice()?;
+        Some(TransformWorker {
+            slice: Some(slice),
+            ..TransformWorker::new(limits)
+        })
+    }
+
+    /// What the host enforces: an inline worker's time budget is its slice.
+    fn host_limits(&self) -> ScriptLimits {
+        match self.slice {
+            Some(slice) => ScriptLimits {
+                time_budget: slice,
+                ..self.limits.clone()
+            },
+            None => self.limits.clone(),
+        }
+    }
+
+    /// Sorts a run's error: the slice's end on an inline worker, a failure otherwise.
+    fn classify(&self, e: ScriptError) -> Stopped {
+        if self.slice.is_some() && e.kind == ScriptErrorKind::Timeout {
+            Stopped::Slice
+        } else {
+            Stopped::Failed(e.to_string())
         }
     }
 
@@ -81,7 +140,7 @@ impl TransformWorker {
             .as_ref()
             .is_none_or(|(rev, _)| rev != lib_revision)
         {
-            let host = ScriptHost::new(lib_dir, self.limits.clone()).map_err(|e| e.to_string())?;
+            let host = ScriptHost::new(lib_dir, self.host_limits()).map_err(|e| e.to_string())?;
             self.host = Some((lib_revision.to_string(), host));
             self.scripts.clear();
         }
@@ -113,6 +172,20 @@ impl TransformWorker {
         message: &ScriptInput<'_>,
         transaction: Option<TxId>,
     ) -> ChannelResult {
+        match self.attempt_channel(channel, message, transaction) {
+            Ok(result) => result,
+            // Only inline workers have a slice, and they are not reached through here.
+            Err(SliceUsed) => failed(channel, "script stopped at its inline slice".into()),
+        }
+    }
+
+    /// Filter then transform for one channel, unless a run reaches this worker's slice.
+    fn attempt_channel(
+        &mut self,
+        channel: &Arc<Channel>,
+        message: &ScriptInput<'_>,
+        transaction: Option<TxId>,
+    ) -> Result<ChannelResult, SliceUsed> {
         let mut steps = Vec::new();
         let step = |kind, ok, output, logs, error| Step {
             channel: channel.name().to_string(),
@@ -137,13 +210,17 @@ impl TransformWorker {
             steps,
         };
         if let Some(filter) = &channel.filter {
-            let ran = self.script(filter, &channel.revision).and_then(|script| {
-                let (_, host) = self.host.as_ref().ok_or("no script host")?;
-                host.run_filter(&script, message.clone(), &ctx)
-                    .map_err(|e| e.to_string())
-            });
+            let ran = self
+                .script(filter, &channel.revision)
+                .map_err(Stopped::Failed)
+                .and_then(|script| {
+                    let (_, host) = self.host.as_ref().expect("compiled, so prepared");
+                    host.run_filter(&script, message.clone(), &ctx)
+                        .map_err(|e| self.classify(e))
+                });
             match ran {
-                Err(error) => {
+                Err(Stopped::Slice) => return Err(SliceUsed),
+                Err(Stopped::Failed(error)) => {
                     steps.push(step(
                         StepKind::Filter,
                         false,
@@ -151,7 +228,7 @@ impl TransformWorker {
                         Vec::new(),
                         Some(error.clone()),
                     ));
-                    return finish(ChannelOutcome::Failed { error }, steps);
+                    return Ok(finish(ChannelOutcome::Failed { error }, steps));
                 }
                 Ok(outcome) => {
                     let keep = outcome.keep;
@@ -165,33 +242,35 @@ impl TransformWorker {
                         None,
                     ));
                     if !keep {
-                        return finish(
+                        return Ok(finish(
                             ChannelOutcome::Filtered {
                                 reason: outcome.reason,
                             },
                             steps,
-                        );
+                        ));
                     }
                 }
             }
         }
         let Some(transform) = &channel.transform else {
-            return finish(
+            return Ok(finish(
                 ChannelOutcome::Output {
                     value: serde_json::Value::Null,
                 },
                 steps,
-            );
+            ));
         };
         let ran = self
             .script(transform, &channel.revision)
+            .map_err(Stopped::Failed)
             .and_then(|script| {
-                let (_, host) = self.host.as_ref().ok_or("no script host")?;
+                let (_, host) = self.host.as_ref().expect("compiled, so prepared");
                 host.run_transform(&script, message.clone(), &ctx)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| self.classify(e))
             });
         let outcome = match ran {
-            Err(error) => {
+            Err(Stopped::Slice) => return Err(SliceUsed),
+            Err(Stopped::Failed(error)) => {
                 steps.push(step(
                     StepKind::Transform,
                     false,
@@ -236,38 +315,52 @@ impl TransformWorker {
                 ChannelOutcome::Rejected { reason }
             }
         };
-        finish(outcome, steps)
+        Ok(finish(outcome, steps))
     }
 
-    /// All channels for one message. HL7 v2 is parsed once; other formats once per channel,
-    /// with that channel's `[csv]` / `[fhir]` options.
-    pub fn run(&mut self, msg: RunChannels) -> Vec<ChannelResult> {
+    /// All channels for one message, unless a run reaches this worker's slice. HL7 v2 is
+    /// parsed once; other formats once per channel, with that channel's `[csv]` / `[fhir]`
+    /// options.
+    fn attempt(&mut self, msg: &RunChannels) -> Result<Vec<ChannelResult>, SliceUsed> {
         let host_ready = self.prepare(&msg.lib_revision, &msg.lib_dir);
         let hl7 = (msg.format == Format::Hl7v2).then(|| Message::parse(&msg.raw));
         msg.channels
             .iter()
             .map(|channel| {
                 if let Err(e) = &host_ready {
-                    return failed(channel, format!("script library: {e}"));
+                    return Ok(failed(channel, format!("script library: {e}")));
                 }
                 match &hl7 {
                     Some(Ok(message)) => {
-                        self.run_channel(channel, &ScriptInput::Hl7(message), msg.transaction)
+                        self.attempt_channel(channel, &ScriptInput::Hl7(message), msg.transaction)
                     }
-                    Some(Err(e)) => failed(channel, format!("not HL7 v2: {e}")),
+                    Some(Err(e)) => Ok(failed(channel, format!("not HL7 v2: {e}"))),
                     None => match document_input(channel, msg.format, &msg.raw) {
                         Ok(value) => {
                             let input = ScriptInput::Document {
                                 value,
                                 raw: &msg.raw,
                             };
-                            self.run_channel(channel, &input, msg.transaction)
+                            self.attempt_channel(channel, &input, msg.transaction)
                         }
-                        Err(e) => failed(channel, e),
+                        Err(e) => Ok(failed(channel, e)),
                     },
                 }
             })
             .collect()
+    }
+
+    /// All channels for one message, every run to its end.
+    pub fn run(&mut self, msg: &RunChannels) -> Vec<ChannelResult> {
+        debug_assert!(self.slice.is_none(), "inline workers go through attempt");
+        match self.attempt(msg) {
+            Ok(results) => results,
+            Err(SliceUsed) => msg
+                .channels
+                .iter()
+                .map(|c| failed(c, "script stopped at its inline slice".into()))
+                .collect(),
+        }
     }
 }
 
@@ -308,11 +401,235 @@ impl Handler<RunChannels> for TransformWorker {
     type Result = MessageResult<RunChannels>;
 
     fn handle(&mut self, msg: RunChannels, _: &mut SyncContext<Self>) -> Self::Result {
-        MessageResult(self.run(msg))
+        MessageResult(self.run(&msg))
     }
 }
 
-/// Starts the pool: one worker per core.
-pub fn start_pool(limits: ScriptLimits, workers: usize) -> Addr<TransformWorker> {
-    SyncArbiter::start(workers.max(1), move || TransformWorker::new(limits.clone()))
+thread_local! {
+    /// This thread's inline worker, made on its first message (and again if the limits change:
+    /// tests run engines with different limits in one process).
+    static INLINE: RefCell<Option<TransformWorker>> = const { RefCell::new(None) };
+}
+
+/// Where a message's filter and transform scripts run: on the calling thread within the
+/// inline slice, else on the pool.
+#[derive(Clone)]
+pub struct Transforms {
+    pool: Addr<TransformWorker>,
+    limits: ScriptLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl Transforms {
+    /// Starts the pool: `workers` sync actors (one per core).
+    pub fn start(limits: ScriptLimits, workers: usize, metrics: Arc<Metrics>) -> Transforms {
+        let pool_limits = limits.clone();
+        let pool = SyncArbiter::start(workers.max(1), move || {
+            TransformWorker::new(pool_limits.clone())
+        });
+        Transforms {
+            pool,
+            limits,
+            metrics,
+        }
+    }
+
+    /// Runs every channel's scripts on one message: here if they finish within the inline
+    /// slice, otherwise again from the start on the pool. An error only if the pool is gone.
+    pub async fn run(&self, msg: RunChannels) -> Result<Vec<ChannelResult>, MailboxError> {
+        // Let the tasks already woken on this thread (ACKs to write, frames to read) go first:
+        // a run here holds them up for as long as it lasts.
+        tokio::task::yield_now().await;
+        if let Some(results) = self.run_inline(&msg) {
+            self.metrics
+                .transform_runs_total
+                .with_label_values(&["inline"])
+                .inc();
+            return Ok(results);
+        }
+        let results = self.pool.send(msg).await?;
+        self.metrics
+            .transform_runs_total
+            .with_label_values(&["pool"])
+            .inc();
+        Ok(results)
+    }
+
+    /// `None`: no inline slice configured, or a run used it up.
+    fn run_inline(&self, msg: &RunChannels) -> Option<Vec<ChannelResult>> {
+        self.limits.inline_slice()?;
+        INLINE.with(|cell| {
+            let mut worker = cell.borrow_mut();
+            if worker.as_ref().is_none_or(|w| w.limits != self.limits) {
+                *worker = TransformWorker::inline(self.limits.clone());
+            }
+            worker.as_mut()?.attempt(msg).ok()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::channel::{ChannelPaths, ChannelSet, Channels};
+
+    const ADT: &[u8] =
+        b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|C1|P|2.5\rPID|1||123^^^H^MR||Doe^Jane\r";
+
+    /// One channel per (name, transform script), loaded from files under `root`.
+    fn channel_set(
+        root: &Path,
+        limits: &ScriptLimits,
+        scripts: &[(&str, &str)],
+    ) -> Arc<ChannelSet> {
+        let paths = ChannelPaths {
+            channels_dir: root.join("channels"),
+            scripts_dir: root.join("scripts"),
+            limits: limits.clone(),
+        };
+        std::fs::create_dir_all(&paths.channels_dir).unwrap();
+        std::fs::create_dir_all(paths.lib_dir()).unwrap();
+        for (name, script) in scripts {
+            let toml = format!(
+                "name = \"{name}\"\n[source]\nkind = \"mllp\"\n[transform]\nscript = \"scripts/{name}.rhai\"\n"
+            );
+            std::fs::write(paths.channels_dir.join(format!("{name}.toml")), toml).unwrap();
+            std::fs::write(paths.scripts_dir.join(format!("{name}.rhai")), script).unwrap();
+        }
+        let (channels, report) = Channels::load(paths);
+        assert!(report.errors.is_empty(), "{report:?}");
+        channels.current()
+    }
+
+    fn message_for(set: &ChannelSet, name: &str) -> RunChannels {
+        RunChannels {
+            transaction: None,
+            format: Format::Hl7v2,
+            raw: Bytes::from_static(ADT),
+            channels: vec![set.get(name).unwrap()],
+            lib_revision: set.lib_revision.clone(),
+            lib_dir: set.lib_dir.clone(),
+        }
+    }
+
+    fn runs_on(metrics: &Metrics, on: &str) -> u64 {
+        metrics.transform_runs_total.with_label_values(&[on]).get()
+    }
+
+    fn output_id(results: &[ChannelResult]) -> String {
+        match &results[0].outcome {
+            ChannelOutcome::Output { .. } => {}
+            other => panic!("expected an output, got {other:?}"),
+        }
+        let text = results[0].steps[0].output.as_ref().unwrap().to_value();
+        text["entry"][0]["resource"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[actix_web::test]
+    async fn quick_runs_stay_inline_and_a_long_one_runs_again_on_the_pool() {
+        let root = tempfile::tempdir().unwrap();
+        let limits = ScriptLimits {
+            inline_slice: Duration::from_millis(1),
+            time_budget: Duration::from_secs(30),
+            ..ScriptLimits::default()
+        };
+        // The long script takes far more than the 1 ms slice (~100,000 loop turns), and
+        // only the pool's run can finish it.
+        let set = channel_set(
+            root.path(),
+            &limits,
+            &[
+                ("quick", "#{resourceType: \"Patient\", id: msg.control_id}"),
+                (
+                    "long",
+                    "let n = 0;\nwhile n < 100000 { n += 1; }\n#{resourceType: \"Patient\", id: `p${n}`}",
+                ),
+            ],
+        );
+        let metrics = Arc::new(Metrics::new());
+        let transforms = Transforms::start(limits, 1, metrics.clone());
+
+        let quick = transforms.run(message_for(&set, "quick")).await.unwrap();
+        assert_eq!(output_id(&quick), "C1");
+        assert_eq!(
+            (runs_on(&metrics, "inline"), runs_on(&metrics, "pool")),
+            (1, 0)
+        );
+
+        let long = transforms.run(message_for(&set, "long")).await.unwrap();
+        assert_eq!(output_id(&long), "p100000", "the pool ran it to the end");
+        assert_eq!(
+            long[0].steps.len(),
+            1,
+            "the stopped inline run left no step"
+        );
+        assert_eq!(
+            (runs_on(&metrics, "inline"), runs_on(&metrics, "pool")),
+            (1, 1)
+        );
+
+        // The inline worker is still there for the next message.
+        transforms.run(message_for(&set, "quick")).await.unwrap();
+        assert_eq!(runs_on(&metrics, "inline"), 2);
+    }
+
+    #[actix_web::test]
+    async fn an_endless_script_moved_to_the_pool_fails_there_at_its_whole_budget() {
+        let root = tempfile::tempdir().unwrap();
+        let limits = ScriptLimits {
+            inline_slice: Duration::from_millis(2),
+            time_budget: Duration::from_millis(300),
+            max_operations: 0,
+            ..ScriptLimits::default()
+        };
+        let set = channel_set(root.path(), &limits, &[("spins", "loop { }")]);
+        let metrics = Arc::new(Metrics::new());
+        let transforms = Transforms::start(limits, 1, metrics.clone());
+        let started = Instant::now();
+        let results = transforms.run(message_for(&set, "spins")).await.unwrap();
+        let ChannelOutcome::Failed { error } = &results[0].outcome else {
+            panic!("expected a failure, got {:?}", results[0].outcome);
+        };
+        assert!(error.contains("spins.rhai:1:"), "file and line: {error}");
+        assert!(
+            error.contains("time budget of 300ms"),
+            "the pool's budget: {error}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(runs_on(&metrics, "pool"), 1);
+    }
+
+    #[test]
+    fn the_inline_slice_applies_only_when_it_ends_before_the_budget() {
+        let limits = |slice_ms, budget_ms| ScriptLimits {
+            inline_slice: Duration::from_millis(slice_ms),
+            time_budget: Duration::from_millis(budget_ms),
+            ..ScriptLimits::default()
+        };
+        assert_eq!(
+            limits(2, 1000).inline_slice(),
+            Some(Duration::from_millis(2))
+        );
+        assert_eq!(
+            limits(2, 0).inline_slice(),
+            Some(Duration::from_millis(2)),
+            "no budget"
+        );
+        assert_eq!(limits(0, 1000).inline_slice(), None, "0 turns it off");
+        assert_eq!(
+            limits(1000, 1000).inline_slice(),
+            None,
+            "not before the budget"
+        );
+        assert_eq!(
+            ScriptLimits::default().inline_slice(),
+            Some(Duration::from_millis(2))
+        );
+    }
 }

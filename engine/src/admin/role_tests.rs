@@ -43,11 +43,11 @@ async fn each_route_needs_its_role() {
         limits: Default::default(),
     });
     let cdr = crate::cdr::Cdr::open(&dir.path().join("cdr"), 1 << 20).unwrap();
-    let pool = crate::transform::start_pool(Default::default(), 1);
+    let transforms = crate::transform::Transforms::start(Default::default(), 1, metrics.clone());
     let deliverer = Deliverer::new(CdrTarget::Embedded(cdr), dir.path(), metrics.clone());
     let pipeline = Pipeline::new(
         channels.clone(),
-        pool,
+        transforms,
         journal.clone(),
         deliverer,
         metrics.clone(),

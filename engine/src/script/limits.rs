@@ -2,9 +2,9 @@
 //!
 //! Rhai's built-in defaults differ between debug and release builds (8 call levels in debug, 64
 //! in release), so a script could pass in one and fail in the other: every limit is set
-//! explicitly from this struct. Channels may override any of them in their configuration
-//! (`[transform.limits]`, unknown keys rejected); `time_budget` reads `"1s"`, `"250ms"` or a
-//! number of milliseconds. As in Rhai, 0 means "no limit" for operations, expression depths,
+//! explicitly from this struct, the engine configuration's `[script]` table (unknown keys
+//! rejected); `time_budget` and `inline_slice` read `"1s"`, `"250ms"` or a number of
+//! milliseconds. As in Rhai, 0 means "no limit" for operations, expression depths,
 //! string/array/map sizes; it also does for `max_stack_bytes` and `time_budget`. 0 call levels
 //! forbids function calls, 0 modules forbids `import`.
 
@@ -41,6 +41,12 @@ pub struct ScriptLimits {
     /// Wall-clock time per run, checked every 1024 operations.
     #[serde(deserialize_with = "duration")]
     pub time_budget: Duration,
+    /// How long a run may go on the thread that received the message (no hand-off to another
+    /// thread, the cheap and quick path) before it stops and runs again from the start on the
+    /// transform pool, where it has the whole `time_budget`. Bounds how long one message's
+    /// scripts hold up the other connections served by that thread. 0: every run on the pool.
+    #[serde(deserialize_with = "duration")]
+    pub inline_slice: Duration,
 }
 
 impl Default for ScriptLimits {
@@ -56,7 +62,17 @@ impl Default for ScriptLimits {
             max_modules: 32,
             max_stack_bytes: 1 << 20,
             time_budget: Duration::from_secs(1),
+            inline_slice: Duration::from_millis(2),
         }
+    }
+}
+
+impl ScriptLimits {
+    /// The slice runs get on the receiving thread, if they get one: none when it is zero or
+    /// would not end before the time budget does (a run stopped there fails, it is not moved).
+    pub fn inline_slice(&self) -> Option<Duration> {
+        let before_budget = self.time_budget.is_zero() || self.inline_slice < self.time_budget;
+        (!self.inline_slice.is_zero() && before_budget).then_some(self.inline_slice)
     }
 }
 
