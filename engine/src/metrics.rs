@@ -35,8 +35,9 @@ pub struct Metrics {
     pub script_errors_total: IntCounterVec,
     /// Filter + transform + delivery of one transaction.
     pub processing_seconds: Histogram,
-    /// Messages whose scripts ran, by where they finished (`inline` on the receiving thread,
-    /// `pool` after using up the inline slice or with none configured).
+    /// Messages whose scripts ran, by where they finished: `inline` on the receiving thread,
+    /// `moved` to the pool after a run used up the inline slice, `pool` sent there at once
+    /// (no slice configured, or the channel's runs used it up lately).
     pub transform_runs_total: IntCounterVec,
     /// Deliveries per destination and outcome (`delivered`, `failed`, `retry`).
     pub deliveries_total: IntCounterVec,
@@ -156,7 +157,7 @@ impl Metrics {
         let transform_runs_total = IntCounterVec::new(
             Opts::new(
                 "orbiter_transform_runs_total",
-                "Messages whose channel scripts ran, by where they finished (inline, pool)",
+                "Messages whose channel scripts ran, by where they finished (inline, moved, pool)",
             ),
             &["on"],
         )

@@ -69,9 +69,29 @@ pub struct RunChannels {
     pub lib_dir: PathBuf,
 }
 
-/// An inline run used up its slice: the message is to run again, from the start, on the pool.
+/// An inline run of this channel revision used up its slice: the message is to run again,
+/// from the start, on the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SliceUsed(String);
+
+/// Why an inline worker hands a message to the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SliceUsed;
+enum ToPool {
+    /// A run used up the slice.
+    Stopped,
+    /// A run of one of its channels did lately: not tried inline.
+    Skipped,
+}
+
+impl ToPool {
+    /// The `on` label of `orbiter_transform_runs_total` for a message that finished on the pool.
+    fn label(self) -> &'static str {
+        match self {
+            ToPool::Stopped => "moved",
+            ToPool::Skipped => "pool",
+        }
+    }
+}
 
 /// Why one script run gave no outcome.
 enum Stopped {
@@ -81,11 +101,18 @@ enum Stopped {
     Slice,
 }
 
+/// After a channel's run used up the inline slice, this thread sends that channel's next this
+/// many messages straight to the pool before it tries inline again: a script that is always
+/// slower than the slice (a big mapping on a slow core) wastes at most one slice in this many.
+const POOL_AFTER_SLICE: u32 = 100;
+
 /// One worker: a script host and its compiled scripts.
 pub struct TransformWorker {
     limits: ScriptLimits,
     /// Set on an inline worker: its runs stop here (the host's time budget) and are moved.
     slice: Option<Duration>,
+    /// Inline workers: messages still to send straight to the pool, by channel revision.
+    pool_first: HashMap<String, u32>,
     host: Option<(String, ScriptHost)>,
     /// Compiled scripts by (path, revision): a new revision compiles once, here.
     scripts: HashMap<(PathBuf, String), Rc<Script>>,
@@ -97,6 +124,7 @@ impl TransformWorker {
         TransformWorker {
             limits,
             slice: None,
+            pool_first: HashMap::new(),
             host: None,
             scripts: HashMap::new(),
         }
@@ -175,7 +203,7 @@ impl TransformWorker {
         match self.attempt_channel(channel, message, transaction) {
             Ok(result) => result,
             // Only inline workers have a slice, and they are not reached through here.
-            Err(SliceUsed) => failed(channel, "script stopped at its inline slice".into()),
+            Err(SliceUsed(_)) => failed(channel, "script stopped at its inline slice".into()),
         }
     }
 
@@ -219,7 +247,7 @@ impl TransformWorker {
                         .map_err(|e| self.classify(e))
                 });
             match ran {
-                Err(Stopped::Slice) => return Err(SliceUsed),
+                Err(Stopped::Slice) => return Err(SliceUsed(channel.revision.clone())),
                 Err(Stopped::Failed(error)) => {
                     steps.push(step(
                         StepKind::Filter,
@@ -269,7 +297,7 @@ impl TransformWorker {
                     .map_err(|e| self.classify(e))
             });
         let outcome = match ran {
-            Err(Stopped::Slice) => return Err(SliceUsed),
+            Err(Stopped::Slice) => return Err(SliceUsed(channel.revision.clone())),
             Err(Stopped::Failed(error)) => {
                 steps.push(step(
                     StepKind::Transform,
@@ -318,6 +346,33 @@ impl TransformWorker {
         Ok(finish(outcome, steps))
     }
 
+    /// All channels for one message on an inline worker: `Err` sends the message to the pool,
+    /// because a run reached the slice (`Stopped`) or one of its channels' runs did lately
+    /// (`Skipped`, for [`POOL_AFTER_SLICE`] messages).
+    fn attempt_inline(&mut self, msg: &RunChannels) -> Result<Vec<ChannelResult>, ToPool> {
+        let mut skip = false;
+        for channel in &msg.channels {
+            if let Some(left) = self.pool_first.get_mut(&channel.revision) {
+                *left -= 1;
+                if *left == 0 {
+                    self.pool_first.remove(&channel.revision);
+                }
+                skip = true;
+            }
+        }
+        if skip {
+            return Err(ToPool::Skipped);
+        }
+        self.attempt(msg).map_err(|SliceUsed(channel)| {
+            if self.pool_first.len() > 256 {
+                // Old revisions are not worth keeping.
+                self.pool_first.clear();
+            }
+            self.pool_first.insert(channel, POOL_AFTER_SLICE);
+            ToPool::Stopped
+        })
+    }
+
     /// All channels for one message, unless a run reaches this worker's slice. HL7 v2 is
     /// parsed once; other formats once per channel, with that channel's `[csv]` / `[fhir]`
     /// options.
@@ -355,7 +410,7 @@ impl TransformWorker {
         debug_assert!(self.slice.is_none(), "inline workers go through attempt");
         match self.attempt(msg) {
             Ok(results) => results,
-            Err(SliceUsed) => msg
+            Err(SliceUsed(_)) => msg
                 .channels
                 .iter()
                 .map(|c| failed(c, "script stopped at its inline slice".into()))
@@ -437,34 +492,41 @@ impl Transforms {
     /// Runs every channel's scripts on one message: here if they finish within the inline
     /// slice, otherwise again from the start on the pool. An error only if the pool is gone.
     pub async fn run(&self, msg: RunChannels) -> Result<Vec<ChannelResult>, MailboxError> {
-        // Let the tasks already woken on this thread (ACKs to write, frames to read) go first:
-        // a run here holds them up for as long as it lasts.
-        tokio::task::yield_now().await;
-        if let Some(results) = self.run_inline(&msg) {
-            self.metrics
-                .transform_runs_total
-                .with_label_values(&["inline"])
-                .inc();
-            return Ok(results);
-        }
+        let to_pool = if self.limits.inline_slice().is_some() {
+            // Let the tasks already woken on this thread (ACKs to write, frames to read) go
+            // first: a run here holds them up for as long as it lasts.
+            tokio::task::yield_now().await;
+            match self.run_inline(&msg) {
+                Ok(results) => {
+                    self.count("inline");
+                    return Ok(results);
+                }
+                Err(to_pool) => to_pool,
+            }
+        } else {
+            ToPool::Skipped
+        };
         let results = self.pool.send(msg).await?;
-        self.metrics
-            .transform_runs_total
-            .with_label_values(&["pool"])
-            .inc();
+        self.count(to_pool.label());
         Ok(results)
     }
 
-    /// `None`: no inline slice configured, or a run used it up.
-    fn run_inline(&self, msg: &RunChannels) -> Option<Vec<ChannelResult>> {
-        self.limits.inline_slice()?;
+    fn run_inline(&self, msg: &RunChannels) -> Result<Vec<ChannelResult>, ToPool> {
         INLINE.with(|cell| {
             let mut worker = cell.borrow_mut();
             if worker.as_ref().is_none_or(|w| w.limits != self.limits) {
                 *worker = TransformWorker::inline(self.limits.clone());
             }
-            worker.as_mut()?.attempt(msg).ok()
+            let worker = worker.as_mut().ok_or(ToPool::Skipped)?;
+            worker.attempt_inline(msg)
         })
+    }
+
+    fn count(&self, on: &str) {
+        self.metrics
+            .transform_runs_total
+            .with_label_values(&[on])
+            .inc();
     }
 }
 
@@ -555,12 +617,10 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let transforms = Transforms::start(limits, 1, metrics.clone());
 
+        let counts = || ["inline", "moved", "pool"].map(|on| runs_on(&metrics, on));
         let quick = transforms.run(message_for(&set, "quick")).await.unwrap();
         assert_eq!(output_id(&quick), "C1");
-        assert_eq!(
-            (runs_on(&metrics, "inline"), runs_on(&metrics, "pool")),
-            (1, 0)
-        );
+        assert_eq!(counts(), [1, 0, 0]);
 
         let long = transforms.run(message_for(&set, "long")).await.unwrap();
         assert_eq!(output_id(&long), "p100000", "the pool ran it to the end");
@@ -569,14 +629,15 @@ mod tests {
             1,
             "the stopped inline run left no step"
         );
-        assert_eq!(
-            (runs_on(&metrics, "inline"), runs_on(&metrics, "pool")),
-            (1, 1)
-        );
+        assert_eq!(counts(), [1, 1, 0], "stopped inline, then run on the pool");
 
-        // The inline worker is still there for the next message.
+        // The long channel's next messages go straight to the pool; the quick one's stay.
+        for _ in 0..2 {
+            let long = transforms.run(message_for(&set, "long")).await.unwrap();
+            assert_eq!(output_id(&long), "p100000");
+        }
         transforms.run(message_for(&set, "quick")).await.unwrap();
-        assert_eq!(runs_on(&metrics, "inline"), 2);
+        assert_eq!(counts(), [2, 1, 2]);
     }
 
     #[actix_web::test]
@@ -602,7 +663,7 @@ mod tests {
             "the pool's budget: {error}"
         );
         assert!(started.elapsed() >= Duration::from_millis(300));
-        assert_eq!(runs_on(&metrics, "pool"), 1);
+        assert_eq!(runs_on(&metrics, "moved"), 1);
     }
 
     #[test]
