@@ -151,6 +151,18 @@ impl TransformWorker {
         }
     }
 
+    /// Compiles `source` (once per revision) and runs it with `run`, sorting its error.
+    fn run_script<T>(
+        &mut self,
+        source: &ScriptSource,
+        revision: &str,
+        run: impl FnOnce(&ScriptHost, &Script) -> Result<T, ScriptError>,
+    ) -> Result<T, Stopped> {
+        let script = self.script(source, revision).map_err(Stopped::Failed)?;
+        let (_, host) = self.host.as_ref().expect("compiled, so prepared");
+        run(host, &script).map_err(|e| self.classify(e))
+    }
+
     /// Sorts a run's error: the slice's end on an inline worker, a failure otherwise.
     fn classify(&self, e: ScriptError) -> Stopped {
         if self.slice.is_some() && e.kind == ScriptErrorKind::Timeout {
@@ -238,14 +250,9 @@ impl TransformWorker {
             steps,
         };
         if let Some(filter) = &channel.filter {
-            let ran = self
-                .script(filter, &channel.revision)
-                .map_err(Stopped::Failed)
-                .and_then(|script| {
-                    let (_, host) = self.host.as_ref().expect("compiled, so prepared");
-                    host.run_filter(&script, message.clone(), &ctx)
-                        .map_err(|e| self.classify(e))
-                });
+            let ran = self.run_script(filter, &channel.revision, |host, script| {
+                host.run_filter(script, message.clone(), &ctx)
+            });
             match ran {
                 Err(Stopped::Slice) => return Err(SliceUsed(channel.revision.clone())),
                 Err(Stopped::Failed(error)) => {
@@ -288,14 +295,9 @@ impl TransformWorker {
                 steps,
             ));
         };
-        let ran = self
-            .script(transform, &channel.revision)
-            .map_err(Stopped::Failed)
-            .and_then(|script| {
-                let (_, host) = self.host.as_ref().expect("compiled, so prepared");
-                host.run_transform(&script, message.clone(), &ctx)
-                    .map_err(|e| self.classify(e))
-            });
+        let ran = self.run_script(transform, &channel.revision, |host, script| {
+            host.run_transform(script, message.clone(), &ctx)
+        });
         let outcome = match ran {
             Err(Stopped::Slice) => return Err(SliceUsed(channel.revision.clone())),
             Err(Stopped::Failed(error)) => {
