@@ -692,7 +692,7 @@ mod tests {
         );
         assert_eq!(
             ScriptLimits::default().inline_slice(),
-            Some(Duration::from_millis(2))
+            Some(Duration::from_micros(250))
         );
     }
 }

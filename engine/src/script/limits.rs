@@ -3,8 +3,8 @@
 //! Rhai's built-in defaults differ between debug and release builds (8 call levels in debug, 64
 //! in release), so a script could pass in one and fail in the other: every limit is set
 //! explicitly from this struct, the engine configuration's `[script]` table (unknown keys
-//! rejected); `time_budget` and `inline_slice` read `"1s"`, `"250ms"` or a number of
-//! milliseconds. As in Rhai, 0 means "no limit" for operations, expression depths,
+//! rejected); `time_budget` and `inline_slice` read `"1s"`, `"250ms"`, `"250us"` or a number
+//! of milliseconds. As in Rhai, 0 means "no limit" for operations, expression depths,
 //! string/array/map sizes; it also does for `max_stack_bytes` and `time_budget`. 0 call levels
 //! forbids function calls, 0 modules forbids `import`.
 
@@ -44,7 +44,9 @@ pub struct ScriptLimits {
     /// How long a run may go on the thread that received the message (no hand-off to another
     /// thread, the cheap and quick path) before it stops and runs again from the start on the
     /// transform pool, where it has the whole `time_budget`. Bounds how long one message's
-    /// scripts hold up the other connections served by that thread. 0: every run on the pool.
+    /// scripts hold up the other connections served by that thread (with one connection and
+    /// one message at a time, the sender's next message). Read with the clock, every 1024
+    /// operations: a shorter script always finishes where it started. 0: every run on the pool.
     #[serde(deserialize_with = "duration")]
     pub inline_slice: Duration,
 }
@@ -62,7 +64,7 @@ impl Default for ScriptLimits {
             max_modules: 32,
             max_stack_bytes: 1 << 20,
             time_budget: Duration::from_secs(1),
-            inline_slice: Duration::from_millis(2),
+            inline_slice: Duration::from_micros(250),
         }
     }
 }
@@ -76,7 +78,7 @@ impl ScriptLimits {
     }
 }
 
-/// Reads `"1s"`, `"1.5s"`, `"250ms"`, `"2m"` or an integer number of milliseconds.
+/// Reads `"1s"`, `"1.5s"`, `"250ms"`, `"250us"`, `"2m"` or an integer number of milliseconds.
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -94,10 +96,12 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
 }
 
-/// Parses `"1s"`, `"1.5s"`, `"250ms"`, `"2m"`.
+/// Parses `"1s"`, `"1.5s"`, `"250ms"`, `"250us"`, `"2m"`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let (num, unit) = if let Some(n) = s.strip_suffix("ms") {
+    let (num, unit) = if let Some(n) = s.strip_suffix("us").or_else(|| s.strip_suffix("µs")) {
+        (n, 0.000_001)
+    } else if let Some(n) = s.strip_suffix("ms") {
         (n, 0.001)
     } else if let Some(n) = s.strip_suffix('s') {
         (n, 1.0)

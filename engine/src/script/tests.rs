@@ -144,6 +144,10 @@ fn limits_deserialize_with_durations_and_reject_unknown_keys() {
     assert_eq!(l.time_budget, Duration::from_millis(1500));
     let l: ScriptLimits = serde_json::from_value(json!({"time_budget": "2s"})).unwrap();
     assert_eq!(l.time_budget, Duration::from_secs(2));
+    let l: ScriptLimits = serde_json::from_value(json!({"inline_slice": "250us"})).unwrap();
+    assert_eq!(l.inline_slice, Duration::from_micros(250));
+    let l: ScriptLimits = serde_json::from_value(json!({"inline_slice": "80µs"})).unwrap();
+    assert_eq!(l.inline_slice, Duration::from_micros(80));
     assert!(serde_json::from_value::<ScriptLimits>(json!({"max_ops": 1})).is_err());
     assert!(serde_json::from_value::<ScriptLimits>(json!({"time_budget": "soon"})).is_err());
 }
