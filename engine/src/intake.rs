@@ -30,6 +30,7 @@ use crate::journal::{
 };
 use crate::metrics::Metrics;
 use crate::route::{Pipeline, PipelineOutcome, Routed};
+use crate::transform::RunOn;
 
 /// What to answer, once known.
 #[derive(Debug, Clone)]
@@ -293,6 +294,7 @@ impl Intake {
                         raw,
                         set,
                         channels: routes,
+                        run_on: RunOn::for_source(this.source),
                     };
                     if wait_for_delivery {
                         delivery = Some(pipeline.process_now(work).await);

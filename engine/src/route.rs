@@ -18,7 +18,7 @@ use crate::journal::{
     Transaction, TxId,
 };
 use crate::metrics::Metrics;
-use crate::transform::{ChannelOutcome, RunChannels, Transforms};
+use crate::transform::{ChannelOutcome, RunChannels, RunOn, Transforms};
 
 /// A journaled transaction and the channels that take it: the pipeline's unit of work.
 pub struct Routed {
@@ -31,6 +31,8 @@ pub struct Routed {
     /// The channel set the routes came from (its library revision compiles them).
     pub set: Arc<ChannelSet>,
     pub channels: Vec<Arc<Channel>>,
+    /// Where its scripts may start ([`RunOn::for_source`]).
+    pub run_on: RunOn,
 }
 
 /// How one transaction ended up.
@@ -295,6 +297,7 @@ impl Pipeline {
             raw,
             set,
             channels,
+            run_on,
         } = work;
         // Taken before the first await: tasks for one patient line up in arrival order.
         let lock = patient_key.as_deref().map(|k| self.order.lock_for(k));
@@ -305,15 +308,18 @@ impl Pipeline {
         let started = std::time::Instant::now();
         let results = self
             .transforms
-            .run(RunChannels {
-                transaction: Some(id),
-                format,
-                // Kept for destinations that send the message as received (`payload = "raw"`).
-                raw: raw.clone(),
-                channels: channels.clone(),
-                lib_revision: set.lib_revision.clone(),
-                lib_dir: set.lib_dir.clone(),
-            })
+            .run(
+                RunChannels {
+                    transaction: Some(id),
+                    format,
+                    // Kept for destinations that send the message as received (`payload = "raw"`).
+                    raw: raw.clone(),
+                    channels: channels.clone(),
+                    lib_revision: set.lib_revision.clone(),
+                    lib_dir: set.lib_dir.clone(),
+                },
+                run_on,
+            )
             .await;
         let results = match results {
             Ok(results) => results,
@@ -569,6 +575,7 @@ impl Pipeline {
                     raw: Bytes::copy_from_slice(&raw),
                     set,
                     channels: routes,
+                    run_on: RunOn::Pool,
                 },
                 record,
             )
@@ -608,6 +615,7 @@ impl Pipeline {
             raw: Bytes::copy_from_slice(&raw),
             set,
             channels: routes,
+            run_on: RunOn::Pool,
         })
     }
 

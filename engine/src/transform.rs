@@ -1,6 +1,6 @@
-//! Where channel scripts run: first on the thread that has the message, then, for a run that
-//! needs longer than the inline slice, on the transform pool of sync actors (an actix
-//! `SyncArbiter`), one per core.
+//! Where channel scripts run: for an MLLP message, first on the connection's thread, then, for
+//! a run that needs longer than the inline slice, on the transform pool of sync actors (an
+//! actix `SyncArbiter`), one per core; for everything else, on the pool ([`RunOn`]).
 //!
 //! Each worker, inline or pooled, owns its own script host (a Rhai Engine) and its own compiled
 //! ASTs, keyed by channel revision: a shared Engine serialises on its string interner. Scripts
@@ -462,6 +462,27 @@ impl Handler<RunChannels> for TransformWorker {
     }
 }
 
+/// Where a message's scripts may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOn {
+    /// On the calling thread, within the inline slice: an MLLP message, one per exchange, whose
+    /// thread has nothing queued behind it but other connections' next frames.
+    HereFirst,
+    /// On the pool: rows and messages that come many at a time (an HTTP upload, a file), whose
+    /// thread must go on reading them and answer the request; reruns and retries.
+    Pool,
+}
+
+impl RunOn {
+    /// Scripts of messages from `source` start here or on the pool.
+    pub fn for_source(source: crate::channel::SourceKind) -> RunOn {
+        match source {
+            crate::channel::SourceKind::Mllp => RunOn::HereFirst,
+            _ => RunOn::Pool,
+        }
+    }
+}
+
 thread_local! {
     /// This thread's inline worker, made on its first message (and again if the limits change:
     /// tests run engines with different limits in one process).
@@ -491,10 +512,15 @@ impl Transforms {
         }
     }
 
-    /// Runs every channel's scripts on one message: here if they finish within the inline
-    /// slice, otherwise again from the start on the pool. An error only if the pool is gone.
-    pub async fn run(&self, msg: RunChannels) -> Result<Vec<ChannelResult>, MailboxError> {
-        let to_pool = if self.limits.inline_slice().is_some() {
+    /// Runs every channel's scripts on one message: with [`RunOn::HereFirst`], here if they
+    /// finish within the inline slice, otherwise again from the start on the pool. An error
+    /// only if the pool is gone.
+    pub async fn run(
+        &self,
+        msg: RunChannels,
+        on: RunOn,
+    ) -> Result<Vec<ChannelResult>, MailboxError> {
+        let to_pool = if on == RunOn::HereFirst && self.limits.inline_slice().is_some() {
             // Let the tasks already woken on this thread (ACKs to write, frames to read) go
             // first: a run here holds them up for as long as it lasts.
             tokio::task::yield_now().await;
@@ -620,11 +646,17 @@ mod tests {
         let transforms = Transforms::start(limits, 1, metrics.clone());
 
         let counts = || ["inline", "moved", "pool"].map(|on| runs_on(&metrics, on));
-        let quick = transforms.run(message_for(&set, "quick")).await.unwrap();
+        let quick = transforms
+            .run(message_for(&set, "quick"), RunOn::HereFirst)
+            .await
+            .unwrap();
         assert_eq!(output_id(&quick), "C1");
         assert_eq!(counts(), [1, 0, 0]);
 
-        let long = transforms.run(message_for(&set, "long")).await.unwrap();
+        let long = transforms
+            .run(message_for(&set, "long"), RunOn::HereFirst)
+            .await
+            .unwrap();
         assert_eq!(output_id(&long), "p100000", "the pool ran it to the end");
         assert_eq!(
             long[0].steps.len(),
@@ -635,11 +667,25 @@ mod tests {
 
         // The long channel's next messages go straight to the pool; the quick one's stay.
         for _ in 0..2 {
-            let long = transforms.run(message_for(&set, "long")).await.unwrap();
+            let long = transforms
+                .run(message_for(&set, "long"), RunOn::HereFirst)
+                .await
+                .unwrap();
             assert_eq!(output_id(&long), "p100000");
         }
-        transforms.run(message_for(&set, "quick")).await.unwrap();
+        transforms
+            .run(message_for(&set, "quick"), RunOn::HereFirst)
+            .await
+            .unwrap();
         assert_eq!(counts(), [2, 1, 2]);
+
+        // Messages that come many at a time (an HTTP upload, a file) start on the pool.
+        let quick = transforms
+            .run(message_for(&set, "quick"), RunOn::Pool)
+            .await
+            .unwrap();
+        assert_eq!(output_id(&quick), "C1");
+        assert_eq!(counts(), [2, 1, 3]);
     }
 
     #[actix_web::test]
@@ -655,7 +701,10 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let transforms = Transforms::start(limits, 1, metrics.clone());
         let started = Instant::now();
-        let results = transforms.run(message_for(&set, "spins")).await.unwrap();
+        let results = transforms
+            .run(message_for(&set, "spins"), RunOn::HereFirst)
+            .await
+            .unwrap();
         let ChannelOutcome::Failed { error } = &results[0].outcome else {
             panic!("expected a failure, got {:?}", results[0].outcome);
         };
