@@ -145,6 +145,13 @@ async fn a_csv_file_becomes_one_transaction_a_row() {
     }
     assert_eq!(total(&engine, "Observation").await, 4);
     assert_eq!(total(&engine, "Patient?identifier=MRN-1001").await, 1);
+    // An upload's rows run their scripts on the pool, not on the HTTP worker reading it.
+    let metrics = engine.metrics().await;
+    assert!(
+        metrics.contains("orbiter_transform_runs_total{on=\"pool\"} 4")
+            && !metrics.contains("orbiter_transform_runs_total{on=\"inline\"}"),
+        "{metrics}"
+    );
 
     // Malformed rows are journaled as failed with their line; good rows go through.
     let resp = engine

@@ -416,6 +416,13 @@ async fn search_rerun_and_stats() {
         metrics.contains("orbiter_channel_messages_total{channel=\"adt\",status=\"received\"} 7"),
         "{metrics}"
     );
+    // MLLP messages ran their scripts on the connection's thread; reruns on the pool.
+    for line in [
+        "orbiter_transform_runs_total{on=\"inline\"} 4",
+        "orbiter_transform_runs_total{on=\"pool\"} 4",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
 }
 
 #[tokio::test]
