@@ -7,9 +7,14 @@
 //! A message that is not HL7 v2 (by its extension: `.xml` C-CDA, `.json` FHIR, `.csv` one row)
 //! is parsed on every run, as the transform worker does, so the figure includes the parser:
 //! `-- scripts/ccda_to_fhir.rhai fixtures/ccda/ccd_full.xml 20`.
+//! `SEGMENTS=issue7` keeps only the first MSH, EVN, PID, PV1, NK1, AL1 and DG1 of an HL7 v2
+//! message (issue 7's target message, cut from `adt_a01_full.hl7`); `SEGMENTS=MSH,PID,...`
+//! names others.
 
 #[path = "common/cpu.rs"]
 mod cpu;
+#[path = "common/segments.rs"]
+mod segments;
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +52,12 @@ fn main() {
         }
         _ => raw,
     };
+    let cut = std::env::var("SEGMENTS").unwrap_or_default();
+    let raw = match cut.as_str() {
+        "" => raw,
+        "issue7" => segments::first_of_each(&raw, segments::ISSUE7),
+        list => segments::first_of_each(&raw, &list.split(',').collect::<Vec<_>>()),
+    };
     let hl7 = (format == Format::Hl7v2).then(|| Message::parse(&raw).unwrap());
     let ctx = ScriptContext {
         channel: "cpu".into(),
@@ -81,8 +92,13 @@ fn main() {
         },
     );
     println!(
-        "{}: cpu {:.1} µs/run ({:.0} runs/s per core; batches {:.1}..{:.1}), wall {:.1} µs",
+        "{}{}: cpu {:.1} µs/run ({:.0} runs/s per core; batches {:.1}..{:.1}), wall {:.1} µs",
         message.file_name().unwrap_or_default().to_string_lossy(),
+        if cut.is_empty() {
+            String::new()
+        } else {
+            format!(" (SEGMENTS={cut})")
+        },
         per.cpu,
         1e6 / per.cpu,
         per.cpu_min,
