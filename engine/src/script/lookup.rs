@@ -3,9 +3,13 @@
 //! Mappings translate local codes through small tables the channel owns; reading a file per
 //! message would be slow and would give scripts a way to read files. So a table is named
 //! relative to the script's directory (no absolute paths, no `..`), must be `.csv` or `.json`
-//! and at most 8 MiB, and is loaded once per [`super::ScriptHost`] and cached (build a new host,
-//! as a reload does, to pick up an edited table). A missing key gives `()`; a missing or
-//! malformed table is a runtime error naming the file and line.
+//! and at most 8 MiB, and is loaded once per [`super::ScriptHost`] and cached. An edited table
+//! is picked up by the next lookup after [`RECHECK`]: each host checks the file's size and
+//! modification time at most that often (a `stat`, not a read), so every worker thread, and
+//! `orbiter try`, see the same table within a second of the edit. A missing key gives `()`; a
+//! missing or malformed table is a runtime error naming the file and line (a table that goes
+//! bad after loading keeps failing until it is fixed: lookups never silently use stale data
+//! the author has replaced).
 //!
 //! CSV: two columns, `key,value`; a first row that reads `key,value` is a header; quoted cells
 //! (`"a,b"`, `""` for a quote) are understood; blank lines are skipped; a duplicate key is an
@@ -16,6 +20,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
 
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString};
 
@@ -26,12 +31,37 @@ use super::util::part_text;
 /// Tables larger than this are refused.
 const MAX_TABLE_BYTES: u64 = 8 << 20;
 
+/// How often a cached table's file is checked for an edit.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
 type Table = HashMap<String, Dynamic>;
+
+/// What identifies the content a table was loaded from: its size and modification time.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        }
+    }
+}
+
+struct Cached {
+    table: Rc<Table>,
+    stamp: Stamp,
+    checked: Instant,
+}
 
 /// The tables a host has loaded, by full path.
 #[derive(Default)]
 pub struct Tables {
-    cache: RefCell<HashMap<PathBuf, Rc<Table>>>,
+    cache: RefCell<HashMap<PathBuf, Cached>>,
 }
 
 impl Tables {
@@ -44,11 +74,28 @@ impl Tables {
     fn get(&self, dir: &Path, name: &str) -> Result<Rc<Table>, String> {
         let rel = checked_name(name)?;
         let path = dir.join(rel);
-        if let Some(t) = self.cache.borrow().get(&path) {
-            return Ok(t.clone());
+        let now = Instant::now();
+        if let Some(c) = self.cache.borrow_mut().get_mut(&path) {
+            if now.duration_since(c.checked) < RECHECK {
+                return Ok(c.table.clone());
+            }
+            let meta = std::fs::metadata(&path)
+                .map_err(|e| format!("lookup table {}: {e}", path.display()))?;
+            if Stamp::of(&meta) == c.stamp {
+                c.checked = now;
+                return Ok(c.table.clone());
+            }
         }
-        let table = Rc::new(load(&path)?);
-        self.cache.borrow_mut().insert(path, table.clone());
+        let (table, stamp) = load(&path)?;
+        let table = Rc::new(table);
+        self.cache.borrow_mut().insert(
+            path,
+            Cached {
+                table: table.clone(),
+                stamp,
+                checked: now,
+            },
+        );
         Ok(table)
     }
 }
@@ -75,9 +122,12 @@ fn checked_name(name: &str) -> Result<&Path, String> {
     }
 }
 
-fn load(path: &Path) -> Result<Table, String> {
+/// Reads and parses a table, with the stamp of the file it read (taken before the read: an edit
+/// during the read is seen at the next check).
+fn load(path: &Path) -> Result<(Table, Stamp), String> {
     let shown = path.display();
     let meta = std::fs::metadata(path).map_err(|e| format!("lookup table {shown}: {e}"))?;
+    let stamp = Stamp::of(&meta);
     if meta.len() > MAX_TABLE_BYTES {
         return Err(format!(
             "lookup table {shown}: {} bytes, more than the {MAX_TABLE_BYTES} allowed",
@@ -89,11 +139,12 @@ fn load(path: &Path) -> Result<Table, String> {
     let is_json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    if is_json {
+    let table = if is_json {
         parse_json(text).map_err(|e| format!("lookup table {shown}: {e}"))
     } else {
         parse_csv(text).map_err(|e| format!("lookup table {shown}:{e}"))
-    }
+    }?;
+    Ok((table, stamp))
 }
 
 fn parse_json(text: &str) -> Result<Table, String> {
@@ -223,6 +274,30 @@ mod tests {
             "2: expected 2 columns (key,value), found 1"
         );
         assert!(parse_csv("A,\"1\n").is_err());
+    }
+
+    #[test]
+    fn an_edited_table_is_read_again_after_the_recheck_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sex.csv");
+        std::fs::write(&file, "M,male-v1\n").unwrap();
+        let tables = Tables::new();
+        let value = |tables: &Tables| tables.get(dir.path(), "sex.csv").unwrap()["M"].to_string();
+        assert_eq!(value(&tables), "male-v1");
+        // A different size, so the edit shows even where mtime has a coarse granularity.
+        std::fs::write(&file, "M,male-v2 edited\n").unwrap();
+        assert_eq!(value(&tables), "male-v1", "within RECHECK: the cached table");
+        for c in tables.cache.borrow_mut().values_mut() {
+            c.checked -= RECHECK;
+        }
+        assert_eq!(value(&tables), "male-v2 edited");
+        // A table that goes bad is an error, not the old content.
+        std::fs::write(&file, "M,1\nM,2\n").unwrap();
+        for c in tables.cache.borrow_mut().values_mut() {
+            c.checked -= RECHECK;
+        }
+        let err = tables.get(dir.path(), "sex.csv").unwrap_err();
+        assert!(err.contains("duplicate key"), "{err}");
     }
 
     #[test]
