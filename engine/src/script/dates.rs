@@ -182,13 +182,20 @@ impl Dtm {
     }
 
     /// FHIR `dateTime`, keeping the precision; `default_offset` (minutes) applies to a time sent
-    /// without one.
-    pub fn to_fhir_datetime(&self, default_offset: Option<i16>) -> String {
+    /// without one. A time with no offset from either is an error: a FHIR dateTime with a time
+    /// must carry its zone, and a CDR refuses one without.
+    pub fn to_fhir_datetime(&self, default_offset: Option<i16>) -> Result<String, String> {
         let mut s = self.date_part(Precision::Day);
         if self.precision >= Precision::Hour {
-            s.push_str(&self.time_part(self.offset_minutes.or(default_offset)));
+            let Some(offset) = self.offset_minutes.or(default_offset) else {
+                return Err(
+                    "a time without a UTC offset, and a FHIR dateTime with a time needs one: give the offset the sender means (hl7_datetime(v, \"-05:00\")) or use dt::datetime(v), which applies the site's (site.rhai)"
+                        .into(),
+                );
+            };
+            s.push_str(&self.time_part(Some(offset)));
         }
-        s
+        Ok(s)
     }
 
     /// FHIR `date`: the date part, at the precision sent (year, month or day).
@@ -239,11 +246,11 @@ fn convert(
 /// Registers `hl7_datetime`, `hl7_date`, `hl7_instant` (blank in → `""` out).
 pub fn register(engine: &mut Engine) {
     engine.register_fn("hl7_datetime", |v: &str| {
-        convert("hl7_datetime", v, |d| Ok(d.to_fhir_datetime(None)))
+        convert("hl7_datetime", v, |d| d.to_fhir_datetime(None))
     });
     engine.register_fn("hl7_datetime", |v: &str, off: &str| {
         let off = default_offset("hl7_datetime", off)?;
-        convert("hl7_datetime", v, |d| Ok(d.to_fhir_datetime(Some(off))))
+        convert("hl7_datetime", v, |d| d.to_fhir_datetime(Some(off)))
     });
     engine.register_fn("hl7_date", |v: &str| {
         convert("hl7_date", v, |d| Ok(d.to_fhir_date()))
@@ -261,8 +268,13 @@ pub fn register(engine: &mut Engine) {
 mod tests {
     use super::*;
 
+    /// With a default offset of UTC for times sent without one.
     fn dt(s: &str) -> String {
-        Dtm::parse(s).unwrap().unwrap().to_fhir_datetime(None)
+        Dtm::parse(s)
+            .unwrap()
+            .unwrap()
+            .to_fhir_datetime(parse_offset("Z"))
+            .unwrap()
     }
 
     #[test]
@@ -272,14 +284,14 @@ mod tests {
             ("202612", "2026-12"),
             ("20261201", "2026-12-01"),
             ("20261201+0100", "2026-12-01"),
-            ("2026120112", "2026-12-01T12:00:00"),
-            ("202612011230", "2026-12-01T12:30:00"),
+            ("2026120112", "2026-12-01T12:00:00+00:00"),
+            ("202612011230", "2026-12-01T12:30:00+00:00"),
             ("20261201123000+0100", "2026-12-01T12:30:00+01:00"),
             ("20261201123000-0530", "2026-12-01T12:30:00-05:30"),
             ("20261201123000.1234+0000", "2026-12-01T12:30:00.1234+00:00"),
-            ("20261201123000.5", "2026-12-01T12:30:00.5"),
+            ("20261201123000.5", "2026-12-01T12:30:00.5+00:00"),
             ("20240229", "2024-02-29"),
-            ("20240315083012^S", "2024-03-15T08:30:12"),
+            ("20240315083012^S", "2024-03-15T08:30:12+00:00"),
             (" 20240315 ", "2024-03-15"),
         ] {
             assert_eq!(dt(hl7), fhir, "{hl7}");
@@ -301,9 +313,14 @@ mod tests {
             "2026-12-01T12:30:00+00:00"
         );
         assert_eq!(
-            local.to_fhir_datetime(parse_offset("-05:00")),
+            local.to_fhir_datetime(parse_offset("-05:00")).unwrap(),
             "2026-12-01T12:30:00-05:00"
         );
+        // No zone from the value or a default: not a valid dateTime, so an error that says how.
+        let err = local.to_fhir_datetime(None).unwrap_err();
+        assert!(err.contains("needs one"), "{err}");
+        let date_only = Dtm::parse("20261201").unwrap().unwrap();
+        assert_eq!(date_only.to_fhir_datetime(None).unwrap(), "2026-12-01");
         assert!(Dtm::parse("20261201")
             .unwrap()
             .unwrap()

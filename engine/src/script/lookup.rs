@@ -286,7 +286,11 @@ mod tests {
         assert_eq!(value(&tables), "male-v1");
         // A different size, so the edit shows even where mtime has a coarse granularity.
         std::fs::write(&file, "M,male-v2 edited\n").unwrap();
-        assert_eq!(value(&tables), "male-v1", "within RECHECK: the cached table");
+        assert_eq!(
+            value(&tables),
+            "male-v1",
+            "within RECHECK: the cached table"
+        );
         for c in tables.cache.borrow_mut().values_mut() {
             c.checked -= RECHECK;
         }

@@ -1087,9 +1087,12 @@ fn hl7_dates_in_scripts() {
     assert_eq!(text("hl7_datetime(\"202612\")"), "2026-12");
     assert_eq!(text("hl7_datetime(\"20261201\")"), "2026-12-01");
     assert_eq!(
-        text("hl7_datetime(\"20261201123000.25\")"),
-        "2026-12-01T12:30:00.25"
+        text("hl7_datetime(\"20261201123000.25\", \"-05:00\")"),
+        "2026-12-01T12:30:00.25-05:00"
     );
+    // A time with no zone, and none given: an error saying how, not an invalid dateTime.
+    let e = err(&host(), "hl7_datetime(\"20261201123000\")");
+    assert!(e.message.contains("UTC offset"), "{e}");
     assert_eq!(
         text("hl7_datetime(\"202612011230\", \"Z\")"),
         "2026-12-01T12:30:00+00:00"

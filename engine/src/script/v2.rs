@@ -273,9 +273,14 @@ pub fn system_uri(name: &str) -> Option<String> {
     Some(uri.to_owned())
 }
 
+/// A dateTime, or its date when the value has a time but no zone (which a FHIR dateTime could
+/// not carry): for validity periods, where the day is what counts.
 fn datetime(what: &str, v: &str) -> Res<Option<String>> {
     match Dtm::parse(v) {
-        Ok(d) => Ok(d.map(|d| d.to_fhir_datetime(None))),
+        Ok(d) => Ok(d.map(|d| {
+            d.to_fhir_datetime(None)
+                .unwrap_or_else(|_| d.to_fhir_date())
+        })),
         Err(e) => Err(format!("{what}: {e}").into()),
     }
 }
