@@ -499,6 +499,32 @@ async fn a_destination_that_stays_down_is_retried_then_given_up() {
             .contains("gave up after 3 attempts"),
         "{tx}"
     );
+
+    // The same patient's next message is not held behind the one that gave up: it is tried
+    // (and queued for the destination being down), not "waiting behind" a failed transaction.
+    let next = String::from_utf8(adt("DOWN-1"))
+        .unwrap()
+        .replace("|DOWN-1|P|", "|DOWN-2|P|");
+    assert_eq!(ack_fields(&c.send(next.as_bytes()).await.unwrap()).0, "AA");
+    let deadline = std::time::Instant::now() + T;
+    let tx = loop {
+        let (_, page) = engine.api("/api/transactions?control_id=DOWN-2").await;
+        let tx = page["items"][0].clone();
+        if tx["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["status"] == "queued"))
+        {
+            break tx;
+        }
+        assert!(std::time::Instant::now() < deadline, "never queued: {tx}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let reasons = tx["events"].to_string();
+    assert!(!reasons.contains("waiting behind"), "{tx}");
+    assert!(
+        reasons.contains("Connection refused") || reasons.contains("refused"),
+        "{tx}"
+    );
 }
 
 #[tokio::test]

@@ -627,9 +627,16 @@ impl Pipeline {
                 continue;
             };
             match plan {
-                RetryPlan::GiveUp { attempts } => {
+                RetryPlan::GiveUp {
+                    attempts,
+                    patient_key,
+                } => {
                     self.fail(id, format!("gave up after {attempts} attempts"))
                         .await;
+                    // No longer queued: the patient's later transactions may be delivered.
+                    if let Some(key) = &patient_key {
+                        self.order.set_queued(key, id, false);
+                    }
                 }
                 RetryPlan::At(due) if due > now_ms() => self.retries.set(id, due),
                 RetryPlan::At(_) => {
@@ -685,7 +692,10 @@ impl Pipeline {
             .map(|c| c.def.retry)
             .unwrap_or_default();
         if attempts >= retry.max_attempts {
-            return Some(RetryPlan::GiveUp { attempts });
+            return Some(RetryPlan::GiveUp {
+                attempts,
+                patient_key: tx.meta.patient_key,
+            });
         }
         Some(RetryPlan::At(
             last + backoff_ms(&retry, attempts, id) as i64,
@@ -699,6 +709,8 @@ enum RetryPlan {
     At(i64),
     GiveUp {
         attempts: u32,
+        /// Released from [`PatientOrder`]'s queued set when the transaction is failed.
+        patient_key: Option<String>,
     },
 }
 
