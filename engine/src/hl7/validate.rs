@@ -11,15 +11,53 @@ use super::value::Value;
 
 impl Message {
     /// Checks what every message needs for routing and acknowledgement: it starts with MSH
-    /// (code 100 otherwise), MSH-9.1 message type and MSH-10 control id are valued (code 101 at
-    /// `MSH^1^9` / `MSH^1^10` otherwise; empty and `""` count as missing).
+    /// (code 100 otherwise), holds no second header (one message per frame: code 100), MSH-9.1
+    /// message type and MSH-10 control id are valued (code 101 at `MSH^1^9` / `MSH^1^10`
+    /// otherwise; empty and `""` count as missing).
     pub fn check_required(&self) -> Result<(), AckError> {
-        if self.first_segment_name() != Some(b"MSH") {
+        match self.first_segment_name() {
+            Some(b"MSH") => {}
+            Some(name @ (b"FHS" | b"BHS")) => {
+                return Err(AckError::new(
+                    ErrorCode::SegmentSequenceError,
+                    format!(
+                        "a batch ({}) where one message was expected: send one message per frame (batch files are taken by the file, SFTP and HTTP document sources)",
+                        String::from_utf8_lossy(name)
+                    ),
+                )
+                .at(ErrLocation::segment("MSH", 1)));
+            }
+            _ => {
+                return Err(AckError::new(
+                    ErrorCode::SegmentSequenceError,
+                    "message does not start with MSH",
+                )
+                .at(ErrLocation::segment("MSH", 1)));
+            }
+        }
+        // A second header: the sender put several messages in one frame. Taken as one, the
+        // later ones would be read as extra segments of the first and never routed as
+        // themselves.
+        if let Some(second) = self
+            .segments()
+            .skip(1)
+            .find(|s| matches!(s.name, "MSH" | "FHS" | "BHS" | "BTS" | "FTS"))
+        {
             return Err(AckError::new(
                 ErrorCode::SegmentSequenceError,
-                "message does not start with MSH",
+                format!(
+                    "segment {} is another {}: one message per frame, please (this one is kept in the journal, not processed)",
+                    second.index + 1,
+                    second.name
+                ),
             )
-            .at(ErrLocation::segment("MSH", 1)));
+            .at(ErrLocation::segment(
+                second.name,
+                self.segments()
+                    .take(second.index + 1)
+                    .filter(|s| s.name == second.name)
+                    .count() as u32,
+            )));
         }
         for (field, comp, what) in [
             (9, Some(1), "message type"),
@@ -76,6 +114,22 @@ mod tests {
             m.check_required().unwrap_err().code,
             ErrorCode::SegmentSequenceError
         );
+    }
+
+    #[test]
+    fn a_second_message_in_the_same_frame_is_refused() {
+        let two = b"MSH|^~\\&|A|B|C|D|T||ADT^A01|ONE|P|2.5\rPID|1\rMSH|^~\\&|A|B|C|D|T||ORU^R01|TWO|P|2.5\rOBX|1\r";
+        let m = Message::parse(two).unwrap();
+        let e = m.check_required().unwrap_err();
+        assert_eq!(e.code, ErrorCode::SegmentSequenceError);
+        assert!(e.text.contains("segment 3 is another MSH"), "{}", e.text);
+        assert_eq!(e.location.unwrap().to_string(), "MSH^2");
+        let batch = Message::parse(b"BHS|^~\\&\rMSH|^~\\&|||||||ADT^A01|1\rBTS|1\r").unwrap();
+        let e = batch.check_required().unwrap_err();
+        assert!(e.text.contains("a batch (BHS)"), "{}", e.text);
+        // A Z-segment or any other later segment is fine.
+        let m = Message::parse(b"MSH|^~\\&|A|B|C|D|T||ADT^A01|ONE|P|2.5\rZMS|1\r").unwrap();
+        assert_eq!(m.check_required(), Ok(()));
     }
 
     #[test]
