@@ -20,13 +20,13 @@ pub enum ParseError {
         len: usize,
     },
     /// The first segment is not `MSH` (nor a batch header `FHS`/`BHS`).
-    #[error("message does not start with MSH (found {found:?})")]
+    #[error("message does not start with MSH (found {})", Quoted(.found))]
     NoMsh {
         /// The first few characters of the input.
         found: String,
     },
     /// MSH-1/MSH-2 do not define a usable set of delimiters.
-    #[error("bad encoding characters {found:?} in MSH-1/MSH-2: {reason}")]
+    #[error("bad encoding characters {} in MSH-1/MSH-2: {reason}", Quoted(.found))]
     BadEncodingCharacters {
         /// The characters after the segment name.
         found: String,
@@ -34,10 +34,10 @@ pub enum ParseError {
         reason: &'static str,
     },
     /// MSH-18 names a character set this codec does not decode.
-    #[error("unknown character set {0:?} in MSH-18")]
+    #[error("unknown character set {} in MSH-18", Quoted(.0))]
     UnknownCharset(String),
     /// A segment name is not three characters `[A-Z][A-Z0-9][A-Z0-9]`.
-    #[error("segment {segment_index} has a bad name {name:?}")]
+    #[error("segment {segment_index} has a bad name {}", Quoted(.name))]
     BadSegmentName {
         /// 1-based position of the segment in the message.
         segment_index: usize,
@@ -59,6 +59,22 @@ pub enum ParseError {
         /// Its name.
         name: String,
     },
+}
+
+/// Input text as an error quotes it: in double quotes, control characters shown as `?`. These
+/// errors go back to the sender in ERR-8, where Rust's debug escapes (`\u{1}`) would read as
+/// HL7 escape sequences.
+struct Quoted<'a>(&'a str);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        f.write_char('"')?;
+        for c in self.0.chars() {
+            f.write_char(if c.is_control() { '?' } else { c })?;
+        }
+        f.write_char('"')
+    }
 }
 
 impl ParseError {
@@ -188,6 +204,14 @@ mod tests {
 
     #[test]
     fn messages_name_the_problem() {
+        // Control characters from the input are not echoed (nor Rust-escaped) into ERR-8.
+        let e = ParseError::NoMsh {
+            found: "\u{1}\u{2}ab\tc".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "message does not start with MSH (found \"??ab?c\")"
+        );
         let e = ParseError::BadSegmentName {
             segment_index: 3,
             name: "pid".into(),
