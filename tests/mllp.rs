@@ -266,6 +266,60 @@ async fn idle_connections_are_closed_and_truncated_frames_kept() {
 }
 
 #[tokio::test]
+async fn a_sender_that_never_reads_its_acks_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &[("ORBITER_MLLP_IDLE_TIMEOUT_SECS", "1")],
+    );
+    // A small receive buffer and ACKs of ~8 KB (MSH-3 and MSH-4 are echoed): the engine's
+    // writes stall once a few MB are unread, while the sender keeps sending.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(engine.mllp.parse().unwrap()).await.unwrap();
+    let long = "A".repeat(4000);
+    let sender = tokio::spawn(async move {
+        for n in 0..2000 {
+            let msg = format!(
+                "MSH|^~\\&|{long}|{long}|ORBITER|HOSP|20261201120000||ZZZ^Z99|STALL-{n}|P|2.5.1\r"
+            );
+            if stream.write_all(&frame(msg.as_bytes())).await.is_err() {
+                return n;
+            }
+        }
+        // Every frame went out: hold the connection open, never reading.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        2000
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = engine.metrics().await;
+        let stalled = metrics
+            .lines()
+            .any(|l| l.starts_with("orbiter_mllp_frame_errors_total{reason=\"stalled\"} 1"));
+        let open = metrics
+            .lines()
+            .find(|l| l.starts_with("orbiter_mllp_connections "))
+            .map(|l| l.ends_with(" 0"));
+        if stalled && open == Some(true) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled connection was never closed:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sender.abort();
+    // The engine still serves everyone else.
+    let mut c = client(&engine).await;
+    assert_eq!(
+        ack_fields(&c.send(&adt("AFTER-STALL")).await.unwrap()).0,
+        "AA"
+    );
+}
+
+#[tokio::test]
 async fn many_connections_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::start(&dir.path().join("data"), &[]);

@@ -204,32 +204,61 @@ where
     let metrics = &shared.metrics;
     let latency = metrics.ack_latency_seconds.with_label_values(&["mllp"]);
 
+    // A peer that stops reading its ACKs fills the socket's buffers and would hold the writer
+    // (and, through the in-flight queue, the reader) for ever; a write that makes no progress
+    // for the idle timeout closes the connection. What it sent is journaled; the ACKs it never
+    // read are lost with the connection, as if it had closed.
+    let write_timeout = shared.idle_timeout;
+    let stalled = || {
+        metrics
+            .mllp_frame_errors_total
+            .with_label_values(&["stalled"])
+            .inc();
+    };
     let writer = async move {
         while let Some(mut next) = pending.recv().await {
             // Write out what is buffered before waiting on a reply that is not ready yet.
             let reply = match (&mut next.reply).now_or_never() {
                 Some(reply) => reply,
                 None => {
-                    if acks.flush().await.is_err() {
-                        break;
+                    match tokio::time::timeout(write_timeout, acks.flush()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        Err(_) => {
+                            stalled();
+                            return;
+                        }
                     }
                     next.reply.await
                 }
             };
             if let Some(ack) = reply.ack {
-                if acks.feed(BytesMut::from(&ack[..])).await.is_err() {
-                    break;
+                match tokio::time::timeout(write_timeout, acks.feed(BytesMut::from(&ack[..]))).await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        stalled();
+                        return;
+                    }
                 }
             }
             latency.observe(next.read_at.elapsed().as_secs_f64());
             if next.close_after {
                 break;
             }
-            if pending.is_empty() && acks.flush().await.is_err() {
-                break;
+            if pending.is_empty() {
+                match tokio::time::timeout(write_timeout, acks.flush()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        stalled();
+                        return;
+                    }
+                }
             }
         }
-        let _ = acks.close().await;
+        let _ = tokio::time::timeout(write_timeout, acks.close()).await;
     };
 
     let reader = async move {
@@ -312,5 +341,13 @@ where
         drop(queue);
     };
 
-    tokio::join!(reader, writer);
+    // The reader ending (the peer closed) leaves the writer to send the ACKs still owed; the
+    // writer ending first (the peer stopped reading, or its socket failed) ends the reader too,
+    // instead of leaving it to wait for frames it could never acknowledge. Every frame read was
+    // submitted to the journal when it was read, so dropping the reader loses none.
+    tokio::pin!(reader, writer);
+    tokio::select! {
+        () = &mut writer => {}
+        () = &mut reader => writer.await,
+    }
 }
