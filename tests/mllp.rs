@@ -263,6 +263,39 @@ async fn idle_connections_are_closed_and_truncated_frames_kept() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(found, "truncated frame journaled");
+
+    // Half a frame, then a reset (no FIN), or nothing more until the idle timeout: journaled
+    // the same way, with why.
+    let reset = TcpStream::connect(&engine.mllp).await.unwrap();
+    let framed = frame(&adt("RESET-1"));
+    let mut reset = reset;
+    reset.write_all(&framed[..framed.len() / 2]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    reset.set_zero_linger().unwrap();
+    drop(reset);
+    let mut stalled = TcpStream::connect(&engine.mllp).await.unwrap();
+    let framed = frame(&adt("IDLE-1"));
+    stalled
+        .write_all(&framed[..framed.len() / 2])
+        .await
+        .unwrap();
+    let _ = read_to_eof(&mut stalled).await;
+    for (control_id, why) in [("RESET-1", "broke off"), ("IDLE-1", "went idle")] {
+        let mut tx = serde_json::Value::Null;
+        for _ in 0..50 {
+            let (_, body) = engine
+                .api(&format!("/api/transactions?control_id={control_id}"))
+                .await;
+            if let Some(found) = body["items"].as_array().unwrap().first() {
+                tx = found.clone();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(tx["truncated"], true, "{control_id}: {tx}");
+        assert_eq!(tx["status"], "failed", "{tx}");
+        assert!(tx["error"].as_str().unwrap().contains(why), "{tx}");
+    }
 }
 
 #[tokio::test]

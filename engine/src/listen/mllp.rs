@@ -275,6 +275,30 @@ where
                     .with_label_values(&["restarted"])
                     .inc_by(restarted);
             }
+            // A frame cut off by the connection ending in a way the decoder does not see: its
+            // bytes are journaled as truncated, as at a clean close.
+            let cut_off = |frames: &mut FramedRead<_, MllpCodec>, why: &str| {
+                let mut buffer = std::mem::take(frames.read_buffer_mut());
+                let partial = frames.decoder_mut().take_partial(&mut buffer)?;
+                metrics
+                    .mllp_frame_errors_total
+                    .with_label_values(&["truncated"])
+                    .inc();
+                tracing::warn!(%peer, bytes = partial.len(), "MLLP connection {why} mid-frame");
+                let reason = format!(
+                    "connection {why} in the middle of a message ({} bytes received)",
+                    partial.len()
+                );
+                Some(Pending {
+                    reply: Box::pin(shared.intake.submit_broken(
+                        partial,
+                        Some(peer.clone()),
+                        reason,
+                    )),
+                    read_at: Instant::now(),
+                    close_after: true,
+                })
+            };
             let item = match next {
                 Err(_) => {
                     metrics
@@ -282,7 +306,10 @@ where
                         .with_label_values(&["idle"])
                         .inc();
                     tracing::debug!(%peer, "MLLP connection idle, closing");
-                    break;
+                    match cut_off(&mut frames, "went idle") {
+                        Some(item) => item,
+                        None => break,
+                    }
                 }
                 Ok(None) => break,
                 Ok(Some(Ok(frame))) => Pending {
@@ -329,7 +356,10 @@ where
                 }
                 Ok(Some(Err(FrameError::Io(e)))) => {
                     tracing::debug!(%peer, error = %e, "MLLP read failed");
-                    break;
+                    match cut_off(&mut frames, "broke off") {
+                        Some(item) => item,
+                        None => break,
+                    }
                 }
             };
             let last = item.close_after;

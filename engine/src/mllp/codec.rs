@@ -70,6 +70,18 @@ impl MllpCodec {
         std::mem::take(&mut self.restarted)
     }
 
+    /// The bytes of a frame begun but not ended, when the connection is given up on for a
+    /// reason the decoder does not see (a reset, a TLS close without close_notify, the idle
+    /// timeout): `src` is the reader's buffer. Resets the decoder.
+    pub fn take_partial(&mut self, src: &mut BytesMut) -> Option<Bytes> {
+        if !self.in_frame {
+            return None;
+        }
+        self.in_frame = false;
+        self.scanned = 0;
+        Some(src.split().freeze())
+    }
+
     fn prefix(src: &BytesMut) -> Bytes {
         Bytes::copy_from_slice(&src[..src.len().min(KEPT_PREFIX)])
     }
