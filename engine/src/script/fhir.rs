@@ -431,7 +431,8 @@ impl Transaction {
         Ok((raw_json(text), None))
     }
 
-    fn len(&self) -> usize {
+    /// How many entries it holds.
+    pub fn len(&self) -> usize {
         self.inner.borrow().checks.len()
     }
 }

@@ -510,6 +510,12 @@ fn transform_outcome(source: &str, ran: Ran, seed: &[u8]) -> Result<TransformOut
         None => {}
     }
     let value = result.map_err(|e| e.with_logs(logs.clone()))?;
+    if super::output::wrote_nothing(&value) {
+        return Ok(TransformOutcome::Skip {
+            reason: super::output::WROTE_NOTHING.into(),
+            logs,
+        });
+    }
     match transform_output(value, seed) {
         Ok((json, tree)) => Ok(TransformOutcome::Output {
             output: crate::journal::StepOutput::from_raw(json),

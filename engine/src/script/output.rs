@@ -13,8 +13,12 @@
 //! - a string or the message itself (`msg`, after `msg.set(...)`): a JSON string, the rewritten
 //!   HL7 for channels that forward HL7.
 //!
-//! Anything else, or a value that prunes to nothing, is an [`super::ScriptErrorKind::Output`]
-//! error: a transform that wants to drop a message calls `skip()`.
+//! An empty transaction or batch (`transaction()` with nothing added, `bundle_transaction([])`,
+//! `[]`) is no error: the message is filtered, as by `skip("the transform wrote no resources")`
+//! ([`wrote_nothing`]), so that both ways of building a Bundle agree and nothing empty is
+//! delivered. Anything else, or a value that prunes to nothing, is an
+//! [`super::ScriptErrorKind::Output`] error: a transform that wants to drop a message calls
+//! `skip()`.
 
 use rhai::Dynamic;
 use serde_json::value::RawValue;
@@ -41,6 +45,35 @@ pub fn transform_output(
     let value = output_value(value, seed)?;
     let text = serde_json::value::to_raw_value(&value).expect("a JSON value serializes");
     Ok((text, Some(value)))
+}
+
+/// Why a transform that ended with an empty transaction, batch or array is filtered.
+pub const WROTE_NOTHING: &str = "the transform wrote no resources";
+
+/// Whether the transform's value is an empty transaction or batch: a `Transaction` with no
+/// entries, an empty array, or a transaction/batch Bundle map without entries.
+pub fn wrote_nothing(value: &Dynamic) -> bool {
+    if let Some(tx) = value.read_lock::<Transaction>() {
+        return tx.len() == 0;
+    }
+    if let Some(items) = value.read_lock::<rhai::Array>() {
+        return items.is_empty();
+    }
+    let Some(map) = value.read_lock::<rhai::Map>() else {
+        return false;
+    };
+    let text = |key: &str| {
+        map.get(key).and_then(|v| {
+            v.read_lock::<rhai::ImmutableString>()
+                .map(|s| s.to_string())
+        })
+    };
+    text("resourceType").as_deref() == Some("Bundle")
+        && matches!(text("type").as_deref(), Some("transaction" | "batch"))
+        && map.get("entry").is_none_or(|e| {
+            e.read_lock::<rhai::Array>()
+                .is_some_and(|entries| entries.is_empty())
+        })
 }
 
 /// [`transform_output`] for every value but a `Transaction`.
@@ -172,6 +205,7 @@ fn check_bundle(b: &Map<String, Value>) -> Result<(), String> {
         return Ok(());
     }
     let Some(entries) = b.get("entry").and_then(Value::as_array) else {
+        // (An empty one is filtered before it gets here: see `wrote_nothing`.)
         return Err(format!("the {kind} Bundle has no entries"));
     };
     let checks: Vec<EntryCheck> = entries.iter().map(EntryCheck::of).collect();

@@ -823,7 +823,7 @@ fn output_text_is_the_same_with_or_without_the_tree() {
         .unwrap();
     let srcs = [
         r#"let tx = transaction(); tx.update(#{resourceType: "Patient", name: [#{family: "O\"Brien", given: ["", ()]}], x: #{}}, "Patient?identifier=a|b"); tx.create(#{resourceType: "Basic", code: #{text: "Zoë\n\t"}}); tx.add(#{fullUrl: "urn:uuid:1", resource: #{resourceType: "Basic"}, request: #{method: "POST", url: "Basic"}}); tx"#,
-        r#"let tx = batch(); tx"#,
+        r#"let tx = batch(); tx.create(#{resourceType: "Basic"}); tx"#,
         r#"#{resourceType: "Patient", active: true}"#,
     ];
     let mut scripts: Vec<_> = srcs
@@ -1162,6 +1162,32 @@ fn context_is_visible_and_constant() {
     assert_eq!(text("`${ctx.channel}/${ctx.transaction_id}`"), "adt/42");
     let e = err(&host(), "ctx.channel = \"x\";\n1");
     assert_eq!(e.kind, ScriptErrorKind::Runtime, "{e}");
+}
+
+#[test]
+fn an_empty_transaction_filters_the_message_however_it_was_built() {
+    let h = host();
+    for src in [
+        "transaction()",
+        "batch()",
+        "bundle_transaction([])",
+        "[]",
+        "let tx = transaction(); if false { tx.create(#{resourceType: \"Basic\"}); } tx",
+    ] {
+        let out = transform(&h, src, &a01()).unwrap();
+        assert!(
+            matches!(out, TransformOutcome::Skip { ref reason, .. } if reason == super::output::WROTE_NOTHING),
+            "{src}: {out:?}"
+        );
+    }
+    // One entry is output as before.
+    let out = transform(
+        &h,
+        "let tx = transaction(); tx.create(#{resourceType: \"Basic\"}); tx",
+        &a01(),
+    )
+    .unwrap();
+    assert!(matches!(out, TransformOutcome::Output { .. }), "{out:?}");
 }
 
 #[test]
