@@ -102,8 +102,30 @@ fn convert(d: &Dynamic, depth: usize) -> Result<Option<Value>, ConvError> {
     }
     Err(fail(format!(
         "{} at {{at}} cannot be converted to JSON",
-        d.type_name()
+        what_it_is(d)
     )))
+}
+
+/// A value JSON cannot hold, named as a script author knows it (not by its Rust type), with
+/// what to do instead.
+fn what_it_is(d: &Dynamic) -> String {
+    use super::message::{ScriptField, ScriptGroup, ScriptSegment};
+    if d.is::<ScriptField>() {
+        "a Field (its text is field.value; or convert it, e.g. dt::identifier(field))".into()
+    } else if d.is::<ScriptSegment>() {
+        "a Segment (read its fields: seg[\"3.1\"], seg.field(3))".into()
+    } else if d.is::<ScriptGroup>() {
+        "a Group (read its segments: group.head, group.segments(\"OBX\"))".into()
+    } else if d.is::<super::fhir::Transaction>() {
+        "a Transaction (end the script with it, or add entries to it)".into()
+    } else if d.is::<super::xml::XmlNode>() {
+        "an XmlNode (its text is node.text)".into()
+    } else if d.is_fnptr() {
+        "a function pointer".into()
+    } else {
+        let name = d.type_name();
+        format!("a {}", name.rsplit("::").next().unwrap_or(name))
+    }
 }
 
 fn string(s: &str) -> Option<Value> {
@@ -294,7 +316,7 @@ fn write(d: &Dynamic, depth: usize, out: &mut Vec<u8>) -> Result<bool, ConvError
     }
     Err(fail(format!(
         "{} at {{at}} cannot be converted to JSON",
-        d.type_name()
+        what_it_is(d)
     )))
 }
 

@@ -1165,6 +1165,19 @@ fn context_is_visible_and_constant() {
 }
 
 #[test]
+fn a_value_json_cannot_hold_is_named_as_the_script_knows_it() {
+    let e = err(
+        &host(),
+        "let tx = transaction(); tx.update(#{resourceType: \"Patient\", id: \"1\", name: msg.field(\"PID-5\")}); tx",
+    );
+    assert!(
+        e.message.contains("a Field (its text is field.value"),
+        "{e}"
+    );
+    assert!(!e.message.contains("orbiter::"), "{e}");
+}
+
+#[test]
 fn an_empty_transaction_filters_the_message_however_it_was_built() {
     let h = host();
     for src in [
@@ -1542,7 +1555,7 @@ fn an_entry_a_transaction_cannot_convert_names_the_element_under_resource() {
     assert_eq!((e.file.as_str(), e.line), ("test.rhai", Some(2)), "{e}");
     assert!(
         e.message.contains(
-            "cannot add the entry: Fn at .resource.name[0].family cannot be converted to JSON"
+            "cannot add the entry: a function pointer at .resource.name[0].family cannot be converted to JSON"
         ),
         "{e}"
     );
