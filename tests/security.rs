@@ -212,6 +212,60 @@ async fn clients_roles_tokens_and_audit() {
         assert_eq!(status, 401, "{token:?}");
         assert_eq!(body, json!({"error": "unauthorized"}));
     }
+    // Mediators: only a mediator's own client (role `mediator`) or an admin registers and beats
+    // (a heartbeat carries the mediator's config, secrets included); an operator may not, and
+    // the mediator client may do nothing else.
+    let registration = json!({"urn": "urn:mediator:sec", "version": "1.0.0", "name": "sec",
+        "endpoints": [{"name": "e", "host": "127.0.0.1", "port": 9, "path": "/", "type": "http"}]});
+    let (status, _) = call(
+        &admin,
+        Method::Post,
+        "/api/mediators",
+        Some(&operator),
+        Some(registration.clone()),
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "an operator may not register (or re-point) a mediator"
+    );
+    let mediator = create_client(&engine, "med", &["mediator"], false).await;
+    let (status, body) = call(
+        &admin,
+        Method::Post,
+        "/api/mediators",
+        Some(&mediator),
+        Some(registration),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let beat = json!({"uptime": 1, "config": true});
+    let (status, _) = call(
+        &admin,
+        Method::Post,
+        "/api/mediators/urn:mediator:sec/heartbeat",
+        Some(&operator),
+        Some(beat.clone()),
+    )
+    .await;
+    assert_eq!(
+        status, 403,
+        "an operator may not read a mediator's config through a heartbeat"
+    );
+    let (status, _) = call(
+        &admin,
+        Method::Post,
+        "/api/mediators/urn:mediator:sec/heartbeat",
+        Some(&mediator),
+        Some(beat),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for path in ["/api/channels", "/api/transactions", "/fhir/Patient"] {
+        let (status, _) = call(&admin, Method::Get, path, Some(&mediator), None).await;
+        assert_eq!(status, 403, "a mediator client reads nothing else: {path}");
+    }
+
     // The embedded CDR: a masked viewer may not read patient data; an operator may.
     let (status, _) = call(&admin, Method::Get, "/fhir/Patient", Some(&viewer), None).await;
     assert_eq!(status, 403);

@@ -25,13 +25,29 @@ use super::ratelimit::FailureLimiter;
 use crate::journal::Journal;
 
 /// What an API client may do. Each role includes the ones below it:
-/// `admin` ⊇ `operator` (rerun, enable/disable) ⊇ `viewer` (read).
+/// `admin` ⊇ `operator` (rerun, enable/disable) ⊇ `viewer` (read). `mediator` stands apart:
+/// a mediator's own client may register and beat (and so receive its config, secrets
+/// included), and nothing else; only `admin` includes it, so an operator can neither read a
+/// mediator's secrets through a heartbeat nor point its endpoint elsewhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
     Operator,
     Admin,
+    Mediator,
+}
+
+impl Role {
+    /// Whether a client with this role may do what `needed` allows.
+    pub fn includes(self, needed: Role) -> bool {
+        match (self, needed) {
+            (Role::Admin, _) => true,
+            (Role::Mediator, needed) => needed == Role::Mediator,
+            (_, Role::Mediator) => false,
+            (mine, needed) => mine >= needed,
+        }
+    }
 }
 
 /// Who is calling, once authenticated: put into the request by the middleware; handlers take it
@@ -58,7 +74,7 @@ impl Caller {
     }
 
     pub fn has(&self, role: Role) -> bool {
-        self.roles.iter().any(|r| *r >= role)
+        self.roles.iter().any(|r| r.includes(role))
     }
 
     /// `Ok` when the caller has `role` (or a higher one); otherwise a bare 403.

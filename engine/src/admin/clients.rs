@@ -66,7 +66,7 @@ impl ClientRecord {
     /// The caller this client is, for a request from `peer`.
     pub fn caller(&self, peer: Option<String>) -> Caller {
         let roles = self.roles.clone();
-        let elevated = roles.iter().any(|r| *r >= Role::Operator);
+        let elevated = roles.iter().any(|r| r.includes(Role::Operator));
         Caller {
             name: self.name.clone(),
             read_bodies: self.read_bodies || elevated,

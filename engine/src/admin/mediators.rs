@@ -105,7 +105,7 @@ async fn register(
     caller: Caller,
     body: Result<web::Json<Registration>, actix_web::Error>,
 ) -> actix_web::Result<HttpResponse> {
-    caller.require(Role::Operator)?;
+    caller.require(Role::Mediator)?;
     let registration = match body {
         Ok(body) => body.into_inner(),
         Err(e) => return Ok(bad_json(e)),
@@ -184,7 +184,7 @@ async fn heartbeat(
     urn: web::Path<String>,
     body: Result<web::Json<Heartbeat>, actix_web::Error>,
 ) -> actix_web::Result<HttpResponse> {
-    caller.require(Role::Operator)?;
+    caller.require(Role::Mediator)?;
     let beat = match body {
         Ok(body) => body.into_inner(),
         Err(e) => return Ok(bad_json(e)),

@@ -289,7 +289,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: Method::Post,
         path: "/api/mediators",
-        role: Some(Role::Operator),
+        role: Some(Role::Mediator),
         summary: "Register a mediator (OpenHIM shape: urn, version, name, endpoints, \
                   defaultChannelConfig, configDefs)",
         tag: "mediators",
@@ -301,7 +301,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: Method::Post,
         path: "/api/mediators/{urn}/heartbeat",
-        role: Some(Role::Operator),
+        role: Some(Role::Mediator),
         summary: "Mediator heartbeat with uptime; the answer carries its current config",
         tag: "mediators",
         query: &[],
