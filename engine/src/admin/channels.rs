@@ -199,6 +199,26 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// The answer when a channel file cannot be written or removed. A read-only channels directory
+/// (a ConfigMap, a read-only root filesystem, a GitOps checkout) is how deployments are meant
+/// to run, not a server fault: 409, saying where channels are changed instead.
+fn not_written(verb: &str, file: &Path, e: &std::io::Error) -> HttpResponse {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => error(
+            StatusCode::CONFLICT,
+            format!(
+                "cannot {verb} {}: {e}. The channels directory is read-only here: change the channel file where it comes from (in a GitOps deployment, in Git) and the engine reloads it",
+                file.display()
+            ),
+        ),
+        _ => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot {verb} {}: {e}", file.display()),
+        ),
+    }
+}
+
 /// Checks, writes and activates `text` as channel `name`; the answer says what happened.
 async fn install(
     state: &AdminState,
@@ -225,12 +245,7 @@ async fn install(
     web::block(move || write_atomically(&target, &body))
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| {
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot write {}: {e}", file.display()),
-            )
-        })?;
+        .map_err(|e| not_written("write", file, &e))?;
     let report = reload_now(&state.channels).await;
     // Another file could have changed meanwhile; what counts is that this one is running.
     let running = state.channels.current().get(name);
@@ -303,10 +318,7 @@ async fn delete(
         return Ok(error(StatusCode::NOT_FOUND, "no such channel"));
     }
     if let Err(e) = std::fs::remove_file(&file) {
-        return Ok(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot remove {}: {e}", file.display()),
-        ));
+        return Ok(not_written("remove", &file, &e));
     }
     if let Some(dir) = file.parent() {
         sync_dir(dir);
@@ -427,7 +439,19 @@ fn with_enabled(text: &str, enabled: bool) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::with_enabled;
+    use super::*;
+
+    #[test]
+    fn a_read_only_channels_dir_is_a_conflict_not_a_server_error() {
+        use std::io::{Error, ErrorKind};
+        let file = Path::new("/channels/adt.toml");
+        for kind in [ErrorKind::PermissionDenied, ErrorKind::ReadOnlyFilesystem] {
+            let r = not_written("write", file, &Error::from(kind));
+            assert_eq!(r.status(), StatusCode::CONFLICT, "{kind:?}");
+        }
+        let r = not_written("remove", file, &Error::from(ErrorKind::Other));
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 
     #[test]
     fn enabled_is_replaced_or_added_before_the_first_table() {

@@ -435,6 +435,11 @@ impl Transaction {
     pub fn len(&self) -> usize {
         self.inner.borrow().checks.len()
     }
+
+    /// Whether nothing was added to it.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Registers the FHIR helpers.

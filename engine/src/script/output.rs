@@ -54,7 +54,7 @@ pub const WROTE_NOTHING: &str = "the transform wrote no resources";
 /// entries, an empty array, or a transaction/batch Bundle map without entries.
 pub fn wrote_nothing(value: &Dynamic) -> bool {
     if let Some(tx) = value.read_lock::<Transaction>() {
-        return tx.len() == 0;
+        return tx.is_empty();
     }
     if let Some(items) = value.read_lock::<rhai::Array>() {
         return items.is_empty();
