@@ -315,6 +315,11 @@ async fn clients_roles_tokens_and_audit() {
     let denied = find("denied", "POST /api/transactions/1/rerun");
     assert_eq!(denied["actor"], "dash");
     assert_eq!(denied["outcome"], "denied");
+    // The deleted client's token, refused: audited without an actor, with where it came from.
+    let refused = find("authenticate", "GET /api/channels");
+    assert_eq!(refused["outcome"], "refused", "{refused}");
+    assert_eq!(refused["actor"], "(unauthenticated)");
+    assert!(refused["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(
         !events.iter().any(|e| e["action"] == "rerun"),
         "a rerun of nothing is not an event"

@@ -48,7 +48,8 @@ pub struct AuditEvent {
     pub target: String,
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub detail: serde_json::Value,
-    /// `ok` for what was done; `denied` for a call the caller's role did not allow.
+    /// `ok` for what was done; `denied` for a call the caller's role did not allow; `refused`
+    /// for a credential that was not accepted (action `authenticate`).
     pub outcome: String,
 }
 
@@ -297,6 +298,27 @@ async fn list_route(
         Ok(page) => HttpResponse::Ok().json(page),
         Err(message) => HttpResponse::BadRequest().json(json!({"error": message})),
     })
+}
+
+/// For the auth middleware: records a request whose credential (token or certificate) was
+/// refused. The actor is unknown; the peer address says where it came from.
+pub(crate) fn unauthenticated(journal: &Journal, peer: Option<String>, method: &str, path: &str) {
+    let nobody = Caller {
+        name: "(unauthenticated)".into(),
+        roles: Vec::new(),
+        read_bodies: false,
+        peer,
+    };
+    record_outcome(
+        journal,
+        &nobody,
+        AuditAction {
+            action: "authenticate",
+            target: &format!("{method} {path}"),
+            detail: serde_json::Value::Null,
+        },
+        "refused",
+    );
 }
 
 /// For the auth middleware: records a request the caller's role did not allow.

@@ -283,6 +283,14 @@ pub async fn require_token(
                 // misconfigured client) gets its 401 without using up the address's budget.
                 if let (Some(ip), Some(_)) = (ip, header) {
                     auth.limiter.failed(ip);
+                    // A credential refused is a security event: audited (at most the limiter's
+                    // budget per address before it answers 429).
+                    super::audit::unauthenticated(
+                        &auth.journal,
+                        peer_addr.map(|a| a.to_string()),
+                        req.method().as_str(),
+                        req.path(),
+                    );
                 }
                 // Never the header: it may hold a real token with a typo.
                 tracing::warn!(peer = ?peer_addr, path = req.path(), "admin API: authentication failed");
