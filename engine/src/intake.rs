@@ -146,6 +146,15 @@ impl Intake {
         // `refusal`: why the message is not accepted, as the ACK will say it.
         let (parsed, refusal) = match Message::parse(&raw) {
             Err(e) => {
+                // What the header still says, so the refused message can be found by its
+                // control id (the ACK echoes it too).
+                if let Some(h) = crate::hl7::ack::unparsed_header(&raw) {
+                    meta.control_id = h.control_id;
+                    meta.message_type = h.message_type;
+                    meta.sending_application = h.sending_application;
+                    meta.sending_facility = h.sending_facility;
+                    meta.version = h.version;
+                }
                 let error = AckError {
                     code: e.hl7_error_code(),
                     location: e.location(),

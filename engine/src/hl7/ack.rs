@@ -502,10 +502,7 @@ pub fn build_ack_for_unparsed(
     ack_control_id: &str,
     timestamp: &str,
 ) -> Vec<u8> {
-    let found = (0..raw.len().saturating_sub(2))
-        .filter(|&i| &raw[i..i + 3] == b"MSH")
-        .find_map(|i| Delimiters::from_header(&raw[i..]).ok().map(|d| (i, d)));
-    let Some((start, d)) = found else {
+    let Some((start, d)) = find_msh(raw) else {
         let echo = Echo {
             d: Delimiters::default(),
             encoding_characters: Cow::Borrowed("^~\\&"),
@@ -554,6 +551,59 @@ pub fn build_ack_for_unparsed(
         charset: known_charset,
     };
     write_ack(&echo, code, error, ack_control_id, timestamp)
+}
+
+/// The first `MSH` anywhere in `raw` whose delimiters are usable: where it starts, and them.
+fn find_msh(raw: &[u8]) -> Option<(usize, Delimiters)> {
+    (0..raw.len().saturating_sub(2))
+        .filter(|&i| &raw[i..i + 3] == b"MSH")
+        .find_map(|i| Delimiters::from_header(&raw[i..]).ok().map(|d| (i, d)))
+}
+
+/// What the journal can still say of input that did not parse (a bad segment name further
+/// down, say): the fields of its first usable `MSH`, read as [`build_ack_for_unparsed`] reads
+/// them for the ACK, so that the refused message can be found by its control id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnparsedHeader {
+    pub control_id: Option<String>,
+    /// `CODE^TRIGGER`, as channel rules and the journal write it.
+    pub message_type: Option<String>,
+    pub sending_application: Option<String>,
+    pub sending_facility: Option<String>,
+    pub version: Option<String>,
+}
+
+/// See [`UnparsedHeader`]; `None` when `raw` has no usable `MSH`.
+pub fn unparsed_header(raw: &[u8]) -> Option<UnparsedHeader> {
+    let (start, d) = find_msh(raw)?;
+    let line = raw[start..]
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or(&[]);
+    let (text, _, _) = charset::decode(line, Charset::Utf8);
+    let pieces: Vec<&str> = text.split(char::from(d.field)).collect();
+    // Piece k is MSH-(k+1); the first component of each, as the parsed accessors give.
+    let field = |n: usize| {
+        let v = part(pieces.get(n - 1).copied().unwrap_or(""), d.repetition, 1);
+        let v = part(v, d.component, 1);
+        valued(v).then(|| v.to_owned())
+    };
+    let kind = pieces.get(8).copied().unwrap_or("");
+    let kind = part(kind, d.repetition, 1);
+    let (code, trigger) = (part(kind, d.component, 1), part(kind, d.component, 2));
+    Some(UnparsedHeader {
+        control_id: field(10),
+        message_type: valued(code).then(|| {
+            if trigger.is_empty() {
+                code.to_owned()
+            } else {
+                format!("{code}^{trigger}")
+            }
+        }),
+        sending_application: field(3),
+        sending_facility: field(4),
+        version: field(12),
+    })
 }
 
 /// An ACK as read by `orbiter send`: what the receiver said.
@@ -608,6 +658,21 @@ impl Ack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_of_input_that_did_not_parse_is_still_read() {
+        let raw = b"MSH|^~\\&|LAB|HOSP|ORB|HIE|20261201||ORU^R01^ORU_R01|SEG1|P|2.5.1\rpv1|bad\r";
+        assert!(Message::parse(raw).is_err());
+        let h = unparsed_header(raw).unwrap();
+        assert_eq!(h.control_id.as_deref(), Some("SEG1"));
+        assert_eq!(h.message_type.as_deref(), Some("ORU^R01"));
+        assert_eq!(h.sending_application.as_deref(), Some("LAB"));
+        assert_eq!(h.sending_facility.as_deref(), Some("HOSP"));
+        assert_eq!(h.version.as_deref(), Some("2.5.1"));
+        assert_eq!(unparsed_header(b"garbage"), None);
+        let bare = unparsed_header(b"MSH|^~\\&\r").unwrap();
+        assert_eq!(bare, UnparsedHeader::default());
+    }
     use proptest::prelude::*;
 
     const ADT: &[u8] = include_bytes!("../../../fixtures/hl7v2/adt_a01.hl7");
