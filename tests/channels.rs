@@ -459,8 +459,11 @@ async fn a_channel_on_its_own_mllp_port_takes_only_what_arrives_there() {
 #[tokio::test]
 async fn a_destination_that_stays_down_is_retried_then_given_up() {
     let ws = Workspace::new();
-    // Nothing listens on this port: every attempt is refused (retryable).
-    let closed = common::free_port();
+    // Bound but not listening: every attempt is refused (retryable), and no other process can
+    // take the port while the test runs (a port merely found free once could be).
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = reserved.local_addr().unwrap().port();
     ws.channel(
         "down",
         "\"ADT^*\"",
