@@ -32,7 +32,9 @@ pub enum ChannelError {
     },
     #[error("{}: {message}", file.display())]
     Io { file: PathBuf, message: String },
-    #[error("{0}")]
+    /// Transparent: the script error already says file:line:col, and `{:#}` in `main` would
+    /// print it twice if it were also this error's source.
+    #[error(transparent)]
     Script(#[from] ScriptError),
     #[error("{}: channel `{name}` is also defined in {}", file.display(), other.display())]
     DuplicateName {
