@@ -44,8 +44,8 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
-    /// Parse every channel definition and compile every script; exit non-zero with
-    /// file:line:col on errors.
+    /// Parse channel definitions and compile their scripts (for a whole channels dir, every
+    /// script in the scripts dir too); exit non-zero with file:line:col on errors.
     Check {
         /// A channels directory or one channel file (default: the configured channels dir).
         path: Option<PathBuf>,
@@ -97,7 +97,7 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Check { path, config } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
             crate::logging::init("off", false);
-            Ok(crate::channel::check::check(&config, path.as_deref()))
+            Ok(crate::channel::check::check(&config, path.as_deref())?)
         }
         Command::Try {
             channel,
