@@ -62,8 +62,8 @@ pub enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
-    /// Run one channel's filter and transform on one message and print the FHIR output
-    /// (no journal, no delivery).
+    /// Run one channel's filter and transform on one message and print the output: FHIR JSON,
+    /// or HL7 v2 text one segment a line (no journal, no delivery).
     Try {
         /// A channel name (from the channels dir) or a channel file.
         channel: String,

@@ -151,6 +151,20 @@ pub fn check_into(
     }
 }
 
+/// The transform's output as `orbiter try` prints it, ending with a newline: FHIR as indented
+/// JSON; text (a rewritten HL7 v2 message, `msg.encode()`) as itself, one segment a line,
+/// since `\r` alone would make a terminal draw every segment over the previous one.
+fn output_text(output: &serde_json::Value) -> serde_json::Result<String> {
+    let mut text = match output {
+        serde_json::Value::String(text) => text.replace("\r\n", "\n").replace('\r', "\n"),
+        value => serde_json::to_string_pretty(value)?,
+    };
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    Ok(text)
+}
+
 /// The first data row of a CSV file, as a journaled row (header line + row).
 fn first_csv_row(channel: &crate::channel::Channel, file: &[u8]) -> anyhow::Result<Vec<u8>> {
     let options = channel.def.csv.clone().unwrap_or_default();
@@ -227,6 +241,7 @@ pub fn try_channel(
             .map_or(serde_json::Value::Null, StepOutput::to_value),
         _ => serde_json::Value::Null,
     };
+    let mut out = std::io::stdout().lock();
     if json {
         let envelope = serde_json::json!({
             "channel": channel.name(),
@@ -235,25 +250,23 @@ pub fn try_channel(
             "output": output,
             "steps": result.steps,
         });
-        println!("{}", serde_json::to_string_pretty(&envelope)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&envelope)?)?;
     } else {
+        let mut err = std::io::stderr().lock();
         for step in &result.steps {
             for line in &step.logs {
-                eprintln!("log: {line}");
+                writeln!(err, "log: {line}")?;
             }
         }
         match &result.outcome {
-            ChannelOutcome::Output { .. } => {
-                println!("{}", serde_json::to_string_pretty(&output)?)
-            }
-            ChannelOutcome::Filtered { reason } => {
-                println!(
-                    "filtered: {}",
-                    reason.as_deref().unwrap_or("the filter returned false")
-                )
-            }
-            ChannelOutcome::Rejected { reason } => eprintln!("rejected: {reason}"),
-            ChannelOutcome::Failed { error } => eprintln!("{error}"),
+            ChannelOutcome::Output { .. } => write!(out, "{}", output_text(&output)?)?,
+            ChannelOutcome::Filtered { reason } => writeln!(
+                out,
+                "filtered: {}",
+                reason.as_deref().unwrap_or("the filter returned false")
+            )?,
+            ChannelOutcome::Rejected { reason } => writeln!(err, "rejected: {reason}")?,
+            ChannelOutcome::Failed { error } => writeln!(err, "{error}")?,
         }
     }
     Ok(if ok {
@@ -335,6 +348,19 @@ mod tests {
         assert_eq!(err.matches("bad.rhai:1:").count(), 1, "{err}");
         assert!(err.contains(&format!("{}: uses ", bad.display())), "{err}");
         assert!(err.ends_with("\n1 error(s)\n"), "{err}");
+    }
+
+    #[test]
+    fn text_output_is_printed_as_lines_and_fhir_as_json() {
+        let hl7 = serde_json::json!("MSH|^~\\&|A\rPID|1||42\r");
+        assert_eq!(output_text(&hl7).unwrap(), "MSH|^~\\&|A\nPID|1||42\n");
+        let no_final_cr = serde_json::json!("MSH|^~\\&|A\r\nPID|1");
+        assert_eq!(output_text(&no_final_cr).unwrap(), "MSH|^~\\&|A\nPID|1\n");
+        let fhir = serde_json::json!({"resourceType": "Patient"});
+        assert_eq!(
+            output_text(&fhir).unwrap(),
+            "{\n  \"resourceType\": \"Patient\"\n}\n"
+        );
     }
 
     #[test]
