@@ -450,6 +450,27 @@ fn check_and_try_say_each_thing_once_and_where() {
     assert!(output.contains("\rPID|"), "{envelope}");
 }
 
+#[test]
+fn a_reader_that_goes_away_stops_try_quietly() {
+    let orbiter = env!("CARGO_BIN_EXE_orbiter");
+    let root = repo_root();
+    // A pipe whose reader is gone before anything is written: every write fails with EPIPE,
+    // as `| head -3` makes the later ones fail.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(orbiter)
+        .args(["try", "oru-to-fhir"])
+        .arg(root.join("fixtures/hl7v2/oru_r01.hl7"))
+        .env("ORBITER_CHANNELS_DIR", root.join("channels"))
+        .env("ORBITER_SCRIPTS_DIR", root.join("scripts"))
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[tokio::test]
 async fn a_channel_on_its_own_mllp_port_takes_only_what_arrives_there() {
     let ws = Workspace::new();
