@@ -70,7 +70,8 @@ pub enum Command {
         channel: String,
         /// The HL7 v2 message.
         message: PathBuf,
-        /// Print a JSON envelope (outcome, output, logs, steps) instead of just the output.
+        /// Print a JSON envelope (channel, revision, outcome, output, and the steps with their
+        /// logs) instead of just the output.
         #[arg(long)]
         json: bool,
         #[arg(long, short)]
