@@ -296,7 +296,10 @@ mod tests {
         };
         std::fs::create_dir_all(&paths.channels_dir).unwrap();
         std::fs::create_dir_all(paths.lib_dir()).unwrap();
-        for (name, script) in [("good", "#{resourceType: \"Patient\"}"), ("bad", "let a = b;")] {
+        for (name, script) in [
+            ("good", "#{resourceType: \"Patient\"}"),
+            ("bad", "let a = b;"),
+        ] {
             std::fs::write(
                 paths.channels_dir.join(format!("{name}.toml")),
                 format!(
@@ -326,7 +329,8 @@ mod tests {
         assert_eq!(err.matches("unused.rhai:1:").count(), 1, "{err}");
         let bad_toml = d.paths.channels_dir.join("bad.toml");
         assert_eq!(
-            err.matches(&format!("{}: uses ", bad_toml.display())).count(),
+            err.matches(&format!("{}: uses ", bad_toml.display()))
+                .count(),
             1,
             "{err}"
         );
@@ -339,7 +343,10 @@ mod tests {
         let good = d.paths.channels_dir.join("good.toml");
         let (ok, out, err) = run(&d.paths, Some(&good));
         assert!(ok, "{err}");
-        assert!(out.contains("1 channel(s) and their scripts compile"), "{out}");
+        assert!(
+            out.contains("1 channel(s) and their scripts compile"),
+            "{out}"
+        );
 
         let bad = d.paths.channels_dir.join("bad.toml");
         let (ok, _, err) = run(&d.paths, Some(&bad));
@@ -370,6 +377,9 @@ mod tests {
         let (ok, out, err) = run(&d.paths, Some(&missing));
         assert!(!ok);
         assert!(out.is_empty(), "{out}");
-        assert_eq!(err, format!("{}: no such file or directory\n", missing.display()));
+        assert_eq!(
+            err,
+            format!("{}: no such file or directory\n", missing.display())
+        );
     }
 }

@@ -312,8 +312,7 @@ fn a_script_error_is_shown_once_through_anyhow() {
     let host = ScriptHost::new(&p.lib_dir(), p.limits.clone()).unwrap();
     write(&p.scripts_dir.join("x.rhai"), "let a = b;\n");
     let text = "name = \"x\"\n[source]\nkind = \"mllp\"\n[transform]\nscript = \"x.rhai\"\n";
-    let err = load_channel_text(&p.channels_dir.join("x.toml"), text, p, &host, "lib")
-        .unwrap_err();
+    let err = load_channel_text(&p.channels_dir.join("x.toml"), text, p, &host, "lib").unwrap_err();
     // `main` prints errors with `{:#}`, which appends every source in the chain.
     let shown = format!("{:#}", anyhow::Error::from(err));
     assert_eq!(shown.matches("x.rhai:1:").count(), 1, "{shown}");
