@@ -382,6 +382,95 @@ fn check_and_try_from_the_real_binary() {
     );
 }
 
+#[test]
+fn check_and_try_say_each_thing_once_and_where() {
+    let orbiter = env!("CARGO_BIN_EXE_orbiter");
+    let root = repo_root();
+    let ws = Workspace::new();
+    let run = |args: &[&str]| {
+        Command::new(orbiter)
+            .args(args)
+            .envs(ws.env())
+            .output()
+            .unwrap()
+    };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+
+    // A path that is not there is an error, not "0 channel(s)".
+    let missing = ws.path("channels/nope");
+    let out = run(&["check", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("channels/nope: no such file"), "{stderr}");
+
+    // try: a compile error once, not once per error in the chain.
+    ws.channel("undef", "\"ADT^A01\"", "let a = b;\n", "on-commit", "");
+    let adt = root.join("fixtures/hl7v2/adt_a01.hl7");
+    let adt = adt.to_str().unwrap();
+    let out = run(&["try", "undef", adt]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.matches("undef.rhai:1:").count(), 1, "{stderr}");
+
+    // A script that does not exist: at the channel's `script` key.
+    ws.write(
+        "channels/gone.toml",
+        "name = \"gone\"\n[source]\nkind = \"mllp\"\n[transform]\nscript = \"scripts/nope.rhai\"\n",
+    );
+    let out = run(&["try", "gone", adt]);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("gone.toml:5:1: the transform script does not exist (looked for"),
+        "{stderr}"
+    );
+
+    // HL7 v2 output is printed as HL7, one segment a line; --json keeps it a JSON string.
+    ws.channel(
+        "rewrite",
+        "\"ADT^A01\"",
+        "msg.set(\"MSH-5\", \"NEWAPP\");\nmsg\n",
+        "on-commit",
+        "",
+    );
+    let out = run(&["try", "rewrite", adt]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.starts_with("MSH|^~\\&|"), "{stdout}");
+    assert!(
+        stdout.contains("|NEWAPP|") && stdout.contains("\nPID|"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains('\r') && stdout.ends_with('\n'),
+        "{stdout:?}"
+    );
+    let out = run(&["try", "rewrite", adt, "--json"]);
+    let envelope: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let output = envelope["output"].as_str().unwrap();
+    assert!(output.contains("\rPID|"), "{envelope}");
+}
+
+#[test]
+fn a_reader_that_goes_away_stops_try_quietly() {
+    let orbiter = env!("CARGO_BIN_EXE_orbiter");
+    let root = repo_root();
+    // A pipe whose reader is gone before anything is written: every write fails with EPIPE,
+    // as `| head -3` makes the later ones fail.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(orbiter)
+        .args(["try", "oru-to-fhir"])
+        .arg(root.join("fixtures/hl7v2/oru_r01.hl7"))
+        .env("ORBITER_CHANNELS_DIR", root.join("channels"))
+        .env("ORBITER_SCRIPTS_DIR", root.join("scripts"))
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[tokio::test]
 async fn a_channel_on_its_own_mllp_port_takes_only_what_arrives_there() {
     let ws = Workspace::new();

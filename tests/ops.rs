@@ -164,6 +164,18 @@ async fn channels_are_managed_over_the_api_and_route_accordingly() {
         body["error"].as_str().unwrap().contains("broken.rhai:1:"),
         "{body}"
     );
+    // A script that is not there: located at its `script` key, like any other mistake.
+    let missing = channel_toml("adt", "\"ADT^A01\"", "scripts/nope.rhai", "");
+    let (status, body) = put_toml(&engine, "adt", &missing).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["line"], 7, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("the transform script does not exist"),
+        "{body}"
+    );
     let (status, _) = put_toml(&engine, "other-name", &toml).await;
     assert_eq!(status, 400);
     let on_disk = std::fs::read_to_string(ws.path("channels/adt.toml")).unwrap();

@@ -1,5 +1,6 @@
 //! The `orbiter` command line.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -44,8 +45,8 @@ pub enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
-    /// Parse every channel definition and compile every script; exit non-zero with
-    /// file:line:col on errors.
+    /// Parse channel definitions and compile their scripts (for a whole channels dir, every
+    /// script in the scripts dir too); exit non-zero with file:line:col on errors.
     Check {
         /// A channels directory or one channel file (default: the configured channels dir).
         path: Option<PathBuf>,
@@ -62,14 +63,15 @@ pub enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
-    /// Run one channel's filter and transform on one message and print the FHIR output
-    /// (no journal, no delivery).
+    /// Run one channel's filter and transform on one message and print the output: FHIR JSON,
+    /// or HL7 v2 text one segment a line (no journal, no delivery).
     Try {
         /// A channel name (from the channels dir) or a channel file.
         channel: String,
         /// The HL7 v2 message.
         message: PathBuf,
-        /// Print a JSON envelope (outcome, output, logs, steps) instead of just the output.
+        /// Print a JSON envelope (channel, revision, outcome, output, and the steps with their
+        /// logs) instead of just the output.
         #[arg(long)]
         json: bool,
         #[arg(long, short)]
@@ -80,7 +82,29 @@ pub enum Command {
 pub fn main() -> anyhow::Result<std::process::ExitCode> {
     crate::tls::install_crypto_provider();
     let cli = Cli::parse();
-    match cli.command {
+    stop_quietly_on_broken_pipe(run(cli.command))
+}
+
+/// A reader that goes away (`orbiter try ... | head`) ends the command quietly with status 0,
+/// as ripgrep does, instead of an error (or a `println!` panic) about a pipe nobody reads.
+fn stop_quietly_on_broken_pipe(
+    result: anyhow::Result<std::process::ExitCode>,
+) -> anyhow::Result<std::process::ExitCode> {
+    match result {
+        Err(e) if is_broken_pipe(&e) => Ok(std::process::ExitCode::SUCCESS),
+        other => other,
+    }
+}
+
+/// Only an `io::Error` the command returned itself (a failed `writeln!` on stdout or stderr):
+/// one from a socket is wrapped in its own error type (`send`'s MLLP errors) and still counts.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    match command {
         Command::Run { config, data } => {
             let mut config = Config::load(config.as_deref(), std::env::vars())?;
             if let Some(data) = data {
@@ -92,12 +116,12 @@ pub fn main() -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Doctor { config, data } => {
             crate::logging::init("off", false);
-            Ok(crate::doctor::run(config.as_deref(), data))
+            Ok(crate::doctor::run(config.as_deref(), data)?)
         }
         Command::Check { path, config } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
             crate::logging::init("off", false);
-            Ok(crate::channel::check::check(&config, path.as_deref()))
+            Ok(crate::channel::check::check(&config, path.as_deref())?)
         }
         Command::Try {
             channel,
@@ -163,12 +187,33 @@ async fn send(files: &[PathBuf], to: &str, timeout: Duration) -> anyhow::Result<
             } else {
                 file.display().to_string()
             };
-            println!("{label}: {summary}");
-            println!(
+            // Locked per message: the lock must not be held across the next `await`.
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{label}: {summary}")?;
+            writeln!(
+                out,
                 "{}",
                 String::from_utf8_lossy(&ack).replace('\r', "\n").trim_end()
-            );
+            )?;
         }
     }
     Ok(all_accepted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_stdout_is_a_quiet_success_and_a_closed_socket_is_not() {
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let wrapped = anyhow::Error::from(pipe).context("printing the output");
+        let code = stop_quietly_on_broken_pipe(Err(wrapped)).unwrap();
+        assert_eq!(code, std::process::ExitCode::SUCCESS);
+        let other = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(stop_quietly_on_broken_pipe(Err(other)).is_err());
+        // A peer that hung up on `send` is a failure, not a closed stdout.
+        let socket = crate::mllp::ClientError::Send(std::io::ErrorKind::BrokenPipe.into());
+        assert!(stop_quietly_on_broken_pipe(Err(anyhow::Error::from(socket))).is_err());
+    }
 }

@@ -90,20 +90,25 @@ impl Finding {
     }
 }
 
-/// Runs every check and prints them; exit code 1 on any `fail`.
-pub fn run(config_file: Option<&Path>, data: Option<PathBuf>) -> std::process::ExitCode {
+/// Runs every check and prints them; exit code 1 on any `fail`. Fails only if stdout does.
+pub fn run(
+    config_file: Option<&Path>,
+    data: Option<PathBuf>,
+) -> std::io::Result<std::process::ExitCode> {
+    use std::io::Write as _;
     let findings = check_all(config_file, data);
+    let mut out = std::io::stdout().lock();
     for finding in &findings {
-        println!("{}", finding.render());
+        writeln!(out, "{}", finding.render())?;
     }
     let fails = findings.iter().filter(|f| f.level == Level::Fail).count();
     let warns = findings.iter().filter(|f| f.level == Level::Warn).count();
-    println!("{fails} failure(s), {warns} warning(s)");
-    if fails > 0 {
+    writeln!(out, "{fails} failure(s), {warns} warning(s)")?;
+    Ok(if fails > 0 {
         std::process::ExitCode::from(1)
     } else {
         std::process::ExitCode::SUCCESS
-    }
+    })
 }
 
 /// Every check, in the order an operator would look.

@@ -7,7 +7,9 @@ fn main() -> std::process::ExitCode {
     match orbiter::cli::main() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("orbiter: {e:#}");
+            // Not `eprintln!`: it panics when stderr is closed too.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "orbiter: {e:#}");
             std::process::ExitCode::from(2)
         }
     }

@@ -1,12 +1,14 @@
 //! `orbiter check` and `orbiter try`: the channel author's inner loop, without an engine.
 
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use super::{files_with, lib_revision, load_channel, ChannelPaths};
+use super::{files_with, lib_revision, load_channel, ChannelError, ChannelPaths};
 use crate::config::Config;
 use crate::format::Format;
 use crate::hl7::Message;
@@ -23,76 +25,144 @@ fn paths(config: &Config) -> ChannelPaths {
     }
 }
 
-/// Compiles the library, every script in the scripts dir, and every channel under `path`.
-/// Prints one line per item; errors go to stderr as `file:line:col: message`.
-pub fn check(config: &Config, path: Option<&Path>) -> ExitCode {
-    let paths = paths(config);
-    let mut errors = 0;
+/// `orbiter check` on stdout and stderr; see [`check_into`].
+pub fn check(config: &Config, path: Option<&Path>) -> std::io::Result<ExitCode> {
+    let ok = check_into(
+        &paths(config),
+        path,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr().lock(),
+    )?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Compiles the library and the channels under `path` (a directory, or one channel file) with
+/// their scripts; for a directory, also every other script in the scripts dir. Prints one line
+/// per item to `out`; errors go to `err` as `file:line:col: message`, each once. Returns whether
+/// everything compiled.
+pub fn check_into(
+    paths: &ChannelPaths,
+    path: Option<&Path>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> std::io::Result<bool> {
+    // One channel file: that channel, its scripts and the library, nothing else.
+    let (channel_files, whole_dir) = match path {
+        Some(p) if p.is_file() => (vec![p.to_path_buf()], false),
+        Some(dir) if dir.is_dir() => (files_with(dir, "toml"), true),
+        Some(missing) => {
+            // A typo would otherwise check zero channels and pass.
+            let why = if missing.exists() {
+                "not a channel file or a channels directory"
+            } else {
+                "no such file or directory"
+            };
+            writeln!(err, "{}: {why}", missing.display())?;
+            return Ok(false);
+        }
+        None => (files_with(&paths.channels_dir, "toml"), true),
+    };
     let host = match ScriptHost::new(&paths.lib_dir(), paths.limits.clone()) {
         Ok(host) => host,
         Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(1);
+            writeln!(err, "{e}")?;
+            return Ok(false);
         }
     };
     let lib_rev = match lib_revision(&paths.lib_dir()) {
         Ok(rev) => rev,
         Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(1);
+            writeln!(err, "{e}")?;
+            return Ok(false);
         }
     };
-    for script in files_with(&paths.scripts_dir, "rhai") {
-        match host.compile_file(&script) {
-            Ok(_) => println!("ok      {}", script.display()),
-            Err(e) => {
-                errors += 1;
-                eprintln!("{e}");
+    let mut errors = 0;
+    // Script errors printed so far: a channel whose script is broken fails with the same error,
+    // which is then named once, with the channel that uses it.
+    let mut reported = HashSet::new();
+    if whole_dir {
+        for script in files_with(&paths.scripts_dir, "rhai") {
+            match host.compile_file(&script) {
+                Ok(_) => writeln!(out, "ok      {}", script.display())?,
+                Err(e) => {
+                    errors += 1;
+                    let shown = e.to_string();
+                    writeln!(err, "{shown}")?;
+                    reported.insert(shown);
+                }
             }
         }
     }
-    let channel_files = match path {
-        Some(p) if p.is_file() => vec![p.to_path_buf()],
-        Some(dir) => files_with(dir, "toml"),
-        None => files_with(&paths.channels_dir, "toml"),
-    };
-    let mut names = std::collections::HashMap::new();
+    let mut names = HashMap::new();
     for file in &channel_files {
-        match load_channel(file, &paths, &host, &lib_rev) {
+        match load_channel(file, paths, &host, &lib_rev) {
             Ok(channel) => {
                 if let Some(other) = names.insert(channel.name().to_string(), file.clone()) {
                     errors += 1;
-                    eprintln!(
-                        "{}: channel `{}` is also defined in {}",
-                        file.display(),
-                        channel.name(),
-                        other.display()
-                    );
+                    let duplicate = ChannelError::DuplicateName {
+                        name: channel.name().to_string(),
+                        file: file.clone(),
+                        other,
+                    };
+                    writeln!(err, "{duplicate}")?;
                 } else {
-                    println!(
+                    writeln!(
+                        out,
                         "ok      {} (channel {}, revision {})",
                         file.display(),
                         channel.name(),
                         channel.revision
-                    );
+                    )?;
                 }
+            }
+            Err(ChannelError::Script(e)) => {
+                let shown = e.to_string();
+                if reported.insert(shown.clone()) {
+                    errors += 1;
+                    writeln!(err, "{shown}")?;
+                }
+                writeln!(
+                    err,
+                    "{}: uses {}, which does not compile",
+                    file.display(),
+                    e.file
+                )?;
             }
             Err(e) => {
                 errors += 1;
-                eprintln!("{e}");
+                writeln!(err, "{e}")?;
             }
         }
     }
     if errors > 0 {
-        eprintln!("{errors} error(s)");
-        ExitCode::from(1)
+        writeln!(err, "{errors} error(s)")?;
+        Ok(false)
     } else {
-        println!(
+        writeln!(
+            out,
             "{} channel(s) and their scripts compile",
             channel_files.len()
-        );
-        ExitCode::SUCCESS
+        )?;
+        Ok(true)
     }
+}
+
+/// The transform's output as `orbiter try` prints it, ending with a newline: FHIR as indented
+/// JSON; text (a rewritten HL7 v2 message, `msg.encode()`) as itself, one segment a line,
+/// since `\r` alone would make a terminal draw every segment over the previous one.
+fn output_text(output: &serde_json::Value) -> serde_json::Result<String> {
+    let mut text = match output {
+        serde_json::Value::String(text) => text.replace("\r\n", "\n").replace('\r', "\n"),
+        value => serde_json::to_string_pretty(value)?,
+    };
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    Ok(text)
 }
 
 /// The first data row of a CSV file, as a journaled row (header line + row).
@@ -171,6 +241,7 @@ pub fn try_channel(
             .map_or(serde_json::Value::Null, StepOutput::to_value),
         _ => serde_json::Value::Null,
     };
+    let mut out = std::io::stdout().lock();
     if json {
         let envelope = serde_json::json!({
             "channel": channel.name(),
@@ -179,25 +250,23 @@ pub fn try_channel(
             "output": output,
             "steps": result.steps,
         });
-        println!("{}", serde_json::to_string_pretty(&envelope)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&envelope)?)?;
     } else {
+        let mut err = std::io::stderr().lock();
         for step in &result.steps {
             for line in &step.logs {
-                eprintln!("log: {line}");
+                writeln!(err, "log: {line}")?;
             }
         }
         match &result.outcome {
-            ChannelOutcome::Output { .. } => {
-                println!("{}", serde_json::to_string_pretty(&output)?)
-            }
-            ChannelOutcome::Filtered { reason } => {
-                println!(
-                    "filtered: {}",
-                    reason.as_deref().unwrap_or("the filter returned false")
-                )
-            }
-            ChannelOutcome::Rejected { reason } => eprintln!("rejected: {reason}"),
-            ChannelOutcome::Failed { error } => eprintln!("{error}"),
+            ChannelOutcome::Output { .. } => write!(out, "{}", output_text(&output)?)?,
+            ChannelOutcome::Filtered { reason } => writeln!(
+                out,
+                "filtered: {}",
+                reason.as_deref().unwrap_or("the filter returned false")
+            )?,
+            ChannelOutcome::Rejected { reason } => writeln!(err, "rejected: {reason}")?,
+            ChannelOutcome::Failed { error } => writeln!(err, "{error}")?,
         }
     }
     Ok(if ok {
@@ -205,4 +274,112 @@ pub fn try_channel(
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dirs {
+        _root: tempfile::TempDir,
+        paths: ChannelPaths,
+    }
+
+    /// Channels `good` (script ok) and `bad` (script broken), and a broken script no channel
+    /// uses.
+    fn dirs() -> Dirs {
+        let root = tempfile::tempdir().unwrap();
+        let paths = ChannelPaths {
+            channels_dir: root.path().join("channels"),
+            scripts_dir: root.path().join("scripts"),
+            limits: Default::default(),
+        };
+        std::fs::create_dir_all(&paths.channels_dir).unwrap();
+        std::fs::create_dir_all(paths.lib_dir()).unwrap();
+        for (name, script) in [
+            ("good", "#{resourceType: \"Patient\"}"),
+            ("bad", "let a = b;"),
+        ] {
+            std::fs::write(
+                paths.channels_dir.join(format!("{name}.toml")),
+                format!(
+                    "name = \"{name}\"\n[source]\nkind = \"mllp\"\n[transform]\nscript = \"{name}.rhai\"\n"
+                ),
+            )
+            .unwrap();
+            std::fs::write(paths.scripts_dir.join(format!("{name}.rhai")), script).unwrap();
+        }
+        std::fs::write(paths.scripts_dir.join("unused.rhai"), "let x = (;").unwrap();
+        Dirs { _root: root, paths }
+    }
+
+    fn run(paths: &ChannelPaths, path: Option<&Path>) -> (bool, String, String) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let ok = check_into(paths, path, &mut out, &mut err).unwrap();
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        (ok, text(out), text(err))
+    }
+
+    #[test]
+    fn each_script_error_is_reported_once_with_the_channel_that_uses_it() {
+        let d = dirs();
+        let (ok, _, err) = run(&d.paths, None);
+        assert!(!ok);
+        assert_eq!(err.matches("bad.rhai:1:").count(), 1, "{err}");
+        assert_eq!(err.matches("unused.rhai:1:").count(), 1, "{err}");
+        let bad_toml = d.paths.channels_dir.join("bad.toml");
+        assert_eq!(
+            err.matches(&format!("{}: uses ", bad_toml.display()))
+                .count(),
+            1,
+            "{err}"
+        );
+        assert!(err.ends_with("\n2 error(s)\n"), "{err}");
+    }
+
+    #[test]
+    fn one_channel_file_checks_that_channel_and_its_scripts_only() {
+        let d = dirs();
+        let good = d.paths.channels_dir.join("good.toml");
+        let (ok, out, err) = run(&d.paths, Some(&good));
+        assert!(ok, "{err}");
+        assert!(
+            out.contains("1 channel(s) and their scripts compile"),
+            "{out}"
+        );
+
+        let bad = d.paths.channels_dir.join("bad.toml");
+        let (ok, _, err) = run(&d.paths, Some(&bad));
+        assert!(!ok);
+        assert!(!err.contains("unused.rhai"), "{err}");
+        assert_eq!(err.matches("bad.rhai:1:").count(), 1, "{err}");
+        assert!(err.contains(&format!("{}: uses ", bad.display())), "{err}");
+        assert!(err.ends_with("\n1 error(s)\n"), "{err}");
+    }
+
+    #[test]
+    fn text_output_is_printed_as_lines_and_fhir_as_json() {
+        let hl7 = serde_json::json!("MSH|^~\\&|A\rPID|1||42\r");
+        assert_eq!(output_text(&hl7).unwrap(), "MSH|^~\\&|A\nPID|1||42\n");
+        let no_final_cr = serde_json::json!("MSH|^~\\&|A\r\nPID|1");
+        assert_eq!(output_text(&no_final_cr).unwrap(), "MSH|^~\\&|A\nPID|1\n");
+        let fhir = serde_json::json!({"resourceType": "Patient"});
+        assert_eq!(
+            output_text(&fhir).unwrap(),
+            "{\n  \"resourceType\": \"Patient\"\n}\n"
+        );
+    }
+
+    #[test]
+    fn a_missing_path_is_an_error_not_zero_channels() {
+        let d = dirs();
+        let missing = d.paths.channels_dir.join("nope");
+        let (ok, out, err) = run(&d.paths, Some(&missing));
+        assert!(!ok);
+        assert!(out.is_empty(), "{out}");
+        assert_eq!(
+            err,
+            format!("{}: no such file or directory\n", missing.display())
+        );
+    }
 }

@@ -607,6 +607,37 @@ impl ChannelDef {
     }
 }
 
+/// Where `[<table>] script = ...` is written, as 1-based line and column of the `script` key
+/// (`table` is `filter` or `transform`); line 1, column 1 if the text does not say.
+pub fn script_key_position(text: &str, table: &str) -> (usize, usize) {
+    // Only to locate the value: the definition has been parsed (and validated) already.
+    #[derive(Deserialize)]
+    struct Located {
+        script: toml::Spanned<toml::Value>,
+    }
+    #[derive(Deserialize)]
+    struct Tables {
+        filter: Option<Located>,
+        transform: Option<Located>,
+    }
+    let Ok(tables) = toml::from_str::<Tables>(text) else {
+        return (1, 1);
+    };
+    let located = match table {
+        "filter" => tables.filter,
+        _ => tables.transform,
+    };
+    let Some(value_start) = located.map(|l| l.script.span().start) else {
+        return (1, 1);
+    };
+    // Point at the key when it is on the value's line (`script = "..."`), else at the value.
+    let line_start = text[..value_start].rfind('\n').map_or(0, |i| i + 1);
+    let offset = text[line_start..value_start]
+        .find("script")
+        .map_or(value_start, |i| line_start + i);
+    line_col(text, offset)
+}
+
 /// 1-based line and column of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];

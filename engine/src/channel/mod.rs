@@ -32,7 +32,9 @@ pub enum ChannelError {
     },
     #[error("{}: {message}", file.display())]
     Io { file: PathBuf, message: String },
-    #[error("{0}")]
+    /// Transparent: the script error already says file:line:col, and `{:#}` in `main` would
+    /// print it twice if it were also this error's source.
+    #[error(transparent)]
     Script(#[from] ScriptError),
     #[error("{}: channel `{name}` is also defined in {}", file.display(), other.display())]
     DuplicateName {
@@ -187,18 +189,37 @@ pub fn load_channel_text(
     lib_revision: &str,
 ) -> Result<Channel, ChannelError> {
     let def = ChannelDef::parse(file, text)?;
-    let load_script = |r: &Option<def::ScriptRef>| -> Result<Option<ScriptSource>, ChannelError> {
-        let Some(r) = r else { return Ok(None) };
-        let path = r.resolve(&paths.scripts_dir);
-        let source = read(&path)?;
-        host.compile_source(&path.to_string_lossy(), &source)?;
-        Ok(Some(ScriptSource {
-            path,
-            text: source.into(),
-        }))
-    };
-    let filter = load_script(&def.filter)?;
-    let transform = load_script(&def.transform)?;
+    let load_script =
+        |table: &str, r: &Option<def::ScriptRef>| -> Result<Option<ScriptSource>, ChannelError> {
+            let Some(r) = r else { return Ok(None) };
+            let path = r.resolve(&paths.scripts_dir);
+            // Like every other mistake in the definition, a script that cannot be read is reported
+            // at its `script` key, not as a bare I/O error on a path the author never wrote.
+            let source = std::fs::read_to_string(&path).map_err(|e| {
+                let (line, column) = def::script_key_position(text, table);
+                let message = if e.kind() == std::io::ErrorKind::NotFound {
+                    format!(
+                        "the {table} script does not exist (looked for {})",
+                        path.display()
+                    )
+                } else {
+                    format!("cannot read the {table} script {}: {e}", path.display())
+                };
+                ChannelError::Definition {
+                    file: file.to_path_buf(),
+                    line,
+                    column,
+                    message,
+                }
+            })?;
+            host.compile_source(&path.to_string_lossy(), &source)?;
+            Ok(Some(ScriptSource {
+                path,
+                text: source.into(),
+            }))
+        };
+    let filter = load_script("filter", &def.filter)?;
+    let transform = load_script("transform", &def.transform)?;
     let revision = sha256_hex(&[
         text.as_bytes(),
         filter

@@ -304,3 +304,50 @@ fn a_file_source_channel_takes_only_its_own_files() {
         "MLLP routing unchanged"
     );
 }
+
+#[test]
+fn a_script_error_is_shown_once_through_anyhow() {
+    let d = dirs();
+    let p = &d.paths;
+    let host = ScriptHost::new(&p.lib_dir(), p.limits.clone()).unwrap();
+    write(&p.scripts_dir.join("x.rhai"), "let a = b;\n");
+    let text = "name = \"x\"\n[source]\nkind = \"mllp\"\n[transform]\nscript = \"x.rhai\"\n";
+    let err = load_channel_text(&p.channels_dir.join("x.toml"), text, p, &host, "lib").unwrap_err();
+    // `main` prints errors with `{:#}`, which appends every source in the chain.
+    let shown = format!("{:#}", anyhow::Error::from(err));
+    assert_eq!(shown.matches("x.rhai:1:").count(), 1, "{shown}");
+}
+
+#[test]
+fn a_missing_script_is_reported_at_its_script_key() {
+    let d = dirs();
+    let p = &d.paths;
+    let host = ScriptHost::new(&p.lib_dir(), p.limits.clone()).unwrap();
+    write(&p.scripts_dir.join("here.rhai"), "true");
+    let file = p.channels_dir.join("a.toml");
+    // The filter exists, the transform does not: the error points at the second `script`.
+    let text = "name = \"a\"\n[source]\nkind = \"mllp\"\n[filter]\nscript = \"here.rhai\"\n\
+                [transform]\n  script = \"scripts/nope.rhai\"\n";
+    let err = load_channel_text(&file, text, p, &host, "lib").unwrap_err();
+    let shown = err.to_string();
+    let looked_for = p.scripts_dir.join("nope.rhai");
+    assert_eq!(
+        shown,
+        format!(
+            "{}:7:3: the transform script does not exist (looked for {})",
+            file.display(),
+            looked_for.display()
+        )
+    );
+    assert!(matches!(err, ChannelError::Definition { .. }), "{err:?}");
+
+    // A filter written inline (`filter = { script = ... }`) is located too.
+    let text = "name = \"a\"\nfilter = { script = \"gone.rhai\" }\n[source]\nkind = \"mllp\"\n";
+    let shown = load_channel_text(&file, text, p, &host, "lib")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        shown.starts_with(&format!("{}:2:12: the filter script", file.display())),
+        "{shown}"
+    );
+}
