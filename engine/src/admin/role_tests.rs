@@ -32,19 +32,18 @@ const ROUTES: &[(&str, &str, Role)] = &[
     ("GET", "/api/stats", Role::Viewer),
 ];
 
-#[actix_web::test]
-async fn each_route_needs_its_role() {
-    let dir = tempfile::tempdir().unwrap();
+/// An admin state over a fresh journal in `dir`, with no channels.
+fn state(dir: &std::path::Path) -> web::Data<AdminState> {
     let metrics = Arc::new(Metrics::new());
-    let journal = Journal::open(dir.path(), &JournalConfig::default(), metrics.clone()).unwrap();
+    let journal = Journal::open(dir, &JournalConfig::default(), metrics.clone()).unwrap();
     let (channels, _) = Channels::load(ChannelPaths {
-        channels_dir: dir.path().join("channels"),
-        scripts_dir: dir.path().join("scripts"),
+        channels_dir: dir.join("channels"),
+        scripts_dir: dir.join("scripts"),
         limits: Default::default(),
     });
-    let cdr = crate::cdr::Cdr::open(&dir.path().join("cdr"), 1 << 20).unwrap();
+    let cdr = crate::cdr::Cdr::open(&dir.join("cdr"), 1 << 20).unwrap();
     let transforms = crate::transform::Transforms::start(Default::default(), 1, metrics.clone());
-    let deliverer = Deliverer::new(CdrTarget::Embedded(cdr), dir.path(), metrics.clone());
+    let deliverer = Deliverer::new(CdrTarget::Embedded(cdr), dir, metrics.clone());
     let pipeline = Pipeline::new(
         channels.clone(),
         transforms,
@@ -52,16 +51,22 @@ async fn each_route_needs_its_role() {
         deliverer,
         metrics.clone(),
     );
-    let state = web::Data::new(AdminState {
+    web::Data::new(AdminState {
         journal,
         metrics,
         channels,
         pipeline,
         cdr: None,
         cdr_reachable: Arc::new(true.into()),
-        mediators: crate::mediator::Mediators::open(dir.path(), std::time::Duration::from_secs(60))
+        mediators: crate::mediator::Mediators::open(dir, std::time::Duration::from_secs(60))
             .unwrap(),
-    });
+    })
+}
+
+#[actix_web::test]
+async fn each_route_needs_its_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path());
     for role in [Role::Viewer, Role::Operator, Role::Admin] {
         let as_role = move |req: actix_web::dev::ServiceRequest,
                             next: Next<actix_web::body::BoxBody>| async move {
@@ -98,5 +103,64 @@ async fn each_route_needs_its_role() {
                 assert_ne!(status, 405, "{method} {path} is routed");
             }
         }
+    }
+}
+
+/// One request to the transactions and channels routes as `caller`: status and JSON body.
+async fn call_as(
+    state: &web::Data<AdminState>,
+    caller: Caller,
+    req: TestRequest,
+) -> (u16, serde_json::Value) {
+    let as_caller = move |req: actix_web::dev::ServiceRequest,
+                          next: Next<actix_web::body::BoxBody>| {
+        req.extensions_mut().insert(caller.clone());
+        next.call(req)
+    };
+    let app = test::init_service(
+        App::new().app_data(state.clone()).service(
+            web::scope("/api")
+                .wrap(from_fn(as_caller))
+                .configure(super::transactions::routes)
+                .configure(super::channels::routes),
+        ),
+    )
+    .await;
+    let response: ServiceResponse = app.call(req.to_request()).await.unwrap();
+    let status = response.status().as_u16();
+    let body = test::read_body(response).await;
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}
+
+fn caller(role: Role, read_bodies: bool) -> Caller {
+    Caller {
+        name: "t".into(),
+        roles: vec![role],
+        read_bodies,
+        peer: None,
+    }
+}
+
+/// Which messages a text matches tells what they hold: `q` needs the right to read bodies.
+#[actix_web::test]
+async fn text_search_needs_body_access() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path());
+    let search = || TestRequest::get().uri("/api/transactions?q=999887777");
+    let (status, body) = call_as(&state, caller(Role::Viewer, false), search()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("read_bodies"),
+        "says why: {body}"
+    );
+    // Other filters stay open to a masked viewer, and an empty `q` is no search.
+    for uri in ["/api/transactions?status=failed", "/api/transactions?q="] {
+        let req = TestRequest::get().uri(uri);
+        let (status, body) = call_as(&state, caller(Role::Viewer, false), req).await;
+        assert_eq!(status, 200, "{uri}: {body}");
+    }
+    for who in [caller(Role::Viewer, true), caller(Role::Operator, false)] {
+        let (status, body) = call_as(&state, who, search()).await;
+        assert_eq!(status, 200, "{body}");
     }
 }
