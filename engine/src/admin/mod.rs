@@ -60,6 +60,39 @@ pub enum AdminError {
     Clients(#[from] clients::ClientError),
 }
 
+/// The answer to a JSON request body that could not be read: 415 naming the expected type when
+/// the `Content-Type` is not JSON (actix's own message, "Content type error", says neither
+/// which nor why), 400 with the parser's reason otherwise.
+pub(crate) fn json_body_error(e: actix_web::Error) -> actix_web::HttpResponse {
+    use actix_web::error::JsonPayloadError;
+    if let Some(JsonPayloadError::ContentType) = e.as_error::<JsonPayloadError>() {
+        return actix_web::HttpResponse::UnsupportedMediaType().json(serde_json::json!({
+            "error": "the body must be JSON: send `Content-Type: application/json`"
+        }));
+    }
+    actix_web::HttpResponse::BadRequest().json(serde_json::json!({"error": e.to_string()}))
+}
+
+/// Everything under `/api`, behind the auth middleware.
+fn api(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api")
+            .wrap(from_fn(auth::require_token))
+            .configure(transactions::routes)
+            .configure(channels::routes)
+            .configure(clients::routes)
+            .configure(audit::routes)
+            .configure(openapi::routes)
+            .configure(mediators::routes)
+            // Told apart from a handler's "no such channel" by the tests of the route
+            // table; only reached by callers allowed to (unknown routes need admin).
+            .default_service(web::to(|| async {
+                actix_web::HttpResponse::NotFound()
+                    .json(serde_json::json!({"error": "no such route"}))
+            })),
+    );
+}
+
 /// Binds the admin port and returns the server (run it by awaiting or spawning it).
 pub fn server(
     addr: SocketAddr,
@@ -87,22 +120,7 @@ pub fn server(
             .app_data(clients.clone())
             .app_data(web::JsonConfig::default().limit(16 * 1024 * 1024))
             .configure(health::routes)
-            .service(
-                web::scope("/api")
-                    .wrap(from_fn(auth::require_token))
-                    .configure(transactions::routes)
-                    .configure(channels::routes)
-                    .configure(clients::routes)
-                    .configure(audit::routes)
-                    .configure(openapi::routes)
-                    .configure(mediators::routes)
-                    // Told apart from a handler's "no such channel" by the tests of the route
-                    // table; only reached by callers allowed to (unknown routes need admin).
-                    .default_service(web::to(|| async {
-                        actix_web::HttpResponse::NotFound()
-                            .json(serde_json::json!({"error": "no such route"}))
-                    })),
-            );
+            .configure(api);
         // The embedded CDR holds patient data: behind the same token as the API.
         if let Some(cdr) = &cdr {
             app = app.service(

@@ -1,5 +1,6 @@
 //! Every route of the channels and transactions API against every role: a role below the
-//! route's gets 403 before anything happens; the route's own role gets past the check.
+//! route's gets 403 before anything happens; the route's own role gets past the check. Also
+//! what the API answers to requests it cannot take (a body of the wrong type, a wrong method).
 
 use std::sync::Arc;
 
@@ -163,4 +164,52 @@ async fn text_search_needs_body_access() {
         let (status, body) = call_as(&state, who, search()).await;
         assert_eq!(status, 200, "{body}");
     }
+}
+
+/// One request to the whole `/api` scope (auth middleware included) with the bootstrap token.
+async fn call_api(state: &web::Data<AdminState>, req: TestRequest) -> ServiceResponse {
+    let token = super::AdminToken::new("t0k3n".into());
+    let clients = super::clients::ApiClients::open(&state.journal).unwrap();
+    let app = test::init_service(
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::Data::new(token))
+            .app_data(web::Data::new(clients))
+            .configure(super::api),
+    )
+    .await;
+    let req = req.insert_header(("Authorization", "Bearer t0k3n"));
+    app.call(req.to_request()).await.unwrap()
+}
+
+/// A JSON body sent as something else is a 415 that names the type to send.
+#[actix_web::test]
+async fn json_bodies_of_another_type_are_415() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path());
+    for (path, body) in [
+        (
+            "/api/clients",
+            r#"{"name": "dash", "roles": ["viewer"], "read_bodies": false}"#,
+        ),
+        ("/api/transactions/rerun", r#"{"channel": "x"}"#),
+    ] {
+        let req = TestRequest::post()
+            .uri(path)
+            .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
+            .set_payload(body);
+        let response = call_api(&state, req).await;
+        assert_eq!(response.status().as_u16(), 415, "{path}");
+        let body: serde_json::Value = test::read_body_json(response).await;
+        assert!(
+            body["error"].as_str().unwrap().contains("application/json"),
+            "{path}: {body}"
+        );
+    }
+    // Still a 400 for JSON that does not parse.
+    let req = TestRequest::post()
+        .uri("/api/clients")
+        .insert_header(("Content-Type", "application/json"))
+        .set_payload("{");
+    assert_eq!(call_api(&state, req).await.status().as_u16(), 400);
 }

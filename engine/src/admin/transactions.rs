@@ -326,7 +326,7 @@ async fn rerun_many(
     caller.require(Role::Operator)?;
     let search = match body {
         Ok(b) => b.into_inner(),
-        Err(e) => return Ok(bad_request(e.to_string())),
+        Err(e) => return Ok(super::json_body_error(e)),
     };
     let max = search.max.unwrap_or(DEFAULT_RERUN_MAX);
     if max == 0 || max > MAX_RERUN {
