@@ -84,13 +84,30 @@ fn api(cfg: &mut web::ServiceConfig) {
             .configure(audit::routes)
             .configure(openapi::routes)
             .configure(mediators::routes)
-            // Told apart from a handler's "no such channel" by the tests of the route
-            // table; only reached by callers allowed to (unknown routes need admin).
-            .default_service(web::to(|| async {
-                actix_web::HttpResponse::NotFound()
-                    .json(serde_json::json!({"error": "no such route"}))
-            })),
+            // Only reached by callers allowed to (unknown routes need admin).
+            .default_service(web::to(no_route)),
     );
+}
+
+/// No route took the request: 405 with `Allow` when the path is a route of the table under
+/// another method (each `.route` is its own resource guarded by its method, so actix falls
+/// through to here instead of answering 405 itself), else 404.
+async fn no_route(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    let allowed = routes::methods_of(req.path());
+    if allowed.is_empty() {
+        return actix_web::HttpResponse::NotFound()
+            .json(serde_json::json!({"error": "no such route"}));
+    }
+    let allow = allowed
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    actix_web::HttpResponse::MethodNotAllowed()
+        .insert_header((actix_web::http::header::ALLOW, allow.clone()))
+        .json(serde_json::json!({
+            "error": format!("{} is not allowed here; allowed: {allow}", req.method())
+        }))
 }
 
 /// Binds the admin port and returns the server (run it by awaiting or spawning it).

@@ -213,3 +213,28 @@ async fn json_bodies_of_another_type_are_415() {
         .set_payload("{");
     assert_eq!(call_api(&state, req).await.status().as_u16(), 400);
 }
+
+/// A known path with a method it does not take: 405 with `Allow`; an unknown path: 404.
+#[actix_web::test]
+async fn wrong_methods_are_405_with_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path());
+    let req = TestRequest::default()
+        .method(actix_web::http::Method::PATCH)
+        .uri("/api/channels/x");
+    let response = call_api(&state, req).await;
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(
+        response.headers().get("allow").unwrap().to_str().unwrap(),
+        "GET, PUT, DELETE"
+    );
+    let req = TestRequest::delete().uri("/api/transactions");
+    let response = call_api(&state, req).await;
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(
+        response.headers().get("allow").unwrap().to_str().unwrap(),
+        "GET"
+    );
+    let req = TestRequest::get().uri("/api/nothing-here");
+    assert_eq!(call_api(&state, req).await.status().as_u16(), 404);
+}

@@ -418,6 +418,17 @@ pub fn find(method: Method, path: &str) -> Option<&'static Route> {
         .map(|(_, r)| r)
 }
 
+/// The methods the table has for `path` (for a 405's `Allow`), in the table's order.
+pub fn methods_of(path: &str) -> Vec<Method> {
+    let mut methods = Vec::new();
+    for method in [Method::Get, Method::Post, Method::Put, Method::Delete] {
+        if find(method, path).is_some() {
+            methods.push(method);
+        }
+    }
+    methods
+}
+
 /// The role a request needs: the table's, or `admin` for anything not in the table (a route
 /// someone forgot to list is closed, not open).
 pub fn required_role(method: &actix_web::http::Method, path: &str) -> Role {
@@ -452,6 +463,16 @@ mod tests {
             required_role(&M::POST, "/api/transactions/7/rerun"),
             Role::Operator
         );
+    }
+
+    #[test]
+    fn methods_of_a_path() {
+        assert_eq!(
+            methods_of("/api/channels/x"),
+            vec![Method::Get, Method::Put, Method::Delete]
+        );
+        assert_eq!(methods_of("/api/transactions/7/rerun"), vec![Method::Post]);
+        assert!(methods_of("/api/nothing-here").is_empty());
     }
 
     #[test]
