@@ -770,7 +770,11 @@ enum RetryPlan {
 
 /// The source kind a stored transaction came from (its listener's name).
 fn source_of(listener: &str) -> SourceKind {
-    // Listener names start with their kind: `mllp`, `mllp:<addr>`, `http:/ccda`, `dir:<channel>`.
+    // Listener names start with their kind: `mllp`, `mllp:<addr>`, `http:/ccda`, `dir:<channel>`;
+    // HL7 v2 over HTTP (`http`) is routed as the shared MLLP port's.
+    if listener == crate::channel::def::HL7_OVER_HTTP_LISTENER {
+        return SourceKind::Mllp;
+    }
     match listener.split(':').next().unwrap_or_default() {
         "mllp" => SourceKind::Mllp,
         "http" => SourceKind::Http,
