@@ -81,6 +81,11 @@ async fn without_a_configured_token_one_is_generated_privately() {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
+        // The data dir the engine created (journal, CDR: patient data) is private too.
+        assert_eq!(
+            std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
     }
     engine.token = Some(token.clone());
     let (status, _) = engine.api("/api/transactions").await;

@@ -591,6 +591,19 @@ async fn a_destination_that_stays_down_is_retried_then_given_up() {
             .contains("gave up after 3 attempts"),
         "{tx}"
     );
+    // The give-up is counted: each attempt was a retry, the end a failure.
+    let metrics = engine.metrics().await;
+    for line in [
+        "orbiter_channel_messages_total{channel=\"down\",status=\"failed\"} 1",
+        "orbiter_deliveries_total{destination=\"http\",outcome=\"failed\"} 1",
+        "orbiter_deliveries_total{destination=\"http\",outcome=\"retry\"} 3",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    assert!(
+        engine.log().contains("gave up"),
+        "a warning says which transaction gave up"
+    );
 
     // The same patient's next message is not held behind the one that gave up: it is tried
     // (and queued for the destination being down), not "waiting behind" a failed transaction.

@@ -83,9 +83,23 @@ async fn hl7_over_http_is_acknowledged_and_takes_the_mllp_channels() {
     let tx = settled(&engine, "HTTP1").await;
     assert_eq!(tx["status"], "delivered", "{tx}");
     assert_eq!(tx["origin"], "/hl7v2");
+    // It came in over HTTP, whichever channels it goes to.
+    assert_eq!(tx["listener"], "http", "{tx}");
     let (status, bundle) = engine.api("/fhir/Patient?identifier=MRNHTTP1").await;
     assert_eq!(status, 200);
     assert_eq!(bundle["total"], 1, "{bundle}");
+    // A rerun routes it as it was routed: to the MLLP port's channels.
+    let rerun: serde_json::Value = client()
+        .post(engine.url(&format!("/api/transactions/{}/rerun", tx["id"])))
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rerun["status"], "delivered", "{rerun}");
+    assert_eq!(rerun["channels"][0]["name"], "adt-to-fhir", "{rerun}");
 
     // x-application/hl7-v2+er7 is the same thing.
     let resp = engine
@@ -114,6 +128,16 @@ async fn hl7_over_http_is_acknowledged_and_takes_the_mllp_channels() {
     assert_eq!(resp.status().as_u16(), 422);
     let (code, _, text) = ack_fields(&resp.bytes().await.unwrap());
     assert_eq!(code, "AE", "{text}");
+
+    // Counted under the HTTP listener, not the MLLP port (which received nothing).
+    let metrics = engine.metrics().await;
+    for line in [
+        "orbiter_messages_total{listener=\"http\",outcome=\"accepted\"} 2",
+        "orbiter_ack_latency_seconds_count{listener=\"http\"} 4",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    assert!(!metrics.contains("listener=\"mllp\""), "{metrics}");
 }
 
 #[tokio::test]

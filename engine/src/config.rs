@@ -34,9 +34,7 @@ pub struct Config {
     /// Journal pruning defaults (`[retention]`); channels override them in their own file.
     pub retention: crate::journal::retention::RetentionConfig,
     pub mediators: MediatorsConfig,
-    /// Sandbox limits for every channel script (`[script]` in the file; not overridable from
-    /// the environment).
-    #[serde(skip_serializing)]
+    /// Sandbox limits for every channel script (`[script]` in the file, `ORBITER_SCRIPT_…`).
     pub script: crate::script::ScriptLimits,
 }
 
@@ -509,6 +507,37 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/srv/o"));
         assert_eq!(c.mllp.addr.port(), 4000);
         assert_eq!(c.mllp.idle_timeout_secs, 5);
+    }
+
+    #[test]
+    fn script_limits_come_from_the_file_and_the_environment() {
+        let defaults = Config::load(None, env(&[])).unwrap().script;
+        assert_eq!(defaults, crate::script::ScriptLimits::default());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orbiter.toml");
+        std::fs::write(
+            &path,
+            "[script]
+max_operations = 10
+time_budget = \"2s\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("ORBITER_SCRIPT_MAX_OPERATIONS", "1000"),
+                ("ORBITER_SCRIPT_INLINE_SLICE", "500us"),
+                ("ORBITER_SCRIPT_MAX_CALL_LEVELS", "8"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.script.max_operations, 1000);
+        assert_eq!(c.script.max_call_levels, 8);
+        assert_eq!(c.script.time_budget, Duration::from_secs(2));
+        assert_eq!(c.script.inline_slice, Duration::from_micros(500));
+        // A bare number is milliseconds, as in the file.
+        let c = Config::load(None, env(&[("ORBITER_SCRIPT_TIME_BUDGET", "1500")])).unwrap();
+        assert_eq!(c.script.time_budget, Duration::from_millis(1500));
     }
 
     #[test]

@@ -159,7 +159,7 @@ fn clock() -> Finding {
 /// Exists (or can be created), writable, with free space.
 fn data_dir(dir: &Path) -> Vec<Finding> {
     let subject = "data dir";
-    if let Err(e) = std::fs::create_dir_all(dir) {
+    if let Err(e) = crate::data_dir::create(dir) {
         return vec![Finding::fail(
             subject,
             format!("cannot create {}: {e}", dir.display()),
@@ -182,6 +182,16 @@ fn data_dir(dir: &Path) -> Vec<Finding> {
             )]
         }
     }];
+    if let Some(mode) = crate::data_dir::open_to_others(dir) {
+        findings.push(Finding::warn(
+            "data dir mode",
+            format!(
+                "{} is {mode:o}: other users may read the journal (patient data)",
+                dir.display()
+            ),
+            format!("chmod 700 {}", dir.display()),
+        ));
+    }
     findings.push(match free_bytes(dir) {
         Some(free) if free < FAIL_BELOW_BYTES => Finding::fail(
             "free space",

@@ -30,6 +30,7 @@
 //!   is `admin::routes`);
 //! - [`metrics`]: every Prometheus metric, declared in one place;
 //! - [`config`]: the TOML configuration and its `ORBITER_…` environment overrides;
+//! - [`data_dir`]: creating the data dir private to the engine's user;
 //! - [`tls`]: rustls server configurations from PEM files, for every listener;
 //! - [`logging`]: tracing setup, with dependencies that would log PHI capped;
 //! - [`server`]: `orbiter run`, wiring it all into one actix system;
@@ -43,6 +44,7 @@ pub mod cdr;
 pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod data_dir;
 pub mod deliver;
 pub mod doctor;
 pub mod format;

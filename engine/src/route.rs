@@ -627,17 +627,7 @@ impl Pipeline {
                 continue;
             };
             match plan {
-                RetryPlan::GiveUp {
-                    attempts,
-                    patient_key,
-                } => {
-                    self.fail(id, format!("gave up after {attempts} attempts"))
-                        .await;
-                    // No longer queued: the patient's later transactions may be delivered.
-                    if let Some(key) = &patient_key {
-                        self.order.set_queued(key, id, false);
-                    }
-                }
+                RetryPlan::GiveUp { attempts } => self.give_up(id, attempts).await,
                 RetryPlan::At(due) if due > now_ms() => self.retries.set(id, due),
                 RetryPlan::At(_) => {
                     let names = self.journal.get(id).ok().flatten().map(|tx| {
@@ -653,6 +643,57 @@ impl Pipeline {
             }
         }
         self.metrics.queue_depth.set(self.retries.len() as i64);
+    }
+
+    /// Fails a queued transaction whose attempts are used up. Its last attempt was counted as
+    /// `queued` (channel) and `retry` (destination): the give-up is what counts it `failed`, for
+    /// each destination still undelivered and the channels they belong to.
+    async fn give_up(&self, id: TxId, attempts: u32) {
+        let journal = self.journal.clone();
+        let found = tokio::task::spawn_blocking(move || -> Result<_, JournalError> {
+            Ok((journal.get(id)?, journal.steps(id)?))
+        })
+        .await;
+        let (tx, steps) = match found {
+            Ok(Ok((tx, steps))) => (tx, steps),
+            _ => (None, Vec::new()),
+        };
+        let destinations = undelivered(&steps);
+        let mut channels: Vec<String> = destinations.iter().map(|(c, _)| c.clone()).collect();
+        channels.dedup();
+        if channels.is_empty() {
+            // Queued without a delivery (waiting behind an earlier transaction of its patient).
+            channels = tx
+                .iter()
+                .flat_map(|tx| tx.channels.iter().map(|c| c.name.clone()))
+                .collect();
+        }
+        // Ids and configured names only: nothing from the message.
+        tracing::warn!(
+            %id,
+            channels = ?channels,
+            destinations = ?destinations.iter().map(|(_, d)| d).collect::<Vec<_>>(),
+            attempts,
+            "queued transaction gave up: failed"
+        );
+        for channel in &channels {
+            self.metrics
+                .channel_messages_total
+                .with_label_values(&[channel, Status::Failed.as_str()])
+                .inc();
+        }
+        for (_, destination) in &destinations {
+            self.metrics
+                .deliveries_total
+                .with_label_values(&[destination, "failed"])
+                .inc();
+        }
+        self.fail(id, format!("gave up after {attempts} attempts"))
+            .await;
+        // No longer queued: the patient's later transactions may be delivered.
+        if let Some(key) = tx.as_ref().and_then(|tx| tx.meta.patient_key.as_deref()) {
+            self.order.set_queued(key, id, false);
+        }
     }
 
     /// Puts a queued transaction on the retry schedule (or fails it when its attempts are
@@ -692,15 +733,34 @@ impl Pipeline {
             .map(|c| c.def.retry)
             .unwrap_or_default();
         if attempts >= retry.max_attempts {
-            return Some(RetryPlan::GiveUp {
-                attempts,
-                patient_key: tx.meta.patient_key,
-            });
+            return Some(RetryPlan::GiveUp { attempts });
         }
         Some(RetryPlan::At(
             last + backoff_ms(&retry, attempts, id) as i64,
         ))
     }
+}
+
+/// `(channel, destination)` pairs whose last delivery step did not succeed, sorted.
+fn undelivered(steps: &[Step]) -> Vec<(String, String)> {
+    let mut last: Vec<((String, String), bool)> = Vec::new();
+    for step in steps.iter().filter(|s| s.kind == StepKind::Deliver) {
+        let Some(destination) = &step.destination else {
+            continue;
+        };
+        let key = (step.channel.clone(), destination.clone());
+        match last.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = step.ok,
+            None => last.push((key, step.ok)),
+        }
+    }
+    let mut failed: Vec<(String, String)> = last
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(k, _)| k)
+        .collect();
+    failed.sort();
+    failed
 }
 
 /// What the retry loop does with a queued transaction.
@@ -709,14 +769,16 @@ enum RetryPlan {
     At(i64),
     GiveUp {
         attempts: u32,
-        /// Released from [`PatientOrder`]'s queued set when the transaction is failed.
-        patient_key: Option<String>,
     },
 }
 
 /// The source kind a stored transaction came from (its listener's name).
 fn source_of(listener: &str) -> SourceKind {
-    // Listener names start with their kind: `mllp`, `mllp:<addr>`, `http:/ccda`, `dir:<channel>`.
+    // Listener names start with their kind: `mllp`, `mllp:<addr>`, `http:/ccda`, `dir:<channel>`;
+    // HL7 v2 over HTTP (`http`) is routed as the shared MLLP port's.
+    if listener == crate::channel::def::HL7_OVER_HTTP_LISTENER {
+        return SourceKind::Mllp;
+    }
     match listener.split(':').next().unwrap_or_default() {
         "mllp" => SourceKind::Mllp,
         "http" => SourceKind::Http,
@@ -778,5 +840,31 @@ mod tests {
         assert_eq!(combine(&[d.clone(), f.clone()]).0, Status::Delivered);
         assert_eq!(combine(&[f.clone(), f.clone()]).0, Status::Filtered);
         assert_eq!(combine(&[x]).1.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn undelivered_is_what_the_last_attempt_did_not_deliver() {
+        let step = |channel: &str, destination: &str, ok: bool| Step {
+            channel: channel.into(),
+            revision: "r".into(),
+            kind: StepKind::Deliver,
+            at_ms: 0,
+            ok,
+            output: None,
+            logs: Vec::new(),
+            error: None,
+            destination: Some(destination.into()),
+        };
+        let steps = [
+            step("b", "http", false),
+            step("a", "cdr", false),
+            step("a", "file", true),
+            // The next attempt: the CDR took it, the HTTP destination is still down.
+            step("b", "http", false),
+            step("a", "cdr", true),
+            step("a", "file", true),
+        ];
+        assert_eq!(undelivered(&steps), vec![("b".into(), "http".into())]);
+        assert!(undelivered(&steps[2..3]).is_empty());
     }
 }

@@ -35,8 +35,15 @@ const SIZE_GAUGE_EVERY: Duration = Duration::from_secs(10);
 /// journal writer drain and flush, exit.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    std::fs::create_dir_all(&config.data_dir)
+    crate::data_dir::create(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    if let Some(mode) = crate::data_dir::open_to_others(&config.data_dir) {
+        tracing::warn!(
+            dir = %config.data_dir.display(),
+            mode = format!("{mode:o}"),
+            "the data dir (patient data) is open to other users: chmod 700 it"
+        );
+    }
     // Alive but not ready while the journal and the CDR open (best effort: if the port is
     // taken, the real bind below reports it).
     let starting = if config.admin.tls.enabled() {

@@ -134,7 +134,7 @@ impl AdminToken {
                 return Ok((AdminToken(existing.to_string()), TokenSource::File(path)));
             }
         }
-        std::fs::create_dir_all(data_dir)?;
+        crate::data_dir::create(data_dir)?;
         let token = hex::encode(rand::random::<[u8; 32]>());
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);

@@ -302,7 +302,7 @@ async fn create(
     caller.require(Role::Admin)?;
     let body = match body {
         Ok(b) => b.into_inner(),
-        Err(e) => return Ok(error(actix_web::http::StatusCode::BAD_REQUEST, e)),
+        Err(e) => return Ok(super::json_body_error(e)),
     };
     let by = caller.name.clone();
     let created =

@@ -73,10 +73,6 @@ fn error_response(e: MediatorError) -> HttpResponse {
     }
 }
 
-fn bad_json(e: actix_web::Error) -> HttpResponse {
-    HttpResponse::BadRequest().json(json!({"error": e.to_string()}))
-}
-
 async fn list(state: web::Data<AdminState>, caller: Caller) -> actix_web::Result<HttpResponse> {
     caller.require(Role::Viewer)?;
     let items: Vec<Value> = state
@@ -108,7 +104,7 @@ async fn register(
     caller.require(Role::Mediator)?;
     let registration = match body {
         Ok(body) => body.into_inner(),
-        Err(e) => return Ok(bad_json(e)),
+        Err(e) => return Ok(super::json_body_error(e)),
     };
     let mediators = state.mediators.clone();
     let by = caller.name.clone();
@@ -187,7 +183,7 @@ async fn heartbeat(
     caller.require(Role::Mediator)?;
     let beat = match body {
         Ok(body) => body.into_inner(),
-        Err(e) => return Ok(bad_json(e)),
+        Err(e) => return Ok(super::json_body_error(e)),
     };
     if !beat.uptime.is_finite() || beat.uptime < 0.0 {
         return Ok(HttpResponse::BadRequest().json(json!({"error": "uptime must be seconds >= 0"})));
@@ -211,7 +207,7 @@ async fn set_config(
     caller.require(Role::Admin)?;
     let config = match body {
         Ok(body) => body.into_inner(),
-        Err(e) => return Ok(bad_json(e)),
+        Err(e) => return Ok(super::json_body_error(e)),
     };
     // Only the names: values may be passwords.
     let params: Vec<String> = config.keys().cloned().collect();

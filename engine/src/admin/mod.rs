@@ -60,6 +60,56 @@ pub enum AdminError {
     Clients(#[from] clients::ClientError),
 }
 
+/// The answer to a JSON request body that could not be read: 415 naming the expected type when
+/// the `Content-Type` is not JSON (actix's own message, "Content type error", says neither
+/// which nor why), 400 with the parser's reason otherwise.
+pub(crate) fn json_body_error(e: actix_web::Error) -> actix_web::HttpResponse {
+    use actix_web::error::JsonPayloadError;
+    if let Some(JsonPayloadError::ContentType) = e.as_error::<JsonPayloadError>() {
+        return actix_web::HttpResponse::UnsupportedMediaType().json(serde_json::json!({
+            "error": "the body must be JSON: send `Content-Type: application/json`"
+        }));
+    }
+    actix_web::HttpResponse::BadRequest().json(serde_json::json!({"error": e.to_string()}))
+}
+
+/// Everything under `/api`, behind the auth middleware.
+fn api(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api")
+            .wrap(from_fn(auth::require_token))
+            .configure(transactions::routes)
+            .configure(channels::routes)
+            .configure(clients::routes)
+            .configure(audit::routes)
+            .configure(openapi::routes)
+            .configure(mediators::routes)
+            // Only reached by callers allowed to (unknown routes need admin).
+            .default_service(web::to(no_route)),
+    );
+}
+
+/// No route took the request: 405 with `Allow` when the path is a route of the table under
+/// another method (each `.route` is its own resource guarded by its method, so actix falls
+/// through to here instead of answering 405 itself), else 404.
+async fn no_route(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    let allowed = routes::methods_of(req.path());
+    if allowed.is_empty() {
+        return actix_web::HttpResponse::NotFound()
+            .json(serde_json::json!({"error": "no such route"}));
+    }
+    let allow = allowed
+        .iter()
+        .map(|m| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    actix_web::HttpResponse::MethodNotAllowed()
+        .insert_header((actix_web::http::header::ALLOW, allow.clone()))
+        .json(serde_json::json!({
+            "error": format!("{} is not allowed here; allowed: {allow}", req.method())
+        }))
+}
+
 /// Binds the admin port and returns the server (run it by awaiting or spawning it).
 pub fn server(
     addr: SocketAddr,
@@ -87,22 +137,7 @@ pub fn server(
             .app_data(clients.clone())
             .app_data(web::JsonConfig::default().limit(16 * 1024 * 1024))
             .configure(health::routes)
-            .service(
-                web::scope("/api")
-                    .wrap(from_fn(auth::require_token))
-                    .configure(transactions::routes)
-                    .configure(channels::routes)
-                    .configure(clients::routes)
-                    .configure(audit::routes)
-                    .configure(openapi::routes)
-                    .configure(mediators::routes)
-                    // Told apart from a handler's "no such channel" by the tests of the route
-                    // table; only reached by callers allowed to (unknown routes need admin).
-                    .default_service(web::to(|| async {
-                        actix_web::HttpResponse::NotFound()
-                            .json(serde_json::json!({"error": "no such route"}))
-                    })),
-            );
+            .configure(api);
         // The embedded CDR holds patient data: behind the same token as the API.
         if let Some(cdr) = &cdr {
             app = app.service(

@@ -31,6 +31,10 @@ fn body_content(body: Body) -> Option<Value> {
         Body::Json(schema) => Some(json!({
             "application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}
         })),
+        Body::JsonOrToml(schema) => Some(json!({
+            "application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}},
+            "application/toml": {"schema": {"type": "string", "description": "a channel file"}}
+        })),
         Body::Text => Some(json!({"text/plain": {"schema": {"type": "string"}}})),
     }
 }
@@ -151,7 +155,8 @@ fn schemas() -> Value {
         "Transaction": tx,
         "TransactionPage": page(json!({"$ref": "#/components/schemas/Transaction"})),
         "TransactionDetail": detail,
-        "RerunFilter": object(&[], json!({"channel": s, "status": s, "since": s, "until": s, "control_id": s, "limit": n})),
+        "RerunFilter": object(&[], json!({"channel": s, "status": s, "since": s, "until": s, "control_id": s,
+                                          "message_type": s, "patient": s, "q": s, "scan_limit": n, "max": n})),
         "RerunOutcome": object(&["id", "status"], json!({"id": n, "status": s, "reason": s})),
         "RerunReport": any,
         "Mediator": any,
@@ -234,6 +239,23 @@ mod tests {
             }
         }
         assert_eq!(operations, ROUTES.len());
+    }
+
+    #[test]
+    fn documented_as_served() {
+        let doc = document();
+        let put = &doc["paths"]["/api/channels/{name}"]["put"]["requestBody"]["content"];
+        assert!(put.get("application/json").is_some(), "{put}");
+        assert!(put.get("application/toml").is_some(), "{put}");
+        let search = doc["paths"]["/api/transactions"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        assert!(search.iter().any(|p| p["name"] == "scan_limit"));
+        let rerun = &doc["components"]["schemas"]["RerunFilter"]["properties"];
+        assert!(
+            rerun.get("max").is_some() && rerun.get("limit").is_none(),
+            "{rerun}"
+        );
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub enum Body {
     None,
     /// A JSON object; the name refers to `components.schemas` in the document.
     Json(&'static str),
+    /// A JSON object as [`Body::Json`], or the same as TOML text (`application/toml`, or any
+    /// other type: only JSON is parsed as JSON), as a channel file is written.
+    JsonOrToml(&'static str),
     /// Prometheus text exposition.
     Text,
 }
@@ -79,9 +82,16 @@ const TX_FILTER: &[(&str, &str)] = &[
     ("control_id", "MSH-10 message control id"),
     ("message_type", "e.g. ADT^A01"),
     ("patient", "patient identifier (PID-3)"),
-    ("q", "free text over the raw message (bounded scan)"),
+    (
+        "q",
+        "free text over the raw message (bounded scan); needs read_bodies or the operator role",
+    ),
     ("limit", "page size, 1 to 1000 (default 100)"),
     ("cursor", "next_cursor of the previous page"),
+    (
+        "scan_limit",
+        "records examined for one page, up to 100000 (default 10000)",
+    ),
 ];
 
 const AUDIT_FILTER: &[(&str, &str)] = &[
@@ -193,7 +203,7 @@ pub const ROUTES: &[Route] = &[
         summary: "Create or replace a channel (validated, then activated atomically)",
         tag: "channels",
         query: &[],
-        request: Body::Json("ChannelDefinition"),
+        request: Body::JsonOrToml("ChannelDefinition"),
         response: Body::Json("Channel"),
         audited: true,
     },
@@ -418,6 +428,17 @@ pub fn find(method: Method, path: &str) -> Option<&'static Route> {
         .map(|(_, r)| r)
 }
 
+/// The methods the table has for `path` (for a 405's `Allow`), in the table's order.
+pub fn methods_of(path: &str) -> Vec<Method> {
+    let mut methods = Vec::new();
+    for method in [Method::Get, Method::Post, Method::Put, Method::Delete] {
+        if find(method, path).is_some() {
+            methods.push(method);
+        }
+    }
+    methods
+}
+
 /// The role a request needs: the table's, or `admin` for anything not in the table (a route
 /// someone forgot to list is closed, not open).
 pub fn required_role(method: &actix_web::http::Method, path: &str) -> Role {
@@ -452,6 +473,16 @@ mod tests {
             required_role(&M::POST, "/api/transactions/7/rerun"),
             Role::Operator
         );
+    }
+
+    #[test]
+    fn methods_of_a_path() {
+        assert_eq!(
+            methods_of("/api/channels/x"),
+            vec![Method::Get, Method::Put, Method::Delete]
+        );
+        assert_eq!(methods_of("/api/transactions/7/rerun"), vec![Method::Post]);
+        assert!(methods_of("/api/nothing-here").is_empty());
     }
 
     #[test]

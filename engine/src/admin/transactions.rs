@@ -184,6 +184,16 @@ async fn list(
     if query.max.is_some() {
         return Ok(bad_request("`max` is for reruns only".into()));
     }
+    // Which messages match a text tells what they contain (an SSN, a name): a caller who
+    // sees bodies masked may not search them either.
+    let text_search = query.q.as_deref().is_some_and(|q| !q.is_empty());
+    if text_search && !super::mask::may_read_bodies(&caller) {
+        audit::denied(&state.journal, &caller, "GET", "/api/transactions?q");
+        return Ok(HttpResponse::Forbidden().json(json!({
+            "error": "`q` searches message bodies: it needs a client with read_bodies \
+                      (or the operator role)"
+        })));
+    }
     let filter = match query.into_filter(limit) {
         Ok(f) => f,
         Err(message) => return Ok(bad_request(message)),
@@ -316,7 +326,7 @@ async fn rerun_many(
     caller.require(Role::Operator)?;
     let search = match body {
         Ok(b) => b.into_inner(),
-        Err(e) => return Ok(bad_request(e.to_string())),
+        Err(e) => return Ok(super::json_body_error(e)),
     };
     let max = search.max.unwrap_or(DEFAULT_RERUN_MAX);
     if max == 0 || max > MAX_RERUN {

@@ -160,12 +160,23 @@ impl SourceDef {
             SourceKind::Mllp => match (&self.addr, &self.listener) {
                 (Some(addr), _) => listener == own_mllp_listener(*addr),
                 (None, Some(named)) => listener == named,
-                (None, None) => listener == "mllp",
+                (None, None) => {
+                    listener == SHARED_MLLP_LISTENER || listener == HL7_OVER_HTTP_LISTENER
+                }
             },
             _ => self.listener.as_deref().is_none_or(|l| l == listener),
         }
     }
 }
+
+/// The shared MLLP port's listener name: channels with an MLLP source and no port of their own
+/// take from it.
+pub const SHARED_MLLP_LISTENER: &str = "mllp";
+
+/// HL7 v2 posted to the HTTP port's built-in `/hl7v2`: counted and shown as `http` (it did not
+/// come in over MLLP), and routed like the shared MLLP port's messages (same channels, same ACK
+/// policy), as the README promises.
+pub const HL7_OVER_HTTP_LISTENER: &str = "http";
 
 /// The listener name of a channel's own MLLP port.
 pub fn own_mllp_listener(addr: std::net::SocketAddr) -> String {

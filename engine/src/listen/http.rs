@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use subtle::ConstantTimeEq;
 
 use super::ListenError;
-use crate::channel::def::HttpAuthDef;
+use crate::channel::def::{HttpAuthDef, HL7_OVER_HTTP_LISTENER};
 use crate::channel::{Channels, SourceKind};
 use crate::config::HttpConfig;
 use crate::format::Format;
@@ -197,7 +197,7 @@ async fn ingest(
         );
     }
     let (listener, source) = if shared_hl7 {
-        ("mllp".to_string(), SourceKind::Mllp)
+        (HL7_OVER_HTTP_LISTENER.to_string(), SourceKind::Mllp)
     } else {
         (format!("http:{path}"), SourceKind::Http)
     };
@@ -221,7 +221,17 @@ async fn ingest(
         origin_key: None,
     };
     match format {
-        Format::Hl7v2 => hl7_reply(intake.submit_hl7(body, arrival).await, content_type),
+        Format::Hl7v2 => {
+            // As on the MLLP port: from the whole message read to its ACK ready to send.
+            let read_at = std::time::Instant::now();
+            let reply = intake.submit_hl7(body, arrival).await;
+            state
+                .metrics
+                .ack_latency_seconds
+                .with_label_values(&[&listener])
+                .observe(read_at.elapsed().as_secs_f64());
+            hl7_reply(reply, content_type)
+        }
         _ => {
             let facts = crate::format::facts(format, &body);
             match intake.submit_document(facts, body, arrival).await {

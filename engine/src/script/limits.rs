@@ -10,10 +10,11 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Limits for one script run (compile-time depth limits apply when compiling).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// Limits for one script run (compile-time depth limits apply when compiling). Serialized so
+/// that the configuration's environment overrides (`ORBITER_SCRIPT_…`) find every key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScriptLimits {
     /// Rhai operations per run; an endless loop stops here. 0 means unlimited (then only the
@@ -39,7 +40,7 @@ pub struct ScriptLimits {
     /// overflows a 2 MiB worker thread stack, whatever the other limits are set to.
     pub max_stack_bytes: usize,
     /// Wall-clock time per run, checked every 1024 operations.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub time_budget: Duration,
     /// How long a run may go on the thread that received the message (no hand-off to another
     /// thread, the cheap and quick path) before it stops and runs again from the start on the
@@ -47,7 +48,7 @@ pub struct ScriptLimits {
     /// scripts hold up the other connections served by that thread (with one connection and
     /// one message at a time, the sender's next message). Read with the clock, every 1024
     /// operations: a shorter script always finishes where it started. 0: every run on the pool.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "duration_text")]
     pub inline_slice: Duration,
 }
 
@@ -88,12 +89,28 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
     match Raw::deserialize(d)? {
         Raw::Millis(ms) => Ok(Duration::from_millis(ms)),
+        // An environment variable is always text: `ORBITER_SCRIPT_TIME_BUDGET=1500` too.
+        Raw::Text(s) if s.trim().parse::<u64>().is_ok() => {
+            Ok(Duration::from_millis(s.trim().parse().expect("checked")))
+        }
         Raw::Text(s) => parse_duration(&s).ok_or_else(|| {
             serde::de::Error::custom(format!(
                 "bad duration {s:?}: expected e.g. \"1s\", \"250ms\" or \"2m\""
             ))
         }),
     }
+}
+
+/// The shortest exact text [`parse_duration`] reads back: `"1s"`, `"250ms"`, `"250us"`.
+fn duration_text<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    let text = if Duration::from_secs(d.as_secs()) == *d {
+        format!("{}s", d.as_secs())
+    } else if d.as_millis() * 1_000 == d.as_micros() {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}us", d.as_micros())
+    };
+    s.serialize_str(&text)
 }
 
 /// Parses `"1s"`, `"1.5s"`, `"250ms"`, `"250us"`, `"2m"`.
