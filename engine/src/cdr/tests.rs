@@ -1670,3 +1670,68 @@ async fn hostile_inputs_get_4xx_not_panics() {
         );
     }
 }
+
+#[actix_web::test]
+async fn absolute_references_to_this_server_are_searched_as_relative_ones() {
+    let (_d, cdr) = open();
+    let app = app!(cdr);
+    let r = call!(
+        app,
+        "PUT",
+        "/fhir/Patient/P1",
+        json!({"resourceType": "Patient", "id": "P1"})
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let obs = |id: &str, reference: &str| {
+        json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"text": "x"}, "subject": {"reference": reference}})
+    };
+    for (id, reference) in [
+        ("abs", format!("{BASE}/Patient/P1")),
+        ("rel", "Patient/P1".to_string()),
+        ("other", "http://elsewhere/fhir/Patient/P1".to_string()),
+    ] {
+        let r = call!(
+            app,
+            "PUT",
+            &format!("/fhir/Observation/{id}"),
+            obs(id, &reference)
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let sorted = |r: &Res| {
+        let mut ids = r.ids();
+        ids.sort();
+        ids
+    };
+    for url in [
+        "/fhir/Observation?subject=Patient/P1".to_string(),
+        format!("/fhir/Observation?subject={BASE}/Patient/P1"),
+        "/fhir/Observation?subject=P1".to_string(),
+        "/fhir/Observation?patient=P1".to_string(),
+        "/fhir/Observation?subject:Patient=P1".to_string(),
+    ] {
+        let r = call!(app, "GET", &url);
+        assert_eq!(r.status, 200, "{url}: {}", r.body);
+        assert_eq!(sorted(&r), ["abs", "rel"], "{url}");
+    }
+    // Another server's Patient/P1 is another resource.
+    let r = call!(
+        app,
+        "GET",
+        "/fhir/Observation?subject=http://elsewhere/fhir/Patient/P1"
+    );
+    assert_eq!(r.ids(), ["other"]);
+    let r = call!(
+        app,
+        "GET",
+        "/fhir/Patient?_id=P1&_revinclude=Observation:subject"
+    );
+    let mut included: Vec<String> = entries(&r.body)
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect();
+    included.sort();
+    assert_eq!(included, ["abs", "rel"]);
+}
