@@ -1735,3 +1735,49 @@ async fn absolute_references_to_this_server_are_searched_as_relative_ones() {
     included.sort();
     assert_eq!(included, ["abs", "rel"]);
 }
+
+#[actix_web::test]
+async fn history_links_keep_since_and_at_is_refused() {
+    let (_d, cdr) = open();
+    let app = app!(cdr);
+    for family in ["A", "B", "C"] {
+        let r = call!(
+            app,
+            "PUT",
+            "/fhir/Patient/h",
+            json!({"resourceType": "Patient", "id": "h", "name": [{"family": family}]})
+        );
+        assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    }
+    let r = call!(
+        app,
+        "GET",
+        "/fhir/Patient/h/_history?_since=2000-01-01T00:00:00Z&_count=1"
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.total(), 3);
+    let next = r.link("next").unwrap();
+    assert!(next.contains("_since=2000-01-01T00"), "{next}");
+    // A _since after every version: following the link must not bring them all back.
+    let r = call!(
+        app,
+        "GET",
+        "/fhir/Patient/h/_history?_since=2999-01-01T00:00:00Z&_count=1"
+    );
+    assert_eq!(r.total(), 0);
+    let page = r.link("self").unwrap();
+    let r = call!(app, "GET", page.trim_start_matches("http://localhost:8080"));
+    assert_eq!(r.status, 200, "{page}: {}", r.body);
+    assert_eq!(r.total(), 0, "{page}");
+    // No empty arrays in FHIR JSON.
+    assert!(r.body.get("entry").is_none(), "{}", r.body);
+    let r = call!(app, "GET", "/fhir/Patient/h/_history?_offset=10");
+    assert_eq!(r.status, 200);
+    assert!(r.body.get("entry").is_none(), "{}", r.body);
+    let r = call!(app, "GET", "/fhir/Patient/h/_history?_at=2020");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("_at is not supported"));
+}
