@@ -1781,3 +1781,37 @@ async fn history_links_keep_since_and_at_is_refused() {
         .unwrap()
         .contains("_at is not supported"));
 }
+
+fn query_is_rfc3986(url: &str) -> bool {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    query
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b))
+}
+
+#[actix_web::test]
+async fn links_percent_encode_what_a_uri_does_not_allow() {
+    let (_d, cdr) = open();
+    let app = app!(cdr);
+    for i in 0..2 {
+        let p = json!({"resourceType": "Patient",
+            "identifier": [{"system": "urn:esc", "value": "a,b"}], "gender": format!("{}", ["male", "female"][i])});
+        assert_eq!(call!(app, "POST", "/fhir/Patient", p).status, 201);
+    }
+    let r = call!(
+        app,
+        "GET",
+        "/fhir/Patient?identifier=urn:esc|a%5C,b&_count=1"
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.total(), 2, "{}", r.body);
+    for relation in ["self", "first", "next", "last"] {
+        let link = r.link(relation).unwrap();
+        assert!(query_is_rfc3986(&link), "{relation}: {link}");
+    }
+    let next = r.link("next").unwrap();
+    assert!(next.contains("urn:esc%7Ca%5C,b"), "{next}");
+    let r = call!(app, "GET", next.trim_start_matches("http://localhost:8080"));
+    assert_eq!(r.ids().len(), 1);
+    assert_eq!(r.total(), 2);
+}
