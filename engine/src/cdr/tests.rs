@@ -1782,6 +1782,19 @@ async fn history_links_keep_since_and_at_is_refused() {
         .contains("_at is not supported"));
 }
 
+#[actix_web::test]
+async fn empty_bundles_answer_without_an_entry_array() {
+    let (_d, cdr) = open();
+    for ty in ["transaction", "batch"] {
+        let (status, body) = cdr.process_bundle(
+            json!({"resourceType": "Bundle", "type": ty, "entry": []}),
+            BASE,
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(body.get("entry").is_none(), "{body}");
+    }
+}
+
 fn query_is_rfc3986(url: &str) -> bool {
     let query = url.split_once('?').map_or("", |(_, q)| q);
     query
