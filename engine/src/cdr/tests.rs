@@ -1737,6 +1737,45 @@ async fn absolute_references_to_this_server_are_searched_as_relative_ones() {
 }
 
 #[actix_web::test]
+async fn delete_honours_if_match() {
+    let (_d, cdr) = open();
+    let app = app!(cdr);
+    let r = call!(
+        app,
+        "PUT",
+        "/fhir/Patient/x",
+        json!({"resourceType": "Patient", "id": "x"})
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = call!(
+        app,
+        "DELETE",
+        "/fhir/Patient/x",
+        None,
+        &[("If-Match", "W/\"9\"")]
+    );
+    assert_eq!(r.status, 412, "{}", r.body);
+    let r = call!(
+        app,
+        "DELETE",
+        "/fhir/Patient/x",
+        None,
+        &[("If-Match", "nine")]
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(call!(app, "GET", "/fhir/Patient/x").status, 200);
+    let r = call!(
+        app,
+        "DELETE",
+        "/fhir/Patient/x",
+        None,
+        &[("If-Match", "W/\"1\"")]
+    );
+    assert!(r.status == 200 || r.status == 204, "{}", r.body);
+    assert_eq!(call!(app, "GET", "/fhir/Patient/x").status, 410);
+}
+
+#[actix_web::test]
 async fn history_links_keep_since_and_at_is_refused() {
     let (_d, cdr) = open();
     let app = app!(cdr);
