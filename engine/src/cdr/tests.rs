@@ -1834,6 +1834,7 @@ async fn empty_bundles_answer_without_an_entry_array() {
     }
 }
 
+/// Whether every character of `url`'s query is allowed there by RFC 3986.
 fn query_is_rfc3986(url: &str) -> bool {
     let query = url.split_once('?').map_or("", |(_, q)| q);
     query
@@ -1866,4 +1867,90 @@ async fn links_percent_encode_what_a_uri_does_not_allow() {
     let r = call!(app, "GET", next.trim_start_matches("http://localhost:8080"));
     assert_eq!(r.ids().len(), 1);
     assert_eq!(r.total(), 2);
+}
+
+#[actix_web::test]
+async fn unknown_elements_and_double_choices_are_refused() {
+    let (_d, cdr) = open();
+    let app = app!(cdr);
+    let obs = |extra: Value| {
+        let mut o =
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}});
+        for (k, v) in extra.as_object().unwrap() {
+            o[k] = v.clone();
+        }
+        o
+    };
+    for (ty, body, path) in [
+        (
+            "Patient",
+            json!({"resourceType": "Patient", "name": [{"fmaily": "x"}]}),
+            "Patient.name[0].fmaily",
+        ),
+        (
+            "Patient",
+            json!({"resourceType": "Patient", "foo": 1}),
+            "Patient.foo",
+        ),
+        (
+            "Patient",
+            json!({"resourceType": "Patient", "contained": [{"resourceType": "Patient", "id": "c", "foo": 1}]}),
+            "Patient.contained[0].foo",
+        ),
+        (
+            "Patient",
+            json!({"resourceType": "Patient", "extension": [{"url": "u", "valueString": "a", "valueInteger": 1}]}),
+            "Patient.extension[0].value[x]",
+        ),
+        (
+            "Patient",
+            json!({"resourceType": "Patient", "extension": [{"url": "u", "vaule": "a"}]}),
+            "Patient.extension[0].vaule",
+        ),
+        (
+            "Observation",
+            obs(json!({"valueString": "a", "valueInteger": 1})),
+            "Observation.value[x]",
+        ),
+        (
+            "Observation",
+            obs(json!({"code": {"coding": [{"code": "c", "sytem": "s"}]}})),
+            "Observation.code.coding[0].sytem",
+        ),
+    ] {
+        let r = call!(app, "POST", &format!("/fhir/{ty}"), body.clone());
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        let issue = &r.body["issue"][0];
+        assert_eq!(issue["expression"][0], path, "{}", r.body);
+    }
+    // What must still pass: extensions everywhere, primitive extensions, choices, the base
+    // elements, and names of types or backbone elements without a table.
+    for (ty, body) in [
+        (
+            "Patient",
+            json!({"resourceType": "Patient", "id": "ok", "meta": {"tag": [{"code": "t"}]},
+            "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"},
+            "implicitRules": "http://x", "language": "en",
+            "extension": [{"url": "u", "valueString": "a", "_valueString": {"id": "e"}}],
+            "modifierExtension": [{"url": "m", "extension": [{"url": "n", "valueCodeableConcept": {"text": "t"}}]}],
+            "birthDate": "2000", "_birthDate": {"extension": [{"url": "u", "valueBoolean": true}]},
+            "name": [{"id": "n1", "family": "F", "_family": {"extension": [{"url": "u", "valueString": "x"}]},
+                "given": ["A", null], "_given": [null, {"extension": [{"url": "u", "valueString": "x"}]}],
+                "extension": [{"url": "u", "valueString": "x"}]}],
+            "deceasedBoolean": false,
+            "contact": [{"anything": 1}],
+            "contained": [{"resourceType": "Organization", "id": "o", "name": "O"}]}),
+        ),
+        (
+            "Observation",
+            obs(json!({"valueQuantity": {"value": 1, "unit": "mg"}, "effectiveDateTime": "2020"})),
+        ),
+        (
+            "Basic",
+            json!({"resourceType": "Basic", "code": {"text": "x"}, "whatever": 1}),
+        ),
+    ] {
+        let r = call!(app, "POST", &format!("/fhir/{ty}"), body.clone());
+        assert_eq!(r.status, 201, "{body}: {}", r.body);
+    }
 }
