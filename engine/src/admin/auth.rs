@@ -239,10 +239,13 @@ fn unauthorized() -> HttpResponse {
 
 /// Whether `caller` may make this request: the embedded CDR holds patient data (reads need
 /// the right to read message bodies, writes need admin); everything else as the route table
-/// ([`super::routes`]) says.
+/// ([`super::routes`]) says. `POST [type]/_search` is a read (a search with its parameters in
+/// the body); a POST of a Bundle stays admin-only, whatever its entries.
 fn allowed(caller: &Caller, method: &actix_web::http::Method, path: &str) -> bool {
     if path == "/fhir" || path.starts_with("/fhir/") {
-        return if matches!(method.as_str(), "GET" | "HEAD") {
+        let search_post =
+            method.as_str() == "POST" && path.trim_end_matches('/').ends_with("/_search");
+        return if matches!(method.as_str(), "GET" | "HEAD") || search_post {
             super::mask::may_read_bodies(caller)
         } else {
             caller.has(Role::Admin)
@@ -337,6 +340,33 @@ mod tests {
         assert!(matches!(source, TokenSource::File(_)));
         assert_eq!(first.0, second.0);
         assert_eq!(first.0.len(), 64);
+    }
+
+    #[test]
+    fn fhir_searches_by_post_are_reads() {
+        let caller = |roles: Vec<Role>, read_bodies: bool| Caller {
+            name: "t".into(),
+            roles,
+            read_bodies,
+            peer: None,
+        };
+        let post = actix_web::http::Method::POST;
+        let reader = caller(vec![Role::Viewer], true);
+        let operator = caller(vec![Role::Operator], false);
+        let viewer = caller(vec![Role::Viewer], false);
+        for c in [&reader, &operator] {
+            assert!(allowed(c, &post, "/fhir/Patient/_search"));
+            assert!(allowed(c, &post, "/fhir/Patient/_search/"));
+            assert!(!allowed(c, &post, "/fhir/Patient"));
+            assert!(!allowed(c, &post, "/fhir"));
+            assert!(!allowed(
+                c,
+                &actix_web::http::Method::PUT,
+                "/fhir/Patient/_search"
+            ));
+        }
+        assert!(!allowed(&viewer, &post, "/fhir/Patient/_search"));
+        assert!(allowed(&caller(vec![Role::Admin], false), &post, "/fhir"));
     }
 
     #[test]

@@ -147,14 +147,21 @@ fn run(
     } else {
         batch_run(store, &mut entries, base, prefer, &mut responses)?;
     }
-    Ok(json!({
+    let mut out = json!({
         "resourceType": "Bundle",
         "id": new_id(),
         "meta": {"lastUpdated": datetime::format_instant(datetime::now_ms())},
         "type": kind,
         "link": [{"relation": "self", "url": base}],
-        "entry": responses.into_iter().map(|r| r.unwrap_or_else(|| json!({}))).collect::<Vec<_>>(),
-    }))
+    });
+    // FHIR JSON has no empty arrays: an empty Bundle's response has no `entry` at all.
+    if !responses.is_empty() {
+        out["entry"] = responses
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| json!({})))
+            .collect();
+    }
+    Ok(out)
 }
 
 fn parse_entry(index: usize, mut e: Value, base: &str) -> Result<Entry, CdrError> {

@@ -21,7 +21,9 @@
 //! - tokens: `c` + `code 1F system` (code alone, `|code`, `system|code` are prefixes of it;
 //!   `system|` filters a scan of the parameter);
 //! - references: `r` + `id 1F Type` for relative references (so that a bare `subject=123` is
-//!   a prefix of `subject=Patient/123`), the normalised URL otherwise;
+//!   a prefix of `subject=Patient/123`), `id 1F Type 1F base` for absolute ones (a search
+//!   looks up both forms for a reference under its own base: FHIR matches the relative and
+//!   absolute forms of the same resource), the normalised URL otherwise (`urn:`s);
 //! - dates: an `L` key by start whose value is the end; values wider than [`NARROW`] (long
 //!   or open-ended periods) also get a `W` key by end. A search "ends after X" scans `L` from
 //!   `X - NARROW` plus the `W` keys.
@@ -41,7 +43,7 @@ use super::params::{self, IndexValue, ParamDef};
 
 /// The layout version of `I`/`D` entries: bump it when extraction changes, and the store
 /// rebuilds the index from the current resources when it opens.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Index values longer than this are cut (on a character boundary).
 pub const MAX_VALUE: usize = 160;
@@ -217,7 +219,9 @@ fn token_into(system: Option<&str>, code: &str, out: &mut Vec<u8>) {
     clean_into(system.unwrap_or(""), out);
 }
 
-/// A normalised reference as keyed: `id 1F Type` when relative, the reference otherwise.
+/// A normalised reference as keyed: `id 1F Type` when relative, `id 1F Type 1F base` when
+/// absolute (so that a search can find the ones under its own base with the relative ones,
+/// without the index depending on the base a request came in by), the reference otherwise.
 pub fn reference_key(norm: &str) -> String {
     let mut out = Vec::new();
     reference_into(norm, &mut out);
@@ -232,7 +236,16 @@ fn reference_into(norm: &str, out: &mut Vec<u8>) {
             out.push(SEP as u8);
             out.extend_from_slice(ty.as_bytes());
         }
-        _ => clean_into(norm, out),
+        _ => match params::split_absolute(norm) {
+            Some((base, ty, id)) => {
+                out.extend_from_slice(id.as_bytes());
+                out.push(SEP as u8);
+                out.extend_from_slice(ty.as_bytes());
+                out.push(SEP as u8);
+                clean_into(base, out);
+            }
+            None => clean_into(norm, out),
+        },
     }
 }
 
@@ -366,5 +379,10 @@ mod unit {
         assert_eq!(token_key(Some("sys\n"), "c|1"), "c|1\u{1f}sys");
         assert_eq!(reference_key("Patient/p1"), "p1\u{1f}Patient");
         assert_eq!(reference_key("urn:uuid:x\u{0}"), "urn:uuid:x");
+        assert_eq!(
+            reference_key("http://h:1/fhir/Patient/p1"),
+            "p1\u{1f}Patient\u{1f}http://h:1/fhir"
+        );
+        assert_eq!(reference_key("http://h/x/y"), "http://h/x/y");
     }
 }

@@ -652,7 +652,8 @@ pub fn vread(store: &Store, ty: &str, id: &str, vid: &str) -> Result<FhirRespons
     }
 }
 
-/// The history Bundle of `ty/id`, newest first; `_count`, `_offset` and `_since` apply.
+/// The history Bundle of `ty/id`, newest first; `_count`, `_offset` and `_since` apply
+/// (`_at` is refused).
 pub fn history(
     store: &Store,
     ty: &str,
@@ -680,6 +681,9 @@ pub fn history(
                         .low,
                 )
             }
+            // Refused rather than ignored: ignoring it would answer versions the client
+            // excluded.
+            "_at" => return Err(CdrError::BadRequest("_at is not supported".into())),
             _ => {}
         }
     }
@@ -713,7 +717,18 @@ pub fn history(
         }
         entries.push(entry);
     }
-    let page_url = |off: usize| format!("{base}/{ty}/{id}/_history?_count={count}&_offset={off}");
+    // Every other parameter (`_since`) is kept: following a link must not widen the history.
+    let kept: Vec<(String, String)> = query
+        .iter()
+        .filter(|(k, _)| k != "_count" && k != "_offset")
+        .cloned()
+        .collect();
+    let page_url = |off: usize| {
+        let mut pairs = kept.clone();
+        pairs.push(("_count".into(), count.to_string()));
+        pairs.push(("_offset".into(), off.to_string()));
+        format!("{base}/{ty}/{id}/_history?{}", encode_query(&pairs))
+    };
     let mut links = vec![json!({"relation": "self", "url": page_url(offset)})];
     if offset.saturating_add(count) < total {
         links.push(json!({"relation": "next", "url": page_url(offset.saturating_add(count))}));
@@ -721,18 +736,19 @@ pub fn history(
     if offset > 0 {
         links.push(json!({"relation": "previous", "url": page_url(offset.saturating_sub(count))}));
     }
-    Ok(FhirResponse::body(
-        200,
-        json!({
-            "resourceType": "Bundle",
-            "id": new_id(),
-            "meta": {"lastUpdated": datetime::format_instant(datetime::now_ms())},
-            "type": "history",
-            "total": total,
-            "link": links,
-            "entry": entries,
-        }),
-    ))
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "id": new_id(),
+        "meta": {"lastUpdated": datetime::format_instant(datetime::now_ms())},
+        "type": "history",
+        "total": total,
+        "link": links,
+    });
+    // FHIR JSON has no empty arrays: a page past the end has no `entry` at all.
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    Ok(FhirResponse::body(200, bundle))
 }
 
 #[cfg(test)]

@@ -731,6 +731,16 @@ pub fn reference_id(norm: &str) -> Option<&str> {
     }
 }
 
+/// An absolute normalised reference split into base, type and id
+/// (`http://x/fhir/Patient/1` → `("http://x/fhir", "Patient", "1")`); None for relative ones,
+/// `urn:`s and URLs whose last segments are not `Type/id`.
+pub fn split_absolute(norm: &str) -> Option<(&str, &str, &str)> {
+    let mut segs = norm.rsplitn(3, '/');
+    let (id, ty, base) = (segs.next()?, segs.next()?, segs.next()?);
+    (base.contains("://") && is_resource_type(ty) && super::validate::valid_id(id))
+        .then_some((base, ty, id))
+}
+
 /// Lower case, accents removed, control characters dropped: the form string search compares.
 pub fn normalize_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

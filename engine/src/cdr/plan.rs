@@ -237,14 +237,42 @@ impl Eval<'_> {
                 }
                 (None, None) => Ok(BTreeSet::new()),
             },
-            Alt::Ref { value, bare: true } => self.scan_ids(
-                &with(b'r', &format!("{}{sep}", index::clean(value)), false),
-                |_| true,
-            ),
-            Alt::Ref { value, bare: false } => {
-                let key = index::reference_key(value);
-                let cut = key.len() >= index::MAX_VALUE;
-                self.scan_ids(&with(b'r', &key, !cut), |_| true)
+            Alt::Ref {
+                value,
+                bare: true,
+                base,
+            } => {
+                // `id 1F Type`, or `id 1F Type 1F base` under this request's base only.
+                let prefix = with(b'r', &format!("{}{sep}", index::clean(value)), false);
+                let start = prefix.len();
+                let own = index::clean(base);
+                self.scan_ids(&prefix, |v| {
+                    let rest = v.get(start..).unwrap_or_default();
+                    match rest.iter().position(|&b| b == sep as u8) {
+                        None => true,
+                        Some(i) => rest[i + 1..] == *own.as_bytes(),
+                    }
+                })
+            }
+            Alt::Ref {
+                value,
+                bare: false,
+                base,
+            } => {
+                let lookup = |norm: &str| {
+                    // Only a URL or a base is ever cut (ids and types are short).
+                    let cut = params::split_absolute(norm)
+                        .map_or(norm, |(b, _, _)| b)
+                        .len()
+                        >= index::MAX_VALUE;
+                    self.scan_ids(&with(b'r', &index::reference_key(norm), !cut), |_| true)
+                };
+                let mut ids = lookup(value)?;
+                // A relative reference is also written as an absolute one under this base.
+                if params::reference_id(value).is_some() && !base.is_empty() {
+                    ids.append(&mut lookup(&format!("{base}/{value}"))?);
+                }
+                Ok(ids)
             }
             Alt::Date { prefix, range } => self.date_ids(def, *prefix, *range),
         }

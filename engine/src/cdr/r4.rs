@@ -2,9 +2,10 @@
 //! common resource types, their required elements and required value sets.
 //!
 //! Kept apart from the checker ([`super::validate`]) because this is specification, not logic:
-//! extending validation to another resource type means adding rows here. The element tables
-//! cover what search and common clients depend on, not every element of R4; elements not
-//! listed are checked generically (formats by name, no nulls, no empty values).
+//! extending validation to another resource type means adding rows here. A type's table lists
+//! every one of its elements (names not in it are refused), and so do the tables of the complex
+//! datatypes; types and backbone elements without a table are checked generically (formats by
+//! name, no nulls, no empty values).
 
 use Ty::*;
 
@@ -319,7 +320,9 @@ pub fn datatype_fields(ty: Ty) -> &'static [F] {
     }
 }
 
-/// The elements checked per resource type (the common ones; others are checked generically).
+/// All the elements of the common resource types (the base ones in [`RESOURCE`] aside), so that
+/// a name not listed is refused; other types have no table (empty) and are checked generically.
+/// Backbone elements are `Obj`: their names are not checked.
 pub fn resource_fields(ty: &str) -> &'static [F] {
     match ty {
         "Patient" => {
@@ -410,6 +413,11 @@ pub fn resource_fields(ty: &str) -> &'static [F] {
                     many("hasMember", Reference),
                     many("derivedFrom", Reference),
                     many("component", Obj),
+                    one("effectiveTiming", Obj),
+                    one("valueRange", Obj),
+                    one("valueRatio", Obj),
+                    one("valueSampledData", Obj),
+                    one("valueTime", Str),
                 ]
             }
         }
@@ -461,6 +469,11 @@ pub fn resource_fields(ty: &str) -> &'static [F] {
                     many("stage", Obj),
                     many("evidence", Obj),
                     many("note", Obj),
+                    one("abatementAge", Quantity),
+                    one("abatementRange", Obj),
+                    one("abatementString", Str),
+                    one("onsetAge", Quantity),
+                    one("onsetRange", Obj),
                 ]
             }
         }
@@ -484,6 +497,9 @@ pub fn resource_fields(ty: &str) -> &'static [F] {
                     one("lastOccurrence", DateTime),
                     many("note", Obj),
                     many("reaction", Obj),
+                    one("onsetAge", Quantity),
+                    one("onsetRange", Obj),
+                    one("onsetString", Str),
                 ]
             }
         }
@@ -513,6 +529,12 @@ pub fn resource_fields(ty: &str) -> &'static [F] {
                     many("reasonReference", Reference),
                     one("isSubpotent", Bool),
                     many("protocolApplied", Obj),
+                    many("education", Obj),
+                    one("fundingSource", CodeableConcept),
+                    many("programEligibility", CodeableConcept),
+                    many("reaction", Obj),
+                    one("reportOrigin", CodeableConcept),
+                    many("subpotentReason", CodeableConcept),
                 ]
             }
         }
@@ -568,6 +590,16 @@ pub fn resource_fields(ty: &str) -> &'static [F] {
                     many("dosageInstruction", Obj),
                     one("dispenseRequest", Obj),
                     one("substitution", Obj),
+                    one("courseOfTherapyType", CodeableConcept),
+                    many("detectedIssue", Reference),
+                    many("eventHistory", Reference),
+                    many("instantiatesCanonical", Uri),
+                    many("instantiatesUri", Uri),
+                    many("insurance", Reference),
+                    one("performerType", CodeableConcept),
+                    one("priorPrescription", Reference),
+                    one("reportedBoolean", Bool),
+                    one("reportedReference", Reference),
                 ]
             }
         }
@@ -596,6 +628,16 @@ pub fn resource_fields(ty: &str) -> &'static [F] {
                     one("outcome", CodeableConcept),
                     many("report", Reference),
                     many("note", Obj),
+                    many("complication", CodeableConcept),
+                    many("complicationDetail", Reference),
+                    many("focalDevice", Obj),
+                    many("followUp", CodeableConcept),
+                    many("instantiatesCanonical", Uri),
+                    many("instantiatesUri", Uri),
+                    one("performedAge", Quantity),
+                    one("performedRange", Obj),
+                    many("usedCode", CodeableConcept),
+                    many("usedReference", Reference),
                 ]
             }
         }
@@ -624,6 +666,22 @@ pub fn resource_fields(ty: &str) -> &'static [F] {
                     many("specimen", Reference),
                     many("bodySite", CodeableConcept),
                     many("note", Obj),
+                    one("asNeededBoolean", Bool),
+                    one("asNeededCodeableConcept", CodeableConcept),
+                    many("instantiatesCanonical", Uri),
+                    many("instantiatesUri", Uri),
+                    many("insurance", Reference),
+                    many("locationCode", CodeableConcept),
+                    many("locationReference", Reference),
+                    one("occurrenceTiming", Obj),
+                    many("orderDetail", CodeableConcept),
+                    one("patientInstruction", Str),
+                    one("performerType", CodeableConcept),
+                    one("quantityQuantity", Quantity),
+                    one("quantityRange", Obj),
+                    one("quantityRatio", Obj),
+                    many("relevantHistory", Reference),
+                    many("supportingInfo", Reference),
                 ]
             }
         }
@@ -658,6 +716,7 @@ pub fn resource_fields(ty: &str) -> &'static [F] {
                     one("birthDate", Date),
                     many("qualification", Obj),
                     many("communication", CodeableConcept),
+                    many("photo", Obj),
                 ]
             }
         }
@@ -695,6 +754,8 @@ pub fn resource_fields(ty: &str) -> &'static [F] {
                     one("managingOrganization", Reference),
                     one("partOf", Reference),
                     many("endpoint", Reference),
+                    one("availabilityExceptions", Str),
+                    many("hoursOfOperation", Obj),
                 ]
             }
         }
@@ -711,6 +772,8 @@ pub fn resource_fields(ty: &str) -> &'static [F] {
                     one("birthDate", Date),
                     many("address", Address),
                     one("period", Period),
+                    many("communication", Obj),
+                    many("photo", Obj),
                 ]
             }
         }
@@ -731,6 +794,9 @@ pub fn resource_fields(ty: &str) -> &'static [F] {
                     many("class", Obj),
                     one("order", Int),
                     one("network", Str),
+                    many("contract", Reference),
+                    many("costToBeneficiary", Obj),
+                    one("subrogation", Bool),
                 ]
             }
         }
@@ -756,6 +822,9 @@ pub fn resource_fields(ty: &str) -> &'static [F] {
                     many("basedOn", Reference),
                     many("participant", Obj),
                     many("requestedPeriod", Period),
+                    one("cancelationReason", CodeableConcept),
+                    one("patientInstruction", Str),
+                    many("supportingInformation", Reference),
                 ]
             }
         }
@@ -850,6 +919,26 @@ pub fn resource_fields(ty: &str) -> &'static [F] {
                 ]
             }
         }
+        _ => &[],
+    }
+}
+
+/// The choice elements (`x[x]`) of the types [`resource_fields`] lists: at most one of their
+/// `xType` names may be present.
+pub fn choices(ty: &str) -> &'static [&'static str] {
+    match ty {
+        "Patient" => &["deceased", "multipleBirth"],
+        "Observation" => &["effective", "value"],
+        "DiagnosticReport" => &["effective"],
+        "Condition" => &["abatement", "onset"],
+        "AllergyIntolerance" => &["onset"],
+        "Immunization" => &["occurrence"],
+        "MedicationStatement" => &["effective", "medication"],
+        "MedicationRequest" => &["medication", "reported"],
+        "Procedure" => &["performed"],
+        "ServiceRequest" => &["asNeeded", "occurrence", "quantity"],
+        "Provenance" => &["occurred"],
+        "MessageHeader" => &["event"],
         _ => &[],
     }
 }

@@ -91,6 +91,8 @@ pub enum Alt {
         value: String,
         /// `subject=123`: an id of any type.
         bare: bool,
+        /// The request's base: absolute references under it are the relative ones.
+        base: String,
     },
     /// A date value.
     Date {
@@ -433,7 +435,11 @@ fn parse_cond(
                     }
                     _ => (value, bare),
                 };
-                alts.push(Alt::Ref { value, bare });
+                alts.push(Alt::Ref {
+                    value,
+                    bare,
+                    base: base.to_string(),
+                });
             }
         }
         ParamType::Date => {
@@ -501,7 +507,8 @@ impl Alt {
                 };
                 system_ok && code.as_ref().is_none_or(|c| c == vc)
             }
-            (Alt::Ref { value, bare }, IndexValue::Ref(r)) => {
+            (Alt::Ref { value, bare, base }, IndexValue::Ref(r)) => {
+                let r = strip_base(r, base);
                 if *bare {
                     params::reference_id(r) == Some(value.as_str())
                 } else {
@@ -524,7 +531,9 @@ impl Alt {
                 system.as_ref().is_some_and(|s| s.len() >= index::MAX_VALUE)
                     || code.as_ref().is_some_and(|c| c.len() >= index::MAX_VALUE)
             }
-            Alt::Ref { value, .. } => value.len() >= index::MAX_VALUE,
+            Alt::Ref { value, base, .. } => {
+                value.len() >= index::MAX_VALUE || base.len() >= index::MAX_VALUE
+            }
             Alt::Date { .. } => false,
         }
     }
@@ -609,7 +618,7 @@ mod unit {
         assert!(p("_include=Patient:name", false).is_err());
         let q = p("general-practitioner=http://x/fhir/Practitioner/1", false).unwrap();
         assert!(
-            matches!(&q.conds[0], Cond::Any { alts, .. } if matches!(&alts[0], Alt::Ref { value, bare: false } if value == "Practitioner/1"))
+            matches!(&q.conds[0], Cond::Any { alts, .. } if matches!(&alts[0], Alt::Ref { value, bare: false, .. } if value == "Practitioner/1"))
         );
     }
 }

@@ -68,11 +68,16 @@ pub fn searchset(store: &Store, q: &SearchQuery, base: &str) -> Result<Value, Cd
                 continue;
             }
             let indexed = params::alias_of(src, def).unwrap_or(def);
-            for (id, _) in &page_resources {
-                let mut prefix = index::param_prefix(src, indexed.name);
-                let key = index::reference_key(&format!("{}/{id}", q.ty));
-                prefix.extend_from_slice(&index::value_bytes(b'r', &key));
-                prefix.push(0);
+            // Referred to relatively or by this base's absolute URL (see `index`).
+            let prefixes = page_resources.iter().flat_map(|(id, _)| {
+                [format!("{}/{id}", q.ty), format!("{base}/{}/{id}", q.ty)].map(|r| {
+                    let mut prefix = index::param_prefix(src, indexed.name);
+                    prefix.extend_from_slice(&index::value_bytes(b'r', &index::reference_key(&r)));
+                    prefix.push(0);
+                    prefix
+                })
+            });
+            for prefix in prefixes {
                 for key in store.tree.scan_prefix(&prefix).keys() {
                     let key = key?;
                     let Some(rid) = index::id_of_index_key(&key) else {

@@ -1670,3 +1670,287 @@ async fn hostile_inputs_get_4xx_not_panics() {
         );
     }
 }
+
+#[actix_web::test]
+async fn absolute_references_to_this_server_are_searched_as_relative_ones() {
+    let (_d, cdr) = open();
+    let app = app!(cdr);
+    let r = call!(
+        app,
+        "PUT",
+        "/fhir/Patient/P1",
+        json!({"resourceType": "Patient", "id": "P1"})
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let obs = |id: &str, reference: &str| {
+        json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"text": "x"}, "subject": {"reference": reference}})
+    };
+    for (id, reference) in [
+        ("abs", format!("{BASE}/Patient/P1")),
+        ("rel", "Patient/P1".to_string()),
+        ("other", "http://elsewhere/fhir/Patient/P1".to_string()),
+    ] {
+        let r = call!(
+            app,
+            "PUT",
+            &format!("/fhir/Observation/{id}"),
+            obs(id, &reference)
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let sorted = |r: &Res| {
+        let mut ids = r.ids();
+        ids.sort();
+        ids
+    };
+    for url in [
+        "/fhir/Observation?subject=Patient/P1".to_string(),
+        format!("/fhir/Observation?subject={BASE}/Patient/P1"),
+        "/fhir/Observation?subject=P1".to_string(),
+        "/fhir/Observation?patient=P1".to_string(),
+        "/fhir/Observation?subject:Patient=P1".to_string(),
+    ] {
+        let r = call!(app, "GET", &url);
+        assert_eq!(r.status, 200, "{url}: {}", r.body);
+        assert_eq!(sorted(&r), ["abs", "rel"], "{url}");
+    }
+    // Another server's Patient/P1 is another resource.
+    let r = call!(
+        app,
+        "GET",
+        "/fhir/Observation?subject=http://elsewhere/fhir/Patient/P1"
+    );
+    assert_eq!(r.ids(), ["other"]);
+    let r = call!(
+        app,
+        "GET",
+        "/fhir/Patient?_id=P1&_revinclude=Observation:subject"
+    );
+    let mut included: Vec<String> = entries(&r.body)
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect();
+    included.sort();
+    assert_eq!(included, ["abs", "rel"]);
+}
+
+#[actix_web::test]
+async fn delete_honours_if_match() {
+    let (_d, cdr) = open();
+    let app = app!(cdr);
+    let r = call!(
+        app,
+        "PUT",
+        "/fhir/Patient/x",
+        json!({"resourceType": "Patient", "id": "x"})
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = call!(
+        app,
+        "DELETE",
+        "/fhir/Patient/x",
+        None,
+        &[("If-Match", "W/\"9\"")]
+    );
+    assert_eq!(r.status, 412, "{}", r.body);
+    let r = call!(
+        app,
+        "DELETE",
+        "/fhir/Patient/x",
+        None,
+        &[("If-Match", "nine")]
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(call!(app, "GET", "/fhir/Patient/x").status, 200);
+    let r = call!(
+        app,
+        "DELETE",
+        "/fhir/Patient/x",
+        None,
+        &[("If-Match", "W/\"1\"")]
+    );
+    assert!(r.status == 200 || r.status == 204, "{}", r.body);
+    assert_eq!(call!(app, "GET", "/fhir/Patient/x").status, 410);
+}
+
+#[actix_web::test]
+async fn history_links_keep_since_and_at_is_refused() {
+    let (_d, cdr) = open();
+    let app = app!(cdr);
+    for family in ["A", "B", "C"] {
+        let r = call!(
+            app,
+            "PUT",
+            "/fhir/Patient/h",
+            json!({"resourceType": "Patient", "id": "h", "name": [{"family": family}]})
+        );
+        assert!(r.status == 200 || r.status == 201, "{}", r.body);
+    }
+    let r = call!(
+        app,
+        "GET",
+        "/fhir/Patient/h/_history?_since=2000-01-01T00:00:00Z&_count=1"
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.total(), 3);
+    let next = r.link("next").unwrap();
+    assert!(next.contains("_since=2000-01-01T00"), "{next}");
+    // A _since after every version: following the link must not bring them all back.
+    let r = call!(
+        app,
+        "GET",
+        "/fhir/Patient/h/_history?_since=2999-01-01T00:00:00Z&_count=1"
+    );
+    assert_eq!(r.total(), 0);
+    let page = r.link("self").unwrap();
+    let r = call!(app, "GET", page.trim_start_matches("http://localhost:8080"));
+    assert_eq!(r.status, 200, "{page}: {}", r.body);
+    assert_eq!(r.total(), 0, "{page}");
+    // No empty arrays in FHIR JSON.
+    assert!(r.body.get("entry").is_none(), "{}", r.body);
+    let r = call!(app, "GET", "/fhir/Patient/h/_history?_offset=10");
+    assert_eq!(r.status, 200);
+    assert!(r.body.get("entry").is_none(), "{}", r.body);
+    let r = call!(app, "GET", "/fhir/Patient/h/_history?_at=2020");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("_at is not supported"));
+}
+
+#[actix_web::test]
+async fn empty_bundles_answer_without_an_entry_array() {
+    let (_d, cdr) = open();
+    for ty in ["transaction", "batch"] {
+        let (status, body) = cdr.process_bundle(
+            json!({"resourceType": "Bundle", "type": ty, "entry": []}),
+            BASE,
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(body.get("entry").is_none(), "{body}");
+    }
+}
+
+/// Whether every character of `url`'s query is allowed there by RFC 3986.
+fn query_is_rfc3986(url: &str) -> bool {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    query
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b))
+}
+
+#[actix_web::test]
+async fn links_percent_encode_what_a_uri_does_not_allow() {
+    let (_d, cdr) = open();
+    let app = app!(cdr);
+    for i in 0..2 {
+        let p = json!({"resourceType": "Patient",
+            "identifier": [{"system": "urn:esc", "value": "a,b"}], "gender": format!("{}", ["male", "female"][i])});
+        assert_eq!(call!(app, "POST", "/fhir/Patient", p).status, 201);
+    }
+    let r = call!(
+        app,
+        "GET",
+        "/fhir/Patient?identifier=urn:esc|a%5C,b&_count=1"
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.total(), 2, "{}", r.body);
+    for relation in ["self", "first", "next", "last"] {
+        let link = r.link(relation).unwrap();
+        assert!(query_is_rfc3986(&link), "{relation}: {link}");
+    }
+    let next = r.link("next").unwrap();
+    assert!(next.contains("urn:esc%7Ca%5C,b"), "{next}");
+    let r = call!(app, "GET", next.trim_start_matches("http://localhost:8080"));
+    assert_eq!(r.ids().len(), 1);
+    assert_eq!(r.total(), 2);
+}
+
+#[actix_web::test]
+async fn unknown_elements_and_double_choices_are_refused() {
+    let (_d, cdr) = open();
+    let app = app!(cdr);
+    let obs = |extra: Value| {
+        let mut o =
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}});
+        for (k, v) in extra.as_object().unwrap() {
+            o[k] = v.clone();
+        }
+        o
+    };
+    for (ty, body, path) in [
+        (
+            "Patient",
+            json!({"resourceType": "Patient", "name": [{"fmaily": "x"}]}),
+            "Patient.name[0].fmaily",
+        ),
+        (
+            "Patient",
+            json!({"resourceType": "Patient", "foo": 1}),
+            "Patient.foo",
+        ),
+        (
+            "Patient",
+            json!({"resourceType": "Patient", "contained": [{"resourceType": "Patient", "id": "c", "foo": 1}]}),
+            "Patient.contained[0].foo",
+        ),
+        (
+            "Patient",
+            json!({"resourceType": "Patient", "extension": [{"url": "u", "valueString": "a", "valueInteger": 1}]}),
+            "Patient.extension[0].value[x]",
+        ),
+        (
+            "Patient",
+            json!({"resourceType": "Patient", "extension": [{"url": "u", "vaule": "a"}]}),
+            "Patient.extension[0].vaule",
+        ),
+        (
+            "Observation",
+            obs(json!({"valueString": "a", "valueInteger": 1})),
+            "Observation.value[x]",
+        ),
+        (
+            "Observation",
+            obs(json!({"code": {"coding": [{"code": "c", "sytem": "s"}]}})),
+            "Observation.code.coding[0].sytem",
+        ),
+    ] {
+        let r = call!(app, "POST", &format!("/fhir/{ty}"), body.clone());
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        let issue = &r.body["issue"][0];
+        assert_eq!(issue["expression"][0], path, "{}", r.body);
+    }
+    // What must still pass: extensions everywhere, primitive extensions, choices, the base
+    // elements, and names of types or backbone elements without a table.
+    for (ty, body) in [
+        (
+            "Patient",
+            json!({"resourceType": "Patient", "id": "ok", "meta": {"tag": [{"code": "t"}]},
+            "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"},
+            "implicitRules": "http://x", "language": "en",
+            "extension": [{"url": "u", "valueString": "a", "_valueString": {"id": "e"}}],
+            "modifierExtension": [{"url": "m", "extension": [{"url": "n", "valueCodeableConcept": {"text": "t"}}]}],
+            "birthDate": "2000", "_birthDate": {"extension": [{"url": "u", "valueBoolean": true}]},
+            "name": [{"id": "n1", "family": "F", "_family": {"extension": [{"url": "u", "valueString": "x"}]},
+                "given": ["A", null], "_given": [null, {"extension": [{"url": "u", "valueString": "x"}]}],
+                "extension": [{"url": "u", "valueString": "x"}]}],
+            "deceasedBoolean": false,
+            "contact": [{"anything": 1}],
+            "contained": [{"resourceType": "Organization", "id": "o", "name": "O"}]}),
+        ),
+        (
+            "Observation",
+            obs(json!({"valueQuantity": {"value": 1, "unit": "mg"}, "effectiveDateTime": "2020"})),
+        ),
+        (
+            "Basic",
+            json!({"resourceType": "Basic", "code": {"text": "x"}, "whatever": 1}),
+        ),
+    ] {
+        let r = call!(app, "POST", &format!("/fhir/{ty}"), body.clone());
+        assert_eq!(r.status, 201, "{body}: {}", r.body);
+    }
+}

@@ -9,16 +9,17 @@
 //!
 //! Status codes, following the FHIR RESTful API page: 400 when the body is not a FHIR resource
 //! of the right type or fails the basic format rules, 422 when it is one but breaks a rule of
-//! the specification (cardinality, required binding, invariant). Unknown elements are accepted,
-//! as HAPI's lenient parser does: the tables in [`super::r4`] cover the elements search and
-//! common clients depend on, not the whole specification.
+//! the specification (cardinality, required binding, invariant). Unknown elements are a 400, as
+//! with HAPI's strict parser, where [`super::r4`] has the type's table (the common resource
+//! types, the complex datatypes, Extension); elsewhere (other types, backbone elements) names
+//! are not checked. So is a choice element with two values (`valueString` and `valueInteger`).
 
 use serde_json::{Map, Value};
 
 use super::datetime::{self, Kind};
 use super::outcome::{CdrError, Issue};
 use super::r4::{
-    binding, datatype_fields, required, resource_fields, type_by_name, Ty, F, RESOURCE,
+    binding, choices, datatype_fields, required, resource_fields, type_by_name, Ty, F, RESOURCE,
 };
 use Ty::*;
 
@@ -240,10 +241,17 @@ impl Checker {
                 .iter()
                 .chain(fields.iter())
                 .find(|f| f.name == key.as_str());
+            if field.is_none() && !fields.is_empty() && !is_extension_of(key, RESOURCE, fields) {
+                self.unknown(&child, key);
+                continue;
+            }
             self.element(obj, key, &child, value, field, 1);
             if let (Some(allowed), Some(f)) = (binding(ty, key), field) {
                 self.check_binding(&child, value, allowed, f.many);
             }
+        }
+        for prefix in choices(ty) {
+            self.one_choice(path, obj, prefix);
         }
         for req in required(ty) {
             let present = match req.strip_suffix("[x]") {
@@ -260,6 +268,27 @@ impl Checker {
                     format!("{ty}.{req} is required (minimum cardinality 1)"),
                 );
             }
+        }
+    }
+
+    fn unknown(&mut self, path: &At<'_>, key: &str) {
+        self.bad(
+            "structure",
+            path,
+            format!("unknown element '{key}' (not in FHIR R4 here)"),
+        );
+    }
+
+    /// At most one of the `prefixType` names of choice element `prefix[x]`.
+    fn one_choice(&mut self, path: &At<'_>, obj: &Map<String, Value>, prefix: &str) {
+        let mut names = obj.keys().filter(|k| is_choice_of(k, prefix));
+        if let (Some(a), Some(b)) = (names.next(), names.next()) {
+            let name = format!("{prefix}[x]");
+            self.bad(
+                "structure",
+                &At::Key(path, &name),
+                format!("{prefix}[x] has more than one value ('{a}' and '{b}')"),
+            );
         }
     }
 
@@ -534,6 +563,7 @@ impl Checker {
                         return;
                     }
                     self.object(o, path, datatype_fields(complex), depth + 1);
+                    self.known_names(path, o, datatype_fields(complex));
                     if complex == Period {
                         self.period_order(path, o);
                     }
@@ -561,10 +591,18 @@ impl Checker {
             }
             return;
         }
-        if (key == "extension" || key == "modifierExtension")
-            && !o.get("url").is_some_and(Value::is_string)
-        {
-            self.bad("required", path, "an extension needs a url".into());
+        if key == "extension" || key == "modifierExtension" {
+            if !o.get("url").is_some_and(Value::is_string) {
+                self.bad("required", path, "an extension needs a url".into());
+            }
+            // Extension: id, url, extension and one value[x].
+            for k in o.keys() {
+                let name = k.strip_prefix('_').unwrap_or(k);
+                if !matches!(name, "id" | "url" | "extension") && !is_choice_of(name, "value") {
+                    self.unknown(&At::Key(path, k), k);
+                }
+            }
+            self.one_choice(path, o, "value");
         }
         self.object(o, path, &[], depth + 1);
     }
@@ -573,6 +611,19 @@ impl Checker {
         for (k, v) in o {
             let field = fields.iter().find(|f| f.name == k.as_str());
             self.element(o, k, &At::Key(path, k), v, field, depth);
+        }
+    }
+
+    /// Refuses names not in `fields` (nor `id`, `extension`, every element's) in a complex
+    /// datatype's object.
+    fn known_names(&mut self, path: &At<'_>, o: &Map<String, Value>, fields: &[F]) {
+        for k in o.keys() {
+            if !fields.iter().any(|f| f.name == k.as_str())
+                && !is_extension_of(k, ELEMENT, fields)
+                && !ELEMENT.iter().any(|f| f.name == k.as_str())
+            {
+                self.unknown(&At::Key(path, k), k);
+            }
         }
     }
 
@@ -592,6 +643,32 @@ impl Checker {
             }
         }
     }
+}
+
+/// What every element has besides its own children.
+const ELEMENT: &[F] = &[
+    F {
+        name: "id",
+        many: false,
+        ty: Str,
+    },
+    F {
+        name: "extension",
+        many: true,
+        ty: Obj,
+    },
+];
+
+/// `_name`, the extensions of a primitive `name` of one of the tables.
+fn is_extension_of(key: &str, a: &[F], b: &[F]) -> bool {
+    key.strip_prefix('_')
+        .is_some_and(|name| a.iter().chain(b).any(|f| f.name == name))
+}
+
+/// `prefixType`: one of the names of choice element `prefix[x]`.
+fn is_choice_of(key: &str, prefix: &str) -> bool {
+    key.strip_prefix(prefix)
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()))
 }
 
 /// Drops a guessed type when the value's JSON kind does not fit it.
