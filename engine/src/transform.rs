@@ -194,7 +194,7 @@ impl TransformWorker {
         }
         let (_, host) = self.host.as_ref().ok_or("no script host")?;
         let script = host
-            .compile_source(&source.path.to_string_lossy(), &source.text)
+            .compile_source(&source.label, &source.text)
             .map_err(|e| e.to_string())?;
         // Old revisions are not worth keeping once a channel moved on.
         if self.scripts.len() > 256 {

@@ -49,6 +49,10 @@ pub enum ChannelError {
 #[derive(Debug, Clone)]
 pub struct ScriptSource {
     pub path: PathBuf,
+    /// How the running engine names the script in errors and `debug` lines: its path from the
+    /// scripts dir's name on (`scripts/adt_to_fhir.rhai`), never the server's absolute path,
+    /// which would reach senders in AE acknowledgements.
+    pub label: Arc<str>,
     pub text: Arc<str>,
 }
 
@@ -214,6 +218,7 @@ pub fn load_channel_text(
             })?;
             host.compile_source(&path.to_string_lossy(), &source)?;
             Ok(Some(ScriptSource {
+                label: crate::script::label_under(&path, &paths.scripts_dir).into(),
                 path,
                 text: source.into(),
             }))

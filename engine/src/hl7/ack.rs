@@ -401,8 +401,11 @@ fn write_ack(
     if !e.trigger.is_empty() {
         out.push(c);
         out.push_str(e.trigger);
-        out.push(c);
-        out.push_str("ACK");
+        // MSH-9.3 (message structure) exists from v2.3.1 on; older receivers do not expect it.
+        if !before_2_3_1(e.version) {
+            out.push(c);
+            out.push_str("ACK");
+        }
     }
     out.push(f);
     out.push_str(&esc(ack_control_id));
@@ -455,6 +458,13 @@ fn write_ack(
 /// The `n`-th (1-based) part of `s` split by `sep`, or `""`.
 fn part(s: &str, sep: u8, n: usize) -> &str {
     super::message::nth_part(s, sep, n).unwrap_or("")
+}
+
+/// Whether an MSH-12 version is older than 2.3.1 (2.1, 2.2, 2.3); an empty or unreadable one
+/// is not (the ACK then says 2.5.1).
+fn before_2_3_1(version: &str) -> bool {
+    let v = version.split(['^', '&']).next().unwrap_or("").trim();
+    matches!(v, "2.1" | "2.2" | "2.3" | "2.0")
 }
 
 /// Whether a raw MSH-15/16 value puts the message in enhanced mode.
@@ -658,6 +668,18 @@ impl Ack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_v2_3_ack_has_no_message_structure() {
+        let m = Message::parse(b"MSH|^~\\&|A|B|C|D|20240401||ADT^A02|X1|P|2.3\r").unwrap();
+        let ack =
+            String::from_utf8(build_ack(&m, AckCode::Accept, None, "ORB1", "20240401")).unwrap();
+        assert!(ack.contains("|ACK^A02|ORB1|P|2.3"), "{ack}");
+        let m = Message::parse(b"MSH|^~\\&|A|B|C|D|20240401||ADT^A02|X1|P|2.3.1\r").unwrap();
+        let ack =
+            String::from_utf8(build_ack(&m, AckCode::Accept, None, "ORB1", "20240401")).unwrap();
+        assert!(ack.contains("|ACK^A02^ACK|ORB1|P|2.3.1"), "{ack}");
+    }
 
     #[test]
     fn the_header_of_input_that_did_not_parse_is_still_read() {

@@ -174,7 +174,7 @@ fn read_lib(engine: &Engine, lib_dir: &Path) -> Result<BTreeMap<String, LibModul
         .collect();
     files.sort();
     for path in files {
-        let label = path.display().to_string();
+        let label = super::label_under(&path, lib_dir.parent().unwrap_or(lib_dir));
         let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
             continue;
         };

@@ -117,3 +117,39 @@ impl TransformOutcome {
         }
     }
 }
+
+/// `path` as `<root's name>/<path under root>` (`scripts/lib/codes.rhai`), or as given when it
+/// is not under `root`: how the running engine names scripts in errors, which reach senders in
+/// AE acknowledgements and so must not show the server's directories.
+pub fn label_under(path: &std::path::Path, root: &std::path::Path) -> String {
+    match path.strip_prefix(root) {
+        Ok(rel) => match root.file_name() {
+            Some(name) => std::path::Path::new(name).join(rel).display().to_string(),
+            None => rel.display().to_string(),
+        },
+        Err(_) => path.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::label_under;
+    use std::path::Path;
+
+    #[test]
+    fn scripts_are_named_from_their_dir_on() {
+        let root = Path::new("/srv/orbiter/scripts");
+        assert_eq!(
+            label_under(&root.join("lib/codes.rhai"), root),
+            "scripts/lib/codes.rhai"
+        );
+        assert_eq!(
+            label_under(Path::new("/elsewhere/x.rhai"), root),
+            "/elsewhere/x.rhai"
+        );
+        assert_eq!(
+            label_under(Path::new("scripts/x.rhai"), Path::new("scripts")),
+            "scripts/x.rhai"
+        );
+    }
+}
