@@ -908,7 +908,7 @@ mod tests {
         let ack = s(build_ack_for_unparsed(raw, AckCode::Reject, None, "U2", TS));
         assert_eq!(
             ack,
-            "MSH#$*@%#R1#RF1#S1#F1#20240401120000##ACK$R01$ACK#U2#T#2.3\rMSA#CR#C77\r"
+            "MSH#$*@%#R1#RF1#S1#F1#20240401120000##ACK$R01#U2#T#2.3\rMSA#CR#C77\r"
         );
         // Bad delimiters in the first MSH, good ones in a later one.
         let raw = b"MSH|^|x\rMSH|^~\\&|A|B|C|D|T||ADT^A08|C9|P|2.5\r";
