@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, Semaphore};
@@ -275,11 +275,8 @@ where
                     .with_label_values(&["restarted"])
                     .inc_by(restarted);
             }
-            // A frame cut off by the connection ending in a way the decoder does not see: its
-            // bytes are journaled as truncated, as at a clean close.
-            let cut_off = |frames: &mut FramedRead<_, MllpCodec>, why: &str| {
-                let mut buffer = std::mem::take(frames.read_buffer_mut());
-                let partial = frames.decoder_mut().take_partial(&mut buffer)?;
+            // A frame cut off (`why`: closed, broke off, went idle) is journaled as truncated.
+            let truncated = |partial: Bytes, why: &str| {
                 metrics
                     .mllp_frame_errors_total
                     .with_label_values(&["truncated"])
@@ -289,7 +286,7 @@ where
                     "connection {why} in the middle of a message ({} bytes received)",
                     partial.len()
                 );
-                Some(Pending {
+                Pending {
                     reply: Box::pin(shared.intake.submit_broken(
                         partial,
                         Some(peer.clone()),
@@ -297,7 +294,14 @@ where
                     )),
                     read_at: Instant::now(),
                     close_after: true,
-                })
+                }
+            };
+            // The connection ended in a way the decoder does not see (a reset, a TLS close
+            // without close_notify, the idle timeout): the frame it was in, if any.
+            let cut_off = |frames: &mut FramedRead<_, MllpCodec>, why: &str| {
+                let mut buffer = std::mem::take(frames.read_buffer_mut());
+                let partial = frames.decoder_mut().take_partial(&mut buffer)?;
+                Some(truncated(partial, why))
             };
             let item = match next {
                 Err(_) => {
@@ -334,26 +338,7 @@ where
                         close_after: true,
                     }
                 }
-                Ok(Some(Err(FrameError::Truncated { partial }))) => {
-                    metrics
-                        .mllp_frame_errors_total
-                        .with_label_values(&["truncated"])
-                        .inc();
-                    tracing::warn!(%peer, bytes = partial.len(), "MLLP connection closed mid-frame");
-                    let reason = format!(
-                        "connection closed in the middle of a message ({} bytes received)",
-                        partial.len()
-                    );
-                    Pending {
-                        reply: Box::pin(shared.intake.submit_broken(
-                            partial,
-                            Some(peer.clone()),
-                            reason,
-                        )),
-                        read_at: Instant::now(),
-                        close_after: true,
-                    }
-                }
+                Ok(Some(Err(FrameError::Truncated { partial }))) => truncated(partial, "closed"),
                 Ok(Some(Err(FrameError::Io(e)))) => {
                     tracing::debug!(%peer, error = %e, "MLLP read failed");
                     match cut_off(&mut frames, "broke off") {
