@@ -549,6 +549,61 @@ async fn a_channel_on_its_own_mllp_port_takes_only_what_arrives_there() {
 }
 
 #[tokio::test]
+async fn a_channel_port_that_cannot_open_is_counted_logged_once_and_retried() {
+    let ws = Workspace::new();
+    // Someone else holds the port the channel asks for.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    ws.write(
+        "channels/clash.toml",
+        &format!(
+            "name = \"clash\"\n[source]\nkind = \"mllp\"\naddr = \"127.0.0.1:{port}\"\n\
+             [transform]\nscript = \"clash.rhai\"\n"
+        ),
+    );
+    ws.write(
+        "scripts/clash.rhai",
+        "#{resourceType: \"Patient\", id: \"p\"}",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(&dir.path().join("data"), &ws.env());
+    let ready = || async {
+        let body: serde_json::Value = reqwest::get(engine.url("/ready"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body
+    };
+    // Several retries (one every 2 s) later: counted, still ready, one error line.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let body = ready().await;
+    assert_eq!(body["checks"]["channel_ports_failing"], 1, "{body}");
+    assert_eq!(
+        body["status"], "ready",
+        "the shared port still works: {body}"
+    );
+    assert!(engine
+        .metrics()
+        .await
+        .contains("orbiter_channel_ports_failing 1"));
+    let log = engine.log();
+    assert_eq!(log.matches("MLLP port cannot open").count(), 1, "{log}");
+    // Freed: opened at the next retry, and no longer counted.
+    drop(taken);
+    let deadline = std::time::Instant::now() + T;
+    while ready().await["checks"]["channel_ports_failing"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "{}", engine.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut c = MllpClient::connect(&format!("127.0.0.1:{port}"), T)
+        .await
+        .unwrap();
+    assert_eq!(ack_fields(&c.send(&adt("CLASH-1")).await.unwrap()).0, "AA");
+}
+
+#[tokio::test]
 async fn a_destination_that_stays_down_is_retried_then_given_up() {
     let ws = Workspace::new();
     // Bound but not listening: every attempt is refused (retryable), and no other process can

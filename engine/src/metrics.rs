@@ -24,6 +24,8 @@ pub struct Metrics {
     pub journal_size_bytes: IntGauge,
     pub transactions_by_status: IntGaugeVec,
     pub mllp_connections: IntGauge,
+    /// Channels' own MLLP ports that cannot be opened (taken, not permitted); retried.
+    pub channel_ports_failing: IntGauge,
     pub mllp_connections_total: IntCounter,
     /// Frames the MLLP decoder refused or lost, by reason (`oversize`, `truncated`, `idle`).
     pub mllp_frame_errors_total: IntCounterVec,
@@ -114,6 +116,11 @@ impl Metrics {
         .expect("metric");
         let mllp_connections =
             IntGauge::new("orbiter_mllp_connections", "Open MLLP connections").expect("metric");
+        let channel_ports_failing = IntGauge::new(
+            "orbiter_channel_ports_failing",
+            "Channels' own MLLP ports that cannot be opened (retried every few seconds)",
+        )
+        .expect("metric");
         let mllp_connections_total = IntCounter::new(
             "orbiter_mllp_connections_total",
             "MLLP connections accepted",
@@ -245,6 +252,7 @@ impl Metrics {
             Box::new(journal_size_bytes.clone()),
             Box::new(transactions_by_status.clone()),
             Box::new(mllp_connections.clone()),
+            Box::new(channel_ports_failing.clone()),
             Box::new(mllp_connections_total.clone()),
             Box::new(mllp_frame_errors_total.clone()),
             Box::new(mllp_bytes_skipped_total.clone()),
@@ -281,6 +289,7 @@ impl Metrics {
             journal_size_bytes,
             transactions_by_status,
             mllp_connections,
+            channel_ports_failing,
             mllp_connections_total,
             mllp_frame_errors_total,
             mllp_bytes_skipped_total,

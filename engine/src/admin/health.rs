@@ -41,6 +41,8 @@ async fn ready(state: web::Data<AdminState>) -> HttpResponse {
             "journal": journal,
             "channels": set.channels.len(),
             "channel_errors": state.channels.last_report().errors.len(),
+            // Counted, not a reason to be unready: the shared port and the other channels work.
+            "channel_ports_failing": state.metrics.channel_ports_failing.get(),
             "cdr": cdr,
             "cdr_required": needs_cdr,
         },

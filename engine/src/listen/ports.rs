@@ -25,6 +25,9 @@ pub struct ChannelPorts {
     pipeline: Pipeline,
     workers: Vec<ArbiterHandle>,
     running: HashMap<SocketAddr, Addr<MllpListener>>,
+    /// Ports that could not be opened, with why: logged as an error once (and again when the
+    /// reason changes), not at every retry.
+    failing: HashMap<SocketAddr, String>,
 }
 
 impl ChannelPorts {
@@ -42,11 +45,13 @@ impl ChannelPorts {
             pipeline,
             workers,
             running: HashMap::new(),
+            failing: HashMap::new(),
         }
     }
 
     /// Opens the ports channels ask for and closes those no channel asks for any more. A port
-    /// that cannot be bound is logged and tried again at the next reconcile.
+    /// that cannot be bound is logged, counted in `orbiter_channel_ports_failing` (and `/ready`)
+    /// and tried again at the next reconcile.
     pub fn reconcile(&mut self, set: &ChannelSet) {
         let wanted: Vec<SocketAddr> = set
             .channels
@@ -62,6 +67,7 @@ impl ChannelPorts {
             }
             keep
         });
+        self.failing.retain(|addr, _| wanted.contains(addr));
         for addr in wanted {
             if self.running.contains_key(&addr) {
                 continue;
@@ -79,11 +85,25 @@ impl ChannelPorts {
             );
             match MllpListener::bind(&config, intake, self.metrics.clone(), self.workers.clone()) {
                 Ok(listener) => {
+                    if self.failing.remove(&addr).is_some() {
+                        tracing::info!(%addr, "a channel's MLLP port is open now");
+                    }
                     self.running.insert(addr, listener.start());
                 }
-                Err(e) => tracing::error!(%addr, error = %e, "a channel's MLLP port cannot open"),
+                Err(e) => {
+                    let why = e.to_string();
+                    if self.failing.get(&addr) != Some(&why) {
+                        tracing::error!(%addr, error = %why, "a channel's MLLP port cannot open (retried every few seconds)");
+                    } else {
+                        tracing::debug!(%addr, error = %why, "a channel's MLLP port still cannot open");
+                    }
+                    self.failing.insert(addr, why);
+                }
             }
         }
+        self.metrics
+            .channel_ports_failing
+            .set(self.failing.len() as i64);
     }
 
     /// The addresses listening now.
