@@ -267,10 +267,22 @@ async fn clients_roles_tokens_and_audit() {
     }
 
     // The embedded CDR: a masked viewer may not read patient data; an operator may.
-    let (status, _) = call(&admin, Method::Get, "/fhir/Patient", Some(&viewer), None).await;
+    // Refusals under /fhir are OperationOutcomes, as a FHIR client expects.
+    let (status, body) = call(&admin, Method::Get, "/fhir/Patient", Some(&viewer), None).await;
     assert_eq!(status, 403);
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    assert_eq!(body["issue"][0]["code"], "forbidden", "{body}");
+    let (status, body) = call(&admin, Method::Get, "/fhir/Patient", None, None).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["issue"][0]["code"], "login", "{body}");
     let (status, _) = call(&admin, Method::Get, "/fhir/Patient", Some(&operator), None).await;
     assert_eq!(status, 200);
+    // The CapabilityStatement is open (no patient data; clients read it first), and only it.
+    let (status, body) = call(&admin, Method::Get, "/fhir/metadata", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["resourceType"], "CapabilityStatement");
+    let (status, _) = call(&admin, Method::Get, "/fhir/metadata/../Patient", None, None).await;
+    assert_eq!(status, 401, "no way around it through the metadata path");
 
     // Deleting a client: its token stops working.
     let (status, _) = call(

@@ -231,10 +231,41 @@ pub fn on_connect(conn: &dyn Any, data: &mut Extensions) {
     }
 }
 
-fn unauthorized() -> HttpResponse {
-    HttpResponse::Unauthorized()
-        .insert_header(("WWW-Authenticate", "Bearer"))
-        .json(serde_json::json!({"error": "unauthorized"}))
+fn unauthorized(path: &str) -> HttpResponse {
+    let mut response = HttpResponse::Unauthorized();
+    response.insert_header(("WWW-Authenticate", "Bearer"));
+    refusal(response, path, "login", "unauthorized")
+}
+
+fn is_fhir(path: &str) -> bool {
+    path == "/fhir" || path.starts_with("/fhir/")
+}
+
+/// A refusal's body: an OperationOutcome under `/fhir` (what a FHIR client parses), the API's
+/// `{"error": ...}` elsewhere. `code` is the FHIR issue type (`login`, `forbidden`, `throttled`).
+fn refusal(
+    mut response: actix_web::HttpResponseBuilder,
+    path: &str,
+    code: &str,
+    error: &str,
+) -> HttpResponse {
+    if is_fhir(path) {
+        response.content_type("application/fhir+json").body(
+            serde_json::json!({
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": code, "diagnostics": error}],
+            })
+            .to_string(),
+        )
+    } else {
+        response.json(serde_json::json!({"error": error}))
+    }
+}
+
+/// The CapabilityStatement holds no patient data, and FHIR clients (HAPI's, SMART apps) read
+/// it before they authenticate: open, as on HAPI.
+fn open_without_token(method: &actix_web::http::Method, path: &str) -> bool {
+    matches!(method.as_str(), "GET" | "HEAD") && path.trim_end_matches('/') == "/fhir/metadata"
 }
 
 /// Whether `caller` may make this request: the embedded CDR holds patient data (reads need
@@ -242,7 +273,7 @@ fn unauthorized() -> HttpResponse {
 /// ([`super::routes`]) says. `POST [type]/_search` is a read (a search with its parameters in
 /// the body); a POST of a Bundle stays admin-only, whatever its entries.
 fn allowed(caller: &Caller, method: &actix_web::http::Method, path: &str) -> bool {
-    if path == "/fhir" || path.starts_with("/fhir/") {
+    if is_fhir(path) {
         let search_post =
             method.as_str() == "POST" && path.trim_end_matches('/').ends_with("/_search");
         return if matches!(method.as_str(), "GET" | "HEAD") || search_post {
@@ -264,6 +295,15 @@ pub async fn require_token(
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     let peer_addr = req.peer_addr();
     let peer = peer_addr.map(|a| a.to_string());
+    if open_without_token(req.method(), req.path()) {
+        req.extensions_mut().insert(Caller {
+            name: "(anonymous)".into(),
+            roles: Vec::new(),
+            read_bodies: false,
+            peer,
+        });
+        return next.call(req).await.map(|res| res.map_into_boxed_body());
+    }
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -271,9 +311,9 @@ pub async fn require_token(
     let caller = if let Some(auth) = req.app_data::<web::Data<Authenticator>>() {
         let ip = peer_addr.map(|a| a.ip());
         if let Some(wait) = ip.and_then(|ip| auth.limiter.blocked(ip)) {
-            let response = HttpResponse::TooManyRequests()
-                .insert_header(("Retry-After", wait.to_string()))
-                .json(serde_json::json!({"error": "too many requests"}));
+            let mut response = HttpResponse::TooManyRequests();
+            response.insert_header(("Retry-After", wait.to_string()));
+            let response = refusal(response, req.path(), "throttled", "too many requests");
             return Ok(req.into_response(response));
         }
         let cn = req
@@ -297,21 +337,30 @@ pub async fn require_token(
                 }
                 // Never the header: it may hold a real token with a typo.
                 tracing::warn!(peer = ?peer_addr, path = req.path(), "admin API: authentication failed");
-                return Ok(req.into_response(unauthorized()));
+                let response = unauthorized(req.path());
+                return Ok(req.into_response(response));
             }
         }
     } else {
         // An app without an Authenticator (unit tests): the bootstrap token only.
         match req.app_data::<web::Data<AdminToken>>() {
             Some(token) if token.accepts(header) => Caller::bootstrap(peer),
-            _ => return Ok(req.into_response(unauthorized())),
+            _ => {
+                let response = unauthorized(req.path());
+                return Ok(req.into_response(response));
+            }
         }
     };
     if !allowed(&caller, req.method(), req.path()) {
         if let Some(auth) = req.app_data::<web::Data<Authenticator>>() {
             super::audit::denied(&auth.journal, &caller, req.method().as_str(), req.path());
         }
-        let response = HttpResponse::Forbidden().json(serde_json::json!({"error": "forbidden"}));
+        let response = refusal(
+            HttpResponse::Forbidden(),
+            req.path(),
+            "forbidden",
+            "forbidden",
+        );
         return Ok(req.into_response(response));
     }
     req.extensions_mut().insert(caller);

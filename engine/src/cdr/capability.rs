@@ -82,6 +82,13 @@ pub fn statement(base: &str) -> Value {
                 the current version (meta aside) creates no new version. Paging: _count \
                 (default 20, max 1000) and _offset; _sort on _id, _lastUpdated and \
                 non-reference parameters.",
+            "security": {
+                "description": "Every interaction but this CapabilityStatement needs an Orbiter API \
+                    client: Authorization: Bearer <token>, or a client certificate on a mutual-TLS \
+                    admin port. Reads and searches need the right to read message bodies \
+                    (read_bodies, operator, admin); writes, batches and transactions need admin. \
+                    401 and 403 come as OperationOutcomes."
+            },
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
             "searchParam": [
