@@ -43,7 +43,7 @@ use super::params::{self, IndexValue, ParamDef};
 
 /// The layout version of `I`/`D` entries: bump it when extraction changes, and the store
 /// rebuilds the index from the current resources when it opens.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Index values longer than this are cut (on a character boundary).
 pub const MAX_VALUE: usize = 160;

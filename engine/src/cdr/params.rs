@@ -562,17 +562,62 @@ pub enum IndexValue {
     Date(Range),
 }
 
+/// The code system a `code`-typed element's values come from (its required binding), for the
+/// token parameters on such elements: `gender=http://hl7.org/fhir/administrative-gender|female`
+/// must find what `gender=female` finds, as on HAPI, though the resource holds a bare code.
+pub fn code_system(ty: &str, param: &str) -> Option<&'static str> {
+    Some(match (ty, param) {
+        ("Patient" | "RelatedPerson" | "Practitioner" | "Person", "gender") => {
+            "http://hl7.org/fhir/administrative-gender"
+        }
+        ("Observation", "status") => "http://hl7.org/fhir/observation-status",
+        ("Encounter", "status") => "http://hl7.org/fhir/encounter-status",
+        ("DiagnosticReport", "status") => "http://hl7.org/fhir/diagnostic-report-status",
+        ("ServiceRequest" | "CarePlan", "status") => "http://hl7.org/fhir/request-status",
+        ("ServiceRequest" | "CarePlan", "intent") => "http://hl7.org/fhir/request-intent",
+        ("Immunization" | "Procedure", "status") => "http://hl7.org/fhir/event-status",
+        ("DocumentReference", "status") => "http://hl7.org/fhir/document-reference-status",
+        ("Composition", "status") => "http://hl7.org/fhir/composition-status",
+        ("Appointment", "status") => "http://hl7.org/fhir/appointmentstatus",
+        ("Coverage", "status") => "http://hl7.org/fhir/fm-status",
+        ("Specimen", "status") => "http://hl7.org/fhir/specimen-status",
+        ("Location", "status") => "http://hl7.org/fhir/location-status",
+        ("Task", "status") => "http://hl7.org/fhir/task-status",
+        ("AllergyIntolerance", "criticality") => {
+            "http://hl7.org/fhir/allergy-intolerance-criticality"
+        }
+        ("AllergyIntolerance", "type") => "http://hl7.org/fhir/allergy-intolerance-type",
+        ("MedicationRequest", "status") => {
+            "http://hl7.org/fhir/CodeSystem/medicationrequest-status"
+        }
+        ("MedicationRequest", "intent") => {
+            "http://hl7.org/fhir/CodeSystem/medicationrequest-intent"
+        }
+        ("MedicationStatement", "status") => {
+            "http://hl7.org/fhir/CodeSystem/medication-statement-status"
+        }
+        _ => return None,
+    })
+}
+
 /// The values of parameter `def` in `resource`.
 pub fn extract(def: &ParamDef, resource: &Value) -> Vec<IndexValue> {
     let mut leaves = Vec::new();
     for path in def.paths {
         collect(resource, path, &mut leaves);
     }
+    let bound = match def.kind {
+        ParamType::Token => resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .and_then(|ty| code_system(ty, def.name)),
+        _ => None,
+    };
     let mut out = Vec::new();
     for leaf in leaves {
         match def.kind {
             ParamType::String => strings(leaf, &mut out),
-            ParamType::Token => tokens(leaf, &mut out),
+            ParamType::Token => tokens(leaf, bound, &mut out),
             ParamType::Reference => {
                 if let Some(r) = leaf.get("reference").and_then(Value::as_str) {
                     if let Some(norm) = normalize_reference(r) {
@@ -649,10 +694,11 @@ fn strings(leaf: &Value, out: &mut Vec<IndexValue>) {
     }
 }
 
-fn tokens(leaf: &Value, out: &mut Vec<IndexValue>) {
+/// `bound`: the code system of a `code` element's bare codes ([`code_system`]).
+fn tokens(leaf: &Value, bound: Option<&str>, out: &mut Vec<IndexValue>) {
     let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     match leaf {
-        Value::String(s) => out.push(IndexValue::Token(None, s.clone())),
+        Value::String(s) => out.push(IndexValue::Token(bound.map(str::to_string), s.clone())),
         Value::Bool(b) => out.push(IndexValue::Token(None, b.to_string())),
         Value::Object(o) => {
             if let Some(Value::Array(codings)) = o.get("coding") {

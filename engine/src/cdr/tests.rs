@@ -604,6 +604,13 @@ async fn search_parameters() {
     expect!("Patient?birthdate=ge1980&birthdate=lt1981", pids(&[0, 1]));
     // token.
     expect!("Patient?gender=female", pids(&[0, 3]));
+    // A code element's required binding is its system: with it, the same matches; with
+    // another, none.
+    expect!(
+        "Patient?gender=http://hl7.org/fhir/administrative-gender|female",
+        pids(&[0, 3])
+    );
+    expect!("Patient?gender=http://example.org/sex|female", pids(&[]));
     expect!("Patient?gender=male,unknown", pids(&[1, 2, 4, 5]));
     expect!("Patient?gender:not=male", pids(&[0, 3, 5]));
     expect!("Patient?gender=female&family=mu", pids(&[0]));
@@ -643,6 +650,10 @@ async fn search_parameters() {
     expect!("Observation?code=8310-5", strs(&["o2"]));
     expect!("Observation?code=http://snomed.info/sct|8867-4", vec![]);
     expect!("Observation?status=final", strs(&["o1", "o3"]));
+    expect!(
+        "Observation?status=http://hl7.org/fhir/observation-status|final",
+        strs(&["o1", "o3"])
+    );
     expect!(
         "Observation?status=final,amended&code=8867-4",
         strs(&["o1", "o3", "o4"])
