@@ -45,6 +45,7 @@ fn is(seg: &[u8], name: &[u8; 3]) -> bool {
 /// MSH, FHS or BHS, and [`ParseError::SegmentOutsideMessage`] for a segment before the first MSH
 /// or after a trailer.
 pub fn split_batch(bytes: &[u8]) -> Result<Vec<&[u8]>, ParseError> {
+    let bytes = super::message::strip_bom(bytes);
     let mut out = Vec::new();
     let mut current: Option<usize> = None;
     let mut seen = false;

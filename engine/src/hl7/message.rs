@@ -217,6 +217,8 @@ impl Message {
     /// messages). Leading whitespace and blank lines, and blank or whitespace-only segments, are
     /// skipped but kept for [`Message::to_bytes`]. Never panics.
     pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
+        // A UTF-8 byte order mark (files saved on Windows) is not part of the message.
+        let bytes = strip_bom(bytes);
         if bytes.len() >= u32::MAX as usize - 1 {
             return Err(ParseError::TooLarge { len: bytes.len() });
         }
@@ -684,6 +686,12 @@ impl fmt::Debug for Message {
     }
 }
 
+/// `bytes` without a leading UTF-8 byte order mark (`EF BB BF`), which some senders and most
+/// Windows editors put before `MSH`.
+pub fn strip_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -913,6 +921,21 @@ mod tests {
         let koi = format!("MSH|^~\\&{}KOI8\r", "|".repeat(16));
         let e = Message::parse(koi.as_bytes()).unwrap_err();
         assert_eq!(e, ParseError::UnknownCharset("KOI8".into()));
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_msh_is_not_part_of_the_message() {
+        let m =
+            Message::parse(b"\xEF\xBB\xBFMSH|^~\\&|A|B|C|D|20260101||ADT^A01|BOM1|P|2.5\rPID|1\r")
+                .unwrap();
+        assert_eq!(m.control_id().as_deref(), Some("BOM1"));
+        assert!(m.as_str().starts_with("MSH|"));
+        assert_eq!(m.check_required(), Ok(()));
+        let parts = crate::hl7::split_batch(
+            b"\xEF\xBB\xBFMSH|^~\\&|||||||ADT^A01|1\rMSH|^~\\&|||||||ADT^A01|2\r",
+        )
+        .unwrap();
+        assert_eq!(parts.len(), 2);
     }
 
     #[test]
