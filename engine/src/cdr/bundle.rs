@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{json, Value};
 
 use super::datetime;
-use super::interact::{self, walk_references, Written};
+use super::interact::{self, Written};
 use super::outcome::{self, CdrError};
 use super::plan;
 use super::request::{self, parse_etag, FhirRequest, Method, Return, Target};
@@ -361,13 +361,16 @@ fn plan(
 }
 
 /// Rewrites references to fullUrls of this Bundle; a `urn:uuid:` that no entry defines is an
-/// error (it would be stored dangling).
+/// error (it would be stored dangling). As the transaction rules say (http.html#trules), links
+/// in `uri`/`url` elements (`attachment.url`, `valueUri`, ...) and in the narrative's `href` and
+/// `src` are rewritten too, but only where they name an entry: those elements may hold other
+/// URNs legitimately.
 fn rewrite_references(
     resource: &mut Value,
     urls: &HashMap<String, String>,
 ) -> Result<(), CdrError> {
     let mut missing = None;
-    walk_references(resource, &mut |r: &mut String| {
+    walk_links(resource, urls, &mut |r: &mut String| {
         // `urn:uuid:x/_history/1` is not a thing; plain lookups suffice.
         if let Some(to) = urls.get(r.as_str()) {
             *r = to.clone();
@@ -380,6 +383,56 @@ fn rewrite_references(
             "reference '{r}' does not match the fullUrl of any entry of this Bundle"
         ))),
         None => Ok(()),
+    }
+}
+
+/// Calls `reference` on every `reference` string in `v`, and rewrites the other links to an
+/// entry's fullUrl (see [`rewrite_references`]) in the same walk. Strings of string-typed
+/// elements (`Identifier.value`, `display`, `text`, ...) are left alone even when they read
+/// like a fullUrl.
+fn walk_links(
+    v: &mut Value,
+    urls: &HashMap<String, String>,
+    reference: &mut impl FnMut(&mut String),
+) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                match child {
+                    Value::String(s) if k == "reference" => reference(s),
+                    Value::String(s) if k == "div" => {
+                        if s.contains("urn:") {
+                            for (from, to) in urls {
+                                for attr in ["href", "src"] {
+                                    let quoted = format!("{attr}=\"{from}\"");
+                                    if s.contains(&quoted) {
+                                        *s = s.replace(&quoted, &format!("{attr}=\"{to}\""));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Value::String(s)
+                        if s.starts_with("urn:")
+                            && !matches!(
+                                k.as_str(),
+                                "value" | "id" | "display" | "text" | "code" | "fullUrl"
+                            ) =>
+                    {
+                        if let Some(to) = urls.get(s.as_str()) {
+                            *s = to.clone();
+                        }
+                    }
+                    other => walk_links(other, urls, reference),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                walk_links(item, urls, reference);
+            }
+        }
+        _ => {}
     }
 }
 

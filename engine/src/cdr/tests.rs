@@ -999,6 +999,51 @@ fn adt_bundle(mrn: &str, n_obs: usize) -> Value {
 }
 
 #[actix_web::test]
+async fn transaction_links_in_uri_elements_and_the_narrative_name_the_written_resources() {
+    let (_d, cdr) = open();
+    let app = app!(cdr);
+    let obs = "urn:uuid:aaaaaaaa-0000-4000-8000-000000000002";
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": obs, "request": {"method": "POST", "url": "Observation"},
+         "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "t"},
+            "text": {"status": "generated",
+                "div": format!("<div xmlns=\"http://www.w3.org/1999/xhtml\"><a href=\"{obs}\">x</a></div>")}}},
+        {"request": {"method": "POST", "url": "DocumentReference"},
+         "resource": {"resourceType": "DocumentReference", "status": "current",
+            "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": obs},
+            "content": [{"attachment": {"url": obs}}]}}
+    ]});
+    let r = call!(app, "POST", "/fhir", bundle);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let es = entries(&r.body);
+    let location = |e: &Value| {
+        let l = e["response"]["location"].as_str().unwrap();
+        l[..l.find("/_history").unwrap()].to_string()
+    };
+    let obs_path = location(&es[0]);
+    let obs_rel = obs_path[obs_path.find("Observation/").unwrap()..].to_string();
+    let doc = call!(
+        app,
+        "GET",
+        &format!(
+            "/fhir/{}",
+            &location(&es[1])[location(&es[1]).find("DocumentReference/").unwrap()..]
+        )
+    );
+    assert_eq!(
+        doc.body["content"][0]["attachment"]["url"],
+        obs_rel.as_str(),
+        "{}",
+        doc.body
+    );
+    // An identifier's value is a string, not a link: kept as sent.
+    assert_eq!(doc.body["masterIdentifier"]["value"], obs, "{}", doc.body);
+    let o = call!(app, "GET", &format!("/fhir/{obs_rel}"));
+    let div = o.body["text"]["div"].as_str().unwrap();
+    assert!(div.contains(&format!("href=\"{obs_rel}\"")), "{div}");
+}
+
+#[actix_web::test]
 async fn transaction_resolves_urn_uuids_and_replays_idempotently() {
     let (_d, cdr) = open();
     let app = app!(cdr);
