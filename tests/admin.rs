@@ -105,6 +105,60 @@ async fn without_a_configured_token_one_is_generated_privately() {
 }
 
 #[tokio::test]
+async fn orbiter_send_speaks_tls_to_a_tls_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::TestPki::new(dir.path());
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &[
+            ("ORBITER_MLLP_TLS_CERT", &pki.cert_path),
+            ("ORBITER_MLLP_TLS_KEY", &pki.key_path),
+        ],
+    );
+    let orbiter = env!("CARGO_BIN_EXE_orbiter");
+    let message = repo_root().join("fixtures/hl7v2/adt_a01.hl7");
+    let out = Command::new(orbiter)
+        .args(["send", "--to", &engine.mllp, "--tls-ca", &pki.ca_path])
+        .arg(&message)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("MSA|AA|"), "{stdout}");
+    // Plain text to the TLS port gets no ACK: a clear failure, not a hang.
+    let out = Command::new(orbiter)
+        .args(["send", "--timeout", "3", "--to", &engine.mllp])
+        .arg(&message)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // A certificate for another name is refused.
+    let out = Command::new(orbiter)
+        .args([
+            "send",
+            "--to",
+            &engine.mllp,
+            "--tls-ca",
+            &pki.ca_path,
+            "--tls-name",
+            "elsewhere.example",
+        ])
+        .arg(&message)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS handshake"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
 async fn orbiter_send_prints_acks_and_sets_the_exit_code() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::start(&dir.path().join("data"), &[]);

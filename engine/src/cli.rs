@@ -44,6 +44,19 @@ pub enum Command {
         /// Seconds to wait for each ACK.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Speak TLS, trusting the CA certificate(s) in this PEM file (for a listener with
+        /// `tls.cert`/`tls.key`).
+        #[arg(long, value_name = "PEM")]
+        tls_ca: Option<PathBuf>,
+        /// Client certificate (PEM) for a listener that asks for one (mutual TLS); with --tls-key.
+        #[arg(long, value_name = "PEM", requires_all = ["tls_ca", "tls_key"])]
+        tls_cert: Option<PathBuf>,
+        /// The client certificate's private key (PEM).
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The name to check the server's certificate against (default: the host of --to).
+        #[arg(long, requires = "tls_ca")]
+        tls_name: Option<String>,
     },
     /// Parse channel definitions and compile their scripts (for a whole channels dir, every
     /// script in the scripts dir too); exit non-zero with file:line:col on errors.
@@ -133,7 +146,27 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             crate::logging::init("off", false);
             crate::channel::check::try_channel(&config, &channel, &message, json)
         }
-        Command::Send { files, to, timeout } => {
+        Command::Send {
+            files,
+            to,
+            timeout,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            tls_name,
+        } => {
+            let tls = match &tls_ca {
+                None => None,
+                Some(ca) => {
+                    let identity = tls_cert.as_deref().zip(tls_key.as_deref());
+                    let config = crate::tls::client_config(ca, identity)?;
+                    let host = to.rsplit_once(':').map_or(to.as_str(), |(h, _)| h);
+                    let name = tls_name
+                        .clone()
+                        .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+                    Some((config, name))
+                }
+            };
             crate::logging::init(
                 &std::env::var("ORBITER_LOG").unwrap_or_else(|_| "warn".into()),
                 false,
@@ -141,7 +174,26 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let all_accepted = runtime.block_on(send(&files, &to, Duration::from_secs(timeout)))?;
+            let all_accepted = runtime.block_on(async {
+                let timeout = Duration::from_secs(timeout);
+                match tls {
+                    None => send(MllpClient::connect(&to, timeout).await?, &files).await,
+                    Some((config, name)) => {
+                        let tcp =
+                            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&to))
+                                .await
+                                .map_err(|_| anyhow::anyhow!("connecting to {to}: timed out"))?
+                                .with_context(|| format!("connecting to {to}"))?;
+                        let server_name = rustls_pki_types::ServerName::try_from(name.clone())
+                            .with_context(|| format!("--tls-name {name:?}"))?;
+                        let stream = tokio_rustls::TlsConnector::from(config)
+                            .connect(server_name, tcp)
+                            .await
+                            .with_context(|| format!("TLS handshake with {to}"))?;
+                        send(MllpClient::new(stream, timeout), &files).await
+                    }
+                }
+            })?;
             Ok(if all_accepted {
                 std::process::ExitCode::SUCCESS
             } else {
@@ -152,8 +204,10 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
 }
 
 /// Sends every message of every file on one connection, one at a time; prints each ACK.
-async fn send(files: &[PathBuf], to: &str, timeout: Duration) -> anyhow::Result<bool> {
-    let mut client = MllpClient::connect(to, timeout).await?;
+async fn send<S>(mut client: MllpClient<S>, files: &[PathBuf]) -> anyhow::Result<bool>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut all_accepted = true;
     for file in files {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;

@@ -85,6 +85,34 @@ pub fn server_config(tls: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>
     Ok(Some(Arc::new(config)))
 }
 
+/// A TLS client config that trusts the CA certificates in `ca` (PEM) and, for mutual TLS,
+/// presents `identity` (certificate chain and key, PEM). For `orbiter send`.
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    install_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = certificates(cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
+                path: key.to_owned(),
+                message: e.to_string(),
+            })?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
 /// The subject common name (CN) of a DER certificate, if it has exactly one that is text.
 ///
 /// Used for mutual TLS on the admin port, where a client certificate's CN names an API client
