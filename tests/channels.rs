@@ -691,6 +691,56 @@ async fn a_destination_that_stays_down_is_retried_then_given_up() {
 }
 
 #[tokio::test]
+async fn an_mllp_destination_speaks_tls_to_a_tls_receiver() {
+    // The receiver: a second engine whose MLLP port speaks only TLS.
+    let receiver_ws = Workspace::new();
+    let receiver_dir = tempfile::tempdir().unwrap();
+    let pki = common::TestPki::new(receiver_dir.path());
+    let mut receiver_env = receiver_ws.env();
+    receiver_env.push(("ORBITER_MLLP_TLS_CERT".into(), pki.cert_path.clone()));
+    receiver_env.push(("ORBITER_MLLP_TLS_KEY".into(), pki.key_path.clone()));
+    let receiver = start(&receiver_dir.path().join("data"), &receiver_env);
+
+    let ws = Workspace::new();
+    ws.channel(
+        "forward",
+        "\"ADT^*\"",
+        "msg",
+        "on-delivery",
+        &format!(
+            "[[destination]]\nkind = \"mllp\"\naddr = \"{}\"\ntls_ca = \"{}\"",
+            receiver.mllp, pki.ca_path
+        ),
+    );
+    // The same receiver without TLS: the plain-text exchange fails and is retried (AR).
+    ws.channel(
+        "plain",
+        "\"ADT^A08\"",
+        "msg",
+        "on-delivery",
+        &format!(
+            "[[destination]]\nkind = \"mllp\"\naddr = \"{}\"",
+            receiver.mllp
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(&dir.path().join("data"), &ws.env());
+    let mut c = MllpClient::connect(&engine.mllp, T).await.unwrap();
+    let (code, _, text) = ack_fields(&c.send(&adt("TLS-1")).await.unwrap());
+    assert_eq!(code, "AA", "{text}");
+    let received = settled(&receiver, "TLS-1").await;
+    assert_eq!(received["control_id"], "TLS-1", "{received}");
+    // An A08 also goes to `plain`, which speaks plain text to the TLS port: no ACK comes back,
+    // so it is queued for a retry and the sender hears AR.
+    let a08 = String::from_utf8(adt("TLS-2"))
+        .unwrap()
+        .replace("ADT^A01^ADT_A01", "ADT^A08^ADT_A01");
+    let (code, _, text) = ack_fields(&c.send(a08.as_bytes()).await.unwrap());
+    assert_eq!(code, "AR", "{text}");
+    assert!(text.contains("plain"), "{text}");
+}
+
+#[tokio::test]
 async fn an_mllp_destination_forwards_to_a_second_engine_and_keeps_its_ack() {
     // The receiver: a second engine, no channels (it stores and acknowledges).
     let receiver_ws = Workspace::new();

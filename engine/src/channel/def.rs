@@ -283,6 +283,14 @@ pub struct DestinationDef {
     /// For `mllp`: the receiver's `host:port`.
     #[serde(default)]
     pub addr: Option<String>,
+    /// For `mllp`: speak TLS to the receiver, trusting the CA certificate(s) in this PEM file
+    /// (under the data dir when relative); the receiver's certificate must name the host of
+    /// `addr`, or `tls_name`.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// For `mllp` with `tls_ca`: the name the receiver's certificate must carry.
+    #[serde(default)]
+    pub tls_name: Option<String>,
     /// For `mediator`: the registered mediator's URN (`urn:mediator:...`).
     #[serde(default)]
     pub urn: Option<String>,
@@ -435,6 +443,15 @@ impl ChannelDef {
             };
             if let Some(message) = missing {
                 return Err(at("[[destination]]", message.into()));
+            }
+            if d.kind != DestinationKind::Mllp && (d.tls_ca.is_some() || d.tls_name.is_some()) {
+                return Err(at(
+                    "tls_ca",
+                    "`tls_ca` and `tls_name` are for an mllp destination".into(),
+                ));
+            }
+            if d.tls_name.is_some() && d.tls_ca.is_none() {
+                return Err(at("tls_name", "`tls_name` needs `tls_ca`".into()));
             }
         }
         self.validate_file_source(&at)?;

@@ -58,6 +58,12 @@ fn unknown_keys_and_bad_values_name_file_line_and_column() {
         ),
         ("[source]\nkind = \"mllp\"\n", 1, "name"),
         ("name = \"a\"\n[source]\nkind = \"http\"\n", 2, "path"),
+        (
+            "name = \"a\"\n[source]\nkind = \"mllp\"\n[transform]\nscript = \"t.rhai\"\n\
+             [[destination]]\nkind = \"http\"\nurl = \"http://x\"\ntls_ca = \"ca.pem\"\n",
+            9,
+            "for an mllp destination",
+        ),
     ];
     for (text, line, needle) in cases {
         let err = ChannelDef::parse(Path::new("channels/a.toml"), text).unwrap_err();

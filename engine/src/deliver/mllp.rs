@@ -8,15 +8,25 @@
 //! - `AE`/`CE`: failed (the receiver refuses this content; resending would not help);
 //! - `AR`/`CR`, no or unreadable ACK, refused connection, timeout: retried later.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Delivery;
 use crate::hl7::Ack;
 use crate::mllp::MllpClient;
 
-pub async fn send(addr: &str, output: &Value, timeout: Duration) -> Delivery {
+/// TLS to the receiver (`tls_ca`, `tls_name` in the channel).
+pub struct Tls {
+    /// The CA certificate(s) to trust, PEM. Read at each delivery, so a rotated CA is picked up.
+    pub ca: PathBuf,
+    /// The name the receiver's certificate must carry (default: the host of `addr`).
+    pub name: Option<String>,
+}
+
+pub async fn send(addr: &str, tls: Option<&Tls>, output: &Value, timeout: Duration) -> Delivery {
     let Some(message) = output.as_str() else {
         return Delivery::Failed {
             error: "an mllp destination sends HL7 v2 text: the transform must end with the \
@@ -27,23 +37,67 @@ pub async fn send(addr: &str, output: &Value, timeout: Duration) -> Delivery {
     };
     // Scripts and JSON may carry `\n` between segments; the wire wants `\r`.
     let wire = message.replace("\r\n", "\r").replace('\n', "\r");
-    let mut client = match MllpClient::connect(addr, timeout).await {
-        Ok(client) => client,
+    let Some(tls) = tls else {
+        return match MllpClient::connect(addr, timeout).await {
+            Ok(client) => exchange(client, addr, &wire).await,
+            Err(e) => Delivery::Retry {
+                error: format!("mllp {addr}: {e}"),
+            },
+        };
+    };
+    let config = match crate::tls::client_config(&tls.ca, None) {
+        Ok(config) => config,
+        // A channel's CA file that is missing or broken: retried, so a fixed mount delivers.
         Err(e) => {
             return Delivery::Retry {
                 error: format!("mllp {addr}: {e}"),
             }
         }
     };
-    let ack = match client.send(wire.as_bytes()).await {
-        Ok(ack) => ack,
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let name = tls
+        .name
+        .clone()
+        .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+    let server_name = match rustls_pki_types::ServerName::try_from(name) {
+        Ok(n) => n,
         Err(e) => {
-            return Delivery::Retry {
-                error: format!("mllp {addr}: {e}"),
+            return Delivery::Failed {
+                error: format!("mllp {addr}: bad TLS server name: {e}"),
+                response: None,
             }
         }
     };
-    classify_ack(&ack)
+    let connected = tokio::time::timeout(timeout, async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tokio_rustls::TlsConnector::from(config)
+            .connect(server_name, tcp)
+            .await
+    })
+    .await;
+    match connected {
+        Ok(Ok(stream)) => exchange(MllpClient::new(stream, timeout), addr, &wire).await,
+        Ok(Err(e)) => Delivery::Retry {
+            error: format!("mllp {addr} (TLS): {e}"),
+        },
+        Err(_) => Delivery::Retry {
+            error: format!("mllp {addr} (TLS): timed out connecting"),
+        },
+    }
+}
+
+/// Sends the message on an open connection and classifies the ACK.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut client: MllpClient<S>,
+    addr: &str,
+    wire: &str,
+) -> Delivery {
+    match client.send(wire.as_bytes()).await {
+        Ok(ack) => classify_ack(&ack),
+        Err(e) => Delivery::Retry {
+            error: format!("mllp {addr}: {e}"),
+        },
+    }
 }
 
 fn classify_ack(ack: &[u8]) -> Delivery {

@@ -128,7 +128,17 @@ impl Deliverer {
                 write_file(&dir, id, channel.name(), value).await
             }
             DestinationKind::Mllp => match &destination.addr {
-                Some(addr) => mllp::send(addr, value, self.http_timeout).await,
+                Some(addr) => {
+                    let tls = destination.tls_ca.as_ref().map(|ca| mllp::Tls {
+                        ca: if ca.is_absolute() {
+                            ca.clone()
+                        } else {
+                            self.data_dir.join(ca)
+                        },
+                        name: destination.tls_name.clone(),
+                    });
+                    mllp::send(addr, tls.as_ref(), value, self.http_timeout).await
+                }
                 None => Delivery::Failed {
                     error: "mllp destination without addr".into(),
                     response: None,
