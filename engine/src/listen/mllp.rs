@@ -275,6 +275,17 @@ where
                     .with_label_values(&["restarted"])
                     .inc_by(restarted);
             }
+            // Bytes that are not a whole message, journaled as failed with `reason`; the
+            // connection closes after their answer.
+            let broken = |bytes: Bytes, reason: String| Pending {
+                reply: Box::pin(
+                    shared
+                        .intake
+                        .submit_broken(bytes, Some(peer.clone()), reason),
+                ),
+                read_at: Instant::now(),
+                close_after: true,
+            };
             // A frame cut off (`why`: closed, broke off, went idle) is journaled as truncated.
             let truncated = |partial: Bytes, why: &str| {
                 metrics
@@ -286,15 +297,7 @@ where
                     "connection {why} in the middle of a message ({} bytes received)",
                     partial.len()
                 );
-                Pending {
-                    reply: Box::pin(shared.intake.submit_broken(
-                        partial,
-                        Some(peer.clone()),
-                        reason,
-                    )),
-                    read_at: Instant::now(),
-                    close_after: true,
-                }
+                broken(partial, reason)
             };
             // The connection ended in a way the decoder does not see (a reset, a TLS close
             // without close_notify, the idle timeout): the frame it was in, if any.
@@ -327,16 +330,10 @@ where
                         .with_label_values(&["oversize"])
                         .inc();
                     tracing::warn!(%peer, limit, "MLLP frame too large, closing connection");
-                    let reason = format!("message exceeds the maximum size of {limit} bytes");
-                    Pending {
-                        reply: Box::pin(shared.intake.submit_broken(
-                            prefix,
-                            Some(peer.clone()),
-                            reason,
-                        )),
-                        read_at: Instant::now(),
-                        close_after: true,
-                    }
+                    broken(
+                        prefix,
+                        format!("message exceeds the maximum size of {limit} bytes"),
+                    )
                 }
                 Ok(Some(Err(FrameError::Truncated { partial }))) => truncated(partial, "closed"),
                 Ok(Some(Err(FrameError::Io(e)))) => {
