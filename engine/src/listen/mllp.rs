@@ -193,6 +193,26 @@ struct Pending {
     close_after: bool,
 }
 
+/// Why the ACK writer stopped early.
+enum WriteEnd {
+    /// The socket failed (the peer is gone).
+    Failed,
+    /// No progress within the idle timeout (the peer stopped reading).
+    Stalled,
+}
+
+/// One write to the peer, bounded by `limit`.
+async fn within(
+    limit: Duration,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> Result<(), WriteEnd> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WriteEnd::Failed),
+        Err(_) => Err(WriteEnd::Stalled),
+    }
+}
+
 async fn connection<S>(stream: S, peer: String, shared: &Shared)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -209,56 +229,41 @@ where
     // for the idle timeout closes the connection. What it sent is journaled; the ACKs it never
     // read are lost with the connection, as if it had closed.
     let write_timeout = shared.idle_timeout;
-    let stalled = || {
-        metrics
-            .mllp_frame_errors_total
-            .with_label_values(&["stalled"])
-            .inc();
-    };
     let writer = async move {
-        while let Some(mut next) = pending.recv().await {
-            // Write out what is buffered before waiting on a reply that is not ready yet.
-            let reply = match (&mut next.reply).now_or_never() {
-                Some(reply) => reply,
-                None => {
-                    match tokio::time::timeout(write_timeout, acks.flush()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => break,
-                        Err(_) => {
-                            stalled();
-                            return;
-                        }
+        let ended: Result<(), WriteEnd> = async {
+            while let Some(mut next) = pending.recv().await {
+                // Write out what is buffered before waiting on a reply that is not ready yet.
+                let reply = match (&mut next.reply).now_or_never() {
+                    Some(reply) => reply,
+                    None => {
+                        within(write_timeout, acks.flush()).await?;
+                        next.reply.await
                     }
-                    next.reply.await
+                };
+                if let Some(ack) = reply.ack {
+                    within(write_timeout, acks.feed(BytesMut::from(&ack[..]))).await?;
                 }
-            };
-            if let Some(ack) = reply.ack {
-                match tokio::time::timeout(write_timeout, acks.feed(BytesMut::from(&ack[..]))).await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break,
-                    Err(_) => {
-                        stalled();
-                        return;
-                    }
+                latency.observe(next.read_at.elapsed().as_secs_f64());
+                if next.close_after {
+                    break;
+                }
+                if pending.is_empty() {
+                    within(write_timeout, acks.flush()).await?;
                 }
             }
-            latency.observe(next.read_at.elapsed().as_secs_f64());
-            if next.close_after {
-                break;
-            }
-            if pending.is_empty() {
-                match tokio::time::timeout(write_timeout, acks.flush()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break,
-                    Err(_) => {
-                        stalled();
-                        return;
-                    }
-                }
+            Ok(())
+        }
+        .await;
+        match ended {
+            // Nothing more can be written to a peer that does not read.
+            Err(WriteEnd::Stalled) => metrics
+                .mllp_frame_errors_total
+                .with_label_values(&["stalled"])
+                .inc(),
+            Ok(()) | Err(WriteEnd::Failed) => {
+                let _ = tokio::time::timeout(write_timeout, acks.close()).await;
             }
         }
-        let _ = tokio::time::timeout(write_timeout, acks.close()).await;
     };
 
     let reader = async move {
