@@ -159,12 +159,7 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 None => None,
                 Some(ca) => {
                     let identity = tls_cert.as_deref().zip(tls_key.as_deref());
-                    let config = crate::tls::client_config(ca, identity)?;
-                    let host = to.rsplit_once(':').map_or(to.as_str(), |(h, _)| h);
-                    let name = tls_name
-                        .clone()
-                        .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
-                    Some((config, name))
+                    Some(crate::tls::client_config(ca, identity)?)
                 }
             };
             crate::logging::init(
@@ -178,19 +173,11 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 let timeout = Duration::from_secs(timeout);
                 match tls {
                     None => send(MllpClient::connect(&to, timeout).await?, &files).await,
-                    Some((config, name)) => {
-                        let tcp =
-                            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&to))
-                                .await
-                                .map_err(|_| anyhow::anyhow!("connecting to {to}: timed out"))?
-                                .with_context(|| format!("connecting to {to}"))?;
-                        let server_name = rustls_pki_types::ServerName::try_from(name.clone())
-                            .with_context(|| format!("--tls-name {name:?}"))?;
-                        let stream = tokio_rustls::TlsConnector::from(config)
-                            .connect(server_name, tcp)
-                            .await
-                            .with_context(|| format!("TLS handshake with {to}"))?;
-                        send(MllpClient::new(stream, timeout), &files).await
+                    Some(config) => {
+                        let client =
+                            MllpClient::connect_tls(&to, config, tls_name.as_deref(), timeout)
+                                .await?;
+                        send(client, &files).await
                     }
                 }
             })?;

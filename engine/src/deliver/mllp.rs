@@ -54,34 +54,15 @@ pub async fn send(addr: &str, tls: Option<&Tls>, output: &Value, timeout: Durati
             }
         }
     };
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    let name = tls
-        .name
-        .clone()
-        .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
-    let server_name = match rustls_pki_types::ServerName::try_from(name) {
-        Ok(n) => n,
-        Err(e) => {
-            return Delivery::Failed {
-                error: format!("mllp {addr}: bad TLS server name: {e}"),
-                response: None,
-            }
-        }
-    };
-    let connected = tokio::time::timeout(timeout, async {
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        tokio_rustls::TlsConnector::from(config)
-            .connect(server_name, tcp)
-            .await
-    })
-    .await;
-    match connected {
-        Ok(Ok(stream)) => exchange(MllpClient::new(stream, timeout), addr, &wire).await,
-        Ok(Err(e)) => Delivery::Retry {
-            error: format!("mllp {addr} (TLS): {e}"),
+    match MllpClient::connect_tls(addr, config, tls.name.as_deref(), timeout).await {
+        Ok(client) => exchange(client, addr, &wire).await,
+        // The name in the channel cannot be a certificate's: no retry will change that.
+        Err(e @ crate::mllp::client::ClientError::ServerName { .. }) => Delivery::Failed {
+            error: format!("mllp {addr}: {e}"),
+            response: None,
         },
-        Err(_) => Delivery::Retry {
-            error: format!("mllp {addr} (TLS): timed out connecting"),
+        Err(e) => Delivery::Retry {
+            error: format!("mllp {addr}: {e}"),
         },
     }
 }

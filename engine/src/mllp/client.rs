@@ -28,6 +28,13 @@ pub enum ClientError {
     Closed,
     #[error("no ACK within {0:?}")]
     Timeout(Duration),
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("bad TLS server name {name:?}: {message}")]
+    ServerName { name: String, message: String },
 }
 
 /// One MLLP connection.
@@ -46,6 +53,48 @@ impl MllpClient<TcpStream> {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
+        Ok(MllpClient::new(stream, timeout))
+    }
+}
+
+impl MllpClient<tokio_rustls::client::TlsStream<TcpStream>> {
+    /// Connects with TLS (`config` says whom to trust and which certificate to present);
+    /// the server's certificate must carry `name`, by default the host of `addr`. `timeout`
+    /// bounds the connection and the handshake together.
+    pub async fn connect_tls(
+        addr: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        name: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        let name = name.unwrap_or_else(|| host.trim_matches(['[', ']']));
+        let server_name =
+            rustls_pki_types::ServerName::try_from(name.to_string()).map_err(|e| {
+                ClientError::ServerName {
+                    name: name.to_string(),
+                    message: e.to_string(),
+                }
+            })?;
+        let connected = async {
+            let tcp = TcpStream::connect(addr)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            let _ = tcp.set_nodelay(true);
+            tokio_rustls::TlsConnector::from(config)
+                .connect(server_name, tcp)
+                .await
+                .map_err(|source| ClientError::Tls {
+                    addr: addr.to_string(),
+                    source,
+                })
+        };
+        let stream = tokio::time::timeout(timeout, connected)
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))??;
         Ok(MllpClient::new(stream, timeout))
     }
 }
