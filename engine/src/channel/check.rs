@@ -280,22 +280,13 @@ pub fn try_channel(
 mod tests {
     use super::*;
 
-    struct Dirs {
-        _root: tempfile::TempDir,
-        paths: ChannelPaths,
-    }
+    use crate::channel::tests::Dirs;
 
     /// Channels `good` (script ok) and `bad` (script broken), and a broken script no channel
     /// uses.
     fn dirs() -> Dirs {
-        let root = tempfile::tempdir().unwrap();
-        let paths = ChannelPaths {
-            channels_dir: root.path().join("channels"),
-            scripts_dir: root.path().join("scripts"),
-            limits: Default::default(),
-        };
-        std::fs::create_dir_all(&paths.channels_dir).unwrap();
-        std::fs::create_dir_all(paths.lib_dir()).unwrap();
+        let dirs = crate::channel::tests::dirs();
+        let paths = &dirs.paths;
         for (name, script) in [
             ("good", "#{resourceType: \"Patient\"}"),
             ("bad", "let a = b;"),
@@ -310,7 +301,7 @@ mod tests {
             std::fs::write(paths.scripts_dir.join(format!("{name}.rhai")), script).unwrap();
         }
         std::fs::write(paths.scripts_dir.join("unused.rhai"), "let x = (;").unwrap();
-        Dirs { _root: root, paths }
+        dirs
     }
 
     fn run(paths: &ChannelPaths, path: Option<&Path>) -> (bool, String, String) {

@@ -2,12 +2,14 @@ use std::path::Path;
 
 use super::*;
 
-struct Dirs {
-    _root: tempfile::TempDir,
-    paths: ChannelPaths,
+/// A channels dir and a scripts dir (with an empty `lib/`) in a temporary root; also used by
+/// `check`'s tests.
+pub(super) struct Dirs {
+    pub(super) _root: tempfile::TempDir,
+    pub(super) paths: ChannelPaths,
 }
 
-fn dirs() -> Dirs {
+pub(super) fn dirs() -> Dirs {
     let root = tempfile::tempdir().unwrap();
     let paths = ChannelPaths {
         channels_dir: root.path().join("channels"),
