@@ -6,6 +6,9 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 BENCH_DIR="${BENCH_DIR:-/tmp/orbiter-bench}"
 BIN="${BIN:-$REPO/target/release/orbiter}"
 LOAD="$REPO/target/release/orbiter-load"
+# LOAD_NICE=19: the load generator at that niceness. It shares the engine's two cores here; at
+# a lower priority it takes only what the engine leaves, as a sender on another host would.
+if [ -n "${LOAD_NICE:-}" ]; then LOAD="nice -n $LOAD_NICE $LOAD"; fi
 mkdir -p "$BENCH_DIR/empty"
 ADMIN=127.0.0.1:18080
 MLLP=127.0.0.1:12575
