@@ -314,3 +314,34 @@ async fn an_hl7_batch_file_in_a_folder_becomes_its_messages_in_order() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Each shipped document channel declares its format: a document of another kind posted to its
+/// path (a FHIR Patient to `/ccda`, a C-CDA to `/fhir`, a C-CDA to `/csv/lab`) is answered 415
+/// and never journaled, instead of being accepted (202) and failing later in the wrong script.
+#[tokio::test]
+async fn a_shipped_path_refuses_documents_of_another_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path());
+    for (path, content_type, body) in [
+        (
+            "/ccda",
+            "application/fhir+json",
+            fixture("fhir/patient.json"),
+        ),
+        ("/fhir", "application/xml", fixture("ccda/ccd_full.xml")),
+        (
+            "/csv/lab",
+            "application/cda+xml",
+            fixture("ccda/ccd_full.xml"),
+        ),
+        ("/ccda", "text/csv", fixture("csv/lab_results.csv")),
+    ] {
+        let resp = engine.ingest(path, content_type, body).await;
+        assert_eq!(resp.status().as_u16(), 415, "{content_type} to {path}");
+        let outcome: serde_json::Value = resp.json().await.unwrap();
+        let text = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(text.contains("this path takes"), "{text}");
+    }
+    let (_, page) = engine.api("/api/transactions?limit=10").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
+}
