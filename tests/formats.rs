@@ -164,6 +164,22 @@ async fn a_csv_file_becomes_one_transaction_a_row() {
     assert_eq!(resp.status().as_u16(), 202);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert!(body["failed"].as_u64().unwrap() >= 1, "{body}");
+    // The answer names the rows to fix: line, transaction and why (never the row's text).
+    let errors = body["errors"].as_array().unwrap();
+    assert_eq!(
+        errors.len() as u64,
+        body["failed"].as_u64().unwrap(),
+        "{body}"
+    );
+    assert_eq!(errors[0]["line"], 3, "{body}");
+    assert!(
+        errors[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("fields where the header has"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("MRN-6006"), "{body}");
     let mut failed_reasons = Vec::new();
     for id in body["ids"].as_array().unwrap() {
         let tx = settled_id(&engine, id.as_str().unwrap()).await;
@@ -228,6 +244,19 @@ async fn a_csv_file_dropped_in_a_folder_is_journaled_row_by_row_and_moved() {
              poll_ms = 200\n[csv]\ndelimiter = \";\"\n[transform]\nscript = \"csv_lab_to_fhir.rhai\"\n\
              [[destination]]\nkind = \"cdr\"\n",
             drop.display()
+        ),
+    )
+    .unwrap();
+    // A lab system that writes ISO-8859-1, as many still do.
+    let latin1 = dir.path().join("latin1");
+    std::fs::create_dir_all(&latin1).unwrap();
+    std::fs::write(
+        channels.join("lab-latin1.toml"),
+        format!(
+            "name = \"lab-latin1\"\n[source]\nkind = \"dir\"\ndir = \"{}\"\npoll_ms = 200\n\
+             [csv]\nencoding = \"latin1\"\n[transform]\nscript = \"csv_lab_to_fhir.rhai\"\n\
+             [[destination]]\nkind = \"cdr\"\n",
+            latin1.display()
         ),
     )
     .unwrap();

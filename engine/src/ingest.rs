@@ -59,6 +59,18 @@ pub struct Accepted {
     pub failed: usize,
     /// True when the key had been accepted before and nothing new was journaled.
     pub already: bool,
+    /// The CSV rows journaled as `failed`, in order: what the sender must fix and send again.
+    pub failures: Vec<RowFailure>,
+}
+
+/// One CSV row that could not be read as a row (journaled as `failed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowFailure {
+    pub id: TxId,
+    /// 1-based line where the row starts.
+    pub line: u64,
+    /// Why, as the journal says it (a line and a field count or limit; never the row's text).
+    pub reason: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +202,7 @@ impl crate::intake::Intake {
                     break;
                 }
             };
+            let bad = refused.as_ref().map(|reason| (line, reason.clone()));
             let facts = crate::format::DocumentFacts {
                 format: Format::Csv,
                 kind: Some("CSV".into()),
@@ -201,15 +214,16 @@ impl crate::intake::Intake {
                 origin: Some(format!("{name}#{line}")),
                 origin_key: origin.key.as_ref().map(|k| format!("{k}#{line}")),
             };
-            in_flight.push_back(self.submit_document(facts, raw, arrival));
+            let reply = self.submit_document(facts, raw, arrival);
+            in_flight.push_back(async move { (reply.await, bad) });
             if in_flight.len() >= WINDOW {
-                if let Some(reply) = in_flight.next().await {
-                    accepted.add(Part::of_document(&reply?));
+                if let Some((reply, bad)) = in_flight.next().await {
+                    accepted.add_row(&reply?, bad);
                 }
             }
         }
-        while let Some(reply) = in_flight.next().await {
-            accepted.add(Part::of_document(&reply?));
+        while let Some((reply, bad)) = in_flight.next().await {
+            accepted.add_row(&reply?, bad);
         }
         match reader.await {
             Ok(Ok(())) => {}
@@ -271,6 +285,18 @@ impl Part {
 }
 
 impl Accepted {
+    /// A CSV row; `bad`: its line and why it was journaled as `failed`.
+    fn add_row(&mut self, reply: &crate::intake::DocumentReply, bad: Option<(u64, String)>) {
+        if let Some((line, reason)) = bad {
+            self.failures.push(RowFailure {
+                id: reply.id,
+                line,
+                reason,
+            });
+        }
+        self.add(Part::of_document(reply));
+    }
+
     fn add(&mut self, part: Part) {
         self.ids.push(part.id);
         self.already &= part.already;

@@ -12,7 +12,7 @@
 //!   the row count and ids.
 //!
 //! `/hl7v2` is built in: HL7 v2 posted there is taken by the channels of the shared MLLP port
-//! (journaled with listener `mllp` and origin `/hl7v2`), unless a channel claims the path.
+//! (journaled with listener `http` and origin `/hl7v2`), unless a channel claims the path.
 //!
 //! A path no channel owns is 404, an unknown or mismatching `Content-Type` 415, a body over
 //! `http.max_body_bytes` 413, missing or wrong client credentials 401.
@@ -150,11 +150,24 @@ async fn ingest(
         );
     }
     if req.method() != actix_web::http::Method::POST {
-        return refuse(StatusCode::METHOD_NOT_ALLOWED, "only POST is accepted");
+        let mut response = refuse(StatusCode::METHOD_NOT_ALLOWED, "only POST is accepted");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        return response;
     }
     for channel in &owners {
         if let Some(auth) = &channel.def.source.auth {
             if !authorized(auth, &req) {
+                // Logged so that whoever sets up a sender sees why it is refused (never what
+                // it presented).
+                tracing::warn!(
+                    channel = %channel.name(),
+                    %path,
+                    peer = ?req.peer_addr(),
+                    presented = req.headers().contains_key(header::AUTHORIZATION),
+                    "ingest request refused: no or wrong credentials"
+                );
                 return HttpResponse::Unauthorized()
                     .insert_header((header::WWW_AUTHENTICATE, challenge(auth)))
                     .json(operation_outcome("error", "login", "unauthorized"));
@@ -412,6 +425,19 @@ async fn ingest_csv(
                     if accepted.ids.len() <= LIST_IDS_UP_TO {
                         body["ids"] = accepted.ids.iter().map(|id| id.to_string()).collect();
                     }
+                    // Which rows to fix and send again (the first 1,000; `failed` counts all).
+                    body["errors"] = accepted
+                        .failures
+                        .iter()
+                        .take(LIST_IDS_UP_TO)
+                        .map(|f| {
+                            serde_json::json!({
+                                "line": f.line,
+                                "id": f.id.to_string(),
+                                "reason": f.reason,
+                            })
+                        })
+                        .collect();
                     HttpResponse::Accepted().json(body)
                 }
                 Err(crate::ingest::IngestError::Refused { reason, .. }) => {
