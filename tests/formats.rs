@@ -120,7 +120,13 @@ async fn hostile_and_broken_xml_is_refused_and_kept() {
         assert!(text.contains(expect), "{text}");
         let (_, tx) = engine.api(&format!("/api/transactions/{id}")).await;
         assert_eq!(tx["status"], "failed", "{tx}");
+        // Recorded under the channel whose path it was posted to (not run by it).
+        assert_eq!(tx["channels"][0]["name"], "ccda-to-fhir", "{tx}");
     }
+    let (_, page) = engine
+        .api("/api/transactions?channel=ccda-to-fhir&status=failed")
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2, "{page}");
 }
 
 #[tokio::test]
@@ -294,6 +300,48 @@ async fn a_csv_file_dropped_in_a_folder_is_journaled_row_by_row_and_moved() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(total(&engine, "Observation").await, 4);
+
+    // A file with nothing to take goes to error/, and the journal says so under the channel
+    // (not only the log): a failed transaction with the reason, found by `?channel=`.
+    std::fs::write(drop.join("empty.csv"), b"").unwrap();
+    let deadline = Instant::now() + T;
+    while !drop.join("error/empty.csv").exists() {
+        assert!(Instant::now() < deadline, "never moved:\n{}", engine.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, page) = engine
+        .api("/api/transactions?channel=lab-folder&status=failed")
+        .await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{page}");
+    assert_eq!(items[0]["origin"], "empty.csv", "{page}");
+    assert!(
+        items[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no header row"),
+        "{page}"
+    );
+
+    // "Müller", "Zoé" in Latin-1: read as such, journaled and written as UTF-8.
+    let mut file = b"mrn,family,given,birth_date,sex,loinc,test_name,value,unit,ref_low,ref_high,collected_at\n".to_vec();
+    file.extend_from_slice(b"MRN-L1,M\xfcller,Zo\xe9,1970-01-01,F,2345-7,Glucose,5.0,mmol/L,3.9,6.1,2026-11-30T08:00:00Z\n");
+    std::fs::write(latin1.join("export.csv"), file).unwrap();
+    let deadline = Instant::now() + T;
+    while total(&engine, "Patient?family=M%C3%BCller").await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "never written:\n{}",
+            engine.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, found) = engine.api("/fhir/Patient?family=M%C3%BCller").await;
+    assert_eq!(
+        found["entry"][0]["resource"]["name"][0]["given"][0], "Zoé",
+        "{found}"
+    );
+    assert!(latin1.join("processed/export.csv").exists());
 }
 
 #[tokio::test]
