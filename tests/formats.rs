@@ -95,6 +95,29 @@ async fn a_ccd_becomes_fhir_in_the_cdr_and_a_replay_changes_nothing() {
     );
 }
 
+/// A C-CDA saved as ISO-8859-1 (its XML declaration says so), as older EHRs export: read as
+/// Latin-1, not refused as bad UTF-8, and its names reach the CDR intact.
+#[tokio::test]
+async fn a_ccd_declared_latin1_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path());
+    let resp = engine
+        .ingest("/ccda", "application/xml", fixture("ccda/ccd_latin1.xml"))
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let tx = settled_id(&engine, body["id"].as_str().unwrap()).await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+    let (_, found) = engine
+        .api("/fhir/Patient?family=%C3%98yen-M%C3%BCller")
+        .await;
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(
+        found["entry"][0]["resource"]["name"][0]["family"], "Øyen-Müller",
+        "{found}"
+    );
+}
+
 #[tokio::test]
 async fn hostile_and_broken_xml_is_refused_and_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -168,7 +191,12 @@ async fn a_csv_file_becomes_one_transaction_a_row() {
         )
         .await;
     assert_eq!(resp.status().as_u16(), 202);
+    let first = resp.headers()["x-orbiter-transaction"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["first_id"], first.as_str(), "{body}");
     assert!(body["failed"].as_u64().unwrap() >= 1, "{body}");
     // The answer names the rows to fix: line, transaction and why (never the row's text).
     let errors = body["errors"].as_array().unwrap();

@@ -164,7 +164,7 @@ async fn ingest(
                 tracing::warn!(
                     channel = %channel.name(),
                     %path,
-                    peer = ?req.peer_addr(),
+                    peer = %req.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
                     presented = req.headers().contains_key(header::AUTHORIZATION),
                     "ingest request refused: no or wrong credentials"
                 );
@@ -438,7 +438,12 @@ async fn ingest_csv(
                             })
                         })
                         .collect();
-                    HttpResponse::Accepted().json(body)
+                    let mut response = HttpResponse::Accepted();
+                    // As for every journaled request; a CSV file has many: the first row's.
+                    if let Some(first) = accepted.ids.first() {
+                        response.insert_header(("X-Orbiter-Transaction", first.to_string()));
+                    }
+                    response.json(body)
                 }
                 Err(crate::ingest::IngestError::Refused { reason, .. }) => {
                     refuse(StatusCode::BAD_REQUEST, &reason)
