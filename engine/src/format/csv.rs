@@ -97,9 +97,12 @@ pub enum CsvError {
     RowTooLong { line: u64, max: usize },
     #[error("line {line}: more than {max} fields (max_fields)")]
     TooManyFields { line: u64, max: usize },
-    #[error("line {line}: {found} fields where the header has {expected}")]
+    #[error("line {line}: {found} fields where the header has {expected}{}", run_on(*line, *last_line))]
     FieldCount {
         line: u64,
+        /// The line the row ends on: past `line` when a quoted field holds line breaks (an
+        /// unclosed quote swallows the rows after it, which the sender must be told).
+        last_line: u64,
         expected: usize,
         found: usize,
     },
@@ -111,6 +114,15 @@ pub enum CsvError {
     NoHeader,
     #[error("a journaled row must be a header line and one row, found {0} rows")]
     NotOneRow(usize),
+}
+
+/// The note on a bad row that spans lines.
+fn run_on(line: u64, last_line: u64) -> String {
+    if last_line > line {
+        format!(" (the row runs on to line {last_line}: an unclosed quote? the rows it swallowed are not journaled)")
+    } else {
+        String::new()
+    }
 }
 
 impl CsvError {
@@ -320,8 +332,15 @@ impl<R: Read> CsvReader<R> {
         }
         let expected = self.headers.as_ref().map_or(0, Vec::len);
         if record.fields.len() != expected {
+            // Line breaks inside fields (a file's last one, swallowed too, starts no line).
+            let breaks: usize = record
+                .fields
+                .iter()
+                .map(|f| f.trim_end_matches(['\r', '\n']).matches('\n').count())
+                .sum();
             return Some(Err(CsvError::FieldCount {
                 line: record.line,
+                last_line: record.line + breaks as u64,
                 expected,
                 found: record.fields.len(),
             }));
@@ -485,6 +504,24 @@ mod tests {
                 "buffer {buffer}"
             );
         }
+    }
+
+    #[test]
+    fn an_unclosed_quote_says_which_rows_it_swallowed() {
+        let input = "a,b,c\n1,\"x,2\n3,y,4\n5,z,6\n";
+        let rows = read_all(input, &CsvOptions::default(), 64);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let e = rows[0].as_ref().unwrap_err();
+        assert!(
+            e.starts_with("line 2: 2 fields where the header has 3 (the row runs on to line 4: an unclosed quote?"),
+            "{e}"
+        );
+        // A row on one line says nothing more.
+        let rows = read_all("a,b\n1\n", &CsvOptions::default(), 64);
+        assert_eq!(
+            rows[0],
+            Err("line 2: 1 fields where the header has 2".into())
+        );
     }
 
     #[test]
