@@ -214,6 +214,23 @@ async fn a_csv_file_becomes_one_transaction_a_row() {
         "{body}"
     );
     assert!(!body.to_string().contains("MRN-6006"), "{body}");
+
+    // A sender that says its file is Latin-1 (`charset`) is read so, whatever the channel says.
+    let mut latin1 = b"mrn,family,given,birth_date,sex,loinc,test_name,value,unit,ref_low,ref_high,collected_at\n".to_vec();
+    latin1.extend_from_slice(b"MRN-L2,Dupr\xe9,No\xebl,1970-01-01,M,2345-7,Glucose,5.0,mmol/L,3.9,6.1,2026-11-30T08:00:00Z\n");
+    let resp = engine
+        .ingest("/csv/lab", "text/csv; charset=ISO-8859-1", latin1)
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(answer["failed"], 0, "{answer}");
+    let tx = settled_id(&engine, answer["first_id"].as_str().unwrap()).await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+    let (_, found) = engine.api("/fhir/Patient?identifier=MRN-L2").await;
+    assert_eq!(
+        found["entry"][0]["resource"]["name"][0]["family"], "Dupré",
+        "{found}"
+    );
     let mut failed_reasons = Vec::new();
     for id in body["ids"].as_array().unwrap() {
         let tx = settled_id(&engine, id.as_str().unwrap()).await;

@@ -27,6 +27,9 @@ pub struct Document {
     pub format: Format,
     pub body: Body,
     pub origin: Origin,
+    /// The character set the sender declared (an HTTP `Content-Type`'s `charset`): for CSV it
+    /// overrides the channel's `[csv] encoding`.
+    pub charset: Option<crate::format::csv::CsvEncoding>,
 }
 
 /// The document's bytes: in memory, or a local file read as a stream (large CSV files).
@@ -157,7 +160,10 @@ impl crate::intake::Intake {
     /// [`WINDOW`] in flight, so they share the journal's group commits. A malformed row is
     /// journaled as `failed` with its line; a file that cannot be read at all is refused.
     async fn accept_csv(&self, doc: Document) -> Result<Accepted, IngestError> {
-        let options = self.csv_options();
+        let mut options = self.csv_options();
+        if let Some(encoding) = doc.charset {
+            options.encoding = encoding;
+        }
         let (rows_tx, mut rows) = tokio::sync::mpsc::channel::<CsvItem>(WINDOW);
         let body = doc.body;
         let reader = tokio::task::spawn_blocking(move || -> Result<(), IngestError> {

@@ -45,6 +45,24 @@ pub struct CsvOptions {
     pub encoding: CsvEncoding,
 }
 
+impl CsvEncoding {
+    /// The encoding a `Content-Type`'s `charset` parameter names, when it is one of ours
+    /// (`text/csv; charset=ISO-8859-1`); `None` without one or for any other.
+    pub fn from_content_type(content_type: &str) -> Option<CsvEncoding> {
+        let charset = content_type.split(';').skip(1).find_map(|p| {
+            let (name, value) = p.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("charset")
+                .then(|| value.trim().trim_matches('"').to_ascii_lowercase())
+        })?;
+        match charset.as_str() {
+            "utf-8" | "utf8" | "us-ascii" => Some(CsvEncoding::Utf8),
+            "iso-8859-1" | "iso8859-1" | "latin1" | "latin-1" => Some(CsvEncoding::Latin1),
+            _ => None,
+        }
+    }
+}
+
 /// The character encoding of a CSV file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CsvEncoding {
@@ -504,6 +522,22 @@ mod tests {
                 "buffer {buffer}"
             );
         }
+    }
+
+    #[test]
+    fn a_content_type_charset_names_the_encoding() {
+        let of = CsvEncoding::from_content_type;
+        assert_eq!(of("text/csv"), None);
+        assert_eq!(
+            of("text/csv; charset=ISO-8859-1"),
+            Some(CsvEncoding::Latin1)
+        );
+        assert_eq!(of("text/csv;Charset=\"utf-8\""), Some(CsvEncoding::Utf8));
+        assert_eq!(
+            of("text/csv; header=present; charset=latin1"),
+            Some(CsvEncoding::Latin1)
+        );
+        assert_eq!(of("text/csv; charset=shift_jis"), None);
     }
 
     #[test]

@@ -222,7 +222,8 @@ async fn ingest(
         Some(state.pipeline.clone()),
     );
     if format == Format::Csv {
-        return ingest_csv(&state, &intake, &mut payload, path, peer).await;
+        let charset = crate::format::csv::CsvEncoding::from_content_type(content_type);
+        return ingest_csv(&state, &intake, &mut payload, path, peer, charset).await;
     }
     let body = match read_body(&mut payload, state.max_body_bytes).await {
         Ok(body) => body,
@@ -346,6 +347,7 @@ async fn ingest_csv(
     payload: &mut web::Payload,
     path: String,
     peer: Option<String>,
+    charset: Option<crate::format::csv::CsvEncoding>,
 ) -> HttpResponse {
     let unavailable = || {
         HttpResponse::ServiceUnavailable()
@@ -411,6 +413,7 @@ async fn ingest_csv(
                     name: Some(path),
                     key: None,
                 },
+                charset,
             };
             match intake.accept(doc).await {
                 // Every id for a small file; a large one answers with the range (ids grow with

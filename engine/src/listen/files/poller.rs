@@ -261,6 +261,7 @@ impl<S: FileStore> FilePoller<S> {
                 name: Some(file.name.clone()),
                 key: Some(key.to_string()),
             },
+            charset: None,
         };
         let result = self.intake.accept(document).await;
         if fetched.spooled {
