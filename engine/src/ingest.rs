@@ -46,7 +46,8 @@ pub struct Origin {
     pub listener: String,
     /// Remote address or server.
     pub peer: Option<String>,
-    /// The file name (or HTTP path) it arrived as; routed on by `match.file_name`.
+    /// The file name (or HTTP path) it arrived as: the transaction's `origin` (file sources
+    /// pick files by their `glob`; there is no `match` on names).
     pub name: Option<String>,
     /// Idempotency key (e.g. source + path + size + modification time, or a content hash):
     /// accepting the same key twice journals nothing new.
