@@ -95,6 +95,29 @@ async fn a_ccd_becomes_fhir_in_the_cdr_and_a_replay_changes_nothing() {
     );
 }
 
+/// A C-CDA saved as ISO-8859-1 (its XML declaration says so), as older EHRs export: read as
+/// Latin-1, not refused as bad UTF-8, and its names reach the CDR intact.
+#[tokio::test]
+async fn a_ccd_declared_latin1_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path());
+    let resp = engine
+        .ingest("/ccda", "application/xml", fixture("ccda/ccd_latin1.xml"))
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let tx = settled_id(&engine, body["id"].as_str().unwrap()).await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+    let (_, found) = engine
+        .api("/fhir/Patient?family=%C3%98yen-M%C3%BCller")
+        .await;
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(
+        found["entry"][0]["resource"]["name"][0]["family"], "Øyen-Müller",
+        "{found}"
+    );
+}
+
 #[tokio::test]
 async fn hostile_and_broken_xml_is_refused_and_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -120,7 +143,13 @@ async fn hostile_and_broken_xml_is_refused_and_kept() {
         assert!(text.contains(expect), "{text}");
         let (_, tx) = engine.api(&format!("/api/transactions/{id}")).await;
         assert_eq!(tx["status"], "failed", "{tx}");
+        // Recorded under the channel whose path it was posted to (not run by it).
+        assert_eq!(tx["channels"][0]["name"], "ccda-to-fhir", "{tx}");
     }
+    let (_, page) = engine
+        .api("/api/transactions?channel=ccda-to-fhir&status=failed")
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2, "{page}");
 }
 
 #[tokio::test]
@@ -162,8 +191,46 @@ async fn a_csv_file_becomes_one_transaction_a_row() {
         )
         .await;
     assert_eq!(resp.status().as_u16(), 202);
+    let first = resp.headers()["x-orbiter-transaction"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["first_id"], first.as_str(), "{body}");
     assert!(body["failed"].as_u64().unwrap() >= 1, "{body}");
+    // The answer names the rows to fix: line, transaction and why (never the row's text).
+    let errors = body["errors"].as_array().unwrap();
+    assert_eq!(
+        errors.len() as u64,
+        body["failed"].as_u64().unwrap(),
+        "{body}"
+    );
+    assert_eq!(errors[0]["line"], 3, "{body}");
+    assert!(
+        errors[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("fields where the header has"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("MRN-6006"), "{body}");
+
+    // A sender that says its file is Latin-1 (`charset`) is read so, whatever the channel says.
+    let mut latin1 = b"mrn,family,given,birth_date,sex,loinc,test_name,value,unit,ref_low,ref_high,collected_at\n".to_vec();
+    latin1.extend_from_slice(b"MRN-L2,Dupr\xe9,No\xebl,1970-01-01,M,2345-7,Glucose,5.0,mmol/L,3.9,6.1,2026-11-30T08:00:00Z\n");
+    let resp = engine
+        .ingest("/csv/lab", "text/csv; charset=ISO-8859-1", latin1)
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(answer["failed"], 0, "{answer}");
+    let tx = settled_id(&engine, answer["first_id"].as_str().unwrap()).await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+    let (_, found) = engine.api("/fhir/Patient?identifier=MRN-L2").await;
+    assert_eq!(
+        found["entry"][0]["resource"]["name"][0]["family"], "Dupré",
+        "{found}"
+    );
     let mut failed_reasons = Vec::new();
     for id in body["ids"].as_array().unwrap() {
         let tx = settled_id(&engine, id.as_str().unwrap()).await;
@@ -231,6 +298,19 @@ async fn a_csv_file_dropped_in_a_folder_is_journaled_row_by_row_and_moved() {
         ),
     )
     .unwrap();
+    // A lab system that writes ISO-8859-1, as many still do.
+    let latin1 = dir.path().join("latin1");
+    std::fs::create_dir_all(&latin1).unwrap();
+    std::fs::write(
+        channels.join("lab-latin1.toml"),
+        format!(
+            "name = \"lab-latin1\"\n[source]\nkind = \"dir\"\ndir = \"{}\"\npoll_ms = 200\n\
+             [csv]\nencoding = \"latin1\"\n[transform]\nscript = \"csv_lab_to_fhir.rhai\"\n\
+             [[destination]]\nkind = \"cdr\"\n",
+            latin1.display()
+        ),
+    )
+    .unwrap();
     let channels = channels.display().to_string();
     let scripts = repo_root().join("scripts").display().to_string();
     let engine = Engine::start(
@@ -265,6 +345,48 @@ async fn a_csv_file_dropped_in_a_folder_is_journaled_row_by_row_and_moved() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(total(&engine, "Observation").await, 4);
+
+    // A file with nothing to take goes to error/, and the journal says so under the channel
+    // (not only the log): a failed transaction with the reason, found by `?channel=`.
+    std::fs::write(drop.join("empty.csv"), b"").unwrap();
+    let deadline = Instant::now() + T;
+    while !drop.join("error/empty.csv").exists() {
+        assert!(Instant::now() < deadline, "never moved:\n{}", engine.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, page) = engine
+        .api("/api/transactions?channel=lab-folder&status=failed")
+        .await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{page}");
+    assert_eq!(items[0]["origin"], "empty.csv", "{page}");
+    assert!(
+        items[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no header row"),
+        "{page}"
+    );
+
+    // "Müller", "Zoé" in Latin-1: read as such, journaled and written as UTF-8.
+    let mut file = b"mrn,family,given,birth_date,sex,loinc,test_name,value,unit,ref_low,ref_high,collected_at\n".to_vec();
+    file.extend_from_slice(b"MRN-L1,M\xfcller,Zo\xe9,1970-01-01,F,2345-7,Glucose,5.0,mmol/L,3.9,6.1,2026-11-30T08:00:00Z\n");
+    std::fs::write(latin1.join("export.csv"), file).unwrap();
+    let deadline = Instant::now() + T;
+    while total(&engine, "Patient?family=M%C3%BCller").await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "never written:\n{}",
+            engine.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, found) = engine.api("/fhir/Patient?family=M%C3%BCller").await;
+    assert_eq!(
+        found["entry"][0]["resource"]["name"][0]["given"][0], "Zoé",
+        "{found}"
+    );
+    assert!(latin1.join("processed/export.csv").exists());
 }
 
 #[tokio::test]
@@ -313,4 +435,35 @@ async fn an_hl7_batch_file_in_a_folder_becomes_its_messages_in_order() {
         assert!(Instant::now() < deadline, "never moved:\n{}", engine.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Each shipped document channel declares its format: a document of another kind posted to its
+/// path (a FHIR Patient to `/ccda`, a C-CDA to `/fhir`, a C-CDA to `/csv/lab`) is answered 415
+/// and never journaled, instead of being accepted (202) and failing later in the wrong script.
+#[tokio::test]
+async fn a_shipped_path_refuses_documents_of_another_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path());
+    for (path, content_type, body) in [
+        (
+            "/ccda",
+            "application/fhir+json",
+            fixture("fhir/patient.json"),
+        ),
+        ("/fhir", "application/xml", fixture("ccda/ccd_full.xml")),
+        (
+            "/csv/lab",
+            "application/cda+xml",
+            fixture("ccda/ccd_full.xml"),
+        ),
+        ("/ccda", "text/csv", fixture("csv/lab_results.csv")),
+    ] {
+        let resp = engine.ingest(path, content_type, body).await;
+        assert_eq!(resp.status().as_u16(), 415, "{content_type} to {path}");
+        let outcome: serde_json::Value = resp.json().await.unwrap();
+        let text = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(text.contains("this path takes"), "{text}");
+    }
+    let (_, page) = engine.api("/api/transactions?limit=10").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
 }

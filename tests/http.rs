@@ -175,6 +175,7 @@ async fn refusals_are_defined() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
     // Nothing of the refused requests reached the journal.
     let (_, page) = engine.api("/api/transactions?limit=10").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
@@ -367,6 +368,16 @@ async fn fhir_documents_are_journaled_routed_and_delivered() {
     );
     let resp = post_basic("pa:ss-wörd").await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
+    // Whoever sets up a sender can see why it is refused, and never what it presented.
+    let log = engine.log();
+    assert!(
+        log.contains("ingest request refused: no or wrong credentials"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("pa:ss-word") && !log.contains("wrong\""),
+        "{log}"
+    );
     let (_, found) = engine.api("/fhir/Patient?identifier=F3").await;
     assert_eq!(found["total"], 1, "{found}");
 }

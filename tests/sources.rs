@@ -486,6 +486,15 @@ async fn dir_source_moves_deletes_or_leaves_files_and_never_takes_one_twice() {
         drop_dir.join("error/bad.hl7").exists()
     })
     .await;
+    // Someone must look at it: named at warn, with why.
+    assert!(
+        engine
+            .log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("file refused") && l.contains("bad.hl7")),
+        "{}",
+        engine.log()
+    );
     wait_for("crashed.hl7 moved without journaling", &engine, || {
         drop_dir.join("processed/crashed.hl7").exists()
     })

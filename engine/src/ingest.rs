@@ -27,6 +27,9 @@ pub struct Document {
     pub format: Format,
     pub body: Body,
     pub origin: Origin,
+    /// The character set the sender declared (an HTTP `Content-Type`'s `charset`): for CSV it
+    /// overrides the channel's `[csv] encoding`.
+    pub charset: Option<crate::format::csv::CsvEncoding>,
 }
 
 /// The document's bytes: in memory, or a local file read as a stream (large CSV files).
@@ -43,7 +46,8 @@ pub struct Origin {
     pub listener: String,
     /// Remote address or server.
     pub peer: Option<String>,
-    /// The file name (or HTTP path) it arrived as; routed on by `match.file_name`.
+    /// The file name (or HTTP path) it arrived as: the transaction's `origin` (file sources
+    /// pick files by their `glob`; there is no `match` on names).
     pub name: Option<String>,
     /// Idempotency key (e.g. source + path + size + modification time, or a content hash):
     /// accepting the same key twice journals nothing new.
@@ -59,6 +63,18 @@ pub struct Accepted {
     pub failed: usize,
     /// True when the key had been accepted before and nothing new was journaled.
     pub already: bool,
+    /// The CSV rows journaled as `failed`, in order: what the sender must fix and send again.
+    pub failures: Vec<RowFailure>,
+}
+
+/// One CSV row that could not be read as a row (journaled as `failed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowFailure {
+    pub id: TxId,
+    /// 1-based line where the row starts.
+    pub line: u64,
+    /// Why, as the journal says it (a line and a field count or limit; never the row's text).
+    pub reason: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +161,10 @@ impl crate::intake::Intake {
     /// [`WINDOW`] in flight, so they share the journal's group commits. A malformed row is
     /// journaled as `failed` with its line; a file that cannot be read at all is refused.
     async fn accept_csv(&self, doc: Document) -> Result<Accepted, IngestError> {
-        let options = self.csv_options();
+        let mut options = self.csv_options();
+        if let Some(encoding) = doc.charset {
+            options.encoding = encoding;
+        }
         let (rows_tx, mut rows) = tokio::sync::mpsc::channel::<CsvItem>(WINDOW);
         let body = doc.body;
         let reader = tokio::task::spawn_blocking(move || -> Result<(), IngestError> {
@@ -190,6 +209,7 @@ impl crate::intake::Intake {
                     break;
                 }
             };
+            let bad = refused.as_ref().map(|reason| (line, reason.clone()));
             let facts = crate::format::DocumentFacts {
                 format: Format::Csv,
                 kind: Some("CSV".into()),
@@ -201,15 +221,16 @@ impl crate::intake::Intake {
                 origin: Some(format!("{name}#{line}")),
                 origin_key: origin.key.as_ref().map(|k| format!("{k}#{line}")),
             };
-            in_flight.push_back(self.submit_document(facts, raw, arrival));
+            let reply = self.submit_document(facts, raw, arrival);
+            in_flight.push_back(async move { (reply.await, bad) });
             if in_flight.len() >= WINDOW {
-                if let Some(reply) = in_flight.next().await {
-                    accepted.add(Part::of_document(&reply?));
+                if let Some((reply, bad)) = in_flight.next().await {
+                    accepted.add_row(&reply?, bad);
                 }
             }
         }
-        while let Some(reply) = in_flight.next().await {
-            accepted.add(Part::of_document(&reply?));
+        while let Some((reply, bad)) = in_flight.next().await {
+            accepted.add_row(&reply?, bad);
         }
         match reader.await {
             Ok(Ok(())) => {}
@@ -271,6 +292,18 @@ impl Part {
 }
 
 impl Accepted {
+    /// A CSV row; `bad`: its line and why it was journaled as `failed`.
+    fn add_row(&mut self, reply: &crate::intake::DocumentReply, bad: Option<(u64, String)>) {
+        if let Some((line, reason)) = bad {
+            self.failures.push(RowFailure {
+                id: reply.id,
+                line,
+                reason,
+            });
+        }
+        self.add(Part::of_document(reply));
+    }
+
     fn add(&mut self, part: Part) {
         self.ids.push(part.id);
         self.already &= part.already;

@@ -252,9 +252,25 @@ impl Intake {
             (Some(pipeline), None) => Some(pipeline.route(self.source, &self.listener, &meta)),
             _ => None,
         };
+        // Input refused at a channel's own source (its HTTP path, its folder or SFTP dir: a
+        // malformed document, a bad CSV row) is recorded under that channel, not run: so that
+        // `?channel=` and the per-channel stats show it where its sender's channel is. On the
+        // shared MLLP port nothing names a channel until the message parses.
+        let refused_at = match (&self.pipeline, &refused) {
+            (Some(pipeline), Some(_))
+                if matches!(
+                    self.source,
+                    SourceKind::Http | SourceKind::Dir | SourceKind::Sftp
+                ) =>
+            {
+                pipeline.route(self.source, &self.listener, &meta).1
+            }
+            _ => Vec::new(),
+        };
         let channels: Vec<ChannelRun> = routed
             .iter()
             .flat_map(|(_, routes)| routes.iter())
+            .chain(refused_at.iter())
             .map(|c| ChannelRun {
                 name: c.name().to_string(),
                 revision: c.revision.clone(),

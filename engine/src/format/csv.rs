@@ -25,6 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// quote = "\""
 /// has_header = true      # false: fields are named "1", "2", ...
 /// max_row_bytes = 1048576
+/// encoding = "latin1"   # the file's bytes; default "utf-8"
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -38,6 +39,44 @@ pub struct CsvOptions {
     pub max_row_bytes: usize,
     /// The most fields a row may have.
     pub max_fields: usize,
+    /// How the file's bytes are text. Many lab and billing systems still write Latin-1
+    /// (ISO-8859-1); their rows with accented names are refused as not UTF-8 unless this says
+    /// so. Journaled rows are always UTF-8.
+    pub encoding: CsvEncoding,
+}
+
+impl CsvEncoding {
+    /// The encoding a `Content-Type`'s `charset` parameter names, when it is one of ours
+    /// (`text/csv; charset=ISO-8859-1`); `None` without one or for any other.
+    pub fn from_content_type(content_type: &str) -> Option<CsvEncoding> {
+        let charset = content_type.split(';').skip(1).find_map(|p| {
+            let (name, value) = p.split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("charset")
+                .then(|| value.trim().trim_matches('"').to_ascii_lowercase())
+        })?;
+        match charset.as_str() {
+            "utf-8" | "utf8" | "us-ascii" => Some(CsvEncoding::Utf8),
+            "iso-8859-1" | "iso8859-1" | "latin1" | "latin-1" => Some(CsvEncoding::Latin1),
+            _ => None,
+        }
+    }
+}
+
+/// The character encoding of a CSV file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CsvEncoding {
+    #[default]
+    #[serde(rename = "utf-8", alias = "utf8", alias = "UTF-8")]
+    Utf8,
+    /// ISO-8859-1: every byte is the character of the same number.
+    #[serde(
+        rename = "latin1",
+        alias = "latin-1",
+        alias = "iso-8859-1",
+        alias = "ISO-8859-1"
+    )]
+    Latin1,
 }
 
 impl Default for CsvOptions {
@@ -48,6 +87,7 @@ impl Default for CsvOptions {
             has_header: true,
             max_row_bytes: 1024 * 1024,
             max_fields: 4096,
+            encoding: CsvEncoding::Utf8,
         }
     }
 }
@@ -75,13 +115,16 @@ pub enum CsvError {
     RowTooLong { line: u64, max: usize },
     #[error("line {line}: more than {max} fields (max_fields)")]
     TooManyFields { line: u64, max: usize },
-    #[error("line {line}: {found} fields where the header has {expected}")]
+    #[error("line {line}: {found} fields where the header has {expected}{}", run_on(*line, *last_line))]
     FieldCount {
         line: u64,
+        /// The line the row ends on: past `line` when a quoted field holds line breaks (an
+        /// unclosed quote swallows the rows after it, which the sender must be told).
+        last_line: u64,
         expected: usize,
         found: usize,
     },
-    #[error("line {line}, field {field}: not UTF-8")]
+    #[error("line {line}, field {field}: not UTF-8 (a Latin-1 file? set `encoding = \"latin1\"` in the channel's [csv])")]
     NotUtf8 { line: u64, field: usize },
     #[error("line {line}: header {message}")]
     Header { line: u64, message: String },
@@ -89,6 +132,15 @@ pub enum CsvError {
     NoHeader,
     #[error("a journaled row must be a header line and one row, found {0} rows")]
     NotOneRow(usize),
+}
+
+/// The note on a bad row that spans lines.
+fn run_on(line: u64, last_line: u64) -> String {
+    if last_line > line {
+        format!(" (the row runs on to line {last_line}: an unclosed quote? the rows it swallowed are not journaled)")
+    } else {
+        String::new()
+    }
 }
 
 impl CsvError {
@@ -259,9 +311,13 @@ impl<R: Read> CsvReader<R> {
         let mut start = 0;
         for (i, end) in self.ends[..nend].iter().enumerate() {
             let bytes = &self.out[start..*end];
-            let text =
-                std::str::from_utf8(bytes).map_err(|_| CsvError::NotUtf8 { line, field: i + 1 })?;
-            fields.push(text.to_owned());
+            let text = match self.options.encoding {
+                CsvEncoding::Utf8 => std::str::from_utf8(bytes)
+                    .map_err(|_| CsvError::NotUtf8 { line, field: i + 1 })?
+                    .to_owned(),
+                CsvEncoding::Latin1 => bytes.iter().map(|&b| char::from(b)).collect(),
+            };
+            fields.push(text);
             start = *end;
         }
         Ok(Some(CsvRecord { line, fields }))
@@ -294,8 +350,15 @@ impl<R: Read> CsvReader<R> {
         }
         let expected = self.headers.as_ref().map_or(0, Vec::len);
         if record.fields.len() != expected {
+            // Line breaks inside fields (a file's last one, swallowed too, starts no line).
+            let breaks: usize = record
+                .fields
+                .iter()
+                .map(|f| f.trim_end_matches(['\r', '\n']).matches('\n').count())
+                .sum();
             return Some(Err(CsvError::FieldCount {
                 line: record.line,
+                last_line: record.line + breaks as u64,
                 expected,
                 found: record.fields.len(),
             }));
@@ -399,6 +462,8 @@ pub fn parse_row(bytes: &[u8], options: &CsvOptions) -> Result<(Vec<String>, Csv
     let options = CsvOptions {
         has_header: true,
         max_row_bytes: options.max_row_bytes.max(bytes.len()),
+        // Rows are journaled as UTF-8 whatever the file was.
+        encoding: CsvEncoding::Utf8,
         ..options.clone()
     };
     let mut reader = CsvReader::new(bytes, &options);
@@ -457,6 +522,61 @@ mod tests {
                 "buffer {buffer}"
             );
         }
+    }
+
+    #[test]
+    fn a_content_type_charset_names_the_encoding() {
+        let of = CsvEncoding::from_content_type;
+        assert_eq!(of("text/csv"), None);
+        assert_eq!(
+            of("text/csv; charset=ISO-8859-1"),
+            Some(CsvEncoding::Latin1)
+        );
+        assert_eq!(of("text/csv;Charset=\"utf-8\""), Some(CsvEncoding::Utf8));
+        assert_eq!(
+            of("text/csv; header=present; charset=latin1"),
+            Some(CsvEncoding::Latin1)
+        );
+        assert_eq!(of("text/csv; charset=shift_jis"), None);
+    }
+
+    #[test]
+    fn an_unclosed_quote_says_which_rows_it_swallowed() {
+        let input = "a,b,c\n1,\"x,2\n3,y,4\n5,z,6\n";
+        let rows = read_all(input, &CsvOptions::default(), 64);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let e = rows[0].as_ref().unwrap_err();
+        assert!(
+            e.starts_with("line 2: 2 fields where the header has 3 (the row runs on to line 4: an unclosed quote?"),
+            "{e}"
+        );
+        // A row on one line says nothing more.
+        let rows = read_all("a,b\n1\n", &CsvOptions::default(), 64);
+        assert_eq!(
+            rows[0],
+            Err("line 2: 1 fields where the header has 2".into())
+        );
+    }
+
+    #[test]
+    fn a_latin1_file_is_read_as_latin1_and_journaled_as_utf8() {
+        // "Müller,Zoé" in ISO-8859-1.
+        let file = b"mrn,family,given\n1,M\xfcller,Zo\xe9\n";
+        let utf8 = CsvReader::new(&file[..], &CsvOptions::default())
+            .next()
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(utf8.contains("encoding = \"latin1\""), "{utf8}");
+
+        let options: CsvOptions = toml::from_str("encoding = \"latin1\"").unwrap();
+        let row = journal_rows(&file[..], &options).next().unwrap().unwrap();
+        assert_eq!(row.bytes, "mrn,family,given\n1,Müller,Zoé\n".as_bytes());
+        // The script reads the journaled (UTF-8) row with the channel's options.
+        let msg = to_script(&row.bytes, &options).unwrap().cast::<Map>();
+        assert_eq!(msg["family"].clone().into_string().unwrap(), "Müller");
+        assert_eq!(msg["given"].clone().into_string().unwrap(), "Zoé");
+        assert!(toml::from_str::<CsvOptions>("encoding = \"ebcdic\"").is_err());
     }
 
     #[test]
@@ -524,10 +644,12 @@ mod tests {
             .unwrap_err()
             .contains("column 2 has no name"));
         let mut r = CsvReader::new(&b"a,b\n1,\xff\n3,4\n"[..], &CsvOptions::default());
-        assert_eq!(
-            r.next().unwrap().unwrap_err().to_string(),
-            "line 2, field 2: not UTF-8"
-        );
+        assert!(r
+            .next()
+            .unwrap()
+            .unwrap_err()
+            .to_string()
+            .starts_with("line 2, field 2: not UTF-8"));
         assert_eq!(r.next().unwrap().unwrap().fields, vec!["3", "4"]);
         let options = CsvOptions {
             max_fields: 3,

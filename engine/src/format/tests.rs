@@ -394,7 +394,9 @@ fn malformed_csv_rows_are_errors_with_lines_and_bad_rows_are_rejected() {
         "line 3: 6 fields where the header has 12"
     );
     // The unclosed quote on line 4 swallows line 5: one bad row, reported where it starts.
-    assert!(rows[2].as_ref().unwrap_err().starts_with("line 4: "));
+    let swallowed = rows[2].as_ref().unwrap_err();
+    assert!(swallowed.starts_with("line 4: "), "{swallowed}");
+    assert!(swallowed.contains("runs on to line 5"), "{swallowed}");
 
     let no_mrn = csv::row_bytes(
         &["mrn".into(), "loinc".into()],

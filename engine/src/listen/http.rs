@@ -12,7 +12,7 @@
 //!   the row count and ids.
 //!
 //! `/hl7v2` is built in: HL7 v2 posted there is taken by the channels of the shared MLLP port
-//! (journaled with listener `mllp` and origin `/hl7v2`), unless a channel claims the path.
+//! (journaled with listener `http` and origin `/hl7v2`), unless a channel claims the path.
 //!
 //! A path no channel owns is 404, an unknown or mismatching `Content-Type` 415, a body over
 //! `http.max_body_bytes` 413, missing or wrong client credentials 401.
@@ -150,11 +150,24 @@ async fn ingest(
         );
     }
     if req.method() != actix_web::http::Method::POST {
-        return refuse(StatusCode::METHOD_NOT_ALLOWED, "only POST is accepted");
+        let mut response = refuse(StatusCode::METHOD_NOT_ALLOWED, "only POST is accepted");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        return response;
     }
     for channel in &owners {
         if let Some(auth) = &channel.def.source.auth {
             if !authorized(auth, &req) {
+                // Logged so that whoever sets up a sender sees why it is refused (never what
+                // it presented).
+                tracing::warn!(
+                    channel = %channel.name(),
+                    %path,
+                    peer = %req.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+                    presented = req.headers().contains_key(header::AUTHORIZATION),
+                    "ingest request refused: no or wrong credentials"
+                );
                 return HttpResponse::Unauthorized()
                     .insert_header((header::WWW_AUTHENTICATE, challenge(auth)))
                     .json(operation_outcome("error", "login", "unauthorized"));
@@ -209,7 +222,8 @@ async fn ingest(
         Some(state.pipeline.clone()),
     );
     if format == Format::Csv {
-        return ingest_csv(&state, &intake, &mut payload, path, peer).await;
+        let charset = crate::format::csv::CsvEncoding::from_content_type(content_type);
+        return ingest_csv(&state, &intake, &mut payload, path, peer, charset).await;
     }
     let body = match read_body(&mut payload, state.max_body_bytes).await {
         Ok(body) => body,
@@ -333,6 +347,7 @@ async fn ingest_csv(
     payload: &mut web::Payload,
     path: String,
     peer: Option<String>,
+    charset: Option<crate::format::csv::CsvEncoding>,
 ) -> HttpResponse {
     let unavailable = || {
         HttpResponse::ServiceUnavailable()
@@ -398,6 +413,7 @@ async fn ingest_csv(
                     name: Some(path),
                     key: None,
                 },
+                charset,
             };
             match intake.accept(doc).await {
                 // Every id for a small file; a large one answers with the range (ids grow with
@@ -412,7 +428,25 @@ async fn ingest_csv(
                     if accepted.ids.len() <= LIST_IDS_UP_TO {
                         body["ids"] = accepted.ids.iter().map(|id| id.to_string()).collect();
                     }
-                    HttpResponse::Accepted().json(body)
+                    // Which rows to fix and send again (the first 1,000; `failed` counts all).
+                    body["errors"] = accepted
+                        .failures
+                        .iter()
+                        .take(LIST_IDS_UP_TO)
+                        .map(|f| {
+                            serde_json::json!({
+                                "line": f.line,
+                                "id": f.id.to_string(),
+                                "reason": f.reason,
+                            })
+                        })
+                        .collect();
+                    let mut response = HttpResponse::Accepted();
+                    // As for every journaled request; a CSV file has many: the first row's.
+                    if let Some(first) = accepted.ids.first() {
+                        response.insert_header(("X-Orbiter-Transaction", first.to_string()));
+                    }
+                    response.json(body)
                 }
                 Err(crate::ingest::IngestError::Refused { reason, .. }) => {
                     refuse(StatusCode::BAD_REQUEST, &reason)

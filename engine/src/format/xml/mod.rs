@@ -143,6 +143,28 @@ impl Scopes {
 }
 
 /// Parses a whole document within `limits`.
+/// A document whose XML declaration says ISO-8859-1 (older EHRs still export C-CDA so), as
+/// UTF-8; `None` for any other (UTF-8 is the default and all the parser reads). Every Latin-1
+/// byte is the character of the same number, so the transcoding cannot fail.
+fn latin1_to_utf8(input: &[u8]) -> Option<Vec<u8>> {
+    let declaration = input.strip_prefix(b"<?xml")?;
+    let end = declaration.iter().take(256).position(|b| *b == b'>')?;
+    let declaration = String::from_utf8_lossy(&declaration[..end]).to_ascii_lowercase();
+    let latin1 = ["iso-8859-1", "iso8859-1", "iso_8859-1", "latin1", "latin-1"]
+        .iter()
+        .any(|name| {
+            declaration.contains(&format!("encoding=\"{name}\""))
+                || declaration.contains(&format!("encoding='{name}'"))
+        });
+    latin1.then(|| {
+        input
+            .iter()
+            .map(|&b| char::from(b))
+            .collect::<String>()
+            .into_bytes()
+    })
+}
+
 pub fn parse(input: &[u8], limits: &XmlLimits) -> Result<XmlDoc, XmlError> {
     if input.len() > limits.max_bytes {
         return Err(XmlError::TooLarge {
@@ -151,6 +173,8 @@ pub fn parse(input: &[u8], limits: &XmlLimits) -> Result<XmlDoc, XmlError> {
         });
     }
     let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
+    let transcoded = latin1_to_utf8(input);
+    let input = transcoded.as_deref().unwrap_or(input);
     let mut reader = Reader::from_reader(input);
     reader.config_mut().check_end_names = true;
     let mut elements: Vec<Element> = Vec::new();
@@ -436,6 +460,19 @@ mod tests {
 
     fn doc(s: &str) -> XmlDoc {
         parse(s.as_bytes(), &XmlLimits::default()).unwrap()
+    }
+
+    #[test]
+    fn a_document_declared_latin1_is_read_as_latin1() {
+        let latin1 =
+            b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>\n<r n=\"Zo\xe9\">M\xfcller</r>";
+        let d = parse(latin1, &XmlLimits::default()).unwrap();
+        assert_eq!(d.deep_text(0), "M\u{fc}ller");
+        assert_eq!(d.attr(0, "n"), Some("Zo\u{e9}"));
+        // Undeclared, the same bytes are not UTF-8 (the default): refused.
+        let undeclared = b"<?xml version=\"1.0\"?>\n<r>M\xfcller</r>";
+        let e = parse(undeclared, &XmlLimits::default()).unwrap_err();
+        assert!(e.to_string().contains("UTF-8"), "{e}");
     }
 
     #[test]

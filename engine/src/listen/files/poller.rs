@@ -231,6 +231,10 @@ impl<S: FileStore> FilePoller<S> {
         else {
             tracing::warn!(%listener, file = %file.name, "unknown file format: set `format` in [source]");
             count("refused");
+            let reason =
+                "unknown file format: no `format` in [source] and the extension says nothing";
+            self.journal_refusal(file, key, Format::default(), reason)
+                .await?;
             return Ok(Some(Handled::Error));
         };
         let spool = self.settings.state_dir.join("spool");
@@ -242,6 +246,8 @@ impl<S: FileStore> FilePoller<S> {
             Err(error @ SourceError::Unreadable { .. }) => {
                 tracing::warn!(%listener, %error, "file refused");
                 count("refused");
+                self.journal_refusal(file, key, format, &error.to_string())
+                    .await?;
                 return Ok(Some(Handled::Error));
             }
             Err(error) => return Err(error),
@@ -255,6 +261,7 @@ impl<S: FileStore> FilePoller<S> {
                 name: Some(file.name.clone()),
                 key: Some(key.to_string()),
             },
+            charset: None,
         };
         let result = self.intake.accept(document).await;
         if fetched.spooled {
@@ -275,6 +282,14 @@ impl<S: FileStore> FilePoller<S> {
                 );
                 tracing::debug!(%listener, file = %file.name, ids = ?accepted.ids, "file journaled");
                 if all_failed {
+                    // It goes to `error_dir`: someone must look at it, so it is named at warn.
+                    tracing::warn!(
+                        %listener,
+                        file = %file.name,
+                        first_transaction = ?accepted.ids.first().map(|id| id.0),
+                        reason = accepted.failures.first().map_or("no part of it is a message", |f| f.reason.as_str()),
+                        "file refused: every part of it failed (journaled as failed)"
+                    );
                     count("refused");
                     Ok(Some(Handled::Error))
                 } else {
@@ -285,6 +300,7 @@ impl<S: FileStore> FilePoller<S> {
             Err(IngestError::Refused { reason }) => {
                 tracing::warn!(%listener, file = %file.name, %reason, "file refused");
                 count("refused");
+                self.journal_refusal(file, key, format, &reason).await?;
                 Ok(Some(Handled::Error))
             }
             Err(IngestError::Read { path, source }) => Err(SourceError::Io {
@@ -293,6 +309,34 @@ impl<S: FileStore> FilePoller<S> {
             }),
             Err(IngestError::Journal(e)) => Err(SourceError::Journal(e.to_string())),
         }
+    }
+
+    /// Records a file refused as a whole (unknown format, unreadable, a CSV file without a
+    /// header or data rows) as a `failed` transaction with the reason and no body: what goes
+    /// to `error_dir` is in the journal too, not only in the log. Keyed like the file, so a
+    /// crash before the move records it once.
+    async fn journal_refusal(
+        &self,
+        file: &ListedFile,
+        key: &str,
+        format: Format,
+        reason: &str,
+    ) -> Result<(), SourceError> {
+        let facts = crate::format::DocumentFacts {
+            format,
+            refused: Some(format!("file refused: {reason}")),
+            ..Default::default()
+        };
+        let arrival = crate::intake::Arrival {
+            peer: Some(self.store.describe()),
+            origin: Some(file.name.clone()),
+            origin_key: Some(format!("{key}#refused")),
+        };
+        self.intake
+            .submit_document(facts, bytes::Bytes::new(), arrival)
+            .await
+            .map_err(|e| SourceError::Journal(e.to_string()))?;
+        Ok(())
     }
 
     /// Moves, deletes or leaves a handled file (and removes its done marker).
