@@ -21,7 +21,7 @@ impl Message {
                 return Err(AckError::new(
                     ErrorCode::SegmentSequenceError,
                     format!(
-                        "a batch ({}) where one message was expected: send one message per frame (batch files are taken by the file, SFTP and HTTP document sources)",
+                        "a batch ({}) where one message was expected: send one message per frame or request (batch files are taken by the folder and SFTP sources)",
                         String::from_utf8_lossy(name)
                     ),
                 )
