@@ -31,6 +31,8 @@ use crate::mediator::{MediatorResponse, MediatorStatus, Mediators};
 pub struct MediatorTarget {
     registry: Mediators,
     client: reqwest::Client,
+    /// Per call, named in the reason when a mediator does not answer in time.
+    timeout: Duration,
 }
 
 impl MediatorTarget {
@@ -40,7 +42,11 @@ impl MediatorTarget {
             .timeout(timeout)
             .user_agent(concat!("orbiter/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(MediatorTarget { registry, client })
+        Ok(MediatorTarget {
+            registry,
+            client,
+            timeout,
+        })
     }
 
     pub async fn deliver(
@@ -57,15 +63,26 @@ impl MediatorTarget {
         // Not registered (yet): the mediator may register later, so wait for it.
         let Some(record) = self.registry.get(urn) else {
             return Delivery::Retry {
-                error: format!("mediator {urn} is not registered"),
+                error: format!(
+                    "mediator {urn} is not registered (GET /api/mediators lists those that are; \
+                     check the channel's urn, or start the mediator)"
+                ),
             };
         };
         if !self.registry.is_online(&record) {
-            return Delivery::Retry {
-                error: format!(
-                    "mediator {urn} is offline (no heartbeat in the last {} s)",
+            // Unlike OpenHIM, where heartbeats are optional, Orbiter calls only a mediator that
+            // beats: say so to whoever ported one that never does.
+            let why = match record.last_heartbeat_ms {
+                None => "has never sent a heartbeat; Orbiter calls a mediator only while it \
+                         beats (POST /api/mediators/{urn}/heartbeat)"
+                    .to_string(),
+                Some(_) => format!(
+                    "is offline (no heartbeat in the last {} s)",
                     self.registry.offline_after().as_secs()
                 ),
+            };
+            return Delivery::Retry {
+                error: format!("mediator {urn} {why}"),
             };
         }
         let wanted = destination.endpoint.as_deref();
@@ -102,6 +119,16 @@ impl MediatorTarget {
             .await;
         let response = match sent {
             Ok(response) => response,
+            Err(e) if e.is_timeout() => {
+                return Delivery::Retry {
+                    error: format!(
+                        "mediator {urn} at {url}: no answer within {} s \
+                         (mediators.timeout_secs); it will be sent again with the same \
+                         X-OpenHIM-TransactionID",
+                        self.timeout.as_secs_f64()
+                    ),
+                }
+            }
             Err(e) => {
                 return Delivery::Retry {
                     error: format!("mediator {urn} at {url}: {}", error_chain(&e)),
@@ -151,22 +178,36 @@ pub fn classify_reply(urn: &str, status: u16, content_type: Option<&str>, body: 
     let is_openhim = content_type
         .and_then(|t| t.split(';').next())
         .is_some_and(|t| t.trim().eq_ignore_ascii_case(CONTENT_TYPE));
-    let document: Value = serde_json::from_slice(body).unwrap_or_else(
-        |_| json!({"body": String::from_utf8_lossy(&body[..body.len().min(64 * 1024)])}),
-    );
+    let text = || json!({"body": String::from_utf8_lossy(&body[..body.len().min(64 * 1024)])});
+    let (document, not_json) = match serde_json::from_slice::<Value>(body) {
+        Ok(document) => (document, None),
+        Err(e) => (text(), Some(e)),
+    };
     if !is_openhim {
         // A plain HTTP service registered as a mediator: judged like any HTTP destination.
         return super::classify(status, document);
     }
-    let parsed = match serde_json::from_value::<MediatorResponse>(document.clone()) {
-        Ok(parsed) => parsed,
-        Err(e) if (200..300).contains(&status) => {
+    let parsed = match (not_json, (200..300).contains(&status)) {
+        (Some(e), true) => {
             return Delivery::Failed {
-                error: format!("mediator {urn}: malformed {CONTENT_TYPE} answer: {e}"),
+                error: format!(
+                    "mediator {urn}: answered HTTP {status} with Content-Type {CONTENT_TYPE} \
+                     but the body is not JSON ({e})"
+                ),
                 response: Some(document),
             }
         }
-        Err(_) => return super::classify(status, document),
+        (Some(_), false) => return super::classify(status, document),
+        (None, is_2xx) => match serde_json::from_value::<MediatorResponse>(document.clone()) {
+            Ok(parsed) => parsed,
+            Err(e) if is_2xx => {
+                return Delivery::Failed {
+                    error: format!("mediator {urn}: malformed {CONTENT_TYPE} answer: {e}"),
+                    response: Some(document),
+                }
+            }
+            Err(_) => return super::classify(status, document),
+        },
     };
     // The whole OpenHIM document is the step's output: status, orchestrations, properties.
     let output = serde_json::to_value(&parsed).expect("JSON serializes");
@@ -182,9 +223,12 @@ pub fn classify_reply(urn: &str, status: u16, content_type: Option<&str>, body: 
             })
             .map(|b| diagnostics(&b))
             .unwrap_or_default();
+        let verdict = parsed
+            .status
+            .map(|s| format!("{s:?}"))
+            .unwrap_or_else(|| "no status".into());
         format!(
-            "mediator {urn}: {what} ({:?}, response {}){}{body}",
-            parsed.status,
+            "mediator {urn}: {what} ({verdict}, response {}){}{body}",
             inner.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
             if body.is_empty() { "" } else { ": " },
         )
@@ -203,7 +247,14 @@ pub fn classify_reply(urn: &str, status: u16, content_type: Option<&str>, body: 
         }
         _ => {}
     }
-    if parsed.status == MediatorStatus::Failed {
+    // OpenHIM retries a transaction whose mediator reports an `error` (its docs ask mediators
+    // to set it when an upstream call fails), whatever the status says.
+    if let Some(message) = parsed.error_message() {
+        return Delivery::Retry {
+            error: format!("{}; error: {message}", said("reported an error")),
+        };
+    }
+    if parsed.status == Some(MediatorStatus::Failed) {
         return Delivery::Failed {
             error: said("failed"),
             response: Some(output),
@@ -315,17 +366,89 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_openhim_answer_fails() {
+    fn a_malformed_openhim_answer_fails_and_says_why() {
+        let Delivery::Failed { error, .. } = classify(200, b"not json") else {
+            panic!("accepted a body that is not JSON")
+        };
+        assert!(error.contains("body is not JSON"), "{error}");
         for body in [
-            &b"not json"[..],
-            br#"{"status":"Successful"}"#,
+            &br#"{"status":"Successful"}"#[..],
             br#"{"x-mediator-urn":"u","status":"Great","response":{}}"#,
+            br#"{"x-mediator-urn":"u","response":{"status":"OK"}}"#,
         ] {
             let Delivery::Failed { error, .. } = classify(200, body) else {
                 panic!("accepted {}", String::from_utf8_lossy(body))
             };
             assert!(error.contains("malformed"), "{error}");
         }
+    }
+
+    /// What OpenHIM core accepts from a mediator, Orbiter accepts too.
+    #[test]
+    fn openhim_leniencies_are_accepted() {
+        // No `status`: the response's status decides.
+        let no_status = json!({"x-mediator-urn": URN, "response": {"status": 200, "body": "ok"}});
+        let Delivery::Delivered {
+            response: Some(out),
+        } = classify(200, no_status.to_string().as_bytes())
+        else {
+            panic!("an answer without status was not delivered")
+        };
+        assert!(out.get("status").is_none(), "{out}");
+        let refused = json!({"x-mediator-urn": URN, "response": {"status": 422, "body": "no"}});
+        let Delivery::Failed { error, .. } = classify(200, refused.to_string().as_bytes()) else {
+            panic!("a 422 without status was not failed")
+        };
+        assert!(error.contains("no status, response 422"), "{error}");
+        // The response status as a string, as OpenHIM's router parses it.
+        let text_status = json!({"x-mediator-urn": URN, "status": "Successful",
+                                 "response": {"status": "201", "body": ""}});
+        let Delivery::Delivered {
+            response: Some(out),
+        } = classify(200, text_status.to_string().as_bytes())
+        else {
+            panic!("a string response status was not delivered")
+        };
+        assert_eq!(out["response"]["status"], 201);
+        // An orchestration that never got an answer: an `error` and no `response`.
+        let orchestration_error = json!({"x-mediator-urn": URN, "status": "Completed with error(s)",
+            "response": {"status": 200, "body": "partial"},
+            "orchestrations": [{"name": "registry", "group": "lookups",
+                                "request": {"method": "GET", "path": "/x"},
+                                "error": {"message": "connect ECONNREFUSED"}},
+                               {"name": "no request either", "error": {"message": "skipped"}}]});
+        let Delivery::Delivered {
+            response: Some(out),
+        } = classify(200, orchestration_error.to_string().as_bytes())
+        else {
+            panic!("an orchestration with an error was not accepted")
+        };
+        assert_eq!(
+            out["orchestrations"][0]["error"]["message"],
+            "connect ECONNREFUSED"
+        );
+        assert_eq!(out["orchestrations"][0]["group"], "lookups");
+        assert!(out["orchestrations"][0].get("response").is_none(), "{out}");
+    }
+
+    /// OpenHIM retries when the mediator reports an `error` (its upstream was down), even with
+    /// status Failed; Failed without an error stays failed.
+    #[test]
+    fn an_error_in_the_answer_is_retried() {
+        for status in ["Failed", "Completed with error(s)"] {
+            let body = json!({"x-mediator-urn": URN, "status": status,
+                              "response": {"status": 500, "body": "upstream down"},
+                              "error": {"message": "connect ECONNREFUSED 10.0.0.9:8080",
+                                        "stack": "Error: connect..."}});
+            let Delivery::Retry { error } = classify(200, body.to_string().as_bytes()) else {
+                panic!("{status} with an error was not retried")
+            };
+            assert!(error.contains("ECONNREFUSED 10.0.0.9:8080"), "{error}");
+        }
+        assert!(matches!(
+            classify(200, &answer("Failed", 500)),
+            Delivery::Failed { .. }
+        ));
     }
 
     fn destination(toml_text: &str) -> DestinationDef {
@@ -362,10 +485,12 @@ mod tests {
         assert!(error.contains("not registered"), "{error}");
 
         registry.register(registration, "test").unwrap();
+        // Registered, never beaten: a mediator ported from OpenHIM (where heartbeats are
+        // optional) must learn why it is never called.
         let Delivery::Retry { error } = send(to("")).await else {
             panic!("offline")
         };
-        assert!(error.contains("offline"), "{error}");
+        assert!(error.contains("never sent a heartbeat"), "{error}");
 
         registry.heartbeat(URN, 1.0, false).unwrap();
         let Delivery::Failed { error, .. } = send(to("endpoint = \"other\"")).await else {
@@ -402,6 +527,10 @@ mod tests {
         };
         assert!(
             error.contains(&format!("127.0.0.1:{silent_port}")),
+            "{error}"
+        );
+        assert!(
+            error.contains("no answer within 0.5 s (mediators.timeout_secs)"),
             "{error}"
         );
         assert!(started.elapsed() < Duration::from_secs(5));
