@@ -3,12 +3,14 @@
 //! | route | role |
 //! |---|---|
 //! | `GET /api/mediators`, `GET /api/mediators/{urn}` | viewer |
-//! | `POST /api/mediators` (register), `POST /api/mediators/{urn}/heartbeat` | operator |
+//! | `POST /api/mediators` (register), `POST /api/mediators/{urn}/heartbeat` | mediator |
 //! | `PUT /api/mediators/{urn}/config`, `DELETE /api/mediators/{urn}` | admin |
 //!
 //! OpenHIM lets a mediator register and beat with its own API user; here that is an API client
-//! with the `operator` role: it can announce itself and report, but not change the config an
-//! admin set, nor remove anyone. Heartbeats are not audit events (one every 10 s per mediator
+//! with the `mediator` role: it can announce itself and report, but not change the config an
+//! admin set, nor remove anyone. A URN belongs to the mediator client that first registered it
+//! (`_owner`): another mediator client gets `403` saying so, so that it can neither read that
+//! mediator's config (secrets included) through a heartbeat nor point its endpoints elsewhere. Heartbeats are not audit events (one every 10 s per mediator
 //! would drown the trail); registrations, config changes and removals are.
 
 use actix_web::{web, HttpResponse};
@@ -20,7 +22,7 @@ use time::OffsetDateTime;
 use super::audit::{record, AuditAction};
 use super::{AdminState, Caller, Role};
 use crate::mediator::config::masked;
-use crate::mediator::{MediatorError, MediatorRecord, Registered, Registration};
+use crate::mediator::{Actor, MediatorError, MediatorRecord, Registered, Registration};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/mediators", web::get().to(list))
@@ -54,7 +56,17 @@ fn describe(state: &AdminState, mediator: &MediatorRecord) -> Value {
     body["_configModifiedTS"] = rfc3339(mediator.config_modified_ms);
     body["_registeredAt"] = rfc3339(mediator.registered_at_ms);
     body["_registeredBy"] = json!(mediator.registered_by);
+    body["_owner"] = json!(mediator.owner);
     body
+}
+
+/// An admin acts on any URN; a mediator's own client only on those it owns.
+fn actor(caller: &Caller) -> Actor<'_> {
+    if caller.has(Role::Admin) {
+        Actor::Admin(&caller.name)
+    } else {
+        Actor::Mediator(&caller.name)
+    }
 }
 
 fn error_response(e: MediatorError) -> HttpResponse {
@@ -64,6 +76,10 @@ fn error_response(e: MediatorError) -> HttpResponse {
         }
         MediatorError::NotFound(_) => {
             HttpResponse::NotFound().json(json!({"error": "no such mediator"}))
+        }
+        // The caller holds the mediator role; what it may not do here is worth saying.
+        e @ MediatorError::NotOwner(_) => {
+            HttpResponse::Forbidden().json(json!({"error": e.to_string()}))
         }
         other => {
             tracing::error!(error = %other, "mediator registry");
@@ -107,8 +123,8 @@ async fn register(
         Err(e) => return Ok(super::json_body_error(e)),
     };
     let mediators = state.mediators.clone();
-    let by = caller.name.clone();
-    let done = web::block(move || mediators.register(registration, &by)).await?;
+    let by = caller.clone();
+    let done = web::block(move || mediators.register(registration, actor(&by))).await?;
     Ok(match done {
         Ok((outcome, mediator)) => {
             let action = match outcome {
@@ -190,7 +206,10 @@ async fn heartbeat(
     }
     let wants_config = beat.config == Some(Value::Bool(true));
     Ok(
-        match state.mediators.heartbeat(&urn, beat.uptime, wants_config) {
+        match state
+            .mediators
+            .heartbeat(&urn, beat.uptime, wants_config, actor(&caller))
+        {
             Ok(Some(config)) => HttpResponse::Ok().json(config),
             Ok(None) => HttpResponse::Ok().finish(),
             Err(e) => error_response(e),

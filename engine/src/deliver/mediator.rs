@@ -277,6 +277,7 @@ pub fn classify_reply(urn: &str, status: u16, content_type: Option<&str>, body: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mediator::Actor;
 
     const URN: &str = "urn:mediator:test";
 
@@ -484,7 +485,9 @@ mod tests {
         };
         assert!(error.contains("not registered"), "{error}");
 
-        registry.register(registration, "test").unwrap();
+        registry
+            .register(registration, Actor::Admin("test"))
+            .unwrap();
         // Registered, never beaten: a mediator ported from OpenHIM (where heartbeats are
         // optional) must learn why it is never called.
         let Delivery::Retry { error } = send(to("")).await else {
@@ -492,7 +495,9 @@ mod tests {
         };
         assert!(error.contains("never sent a heartbeat"), "{error}");
 
-        registry.heartbeat(URN, 1.0, false).unwrap();
+        registry
+            .heartbeat(URN, 1.0, false, Actor::Admin("test"))
+            .unwrap();
         let Delivery::Failed { error, .. } = send(to("endpoint = \"other\"")).await else {
             panic!("unknown endpoint")
         };
@@ -516,7 +521,7 @@ mod tests {
             "endpoints": [{"name": "main", "host": "127.0.0.1", "port": silent_port}]
         }))
         .unwrap();
-        registry.register(moved, "test").unwrap();
+        registry.register(moved, Actor::Admin("test")).unwrap();
         let impatient = MediatorTarget::new(registry.clone(), Duration::from_millis(500)).unwrap();
         let started = std::time::Instant::now();
         let answer = impatient

@@ -15,7 +15,7 @@ pub struct Api {
     client: reqwest::Client,
     /// e.g. `http://orbiter:8080`, without a trailing slash.
     base: String,
-    /// Bearer token of an API client with the operator role. Never logged.
+    /// Bearer token of an API client with the `mediator` role. Never logged.
     token: String,
 }
 
