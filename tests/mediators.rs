@@ -405,6 +405,13 @@ async fn a_mediator_registers_beats_gets_its_config_and_mediates_a_channel() {
     let ghost = send(&engine, "GHOST", "GHOST-1").await;
     assert_eq!(ghost["status"], "queued", "{ghost}");
     assert!(last_reason(&ghost).contains("is not registered"), "{ghost}");
+    // The operator's log says so once, without waiting for anyone to read the transaction.
+    let log = engine.log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("not registered") && l.contains(GHOST))
+        .count();
+    assert_eq!(warned, 1, "{log}");
 
     // A registered, beating mediator that answers 500: called, and queued for a retry.
     let (port, hits) = broken_mediator().await;
@@ -448,6 +455,14 @@ async fn a_mediator_registers_beats_gets_its_config_and_mediates_a_channel() {
     let offline = send(&engine, "VALID", "OFFLINE-1").await;
     assert_eq!(offline["status"], "queued", "{offline}");
     assert!(last_reason(&offline).contains("offline"), "{offline}");
+    assert!(
+        engine
+            .log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("mediator offline") && l.contains(VALIDATOR)),
+        "{}",
+        engine.log()
+    );
 
     // Registrations and config survive a restart of the engine.
     assert!(engine.stop().success());

@@ -15,6 +15,8 @@
 //! queued); a 2xx OpenHIM answer by the mediator's own status (`Failed` failed) and then by
 //! the status of the response it carries.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -33,6 +35,17 @@ pub struct MediatorTarget {
     client: reqwest::Client,
     /// Per call, named in the reason when a mediator does not answer in time.
     timeout: Duration,
+    /// What each URN looked like at its last delivery, so that the log says once when
+    /// deliveries to a mediator start queueing (and when they resume), not once a retry.
+    reach: Arc<Mutex<HashMap<String, Reach>>>,
+}
+
+/// Whether a mediator could be called at a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Unregistered,
+    Offline,
+    Online,
 }
 
 impl MediatorTarget {
@@ -46,7 +59,34 @@ impl MediatorTarget {
             registry,
             client,
             timeout,
+            reach: Arc::default(),
         })
+    }
+
+    /// Records `now` for `urn` and logs a change worth an operator's eye (URN and channel
+    /// only: nothing from the message).
+    fn note(&self, urn: &str, channel: &str, now: Reach) {
+        let before = {
+            let mut reach = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+            reach.insert(urn.to_string(), now)
+        };
+        match transition(before, now) {
+            Some(Reach::Unregistered) => tracing::warn!(
+                urn,
+                channel,
+                "a channel routes to a mediator that is not registered: its deliveries queue \
+                 until the mediator registers (check the channel's urn)"
+            ),
+            Some(Reach::Offline) => tracing::warn!(
+                urn,
+                channel,
+                "mediator offline (no recent heartbeat): its deliveries queue until it beats again"
+            ),
+            Some(Reach::Online) => {
+                tracing::info!(urn, channel, "mediator reachable again: delivering")
+            }
+            None => {}
+        }
     }
 
     pub async fn deliver(
@@ -62,6 +102,7 @@ impl MediatorTarget {
         };
         // Not registered (yet): the mediator may register later, so wait for it.
         let Some(record) = self.registry.get(urn) else {
+            self.note(urn, channel, Reach::Unregistered);
             return Delivery::Retry {
                 error: format!(
                     "mediator {urn} is not registered (GET /api/mediators lists those that are; \
@@ -70,6 +111,7 @@ impl MediatorTarget {
             };
         };
         if !self.registry.is_online(&record) {
+            self.note(urn, channel, Reach::Offline);
             // Unlike OpenHIM, where heartbeats are optional, Orbiter calls only a mediator that
             // beats: say so to whoever ported one that never does.
             let why = match record.last_heartbeat_ms {
@@ -85,6 +127,7 @@ impl MediatorTarget {
                 error: format!("mediator {urn} {why}"),
             };
         }
+        self.note(urn, channel, Reach::Online);
         let wanted = destination.endpoint.as_deref();
         let Some(endpoint) = record.endpoint(wanted) else {
             return failed(format!(
@@ -147,6 +190,16 @@ impl MediatorTarget {
                 error: format!("mediator {urn}: reading the answer: {}", error_chain(&e)),
             },
         }
+    }
+}
+
+/// What to log when a URN's reach goes from `before` to `now`: going away always (the first
+/// sight of a URN included), coming back only after having been away.
+fn transition(before: Option<Reach>, now: Reach) -> Option<Reach> {
+    match (before, now) {
+        (Some(b), n) if b == n => None,
+        (None | Some(Reach::Online), Reach::Online) => None,
+        (_, now) => Some(now),
     }
 }
 
@@ -540,6 +593,19 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_secs(5));
         holder.abort();
+    }
+
+    #[test]
+    fn the_log_says_when_a_mediator_goes_away_and_comes_back_not_every_retry() {
+        use Reach::*;
+        assert_eq!(transition(None, Online), None);
+        assert_eq!(transition(None, Unregistered), Some(Unregistered));
+        assert_eq!(transition(Some(Unregistered), Unregistered), None);
+        assert_eq!(transition(Some(Online), Offline), Some(Offline));
+        assert_eq!(transition(Some(Offline), Offline), None);
+        assert_eq!(transition(Some(Offline), Online), Some(Online));
+        assert_eq!(transition(Some(Online), Online), None);
+        assert_eq!(transition(Some(Unregistered), Offline), Some(Offline));
     }
 
     #[test]
