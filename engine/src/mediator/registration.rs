@@ -1,5 +1,6 @@
 //! What a mediator sends to `POST /api/mediators`: OpenHIM's registration document, field for
-//! field (camelCase), so that a mediator written for OpenHIM registers here unchanged.
+//! field (camelCase), so that a mediator written for OpenHIM sends it here unchanged (only its
+//! authentication differs: a bearer token, see `mediators/README.md`).
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
