@@ -593,6 +593,14 @@ async fn an_openhim_mediator_owns_its_urn_and_its_answers_mean_what_they_mean_in
     assert!(!body.to_string().contains("s3cret"), "{body}");
     let (_, kept) = engine.api(&format!("/api/mediators/{BROKEN}")).await;
     assert_eq!(kept["endpoints"][0]["port"], port, "{kept}");
+    let (_, audit) = engine.api("/api/audit?actor=med-other").await;
+    let denied: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "denied")
+        .collect();
+    assert_eq!(denied.len(), 2, "{audit}");
 
     // Its own client beats and gets the config.
     let (status, config) = call_as(

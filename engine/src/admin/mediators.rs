@@ -89,6 +89,16 @@ fn error_response(e: MediatorError) -> HttpResponse {
     }
 }
 
+/// [`error_response`], and a URN another client owns is a `denied` audit event, as a call
+/// the caller's role does not allow is: someone tried to take over or read a mediator.
+fn refused(state: &AdminState, caller: &Caller, route: &str, e: MediatorError) -> HttpResponse {
+    if matches!(e, MediatorError::NotOwner(_)) {
+        let (method, path) = route.split_once(' ').unwrap_or(("POST", route));
+        super::audit::denied(&state.journal, caller, method, path);
+    }
+    error_response(e)
+}
+
 async fn list(state: web::Data<AdminState>, caller: Caller) -> actix_web::Result<HttpResponse> {
     caller.require(Role::Viewer)?;
     let items: Vec<Value> = state
@@ -147,7 +157,7 @@ async fn register(
             tracing::info!(urn = %mediator.urn(), version = %mediator.registration.version, by = %caller.name, action, "mediator registration");
             HttpResponse::Created().json(describe(&state, &mediator))
         }
-        Err(e) => error_response(e),
+        Err(e) => refused(&state, &caller, "POST /api/mediators", e),
     })
 }
 
@@ -212,7 +222,12 @@ async fn heartbeat(
         {
             Ok(Some(config)) => HttpResponse::Ok().json(config),
             Ok(None) => HttpResponse::Ok().finish(),
-            Err(e) => error_response(e),
+            Err(e) => refused(
+                &state,
+                &caller,
+                &format!("POST /api/mediators/{urn}/heartbeat"),
+                e,
+            ),
         },
     )
 }
