@@ -325,6 +325,27 @@ async fn a_mediator_registers_beats_gets_its_config_and_mediates_a_channel() {
         "{all}"
     );
     let validator_log = || std::fs::read_to_string(dir.path().join("validator.log")).unwrap();
+
+    // Started with the token of a client without the `mediator` role: it stops, and says why.
+    let (status, operator) = call(
+        reqwest::Method::POST,
+        engine.url("/api/clients"),
+        Some(json!({"name": "not-a-mediator", "roles": ["operator"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{operator}");
+    let refused = Command::new(&binary)
+        .env("ORBITER_API_URL", format!("http://{}", engine.admin))
+        .env(
+            "ORBITER_MEDIATOR_TOKEN",
+            operator["token"].as_str().unwrap(),
+        )
+        .env("MEDIATOR_ADDR", "127.0.0.1:0")
+        .output()
+        .expect("the mediator runs");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("needs the `mediator` role"), "{said}");
     assert!(
         !validator_log().contains(TOKEN),
         "the token must never be logged"
