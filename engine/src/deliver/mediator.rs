@@ -184,14 +184,34 @@ impl MediatorTarget {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        match response.bytes().await {
-            Ok(body) => classify_reply(urn, status, reply_type.as_deref(), &body),
-            Err(e) => Delivery::Retry {
-                error: format!("mediator {urn}: reading the answer: {}", error_chain(&e)),
-            },
+        // Read in chunks up to a bound: the answer is kept on the transaction, and one
+        // mediator's runaway answer must not take the engine's memory.
+        let mut response = response;
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() > MAX_ANSWER_BYTES => {
+                    return failed(format!(
+                        "mediator {urn}: answer larger than {} MiB (HTTP {status}); \
+                         a mediator should answer a summary, not the data",
+                        MAX_ANSWER_BYTES >> 20
+                    ));
+                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    return Delivery::Retry {
+                        error: format!("mediator {urn}: reading the answer: {}", error_chain(&e)),
+                    }
+                }
+            }
         }
+        classify_reply(urn, status, reply_type.as_deref(), &body)
     }
 }
+
+/// The largest answer kept (as `mllp.max_message_bytes` by default).
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 /// What to log when a URN's reach goes from `before` to `now`: going away always (the first
 /// sight of a URN included), coming back only after having been away.
@@ -593,6 +613,32 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_secs(5));
         holder.abort();
+
+        // A mediator whose answer never ends: failed at the bound, not read into memory whole.
+        let endless = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endless_port = endless.local_addr().unwrap().port();
+        let flood = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut stream, _) = endless.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json+openhim\r\n\
+                        Transfer-Encoding: chunked\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let chunk = format!("100000\r\n{}\r\n", "x".repeat(0x100000));
+            while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+        });
+        let flooding = serde_json::from_value(json!({
+            "urn": URN, "version": "1.0.2", "name": "T",
+            "endpoints": [{"name": "main", "host": "127.0.0.1", "port": endless_port}]
+        }))
+        .unwrap();
+        registry.register(flooding, Actor::Admin("test")).unwrap();
+        let Delivery::Failed { error, .. } = send(to("")).await else {
+            panic!("an endless answer was not failed")
+        };
+        assert!(error.contains("answer larger than 16 MiB"), "{error}");
+        flood.abort();
     }
 
     #[test]
