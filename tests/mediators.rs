@@ -200,18 +200,36 @@ async fn until_mediator_uses(engine: &Engine, prefix: &str, max_entries: &str) -
     unreachable!()
 }
 
+/// What a [`canned_mediator`] answers: HTTP status, Content-Type, body.
+type Answer = Arc<std::sync::Mutex<(u16, &'static str, String)>>;
+
 /// A mediator that answers every request with HTTP 500 (in OpenHIM's format), counting them.
 async fn broken_mediator() -> (u16, Arc<AtomicUsize>) {
+    let body = json!({"x-mediator-urn": BROKEN, "status": "Failed",
+                      "response": {"status": 500, "body": "database down",
+                                   "timestamp": "2026-12-01T12:00:00Z"}});
+    let (port, hits, _) = canned_mediator(500, "application/json+openhim", body.to_string()).await;
+    (port, hits)
+}
+
+/// A mediator that answers every request with the answer in force (the test may change it),
+/// counting the requests.
+async fn canned_mediator(
+    status: u16,
+    content_type: &'static str,
+    body: String,
+) -> (u16, Arc<AtomicUsize>, Answer) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
+    let answer: Answer = Arc::new(std::sync::Mutex::new((status, content_type, body)));
+    let (counter, answering) = (hits.clone(), answer.clone());
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
-            let counter = counter.clone();
+            let (counter, answering) = (counter.clone(), answering.clone());
             tokio::spawn(async move {
                 // Read the head, then the body its Content-Length announces.
                 let mut buf = Vec::new();
@@ -240,12 +258,9 @@ async fn broken_mediator() -> (u16, Arc<AtomicUsize>) {
                     }
                 }
                 counter.fetch_add(1, Ordering::SeqCst);
-                let body = json!({"x-mediator-urn": BROKEN, "status": "Failed",
-                                  "response": {"status": 500, "body": "database down",
-                                               "timestamp": "2026-12-01T12:00:00Z"}})
-                .to_string();
+                let (status, content_type, body) = answering.lock().unwrap().clone();
                 let answer = format!(
-                    "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json+openhim\r\n\
+                    "HTTP/1.1 {status} Canned\r\nContent-Type: {content_type}\r\n\
                      Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
@@ -253,7 +268,7 @@ async fn broken_mediator() -> (u16, Arc<AtomicUsize>) {
             });
         }
     });
-    (port, hits)
+    (port, hits, answer)
 }
 
 struct Mediator(Child);
@@ -310,6 +325,27 @@ async fn a_mediator_registers_beats_gets_its_config_and_mediates_a_channel() {
         "{all}"
     );
     let validator_log = || std::fs::read_to_string(dir.path().join("validator.log")).unwrap();
+
+    // Started with the token of a client without the `mediator` role: it stops, and says why.
+    let (status, operator) = call(
+        reqwest::Method::POST,
+        engine.url("/api/clients"),
+        Some(json!({"name": "not-a-mediator", "roles": ["operator"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{operator}");
+    let refused = Command::new(&binary)
+        .env("ORBITER_API_URL", format!("http://{}", engine.admin))
+        .env(
+            "ORBITER_MEDIATOR_TOKEN",
+            operator["token"].as_str().unwrap(),
+        )
+        .env("MEDIATOR_ADDR", "127.0.0.1:0")
+        .output()
+        .expect("the mediator runs");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(said.contains("needs the `mediator` role"), "{said}");
     assert!(
         !validator_log().contains(TOKEN),
         "the token must never be logged"
@@ -390,6 +426,13 @@ async fn a_mediator_registers_beats_gets_its_config_and_mediates_a_channel() {
     let ghost = send(&engine, "GHOST", "GHOST-1").await;
     assert_eq!(ghost["status"], "queued", "{ghost}");
     assert!(last_reason(&ghost).contains("is not registered"), "{ghost}");
+    // The operator's log says so once, without waiting for anyone to read the transaction.
+    let log = engine.log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("not registered") && l.contains(GHOST))
+        .count();
+    assert_eq!(warned, 1, "{log}");
 
     // A registered, beating mediator that answers 500: called, and queued for a retry.
     let (port, hits) = broken_mediator().await;
@@ -433,6 +476,14 @@ async fn a_mediator_registers_beats_gets_its_config_and_mediates_a_channel() {
     let offline = send(&engine, "VALID", "OFFLINE-1").await;
     assert_eq!(offline["status"], "queued", "{offline}");
     assert!(last_reason(&offline).contains("offline"), "{offline}");
+    assert!(
+        engine
+            .log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("mediator offline") && l.contains(VALIDATOR)),
+        "{}",
+        engine.log()
+    );
 
     // Registrations and config survive a restart of the engine.
     assert!(engine.stop().success());
@@ -469,4 +520,172 @@ async fn a_mediator_registers_beats_gets_its_config_and_mediates_a_channel() {
     )
     .await;
     assert_eq!(heartbeat.0, 404);
+}
+
+async fn call_as(
+    token: &str,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A `mediator` API client, created the way the README says; its token.
+async fn mediator_client(engine: &Engine, name: &str) -> String {
+    let (status, body) = call(
+        reqwest::Method::POST,
+        engine.url("/api/clients"),
+        Some(json!({"name": name, "roles": ["mediator"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["token"].as_str().unwrap().to_string()
+}
+
+/// A mediator written for OpenHIM, with its own `mediator` client: its URN is its own, and
+/// the answers OpenHIM core accepts (no status, an `error` asking for a retry) mean here what
+/// they mean there; a body that is not JSON says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openhim_mediator_owns_its_urn_and_its_answers_mean_what_they_mean_in_openhim() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = workspace(&dir.path().join("ws"));
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let engine = Engine::start(&dir.path().join("data"), &env_refs);
+    let owner = mediator_client(&engine, "med-owner").await;
+    let other = mediator_client(&engine, "med-other").await;
+
+    let no_status = json!({"x-mediator-urn": BROKEN,
+                           "response": {"status": "200", "body": "done"},
+                           "orchestrations": [{"name": "registry lookup",
+                                               "error": {"message": "timed out"}}]});
+    let (port, hits, answer) =
+        canned_mediator(200, "application/json+openhim", no_status.to_string()).await;
+    let registration = |port: u16| {
+        json!({"urn": BROKEN, "version": "1.0.0", "name": "OpenHIM-style",
+               "endpoints": [{"name": "main", "host": "127.0.0.1", "port": port, "type": "http"}],
+               "configDefs": [{"param": "apiKey", "type": "password"}],
+               "config": {"apiKey": "s3cret"}})
+    };
+    let mediators = engine.url("/api/mediators");
+    let (status, body) = call_as(
+        &owner,
+        reqwest::Method::POST,
+        mediators.clone(),
+        Some(registration(port)),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["_owner"], "med-owner");
+
+    // Another mediator's client may neither move the endpoint nor beat (and read the secret).
+    let (status, body) = call_as(
+        &other,
+        reqwest::Method::POST,
+        mediators.clone(),
+        Some(registration(1)),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("another API client"),
+        "{body}"
+    );
+    let beat_url = engine.url(&format!("/api/mediators/{BROKEN}/heartbeat"));
+    let (status, body) = call_as(
+        &other,
+        reqwest::Method::POST,
+        beat_url.clone(),
+        Some(json!({"uptime": 1, "config": true})),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(!body.to_string().contains("s3cret"), "{body}");
+    let (_, kept) = engine.api(&format!("/api/mediators/{BROKEN}")).await;
+    assert_eq!(kept["endpoints"][0]["port"], port, "{kept}");
+    let (_, audit) = engine.api("/api/audit?actor=med-other").await;
+    let denied: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "denied")
+        .collect();
+    assert_eq!(denied.len(), 2, "{audit}");
+
+    // Its own client beats and gets the config.
+    let (status, config) = call_as(
+        &owner,
+        reqwest::Method::POST,
+        beat_url.clone(),
+        Some(json!({"uptime": 1, "config": true})),
+    )
+    .await;
+    assert_eq!((status, &config["apiKey"]), (200, &json!("s3cret")));
+    let beating = tokio::spawn(async move {
+        loop {
+            call_as(
+                &owner,
+                reqwest::Method::POST,
+                beat_url.clone(),
+                Some(json!({"uptime": 2})),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    mediator_until(&engine, BROKEN, "came online", |m| m["status"] == "online").await;
+
+    // No `status`, a string response status, an orchestration with only an error: delivered.
+    let tx = send(&engine, "BROKEN", "LENIENT-1").await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+    let (_, step) = delivery(&engine, &tx).await;
+    assert_eq!(step["output"]["response"]["status"], 200);
+    assert_eq!(
+        step["output"]["orchestrations"][0]["error"]["message"],
+        "timed out"
+    );
+
+    // `error`: queued and retried, with the mediator's message, until the upstream is back.
+    let failing = json!({"x-mediator-urn": BROKEN, "status": "Failed",
+                         "response": {"status": 500, "body": "upstream down"},
+                         "error": {"message": "connect ECONNREFUSED 10.9.9.9:443"}});
+    *answer.lock().unwrap() = (200, "application/json+openhim", failing.to_string());
+    let tx = send(&engine, "BROKEN", "ERROR-1").await;
+    assert_eq!(tx["status"], "queued", "{tx}");
+    assert!(
+        last_reason(&tx).contains("ECONNREFUSED 10.9.9.9:443"),
+        "{tx}"
+    );
+    let before = hits.load(Ordering::SeqCst);
+    let fine = json!({"x-mediator-urn": BROKEN, "status": "Successful",
+                      "response": {"status": 201, "body": "stored"}});
+    *answer.lock().unwrap() = (200, "application/json+openhim", fine.to_string());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, detail) = engine.api(&format!("/api/transactions/{}", tx["id"])).await;
+        if detail["status"] == "delivered" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never delivered: {detail}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(hits.load(Ordering::SeqCst) > before);
+
+    // The OpenHIM content type with a body that is not JSON: failed, and the reason says so.
+    *answer.lock().unwrap() = (200, "application/json+openhim", "Internal error".into());
+    let tx = send(&engine, "BROKEN", "NOT-JSON-1").await;
+    assert_eq!(tx["status"], "failed", "{tx}");
+    assert!(last_reason(&tx).contains("body is not JSON"), "{tx}");
+    beating.abort();
 }

@@ -3,12 +3,14 @@
 //! | route | role |
 //! |---|---|
 //! | `GET /api/mediators`, `GET /api/mediators/{urn}` | viewer |
-//! | `POST /api/mediators` (register), `POST /api/mediators/{urn}/heartbeat` | operator |
+//! | `POST /api/mediators` (register), `POST /api/mediators/{urn}/heartbeat` | mediator |
 //! | `PUT /api/mediators/{urn}/config`, `DELETE /api/mediators/{urn}` | admin |
 //!
 //! OpenHIM lets a mediator register and beat with its own API user; here that is an API client
-//! with the `operator` role: it can announce itself and report, but not change the config an
-//! admin set, nor remove anyone. Heartbeats are not audit events (one every 10 s per mediator
+//! with the `mediator` role: it can announce itself and report, but not change the config an
+//! admin set, nor remove anyone. A URN belongs to the mediator client that first registered it
+//! (`_owner`): another mediator client gets `403` saying so, so that it can neither read that
+//! mediator's config (secrets included) through a heartbeat nor point its endpoints elsewhere. Heartbeats are not audit events (one every 10 s per mediator
 //! would drown the trail); registrations, config changes and removals are.
 
 use actix_web::{web, HttpResponse};
@@ -20,7 +22,7 @@ use time::OffsetDateTime;
 use super::audit::{record, AuditAction};
 use super::{AdminState, Caller, Role};
 use crate::mediator::config::masked;
-use crate::mediator::{MediatorError, MediatorRecord, Registered, Registration};
+use crate::mediator::{Actor, MediatorError, MediatorRecord, Registered, Registration};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/mediators", web::get().to(list))
@@ -54,7 +56,17 @@ fn describe(state: &AdminState, mediator: &MediatorRecord) -> Value {
     body["_configModifiedTS"] = rfc3339(mediator.config_modified_ms);
     body["_registeredAt"] = rfc3339(mediator.registered_at_ms);
     body["_registeredBy"] = json!(mediator.registered_by);
+    body["_owner"] = json!(mediator.owner);
     body
+}
+
+/// An admin acts on any URN; a mediator's own client only on those it owns.
+fn actor(caller: &Caller) -> Actor<'_> {
+    if caller.has(Role::Admin) {
+        Actor::Admin(&caller.name)
+    } else {
+        Actor::Mediator(&caller.name)
+    }
 }
 
 fn error_response(e: MediatorError) -> HttpResponse {
@@ -65,12 +77,26 @@ fn error_response(e: MediatorError) -> HttpResponse {
         MediatorError::NotFound(_) => {
             HttpResponse::NotFound().json(json!({"error": "no such mediator"}))
         }
+        // The caller holds the mediator role; what it may not do here is worth saying.
+        e @ MediatorError::NotOwner(_) => {
+            HttpResponse::Forbidden().json(json!({"error": e.to_string()}))
+        }
         other => {
             tracing::error!(error = %other, "mediator registry");
             HttpResponse::InternalServerError()
                 .json(json!({"error": "mediator registry unavailable"}))
         }
     }
+}
+
+/// [`error_response`], and a URN another client owns is a `denied` audit event, as a call
+/// the caller's role does not allow is: someone tried to take over or read a mediator.
+fn refused(state: &AdminState, caller: &Caller, route: &str, e: MediatorError) -> HttpResponse {
+    if matches!(e, MediatorError::NotOwner(_)) {
+        let (method, path) = route.split_once(' ').unwrap_or(("POST", route));
+        super::audit::denied(&state.journal, caller, method, path);
+    }
+    error_response(e)
 }
 
 async fn list(state: web::Data<AdminState>, caller: Caller) -> actix_web::Result<HttpResponse> {
@@ -107,8 +133,8 @@ async fn register(
         Err(e) => return Ok(super::json_body_error(e)),
     };
     let mediators = state.mediators.clone();
-    let by = caller.name.clone();
-    let done = web::block(move || mediators.register(registration, &by)).await?;
+    let by = caller.clone();
+    let done = web::block(move || mediators.register(registration, actor(&by))).await?;
     Ok(match done {
         Ok((outcome, mediator)) => {
             let action = match outcome {
@@ -131,7 +157,7 @@ async fn register(
             tracing::info!(urn = %mediator.urn(), version = %mediator.registration.version, by = %caller.name, action, "mediator registration");
             HttpResponse::Created().json(describe(&state, &mediator))
         }
-        Err(e) => error_response(e),
+        Err(e) => refused(&state, &caller, "POST /api/mediators", e),
     })
 }
 
@@ -190,10 +216,18 @@ async fn heartbeat(
     }
     let wants_config = beat.config == Some(Value::Bool(true));
     Ok(
-        match state.mediators.heartbeat(&urn, beat.uptime, wants_config) {
+        match state
+            .mediators
+            .heartbeat(&urn, beat.uptime, wants_config, actor(&caller))
+        {
             Ok(Some(config)) => HttpResponse::Ok().json(config),
             Ok(None) => HttpResponse::Ok().finish(),
-            Err(e) => error_response(e),
+            Err(e) => refused(
+                &state,
+                &caller,
+                &format!("POST /api/mediators/{urn}/heartbeat"),
+                e,
+            ),
         },
     )
 }

@@ -15,6 +15,8 @@
 //! queued); a 2xx OpenHIM answer by the mediator's own status (`Failed` failed) and then by
 //! the status of the response it carries.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -31,6 +33,19 @@ use crate::mediator::{MediatorResponse, MediatorStatus, Mediators};
 pub struct MediatorTarget {
     registry: Mediators,
     client: reqwest::Client,
+    /// Per call, named in the reason when a mediator does not answer in time.
+    timeout: Duration,
+    /// What each URN looked like at its last delivery, so that the log says once when
+    /// deliveries to a mediator start queueing (and when they resume), not once a retry.
+    reach: Arc<Mutex<HashMap<String, Reach>>>,
+}
+
+/// Whether a mediator could be called at a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    Unregistered,
+    Offline,
+    Online,
 }
 
 impl MediatorTarget {
@@ -40,7 +55,38 @@ impl MediatorTarget {
             .timeout(timeout)
             .user_agent(concat!("orbiter/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(MediatorTarget { registry, client })
+        Ok(MediatorTarget {
+            registry,
+            client,
+            timeout,
+            reach: Arc::default(),
+        })
+    }
+
+    /// Records `now` for `urn` and logs a change worth an operator's eye (URN and channel
+    /// only: nothing from the message).
+    fn note(&self, urn: &str, channel: &str, now: Reach) {
+        let before = {
+            let mut reach = self.reach.lock().unwrap_or_else(|p| p.into_inner());
+            reach.insert(urn.to_string(), now)
+        };
+        match transition(before, now) {
+            Some(Reach::Unregistered) => tracing::warn!(
+                urn,
+                channel,
+                "a channel routes to a mediator that is not registered: its deliveries queue \
+                 until the mediator registers (check the channel's urn)"
+            ),
+            Some(Reach::Offline) => tracing::warn!(
+                urn,
+                channel,
+                "mediator offline (no recent heartbeat): its deliveries queue until it beats again"
+            ),
+            Some(Reach::Online) => {
+                tracing::info!(urn, channel, "mediator reachable again: delivering")
+            }
+            None => {}
+        }
     }
 
     pub async fn deliver(
@@ -56,18 +102,32 @@ impl MediatorTarget {
         };
         // Not registered (yet): the mediator may register later, so wait for it.
         let Some(record) = self.registry.get(urn) else {
+            self.note(urn, channel, Reach::Unregistered);
             return Delivery::Retry {
-                error: format!("mediator {urn} is not registered"),
+                error: format!(
+                    "mediator {urn} is not registered (GET /api/mediators lists those that are; \
+                     check the channel's urn, or start the mediator)"
+                ),
             };
         };
         if !self.registry.is_online(&record) {
-            return Delivery::Retry {
-                error: format!(
-                    "mediator {urn} is offline (no heartbeat in the last {} s)",
+            self.note(urn, channel, Reach::Offline);
+            // Unlike OpenHIM, where heartbeats are optional, Orbiter calls only a mediator that
+            // beats: say so to whoever ported one that never does.
+            let why = match record.last_heartbeat_ms {
+                None => "has never sent a heartbeat; Orbiter calls a mediator only while it \
+                         beats (POST /api/mediators/{urn}/heartbeat)"
+                    .to_string(),
+                Some(_) => format!(
+                    "is offline (no heartbeat in the last {} s)",
                     self.registry.offline_after().as_secs()
                 ),
             };
+            return Delivery::Retry {
+                error: format!("mediator {urn} {why}"),
+            };
         }
+        self.note(urn, channel, Reach::Online);
         let wanted = destination.endpoint.as_deref();
         let Some(endpoint) = record.endpoint(wanted) else {
             return failed(format!(
@@ -102,6 +162,16 @@ impl MediatorTarget {
             .await;
         let response = match sent {
             Ok(response) => response,
+            Err(e) if e.is_timeout() => {
+                return Delivery::Retry {
+                    error: format!(
+                        "mediator {urn} at {url}: no answer within {} s \
+                         (mediators.timeout_secs); it will be sent again with the same \
+                         X-OpenHIM-TransactionID",
+                        self.timeout.as_secs_f64()
+                    ),
+                }
+            }
             Err(e) => {
                 return Delivery::Retry {
                     error: format!("mediator {urn} at {url}: {}", error_chain(&e)),
@@ -114,12 +184,42 @@ impl MediatorTarget {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        match response.bytes().await {
-            Ok(body) => classify_reply(urn, status, reply_type.as_deref(), &body),
-            Err(e) => Delivery::Retry {
-                error: format!("mediator {urn}: reading the answer: {}", error_chain(&e)),
-            },
+        // Read in chunks up to a bound: the answer is kept on the transaction, and one
+        // mediator's runaway answer must not take the engine's memory.
+        let mut response = response;
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() > MAX_ANSWER_BYTES => {
+                    return failed(format!(
+                        "mediator {urn}: answer larger than {} MiB (HTTP {status}); \
+                         a mediator should answer a summary, not the data",
+                        MAX_ANSWER_BYTES >> 20
+                    ));
+                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    return Delivery::Retry {
+                        error: format!("mediator {urn}: reading the answer: {}", error_chain(&e)),
+                    }
+                }
+            }
         }
+        classify_reply(urn, status, reply_type.as_deref(), &body)
+    }
+}
+
+/// The largest answer kept (as `mllp.max_message_bytes` by default).
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// What to log when a URN's reach goes from `before` to `now`: going away always (the first
+/// sight of a URN included), coming back only after having been away.
+fn transition(before: Option<Reach>, now: Reach) -> Option<Reach> {
+    match (before, now) {
+        (Some(b), n) if b == n => None,
+        (None | Some(Reach::Online), Reach::Online) => None,
+        (_, now) => Some(now),
     }
 }
 
@@ -151,22 +251,36 @@ pub fn classify_reply(urn: &str, status: u16, content_type: Option<&str>, body: 
     let is_openhim = content_type
         .and_then(|t| t.split(';').next())
         .is_some_and(|t| t.trim().eq_ignore_ascii_case(CONTENT_TYPE));
-    let document: Value = serde_json::from_slice(body).unwrap_or_else(
-        |_| json!({"body": String::from_utf8_lossy(&body[..body.len().min(64 * 1024)])}),
-    );
+    let text = || json!({"body": String::from_utf8_lossy(&body[..body.len().min(64 * 1024)])});
+    let (document, not_json) = match serde_json::from_slice::<Value>(body) {
+        Ok(document) => (document, None),
+        Err(e) => (text(), Some(e)),
+    };
     if !is_openhim {
         // A plain HTTP service registered as a mediator: judged like any HTTP destination.
         return super::classify(status, document);
     }
-    let parsed = match serde_json::from_value::<MediatorResponse>(document.clone()) {
-        Ok(parsed) => parsed,
-        Err(e) if (200..300).contains(&status) => {
+    let parsed = match (not_json, (200..300).contains(&status)) {
+        (Some(e), true) => {
             return Delivery::Failed {
-                error: format!("mediator {urn}: malformed {CONTENT_TYPE} answer: {e}"),
+                error: format!(
+                    "mediator {urn}: answered HTTP {status} with Content-Type {CONTENT_TYPE} \
+                     but the body is not JSON ({e})"
+                ),
                 response: Some(document),
             }
         }
-        Err(_) => return super::classify(status, document),
+        (Some(_), false) => return super::classify(status, document),
+        (None, is_2xx) => match serde_json::from_value::<MediatorResponse>(document.clone()) {
+            Ok(parsed) => parsed,
+            Err(e) if is_2xx => {
+                return Delivery::Failed {
+                    error: format!("mediator {urn}: malformed {CONTENT_TYPE} answer: {e}"),
+                    response: Some(document),
+                }
+            }
+            Err(_) => return super::classify(status, document),
+        },
     };
     // The whole OpenHIM document is the step's output: status, orchestrations, properties.
     let output = serde_json::to_value(&parsed).expect("JSON serializes");
@@ -182,9 +296,12 @@ pub fn classify_reply(urn: &str, status: u16, content_type: Option<&str>, body: 
             })
             .map(|b| diagnostics(&b))
             .unwrap_or_default();
+        let verdict = parsed
+            .status
+            .map(|s| format!("{s:?}"))
+            .unwrap_or_else(|| "no status".into());
         format!(
-            "mediator {urn}: {what} ({:?}, response {}){}{body}",
-            parsed.status,
+            "mediator {urn}: {what} ({verdict}, response {}){}{body}",
             inner.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
             if body.is_empty() { "" } else { ": " },
         )
@@ -203,7 +320,14 @@ pub fn classify_reply(urn: &str, status: u16, content_type: Option<&str>, body: 
         }
         _ => {}
     }
-    if parsed.status == MediatorStatus::Failed {
+    // OpenHIM retries a transaction whose mediator reports an `error` (its docs ask mediators
+    // to set it when an upstream call fails), whatever the status says.
+    if let Some(message) = parsed.error_message() {
+        return Delivery::Retry {
+            error: format!("{}; error: {message}", said("reported an error")),
+        };
+    }
+    if parsed.status == Some(MediatorStatus::Failed) {
         return Delivery::Failed {
             error: said("failed"),
             response: Some(output),
@@ -226,6 +350,7 @@ pub fn classify_reply(urn: &str, status: u16, content_type: Option<&str>, body: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mediator::Actor;
 
     const URN: &str = "urn:mediator:test";
 
@@ -315,17 +440,89 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_openhim_answer_fails() {
+    fn a_malformed_openhim_answer_fails_and_says_why() {
+        let Delivery::Failed { error, .. } = classify(200, b"not json") else {
+            panic!("accepted a body that is not JSON")
+        };
+        assert!(error.contains("body is not JSON"), "{error}");
         for body in [
-            &b"not json"[..],
-            br#"{"status":"Successful"}"#,
+            &br#"{"status":"Successful"}"#[..],
             br#"{"x-mediator-urn":"u","status":"Great","response":{}}"#,
+            br#"{"x-mediator-urn":"u","response":{"status":"OK"}}"#,
         ] {
             let Delivery::Failed { error, .. } = classify(200, body) else {
                 panic!("accepted {}", String::from_utf8_lossy(body))
             };
             assert!(error.contains("malformed"), "{error}");
         }
+    }
+
+    /// What OpenHIM core accepts from a mediator, Orbiter accepts too.
+    #[test]
+    fn openhim_leniencies_are_accepted() {
+        // No `status`: the response's status decides.
+        let no_status = json!({"x-mediator-urn": URN, "response": {"status": 200, "body": "ok"}});
+        let Delivery::Delivered {
+            response: Some(out),
+        } = classify(200, no_status.to_string().as_bytes())
+        else {
+            panic!("an answer without status was not delivered")
+        };
+        assert!(out.get("status").is_none(), "{out}");
+        let refused = json!({"x-mediator-urn": URN, "response": {"status": 422, "body": "no"}});
+        let Delivery::Failed { error, .. } = classify(200, refused.to_string().as_bytes()) else {
+            panic!("a 422 without status was not failed")
+        };
+        assert!(error.contains("no status, response 422"), "{error}");
+        // The response status as a string, as OpenHIM's router parses it.
+        let text_status = json!({"x-mediator-urn": URN, "status": "Successful",
+                                 "response": {"status": "201", "body": ""}});
+        let Delivery::Delivered {
+            response: Some(out),
+        } = classify(200, text_status.to_string().as_bytes())
+        else {
+            panic!("a string response status was not delivered")
+        };
+        assert_eq!(out["response"]["status"], 201);
+        // An orchestration that never got an answer: an `error` and no `response`.
+        let orchestration_error = json!({"x-mediator-urn": URN, "status": "Completed with error(s)",
+            "response": {"status": 200, "body": "partial"},
+            "orchestrations": [{"name": "registry", "group": "lookups",
+                                "request": {"method": "GET", "path": "/x"},
+                                "error": {"message": "connect ECONNREFUSED"}},
+                               {"name": "no request either", "error": {"message": "skipped"}}]});
+        let Delivery::Delivered {
+            response: Some(out),
+        } = classify(200, orchestration_error.to_string().as_bytes())
+        else {
+            panic!("an orchestration with an error was not accepted")
+        };
+        assert_eq!(
+            out["orchestrations"][0]["error"]["message"],
+            "connect ECONNREFUSED"
+        );
+        assert_eq!(out["orchestrations"][0]["group"], "lookups");
+        assert!(out["orchestrations"][0].get("response").is_none(), "{out}");
+    }
+
+    /// OpenHIM retries when the mediator reports an `error` (its upstream was down), even with
+    /// status Failed; Failed without an error stays failed.
+    #[test]
+    fn an_error_in_the_answer_is_retried() {
+        for status in ["Failed", "Completed with error(s)"] {
+            let body = json!({"x-mediator-urn": URN, "status": status,
+                              "response": {"status": 500, "body": "upstream down"},
+                              "error": {"message": "connect ECONNREFUSED 10.0.0.9:8080",
+                                        "stack": "Error: connect..."}});
+            let Delivery::Retry { error } = classify(200, body.to_string().as_bytes()) else {
+                panic!("{status} with an error was not retried")
+            };
+            assert!(error.contains("ECONNREFUSED 10.0.0.9:8080"), "{error}");
+        }
+        assert!(matches!(
+            classify(200, &answer("Failed", 500)),
+            Delivery::Failed { .. }
+        ));
     }
 
     fn destination(toml_text: &str) -> DestinationDef {
@@ -361,13 +558,19 @@ mod tests {
         };
         assert!(error.contains("not registered"), "{error}");
 
-        registry.register(registration, "test").unwrap();
+        registry
+            .register(registration, Actor::Admin("test"))
+            .unwrap();
+        // Registered, never beaten: a mediator ported from OpenHIM (where heartbeats are
+        // optional) must learn why it is never called.
         let Delivery::Retry { error } = send(to("")).await else {
             panic!("offline")
         };
-        assert!(error.contains("offline"), "{error}");
+        assert!(error.contains("never sent a heartbeat"), "{error}");
 
-        registry.heartbeat(URN, 1.0, false).unwrap();
+        registry
+            .heartbeat(URN, 1.0, false, Actor::Admin("test"))
+            .unwrap();
         let Delivery::Failed { error, .. } = send(to("endpoint = \"other\"")).await else {
             panic!("unknown endpoint")
         };
@@ -391,7 +594,7 @@ mod tests {
             "endpoints": [{"name": "main", "host": "127.0.0.1", "port": silent_port}]
         }))
         .unwrap();
-        registry.register(moved, "test").unwrap();
+        registry.register(moved, Actor::Admin("test")).unwrap();
         let impatient = MediatorTarget::new(registry.clone(), Duration::from_millis(500)).unwrap();
         let started = std::time::Instant::now();
         let answer = impatient
@@ -404,8 +607,51 @@ mod tests {
             error.contains(&format!("127.0.0.1:{silent_port}")),
             "{error}"
         );
+        assert!(
+            error.contains("no answer within 0.5 s (mediators.timeout_secs)"),
+            "{error}"
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
         holder.abort();
+
+        // A mediator whose answer never ends: failed at the bound, not read into memory whole.
+        let endless = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endless_port = endless.local_addr().unwrap().port();
+        let flood = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut stream, _) = endless.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json+openhim\r\n\
+                        Transfer-Encoding: chunked\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let chunk = format!("100000\r\n{}\r\n", "x".repeat(0x100000));
+            while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+        });
+        let flooding = serde_json::from_value(json!({
+            "urn": URN, "version": "1.0.2", "name": "T",
+            "endpoints": [{"name": "main", "host": "127.0.0.1", "port": endless_port}]
+        }))
+        .unwrap();
+        registry.register(flooding, Actor::Admin("test")).unwrap();
+        let Delivery::Failed { error, .. } = send(to("")).await else {
+            panic!("an endless answer was not failed")
+        };
+        assert!(error.contains("answer larger than 16 MiB"), "{error}");
+        flood.abort();
+    }
+
+    #[test]
+    fn the_log_says_when_a_mediator_goes_away_and_comes_back_not_every_retry() {
+        use Reach::*;
+        assert_eq!(transition(None, Online), None);
+        assert_eq!(transition(None, Unregistered), Some(Unregistered));
+        assert_eq!(transition(Some(Unregistered), Unregistered), None);
+        assert_eq!(transition(Some(Online), Offline), Some(Offline));
+        assert_eq!(transition(Some(Offline), Offline), None);
+        assert_eq!(transition(Some(Offline), Online), Some(Online));
+        assert_eq!(transition(Some(Online), Online), None);
+        assert_eq!(transition(Some(Unregistered), Offline), Some(Offline));
     }
 
     #[test]

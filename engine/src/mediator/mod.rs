@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 pub use config::{ConfigDef, ConfigType};
 pub use registration::{Endpoint, Registration};
-pub use registry::{MediatorRecord, Mediators, Registered};
+pub use registry::{Actor, MediatorRecord, Mediators, Registered};
 pub use response::{MediatorResponse, MediatorStatus, Orchestration};
 
 /// Why a mediator operation failed.
@@ -29,6 +29,12 @@ pub enum MediatorError {
     Invalid(String),
     #[error("no mediator registered as `{0}`")]
     NotFound(String),
+    /// A mediator client acting on a URN another client registered.
+    #[error(
+        "`{0}` was registered by another API client: use that client's token, or have an admin \
+         remove the registration (DELETE /api/mediators/{0}) before registering it with this one"
+    )]
+    NotOwner(String),
     #[error("mediator registry {file}: {source}")]
     Io {
         file: PathBuf,

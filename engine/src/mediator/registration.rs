@@ -1,5 +1,6 @@
 //! What a mediator sends to `POST /api/mediators`: OpenHIM's registration document, field for
-//! field (camelCase), so that a mediator written for OpenHIM registers here unchanged.
+//! field (camelCase), so that a mediator written for OpenHIM sends it here unchanged (only its
+//! authentication differs: a bearer token, see `mediators/README.md`).
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
@@ -114,6 +115,28 @@ impl Registration {
             if endpoint.port == 0 {
                 return invalid(format!("endpoint `{}` needs a port", endpoint.name));
             }
+            // Caught here rather than on the first delivery, where it only shows as a failure.
+            if endpoint.host.contains("://")
+                || endpoint
+                    .host
+                    .chars()
+                    .any(|c| c.is_whitespace() || matches!(c, '/' | '?' | '#' | '@'))
+            {
+                return invalid(format!(
+                    "endpoint `{}`: host `{}` must be a host name or an IP address, without \
+                     scheme or path (`path` and `secured: true` say the rest)",
+                    endpoint.name, endpoint.host
+                ));
+            }
+            if !OPENHIM_TYPES.contains(&endpoint.kind.as_str()) {
+                return invalid(format!(
+                    "endpoint `{}`: type `{}` is not one of OpenHIM's ({}); for https use \
+                     type `http` with `secured: true`",
+                    endpoint.name,
+                    endpoint.kind,
+                    OPENHIM_TYPES.join(", ")
+                ));
+            }
             if self.endpoints[..i].iter().any(|e| e.name == endpoint.name) {
                 return invalid(format!("endpoint name `{}` is used twice", endpoint.name));
             }
@@ -125,6 +148,10 @@ impl Registration {
         Ok(())
     }
 }
+
+/// OpenHIM's route types. Orbiter calls `http` ones; the others are kept for mediators that
+/// also serve OpenHIM.
+const OPENHIM_TYPES: [&str; 4] = ["http", "tcp", "mllp", "kafka"];
 
 /// `urn:` then at least two more colon-separated parts; it goes into URL paths, so no `/`,
 /// `?`, `#` or whitespace.
@@ -206,6 +233,18 @@ mod tests {
             (json!({"endpoints": []}), "endpoint"),
             (json!({"config": {"param1": 5}}), "param1"),
             (json!({"config": {"other": "x"}}), "other"),
+            (
+                json!({"endpoints": [{"name": "e", "host": "http://med", "port": 80}]}),
+                "without scheme",
+            ),
+            (
+                json!({"endpoints": [{"name": "e", "host": "med/x", "port": 80}]}),
+                "host name",
+            ),
+            (
+                json!({"endpoints": [{"name": "e", "host": "med", "port": 443, "type": "https"}]}),
+                "secured: true",
+            ),
         ] {
             let mut doc = openhim_example();
             for (k, v) in change.as_object().unwrap() {

@@ -29,6 +29,13 @@ pub struct MediatorRecord {
     pub registered_at_ms: i64,
     /// The API client that registered it (for the audit trail and for people).
     pub registered_by: String,
+    /// The `mediator`-role API client this URN belongs to: the first one that registered it.
+    /// Only it (or an admin) may register it again or beat for it, so that one mediator's
+    /// client can neither read another's config (secrets included) nor move its endpoints.
+    /// `None`: registered by an admin, or by an Orbiter from before owners; the next
+    /// registration by a mediator client claims it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// When `config` last changed: a heartbeat after that gets the config back.
     pub config_modified_ms: i64,
     #[serde(default)]
@@ -55,6 +62,42 @@ impl MediatorRecord {
         match name {
             Some(name) => endpoints.iter().find(|e| e.name == name),
             None => endpoints.first(),
+        }
+    }
+}
+
+/// Who registers or beats, by API client name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor<'a> {
+    /// May act on any URN, and claims none.
+    Admin(&'a str),
+    /// A mediator's own client: held to the URNs it owns (see [`MediatorRecord::owner`]).
+    Mediator(&'a str),
+}
+
+impl Actor<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Actor::Admin(name) | Actor::Mediator(name) => name,
+        }
+    }
+
+    /// Refuses a mediator client acting on a URN another client owns.
+    fn may_act_on(&self, record: &MediatorRecord) -> Result<(), MediatorError> {
+        match (self, &record.owner) {
+            (Actor::Mediator(name), Some(owner)) if owner != name => {
+                Err(MediatorError::NotOwner(record.urn().to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The owner a registration leaves: a mediator client claims an unowned URN.
+    fn owner_after(&self, existing: Option<&MediatorRecord>) -> Option<String> {
+        match (existing.and_then(|r| r.owner.clone()), self) {
+            (Some(owner), _) => Some(owner),
+            (None, Actor::Mediator(name)) => Some(name.to_string()),
+            (None, Actor::Admin(_)) => None,
         }
     }
 }
@@ -146,13 +189,18 @@ impl Mediators {
     pub fn register(
         &self,
         registration: Registration,
-        by: &str,
+        actor: Actor<'_>,
     ) -> Result<(Registered, MediatorRecord), MediatorError> {
         registration.validate()?;
         let now = now_ms();
+        let by = actor.name();
         let defaults = registration.config.clone().unwrap_or_default();
         let (outcome, record) = self.change(|records| {
             let urn = registration.urn.clone();
+            if let Some(existing) = records.get(&urn) {
+                actor.may_act_on(existing)?;
+            }
+            let owner = actor.owner_after(records.get(&urn));
             let (outcome, record) = match records.get(&urn) {
                 None => (
                     Registered::Created,
@@ -161,6 +209,7 @@ impl Mediators {
                         registration: registration.clone(),
                         registered_at_ms: now,
                         registered_by: by.to_string(),
+                        owner,
                         config_modified_ms: now,
                         last_heartbeat_ms: None,
                         uptime_secs: None,
@@ -194,6 +243,7 @@ impl Mediators {
                             registration: registration.clone(),
                             registered_at_ms: existing.registered_at_ms,
                             registered_by: by.to_string(),
+                            owner,
                             config_modified_ms: if config_changed {
                                 now
                             } else {
@@ -248,12 +298,14 @@ impl Mediators {
         urn: &str,
         uptime_secs: f64,
         wants_config: bool,
+        actor: Actor<'_>,
     ) -> Result<Option<Map<String, Value>>, MediatorError> {
         let mut state = self.state();
         let record = state
             .records
             .get_mut(urn)
             .ok_or_else(|| MediatorError::NotFound(urn.to_string()))?;
+        actor.may_act_on(record)?;
         let changed = record
             .last_heartbeat_ms
             .is_none_or(|last| record.config_modified_ms > last);
@@ -327,6 +379,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const OPS: Actor<'static> = Actor::Mediator("ops");
+
     fn registration(version: &str, port: u16) -> Registration {
         serde_json::from_value(json!({
             "urn": "urn:mediator:test", "version": version, "name": "Test",
@@ -343,7 +397,7 @@ mod tests {
     fn registrations_and_config_survive_a_reopen_and_heartbeats_push_config_once() {
         let dir = tempfile::tempdir().unwrap();
         let reg = Mediators::open(dir.path(), Duration::from_secs(60)).unwrap();
-        let (outcome, record) = reg.register(registration("1.0.0", 8600), "ops").unwrap();
+        let (outcome, record) = reg.register(registration("1.0.0", 8600), OPS).unwrap();
         assert_eq!(outcome, Registered::Created);
         assert!(!reg.is_online(&record), "no heartbeat yet");
         assert_eq!(record.endpoint(None).unwrap().name, "main");
@@ -351,14 +405,14 @@ mod tests {
         assert!(record.endpoint(Some("nope")).is_none());
 
         // First heartbeat: the config (it is new to the mediator); then nothing until it changes.
-        let first = reg.heartbeat("urn:mediator:test", 1.5, false).unwrap();
+        let first = reg.heartbeat("urn:mediator:test", 1.5, false, OPS).unwrap();
         assert_eq!(first.unwrap()["level"], 1);
         assert_eq!(
-            reg.heartbeat("urn:mediator:test", 2.5, false).unwrap(),
+            reg.heartbeat("urn:mediator:test", 2.5, false, OPS).unwrap(),
             None
         );
         assert!(reg
-            .heartbeat("urn:mediator:test", 3.0, true)
+            .heartbeat("urn:mediator:test", 3.0, true, OPS)
             .unwrap()
             .is_some());
         assert!(reg.is_online(&reg.get("urn:mediator:test").unwrap()));
@@ -373,11 +427,11 @@ mod tests {
             .unwrap()
             .clone();
         reg.set_config("urn:mediator:test", good).unwrap();
-        let pushed = reg.heartbeat("urn:mediator:test", 4.0, false).unwrap();
+        let pushed = reg.heartbeat("urn:mediator:test", 4.0, false, OPS).unwrap();
         assert_eq!(pushed.unwrap()["level"], 5);
 
         // An upgrade keeps the admin's values; a restart of the engine keeps everything.
-        let (outcome, record) = reg.register(registration("1.1.0", 8700), "ops").unwrap();
+        let (outcome, record) = reg.register(registration("1.1.0", 8700), OPS).unwrap();
         assert_eq!(outcome, Registered::Updated);
         assert_eq!(record.config["level"], 5);
         assert_eq!(record.endpoint(None).unwrap().port, 8700);
@@ -398,18 +452,62 @@ mod tests {
         assert!(reopened.remove("urn:mediator:test").unwrap());
         assert!(!reopened.remove("urn:mediator:test").unwrap());
         assert!(matches!(
-            reopened.heartbeat("urn:mediator:test", 1.0, false),
+            reopened.heartbeat("urn:mediator:test", 1.0, false, OPS),
             Err(MediatorError::NotFound(_))
         ));
         let empty = Mediators::open(dir.path(), Duration::from_secs(60)).unwrap();
         assert!(empty.list().is_empty());
     }
 
+    /// One mediator client may not take over, or beat for (and so read the secrets of),
+    /// a URN another client registered; an admin may, and an admin's registration is claimed
+    /// by the first mediator client that registers it.
+    #[test]
+    fn a_urn_belongs_to_the_mediator_client_that_registered_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Mediators::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let urn = "urn:mediator:test";
+        let (_, record) = reg.register(registration("1.0.0", 8600), OPS).unwrap();
+        assert_eq!(record.owner.as_deref(), Some("ops"));
+
+        let intruder = Actor::Mediator("other");
+        let err = reg
+            .register(registration("1.0.1", 9999), intruder)
+            .unwrap_err();
+        assert!(matches!(err, MediatorError::NotOwner(_)), "{err}");
+        assert!(err.to_string().contains("another API client"), "{err}");
+        assert_eq!(reg.get(urn).unwrap().endpoint(None).unwrap().port, 8600);
+        assert!(matches!(
+            reg.heartbeat(urn, 1.0, true, intruder),
+            Err(MediatorError::NotOwner(_))
+        ));
+        assert!(reg.heartbeat(urn, 1.0, true, OPS).unwrap().is_some());
+
+        // An admin may do both, and takes nothing from the owner.
+        let (_, record) = reg
+            .register(registration("1.0.2", 8700), Actor::Admin("root"))
+            .unwrap();
+        assert_eq!(record.owner.as_deref(), Some("ops"));
+        reg.heartbeat(urn, 2.0, false, Actor::Admin("root"))
+            .unwrap();
+
+        // Removed, then registered by an admin: unowned until a mediator client registers it.
+        reg.remove(urn).unwrap();
+        let (_, record) = reg
+            .register(registration("1.0.0", 8600), Actor::Admin("root"))
+            .unwrap();
+        assert_eq!(record.owner, None);
+        let (_, record) = reg.register(registration("1.0.0", 8600), intruder).unwrap();
+        assert_eq!(record.owner.as_deref(), Some("other"));
+        let reopened = Mediators::open(dir.path(), Duration::from_secs(60)).unwrap();
+        assert_eq!(reopened.get(urn).unwrap().owner.as_deref(), Some("other"));
+    }
+
     #[test]
     fn online_means_a_heartbeat_within_the_window() {
         let dir = tempfile::tempdir().unwrap();
         let reg = Mediators::open(dir.path(), Duration::from_secs(60)).unwrap();
-        let (_, mut record) = reg.register(registration("1.0.0", 8600), "ops").unwrap();
+        let (_, mut record) = reg.register(registration("1.0.0", 8600), OPS).unwrap();
         record.last_heartbeat_ms = Some(1_000_000);
         let window = Duration::from_secs(5);
         assert!(record.is_online(window, 1_005_000));

@@ -5,7 +5,7 @@
 //!
 //! Environment:
 //! - `ORBITER_API_URL` (required): Orbiter's admin port, e.g. `http://orbiter:8080`;
-//! - `ORBITER_MEDIATOR_TOKEN` (required): an API client token with the operator role (never
+//! - `ORBITER_MEDIATOR_TOKEN` (required): an API client token with the `mediator` role (never
 //!   logged);
 //! - `MEDIATOR_ADDR`: where to listen (default `0.0.0.0:8600`; port 0 picks a free one, and the
 //!   registration carries the real port);

@@ -15,7 +15,7 @@ pub struct Api {
     client: reqwest::Client,
     /// e.g. `http://orbiter:8080`, without a trailing slash.
     base: String,
-    /// Bearer token of an API client with the operator role. Never logged.
+    /// Bearer token of an API client with the `mediator` role. Never logged.
     token: String,
 }
 
@@ -32,7 +32,21 @@ impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ApiError::Transient(m) => write!(f, "{m}"),
-            ApiError::Refused(status, m) => write!(f, "HTTP {status}: {m}"),
+            ApiError::Refused(status, m) => {
+                write!(f, "HTTP {status}: {m}")?;
+                // Orbiter's 401/403 say nothing about why: say what to check.
+                match status {
+                    401 => write!(
+                        f,
+                        " (ORBITER_MEDIATOR_TOKEN is not a valid API client token)"
+                    ),
+                    403 if m.contains("\"forbidden\"") => write!(
+                        f,
+                        " (the API client of ORBITER_MEDIATOR_TOKEN needs the `mediator` role)"
+                    ),
+                    _ => Ok(()),
+                }
+            }
         }
     }
 }
@@ -131,5 +145,30 @@ pub async fn keep_registered(
             }
             tokio::time::sleep(every).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    #[test]
+    fn a_refusal_says_what_to_check() {
+        let bad_token = ApiError::Refused(401, r#"{"error":"unauthorized"}"#.into()).to_string();
+        assert!(
+            bad_token.contains("not a valid API client token"),
+            "{bad_token}"
+        );
+        let wrong_role = ApiError::Refused(403, r#"{"error":"forbidden"}"#.into()).to_string();
+        assert!(
+            wrong_role.contains("needs the `mediator` role"),
+            "{wrong_role}"
+        );
+        let not_owner = ApiError::Refused(
+            403,
+            r#"{"error":"registered by another API client"}"#.into(),
+        )
+        .to_string();
+        assert!(!not_owner.contains("role"), "{not_owner}");
     }
 }
