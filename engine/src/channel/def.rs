@@ -469,6 +469,24 @@ impl ChannelDef {
                     "a mediator destination needs the mediator's `urn`".into(),
                 ));
             }
+            // A URN no mediator can register under would leave every message queued until its
+            // attempts run out: say so when the channel is checked.
+            if let Some(urn) = destination
+                .urn
+                .as_deref()
+                .filter(|u| is_mediator && !u.is_empty())
+            {
+                if !crate::mediator::registration::valid_urn(urn) {
+                    return Err(at(
+                        "urn",
+                        format!(
+                            "`{urn}` is not a mediator URN a mediator can register with: \
+                             `urn:` and at least two more parts (e.g. `urn:mediator:my-validator`), \
+                             no spaces, `/`, `?`, `#` or `%`"
+                        ),
+                    ));
+                }
+            }
             let mediator_keys = destination.urn.is_some()
                 || destination.endpoint.is_some()
                 || destination.payload.is_some();
@@ -713,6 +731,11 @@ mod mediator_destination_tests {
         assert!(
             misplaced.contains("for mediator destinations"),
             "{misplaced}"
+        );
+        let not_a_urn = parse("kind = \"mediator\"\nurn = \"fhir-validator\"\n").unwrap_err();
+        assert!(
+            not_a_urn.contains("m.toml:") && not_a_urn.contains("not a mediator URN"),
+            "{not_a_urn}"
         );
         let bad_payload =
             parse("kind = \"mediator\"\nurn = \"urn:mediator:v\"\npayload = \"pdf\"\n")
