@@ -58,7 +58,19 @@ pub fn check_writable(dir: &Path) -> Result<(), NotWritable> {
         }
         Err(source) => Err(NotWritable {
             dir: dir.to_owned(),
-            whose: owner_note(dir),
+            // chown does not help on a read-only mount (a volume mounted readOnly, or the
+            // data dir left on the image's read-only root filesystem).
+            why: if source.kind() == io::ErrorKind::ReadOnlyFilesystem {
+                " is on a read-only filesystem: mount a writable volume there (in Kubernetes, \
+                 the data volume at that path, not readOnly)"
+                    .to_string()
+            } else {
+                format!(
+                    " is not writable by this process{}: give the engine's user write access \
+                     (chown it; in Kubernetes, the pod's fsGroup)",
+                    owner_note(dir)
+                )
+            },
             source,
         }),
     }
@@ -66,15 +78,12 @@ pub fn check_writable(dir: &Path) -> Result<(), NotWritable> {
 
 /// The data dir refused a file.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "the data dir {dir} is not writable by this process{whose}: give the engine's user write \
-     access (chown it; in Kubernetes, the pod's fsGroup), or point --data / ORBITER_DATA_DIR \
-     elsewhere"
-)]
+#[error("the data dir {dir}{why}, or point --data / ORBITER_DATA_DIR elsewhere")]
 pub struct NotWritable {
     dir: std::path::PathBuf,
-    /// ` (uid 65532; the dir belongs to uid 0, mode 700)`, where that can be told.
-    whose: String,
+    /// What is wrong and the fix, with ` (uid 65532; the dir belongs to uid 0, mode 700)`
+    /// where that can be told.
+    why: String,
     source: io::Error,
 }
 
