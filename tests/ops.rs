@@ -913,3 +913,19 @@ async fn sigterm_under_load_loses_no_acknowledged_message() {
         );
     }
 }
+
+/// `orbiter check` in CI with a channels dir that is not there (a typo, the image's path) must
+/// fail: it printed "0 channel(s) and their scripts compile" and exited 0.
+#[test]
+fn check_fails_when_the_configured_channels_dir_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(common::orbiter_bin())
+        .arg("check")
+        .current_dir(dir.path())
+        .env("ORBITER_CHANNELS_DIR", dir.path().join("chanels"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(err.contains("chanels does not exist"), "{err}");
+}

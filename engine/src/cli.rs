@@ -178,6 +178,15 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Check { path, config } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
             crate::logging::init("off", false);
+            // An explicit PATH that does not exist is refused by the check itself; the
+            // configured dir must be too, or a typo in CI "checks" zero channels and passes.
+            if path.is_none() && !config.channels_dir.exists() {
+                anyhow::bail!(
+                    "the channels dir {} does not exist (channels_dir, ORBITER_CHANNELS_DIR, or \
+                     give a PATH)",
+                    config.channels_dir.display()
+                );
+            }
             Ok(crate::channel::check::check(&config, path.as_deref())?)
         }
         Command::Try {
