@@ -16,7 +16,9 @@
 #    orbiter.toml that the pi overlay gives it (ports on free loopback ports, data in a temp
 #    dir) and must answer 200 on its probe paths (/health, /ready) and /metrics; a second
 #    engine configured by the cluster overlay uses the first one's /fhir as its external CDR;
-#    one MLLP message through `orbiter send`; restart on the same journal; SIGTERM exits.
+#    one MLLP message through `orbiter send`; every metric, label and value the Grafana
+#    dashboard and the PrometheusRule query is in /metrics; restart on the same journal;
+#    SIGTERM exits.
 # e  arm64: cross-build with deploy/build-release.sh (the image's recipe) and run under
 #    qemu-aarch64-static: `orbiter --version` and one MLLP round trip. SKIP (exit 0) when the
 #    Rust target cannot be downloaded or the cross packages are missing.
@@ -349,19 +351,26 @@ send_one() {
   fi
 }
 
-# Metric names the dashboard and the alerts use that the engine does not expose (yet).
-metrics_report() {
-  local names
-  names="$(curl -sf --max-time 5 "http://$ENGINE_ADMIN/metrics" | sed -n 's/^# TYPE \(orbiter_[a-z0-9_]*\) .*/\1/p' | sort -u)" || return 1
-  python3 - "$REPO" "$names" <<'PY'
-import re, sys, pathlib
-repo, exposed = pathlib.Path(sys.argv[1]), set(sys.argv[2].split())
-used = set()
-for f in [repo / "deploy/grafana/orbiter-dashboard.json", repo / "deploy/k8s/base/prometheusrule.yaml"]:
-    used |= {re.sub(r"_(bucket|sum|count)$", "", m) for m in re.findall(r"orbiter_[a-z0-9_]+", f.read_text())}
-missing = sorted(u for u in used if u not in exposed)
-print("metrics used by dashboard/alerts but not exposed yet: " + (", ".join(missing) if missing else "none"))
-PY
+# check_metrics LABEL: every metric, label and label value that the dashboard and the alerts
+# query is in this engine's /metrics (read after messages went through it); a dashboard
+# renamed away from the engine must fail, so a copy with a misspelt metric must be refused.
+check_metrics() {
+  local label="$1" body="$WORK/metrics.txt" out
+  local queries=("$REPO"/deploy/grafana/*.json "$REPO/deploy/k8s/base/prometheusrule.yaml")
+  if ! curl -sf --max-time 5 "http://$ENGINE_ADMIN/metrics" >"$body"; then
+    bad "$label: GET /metrics"
+    return 1
+  fi
+  if out="$("${CHECKER[@]}" metrics --exposition "$body" "${queries[@]}" 2>&1)"; then
+    ok "$label: $out"
+  else
+    log "$out"
+    bad "$label: the dashboard or the alerts query metrics the engine does not expose"
+  fi
+  sed 's/orbiter_messages_total/orbiter_message_total/' "$REPO/deploy/grafana/orbiter-dashboard.json" >"$WORK/broken-dashboard.json"
+  if "${CHECKER[@]}" metrics --exposition "$body" "$WORK/broken-dashboard.json" >/dev/null 2>&1; then
+    bad "self-test: check_manifests.py metrics accepted a dashboard with a misspelt metric"
+  else ok "self-test: check_manifests.py metrics rejects a misspelt metric"; fi
 }
 
 step_d() {
@@ -409,7 +418,7 @@ step_d() {
   ENGINE_PID="$a_pid"
   ENGINE_ADMIN="$a_admin"
   send_one "pi overlay" "$bin" "$a_mllp"
-  metrics_report || log "(metrics report failed)"
+  check_metrics "pi overlay"
   stop_engine "pi overlay"
 
   # A pod restart: the same journal volume, opened again.

@@ -715,3 +715,217 @@ fn a_port_in_use_fails_start_up_cleanly() {
     assert!(!text.contains("panicked"), "{text}");
     drop(held);
 }
+
+/// `orbiter run` with `args` and only the given `ORBITER_…` variables (free loopback ports
+/// unless given), expected to refuse to start: its stderr.
+fn refused_start(args: &[&str], env: &[(&str, String)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(common::orbiter_bin());
+    cmd.arg("run").args(args).current_dir(dir.path());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ORBITER_")) {
+        cmd.env_remove(k);
+    }
+    cmd.env("ORBITER_DATA_DIR", dir.path().join("data"))
+        .env("ORBITER_ADMIN_TOKEN", TOKEN)
+        .env("ORBITER_MLLP_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("ORBITER_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("ORBITER_HTTP_ADDR", format!("127.0.0.1:{}", free_port()));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("orbiter started with {args:?} {env:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Each start-up mistake says where it is (variable, file and line, file names) and what to
+/// do, and says it once: several used to print their cause twice, or name no key.
+#[test]
+fn start_up_mistakes_name_the_variable_the_line_or_the_file() {
+    let err = refused_start(&[], &[("ORBITER_MLLP_ADDR", "foo".into())]);
+    assert!(err.contains("ORBITER_MLLP_ADDR"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("orbiter.toml");
+    std::fs::write(&config, "log = \"info\"\n[mllp]\naddr = \"nohost:2575\"\n").unwrap();
+    let err = refused_start(&["--config", config.to_str().unwrap()], &[]);
+    assert!(err.contains("line 3") && err.contains("nohost"), "{err}");
+
+    let missing = dir.path().join("nope.toml");
+    let err = refused_start(&["--config", missing.to_str().unwrap()], &[]);
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+
+    // A key that is not the certificate's: named as such, with both files, once.
+    let pki = common::TestPki::new(dir.path());
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&other_key, pki.client_key.serialize_pem()).unwrap();
+    let err = refused_start(
+        &[],
+        &[
+            ("ORBITER_ADMIN_TLS_CERT", pki.cert_path.clone()),
+            ("ORBITER_ADMIN_TLS_KEY", other_key.display().to_string()),
+        ],
+    );
+    assert!(
+        err.contains("the key does not belong to the certificate"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&pki.cert_path) && err.contains("other.key"),
+        "{err}"
+    );
+    assert_eq!(err.matches("TLS").count(), 1, "{err}");
+
+    // A data dir this process cannot write in (even root cannot create files in /proc/self).
+    #[cfg(target_os = "linux")]
+    {
+        let err = refused_start(&[], &[("ORBITER_DATA_DIR", "/proc/self".into())]);
+        assert!(err.contains("/proc/self is not writable"), "{err}");
+        assert!(err.contains("fsGroup"), "{err}");
+    }
+}
+
+/// Typos that used to be silent: an `ORBITER_…` variable that names no key, a log level
+/// that `tracing` reads as a target (the engine then logged nothing at all), a channels dir
+/// that does not exist (every message ACKed, then failed with "no channel").
+#[test]
+fn silent_typos_are_reported_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = Engine::start(
+        &dir.path().join("data"),
+        &[
+            ("ORBITER_MLLP_ADRR", "127.0.0.1:1"),
+            ("ORBITER_LOG", "infoo"),
+            ("ORBITER_CHANNELS_DIR", "/nonexistent/channels"),
+        ],
+    );
+    assert!(engine.stop().success());
+    let log = engine.log();
+    assert!(
+        log.contains("ORBITER_MLLP_ADRR is not a configuration variable"),
+        "{log}"
+    );
+    assert!(log.contains("did you mean ORBITER_MLLP_ADDR?"), "{log}");
+    assert!(log.contains("bad log filter `infoo`"), "{log}");
+    assert!(
+        log.contains("orbiter running") && log.contains("version="),
+        "{log}"
+    );
+    assert!(log.contains("the channels dir does not exist"), "{log}");
+}
+
+#[test]
+fn doctor_checks_tls_pairs_on_every_listener_and_unknown_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::TestPki::new(dir.path());
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&other_key, pki.client_key.serialize_pem()).unwrap();
+    let port = || format!("127.0.0.1:{}", free_port());
+    let env = [
+        (
+            "ORBITER_CHANNELS_DIR",
+            repo_root().join("channels").display().to_string(),
+        ),
+        (
+            "ORBITER_SCRIPTS_DIR",
+            repo_root().join("scripts").display().to_string(),
+        ),
+        ("ORBITER_ADMIN_ADDR", port()),
+        ("ORBITER_MLLP_ADDR", port()),
+        ("ORBITER_HTTP_ADDR", port()),
+        ("ORBITER_HTTP_TLS_CERT", pki.cert_path.clone()),
+        ("ORBITER_HTTP_TLS_KEY", other_key.display().to_string()),
+        ("ORBITER_HTTP_ADRR", port()),
+    ];
+    let data = dir.path().join("data").display().to_string();
+    let (code, out) = doctor(&["--data", &data], &env, dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(has_line(&out, "fail", "tls http"), "{out}");
+    assert!(
+        out.contains("the key does not belong to the certificate"),
+        "{out}"
+    );
+    assert!(has_line(&out, "warn", "config"), "{out}");
+    assert!(out.contains("did you mean ORBITER_HTTP_ADDR?"), "{out}");
+}
+
+/// SIGTERM (what the kubelet sends on a rollout) while senders are mid-stream: the engine
+/// exits cleanly, and after the restart every message that got an AA is in the journal,
+/// once. Senders of what was cut off get no ACK and resend, as MLLP expects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_loses_no_acknowledged_message() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let channels = common::default_channels();
+    let env: Vec<(&str, &str)> = channels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut engine = Engine::start(&dir.path().join("data"), &env);
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut senders = Vec::new();
+    for sender in 0..4 {
+        let (addr, acked) = (engine.mllp.clone(), acked.clone());
+        senders.push(tokio::spawn(async move {
+            let Ok(mut client) = MllpClient::connect(&addr, T).await else {
+                return;
+            };
+            for n in 0.. {
+                let id = format!("TERM{sender}-{n}");
+                match client.send(&adt(&id)).await {
+                    Ok(ack) if ack_fields(&ack).0 == "AA" => acked.lock().unwrap().push(id),
+                    // "Not stored, resend" while it stops, or no ACK at all: resent later.
+                    Ok(_) | Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Under way on every connection before the signal.
+    while acked.lock().unwrap().len() < 400 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = tokio::task::block_in_place(|| engine.stop());
+    assert!(status.success(), "{status}\n{}", engine.log());
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    tokio::task::block_in_place(|| engine.restart());
+    let acked = acked.lock().unwrap().clone();
+    for id in &acked {
+        let page = search(&engine, &format!("control_id={id}")).await;
+        assert_eq!(
+            control_ids(&page),
+            vec![id.clone()],
+            "{id} after the restart: {page}"
+        );
+    }
+}
+
+/// `orbiter check` in CI with a channels dir that is not there (a typo, the image's path) must
+/// fail: it printed "0 channel(s) and their scripts compile" and exited 0.
+#[test]
+fn check_fails_when_the_configured_channels_dir_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(common::orbiter_bin())
+        .arg("check")
+        .current_dir(dir.path())
+        .env("ORBITER_CHANNELS_DIR", dir.path().join("chanels"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(err.contains("chanels does not exist"), "{err}");
+}

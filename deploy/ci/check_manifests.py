@@ -17,6 +17,13 @@
       Secrets the workloads need documented by a secret.example.yaml, and SOPS files really
       encrypted.
 
+  check_manifests.py metrics --exposition METRICS.txt DASHBOARD.json... RULES.yaml...
+      Every Orbiter metric (`orbiter_*`, `process_*`) that the Grafana dashboards and the
+      PrometheusRule alerts query must be in the engine's /metrics text (METRICS.txt, read
+      from a running engine) under that name, with every label the queries match on or
+      aggregate by (besides the labels Prometheus adds per target: namespace, pod, job, ...)
+      and every label value they compare with `=`; counters end in `_total`.
+
 Exit status 0 when everything passes, 1 otherwise; one line per problem on stderr.
 """
 from __future__ import annotations
@@ -408,6 +415,96 @@ def cmd_podspec(args) -> int:
     return 1 if problems else 0
 
 
+# Labels Prometheus (the ServiceMonitor's relabelling) adds to every series of a target, and
+# the histogram bucket bound: never in the engine's own exposition.
+TARGET_LABELS = {"namespace", "pod", "job", "instance", "service", "endpoint", "container", "le"}
+SELECTOR = re.compile(r"\b((?:orbiter|process)_[a-z0-9_]+)\s*(\{[^}]*\})?")
+MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+BY = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+
+
+def parse_exposition(text: str):
+    """{family: (type, [labels dict of each sample])} from Prometheus text format 0.0.4."""
+    types, samples = {}, {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(None, 3)
+            types[name] = kind.strip()
+            samples.setdefault(name, [])
+        elif line and not line.startswith("#"):
+            m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s", line)
+            if not m:
+                continue
+            name, labels = m.group(1), dict((k, v) for k, _, v in MATCHER.findall(m.group(2) or ""))
+            family = name
+            if name not in types:
+                family = re.sub(r"_(bucket|sum|count)$", "", name)
+            samples.setdefault(family, []).append(labels)
+    return types, samples
+
+
+def queries(path: Path):
+    """(where, PromQL) of every query in a dashboard (targets, templating) or alert rule file."""
+    if path.suffix == ".json":
+        d = json.loads(path.read_text())
+        panels = list(d.get("panels", []))
+        for p in list(panels):
+            panels.extend(p.get("panels", []))  # rows
+        for p in panels:
+            for t in p.get("targets", []):
+                if t.get("expr"):
+                    yield f"{path.name}: panel {p.get('title')!r}", t["expr"]
+        for v in d.get("templating", {}).get("list", []):
+            q = v.get("query")
+            q = q.get("query") if isinstance(q, dict) else q
+            if v.get("type") == "query" and q:
+                yield f"{path.name}: variable {v.get('name')}", q
+    else:
+        for doc in load_docs(path.read_text(), path.name):
+            if doc.get("kind") != "PrometheusRule":
+                continue
+            for g in doc["spec"].get("groups", []):
+                for r in g.get("rules", []):
+                    yield f"{path.name}: {r.get('alert') or r.get('record')}", r["expr"]
+
+
+def cmd_metrics(args) -> int:
+    types, samples = parse_exposition(Path(args.exposition).read_text())
+    for name, kind in types.items():
+        if kind == "counter" and not name.endswith("_total"):
+            problem(f"metrics: counter {name} does not end in _total")
+    checked = 0
+    for f in args.files:
+        for where, expr in queries(Path(f)):
+            used_labels = set()
+            for name, matchers in SELECTOR.findall(expr):
+                checked += 1
+                family = name if name in types else re.sub(r"_(bucket|sum|count)$", "", name)
+                if family not in types:
+                    problem(f"{where}: {name} is not exposed by the engine")
+                    continue
+                if family != name and types[family] != "histogram" and types[family] != "summary":
+                    problem(f"{where}: {name}: {family} is a {types[family]}, not a histogram")
+                present = samples.get(family, [])
+                for label, op, value in MATCHER.findall(matchers):
+                    if label in TARGET_LABELS:
+                        continue
+                    used_labels.add(label)
+                    if not any(label in s for s in present):
+                        problem(f"{where}: {name} has no label {label!r}")
+                    elif op == "=" and not any(s.get(label) == value for s in present):
+                        problem(f"{where}: {name}{{{label}={value!r}}} matches no series")
+                used_labels |= {k for s in present for k in s}
+            for group in BY.findall(expr):
+                for label in (x.strip() for x in group.split(",")):
+                    if label and label not in TARGET_LABELS and label not in used_labels:
+                        problem(f"{where}: aggregates by {label!r}, which none of its metrics has")
+    if problems:
+        return 1
+    print(f"metrics: {checked} metric selectors in {len(args.files)} files match the engine's /metrics")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -421,8 +518,11 @@ def main() -> int:
     p = sub.add_parser("podspec")
     p.add_argument("--config-dir", required=True)
     p.add_argument("--dockerfile", default=str(Path(__file__).resolve().parents[1] / "Dockerfile"))
+    m = sub.add_parser("metrics")
+    m.add_argument("--exposition", required=True, help="a /metrics body of a running engine")
+    m.add_argument("files", nargs="+", help="Grafana dashboards (.json), PrometheusRule files")
     args = ap.parse_args()
-    return {"objects": cmd_objects, "flux": cmd_flux, "podspec": cmd_podspec}[args.cmd](args)
+    return {"objects": cmd_objects, "flux": cmd_flux, "podspec": cmd_podspec, "metrics": cmd_metrics}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the engine (with no flags: embedded defaults, data in ./data).
+    #[command(after_help = RUN_ENV_HELP)]
     Run {
         /// Configuration file (default: ./orbiter.toml if it exists).
         #[arg(long, short)]
@@ -63,6 +64,8 @@ pub enum Command {
     Check {
         /// A channels directory or one channel file (default: the configured channels dir).
         path: Option<PathBuf>,
+        /// Configuration file (default: ./orbiter.toml if it exists); for the channels and
+        /// scripts dirs and the script limits.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -87,15 +90,53 @@ pub enum Command {
         /// logs) instead of just the output.
         #[arg(long)]
         json: bool,
+        /// Configuration file (default: ./orbiter.toml if it exists); for the channels and
+        /// scripts dirs and the script limits.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
 }
 
+/// What an operator looks for in `orbiter run --help`: where settings come from.
+const RUN_ENV_HELP: &str = "\
+Every key of orbiter.toml can be set by an environment variable named after its path
+(`mllp.addr` is ORBITER_MLLP_ADDR, `mllp.tls.cert` is ORBITER_MLLP_TLS_CERT); the
+environment wins over the file, and --data over both. The main ones:
+  ORBITER_DATA_DIR        journal and embedded CDR (default ./data)
+  ORBITER_MLLP_ADDR       MLLP listener (default 0.0.0.0:2575)
+  ORBITER_HTTP_ADDR       HTTP ingest (default 0.0.0.0:5001)
+  ORBITER_ADMIN_ADDR      admin API, /fhir, /metrics, /health, /ready (default 0.0.0.0:8080)
+  ORBITER_ADMIN_TOKEN     bootstrap admin token (secret; else generated into <data>/admin.token)
+  ORBITER_CDR_URL         external FHIR server (unset: the embedded CDR)
+  ORBITER_CDR_TOKEN       bearer token for it (secret; or ORBITER_CDR_USERNAME + ORBITER_CDR_PASSWORD)
+  ORBITER_CHANNELS_DIR    channel definitions (default ./channels)
+  ORBITER_SCRIPTS_DIR     Rhai scripts (default ./scripts)
+  ORBITER_LOG             log filter: error, warn, info (default), debug, or e.g. info,orbiter=debug
+  ORBITER_LOG_JSON        true: JSON lines
+Secrets are taken from the environment only. A set ORBITER_ variable that names no key is
+reported at start-up. `orbiter doctor` checks a configuration without starting the engine.";
+
 pub fn main() -> anyhow::Result<std::process::ExitCode> {
     crate::tls::install_crypto_provider();
     let cli = Cli::parse();
     stop_quietly_on_broken_pipe(run(cli.command))
+}
+
+/// The error and its causes on one line, `a: b: c`, as `{:#}` prints them, but without a
+/// cause whose text the line already ends with: many error types put their source in their
+/// own message too (`TLS: {0}`), and the operator read every cause twice.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 /// A reader that goes away (`orbiter try ... | head`) ends the command quietly with status 0,
@@ -124,6 +165,9 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 config.data_dir = data;
             }
             crate::logging::init(&config.log, config.log_json);
+            for unknown in crate::config::unknown_env_vars(std::env::vars()) {
+                tracing::warn!("{unknown}");
+            }
             crate::server::run(config)?;
             Ok(std::process::ExitCode::SUCCESS)
         }
@@ -134,6 +178,15 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Check { path, config } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
             crate::logging::init("off", false);
+            // An explicit PATH that does not exist is refused by the check itself; the
+            // configured dir must be too, or a typo in CI "checks" zero channels and passes.
+            if path.is_none() && !config.channels_dir.exists() {
+                anyhow::bail!(
+                    "the channels dir {} does not exist (channels_dir, ORBITER_CHANNELS_DIR, or \
+                     give a PATH)",
+                    config.channels_dir.display()
+                );
+            }
             Ok(crate::channel::check::check(&config, path.as_deref())?)
         }
         Command::Try {
@@ -244,6 +297,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_that_repeats_its_cause_prints_it_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("TLS: {0}")]
+        struct Repeats(#[from] std::io::Error);
+        let io = std::io::Error::other("invalid peer certificate");
+        let e = anyhow::Error::from(Repeats(io)).context("starting the MLLP listener");
+        assert_eq!(
+            error_text(&e),
+            "starting the MLLP listener: TLS: invalid peer certificate"
+        );
+        let chained = anyhow::anyhow!("no such file").context("cannot read x.toml");
+        assert_eq!(error_text(&chained), "cannot read x.toml: no such file");
+    }
 
     #[test]
     fn a_closed_stdout_is_a_quiet_success_and_a_closed_socket_is_not() {

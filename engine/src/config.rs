@@ -271,7 +271,9 @@ impl Default for MediatorsConfig {
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    // The cause is the `source`, which the top of the binary prints after this line's text
+    // (`{:#}`): naming it here too printed it twice.
+    #[error("cannot read the config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -294,12 +296,9 @@ impl Config {
         file: Option<&Path>,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut tree = serde_json::to_value(Config::default()).expect("config serializes");
-        // Secret keys are skipped when serializing; give them a slot so env overrides find them.
-        for key in SECRET_KEYS {
-            let (section, leaf) = key.split_once('.').expect("dotted");
-            tree[section][leaf] = serde_json::Value::Null;
-        }
+        // Secret keys are skipped when serializing; the tree gives them a slot so env
+        // overrides find them.
+        let mut tree = default_tree();
         let implicit = Path::new("orbiter.toml");
         let file = file.or_else(|| implicit.exists().then_some(implicit));
         if let Some(path) = file {
@@ -323,18 +322,20 @@ impl Config {
                     });
                 }
             }
-            merge(&mut tree, from_file);
-            // Validate the file alone first, so its errors name the file.
-            serde_json::from_value::<Config>(tree.clone()).map_err(|e| ConfigError::Parse {
+            // Validate the file alone first, typed from its own text, so that an error names
+            // the file, the line and the key (`invalid socket address syntax` alone does not
+            // say which of the addresses it is).
+            toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
                 path: path.to_owned(),
                 message: e.to_string(),
             })?;
+            merge(&mut tree, from_file);
         }
         let vars: Vec<(String, String)> = vars
             .into_iter()
             .filter(|(k, _)| k.starts_with("ORBITER_"))
             .collect();
-        apply_env(&mut tree, "ORBITER", &vars)?;
+        apply_env(&mut tree, &vars)?;
         let config: Config = serde_json::from_value(tree)
             .map_err(|e| ConfigError::Invalid(format!("configuration: {e}")))?;
         config.validate()?;
@@ -392,26 +393,52 @@ fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
     }
 }
 
-/// Walks the config tree; for each leaf whose `ORBITER_…` name is set, replaces the value.
-/// The new value takes the type of the default (number, bool) or stays a string.
-fn apply_env(
-    node: &mut serde_json::Value,
+/// The `ORBITER_…` name of every key (leaf) of the config tree, with its path.
+fn env_names(
+    node: &serde_json::Value,
     prefix: &str,
-    vars: &[(String, String)],
-) -> Result<(), ConfigError> {
+    path: &mut Vec<String>,
+    out: &mut Vec<(Vec<String>, String)>,
+) {
     let serde_json::Value::Object(map) = node else {
-        return Ok(());
+        return;
     };
-    for (key, value) in map.iter_mut() {
+    for (key, value) in map {
         let name = format!("{prefix}_{}", key.to_ascii_uppercase());
+        path.push(key.clone());
         if value.is_object() {
-            apply_env(value, &name, vars)?;
-            continue;
+            env_names(value, &name, path, out);
+        } else {
+            out.push((path.clone(), name));
         }
+        path.pop();
+    }
+}
+
+/// The tree of defaults, with a slot for each secret key (skipped when serializing).
+fn default_tree() -> serde_json::Value {
+    let mut tree = serde_json::to_value(Config::default()).expect("config serializes");
+    for key in SECRET_KEYS {
+        let (section, leaf) = key.split_once('.').expect("dotted");
+        tree[section][leaf] = serde_json::Value::Null;
+    }
+    tree
+}
+
+/// For each key whose `ORBITER_…` name is set, replaces the value. The new value takes the
+/// type of the default (number, bool) or stays a string. Each variable is checked as it is
+/// applied, so that a bad value names its variable, not only what was wrong with it.
+fn apply_env(tree: &mut serde_json::Value, vars: &[(String, String)]) -> Result<(), ConfigError> {
+    let mut names = Vec::new();
+    env_names(tree, "ORBITER", &mut Vec::new(), &mut names);
+    for (path, name) in names {
         let Some((_, raw)) = vars.iter().find(|(k, _)| *k == name) else {
             continue;
         };
-        *value = match value {
+        let slot = path
+            .iter()
+            .fold(&mut *tree, |node, key| &mut node[key.as_str()]);
+        *slot = match slot {
             serde_json::Value::Bool(_) => match raw.as_str() {
                 "1" | "true" | "yes" | "on" => serde_json::Value::Bool(true),
                 "0" | "false" | "no" | "off" => serde_json::Value::Bool(false),
@@ -430,8 +457,82 @@ fn apply_env(
             }
             _ => serde_json::Value::String(raw.clone()),
         };
+        serde_json::from_value::<Config>(tree.clone()).map_err(|e| ConfigError::Env {
+            var: name.clone(),
+            message: format!("{e} (for `{}`)", path.join(".")),
+        })?;
     }
     Ok(())
+}
+
+/// `ORBITER_…` variables of Orbiter's other tools, which the engine does not read.
+const OTHER_TOOLS_VARS: &[&str] = &[
+    "ORBITER_API_URL",
+    "ORBITER_MEDIATOR_TOKEN",
+    "ORBITER_BIN",
+    "ORBITER_BUILD_STRIP",
+    "ORBITER_FHIR_PYTHON",
+];
+
+/// An `ORBITER_…` variable that is set but names no configuration key (a typo such as
+/// `ORBITER_MLLP_ADRR` would otherwise be ignored without a word), with the key name it
+/// most likely meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownVar {
+    pub var: String,
+    pub did_you_mean: Option<String>,
+}
+
+impl std::fmt::Display for UnknownVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is not a configuration variable (ignored)", self.var)?;
+        if let Some(name) = &self.did_you_mean {
+            write!(f, "; did you mean {name}?")?;
+        }
+        Ok(())
+    }
+}
+
+/// The `ORBITER_…` variables in `vars` that no configuration key reads, sorted.
+pub fn unknown_env_vars(vars: impl IntoIterator<Item = (String, String)>) -> Vec<UnknownVar> {
+    let mut known = Vec::new();
+    env_names(&default_tree(), "ORBITER", &mut Vec::new(), &mut known);
+    let known: Vec<String> = known.into_iter().map(|(_, name)| name).collect();
+    let mut unknown: Vec<UnknownVar> = vars
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("ORBITER_"))
+        .filter(|k| !known.contains(k) && !OTHER_TOOLS_VARS.contains(&k.as_str()))
+        .map(|var| {
+            let did_you_mean = known
+                .iter()
+                .map(|name| (edit_distance(&var, name), name))
+                .filter(|(d, _)| *d <= 3)
+                .min()
+                .map(|(_, name)| name.clone());
+            UnknownVar { var, did_you_mean }
+        })
+        .collect();
+    unknown.sort_by(|a, b| a.var.cmp(&b.var));
+    unknown
+}
+
+/// Levenshtein distance (for "did you mean"); names are short.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 #[cfg(test)]
@@ -559,9 +660,74 @@ time_budget = \"2s\"\n",
 
     #[test]
     fn bad_environment_values_name_the_variable() {
-        let err = Config::load(None, env(&[("ORBITER_MLLP_IDLE_TIMEOUT_SECS", "soon")]))
+        // Caught while converting (a number expected), and only when the config is built
+        // (an address, a negative number, an unknown enum value): both name the variable.
+        for (var, value) in [
+            ("ORBITER_MLLP_IDLE_TIMEOUT_SECS", "soon"),
+            ("ORBITER_MLLP_ADDR", "foo"),
+            ("ORBITER_CDR_TIMEOUT_SECS", "-1"),
+            ("ORBITER_MLLP_ACK_MODE", "later"),
+        ] {
+            let err = Config::load(
+                None,
+                env(&[("ORBITER_ADMIN_ADDR", "127.0.0.1:1"), (var, value)]),
+            )
             .unwrap_err()
             .to_string();
-        assert!(err.contains("ORBITER_MLLP_IDLE_TIMEOUT_SECS"), "{err}");
+            assert!(err.contains(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_file_values_name_the_line_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orbiter.toml");
+        std::fs::write(
+            &path,
+            "[http]\naddr = \"127.0.0.1:1\"\n[mllp]\naddr = \"nohost:3000\"\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("line 4") && err.contains("nohost"), "{err}");
+        std::fs::write(&path, "[mllp]\n\nadress = \"127.0.0.1:3000\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_config_file_says_so_once() {
+        let err = Config::load(Some(Path::new("/nonexistent/orbiter.toml")), env(&[])).unwrap_err();
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(text.matches("No such file").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn unknown_variables_are_reported_with_the_likely_name() {
+        let unknown = unknown_env_vars(env(&[
+            ("ORBITER_MLLP_ADRR", "127.0.0.1:1"),
+            ("ORBITER_MLLP_ADDR", "127.0.0.1:1"),
+            ("ORBITER_ADMIN_TOKEN", "t"),
+            ("ORBITER_CDR_PASSWORD", "p"),
+            ("ORBITER_SCRIPT_TIME_BUDGET", "1s"),
+            ("ORBITER_API_URL", "http://x"),
+            ("ORBITER_SOMETHING_ELSE", "1"),
+            ("PATH", "/bin"),
+        ]));
+        assert_eq!(
+            unknown,
+            vec![
+                UnknownVar {
+                    var: "ORBITER_MLLP_ADRR".into(),
+                    did_you_mean: Some("ORBITER_MLLP_ADDR".into())
+                },
+                UnknownVar {
+                    var: "ORBITER_SOMETHING_ELSE".into(),
+                    did_you_mean: None
+                },
+            ]
+        );
+        assert!(unknown[0]
+            .to_string()
+            .contains("did you mean ORBITER_MLLP_ADDR"));
     }
 }

@@ -30,6 +30,83 @@ pub fn open_to_others(dir: &Path) -> Option<u32> {
     }
 }
 
+/// Bytes free for this user on the filesystem of `dir`; `None` where that cannot be told.
+#[cfg(unix)]
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain old data; all zeroes is a valid value.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string and `stats` a valid, writable statvfs.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };
+    (rc == 0).then(|| stats.f_bavail as u64 * stats.f_frsize as u64)
+}
+
+#[cfg(not(unix))]
+pub fn free_bytes(_: &Path) -> Option<u64> {
+    None
+}
+
+/// Fails unless this user can create a file in `dir`, with what to do about it: otherwise the
+/// first sign is a bare "Permission denied" from deep inside the journal.
+pub fn check_writable(dir: &Path) -> Result<(), NotWritable> {
+    let probe = dir.join(format!(".orbiter-write-check-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(source) => Err(NotWritable {
+            dir: dir.to_owned(),
+            // chown does not help on a read-only mount (a volume mounted readOnly, or the
+            // data dir left on the image's read-only root filesystem).
+            why: if source.kind() == io::ErrorKind::ReadOnlyFilesystem {
+                " is on a read-only filesystem: mount a writable volume there (in Kubernetes, \
+                 the data volume at that path, not readOnly)"
+                    .to_string()
+            } else {
+                format!(
+                    " is not writable by this process{}: give the engine's user write access \
+                     (chown it; in Kubernetes, the pod's fsGroup)",
+                    owner_note(dir)
+                )
+            },
+            source,
+        }),
+    }
+}
+
+/// The data dir refused a file.
+#[derive(Debug, thiserror::Error)]
+#[error("the data dir {dir}{why}, or point --data / ORBITER_DATA_DIR elsewhere")]
+pub struct NotWritable {
+    dir: std::path::PathBuf,
+    /// What is wrong and the fix, with ` (uid 65532; the dir belongs to uid 0, mode 700)`
+    /// where that can be told.
+    why: String,
+    source: io::Error,
+}
+
+#[cfg(unix)]
+fn owner_note(dir: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    match std::fs::metadata(dir) {
+        Ok(m) => format!(
+            " (uid {uid}; the dir belongs to uid {}, mode {:o})",
+            m.uid(),
+            m.mode() & 0o7777
+        ),
+        Err(_) => format!(" (uid {uid})"),
+    }
+}
+
+#[cfg(not(unix))]
+fn owner_note(_: &Path) -> String {
+    String::new()
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

@@ -125,12 +125,20 @@ pub fn check_all(config_file: Option<&Path>, data: Option<PathBuf>) -> Vec<Findi
         Err(e) => {
             findings.push(Finding::fail(
                 "config",
-                e.to_string(),
+                // With its cause (a file that cannot be read says why on the next link).
+                format!("{:#}", anyhow::Error::from(e)),
                 "correct the named key or variable (`orbiter.toml` keys are listed in config.rs)",
             ));
             return findings;
         }
     };
+    for unknown in crate::config::unknown_env_vars(std::env::vars()) {
+        findings.push(Finding::warn(
+            "config",
+            unknown.to_string(),
+            "correct or remove the variable (every key's variable is ORBITER_ + its path)",
+        ));
+    }
     if let Some(data) = data {
         config.data_dir = data;
     }
@@ -192,7 +200,7 @@ fn data_dir(dir: &Path) -> Vec<Finding> {
             format!("chmod 700 {}", dir.display()),
         ));
     }
-    findings.push(match free_bytes(dir) {
+    findings.push(match crate::data_dir::free_bytes(dir) {
         Some(free) if free < FAIL_BELOW_BYTES => Finding::fail(
             "free space",
             format!("{} MiB free under {}", free >> 20, dir.display()),
@@ -211,21 +219,6 @@ fn data_dir(dir: &Path) -> Vec<Finding> {
         ),
     });
     findings
-}
-
-#[cfg(unix)]
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a NUL-terminated string and `stats` a valid, writable statvfs.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stats) };
-    (rc == 0).then(|| stats.f_bavail as u64 * stats.f_frsize as u64)
-}
-
-#[cfg(not(unix))]
-fn free_bytes(_: &Path) -> Option<u64> {
-    None
 }
 
 /// Where to reach a listener bound to `addr` from this host.
@@ -345,7 +338,11 @@ fn channels(config: &Config) -> Vec<Finding> {
 /// Certificates, keys and CA bundles readable; certificates not expired or expiring soon.
 fn tls_files(config: &Config) -> Vec<Finding> {
     let mut findings = Vec::new();
-    for (name, tls) in [("mllp", &config.mllp.tls), ("admin", &config.admin.tls)] {
+    for (name, tls) in [
+        ("mllp", &config.mllp.tls),
+        ("http", &config.http.tls),
+        ("admin", &config.admin.tls),
+    ] {
         if !tls.enabled() {
             continue;
         }
@@ -395,6 +392,17 @@ fn tls_listener(name: &str, tls: &TlsConfig) -> Vec<Finding> {
                 &subject,
                 format!("{}: no readable CA certificate", ca.display()),
                 "give the PEM bundle that client certificates chain to",
+            ));
+        }
+    }
+    // Each file reads: do they make a server config together, as the engine will build it?
+    // (A key of another certificate, or an X.509 v1 certificate, only fails there.)
+    if !findings.iter().any(|f| f.level == Level::Fail) {
+        if let Err(e) = crate::tls::server_config(tls) {
+            findings.push(Finding::fail(
+                &subject,
+                e.to_string(),
+                "give the key that belongs to the certificate, and a v3 certificate",
             ));
         }
     }

@@ -12,7 +12,14 @@ const PHI_SAFE: &[&str] = &["hl7_mllp_codec=off"];
 
 /// Builds the filter: the user's directives, then the PHI caps (which win for those targets).
 pub fn filter(spec: &str) -> EnvFilter {
-    let mut filter = EnvFilter::try_new(spec).unwrap_or_else(|e| {
+    let parsed = match bare_target(spec) {
+        Some(word) => Err(format!(
+            "`{word}` is not a level (error, warn, info, debug, trace, off); \
+             for a target write `{word}=debug`"
+        )),
+        None => EnvFilter::try_new(spec).map_err(|e| e.to_string()),
+    };
+    let mut filter = parsed.unwrap_or_else(|e| {
         eprintln!("orbiter: bad log filter `{spec}` ({e}); using `info`");
         EnvFilter::new("info")
     });
@@ -22,24 +29,187 @@ pub fn filter(spec: &str) -> EnvFilter {
     filter
 }
 
+/// A directive that is one word but no level: `EnvFilter` reads `infoo` as "everything from
+/// the target `infoo`, nothing else", so a typo in `ORBITER_LOG` silenced the engine entirely.
+fn bare_target(spec: &str) -> Option<&str> {
+    spec.split(',').map(str::trim).find(|d| {
+        !d.is_empty()
+            && !d.contains(['=', '['])
+            && d.parse::<tracing_subscriber::filter::LevelFilter>()
+                .is_err()
+    })
+}
+
 /// Installs the global subscriber (once; later calls are ignored) and bridges the `log` crate.
 pub fn init(spec: &str, json: bool) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let _ = tracing_log::LogTracer::init();
     // Colour only on a terminal: `kubectl logs` and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = fmt()
-        .with_env_filter(filter(spec))
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let layer = fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let registry = tracing_subscriber::registry();
     let _ = if json {
-        builder.json().try_init()
+        let layer = layer
+            .json()
+            .with_filter(filter(spec))
+            .with_filter(Flood::new(json));
+        registry.with(layer).try_init()
     } else {
-        builder.try_init()
+        let layer = layer
+            .with_filter(filter(spec))
+            .with_filter(Flood::new(json));
+        registry.with(layer).try_init()
     };
+}
+
+/// Lines a second that one log statement may write at WARN or ERROR.
+const FLOOD_LINES_PER_SECOND: u32 = 20;
+
+/// Caps each WARN/ERROR log statement at [`FLOOD_LINES_PER_SECOND`]: on a full disk every
+/// message and every sled flush logged an error, over a million lines in 15 s, on the
+/// Raspberry Pi whose same disk keeps the container logs. The first line a statement writes
+/// in a later second is preceded by how many of its lines were dropped.
+struct Flood {
+    json: bool,
+    /// Per statement (target, file, line, level): the second and what it let through.
+    windows: std::sync::Mutex<std::collections::HashMap<FloodKey, FloodWindow>>,
+}
+
+type FloodKey = (String, Option<String>, Option<u32>, tracing::Level);
+
+#[derive(Default)]
+struct FloodWindow {
+    second: u64,
+    passed: u32,
+    dropped: u64,
+}
+
+impl Flood {
+    fn new(json: bool) -> Flood {
+        Flood {
+            json,
+            windows: Default::default(),
+        }
+    }
+
+    /// Whether this event of `key` may be written now; reports what was dropped before it.
+    fn admit(&self, key: FloodKey, now_second: u64) -> bool {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let window = windows.entry(key.clone()).or_default();
+        if window.second != now_second {
+            if window.dropped > 0 {
+                self.report(&key, window.dropped);
+            }
+            *window = FloodWindow {
+                second: now_second,
+                ..FloodWindow::default()
+            };
+        }
+        if window.passed < FLOOD_LINES_PER_SECOND {
+            window.passed += 1;
+            true
+        } else {
+            window.dropped += 1;
+            false
+        }
+    }
+
+    /// Straight to stderr: an event from inside a filter would go through this filter again.
+    fn report(&self, (target, file, line, level): &FloodKey, dropped: u64) {
+        use std::io::Write as _;
+        let place = format!(
+            "{target} ({}:{})",
+            file.as_deref().unwrap_or("?"),
+            line.unwrap_or(0)
+        );
+        let text = format!("{dropped} more {level} lines from {place} were not written (at most {FLOOD_LINES_PER_SECOND} a second)");
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let line = if self.json {
+            serde_json::json!({"timestamp": now, "level": "WARN", "fields": {"message": text}, "target": "orbiter::logging"}).to_string()
+        } else {
+            format!("{now}  WARN orbiter::logging: {text}")
+        };
+        let _ = writeln!(std::io::stderr(), "{line}");
+    }
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for Flood {
+    fn enabled(
+        &self,
+        _: &tracing::Metadata<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        true
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        use tracing_log::NormalizeEvent as _;
+        // Records from the `log` crate (sled) share one callsite per level: their own target
+        // and line tell the statements apart.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        if *meta.level() > tracing::Level::WARN {
+            return true; // INFO and finer: not capped
+        }
+        let key = (
+            meta.target().to_string(),
+            meta.file().map(str::to_string),
+            meta.line(),
+            *meta.level(),
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.admit(key, now)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_misspelt_level_falls_back_to_info_instead_of_silence() {
+        assert_eq!(super::bare_target("infoo"), Some("infoo"));
+        assert_eq!(super::bare_target("warn,orbiter=dbug"), None); // EnvFilter refuses that one
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "info,orbiter=debug",
+            "orbiter::listen=trace",
+            "3",
+        ] {
+            assert_eq!(super::bare_target(good), None, "{good}");
+        }
+        let filter = super::filter("infoo").to_string();
+        assert!(filter.split(',').any(|d| d == "info"), "{filter}");
+    }
+
+    #[test]
+    fn one_statement_writes_at_most_its_share_of_lines_a_second() {
+        let flood = super::Flood::new(false);
+        let key = |line| {
+            (
+                "sled::tree".to_string(),
+                None,
+                Some(line),
+                tracing::Level::ERROR,
+            )
+        };
+        let passed = (0..1000).filter(|_| flood.admit(key(1), 7)).count();
+        assert_eq!(passed, super::FLOOD_LINES_PER_SECOND as usize);
+        // Another statement has its own share; the next second starts afresh.
+        assert!(flood.admit(key(2), 7));
+        assert!(flood.admit(key(1), 8));
+    }
+
     #[test]
     fn codec_frames_are_never_logged_even_at_trace() {
         let filter = super::filter("trace").to_string();

@@ -9,7 +9,11 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // Not `eprintln!`: it panics when stderr is closed too.
             use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "orbiter: {e:#}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "orbiter: {}",
+                orbiter::cli::error_text(&e)
+            );
             std::process::ExitCode::from(2)
         }
     }

@@ -51,8 +51,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     } else {
         admin::starting::Starting::start(config.admin.addr).ok()
     };
-    let journal = Journal::open(&config.data_dir, &config.journal, metrics.clone())
-        .context("opening the journal")?;
+    crate::data_dir::check_writable(&config.data_dir)?;
+    let journal =
+        Journal::open(&config.data_dir, &config.journal, metrics.clone()).map_err(|e| {
+            let hint = storage_full_hint(&e, &config.data_dir);
+            anyhow::Error::new(e).context(format!("opening the journal{hint}"))
+        })?;
     let (token, source) =
         AdminToken::load_or_generate(config.admin.token.as_deref(), &config.data_dir)
             .context("loading the admin token")?;
@@ -75,6 +79,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         dir = %config.channels_dir.display(),
         "channels loaded"
     );
+    // Every message would be ACKed and then fail with "no channel": say why at once.
+    if !config.channels_dir.is_dir() {
+        tracing::warn!(
+            dir = %config.channels_dir.display(),
+            "the channels dir does not exist: no message will be processed (set ORBITER_CHANNELS_DIR or channels_dir)"
+        );
+    } else if channels.current().channels.is_empty() && report.errors.is_empty() {
+        tracing::warn!(
+            dir = %config.channels_dir.display(),
+            "no channel in the channels dir: messages are stored, and fail with `no channel`"
+        );
+    }
     let embedded_cdr = match &config.cdr.url {
         None => Some(
             Cdr::open(
@@ -185,7 +201,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let admin_handle = admin.handle();
         actix_rt::spawn(admin);
         let _mllp = mllp_listener.map(Actor::start);
-        tracing::info!(admin = ?admin_addrs, mllp = ?mllp_addr, http = ?http_addrs, data_dir = %config.data_dir.display(), "orbiter running");
+        let mllp_addr = mllp_addr.map_or_else(|| "off".to_string(), |a| a.to_string());
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), admin = ?admin_addrs, mllp = %mllp_addr, http = ?http_addrs, data_dir = %config.data_dir.display(), "orbiter running");
 
         let gauge_journal = journal.clone();
         let gauge_metrics = metrics.clone();
@@ -261,6 +278,35 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("journal closed");
     result
+}
+
+/// The journal needs room for two value-log segments (the active one and the next, created
+/// full) and sled's files before it opens: far more than "No space left on device" suggests
+/// to someone who sees a few MB free in `df`.
+const JOURNAL_OPEN_NEEDS_BYTES: u64 = 64 * 1024 * 1024;
+
+/// `: the data dir's filesystem is full …` when `e` is a full disk, else nothing.
+fn storage_full_hint(e: &crate::journal::JournalError, dir: &std::path::Path) -> String {
+    use crate::journal::JournalError;
+    let full = match e {
+        JournalError::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
+        JournalError::Storage(sled) => {
+            matches!(&**sled, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull)
+        }
+        _ => false,
+    };
+    if !full {
+        return String::new();
+    }
+    let free = crate::data_dir::free_bytes(dir)
+        .map(|b| format!("{} MiB free", b / (1024 * 1024)))
+        .unwrap_or_else(|| "free space unknown".into());
+    format!(
+        " (the filesystem of {} is full, {free}: the journal needs about {} MiB free to open; \
+         free space or grow the volume, then start again, nothing is lost)",
+        dir.display(),
+        JOURNAL_OPEN_NEEDS_BYTES / (1024 * 1024)
+    )
 }
 
 /// Prunes the journal every `interval_secs`, one small writer batch at a time with a pause in

@@ -19,6 +19,14 @@ pub enum TlsError {
     NoCertificate { path: PathBuf },
     #[error("TLS: {0}")]
     Rustls(#[from] rustls::Error),
+    /// rustls's own words for these ("invalid peer certificate", "keys may not be
+    /// consistent") name neither the file nor the fix.
+    #[error("TLS: the certificate {cert} and the key {key} cannot be used: {reason}")]
+    Pair {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
     #[error("TLS: client CA: {0}")]
     ClientCa(String),
     #[error("TLS: cert and key must both be set")]
@@ -46,6 +54,23 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// Why rustls refused a certificate and key pair, in the operator's terms.
+fn pair_error(cert: &Path, key: &Path, error: rustls::Error) -> TlsError {
+    let reason = match &error {
+        rustls::Error::InconsistentKeys(_) => "the key does not belong to the certificate".into(),
+        rustls::Error::InvalidCertificate(e) => format!(
+            "the certificate is refused ({e:?}); an X.509 v1 certificate (what `openssl x509 -req` \
+             makes without `-extfile`) is not accepted: issue a v3 one, with a subjectAltName"
+        ),
+        other => other.to_string(),
+    };
+    TlsError::Pair {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        reason,
+    }
+}
+
 /// Builds a rustls server config; `None` when TLS is off for this listener.
 pub fn server_config(tls: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>>, TlsError> {
     let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
@@ -55,6 +80,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>
         };
     };
     install_crypto_provider();
+    let (cert_path, key_path) = (cert, key);
     let chain = certificates(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
         path: key.to_owned(),
@@ -62,7 +88,10 @@ pub fn server_config(tls: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>
     })?;
     let builder = rustls::ServerConfig::builder();
     let config = match &tls.client_ca {
-        None => builder.with_no_client_auth().with_single_cert(chain, key)?,
+        None => builder
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| pair_error(cert_path, key_path, e))?,
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for cert in certificates(ca)? {
@@ -79,7 +108,8 @@ pub fn server_config(tls: &TlsConfig) -> Result<Option<Arc<rustls::ServerConfig>
             .map_err(|e| TlsError::ClientCa(e.to_string()))?;
             builder
                 .with_client_cert_verifier(verifier)
-                .with_single_cert(chain, key)?
+                .with_single_cert(chain, key)
+                .map_err(|e| pair_error(cert_path, key_path, e))?
         }
     };
     Ok(Some(Arc::new(config)))
@@ -101,13 +131,15 @@ pub fn client_config(
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
     let config = match identity {
         None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = certificates(cert)?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
-                path: key.to_owned(),
+        Some((cert_path, key_path)) => {
+            let chain = certificates(cert_path)?;
+            let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError::Pem {
+                path: key_path.to_owned(),
                 message: e.to_string(),
             })?;
-            builder.with_client_auth_cert(chain, key)?
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| pair_error(cert_path, key_path, e))?
         }
     };
     Ok(Arc::new(config))

@@ -18,7 +18,8 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready to take messages: the journal is open, and the CDR answers if a channel in ACK mode
+/// Ready to take messages: the journal is open with room to grow (see [`MIN_FREE_BYTES`]),
+/// and the CDR answers if a channel in ACK mode
 /// `on-delivery` writes to it (in `on-commit` mode messages queue durably while the CDR is down,
 /// so an outage must not take the engine out of its Service).
 async fn ready(state: web::Data<AdminState>) -> HttpResponse {
@@ -34,11 +35,15 @@ async fn ready(state: web::Data<AdminState>) -> HttpResponse {
                 .iter()
                 .any(|d| d.kind == DestinationKind::Cdr)
     });
-    let ready = journal && (cdr || !needs_cdr);
+    let free = crate::data_dir::free_bytes(state.journal.path());
+    let room = has_room(free);
+    let ready = journal && room && (cdr || !needs_cdr);
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
         "checks": {
             "journal": journal,
+            "disk_free_bytes": free,
+            "disk_room": room,
             "channels": set.channels.len(),
             "channel_errors": state.channels.last_report().errors.len(),
             // Counted, not a reason to be unready: the shared port and the other channels work.
@@ -54,8 +59,31 @@ async fn ready(state: web::Data<AdminState>) -> HttpResponse {
     }
 }
 
+/// Below this much free space on the data dir's filesystem the journal cannot prepare its next
+/// value-log segment (16 MiB, created full) and will soon answer every message "not stored,
+/// please resend": better out of the Service (senders go to another engine, or retry against
+/// a refused connection) and an alert (`OrbiterNotReady`) than a stream of negative ACKs.
+pub const MIN_FREE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Enough room to go on taking messages; unknown (no statvfs) counts as enough.
+fn has_room(free: Option<u64>) -> bool {
+    free.is_none_or(|bytes| bytes >= MIN_FREE_BYTES)
+}
+
 async fn metrics(state: web::Data<AdminState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_nearly_full_disk_is_not_ready() {
+        assert!(super::has_room(Some(1 << 30)));
+        assert!(super::has_room(Some(super::MIN_FREE_BYTES)));
+        assert!(!super::has_room(Some(16 * 1024 * 1024)));
+        assert!(!super::has_room(Some(0)));
+        assert!(super::has_room(None));
+    }
 }
