@@ -136,6 +136,38 @@ async fn orbiter_send_speaks_tls_to_a_tls_listener() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    // Both ends say why: the sender that the port wants TLS, the engine's log that the client
+    // spoke plain MLLP.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("do not start with TLS"), "{stderr}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !engine.log().contains("plain MLLP, not TLS") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine names the plain-text client: {}",
+            engine.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // TLS to a plain port: the handshake never comes back, and the error asks whether the
+    // port is a TLS listener instead of reporting a missing ACK.
+    let plain = Engine::start(&dir.path().join("plain"), &[]);
+    let out = Command::new(orbiter)
+        .args([
+            "send",
+            "--timeout",
+            "2",
+            "--to",
+            &plain.mllp,
+            "--tls-ca",
+            &pki.ca_path,
+        ])
+        .arg(&message)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is it a TLS listener?"), "{stderr}");
     // A certificate for another name is refused.
     let out = Command::new(orbiter)
         .args([

@@ -336,7 +336,11 @@ pub async fn require_token(
                     );
                 }
                 // Never the header: it may hold a real token with a typo.
-                tracing::warn!(peer = ?peer_addr, path = req.path(), "admin API: authentication failed");
+                tracing::warn!(
+                    peer = peer_addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
+                    path = req.path(),
+                    "admin API: authentication failed"
+                );
                 let response = unauthorized(req.path());
                 return Ok(req.into_response(response));
             }

@@ -176,6 +176,10 @@ async fn serve(stream: std::net::TcpStream, peer: SocketAddr, shared: Arc<Shared
         Some(acceptor) => {
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => connection(tls, peer.to_string(), &shared).await,
+                Ok(Err(e)) if is_plain_text(&e) => tracing::warn!(
+                    %peer,
+                    "MLLP TLS handshake failed: the client sent plain MLLP, not TLS, to this TLS port (configure the sender for TLS)"
+                ),
                 Ok(Err(e)) => tracing::warn!(%peer, error = %e, "MLLP TLS handshake failed"),
                 Err(_) => tracing::warn!(%peer, "MLLP TLS handshake timed out"),
             }
@@ -183,6 +187,18 @@ async fn serve(stream: std::net::TcpStream, peer: SocketAddr, shared: Arc<Shared
     }
     shared.metrics.mllp_connections.dec();
     tracing::debug!(%peer, "MLLP connection closed");
+}
+
+/// Whether a failed TLS handshake is a client speaking without TLS: its first bytes are no TLS
+/// record (an MLLP frame starts with 0x0B).
+fn is_plain_text(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType
+        ))
+    )
 }
 
 /// An ACK on its way: the intake's future, and what the writer needs to finish it.

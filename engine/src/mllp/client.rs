@@ -24,7 +24,9 @@ pub enum ClientError {
     Send(std::io::Error),
     #[error("reading the ACK: {0}")]
     Receive(#[from] FrameError),
-    #[error("the server closed the connection without an ACK")]
+    #[error(
+        "the server closed the connection without an ACK (a TLS listener closes connections that do not start with TLS)"
+    )]
     Closed,
     #[error("no ACK within {0:?}")]
     Timeout(Duration),
@@ -33,6 +35,10 @@ pub enum ClientError {
         addr: String,
         source: std::io::Error,
     },
+    /// The TCP connection was made but no TLS handshake came back: a plain MLLP port waits
+    /// for a frame and never answers a ClientHello.
+    #[error("no TLS handshake from {addr} within {timeout:?}: is it a TLS listener?")]
+    TlsTimeout { addr: String, timeout: Duration },
     #[error("bad TLS server name {name:?}: {message}")]
     ServerName { name: String, message: String },
 }
@@ -76,25 +82,28 @@ impl MllpClient<tokio_rustls::client::TlsStream<TcpStream>> {
                     message: e.to_string(),
                 }
             })?;
-        let connected = async {
-            let tcp = TcpStream::connect(addr)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    addr: addr.to_string(),
-                    source,
-                })?;
-            let _ = tcp.set_nodelay(true);
-            tokio_rustls::TlsConnector::from(config)
-                .connect(server_name, tcp)
-                .await
-                .map_err(|source| ClientError::Tls {
-                    addr: addr.to_string(),
-                    source,
-                })
-        };
-        let stream = tokio::time::timeout(timeout, connected)
+        // One timeout over both steps, but a handshake that never comes back is told apart
+        // from a host that does not answer.
+        let started = tokio::time::Instant::now();
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| ClientError::Timeout(timeout))??;
+            .map_err(|_| ClientError::Timeout(timeout))?
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let handshake = tokio_rustls::TlsConnector::from(config).connect(server_name, tcp);
+        let stream = tokio::time::timeout(timeout.saturating_sub(started.elapsed()), handshake)
+            .await
+            .map_err(|_| ClientError::TlsTimeout {
+                addr: addr.to_string(),
+                timeout,
+            })?
+            .map_err(|source| ClientError::Tls {
+                addr: addr.to_string(),
+                source,
+            })?;
         Ok(MllpClient::new(stream, timeout))
     }
 }
