@@ -215,6 +215,16 @@ async fn script_errors_and_limits_fail_one_transaction_only() {
         .unwrap()
         .count();
     assert_eq!(out, 1, "the good channel wrote its file");
+    // Each failure is in the log by transaction and channel, never with its reason (which can
+    // quote the message) above debug.
+    let log = engine.log();
+    let failed = log
+        .lines()
+        .filter(|l| l.contains("transaction failed in its channel"))
+        .collect::<Vec<_>>();
+    assert!(failed.len() >= 4, "{log}");
+    assert!(failed.iter().all(|l| l.contains("WARN")), "{failed:?}");
+    assert!(!log.contains("no ward"), "reasons stay at debug: {log}");
 }
 
 #[tokio::test]

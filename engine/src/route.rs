@@ -374,6 +374,12 @@ impl Pipeline {
                 .channel_messages_total
                 .with_label_values(&[&name, outcome.0.as_str()])
                 .inc();
+            if outcome.0 == Status::Failed {
+                // Failures reach the log as well as the API and the metrics. The reason can
+                // quote the message (a script's error, a CDR's OperationOutcome): debug only.
+                tracing::warn!(%id, channel = %name, "transaction failed in its channel");
+                tracing::debug!(%id, channel = %name, reason = outcome.1.as_deref().unwrap_or(""), "why");
+            }
             per_channel.push(outcome);
         }
         let (status, reason) = combine(&per_channel);
