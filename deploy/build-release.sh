@@ -13,6 +13,9 @@
 #
 # The binary is copied to OUTDIR/orbiter. Set ORBITER_BUILD_STRIP=0 to keep symbols
 # (the workspace profile keeps line tables for profiling; the image does not need them).
+# ORBITER_BUILD_PROFILE picks the Cargo profile: `dist` (the default, what the image ships:
+# release with fat LTO, 5-9% fewer instructions a message, a much slower build) or `release`
+# (what CI's arm64 step uses, to stay within its time).
 set -euo pipefail
 
 targetarch="${1:?usage: build-release.sh TARGETARCH OUTDIR}"
@@ -42,13 +45,18 @@ if [[ "$gnu" != "$host_gnu" ]]; then
   export "AR_${tvar}=${gnu}-linux-gnu-ar"
 fi
 
+profile="${ORBITER_BUILD_PROFILE:-dist}"
+case "$profile" in
+  dist | release) ;;
+  *) echo "build-release.sh: ORBITER_BUILD_PROFILE must be dist or release, not '$profile'" >&2; exit 2 ;;
+esac
 if [[ "${ORBITER_BUILD_STRIP:-1}" == 1 ]]; then
-  export CARGO_PROFILE_RELEASE_DEBUG=0
-  export CARGO_PROFILE_RELEASE_STRIP=symbols
+  export CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols
+  export CARGO_PROFILE_DIST_DEBUG=0 CARGO_PROFILE_DIST_STRIP=symbols
 fi
 
-cargo build --release --locked -p orbiter --bin orbiter --target "$target"
+cargo build --profile "$profile" --locked -p orbiter --bin orbiter --target "$target"
 
 target_dir="${CARGO_TARGET_DIR:-target}"
-install -D -m 0755 "$target_dir/$target/release/orbiter" "$outdir/orbiter"
+install -D -m 0755 "$target_dir/$target/$profile/orbiter" "$outdir/orbiter"
 echo "build-release.sh: built $outdir/orbiter for $target"
