@@ -739,3 +739,59 @@ async fn results_orders_and_documents_keep_the_demographics_and_visit_the_adt_fe
     assert_eq!(found["total"], 1, "{found}");
     assert_eq!(found["entry"][0]["resource"]["name"][0]["family"], "FIRST");
 }
+
+#[tokio::test]
+async fn a_correction_that_resends_only_the_corrected_obx_updates_that_observation() {
+    // Labs often send a correction (OBX-11 C) with just the corrected OBX, numbered OBX-1 = 1
+    // whatever its place in the first report. The corrected value must replace the first one,
+    // not sit beside it as a second "final" potassium; text split over several OBX with one
+    // code stays several Observations.
+    let dir = tempfile::tempdir().unwrap();
+    let env = default_channels();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let engine = Engine::start(&dir.path().join("data"), &env);
+    let mut client = MllpClient::connect(&engine.mllp, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let header = "PID|1||C100^^^GENHOSP^MR||CORR^ANNA||19700101|F\r\
+                  OBR|1|PC1^ORDERSYS|FC1^LABSYS|24323-8^Metabolic panel^LN|||20261201090000-0500\
+                  |||||||||||||||||CH|";
+    let first = format!(
+        "MSH|^~\\&|LAB|GENHOSP_LAB|ORBITER|HIE|20261201120000-0500||ORU^R01^ORU_R01|CORR-1|P|2.5.1\r\
+         {header}F\r\
+         OBX|1|NM|2345-7^Glucose^LN||98|mg/dL|70-99|N|||F\r\
+         OBX|2|NM|2823-3^Potassium^LN||6.8|mmol/L|3.5-5.1|HH|||F\r\
+         OBX|3|TX|8251-1^Comment^LN||Specimen hemolyzed.||||||F\r\
+         OBX|4|TX|8251-1^Comment^LN||Recollection advised.||||||F\r"
+    );
+    let correction = format!(
+        "MSH|^~\\&|LAB|GENHOSP_LAB|ORBITER|HIE|20261201150000-0500||ORU^R01^ORU_R01|CORR-2|P|2.5.1\r\
+         {header}C\r\
+         OBX|1|NM|2823-3^Potassium^LN||4.1|mmol/L|3.5-5.1|N|||C\r"
+    );
+    for (m, control_id) in [(&first, "CORR-1"), (&correction, "CORR-2")] {
+        let ack = ack_fields(&client.send(m.as_bytes()).await.unwrap()).0;
+        assert_eq!(ack, "AA", "{control_id}");
+        let tx = settled(&engine, control_id).await;
+        assert_eq!(tx["status"], "delivered", "{control_id}: {tx}");
+    }
+    let (_, found) = engine.api("/fhir/Observation?_count=100").await;
+    let observations: Vec<&Value> = found["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .collect();
+    assert_eq!(observations.len(), 4, "{found}");
+    let potassium: Vec<&&Value> = observations
+        .iter()
+        .filter(|o| o["code"]["coding"][0]["code"] == "2823-3")
+        .collect();
+    assert_eq!(potassium.len(), 1, "{found}");
+    assert_eq!(potassium[0]["valueQuantity"]["value"], 4.1);
+    assert_eq!(potassium[0]["status"], "corrected");
+    assert_eq!(potassium[0]["interpretation"][0]["coding"][0]["code"], "N");
+    let (_, reports) = engine.api("/fhir/DiagnosticReport").await;
+    assert_eq!(reports["total"], 1, "{reports}");
+    assert_eq!(reports["entry"][0]["resource"]["status"], "corrected");
+}
