@@ -4,8 +4,8 @@
 //! its channel with the real `orbiter try CHANNEL FILE --json`, and then:
 //! - its resources are counted by type and compared with the expectation;
 //! - every field-level expectation ("fact": a resource, a JSON path, a value) must hold;
-//! - every request is idempotent by construction (`PUT` to a conditional URL or `Type/id`) and a
-//!   second run gives the identical Bundle;
+//! - every request is idempotent by construction (`PUT` to a conditional URL or `Type/id`, or a
+//!   conditional create on an identifier) and a second run gives the identical Bundle;
 //! - every Bundle is validated by an independent FHIR R4 implementation, `tests/fhir_validate.py`
 //!   (PyPI `fhir.resources` 6.1.0, see `tests/requirements.txt`), plus the required code
 //!   bindings it does not check. A missing validator fails the test: it never passes unchecked.
@@ -201,8 +201,9 @@ fn check_fact(bundle: &Value, fact: &Fact) -> Result<(), String> {
     }
 }
 
-/// Every entry must be a `PUT` to `Type?identifier=...` or `Type/id`: a replay matches what the
-/// first run wrote instead of creating it again.
+/// Every entry must be a `PUT` to `Type?identifier=...` or `Type/id`, or a `POST` with
+/// `ifNoneExist: identifier=...` (the Patient and Encounter of non-ADT channels): a replay
+/// matches what the first run wrote instead of creating it again.
 fn idempotency_problems(bundle: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     let mut full_urls = BTreeSet::new();
@@ -214,7 +215,12 @@ fn idempotency_problems(bundle: &Value) -> Vec<String> {
             || url
                 .strip_prefix(&format!("{ty}/"))
                 .is_some_and(|id| !id.is_empty() && !id.contains(['/', '?']));
-        if method != "PUT" || !keyed {
+        let created_once = method == "POST"
+            && url == ty
+            && e["request"]["ifNoneExist"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("identifier="));
+        if !(method == "PUT" && keyed || created_once) {
             problems.push(format!("{ty}: {method} {url} is not a keyed update"));
         }
         if !full_urls.insert(e["fullUrl"].as_str().unwrap_or("").to_string()) {
@@ -620,4 +626,172 @@ async fn replaying_any_fixture_leaves_the_cdr_unchanged() {
         orders["entry"][0]["resource"]["meta"]["versionId"], "2",
         "{orders}"
     );
+}
+
+#[tokio::test]
+async fn results_orders_and_documents_keep_the_demographics_and_visit_the_adt_feed_sent() {
+    // A discharge with the patient's full demographics, then a late result and a document
+    // whose PID is an MRN and a name and whose PV1 is a class and the visit number (as lab and
+    // transcription systems send them). They must not erase the address, phone, SSN and marital
+    // status, nor set the finished visit back to in-progress; a result for a patient the CDR
+    // does not know yet still creates it.
+    let dir = tempfile::tempdir().unwrap();
+    let env = default_channels();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let engine = Engine::start(&dir.path().join("data"), &env);
+    let mut client = MllpClient::connect(&engine.mllp, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let messages = [
+        "MSH|^~\\&|ADT|GENHOSP|ORBITER|HIE|20261201100000-0500||ADT^A03^ADT_A03|KEEP-1|P|2.5.1\r\
+         EVN|A03|20261201100000-0500\r\
+         PID|1||K100^^^GENHOSP^MR~111-22-3333^^^USSSA^SS||KEEP^ANNA^^^^^L||19700101|F|||\
+         1 MAIN ST^^PORTLAND^ME^04101^USA^H||^PRN^PH^^1^207^5550101|||M\r\
+         PV1|1|I|3EAST^301^A^GENHOSP||||1902837465^PATEL^ANJALI^^^DR^^^NPI|||MED|||||||||\
+         VK100^^^GENHOSP^VN|||||||||||||||||01^Home^HL70112||||||||\
+         20261128080000-0500|20261201095500-0500\r",
+        "MSH|^~\\&|LAB|GENHOSP_LAB|ORBITER|HIE|20261201120000-0500||ORU^R01^ORU_R01|KEEP-2|P|2.5.1\r\
+         PID|1||K100^^^GENHOSP^MR||KEEP^ANNA||19700101|F\r\
+         PV1|1|I|||||||||||||||||VK100^^^GENHOSP^VN\r\
+         OBR|1|PK1^ORDERSYS|FK1^LABSYS|2345-7^Glucose^LN|||20261201090000-0500|||||||||||||||||CH|F\r\
+         OBX|1|NM|2345-7^Glucose^LN||98|mg/dL|70-99|N|||F\r",
+        "MSH|^~\\&|TRANS|GENHOSP|ORBITER|HIE|20261201130000-0500||MDM^T02^MDM_T02|KEEP-3|P|2.6\r\
+         EVN|T02|20261201130000-0500\r\
+         PID|1||K100^^^GENHOSP^MR||KEEP^ANNA||19700101|F\r\
+         PV1|1|I|||||||||||||||||VK100^^^GENHOSP^VN\r\
+         TXA|1|DS^Discharge summary^HL70270|TX|20261201125000-0500||||||||DOC-K100|||||AU\r\
+         OBX|1|TX|18842-5^Discharge summary^LN||Discharged home in good condition.||||||F\r",
+        "MSH|^~\\&|LAB|GENHOSP_LAB|ORBITER|HIE|20261201140000-0500||ORU^R01^ORU_R01|KEEP-4|P|2.5.1\r\
+         PID|1||K200^^^GENHOSP^MR||FIRST^SEEN||19800101|M\r\
+         OBR|1|PK2^ORDERSYS|FK2^LABSYS|2345-7^Glucose^LN|||20261201090000-0500|||||||||||||||||CH|F\r\
+         OBX|1|NM|2345-7^Glucose^LN||101|mg/dL|70-99|H|||F\r",
+    ];
+    for m in messages {
+        let control_id = orbiter::hl7::Message::parse(m.as_bytes())
+            .unwrap()
+            .control_id()
+            .unwrap()
+            .to_string();
+        let ack = ack_fields(&client.send(m.as_bytes()).await.unwrap()).0;
+        assert_eq!(ack, "AA", "{control_id}");
+        let tx = settled(&engine, &control_id).await;
+        assert_eq!(tx["status"], "delivered", "{control_id}: {tx}");
+    }
+    let (_, found) = engine
+        .api("/fhir/Patient?identifier=urn:oid:2.16.840.1.113883.3.9999.1|K100")
+        .await;
+    assert_eq!(found["total"], 1, "{found}");
+    let patient = &found["entry"][0]["resource"];
+    assert_eq!(patient["address"][0]["line"][0], "1 MAIN ST", "{patient}");
+    assert_eq!(
+        patient["telecom"][0]["value"], "+1 207 5550101",
+        "{patient}"
+    );
+    assert_eq!(
+        patient["maritalStatus"]["coding"][0]["code"], "M",
+        "{patient}"
+    );
+    assert_eq!(
+        patient["identifier"].as_array().map(Vec::len),
+        Some(2),
+        "{patient}"
+    );
+    assert_eq!(patient["name"][0]["use"], "official", "{patient}");
+
+    let (_, found) = engine
+        .api("/fhir/Encounter?identifier=urn:oid:2.16.840.1.113883.3.9999.1|VK100")
+        .await;
+    assert_eq!(found["total"], 1, "{found}");
+    let encounter = &found["entry"][0]["resource"];
+    assert_eq!(encounter["status"], "finished", "{encounter}");
+    assert_eq!(
+        encounter["period"]["end"], "2026-12-01T09:55:00-05:00",
+        "{encounter}"
+    );
+    assert_eq!(
+        encounter["participant"][0]["individual"]["identifier"]["value"], "1902837465",
+        "{encounter}"
+    );
+    // The result and the document point at that Patient and Encounter.
+    let patient_ref = format!("Patient/{}", patient["id"].as_str().unwrap());
+    let encounter_ref = format!("Encounter/{}", encounter["id"].as_str().unwrap());
+    let (_, obs) = engine.api("/fhir/Observation?code=2345-7").await;
+    let results: Vec<&Value> = obs["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["subject"]["reference"] == patient_ref.as_str())
+        .collect();
+    assert_eq!(results.len(), 1, "{obs}");
+    assert_eq!(results[0]["encounter"]["reference"], encounter_ref.as_str());
+    let (_, docs) = engine.api("/fhir/DocumentReference").await;
+    assert_eq!(
+        docs["entry"][0]["resource"]["subject"]["reference"],
+        patient_ref.as_str(),
+        "{docs}"
+    );
+
+    // A patient first seen in a result is created from that result's PID.
+    let (_, found) = engine
+        .api("/fhir/Patient?identifier=urn:oid:2.16.840.1.113883.3.9999.1|K200")
+        .await;
+    assert_eq!(found["total"], 1, "{found}");
+    assert_eq!(found["entry"][0]["resource"]["name"][0]["family"], "FIRST");
+}
+
+#[tokio::test]
+async fn a_correction_that_resends_only_the_corrected_obx_updates_that_observation() {
+    // Labs often send a correction (OBX-11 C) with just the corrected OBX, numbered OBX-1 = 1
+    // whatever its place in the first report. The corrected value must replace the first one,
+    // not sit beside it as a second "final" potassium; text split over several OBX with one
+    // code stays several Observations.
+    let dir = tempfile::tempdir().unwrap();
+    let env = default_channels();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let engine = Engine::start(&dir.path().join("data"), &env);
+    let mut client = MllpClient::connect(&engine.mllp, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let header = "PID|1||C100^^^GENHOSP^MR||CORR^ANNA||19700101|F\r\
+                  OBR|1|PC1^ORDERSYS|FC1^LABSYS|24323-8^Metabolic panel^LN|||20261201090000-0500\
+                  |||||||||||||||||CH|";
+    let first = format!(
+        "MSH|^~\\&|LAB|GENHOSP_LAB|ORBITER|HIE|20261201120000-0500||ORU^R01^ORU_R01|CORR-1|P|2.5.1\r\
+         {header}F\r\
+         OBX|1|NM|2345-7^Glucose^LN||98|mg/dL|70-99|N|||F\r\
+         OBX|2|NM|2823-3^Potassium^LN||6.8|mmol/L|3.5-5.1|HH|||F\r\
+         OBX|3|TX|8251-1^Comment^LN||Specimen hemolyzed.||||||F\r\
+         OBX|4|TX|8251-1^Comment^LN||Recollection advised.||||||F\r"
+    );
+    let correction = format!(
+        "MSH|^~\\&|LAB|GENHOSP_LAB|ORBITER|HIE|20261201150000-0500||ORU^R01^ORU_R01|CORR-2|P|2.5.1\r\
+         {header}C\r\
+         OBX|1|NM|2823-3^Potassium^LN||4.1|mmol/L|3.5-5.1|N|||C\r"
+    );
+    for (m, control_id) in [(&first, "CORR-1"), (&correction, "CORR-2")] {
+        let ack = ack_fields(&client.send(m.as_bytes()).await.unwrap()).0;
+        assert_eq!(ack, "AA", "{control_id}");
+        let tx = settled(&engine, control_id).await;
+        assert_eq!(tx["status"], "delivered", "{control_id}: {tx}");
+    }
+    let (_, found) = engine.api("/fhir/Observation?_count=100").await;
+    let observations: Vec<&Value> = found["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .collect();
+    assert_eq!(observations.len(), 4, "{found}");
+    let potassium: Vec<&&Value> = observations
+        .iter()
+        .filter(|o| o["code"]["coding"][0]["code"] == "2823-3")
+        .collect();
+    assert_eq!(potassium.len(), 1, "{found}");
+    assert_eq!(potassium[0]["valueQuantity"]["value"], 4.1);
+    assert_eq!(potassium[0]["status"], "corrected");
+    assert_eq!(potassium[0]["interpretation"][0]["coding"][0]["code"], "N");
+    let (_, reports) = engine.api("/fhir/DiagnosticReport").await;
+    assert_eq!(reports["total"], 1, "{reports}");
+    assert_eq!(reports["entry"][0]["resource"]["status"], "corrected");
 }

@@ -243,8 +243,27 @@ fn convert(
     }
 }
 
-/// Registers `hl7_datetime`, `hl7_date`, `hl7_instant` (blank in → `""` out).
+/// An offset in minutes as FHIR writes it: `+01:00`, `-05:00`.
+fn offset_text(minutes: i16) -> String {
+    let sign = if minutes < 0 { '-' } else { '+' };
+    let m = minutes.unsigned_abs();
+    format!("{sign}{:02}:{:02}", m / 60, m % 60)
+}
+
+/// Registers `hl7_datetime`, `hl7_date`, `hl7_instant` (blank in → `""` out) and
+/// `hl7_message_offset([fallback])` (MSH-7's UTC offset as `-05:00`; `fallback`, or `""`, when
+/// it has none or the input is not an HL7 message).
 pub fn register(engine: &mut Engine) {
+    engine.register_fn("hl7_message_offset", || -> ImmutableString {
+        super::state::message_offset().map_or_else(super::message::empty, |m| offset_text(m).into())
+    });
+    // One call per date conversion in site::utc_offset(): the fallback saves a script branch.
+    engine.register_fn(
+        "hl7_message_offset",
+        |fallback: ImmutableString| -> ImmutableString {
+            super::state::message_offset().map_or(fallback, |m| offset_text(m).into())
+        },
+    );
     engine.register_fn("hl7_datetime", |v: &str| {
         convert("hl7_datetime", v, |d| d.to_fhir_datetime(None))
     });
@@ -275,6 +294,14 @@ mod tests {
             .unwrap()
             .to_fhir_datetime(parse_offset("Z"))
             .unwrap()
+    }
+
+    #[test]
+    fn offsets_are_written_the_fhir_way() {
+        assert_eq!(offset_text(-300), "-05:00");
+        assert_eq!(offset_text(330), "+05:30");
+        assert_eq!(offset_text(0), "+00:00");
+        assert_eq!(offset_text(parse_offset("-0930").unwrap()), "-09:30");
     }
 
     #[test]

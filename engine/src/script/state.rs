@@ -52,6 +52,8 @@ struct Run {
     counter: u64,
     /// The run's output is also wanted as a tree (see [`super::ScriptContext::output_tree`]).
     output_tree: bool,
+    /// [`message_offset`], once read.
+    msh_offset: Option<Option<i16>>,
 }
 
 #[derive(Clone, Copy)]
@@ -215,6 +217,25 @@ pub fn script_dir() -> PathBuf {
 /// Whether this run's output is wanted as a tree too.
 pub fn set_output_tree(on: bool) {
     RUN.with(|r| r.borrow_mut().output_tree = on);
+}
+
+/// The UTC offset (minutes) MSH-7 of the run's HL7 message was sent with, if any: the sender's
+/// local zone, which HL7 says its times without an offset are in. Read once per run.
+pub fn message_offset() -> Option<i16> {
+    RUN.with(|r| {
+        let mut r = r.borrow_mut();
+        if let Some(known) = r.msh_offset {
+            return known;
+        }
+        let offset = r
+            .message
+            .as_ref()
+            .and_then(|m| m.timestamp())
+            .and_then(|t| super::dates::Dtm::parse(&t).ok().flatten())
+            .and_then(|d| d.offset_minutes);
+        r.msh_offset = Some(offset);
+        offset
+    })
 }
 
 /// See [`set_output_tree`].

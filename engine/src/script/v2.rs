@@ -265,6 +265,12 @@ pub fn system_uri(name: &str) -> Option<String> {
         "NDC" => "http://hl7.org/fhir/sid/ndc",
         "C4" | "CPT" => "http://www.ama-assn.org/go/cpt",
         "CDCREC" => "urn:oid:2.16.840.1.113883.6.238",
+        // Routes (RXR-1) and manufacturers in US immunization messages: without these they
+        // became urn:id:NCIT / urn:id:MVX, which no terminology server knows.
+        "NCIT" => "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",
+        "MVX" => "http://terminology.hl7.org/CodeSystem/MVX",
+        "HCPCS" => "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
+        "NUCC" => "http://nucc.org/provider-taxonomy",
         n if n.len() == 7 && n.starts_with("HL7") && n[3..].bytes().all(|b| b.is_ascii_digit()) => {
             return Some(format!("{V2}{}", &n[3..]));
         }
@@ -651,6 +657,10 @@ mod tests {
         assert_eq!(
             system_uri("HL70203").as_deref(),
             Some("http://terminology.hl7.org/CodeSystem/v2-0203")
+        );
+        assert_eq!(
+            system_uri("NCIT").as_deref(),
+            Some("http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl")
         );
         assert_eq!(system_uri("99LOCAL").as_deref(), Some("urn:id:99LOCAL"));
         assert_eq!(system_uri(""), None);
