@@ -636,12 +636,7 @@ async fn results_orders_and_documents_keep_the_demographics_and_visit_the_adt_fe
     // status, nor set the finished visit back to in-progress; a result for a patient the CDR
     // does not know yet still creates it.
     let dir = tempfile::tempdir().unwrap();
-    let env = default_channels();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let engine = Engine::start(&dir.path().join("data"), &env);
-    let mut client = MllpClient::connect(&engine.mllp, std::time::Duration::from_secs(10))
-        .await
-        .unwrap();
+    let (engine, mut client) = default_engine(dir.path()).await;
     let messages = [
         "MSH|^~\\&|ADT|GENHOSP|ORBITER|HIE|20261201100000-0500||ADT^A03^ADT_A03|KEEP-1|P|2.5.1\r\
          EVN|A03|20261201100000-0500\r\
@@ -747,12 +742,7 @@ async fn a_correction_that_resends_only_the_corrected_obx_updates_that_observati
     // not sit beside it as a second "final" potassium; text split over several OBX with one
     // code stays several Observations.
     let dir = tempfile::tempdir().unwrap();
-    let env = default_channels();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let engine = Engine::start(&dir.path().join("data"), &env);
-    let mut client = MllpClient::connect(&engine.mllp, std::time::Duration::from_secs(10))
-        .await
-        .unwrap();
+    let (engine, mut client) = default_engine(dir.path()).await;
     let header = "PID|1||C100^^^GENHOSP^MR||CORR^ANNA||19700101|F\r\
                   OBR|1|PC1^ORDERSYS|FC1^LABSYS|24323-8^Metabolic panel^LN|||20261201090000-0500\
                   |||||||||||||||||CH|";
@@ -794,4 +784,15 @@ async fn a_correction_that_resends_only_the_corrected_obx_updates_that_observati
     let (_, reports) = engine.api("/fhir/DiagnosticReport").await;
     assert_eq!(reports["total"], 1, "{reports}");
     assert_eq!(reports["entry"][0]["resource"]["status"], "corrected");
+}
+
+/// An engine on the shipped channels with its data under `dir`, and an MLLP client to it.
+async fn default_engine(dir: &std::path::Path) -> (Engine, MllpClient<tokio::net::TcpStream>) {
+    let env = default_channels();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let engine = Engine::start(&dir.join("data"), &env);
+    let client = MllpClient::connect(&engine.mllp, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    (engine, client)
 }

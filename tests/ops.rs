@@ -691,20 +691,12 @@ fn a_port_in_use_fails_start_up_cleanly() {
         .env("ORBITER_MLLP_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("ORBITER_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("ORBITER_HTTP_ADDR", &taken);
-    let mut child = cmd
+    let child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("orbiter kept running with its HTTP port taken");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = exited(child, "orbiter kept running with its HTTP port taken");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -714,6 +706,20 @@ fn a_port_in_use_fails_start_up_cleanly() {
     assert!(text.contains(&taken), "the error names the address: {text}");
     assert!(!text.contains("panicked"), "{text}");
     drop(held);
+}
+
+/// The output of an engine expected to refuse to start; `still_running` is the failure when
+/// it is still up after 30 s (it is killed).
+fn exited(mut child: std::process::Child, still_running: &str) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{still_running}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// `orbiter run` with `args` and only the given `ORBITER_…` variables (free loopback ports
@@ -733,20 +739,12 @@ fn refused_start(args: &[&str], env: &[(&str, String)]) -> String {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
+    let child = cmd
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("orbiter started with {args:?} {env:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = exited(child, &format!("orbiter started with {args:?} {env:?}"));
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
