@@ -519,3 +519,43 @@ async fn message_contents_stay_out_of_the_logs() {
     );
     assert!(!log.contains(secret_name), "PHI in the debug log:\n{log}");
 }
+
+/// `orbiter-load`'s figures count accepted messages only: an engine that answers every message
+/// AR at full speed has taken none, and must not show as throughput.
+#[test]
+fn the_load_generator_counts_only_accepted_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(&dir.path().join("data"), &[]);
+    // MSH-9 empty: the engine answers AR (no message type) to every one of them.
+    let refused = dir.path().join("refused.hl7");
+    std::fs::write(
+        &refused,
+        "MSH|^~\\&|LOADGEN|SITE|ORBITER|HOSP|20261201120000|||{ID}|P|2.5.1\rPID|1||X{ID}\r",
+    )
+    .unwrap();
+    let run = |message: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_orbiter-load"));
+        cmd.args(["--to", &engine.mllp, "-c", "2", "-d", "1", "--rate", "200"]);
+        if let Some(m) = message {
+            cmd.arg("--message").arg(m);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let field = |name: &str| -> u64 {
+            let line = text.lines().last().unwrap();
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("{name} in {text}"))
+                .parse::<f64>()
+                .unwrap() as u64
+        };
+        (field("acked"), field("msgs_per_s"), field("not_accepted"))
+    };
+    let (acked, rate, not_accepted) = run(Some(&refused));
+    assert_eq!((acked, rate), (0, 0), "refusals counted as throughput");
+    assert!(not_accepted > 100, "{not_accepted} refusals seen");
+    let (acked, rate, not_accepted) = run(None);
+    assert!(acked > 100 && rate > 100, "{acked} accepted, {rate}/s");
+    assert_eq!(not_accepted, 0);
+}
