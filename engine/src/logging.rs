@@ -73,7 +73,8 @@ fn subscriber(filter: EnvFilter, json: bool) -> impl tracing::Subscriber + Send 
 /// The most verbose level the filter lets through, as the `log` crate's static maximum. The
 /// bridge's default is TRACE, and `log`'s macros test only that maximum before building a
 /// record: sled's `trace!` calls on every page write then each went through the bridge and the
-/// filter to be dropped there, 6% of the engine's CPU while it wrote to the embedded CDR.
+/// filter to be dropped there, 29% of the instructions of a message written to the embedded CDR
+/// (`instructions.sh cdr`: 2,051,360 before, 1,457,566 after).
 fn log_max_level(filter: &EnvFilter) -> tracing_log::log::LevelFilter {
     use tracing_log::AsLog as _;
     filter
