@@ -667,6 +667,14 @@ async fn an_openhim_mediator_owns_its_urn_and_its_answers_mean_what_they_mean_in
         last_reason(&tx).contains("ECONNREFUSED 10.9.9.9:443"),
         "{tx}"
     );
+    // The queued transaction keeps what the mediator answered, as a delivered one does.
+    let (_, step) = delivery(&engine, &tx).await;
+    assert_eq!(step["ok"], false, "{step}");
+    assert_eq!(
+        step["output"]["error"]["message"], "connect ECONNREFUSED 10.9.9.9:443",
+        "{step}"
+    );
+    assert_eq!(step["output"]["response"]["status"], 500, "{step}");
     let before = hits.load(Ordering::SeqCst);
     let fine = json!({"x-mediator-urn": BROKEN, "status": "Successful",
                       "response": {"status": 201, "body": "stored"}});

@@ -484,7 +484,12 @@ impl Pipeline {
                     Some(error),
                     Status::Failed,
                 ),
-                Delivery::Retry { error } => (false, None, Some(error), Status::Queued),
+                Delivery::Retry { error, response } => (
+                    false,
+                    response.as_ref().map(StepOutput::of),
+                    Some(error),
+                    Status::Queued,
+                ),
             };
             steps.push(Step {
                 channel: name.to_string(),

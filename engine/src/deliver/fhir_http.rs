@@ -72,9 +72,7 @@ impl FhirHttp {
             .json(value);
         request = self.authenticate(request);
         match request.send().await {
-            Err(e) => Delivery::Retry {
-                error: format!("{url}: {}", error_chain(&e)),
-            },
+            Err(e) => Delivery::retry(format!("{url}: {}", error_chain(&e))),
             Ok(response) => {
                 let status = response.status().as_u16();
                 let body = response.json::<Value>().await.unwrap_or(Value::Null);

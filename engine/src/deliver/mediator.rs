@@ -103,12 +103,10 @@ impl MediatorTarget {
         // Not registered (yet): the mediator may register later, so wait for it.
         let Some(record) = self.registry.get(urn) else {
             self.note(urn, channel, Reach::Unregistered);
-            return Delivery::Retry {
-                error: format!(
-                    "mediator {urn} is not registered (GET /api/mediators lists those that are; \
+            return Delivery::retry(format!(
+                "mediator {urn} is not registered (GET /api/mediators lists those that are; \
                      check the channel's urn, or start the mediator)"
-                ),
-            };
+            ));
         };
         if !self.registry.is_online(&record) {
             self.note(urn, channel, Reach::Offline);
@@ -123,9 +121,7 @@ impl MediatorTarget {
                     self.registry.offline_after().as_secs()
                 ),
             };
-            return Delivery::Retry {
-                error: format!("mediator {urn} {why}"),
-            };
+            return Delivery::retry(format!("mediator {urn} {why}"));
         }
         self.note(urn, channel, Reach::Online);
         let wanted = destination.endpoint.as_deref();
@@ -163,19 +159,15 @@ impl MediatorTarget {
         let response = match sent {
             Ok(response) => response,
             Err(e) if e.is_timeout() => {
-                return Delivery::Retry {
-                    error: format!(
-                        "mediator {urn} at {url}: no answer within {} s \
+                return Delivery::retry(format!(
+                    "mediator {urn} at {url}: no answer within {} s \
                          (mediators.timeout_secs); it will be sent again with the same \
                          X-OpenHIM-TransactionID",
-                        self.timeout.as_secs_f64()
-                    ),
-                }
+                    self.timeout.as_secs_f64()
+                ))
             }
             Err(e) => {
-                return Delivery::Retry {
-                    error: format!("mediator {urn} at {url}: {}", error_chain(&e)),
-                }
+                return Delivery::retry(format!("mediator {urn} at {url}: {}", error_chain(&e)))
             }
         };
         let status = response.status().as_u16();
@@ -200,9 +192,10 @@ impl MediatorTarget {
                 Ok(Some(chunk)) => body.extend_from_slice(&chunk),
                 Ok(None) => break,
                 Err(e) => {
-                    return Delivery::Retry {
-                        error: format!("mediator {urn}: reading the answer: {}", error_chain(&e)),
-                    }
+                    return Delivery::retry(format!(
+                        "mediator {urn}: reading the answer: {}",
+                        error_chain(&e)
+                    ))
                 }
             }
         }
@@ -310,7 +303,8 @@ pub fn classify_reply(urn: &str, status: u16, content_type: Option<&str>, body: 
         408 | 429 | 500..=599 => {
             return Delivery::Retry {
                 error: format!("HTTP {status} from {}", said("unavailable")),
-            }
+                response: Some(output),
+            };
         }
         300..=499 => {
             return Delivery::Failed {
@@ -325,6 +319,7 @@ pub fn classify_reply(urn: &str, status: u16, content_type: Option<&str>, body: 
     if let Some(message) = parsed.error_message() {
         return Delivery::Retry {
             error: format!("{}; error: {message}", said("reported an error")),
+            response: Some(output),
         };
     }
     if parsed.status == Some(MediatorStatus::Failed) {
@@ -336,6 +331,7 @@ pub fn classify_reply(urn: &str, status: u16, content_type: Option<&str>, body: 
     match inner {
         Some(408 | 429 | 500..=599) => Delivery::Retry {
             error: said("upstream unavailable"),
+            response: Some(output),
         },
         Some(code) if !(200..300).contains(&code) => Delivery::Failed {
             error: said("refused"),
@@ -419,15 +415,21 @@ mod tests {
 
     #[test]
     fn server_errors_and_upstream_outages_are_retried() {
-        let Delivery::Retry { error } = classify(500, &answer("Failed", 500)) else {
+        let Delivery::Retry { error, response } = classify(500, &answer("Failed", 500)) else {
             panic!("not retried")
         };
         assert!(error.starts_with("HTTP 500"), "{error}");
-        assert!(matches!(classify(503, b"down"), Delivery::Retry { .. }));
+        // The queued transaction shows what the mediator said, orchestrations included.
+        let kept = response.expect("the answer is kept");
+        assert_eq!(kept["orchestrations"][0]["name"], "lookup");
         assert!(matches!(
-            classify(200, &answer("Completed", 502)),
-            Delivery::Retry { .. }
+            classify(503, b"down"),
+            Delivery::Retry { response: None, .. }
         ));
+        let Delivery::Retry { response, .. } = classify(200, &answer("Completed", 502)) else {
+            panic!("an upstream 502 was not retried")
+        };
+        assert_eq!(response.unwrap()["response"]["status"], 502);
         // Not OpenHIM: judged like any HTTP destination.
         assert!(matches!(
             classify_reply(URN, 502, Some("text/html"), b"<html>bad gateway"),
@@ -514,10 +516,16 @@ mod tests {
                               "response": {"status": 500, "body": "upstream down"},
                               "error": {"message": "connect ECONNREFUSED 10.0.0.9:8080",
                                         "stack": "Error: connect..."}});
-            let Delivery::Retry { error } = classify(200, body.to_string().as_bytes()) else {
+            let Delivery::Retry { error, response } = classify(200, body.to_string().as_bytes())
+            else {
                 panic!("{status} with an error was not retried")
             };
             assert!(error.contains("ECONNREFUSED 10.0.0.9:8080"), "{error}");
+            let kept = response.expect("the answer is kept");
+            assert_eq!(
+                kept["error"]["message"],
+                "connect ECONNREFUSED 10.0.0.9:8080"
+            );
         }
         assert!(matches!(
             classify(200, &answer("Failed", 500)),
@@ -553,7 +561,7 @@ mod tests {
         let to =
             |extra: &str| destination(&format!("kind = \"mediator\"\nurn = \"{URN}\"\n{extra}"));
 
-        let Delivery::Retry { error } = send(to("")).await else {
+        let Delivery::Retry { error, .. } = send(to("")).await else {
             panic!("unregistered")
         };
         assert!(error.contains("not registered"), "{error}");
@@ -563,7 +571,7 @@ mod tests {
             .unwrap();
         // Registered, never beaten: a mediator ported from OpenHIM (where heartbeats are
         // optional) must learn why it is never called.
-        let Delivery::Retry { error } = send(to("")).await else {
+        let Delivery::Retry { error, .. } = send(to("")).await else {
             panic!("offline")
         };
         assert!(error.contains("never sent a heartbeat"), "{error}");
@@ -575,7 +583,7 @@ mod tests {
             panic!("unknown endpoint")
         };
         assert!(error.contains("no endpoint named `other`"), "{error}");
-        let Delivery::Retry { error } = send(to("payload = \"raw\"")).await else {
+        let Delivery::Retry { error, .. } = send(to("payload = \"raw\"")).await else {
             panic!("connection refused")
         };
         assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
@@ -600,7 +608,7 @@ mod tests {
         let answer = impatient
             .deliver(&to(""), TxId(8), "c", &json!({}), b"")
             .await;
-        let Delivery::Retry { error } = answer else {
+        let Delivery::Retry { error, .. } = answer else {
             panic!("timeout not retried")
         };
         assert!(

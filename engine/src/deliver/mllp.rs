@@ -40,19 +40,13 @@ pub async fn send(addr: &str, tls: Option<&Tls>, output: &Value, timeout: Durati
     let Some(tls) = tls else {
         return match MllpClient::connect(addr, timeout).await {
             Ok(client) => exchange(client, addr, &wire).await,
-            Err(e) => Delivery::Retry {
-                error: format!("mllp {addr}: {e}"),
-            },
+            Err(e) => Delivery::retry(format!("mllp {addr}: {e}")),
         };
     };
     let config = match crate::tls::client_config(&tls.ca, None) {
         Ok(config) => config,
         // A channel's CA file that is missing or broken: retried, so a fixed mount delivers.
-        Err(e) => {
-            return Delivery::Retry {
-                error: format!("mllp {addr}: {e}"),
-            }
-        }
+        Err(e) => return Delivery::retry(format!("mllp {addr}: {e}")),
     };
     match MllpClient::connect_tls(addr, config, tls.name.as_deref(), timeout).await {
         Ok(client) => exchange(client, addr, &wire).await,
@@ -61,9 +55,7 @@ pub async fn send(addr: &str, tls: Option<&Tls>, output: &Value, timeout: Durati
             error: format!("mllp {addr}: {e}"),
             response: None,
         },
-        Err(e) => Delivery::Retry {
-            error: format!("mllp {addr}: {e}"),
-        },
+        Err(e) => Delivery::retry(format!("mllp {addr}: {e}")),
     }
 }
 
@@ -75,20 +67,14 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Delivery {
     match client.send(wire.as_bytes()).await {
         Ok(ack) => classify_ack(&ack),
-        Err(e) => Delivery::Retry {
-            error: format!("mllp {addr}: {e}"),
-        },
+        Err(e) => Delivery::retry(format!("mllp {addr}: {e}")),
     }
 }
 
 fn classify_ack(ack: &[u8]) -> Delivery {
     let parsed = match Ack::parse(ack) {
         Ok(parsed) => parsed,
-        Err(e) => {
-            return Delivery::Retry {
-                error: format!("unreadable ACK: {e}"),
-            }
-        }
+        Err(e) => return Delivery::retry(format!("unreadable ACK: {e}")),
     };
     let response = json!({
         "ack": String::from_utf8_lossy(ack),
@@ -114,7 +100,7 @@ fn classify_ack(ack: &[u8]) -> Delivery {
             error: why(),
             response: Some(response),
         },
-        _ => Delivery::Retry { error: why() },
+        _ => Delivery::retry(why()),
     }
 }
 

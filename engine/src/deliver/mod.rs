@@ -39,10 +39,23 @@ pub enum Delivery {
         error: String,
         response: Option<Value>,
     },
-    /// Try again later (5xx, timeout, connection refused).
+    /// Try again later (5xx, timeout, connection refused). `response`: what the destination
+    /// answered, when it answered something worth keeping (a mediator's document with its
+    /// orchestrations): the queued transaction shows it.
     Retry {
         error: String,
+        response: Option<Value>,
     },
+}
+
+impl Delivery {
+    /// Try again later, with nothing from the destination to keep.
+    pub fn retry(error: impl Into<String>) -> Delivery {
+        Delivery::Retry {
+            error: error.into(),
+            response: None,
+        }
+    }
 }
 
 /// The configured CDR.
@@ -188,7 +201,7 @@ impl Deliverer {
 fn response_code(delivery: &Delivery) -> String {
     match delivery {
         Delivery::Delivered { .. } => "2xx".into(),
-        Delivery::Failed { error, .. } | Delivery::Retry { error } => error
+        Delivery::Failed { error, .. } | Delivery::Retry { error, .. } => error
             .strip_prefix("HTTP ")
             .and_then(|rest| rest.get(..3))
             .filter(|code| code.bytes().all(|b| b.is_ascii_digit()))
@@ -203,9 +216,7 @@ pub fn classify(status: u16, body: Value) -> Delivery {
         200..=299 => Delivery::Delivered {
             response: Some(body),
         },
-        408 | 429 | 500..=599 => Delivery::Retry {
-            error: format!("HTTP {status}: {}", diagnostics(&body)),
-        },
+        408 | 429 | 500..=599 => Delivery::retry(format!("HTTP {status}: {}", diagnostics(&body))),
         _ => Delivery::Failed {
             error: format!("HTTP {status}: {}", diagnostics(&body)),
             response: Some(body),
@@ -259,9 +270,7 @@ async fn embedded(cdr: &Cdr, value: Arc<Value>) -> Delivery {
         .await;
     match answered {
         Some((status, body)) => classify(status, body),
-        None => Delivery::Retry {
-            error: "embedded CDR: the write was interrupted (shutdown)".into(),
-        },
+        None => Delivery::retry("embedded CDR: the write was interrupted (shutdown)"),
     }
 }
 
@@ -287,11 +296,7 @@ async fn write_file(dir: &Path, id: TxId, channel: &str, value: &Value) -> Deliv
         Ok(Ok(path)) => Delivery::Delivered {
             response: Some(serde_json::json!({"file": path})),
         },
-        Ok(Err(e)) => Delivery::Retry {
-            error: format!("writing file: {e}"),
-        },
-        Err(e) => Delivery::Retry {
-            error: format!("writing file: {e}"),
-        },
+        Ok(Err(e)) => Delivery::retry(format!("writing file: {e}")),
+        Err(e) => Delivery::retry(format!("writing file: {e}")),
     }
 }
