@@ -42,32 +42,27 @@ fn bare_target(spec: &str) -> Option<&str> {
 
 /// Installs the global subscriber (once; later calls are ignored) and bridges the `log` crate.
 pub fn init(spec: &str, json: bool) {
+    use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let filter = filter(spec);
     let _ = tracing_log::LogTracer::builder()
         .with_max_level(log_max_level(&filter))
         .init();
-    let _ = subscriber(filter, json).try_init();
-}
-
-/// The subscriber: text or JSON lines on stderr, filtered, then capped by [`Flood`].
-///
-/// The filter is the outer one, so that its level is the subscriber's maximum level hint
-/// (with Flood outside it, the subscriber had none, which `tracing` reads as TRACE), and Flood
-/// counts only lines that would be written.
-fn subscriber(filter: EnvFilter, json: bool) -> impl tracing::Subscriber + Send + Sync {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::Layer as _;
     // Colour only on a terminal: `kubectl logs` and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let layer = fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
-    let layer: Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync> =
-        if json {
-            Box::new(layer.json())
-        } else {
-            Box::new(layer)
-        };
-    tracing_subscriber::registry().with(layer.with_filter(Flood::new(json)).with_filter(filter))
+    let registry = tracing_subscriber::registry();
+    let _ = if json {
+        let layer = layer
+            .json()
+            .with_filter(filter)
+            .with_filter(Flood::new(json));
+        registry.with(layer).try_init()
+    } else {
+        let layer = layer.with_filter(filter).with_filter(Flood::new(json));
+        registry.with(layer).try_init()
+    };
 }
 
 /// The most verbose level the filter lets through, as the `log` crate's static maximum. The
@@ -157,15 +152,6 @@ impl Flood {
 }
 
 impl<S> tracing_subscriber::layer::Filter<S> for Flood {
-    /// Flood decides per event only: every callsite is of interest, so the filter outside it
-    /// alone decides which callsites are ever enabled.
-    fn callsite_enabled(
-        &self,
-        _: &'static tracing::Metadata<'static>,
-    ) -> tracing::subscriber::Interest {
-        tracing::subscriber::Interest::always()
-    }
-
     fn enabled(
         &self,
         _: &tracing::Metadata<'_>,
@@ -212,24 +198,6 @@ mod tests {
         assert_eq!(level("warn,sled=debug"), LevelFilter::Debug);
         assert_eq!(level("orbiter=trace"), LevelFilter::Trace);
         assert_eq!(level("off"), LevelFilter::Off);
-    }
-
-    #[test]
-    fn the_subscriber_tells_tracing_its_most_verbose_level() {
-        use tracing::level_filters::LevelFilter;
-        for (spec, hint) in [
-            ("warn", LevelFilter::WARN),
-            ("info,orbiter::route=debug", LevelFilter::DEBUG),
-        ] {
-            for json in [false, true] {
-                let sub = super::subscriber(super::filter(spec), json);
-                assert_eq!(
-                    tracing::Subscriber::max_level_hint(&sub),
-                    Some(hint),
-                    "{spec}"
-                );
-            }
-        }
     }
 
     #[test]
