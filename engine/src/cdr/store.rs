@@ -18,8 +18,11 @@
 //! a sled flush, and when the store is dropped), with
 //! the log position it covers; at open, the commit records after that position are applied
 //! again in order (puts and removes of whole values: idempotent), so sled holds every commit
-//! that was answered. Checkpoints fsync the log before flushing sled, so sled never holds an
-//! operation whose record is not on disk. Readers may see a commit's writes land one by one
+//! that was answered. Checkpoints fsync the log before flushing sled. sled also writes its
+//! pages out on its own, though, so after a power cut it may hold a commit that was never
+//! answered whose bodies the log lost: at the next open after an unclean stop, such versions
+//! are rolled back to the last one that reached the disk ([`Store::repair_torn_versions`]).
+//! Readers may see a commit's writes land one by one
 //! during the microseconds it is applied; writers are serialised by the write lock and never
 //! do. (Stores from before the redo log kept an `intents` tree for the same purpose; an intent
 //! left by a crash is still applied at open.)
@@ -242,9 +245,95 @@ impl Store {
             dir: dir.to_path_buf(),
         };
         store.finish_interrupted_commits()?;
+        // A store still marked open was not closed: a crash, or a power cut.
+        let unclean = store.wal.get(OPEN_KEY)?.is_some();
+        let checkpoint = store
+            .wal
+            .get(CHECKPOINT_KEY)?
+            .and_then(|v| position_from_bytes(&v));
+        store.wal.insert(OPEN_KEY, &[])?;
         store.replay()?;
+        if let (true, Some(checkpoint)) = (unclean, checkpoint) {
+            store.repair_torn_versions(checkpoint)?;
+        }
         store.check_layout()?;
         Ok(store)
+    }
+
+    /// After an unclean stop, puts back the last version that reached the disk wherever the
+    /// current one did not. sled writes its pages out when it likes, so after a power cut it may
+    /// hold the records of a commit that was never answered while the value log lost that
+    /// commit's bodies (they were not fsynced yet). Such a record points past the checkpoint
+    /// into a torn or missing body. The version it replaced (moved to the history by the same
+    /// commit) is put back as current, or the resource removed if it had none; then the indexes
+    /// are rebuilt, since the lost version's entries may be there. Versions before the
+    /// checkpoint are durable, so only pointers after it are read.
+    fn repair_torn_versions(&self, checkpoint: Position) -> Result<(), CdrError> {
+        let mut torn = Vec::new();
+        for item in self.tree.scan_prefix([b'R']) {
+            let (key, record) = item?;
+            let Some((ty, id)) = std::str::from_utf8(&key[1..])
+                .ok()
+                .and_then(|s| s.split_once('\0'))
+            else {
+                continue;
+            };
+            if !self.body_intact(ty, id, &record, checkpoint)? {
+                let vid = Header::decode(&record)?.vid;
+                torn.push((key.to_vec(), ty.to_string(), id.to_string(), vid));
+            }
+        }
+        for (key, ty, id, vid) in &torn {
+            let mut restored = None;
+            for older in (1..*vid).rev() {
+                let history_key = index::version_key(ty, id, older, 0);
+                let Some(record) = self.tree.get(&history_key)? else {
+                    break;
+                };
+                self.tree.remove(&history_key)?;
+                if self.body_intact(ty, id, &record, checkpoint)? {
+                    restored = Some(record);
+                    break;
+                }
+            }
+            match restored {
+                Some(record) => self.tree.insert(key, record)?,
+                None => self.tree.remove(key)?,
+            };
+        }
+        if !torn.is_empty() {
+            tracing::warn!(
+                resources = torn.len(),
+                "CDR: versions whose bodies did not reach the disk before the stop were rolled back to the last one that did (none had been answered)"
+            );
+            // The layout check at open then rebuilds every index entry.
+            self.tree.remove(index::meta_key("layout"))?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the body a current or history record points to is readable: always for bodies
+    /// kept in sled (stores from before the value log) and for those before the checkpoint.
+    fn body_intact(
+        &self,
+        ty: &str,
+        id: &str,
+        record: &[u8],
+        checkpoint: Position,
+    ) -> Result<bool, CdrError> {
+        let h = Header::decode(record)?;
+        if h.deleted || h.chunks != 0 {
+            return Ok(true);
+        }
+        let Some(ptr) = record.get(HEADER..).and_then(Ptr::from_bytes) else {
+            return Ok(false);
+        };
+        Ok(ptr.position() < checkpoint
+            || self
+                .values
+                .read(ptr, Kind::Resource, &index::version_key(ty, id, h.vid, 0))
+                .is_ok())
     }
 
     /// Applies again, in order, the commit records after the checkpoint; then checkpoints at
@@ -651,7 +740,11 @@ impl Drop for Store {
         let st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         let position = st.applied_position;
         drop(st);
-        if let Err(e) = self.checkpoint(position) {
+        let closed = self.checkpoint(position).and_then(|()| {
+            self.wal.remove(OPEN_KEY)?;
+            self.flush()
+        });
+        if let Err(e) = closed {
             tracing::warn!(error = %e, "CDR: last checkpoint failed (the log is replayed at open)");
         }
     }
@@ -659,6 +752,9 @@ impl Drop for Store {
 
 /// The key of the checkpoint in the `wal` tree.
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+
+/// In the `wal` tree while the store is open: still there at open, the last stop was unclean.
+const OPEN_KEY: &[u8] = b"open";
 
 /// What identifies a new version besides its content.
 #[derive(Debug, Clone, Copy)]
@@ -1167,6 +1263,103 @@ mod intent_tests {
         // Replayed once: the checkpoint moved past it.
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(store.read_live("Patient", "p2").unwrap().unwrap().1, p2);
+    }
+
+    /// A power cut can leave sled holding a commit whose bodies the value log lost (sled
+    /// writes pages out on its own; the log was not fsynced yet, so the commit was never
+    /// answered). At the next open, each such resource is back at its last version that
+    /// reached the disk, or gone if it had none, and the indexes match.
+    #[test]
+    fn versions_whose_bodies_were_lost_in_a_power_cut_are_rolled_back_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let stamp = |vid| Stamp {
+            vid,
+            method: Method::Put,
+            last_updated: 0,
+        };
+        let kept = serde_json::json!({"resourceType": "Patient", "id": "kept", "gender": "other"});
+        let v1 = serde_json::json!({"resourceType": "Patient", "id": "p1", "gender": "female"});
+        let v2 = serde_json::json!({"resourceType": "Patient", "id": "p1", "gender": "male"});
+        let new = serde_json::json!({"resourceType": "Patient", "id": "new", "gender": "unknown"});
+        let durable_until = {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let write = |id: &str, vid, resource: &Value, previous: Option<&Value>| {
+                let mut writer = store.writer();
+                writer
+                    .stage("Patient", id, stamp(vid), Some(resource), previous)
+                    .unwrap();
+                store.wait_durable(writer.commit().unwrap()).unwrap();
+            };
+            write("kept", 1, &kept, None);
+            write("p1", 1, &v1, None);
+            let durable_until = store.commit.lock().unwrap().applied_position;
+            // Neither of these reaches the disk's copy of the log below.
+            write("p1", 2, &v2, Some(&v1));
+            write("new", 1, &new, None);
+            durable_until
+        };
+        {
+            // What the power cut leaves: sled as flushed above, the last checkpoint before the
+            // two lost commits, the store still marked open, and the log cut where it was
+            // last fsynced.
+            let db = crate::sled_db::open(&sled::Config::new().path(dir.path())).unwrap();
+            let wal = db.open_tree("wal").unwrap();
+            wal.insert(CHECKPOINT_KEY, &position_bytes(durable_until))
+                .unwrap();
+            wal.insert(OPEN_KEY, &[]).unwrap();
+            db.flush().unwrap();
+            let (segment, offset) = durable_until;
+            let log = dir
+                .path()
+                .join("values")
+                .join(format!("{segment:010}.vlog"));
+            let file = std::fs::OpenOptions::new().write(true).open(log).unwrap();
+            let len = file.metadata().unwrap().len();
+            std::os::unix::fs::FileExt::write_all_at(
+                &file,
+                &vec![0u8; (len - u64::from(offset)) as usize],
+                u64::from(offset),
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let (current, body) = store.read_live("Patient", "p1").unwrap().unwrap();
+        assert_eq!(
+            (current.vid, body),
+            (1, v1.clone()),
+            "back at its durable version"
+        );
+        assert_eq!(store.history("Patient", "p1").unwrap().len(), 1);
+        assert!(
+            store.read("Patient", "new").unwrap().is_none(),
+            "never durable: gone"
+        );
+        assert_eq!(store.read_live("Patient", "kept").unwrap().unwrap().1, kept);
+        let live = store.live_ids("Patient").unwrap();
+        assert_eq!(live.into_iter().collect::<Vec<_>>(), ["kept", "p1"]);
+        // The indexes were rebuilt: the lost versions' entries are gone, the restored one's there.
+        for (key, _) in index::entries("Patient", "p1", &v2)
+            .into_iter()
+            .chain(index::entries("Patient", "new", &new))
+        {
+            if !index::entries("Patient", "p1", &v1).contains_key(&key) {
+                assert!(
+                    store.tree.get(&key).unwrap().is_none(),
+                    "stale entry {key:?}"
+                );
+            }
+        }
+        for (key, _) in index::entries("Patient", "p1", &v1) {
+            assert!(
+                store.tree.get(&key).unwrap().is_some(),
+                "missing entry {key:?}"
+            );
+        }
+        drop(store);
+        // Closed cleanly this time: the next open finds nothing to repair and the same data.
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.read_live("Patient", "p1").unwrap().unwrap().1, v1);
+        assert!(store.wal.get(OPEN_KEY).unwrap().is_some(), "open again");
     }
 
     /// A checkpoint is due once something was applied after the last one, and only then; the
