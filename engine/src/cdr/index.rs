@@ -69,6 +69,12 @@ pub fn current_key(ty: &str, id: &str) -> Vec<u8> {
     k
 }
 
+/// The type and id a [`current_key`] names; `None` for any other key.
+pub fn parse_current_key(key: &[u8]) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix(&[CURRENT])?;
+    std::str::from_utf8(rest).ok()?.split_once('\0')
+}
+
 /// Prefix of all current records of `ty`.
 pub fn current_prefix(ty: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(ty.len() + 40);
@@ -384,5 +390,21 @@ mod unit {
             "p1\u{1f}Patient\u{1f}http://h:1/fhir"
         );
         assert_eq!(reference_key("http://h/x/y"), "http://h/x/y");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_current_key_gives_back_its_type_and_id_and_no_other_key_does() {
+        let key = current_key("Patient", "p-1.x");
+        assert_eq!(parse_current_key(&key), Some(("Patient", "p-1.x")));
+        assert_eq!(
+            parse_current_key(&version_key("Patient", "p-1.x", 1, 0)),
+            None
+        );
+        assert_eq!(parse_current_key(&meta_key("layout")), None);
     }
 }

@@ -272,10 +272,7 @@ impl Store {
         let mut torn = Vec::new();
         for item in self.tree.scan_prefix([b'R']) {
             let (key, record) = item?;
-            let Some((ty, id)) = std::str::from_utf8(&key[1..])
-                .ok()
-                .and_then(|s| s.split_once('\0'))
-            else {
+            let Some((ty, id)) = index::parse_current_key(&key) else {
                 continue;
             };
             if !self.body_intact(ty, id, &record, checkpoint)? {
@@ -478,10 +475,7 @@ impl Store {
         }
         for item in self.tree.scan_prefix([b'R']) {
             let (k, _) = item?;
-            let Some((ty, id)) = std::str::from_utf8(&k[1..])
-                .ok()
-                .and_then(|s| s.split_once('\0'))
-            else {
+            let Some((ty, id)) = index::parse_current_key(&k) else {
                 continue;
             };
             if let Some((_, Some(resource))) = self.read(ty, id)? {
