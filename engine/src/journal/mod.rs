@@ -255,12 +255,19 @@ impl Journal {
         };
         writer::migrate_inline_values(&trees, &mut appender)?;
         replay::migrate_pointer_trees(&trees)?;
+        // Still marked open: the last stop was a crash or a power cut.
+        let unclean = trees.segments.get(replay::OPEN_KEY)?.is_some();
+        let checkpoint = replay::checkpoint_position(&trees)?;
+        trees.segments.insert(replay::OPEN_KEY, &[])?;
         let replayed = replay::replay(&trees)?;
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
                 "journal: replayed the value log after the last checkpoint"
             );
+        }
+        if let (true, Some(checkpoint)) = (unclean, checkpoint) {
+            replay::repair_torn(&trees, checkpoint)?;
         }
         let appender_position = appender.position();
         replay::set_checkpoint(&trees, appender_position)?;

@@ -3,7 +3,9 @@
 //! record; replaying the records after the checkpoint, in order, brings the slots, sled's
 //! pointers and indexes back to what was acknowledged. Every step is idempotent (a pointer moves only
 //! forward in log order, index entries are recomputed from the record), so a crash during
-//! replay just means replaying again.
+//! replay just means replaying again. After an unclean stop, [`repair_torn`] then undoes the
+//! pointers that reached the disk before their records (a power cut between a batch's writes
+//! and its fsync).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
@@ -262,4 +264,158 @@ pub(super) fn migrate_pointer_trees(trees: &Trees) -> Result<(), JournalError> {
     }
     trees.db.flush()?;
     Ok(())
+}
+
+/// The key in the `segments` tree present while the journal is open: still there at open, the
+/// last stop was unclean (a crash or a power cut).
+pub(super) const OPEN_KEY: &[u8] = b"open";
+
+/// The checkpoint replay starts from (see [`replay`]).
+pub(super) fn checkpoint_position(trees: &Trees) -> Result<Option<Position>, JournalError> {
+    checkpoint(trees)
+}
+
+/// After an unclean stop, and after [`replay`]: pointers that reached the disk before the
+/// records they point to. The writer writes a batch's records, then its slots and sled
+/// entries, and the flusher fsyncs the records a moment later; a power cut in between may
+/// keep a pointer whose record the log lost (the kernel writes pages back in any order). Only
+/// records after `checkpoint` can be missing (the checkpoint fsynced everything before it).
+///
+/// - A raw body or transaction record that is lost goes back to the last copy on disk (a
+///   compaction may have moved it after the checkpoint; an older record of the transaction,
+///   whose status is then redone by resuming it).
+/// - A transaction with no raw body or no record left on disk was never acknowledged (the ACK
+///   waits for the fsync of both): it is removed, with its steps and its `by_control` and
+///   `by_origin` entries, so that the sender's resend is taken as new, not as a duplicate.
+/// - A step whose record is lost is removed.
+///
+/// Returns how many transactions and steps it changed.
+pub(super) fn repair_torn(trees: &Trees, checkpoint: Position) -> Result<usize, JournalError> {
+    let intact = |ptr: Ptr, kind: Kind, key: &[u8]| -> bool {
+        ptr.position() < checkpoint || trees.values.read(ptr, kind, key).is_ok()
+    };
+    let mut torn: BTreeMap<TxId, Slot> = BTreeMap::new();
+    trees.slots.scan(0, u64::MAX, false, |id, slot| {
+        let key = id.to_key();
+        let lost = |ptr: Option<Ptr>, kind| ptr.is_some_and(|p| !intact(p, kind, &key));
+        if !slot.is_empty() && (lost(slot.raw, Kind::Raw) || lost(slot.record, Kind::Tx)) {
+            torn.insert(id, slot);
+        }
+        ControlFlow::Continue(())
+    })?;
+    let mut removed = std::collections::HashSet::new();
+    let mut restored = 0;
+    if !torn.is_empty() {
+        let raws = last_on_disk(trees, Kind::Raw, &torn, checkpoint)?;
+        let records = last_on_disk(trees, Kind::Tx, &torn, checkpoint)?;
+        for (&id, slot) in &torn {
+            let key = id.to_key();
+            let mut slot = *slot;
+            if slot.raw.is_some_and(|p| !intact(p, Kind::Raw, &key)) {
+                slot.raw = raws.get(&id).copied();
+            }
+            if slot.record.is_some_and(|p| !intact(p, Kind::Tx, &key)) {
+                slot.record = records.get(&id).copied();
+            }
+            match (slot.raw, slot.record) {
+                (Some(_), Some(ptr)) => {
+                    let tx = trees.tx_at(id, ptr)?;
+                    slot.status = Some(tx.status);
+                    slot.received_at_ms = tx.received_at_ms;
+                    put(trees, id, slot)?;
+                    restored += 1;
+                }
+                _ => {
+                    put(trees, id, Slot::default())?;
+                    removed.insert(id);
+                }
+            }
+        }
+    }
+    let mut steps = 0;
+    for entry in trees.steps.iter() {
+        let (key, value) = entry?;
+        let lost = Ptr::from_bytes(&value).is_none_or(|p| !intact(p, Kind::Step, &key));
+        if lost || TxId::from_key(&key).is_some_and(|id| removed.contains(&id)) {
+            trees.steps.remove(&key)?;
+            steps += 1;
+        }
+    }
+    if !removed.is_empty() {
+        for entry in trees.by_origin.iter() {
+            let (key, value) = entry?;
+            if TxId::from_key(&value).is_some_and(|id| removed.contains(&id)) {
+                trees.by_origin.remove(&key)?;
+            }
+        }
+        for key in trees.by_control.iter().keys() {
+            let key = key?;
+            let id = key
+                .len()
+                .checked_sub(8)
+                .and_then(|at| TxId::from_key(&key[at..]));
+            if id.is_some_and(|id| removed.contains(&id)) {
+                trees.by_control.remove(&key)?;
+            }
+        }
+    }
+    let changed = removed.len() + restored + steps;
+    if changed > 0 {
+        recount_live(trees)?;
+        rebuild_stats(trees)?;
+        tracing::warn!(
+            removed = removed.len(),
+            restored,
+            steps,
+            "journal: records that did not reach the disk before the stop were rolled back (transactions never acknowledged removed, the others back at their last record on disk)"
+        );
+    }
+    Ok(changed)
+}
+
+/// For each id of `wanted`, the last record of `kind` for it that is on disk: the newest after
+/// the checkpoint up to where the log is torn (a scan stops at the first torn record), else the
+/// newest before it, segments read newest first until every id is found or the log is read.
+fn last_on_disk<T>(
+    trees: &Trees,
+    kind: Kind,
+    wanted: &BTreeMap<TxId, T>,
+    checkpoint: Position,
+) -> Result<HashMap<TxId, Ptr>, JournalError> {
+    let mut found: HashMap<TxId, Ptr> = HashMap::new();
+    let mut before: HashMap<TxId, Ptr> = HashMap::new();
+    for segment in trees.values.segments()?.into_iter().rev() {
+        if segment < checkpoint.0
+            && wanted
+                .keys()
+                .all(|id| found.contains_key(id) || before.contains_key(id))
+        {
+            break;
+        }
+        let mut newest: HashMap<TxId, Ptr> = HashMap::new();
+        trees.values.scan(segment, 0, |record| {
+            match TxId::from_key(&record.key) {
+                Some(id)
+                    if record.kind == kind && !record.tombstone && wanted.contains_key(&id) =>
+                {
+                    newest.insert(id, record.ptr);
+                }
+                _ => {}
+            }
+            Ok(())
+        })?;
+        for (id, ptr) in newest {
+            // Segments come newest first: a later segment's record wins.
+            let into = if ptr.position() >= checkpoint {
+                &mut found
+            } else {
+                &mut before
+            };
+            into.entry(id).or_insert(ptr);
+        }
+    }
+    for (id, ptr) in before {
+        found.entry(id).or_insert(ptr);
+    }
+    Ok(found)
 }

@@ -11,7 +11,9 @@
 //! (the kernel's page cache holds the file).
 //!
 //! Durability follows the sled pointers it replaces: slots are written after the value log and
-//! fsynced at checkpoints only; [`super::replay`] rewrites those after the checkpoint.
+//! fsynced at checkpoints only; [`super::replay`] rewrites those after the checkpoint, and after
+//! an unclean stop puts back those that reached the disk before their records
+//! ([`super::replay::repair_torn`]).
 //!
 //! Layout of a slot (big-endian): record [`Ptr`] (12 bytes), raw body [`Ptr`] (12; length 0 =
 //! none), received time in ms (6), status code + 1 (1; 0 = no transaction), check byte (1).

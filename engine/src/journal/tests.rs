@@ -1041,3 +1041,105 @@ async fn listings_by_time_and_finished_status_walk_the_slots() {
         "a message received after open is not start-up's work"
     );
 }
+
+/// A power cut right after a batch was applied, before the flusher's fsync: the kernel may have
+/// written the slots (and sled's pages) back while the value log lost the batch's records. At
+/// the next open, an acknowledged message is back at its last record on disk (and resumed from
+/// there), and a message that was never acknowledged is gone, its dedup key included, so the
+/// sender's resend is taken.
+#[tokio::test]
+async fn records_lost_in_a_power_cut_roll_back_at_open_and_the_resend_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    let acked = journal.append(message("C1", "LAB")).await.unwrap().id;
+    let steps = vec![step("adt", serde_json::json!({"resourceType": "Bundle"}))];
+    let events = vec![(Status::Processing, None), (Status::Delivered, None)];
+    journal.record_applied(acked, steps, events).await.unwrap();
+    let mut resent = message("C2", "LAB");
+    resent.origin_key = Some("LAB|C2".into());
+    let unacked = journal.append(resent.clone()).await.unwrap().id;
+    // Where the lost part of the log starts: the status update of the first message (its
+    // step and record) and everything of the second.
+    let slot = |id| journal.trees.slots.get(id).unwrap();
+    let step_ptrs: Vec<Ptr> = journal
+        .trees
+        .steps
+        .iter()
+        .values()
+        .map(|v| Ptr::from_bytes(&v.unwrap()).unwrap())
+        .collect();
+    assert_eq!(step_ptrs.len(), 1);
+    let lost_from = [slot(acked).record, slot(unacked).raw, slot(unacked).record]
+        .into_iter()
+        .flatten()
+        .chain(step_ptrs)
+        .map(Ptr::position)
+        .min()
+        .unwrap();
+    assert!(slot(acked).raw.unwrap().position() < lost_from);
+    journal.close();
+    drop(journal);
+    {
+        // The cut: sled and the slots as written, the checkpoint before the lost records, the
+        // journal still marked open, and the log zeroed from where it was last fsynced.
+        let path = dir.path().join("journal");
+        let db = crate::sled_db::open(&sled::Config::new().path(&path)).unwrap();
+        let segments = db.open_tree("segments").unwrap();
+        segments
+            .insert(replay::CHECKPOINT_KEY, &values::position_bytes(lost_from))
+            .unwrap();
+        segments.insert(replay::OPEN_KEY, &[]).unwrap();
+        db.flush().unwrap();
+        let (segment, offset) = lost_from;
+        let log = path.join("values").join(format!("{segment:010}.vlog"));
+        let file = std::fs::OpenOptions::new().write(true).open(log).unwrap();
+        let len = file.metadata().unwrap().len();
+        std::os::unix::fs::FileExt::write_all_at(
+            &file,
+            &vec![0u8; (len - u64::from(offset)) as usize],
+            u64::from(offset),
+        )
+        .unwrap();
+    }
+    let (journal, metrics) = open(dir.path());
+    let tx = journal
+        .get(acked)
+        .unwrap()
+        .expect("an acknowledged message is kept");
+    assert_eq!(tx.status, Status::Received, "back at its record on disk");
+    assert!(
+        journal.steps(acked).unwrap().is_empty(),
+        "its lost step is gone"
+    );
+    assert_eq!(
+        journal.raw(acked).unwrap().unwrap(),
+        message("C1", "LAB").raw.to_vec()
+    );
+    assert!(
+        journal
+            .take_in_flight_at_open()
+            .contains(&(acked, Status::Received)),
+        "resumed at start"
+    );
+    assert!(
+        journal.get(unacked).unwrap().is_none(),
+        "never acknowledged: gone"
+    );
+    assert_eq!(count(&metrics, Status::Received), 1);
+    assert_eq!(count(&metrics, Status::Delivered), 0);
+    let again = journal.append(resent).await.unwrap();
+    assert!(
+        !again.already,
+        "the resend is stored, not taken for a duplicate"
+    );
+    assert!(journal.get(again.id).unwrap().is_some());
+    journal.close();
+    drop(journal);
+    // A clean stop leaves nothing to repair: the same state again.
+    let (journal, _) = open(dir.path());
+    assert_eq!(
+        journal.get(acked).unwrap().unwrap().status,
+        Status::Received
+    );
+    assert!(journal.get(again.id).unwrap().is_some());
+}

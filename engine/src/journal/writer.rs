@@ -226,8 +226,20 @@ impl Writer {
         }
         drop(jobs);
         let _ = flusher.join();
-        // Shutting down: a last checkpoint, so a clean restart replays nothing.
+        // Shutting down: a last checkpoint, so a clean restart replays nothing; then the
+        // journal is no longer marked open (see `replay::repair_torn`).
         self.checkpoint();
+        if !self.dirty {
+            let closed = self
+                .trees
+                .segments
+                .remove(super::replay::OPEN_KEY)
+                .map_err(JournalError::from)
+                .and_then(|_| self.trees.db.flush().map_err(JournalError::from));
+            if let Err(e) = closed {
+                tracing::warn!(error = %e, "journal: could not mark the journal closed");
+            }
+        }
     }
 
     /// Flushes sled with the log position it has reached. Done here, on the one thread that
