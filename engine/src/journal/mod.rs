@@ -257,7 +257,7 @@ impl Journal {
         replay::migrate_pointer_trees(&trees)?;
         // Still marked open: the last stop was a crash or a power cut.
         let unclean = trees.segments.get(replay::OPEN_KEY)?.is_some();
-        let checkpoint = replay::checkpoint_position(&trees)?;
+        let checkpoint = replay::checkpoint(&trees)?;
         trees.segments.insert(replay::OPEN_KEY, &[])?;
         let replayed = replay::replay(&trees)?;
         if replayed > 0 {

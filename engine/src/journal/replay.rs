@@ -21,7 +21,7 @@ pub(super) const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 
 /// Where replay starts: everything before it is in sled (`None`: a journal that never
 /// checkpointed, replayed from its first segment).
-fn checkpoint(trees: &Trees) -> Result<Option<Position>, JournalError> {
+pub(super) fn checkpoint(trees: &Trees) -> Result<Option<Position>, JournalError> {
     Ok(trees
         .segments
         .get(CHECKPOINT_KEY)?
@@ -267,13 +267,10 @@ pub(super) fn migrate_pointer_trees(trees: &Trees) -> Result<(), JournalError> {
 }
 
 /// The key in the `segments` tree present while the journal is open: still there at open, the
-/// last stop was unclean (a crash or a power cut).
-pub(super) const OPEN_KEY: &[u8] = b"open";
-
-/// The checkpoint replay starts from (see [`replay`]).
-pub(super) fn checkpoint_position(trees: &Trees) -> Result<Option<Position>, JournalError> {
-    checkpoint(trees)
-}
+/// last stop was unclean (a crash or a power cut). Not four bytes long: those keys are the
+/// segments' live-byte counters.
+pub(super) const OPEN_KEY: &[u8] = b"opened";
+const _: () = assert!(OPEN_KEY.len() != 4 && CHECKPOINT_KEY.len() != 4);
 
 /// After an unclean stop, and after [`replay`]: pointers that reached the disk before the
 /// records they point to. The writer writes a batch's records, then its slots and sled
