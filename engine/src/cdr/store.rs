@@ -1302,19 +1302,7 @@ mod intent_tests {
                 .unwrap();
             wal.insert(OPEN_KEY, &[]).unwrap();
             db.flush().unwrap();
-            let (segment, offset) = durable_until;
-            let log = dir
-                .path()
-                .join("values")
-                .join(format!("{segment:010}.vlog"));
-            let file = std::fs::OpenOptions::new().write(true).open(log).unwrap();
-            let len = file.metadata().unwrap().len();
-            std::os::unix::fs::FileExt::write_all_at(
-                &file,
-                &vec![0u8; (len - u64::from(offset)) as usize],
-                u64::from(offset),
-            )
-            .unwrap();
+            crate::journal::values::cut_at(&dir.path().join("values"), durable_until);
         }
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         let (current, body) = store.read_live("Patient", "p1").unwrap().unwrap();

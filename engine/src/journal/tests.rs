@@ -1090,16 +1090,7 @@ async fn records_lost_in_a_power_cut_roll_back_at_open_and_the_resend_is_taken()
             .unwrap();
         segments.insert(replay::OPEN_KEY, &[]).unwrap();
         db.flush().unwrap();
-        let (segment, offset) = lost_from;
-        let log = path.join("values").join(format!("{segment:010}.vlog"));
-        let file = std::fs::OpenOptions::new().write(true).open(log).unwrap();
-        let len = file.metadata().unwrap().len();
-        std::os::unix::fs::FileExt::write_all_at(
-            &file,
-            &vec![0u8; (len - u64::from(offset)) as usize],
-            u64::from(offset),
-        )
-        .unwrap();
+        values::cut_at(&path.join("values"), lost_from);
     }
     let (journal, metrics) = open(dir.path());
     let tx = journal

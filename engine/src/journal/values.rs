@@ -147,6 +147,24 @@ fn segment_name(segment: u32) -> String {
     format!("{segment:010}.vlog")
 }
 
+/// What a power cut leaves of the log in `dir` when it was last fsynced at `position`: the
+/// rest of that segment zeroed (for the tests of the repairs after an unclean stop).
+#[cfg(test)]
+pub(crate) fn cut_at(dir: &Path, position: Position) {
+    use std::os::unix::fs::FileExt;
+    let (segment, offset) = position;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(segment_name(segment)))
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    file.write_all_at(
+        &vec![0u8; (len - u64::from(offset)) as usize],
+        u64::from(offset),
+    )
+    .unwrap();
+}
+
 fn io_err(e: std::io::Error) -> JournalError {
     JournalError::Io(Arc::new(e))
 }
