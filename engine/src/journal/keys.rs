@@ -9,6 +9,11 @@ pub fn control(control_id: &str, id: TxId) -> Vec<u8> {
     key
 }
 
+/// The transaction a [`control`] key names (its last eight bytes).
+pub fn control_tx(key: &[u8]) -> Option<TxId> {
+    TxId::from_key(&key[key.len().checked_sub(8)?..])
+}
+
 pub fn control_prefix(control_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(control_id.len() + 9);
     key.extend(control_id.bytes().filter(|b| *b != 0));
@@ -44,4 +49,15 @@ pub fn stats_parts(key: &[u8]) -> Option<(String, Status)> {
 /// A `stats` value as a count.
 pub fn count(value: &[u8]) -> i64 {
     value.try_into().map(i64::from_be_bytes).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_key_gives_back_its_transaction() {
+        assert_eq!(control_tx(&control("C\0001", TxId(42))), Some(TxId(42)));
+        assert_eq!(control_tx(b"short"), None);
+    }
 }

@@ -585,7 +585,7 @@ impl Journal {
                 .by_control
                 .scan_prefix(keys::control_prefix(control_id))
                 .keys()
-                .filter_map(|k| k.ok().and_then(|k| TxId::from_key(&k[k.len() - 8..])))
+                .filter_map(|k| k.ok().and_then(|k| keys::control_tx(&k)))
                 .filter(|id| id.0 < below)
                 .collect();
             ids.sort_unstable_by(|a, b| b.cmp(a));

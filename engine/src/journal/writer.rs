@@ -695,7 +695,7 @@ impl Writer {
         {
             let (key, value) = entry?;
             if value.as_ref() == sender.as_bytes() {
-                return Ok(TxId::from_key(&key[key.len() - 8..]));
+                return Ok(keys::control_tx(&key));
             }
         }
         Ok(None)
