@@ -291,28 +291,27 @@ pub(super) fn repair_torn(trees: &Trees, checkpoint: Position) -> Result<usize, 
     let intact = |ptr: Ptr, kind: Kind, key: &[u8]| -> bool {
         ptr.position() < checkpoint || trees.values.read(ptr, kind, key).is_ok()
     };
-    let mut torn: BTreeMap<TxId, Slot> = BTreeMap::new();
+    // Each slot with a lost pointer, and which: (raw body lost, record lost).
+    let mut torn: BTreeMap<TxId, (Slot, bool, bool)> = BTreeMap::new();
     trees.slots.scan(0, u64::MAX, false, |id, slot| {
         let key = id.to_key();
         let lost = |ptr: Option<Ptr>, kind| ptr.is_some_and(|p| !intact(p, kind, &key));
-        if !slot.is_empty() && (lost(slot.raw, Kind::Raw) || lost(slot.record, Kind::Tx)) {
-            torn.insert(id, slot);
+        let (raw_lost, record_lost) = (lost(slot.raw, Kind::Raw), lost(slot.record, Kind::Tx));
+        if !slot.is_empty() && (raw_lost || record_lost) {
+            torn.insert(id, (slot, raw_lost, record_lost));
         }
         ControlFlow::Continue(())
     })?;
     let mut removed = std::collections::HashSet::new();
     let mut restored = 0;
     if !torn.is_empty() {
-        let raws = last_on_disk(trees, Kind::Raw, &torn, checkpoint)?;
-        let records = last_on_disk(trees, Kind::Tx, &torn, checkpoint)?;
-        for (&id, slot) in &torn {
-            let key = id.to_key();
-            let mut slot = *slot;
-            if slot.raw.is_some_and(|p| !intact(p, Kind::Raw, &key)) {
-                slot.raw = raws.get(&id).copied();
+        let on_disk = last_on_disk(trees, &torn)?;
+        for (&id, &(mut slot, raw_lost, record_lost)) in &torn {
+            if raw_lost {
+                slot.raw = on_disk.get(&(id, Kind::Raw)).copied();
             }
-            if slot.record.is_some_and(|p| !intact(p, Kind::Tx, &key)) {
-                slot.record = records.get(&id).copied();
+            if record_lost {
+                slot.record = on_disk.get(&(id, Kind::Tx)).copied();
             }
             match (slot.raw, slot.record) {
                 (Some(_), Some(ptr)) => {
@@ -347,11 +346,7 @@ pub(super) fn repair_torn(trees: &Trees, checkpoint: Position) -> Result<usize, 
         }
         for key in trees.by_control.iter().keys() {
             let key = key?;
-            let id = key
-                .len()
-                .checked_sub(8)
-                .and_then(|at| TxId::from_key(&key[at..]));
-            if id.is_some_and(|id| removed.contains(&id)) {
+            if keys::control_tx(&key).is_some_and(|id| removed.contains(&id)) {
                 trees.by_control.remove(&key)?;
             }
         }
@@ -370,49 +365,36 @@ pub(super) fn repair_torn(trees: &Trees, checkpoint: Position) -> Result<usize, 
     Ok(changed)
 }
 
-/// For each id of `wanted`, the last record of `kind` for it that is on disk: the newest after
-/// the checkpoint up to where the log is torn (a scan stops at the first torn record), else the
-/// newest before it, segments read newest first until every id is found or the log is read.
+/// For each id of `wanted`, the last raw body and the last transaction record of it that are
+/// on disk. Segments are read newest first (a compaction's copy is in a later segment than
+/// its original), each to its end or its first torn record, until every id has both or the log
+/// is read: the first found is the newest, and what a scan returns reached the disk.
 fn last_on_disk<T>(
     trees: &Trees,
-    kind: Kind,
     wanted: &BTreeMap<TxId, T>,
-    checkpoint: Position,
-) -> Result<HashMap<TxId, Ptr>, JournalError> {
-    let mut found: HashMap<TxId, Ptr> = HashMap::new();
-    let mut before: HashMap<TxId, Ptr> = HashMap::new();
+) -> Result<HashMap<(TxId, Kind), Ptr>, JournalError> {
+    let mut found: HashMap<(TxId, Kind), Ptr> = HashMap::new();
     for segment in trees.values.segments()?.into_iter().rev() {
-        if segment < checkpoint.0
-            && wanted
-                .keys()
-                .all(|id| found.contains_key(id) || before.contains_key(id))
-        {
+        if found.len() == 2 * wanted.len() {
             break;
         }
-        let mut newest: HashMap<TxId, Ptr> = HashMap::new();
+        let mut newest: HashMap<(TxId, Kind), Ptr> = HashMap::new();
         trees.values.scan(segment, 0, |record| {
             match TxId::from_key(&record.key) {
                 Some(id)
-                    if record.kind == kind && !record.tombstone && wanted.contains_key(&id) =>
+                    if matches!(record.kind, Kind::Raw | Kind::Tx)
+                        && !record.tombstone
+                        && wanted.contains_key(&id) =>
                 {
-                    newest.insert(id, record.ptr);
+                    newest.insert((id, record.kind), record.ptr);
                 }
                 _ => {}
             }
             Ok(())
         })?;
-        for (id, ptr) in newest {
-            // Segments come newest first: a later segment's record wins.
-            let into = if ptr.position() >= checkpoint {
-                &mut found
-            } else {
-                &mut before
-            };
-            into.entry(id).or_insert(ptr);
+        for (wanted, ptr) in newest {
+            found.entry(wanted).or_insert(ptr);
         }
-    }
-    for (id, ptr) in before {
-        found.entry(id).or_insert(ptr);
     }
     Ok(found)
 }

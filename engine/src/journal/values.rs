@@ -53,7 +53,7 @@ pub(crate) const TOMBSTONE: u8 = 0x80;
 pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What a record holds (and so which sled tree points to it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub(crate) enum Kind {
     Tx = 1,
