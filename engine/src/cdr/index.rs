@@ -75,6 +75,11 @@ pub fn parse_current_key(key: &[u8]) -> Option<(&str, &str)> {
     std::str::from_utf8(rest).ok()?.split_once('\0')
 }
 
+/// Prefix of all current records, of every type.
+pub fn all_current_prefix() -> [u8; 1] {
+    [CURRENT]
+}
+
 /// Prefix of all current records of `ty`.
 pub fn current_prefix(ty: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(ty.len() + 40);

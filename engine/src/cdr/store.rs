@@ -247,10 +247,7 @@ impl Store {
         store.finish_interrupted_commits()?;
         // A store still marked open was not closed: a crash, or a power cut.
         let unclean = store.wal.get(OPEN_KEY)?.is_some();
-        let checkpoint = store
-            .wal
-            .get(CHECKPOINT_KEY)?
-            .and_then(|v| position_from_bytes(&v));
+        let checkpoint = store.checkpoint_position()?;
         store.wal.insert(OPEN_KEY, &[])?;
         store.replay()?;
         if let (true, Some(checkpoint)) = (unclean, checkpoint) {
@@ -270,7 +267,7 @@ impl Store {
     /// checkpoint are durable, so only pointers after it are read.
     fn repair_torn_versions(&self, checkpoint: Position) -> Result<(), CdrError> {
         let mut torn = Vec::new();
-        for item in self.tree.scan_prefix([b'R']) {
+        for item in self.tree.scan_prefix(index::all_current_prefix()) {
             let (key, record) = item?;
             let Some((ty, id)) = index::parse_current_key(&key) else {
                 continue;
@@ -333,14 +330,20 @@ impl Store {
                 .is_ok())
     }
 
+    /// The log position of the last checkpoint (`None`: a store from before the redo log, or a
+    /// new one).
+    fn checkpoint_position(&self) -> Result<Option<Position>, CdrError> {
+        Ok(self
+            .wal
+            .get(CHECKPOINT_KEY)?
+            .and_then(|v| position_from_bytes(&v)))
+    }
+
     /// Applies again, in order, the commit records after the checkpoint; then checkpoints at
     /// the start of the new segment. A store without a checkpoint predates the redo log (every
     /// commit of it was flushed) or is new: nothing to replay.
     fn replay(&self) -> Result<(), CdrError> {
-        let from = self
-            .wal
-            .get(CHECKPOINT_KEY)?
-            .and_then(|v| position_from_bytes(&v));
+        let from = self.checkpoint_position()?;
         let mut replayed = 0usize;
         if let Some((from_segment, from_offset)) = from {
             for segment in self.values.segments().map_err(values_err)? {
@@ -473,7 +476,7 @@ impl Store {
                 self.tree.remove(k)?;
             }
         }
-        for item in self.tree.scan_prefix([b'R']) {
+        for item in self.tree.scan_prefix(index::all_current_prefix()) {
             let (k, _) = item?;
             let Some((ty, id)) = index::parse_current_key(&k) else {
                 continue;
