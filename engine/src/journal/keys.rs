@@ -57,7 +57,7 @@ mod tests {
 
     #[test]
     fn a_control_key_gives_back_its_transaction() {
-        assert_eq!(control_tx(&control("C\0001", TxId(42))), Some(TxId(42)));
+        assert_eq!(control_tx(&control("C\x001", TxId(42))), Some(TxId(42)));
         assert_eq!(control_tx(b"short"), None);
     }
 }
