@@ -281,6 +281,48 @@ async fn a_collection_bundle_is_written_as_a_transaction() {
     );
 }
 
+/// The ingest port trusts its network as an MLLP port does, so the shipped FHIR channel writes
+/// what senders post but refuses an entry that would delete a resource: a sender must not be
+/// able to remove patients from the CDR without an admin token.
+#[tokio::test]
+async fn the_fhir_channel_refuses_a_delete_and_the_resource_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path());
+    let put = serde_json::json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [{
+            "resource": {"resourceType": "Patient", "id": "keep-me", "gender": "female"},
+            "request": {"method": "PUT", "url": "Patient/keep-me"}
+        }]
+    });
+    let resp = engine
+        .ingest("/fhir", "application/fhir+json", put.to_string().into_bytes())
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let tx = settled_id(&engine, body["id"].as_str().unwrap()).await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+
+    let delete = serde_json::json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [{"request": {"method": "DELETE", "url": "Patient/keep-me"}}]
+    });
+    let resp = engine
+        .ingest("/fhir", "application/fhir+json", delete.to_string().into_bytes())
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let tx = settled_id(&engine, body["id"].as_str().unwrap()).await;
+    assert_eq!(tx["status"], "failed", "{tx}");
+    assert!(
+        tx.to_string().contains("DELETE Patient/keep-me"),
+        "the reason names the refused entry: {tx}"
+    );
+    let (status, patient) = engine.api("/fhir/Patient/keep-me").await;
+    assert_eq!(status, 200, "{patient}");
+    assert_eq!(patient["gender"], "female");
+}
+
 #[tokio::test]
 async fn a_csv_file_dropped_in_a_folder_is_journaled_row_by_row_and_moved() {
     let dir = tempfile::tempdir().unwrap();
