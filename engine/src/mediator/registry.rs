@@ -32,8 +32,10 @@ pub struct MediatorRecord {
     /// The `mediator`-role API client this URN belongs to: the first one that registered it.
     /// Only it (or an admin) may register it again or beat for it, so that one mediator's
     /// client can neither read another's config (secrets included) nor move its endpoints.
-    /// `None`: registered by an admin, or by an Orbiter from before owners; the next
-    /// registration by a mediator client claims it.
+    /// `None`: registered by an admin, or by an Orbiter from before owners; then only an admin
+    /// may change it (a mediator client that could claim it would read the config an admin set,
+    /// secrets included, and move its endpoints): to hand it to a client, an admin removes it
+    /// and the mediator registers afresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// When `config` last changed: a heartbeat after that gets the config back.
@@ -82,20 +84,21 @@ impl Actor<'_> {
         }
     }
 
-    /// Refuses a mediator client acting on a URN another client owns.
+    /// Refuses a mediator client acting on a URN it does not own: another client's, or an
+    /// admin's (unowned).
     fn may_act_on(&self, record: &MediatorRecord) -> Result<(), MediatorError> {
         match (self, &record.owner) {
-            (Actor::Mediator(name), Some(owner)) if owner != name => {
-                Err(MediatorError::NotOwner(record.urn().to_string()))
-            }
-            _ => Ok(()),
+            (Actor::Mediator(name), Some(owner)) if owner == name => Ok(()),
+            (Actor::Mediator(_), _) => Err(MediatorError::NotOwner(record.urn().to_string())),
+            (Actor::Admin(_), _) => Ok(()),
         }
     }
 
-    /// The owner a registration leaves: a mediator client claims an unowned URN.
+    /// The owner a registration leaves: a mediator client owns the URN it registers first; an
+    /// admin's registration leaves the owner as it was.
     fn owner_after(&self, existing: Option<&MediatorRecord>) -> Option<String> {
-        match (existing.and_then(|r| r.owner.clone()), self) {
-            (Some(owner), _) => Some(owner),
+        match (existing, self) {
+            (Some(record), _) => record.owner.clone(),
             (None, Actor::Mediator(name)) => Some(name.to_string()),
             (None, Actor::Admin(_)) => None,
         }
@@ -460,8 +463,7 @@ mod tests {
     }
 
     /// One mediator client may not take over, or beat for (and so read the secrets of),
-    /// a URN another client registered; an admin may, and an admin's registration is claimed
-    /// by the first mediator client that registers it.
+    /// a URN another client registered, nor one an admin registered; an admin may act on any.
     #[test]
     fn a_urn_belongs_to_the_mediator_client_that_registered_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -491,12 +493,24 @@ mod tests {
         reg.heartbeat(urn, 2.0, false, Actor::Admin("root"))
             .unwrap();
 
-        // Removed, then registered by an admin: unowned until a mediator client registers it.
+        // Removed, then registered by an admin, with a secret in its config: no mediator
+        // client may claim it, move its endpoints or read the secret.
         reg.remove(urn).unwrap();
         let (_, record) = reg
             .register(registration("1.0.0", 8600), Actor::Admin("root"))
             .unwrap();
         assert_eq!(record.owner, None);
+        let err = reg
+            .register(registration("1.0.0", 9999), intruder)
+            .unwrap_err();
+        assert!(matches!(err, MediatorError::NotOwner(_)), "{err}");
+        assert!(matches!(
+            reg.heartbeat(urn, 1.0, true, intruder),
+            Err(MediatorError::NotOwner(_))
+        ));
+        assert_eq!(reg.get(urn).unwrap().endpoint(None).unwrap().port, 8600);
+        // Removed again: the first mediator client to register it owns it, across a reopen.
+        reg.remove(urn).unwrap();
         let (_, record) = reg.register(registration("1.0.0", 8600), intruder).unwrap();
         assert_eq!(record.owner.as_deref(), Some("other"));
         let reopened = Mediators::open(dir.path(), Duration::from_secs(60)).unwrap();
