@@ -353,10 +353,23 @@ impl Config {
                 "mllp.max_in_flight and mllp.max_connections must be positive".into(),
             ));
         }
-        for (name, tls) in [("mllp", &self.mllp.tls), ("admin", &self.admin.tls)] {
+        let listeners = [
+            ("mllp", &self.mllp.tls),
+            ("http", &self.http.tls),
+            ("admin", &self.admin.tls),
+        ];
+        for (name, tls) in listeners {
             if tls.cert.is_some() != tls.key.is_some() {
                 return Err(ConfigError::Invalid(format!(
                     "{name}.tls needs both cert and key"
+                )));
+            }
+            // Client certificates are a TLS feature: without cert and key the listener would
+            // serve plain text and check no one, the opposite of what was asked.
+            if tls.client_ca.is_some() && tls.cert.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}.tls.client_ca is set but {name}.tls has no cert and key: client \
+                     certificates need TLS on the listener"
                 )));
             }
         }
@@ -593,6 +606,27 @@ mod tests {
         assert!(!c.journal.fsync);
         assert_eq!(c.cdr.username.as_deref(), Some("orbiter"));
         assert_eq!(c.cdr.password.as_deref(), Some("pw"));
+    }
+
+    #[test]
+    fn client_certificates_without_tls_are_refused() {
+        for listener in ["MLLP", "HTTP", "ADMIN"] {
+            let var = format!("ORBITER_{listener}_TLS_CLIENT_CA");
+            let err = Config::load(None, env(&[(var.as_str(), "/etc/ca.pem")])).unwrap_err();
+            let name = listener.to_lowercase();
+            assert!(
+                err.to_string().contains(&format!("{name}.tls.client_ca is set")),
+                "{err}"
+            );
+        }
+        let half = Config::load(None, env(&[("ORBITER_HTTP_TLS_CERT", "/etc/c.pem")]));
+        assert!(half.unwrap_err().to_string().contains("http.tls needs both"));
+        let whole = env(&[
+            ("ORBITER_HTTP_TLS_CERT", "/etc/c.pem"),
+            ("ORBITER_HTTP_TLS_KEY", "/etc/k.pem"),
+            ("ORBITER_HTTP_TLS_CLIENT_CA", "/etc/ca.pem"),
+        ]);
+        assert!(Config::load(None, whole).is_ok());
     }
 
     #[test]
