@@ -124,7 +124,9 @@ impl AdminToken {
         configured: Option<&str>,
         data_dir: &Path,
     ) -> std::io::Result<(AdminToken, TokenSource)> {
-        if let Some(token) = configured.filter(|t| !t.is_empty()) {
+        // Trimmed as a presented token is: a Secret made with `--from-file` from
+        // `openssl rand -hex 32 > f` ends in a newline no client sends.
+        if let Some(token) = configured.map(str::trim).filter(|t| !t.is_empty()) {
             return Ok((AdminToken(token.to_string()), TokenSource::Environment));
         }
         let path = data_dir.join("admin.token");
@@ -420,6 +422,18 @@ mod tests {
         }
         assert!(!allowed(&viewer, &post, "/fhir/Patient/_search"));
         assert!(allowed(&caller(vec![Role::Admin], false), &post, "/fhir"));
+    }
+
+    /// A token from a Secret file ends in a newline; the client sends it without one.
+    #[test]
+    fn a_configured_token_is_trimmed_as_a_presented_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (token, source) =
+            AdminToken::load_or_generate(Some("0123abcd\n"), dir.path()).unwrap();
+        assert!(matches!(source, TokenSource::Environment));
+        assert!(token.accepts(Some("Bearer 0123abcd")));
+        let (_, source) = AdminToken::load_or_generate(Some(" \n"), dir.path()).unwrap();
+        assert!(matches!(source, TokenSource::Generated(_)), "blank is no token");
     }
 
     #[test]
