@@ -257,10 +257,9 @@ pub struct ScriptRef {
 }
 
 impl ScriptRef {
+    /// Its path under `scripts_dir` (a definition naming an absolute path or `..` is refused
+    /// when it is parsed).
     pub fn resolve(&self, scripts_dir: &Path) -> PathBuf {
-        if self.script.is_absolute() {
-            return self.script.clone();
-        }
         let relative = self.script.strip_prefix("scripts").unwrap_or(&self.script);
         scripts_dir.join(relative)
     }
@@ -455,6 +454,30 @@ impl ChannelDef {
             }
         }
         self.validate_file_source(&at)?;
+        // Scripts come from the scripts dir only, as lookup tables and imports do: a channel
+        // put through the admin API could otherwise have any file on the host read (and
+        // quoted back in the syntax error).
+        for (table, script) in [("filter", &self.filter), ("transform", &self.transform)] {
+            let Some(script) = script else { continue };
+            let outside = script.script.is_absolute()
+                || script
+                    .script
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)));
+            if outside {
+                let (line, column) = script_key_position(text, table);
+                return Err(ChannelError::Definition {
+                    file: file.to_path_buf(),
+                    line,
+                    column,
+                    message: format!(
+                        "[{table}] script `{}` must name a file in the scripts dir \
+                         (no absolute path, no `..`)",
+                        script.script.display()
+                    ),
+                });
+            }
+        }
         if self.transform.is_none() && !self.destinations.is_empty() {
             return Err(at(
                 "[[destination]]",

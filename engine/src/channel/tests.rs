@@ -359,3 +359,32 @@ fn a_missing_script_is_reported_at_its_script_key() {
         "{shown}"
     );
 }
+
+/// A script path outside the scripts dir is refused before anything is read: a channel put
+/// through the admin API must not have a host file read and quoted back in an error.
+#[test]
+fn a_script_outside_the_scripts_dir_is_refused_unread() {
+    let d = dirs();
+    let p = &d.paths;
+    let host = ScriptHost::new(&p.lib_dir(), p.limits.clone()).unwrap();
+    let file = p.channels_dir.join("t.toml");
+    let secret = d.paths.channels_dir.join("secret.rhai");
+    write(&secret, "hunter2");
+    for script in [
+        secret.display().to_string(),
+        "../channels/secret.rhai".to_string(),
+        "sub/../../channels/secret.rhai".to_string(),
+    ] {
+        let text = format!(
+            "name = \"t\"\n[source]\nkind = \"mllp\"\n[transform]\nscript = \"{script}\"\n"
+        );
+        let shown = load_channel_text(&file, &text, p, &host, "lib")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            shown.contains(":5:1: [transform] script") && shown.contains("no `..`"),
+            "{shown}"
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}
