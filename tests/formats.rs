@@ -296,7 +296,11 @@ async fn the_fhir_channel_refuses_a_delete_and_the_resource_stays() {
         }]
     });
     let resp = engine
-        .ingest("/fhir", "application/fhir+json", put.to_string().into_bytes())
+        .ingest(
+            "/fhir",
+            "application/fhir+json",
+            put.to_string().into_bytes(),
+        )
         .await;
     assert_eq!(resp.status().as_u16(), 202);
     let body: serde_json::Value = resp.json().await.unwrap();
@@ -308,7 +312,11 @@ async fn the_fhir_channel_refuses_a_delete_and_the_resource_stays() {
         "entry": [{"request": {"method": "DELETE", "url": "Patient/keep-me"}}]
     });
     let resp = engine
-        .ingest("/fhir", "application/fhir+json", delete.to_string().into_bytes())
+        .ingest(
+            "/fhir",
+            "application/fhir+json",
+            delete.to_string().into_bytes(),
+        )
         .await;
     assert_eq!(resp.status().as_u16(), 202);
     let body: serde_json::Value = resp.json().await.unwrap();

@@ -615,12 +615,16 @@ mod tests {
             let err = Config::load(None, env(&[(var.as_str(), "/etc/ca.pem")])).unwrap_err();
             let name = listener.to_lowercase();
             assert!(
-                err.to_string().contains(&format!("{name}.tls.client_ca is set")),
+                err.to_string()
+                    .contains(&format!("{name}.tls.client_ca is set")),
                 "{err}"
             );
         }
         let half = Config::load(None, env(&[("ORBITER_HTTP_TLS_CERT", "/etc/c.pem")]));
-        assert!(half.unwrap_err().to_string().contains("http.tls needs both"));
+        assert!(half
+            .unwrap_err()
+            .to_string()
+            .contains("http.tls needs both"));
         let whole = env(&[
             ("ORBITER_HTTP_TLS_CERT", "/etc/c.pem"),
             ("ORBITER_HTTP_TLS_KEY", "/etc/k.pem"),

@@ -428,12 +428,14 @@ mod tests {
     #[test]
     fn a_configured_token_is_trimmed_as_a_presented_one_is() {
         let dir = tempfile::tempdir().unwrap();
-        let (token, source) =
-            AdminToken::load_or_generate(Some("0123abcd\n"), dir.path()).unwrap();
+        let (token, source) = AdminToken::load_or_generate(Some("0123abcd\n"), dir.path()).unwrap();
         assert!(matches!(source, TokenSource::Environment));
         assert!(token.accepts(Some("Bearer 0123abcd")));
         let (_, source) = AdminToken::load_or_generate(Some(" \n"), dir.path()).unwrap();
-        assert!(matches!(source, TokenSource::Generated(_)), "blank is no token");
+        assert!(
+            matches!(source, TokenSource::Generated(_)),
+            "blank is no token"
+        );
     }
 
     #[test]

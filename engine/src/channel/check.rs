@@ -84,6 +84,12 @@ pub fn check_into(
     // Script errors printed so far: a channel whose script is broken fails with the same error,
     // which is then named once, with the channel that uses it.
     let mut reported = HashSet::new();
+    // A broken library file fails the check, and the channels that import it; the others are
+    // still checked.
+    for e in host.lib_errors() {
+        errors += 1;
+        writeln!(err, "{e}")?;
+    }
     if whole_dir {
         for script in files_with(&paths.scripts_dir, "rhai") {
             match host.compile_file(&script) {

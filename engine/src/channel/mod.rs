@@ -312,12 +312,16 @@ impl Channels {
         let (lib_rev, host) = match prepared {
             Ok(ok) => ok,
             Err(e) => {
-                // A broken library would break every channel: keep everything as it is.
+                // The library dir cannot be read: keep everything as it is.
                 report.errors.push(e.to_string());
                 self.finish(&report);
                 return report;
             }
         };
+        // A broken library file is reported; only the channels importing it fail below.
+        report
+            .errors
+            .extend(host.lib_errors().iter().map(ToString::to_string));
         let mut by_name: BTreeMap<String, Arc<Channel>> = BTreeMap::new();
         for file in files_with(&self.paths.channels_dir, "toml") {
             match load_channel(&file, &self.paths, &host, &lib_rev) {

@@ -388,3 +388,43 @@ fn a_script_outside_the_scripts_dir_is_refused_unread() {
         assert!(!shown.contains("hunter2"), "{shown}");
     }
 }
+
+/// A library file that does not compile fails the channels that import it, and no other: at
+/// start they load; on reload they take their new revision while the importer keeps its own.
+#[test]
+fn a_broken_library_file_fails_only_the_channels_importing_it() {
+    let d = dirs();
+    let p = &d.paths;
+    write(
+        &p.channels_dir.join("adt.toml"),
+        &channel_toml("adt", "\"ADT^A01\"", 0),
+    );
+    write(&p.scripts_dir.join("adt.rhai"), BUNDLE);
+    write(
+        &p.channels_dir.join("oru.toml"),
+        &channel_toml("oru", "\"ORU^R01\"", 0),
+    );
+    write(
+        &p.scripts_dir.join("oru.rhai"),
+        &format!("import \"shared\" as s;\n{BUNDLE}"),
+    );
+    write(&p.lib_dir().join("shared.rhai"), "fn f() { 1 }");
+    write(&p.lib_dir().join("unused.rhai"), "fn x( {\n");
+    let (channels, report) = Channels::load(p.clone());
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    assert!(report.errors[0].contains("unused.rhai:"), "{report:?}");
+    let set = channels.current();
+    assert!(set.get("adt").is_some() && set.get("oru").is_some());
+    let oru = set.get("oru").unwrap().revision.clone();
+
+    // The imported file breaks: its importer keeps running; the other channel still reloads.
+    write(&p.lib_dir().join("shared.rhai"), "fn f( {\n");
+    write(&p.scripts_dir.join("adt.rhai"), &format!("// v2\n{BUNDLE}"));
+    let report = channels.reload();
+    assert!(
+        report.errors.iter().any(|e| e.contains("shared.rhai:")),
+        "{report:?}"
+    );
+    assert_eq!(report.updated, vec!["adt".to_string()], "{report:?}");
+    assert_eq!(channels.current().get("oru").unwrap().revision, oru);
+}

@@ -35,6 +35,9 @@ pub struct ScriptHost {
     limits: ScriptLimits,
     /// Import names available from `scripts/lib`.
     modules: Vec<String>,
+    /// Library files that did not compile or whose top level failed: importing one fails with
+    /// its error, and nothing else is affected.
+    lib_errors: Vec<ScriptError>,
     /// Tells hosts apart: a [`Script`]'s cache holds this host's functions.
     pub(super) id: u64,
 }
@@ -154,7 +157,11 @@ fn compile_error(name: &str, source: &str, err: &EvalAltResult) -> ScriptError {
     e
 }
 
-fn read_lib(engine: &Engine, lib_dir: &Path) -> Result<BTreeMap<String, LibModule>, ScriptError> {
+/// The library's modules by import name: compiled, or the error that names the file (a broken
+/// file breaks only the scripts that import it).
+type Lib = BTreeMap<String, Result<LibModule, ScriptError>>;
+
+fn read_lib(engine: &Engine, lib_dir: &Path) -> Result<Lib, ScriptError> {
     let mut modules = BTreeMap::new();
     let entries = match std::fs::read_dir(lib_dir) {
         Ok(e) => e,
@@ -178,13 +185,19 @@ fn read_lib(engine: &Engine, lib_dir: &Path) -> Result<BTreeMap<String, LibModul
         let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
             continue;
         };
-        let source = std::fs::read_to_string(&path)
-            .map_err(|e| ScriptError::new(&label, ScriptErrorKind::Io, e.to_string()))?;
-        let mut ast = engine
-            .compile(&source)
-            .map_err(|e| ScriptError::from_parse(&label, &e))?;
-        ast.set_source(label.as_str());
-        modules.insert(name, LibModule { label, ast });
+        let compiled = std::fs::read_to_string(&path)
+            .map_err(|e| ScriptError::new(&label, ScriptErrorKind::Io, e.to_string()))
+            .and_then(|source| {
+                let mut ast = engine
+                    .compile(&source)
+                    .map_err(|e| ScriptError::from_parse(&label, &e))?;
+                ast.set_source(label.as_str());
+                Ok(LibModule {
+                    label: label.clone(),
+                    ast,
+                })
+            });
+        modules.insert(name, compiled);
     }
     Ok(modules)
 }
@@ -210,7 +223,9 @@ struct Ran {
 impl ScriptHost {
     /// Builds the Engine and compiles `lib_dir/*.rhai` (the only modules `import` can load; a
     /// missing directory means no modules). A library file that does not compile, or fails when
-    /// its top level runs, is an error naming that file.
+    /// its top level runs, is kept as its error ([`ScriptHost::lib_errors`]): the scripts that
+    /// import it fail with that error, the others are not affected. Only an unreadable
+    /// directory is an error here.
     pub fn new(lib_dir: &Path, limits: ScriptLimits) -> Result<ScriptHost, ScriptError> {
         let mut engine = Engine::new_raw();
         engine.register_global_module(StandardPackage::new().as_shared_module());
@@ -233,22 +248,40 @@ impl ScriptHost {
         lookup::register(&mut engine, tables);
 
         let lib = read_lib(&engine, lib_dir)?;
+        let lib_errors: Vec<ScriptError> = lib
+            .values()
+            .filter_map(|m| m.as_ref().err().cloned())
+            .collect();
+        let compiled: Vec<String> = lib
+            .iter()
+            .filter(|(_, m)| m.is_ok())
+            .map(|(name, _)| name.clone())
+            .collect();
         let resolver = LibResolver::new(lib_dir.display().to_string(), lib);
         let modules = resolver.names();
         engine.set_module_resolver(resolver);
 
-        let host = ScriptHost {
+        let mut host = ScriptHost {
             engine,
             limits,
             modules,
+            lib_errors,
             id: NEXT_HOST_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
-        host.load_modules(lib_dir)?;
+        let failed = host.load_modules(lib_dir, &compiled);
+        host.lib_errors.extend(failed);
         Ok(host)
     }
 
-    /// Evaluates every library module once, so its errors surface now and runs find it cached.
-    fn load_modules(&self, lib_dir: &Path) -> Result<(), ScriptError> {
+    /// The library files that did not compile or whose top level failed, each naming its file
+    /// (and line and column): for the reload report and `orbiter check`.
+    pub fn lib_errors(&self) -> &[ScriptError] {
+        &self.lib_errors
+    }
+
+    /// Evaluates every `compiled` library module once, so its errors surface now and runs find
+    /// it cached; returns the errors of those that failed.
+    fn load_modules(&self, lib_dir: &Path, compiled: &[String]) -> Vec<ScriptError> {
         let guard = RunGuard::start(
             self.limits.time_budget.saturating_mul(4),
             self.limits.max_stack_bytes,
@@ -256,18 +289,23 @@ impl ScriptHost {
             None,
         );
         let resolver = self.engine.module_resolver();
-        for name in &self.modules {
+        let mut failed = Vec::new();
+        for name in compiled {
             if let Err(e) = resolver.resolve(&self.engine, None, name, Position::NONE) {
                 let label = lib_dir.join(format!("{name}.rhai")).display().to_string();
                 let mut err = ScriptError::from_eval(&label, &e);
                 if err.kind == ScriptErrorKind::Runtime {
                     err.kind = ScriptErrorKind::Compile;
                 }
-                return Err(err.with_logs(guard.finish().logs));
+                failed.push(err);
             }
         }
-        drop(guard.finish());
-        Ok(())
+        // What the library printed goes with the last failure (the one it most likely led to).
+        let logs = guard.finish().logs;
+        if let Some(last) = failed.pop() {
+            failed.push(last.with_logs(logs));
+        }
+        failed
     }
 
     /// The limits every run of this host uses.

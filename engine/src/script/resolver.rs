@@ -12,6 +12,8 @@ use std::sync::{Mutex, RwLock};
 use rhai::module_resolvers::ModuleResolver;
 use rhai::{Engine, EvalAltResult, Module, Position, Scope, Shared, AST};
 
+use super::ScriptError;
+
 /// One compiled library file.
 pub struct LibModule {
     /// How errors name it, e.g. `scripts/lib/datatypes.rhai`.
@@ -23,14 +25,16 @@ pub struct LibModule {
 /// Resolves imports against the compiled `scripts/lib` modules only.
 pub struct LibResolver {
     dir: String,
-    modules: BTreeMap<String, LibModule>,
+    /// By import name; a file that did not compile is kept as its error, which an import of it
+    /// gives back.
+    modules: BTreeMap<String, Result<LibModule, ScriptError>>,
     cache: RwLock<HashMap<String, Shared<Module>>>,
     loading: Mutex<Vec<String>>,
 }
 
 impl LibResolver {
     /// A resolver over `modules` (by import name), found in `dir` (for messages).
-    pub fn new(dir: String, modules: BTreeMap<String, LibModule>) -> Self {
+    pub fn new(dir: String, modules: BTreeMap<String, Result<LibModule, ScriptError>>) -> Self {
         LibResolver {
             dir,
             modules,
@@ -46,7 +50,10 @@ impl LibResolver {
 
     /// The label of a module, for errors.
     pub fn label(&self, name: &str) -> Option<&str> {
-        self.modules.get(name).map(|m| m.label.as_str())
+        match self.modules.get(name)? {
+            Ok(m) => Some(m.label.as_str()),
+            Err(e) => Some(e.file.as_str()),
+        }
     }
 
     fn not_found(&self, path: &str, pos: Position) -> Box<EvalAltResult> {
@@ -83,8 +90,16 @@ impl ModuleResolver for LibResolver {
         if let Some(m) = self.cache.read().ok().and_then(|c| c.get(name).cloned()) {
             return Ok(m);
         }
-        let Some(lib) = self.modules.get(name) else {
-            return Err(self.not_found(path, pos));
+        let lib = match self.modules.get(name) {
+            Some(Ok(lib)) => lib,
+            Some(Err(broken)) => {
+                return Err(EvalAltResult::ErrorRuntime(
+                    format!("cannot import {path:?}: {broken}").into(),
+                    pos,
+                )
+                .into())
+            }
+            None => return Err(self.not_found(path, pos)),
         };
         {
             let mut loading = self.loading.lock().map_err(|_| "module loader poisoned")?;

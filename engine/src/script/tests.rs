@@ -284,7 +284,8 @@ fn module_count_is_limited() {
     // The shipped library's modules import each other, so with one module allowed the host
     // itself refuses to load them; a library of independent modules loads, and a script
     // importing two of them hits the limit.
-    let e = ScriptHost::new(&lib_dir(), limits.clone()).unwrap_err();
+    let h = ScriptHost::new(&lib_dir(), limits.clone()).unwrap();
+    let e = h.lib_errors().first().expect("a library error");
     assert_eq!(e.kind, ScriptErrorKind::Limit(LimitKind::Modules), "{e}");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.rhai"), "fn one() { 1 }").unwrap();
@@ -449,8 +450,10 @@ fn imports_only_see_scripts_lib() {
     );
 }
 
+/// A library file that does not compile, or whose imports cycle, is reported with its
+/// file:line:col and fails only the scripts that import it.
 #[test]
-fn library_problems_fail_host_construction() {
+fn library_problems_fail_only_their_importers() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("a.rhai"),
@@ -462,15 +465,29 @@ fn library_problems_fail_host_construction() {
         "import \"a\" as a;\nfn y() { 2 }",
     )
     .unwrap();
-    let e = ScriptHost::new(dir.path(), ScriptLimits::default()).unwrap_err();
+    let h = ScriptHost::new(dir.path(), ScriptLimits::default()).unwrap();
+    let e = h.lib_errors().first().expect("the cycle is reported");
     assert!(e.message.contains("import cycle"), "{e}");
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("broken.rhai"), "fn x() {\n  let = 1;\n}").unwrap();
-    let e = ScriptHost::new(dir.path(), ScriptLimits::default()).unwrap_err();
+    std::fs::write(dir.path().join("fine.rhai"), "fn y() { 2 }").unwrap();
+    let h = ScriptHost::new(dir.path(), ScriptLimits::default()).unwrap();
+    let [e] = h.lib_errors() else {
+        panic!("one library error: {:?}", h.lib_errors())
+    };
     assert_eq!(e.kind, ScriptErrorKind::Compile);
     assert!(e.file.ends_with("broken.rhai"), "{e}");
     assert_eq!(e.line, Some(2));
+    // A script importing the broken file fails with its error; one importing the other file,
+    // or nothing, compiles.
+    let e = h
+        .compile_source("uses.rhai", "import \"broken\" as b;\n1")
+        .unwrap_err();
+    assert!(e.to_string().contains("broken.rhai:2:"), "{e}");
+    h.compile_source("other.rhai", "import \"fine\" as f;\nf::y()")
+        .unwrap();
+    h.compile_source("plain.rhai", "1").unwrap();
 
     let h = ScriptHost::new(Path::new("/nonexistent/lib"), ScriptLimits::default()).unwrap();
     assert!(h.modules().is_empty());
