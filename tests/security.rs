@@ -403,6 +403,25 @@ async fn bodies_are_masked_for_viewers_and_reads_are_audited() {
         "unmasked reads only, newest first"
     );
     assert_eq!(reads[0]["target"], format!("transaction/{}", tx["id"]));
+
+    // The values an error quotes come from the message: masked alike, in the list and in the
+    // transaction, while the kind of problem stays readable.
+    let ack = mllp
+        .send(b"ZZSECRETNAME is not an HL7 message")
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&ack).contains("|AR|"), "refused");
+    let list = "/api/transactions?status=failed";
+    let (status, body) = call(&engine.admin, Method::Get, list, Some(&masked), None).await;
+    assert_eq!(status, 200);
+    let shown = body.to_string();
+    assert!(shown.contains("does not start with MSH"), "{shown}");
+    assert!(!shown.contains("ZZSECRET"), "{shown}");
+    let failed = format!("/api/transactions/{}", body["items"][0]["id"]);
+    let (_, body) = call(&engine.admin, Method::Get, &failed, Some(&masked), None).await;
+    assert!(!body.to_string().contains("ZZSECRET"), "{body}");
+    let (_, body) = call(&engine.admin, Method::Get, list, Some(&reader), None).await;
+    assert!(body.to_string().contains("ZZSECRET"), "{body}");
 }
 
 #[tokio::test]

@@ -28,6 +28,39 @@ pub fn mask_body(caller: &Caller, raw: &str) -> Option<String> {
     Some(mask(raw))
 }
 
+/// An error or a reason as a caller who may not read bodies sees it: every quoted run (`"…"`,
+/// `'…'`, `` `…` ``) becomes `***`, as the engine quotes the values it cites (`hl7_date:
+/// "19801399": month 13`, `found "SMITH^JOH"`, `'1980-13-45' is not a valid date`). A quote
+/// opens only where no letter or digit precedes it and closes only where none follows, so
+/// that an apostrophe in a word (`channel's`) is left alone. Unquoted text stays readable: the
+/// kind of problem and where it is.
+pub fn mask_quoted(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let word = |i: usize| chars.get(i).is_some_and(|c| c.is_alphanumeric());
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let opens = matches!(c, '"' | '\'' | '`') && (i == 0 || !word(i - 1));
+        let close = opens
+            .then(|| (i + 1..chars.len()).find(|&j| chars[j] == c && !word(j + 1)))
+            .flatten();
+        match close {
+            Some(j) => {
+                out.push(c);
+                out.push_str(MASK);
+                out.push(c);
+                i = j + 1;
+            }
+            None => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 fn mask(raw: &str) -> String {
     let Some(field_sep) = raw
         .strip_prefix("MSH")
@@ -97,5 +130,26 @@ mod tests {
         assert!(mask_body(&caller(vec![Role::Viewer], true), "PID|x").is_none());
         assert!(mask_body(&caller(vec![Role::Operator], false), "PID|x").is_none());
         assert!(mask_body(&Caller::bootstrap(None), "PID|x").is_none());
+    }
+
+    #[test]
+    fn quoted_values_in_errors_are_masked_and_the_rest_kept() {
+        assert_eq!(
+            mask_quoted("hl7_date: \"ZZTESTPATIENT\" is not an HL7 date/time"),
+            "hl7_date: \"***\" is not an HL7 date/time"
+        );
+        assert_eq!(
+            mask_quoted("message does not start with MSH (found \"SMITH^JOH\")"),
+            "message does not start with MSH (found \"***\")"
+        );
+        assert_eq!(
+            mask_quoted("Patient.birthDate: '1980-13-45' is not a valid date"),
+            "Patient.birthDate: '***' is not a valid date"
+        );
+        assert_eq!(
+            mask_quoted("adt: the channel's script failed at x.rhai:3:1"),
+            "adt: the channel's script failed at x.rhai:3:1"
+        );
+        assert_eq!(mask_quoted("an \"unclosed quote"), "an \"unclosed quote");
     }
 }

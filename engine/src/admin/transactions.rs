@@ -118,11 +118,20 @@ fn rfc3339(ms: i64) -> String {
 }
 
 /// The JSON shape of a transaction (times as RFC 3339, ids as numbers).
-fn summary(tx: &Transaction) -> Value {
+/// A transaction as listed. For a caller who may not read bodies (`full` false), the values an
+/// error or a reason quotes are masked: they come from the message (a bad date of birth, the
+/// start of a frame that is not HL7).
+fn summary(tx: &Transaction, full: bool) -> Value {
+    let shown = |text: &Option<String>| -> Option<String> {
+        match full {
+            true => text.clone(),
+            false => text.as_deref().map(super::mask::mask_quoted),
+        }
+    };
     let events: Vec<Value> = tx
         .events
         .iter()
-        .map(|e| json!({"at": rfc3339(e.at_ms), "status": e.status, "reason": e.reason}))
+        .map(|e| json!({"at": rfc3339(e.at_ms), "status": e.status, "reason": shown(&e.reason)}))
         .collect();
     json!({
         "id": tx.id,
@@ -141,7 +150,7 @@ fn summary(tx: &Transaction) -> Value {
         "origin": tx.meta.origin,
         "size": tx.size,
         "truncated": tx.truncated,
-        "error": tx.error,
+        "error": shown(&tx.error),
         "duplicate_of": tx.duplicate_of,
         "rerun_of": tx.rerun_of,
         "body_pruned": tx.body_pruned,
@@ -203,10 +212,11 @@ async fn list(
     } else {
         filter.scan_limit
     };
+    let full = super::mask::may_read_bodies(&caller);
     let journal = state.journal.clone();
     Ok(match web::block(move || journal.list(&filter)).await {
         Ok(Ok(page)) => HttpResponse::Ok().json(json!({
-            "items": page.items.iter().map(summary).collect::<Vec<_>>(),
+            "items": page.items.iter().map(|tx| summary(tx, full)).collect::<Vec<_>>(),
             "next_cursor": page.next_cursor,
             "scanned": page.scanned,
             "scan_limit": scan_limit,
@@ -233,9 +243,10 @@ async fn detail(
     .await;
     Ok(match found {
         Ok(Ok((Some(tx), raw, mut steps))) => {
-            let mut body = summary(&tx);
-            // Step outputs and script logs hold the message's data too: masked alike.
+            // Step outputs, script logs and the values errors quote hold the message's data
+            // too: masked alike.
             let full = super::mask::may_read_bodies(&caller);
+            let mut body = summary(&tx, full);
             if !full {
                 for step in &mut steps {
                     step.output = step
@@ -243,6 +254,7 @@ async fn detail(
                         .take()
                         .map(|_| StepOutput::of(&json!(super::mask::MASK)));
                     step.logs.clear();
+                    step.error = step.error.as_deref().map(super::mask::mask_quoted);
                 }
             }
             body["steps"] = serde_json::to_value(&steps).unwrap_or_default();
