@@ -95,8 +95,9 @@ impl ToPool {
 
 /// Why one script run gave no outcome.
 enum Stopped {
-    /// An error (compile, runtime, limit), as the transaction records it.
-    Failed(String),
+    /// An error (compile, runtime, limit), as the transaction records it, with what the script
+    /// printed before it failed.
+    Failed { error: String, logs: Vec<String> },
     /// An inline run reached its slice.
     Slice,
 }
@@ -158,7 +159,12 @@ impl TransformWorker {
         revision: &str,
         run: impl FnOnce(&ScriptHost, &Script) -> Result<T, ScriptError>,
     ) -> Result<T, Stopped> {
-        let script = self.script(source, revision).map_err(Stopped::Failed)?;
+        let script = self
+            .script(source, revision)
+            .map_err(|error| Stopped::Failed {
+                error,
+                logs: Vec::new(),
+            })?;
         let (_, host) = self.host.as_ref().expect("compiled, so prepared");
         run(host, &script).map_err(|e| self.classify(e))
     }
@@ -168,7 +174,10 @@ impl TransformWorker {
         if self.slice.is_some() && e.kind == ScriptErrorKind::Timeout {
             Stopped::Slice
         } else {
-            Stopped::Failed(e.to_string())
+            Stopped::Failed {
+                error: e.to_string(),
+                logs: e.logs,
+            }
         }
     }
 
@@ -255,12 +264,12 @@ impl TransformWorker {
             });
             match ran {
                 Err(Stopped::Slice) => return Err(SliceUsed(channel.revision.clone())),
-                Err(Stopped::Failed(error)) => {
+                Err(Stopped::Failed { error, logs }) => {
                     steps.push(step(
                         StepKind::Filter,
                         false,
                         None,
-                        Vec::new(),
+                        logs,
                         Some(error.clone()),
                     ));
                     return Ok(finish(ChannelOutcome::Failed { error }, steps));
@@ -300,12 +309,12 @@ impl TransformWorker {
         });
         let outcome = match ran {
             Err(Stopped::Slice) => return Err(SliceUsed(channel.revision.clone())),
-            Err(Stopped::Failed(error)) => {
+            Err(Stopped::Failed { error, logs }) => {
                 steps.push(step(
                     StepKind::Transform,
                     false,
                     None,
-                    Vec::new(),
+                    logs,
                     Some(error.clone()),
                 ));
                 ChannelOutcome::Failed { error }
@@ -715,6 +724,29 @@ mod tests {
         );
         assert!(started.elapsed() >= Duration::from_millis(300));
         assert_eq!(runs_on(&metrics, "moved"), 1);
+    }
+
+    /// What a script printed before it failed is kept on the failed step, with the error.
+    #[actix_web::test]
+    async fn a_failed_run_keeps_what_the_script_printed_before() {
+        let root = tempfile::tempdir().unwrap();
+        let limits = ScriptLimits::default();
+        let script = "log(`mrn ${msg[\"PID-3.1\"]}`);\nlet a = [];\na[3]";
+        let set = channel_set(root.path(), &limits, &[("fails", script)]);
+        let transforms = Transforms::start(limits, 1, Arc::new(Metrics::new()));
+        for on in [RunOn::HereFirst, RunOn::Pool] {
+            let results = transforms
+                .run(message_for(&set, "fails"), on)
+                .await
+                .unwrap();
+            let step = &results[0].steps[0];
+            assert!(!step.ok);
+            assert!(
+                step.error.as_deref().unwrap().contains("fails.rhai:3:"),
+                "{step:?}"
+            );
+            assert_eq!(step.logs, ["mrn 123"], "{on:?}");
+        }
     }
 
     #[test]
