@@ -36,7 +36,11 @@ pub enum ChannelError {
     /// print it twice if it were also this error's source.
     #[error(transparent)]
     Script(#[from] ScriptError),
-    #[error("{}: channel `{name}` is also defined in {}", file.display(), other.display())]
+    #[error(
+        "{}: channel `{name}` is also defined in {}, which is the one loaded: rename one",
+        file.display(),
+        other.display()
+    )]
     DuplicateName {
         name: String,
         file: PathBuf,
@@ -322,32 +326,17 @@ impl Channels {
         report
             .errors
             .extend(host.lib_errors().iter().map(ToString::to_string));
+        // Every file first, so that a name defined twice is settled the same way whichever
+        // file sorts first: the file already running it keeps it (a copy dropped beside it
+        // must not take over), else the first file by name.
+        let mut loaded: BTreeMap<String, Vec<(PathBuf, Channel)>> = BTreeMap::new();
         let mut by_name: BTreeMap<String, Arc<Channel>> = BTreeMap::new();
         for file in files_with(&self.paths.channels_dir, "toml") {
             match load_channel(&file, &self.paths, &host, &lib_rev) {
-                Ok(channel) => {
-                    if let Some(other) = by_name.get(channel.name()) {
-                        report.errors.push(
-                            ChannelError::DuplicateName {
-                                name: channel.name().to_string(),
-                                file: file.clone(),
-                                other: other.file.clone(),
-                            }
-                            .to_string(),
-                        );
-                        continue;
-                    }
-                    let unchanged = old
-                        .get(channel.name())
-                        .is_some_and(|o| o.revision == channel.revision);
-                    if unchanged {
-                        let kept = old.get(channel.name()).expect("checked above");
-                        by_name.insert(kept.name().to_string(), kept);
-                    } else {
-                        report.updated.push(channel.name().to_string());
-                        by_name.insert(channel.name().to_string(), Arc::new(channel));
-                    }
-                }
+                Ok(channel) => loaded
+                    .entry(channel.name().to_string())
+                    .or_default()
+                    .push((file, channel)),
                 Err(e) => {
                     report.errors.push(e.to_string());
                     // Keep the running revision of the channel this file defined.
@@ -355,6 +344,48 @@ impl Channels {
                         by_name.insert(previous.name().to_string(), previous.clone());
                     }
                 }
+            }
+        }
+        for (name, mut candidates) in loaded {
+            // The running file's edit is broken and its revision kept: it still holds the name.
+            if let Some(kept) = by_name.get(&name) {
+                for (other, _) in &candidates {
+                    report.errors.push(
+                        ChannelError::DuplicateName {
+                            name: name.clone(),
+                            file: other.clone(),
+                            other: kept.file.clone(),
+                        }
+                        .to_string(),
+                    );
+                }
+                continue;
+            }
+            let running = old.get(&name).map(|c| c.file.clone());
+            let winner = candidates
+                .iter()
+                .position(|(file, _)| Some(file) == running.as_ref())
+                .unwrap_or(0);
+            let (file, channel) = candidates.swap_remove(winner);
+            for (other, _) in &candidates {
+                report.errors.push(
+                    ChannelError::DuplicateName {
+                        name: name.clone(),
+                        file: other.clone(),
+                        other: file.clone(),
+                    }
+                    .to_string(),
+                );
+            }
+            let unchanged = old
+                .get(&name)
+                .is_some_and(|o| o.revision == channel.revision && o.file == file);
+            if unchanged {
+                let kept = old.get(&name).expect("checked above");
+                by_name.insert(name, kept);
+            } else {
+                report.updated.push(name.clone());
+                by_name.insert(name, Arc::new(channel));
             }
         }
         for previous in &old.channels {

@@ -206,7 +206,36 @@ fn duplicate_channel_names_are_an_error() {
     write(&p.scripts_dir.join("same.rhai"), BUNDLE);
     let (channels, report) = Channels::load(p.clone());
     assert_eq!(channels.current().channels.len(), 1);
-    assert!(report.errors[0].contains("also defined"), "{report:?}");
+    // At start the first file by name runs, and the error names both files the right way.
+    let one = p.channels_dir.join("one.toml");
+    let two = p.channels_dir.join("two.toml");
+    assert_eq!(channels.current().get("same").unwrap().file, one);
+    assert_eq!(
+        report.errors,
+        [format!(
+            "{}: channel `same` is also defined in {}, which is the one loaded: rename one",
+            two.display(),
+            one.display()
+        )]
+    );
+
+    // A file dropped beside the running one, sorting first and mapping other types, does not
+    // take the name over; it is the one refused.
+    write(
+        &p.channels_dir.join("aaa.toml"),
+        &channel_toml("same", "\"ADT^A99\"", 0),
+    );
+    let report = channels.reload();
+    assert_eq!(channels.current().get("same").unwrap().file, one);
+    assert!(
+        report.errors.iter().any(|e| e.starts_with(&format!(
+            "{}: channel `same` is also defined in {}",
+            p.channels_dir.join("aaa.toml").display(),
+            one.display()
+        ))),
+        "{report:?}"
+    );
+    assert!(report.updated.is_empty(), "{report:?}");
 }
 
 #[test]
