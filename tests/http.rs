@@ -181,6 +181,40 @@ async fn refusals_are_defined() {
     assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
 }
 
+/// A client that sends its headers and then stalls mid-body (or trickles too slowly) is
+/// answered 408 and closed after `http.body_idle_timeout_secs`, for HL7 and for CSV (which is
+/// spooled to disk), and nothing is journaled: it cannot hold a connection for ever.
+#[tokio::test]
+async fn a_stalled_body_is_answered_408_and_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = default_channels();
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &env(&pairs, &[("ORBITER_HTTP_BODY_IDLE_TIMEOUT_SECS", "1")]),
+    );
+    for (path, content_type) in [("/hl7v2", "application/hl7-v2"), ("/csv/lab", "text/csv")] {
+        let mut stream = tokio::net::TcpStream::connect(&engine.http).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n\
+             Content-Length: 100000\r\n\r\nMSH|"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_to_end(&mut answer),
+        )
+        .await;
+        assert!(read.is_ok(), "{path}: the connection is closed");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(answer.contains("stalled"), "{answer}");
+    }
+    let (_, page) = engine.api("/api/transactions?limit=10").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
+}
+
 const FHIR_CHANNEL: &str = r#"
 name = "fhir-in"
 [source]

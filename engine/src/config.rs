@@ -147,6 +147,13 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Server threads (0: one per core).
     pub workers: usize,
+    /// A request body that sends nothing for this long is answered 408 and its connection
+    /// closed: a client that trickles or stalls cannot hold a connection for ever.
+    pub body_idle_timeout_secs: u64,
+    /// Connections open at once, over all workers; more wait in the kernel's accept queue, so
+    /// that stalled clients cannot use up the process's file descriptors (MLLP and the admin
+    /// port go on working).
+    pub max_connections: usize,
     pub tls: TlsConfig,
 }
 
@@ -157,6 +164,8 @@ impl Default for HttpConfig {
             addr: "0.0.0.0:5001".parse().expect("static address"),
             max_body_bytes: 16 * 1024 * 1024,
             workers: 0,
+            body_idle_timeout_secs: 30,
+            max_connections: 1024,
             tls: TlsConfig::default(),
         }
     }
@@ -346,6 +355,11 @@ impl Config {
         if self.mllp.max_message_bytes < 64 {
             return Err(ConfigError::Invalid(
                 "mllp.max_message_bytes must be at least 64".into(),
+            ));
+        }
+        if self.http.body_idle_timeout_secs == 0 || self.http.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "http.body_idle_timeout_secs and http.max_connections must be positive".into(),
             ));
         }
         if self.mllp.max_in_flight == 0 || self.mllp.max_connections == 0 {

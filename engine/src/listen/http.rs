@@ -20,8 +20,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::http::{header, StatusCode};
+use actix_web::http::{header, ConnectionType, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -56,6 +57,8 @@ struct IngestState {
     pipeline: Pipeline,
     channels: Channels,
     max_body_bytes: usize,
+    /// Longest wait for the next piece of a body (`http.body_idle_timeout_secs`).
+    body_idle: Duration,
     /// Where CSV bodies are written before they are streamed row by row.
     spool_dir: PathBuf,
 }
@@ -75,6 +78,7 @@ pub fn server(
         channels: pipeline.channels.clone(),
         pipeline,
         max_body_bytes: config.max_body_bytes,
+        body_idle: Duration::from_secs(config.body_idle_timeout_secs),
         spool_dir: data_dir.join("spool").join("http"),
     });
     let factory = move || {
@@ -92,6 +96,7 @@ pub fn server(
     };
     let server = HttpServer::new(factory)
         .workers(workers)
+        .max_connections(config.max_connections.div_ceil(workers).max(1))
         .disable_signals()
         .shutdown_timeout(5);
     let server = match tls {
@@ -225,7 +230,7 @@ async fn ingest(
         let charset = crate::format::csv::CsvEncoding::from_content_type(content_type);
         return ingest_csv(&state, &intake, &mut payload, path, peer, charset).await;
     }
-    let body = match read_body(&mut payload, state.max_body_bytes).await {
+    let body = match read_body(&mut payload, state.max_body_bytes, state.body_idle).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -262,10 +267,37 @@ async fn ingest(
     }
 }
 
-/// Reads the whole body, refusing past `limit`.
-async fn read_body(payload: &mut web::Payload, limit: usize) -> Result<Bytes, HttpResponse> {
+/// The next piece of a body; `Err(408)` when none comes within `idle`.
+async fn next_chunk(
+    payload: &mut web::Payload,
+    idle: Duration,
+) -> Result<Option<Result<Bytes, actix_web::error::PayloadError>>, HttpResponse> {
+    tokio::time::timeout(idle, payload.next())
+        .await
+        .map_err(|_| {
+            let mut refused = refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "request body stalled: nothing received for {} s",
+                    idle.as_secs()
+                ),
+            );
+            // The rest of the body will not be read: the connection cannot be reused.
+            refused
+                .head_mut()
+                .set_connection_type(ConnectionType::Close);
+            refused
+        })
+}
+
+/// Reads the whole body, refusing past `limit` or when it stalls for `idle`.
+async fn read_body(
+    payload: &mut web::Payload,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, HttpResponse> {
     let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    while let Some(chunk) = next_chunk(payload, idle).await? {
         let chunk =
             chunk.map_err(|_| refuse(StatusCode::BAD_REQUEST, "request body unreadable"))?;
         if body.len() + chunk.len() > limit {
@@ -378,20 +410,28 @@ async fn ingest_csv(
         }
         file.flush()
     });
+    // `Ok(Err(refusal))`: too large, or stalled.
     let received = async {
         let mut total = 0usize;
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(std::io::Error::other)?;
+        loop {
+            let chunk = match next_chunk(payload, state.body_idle).await {
+                Ok(Some(chunk)) => chunk.map_err(std::io::Error::other)?,
+                Ok(None) => break,
+                Err(stalled) => return Ok(Err(stalled)),
+            };
             total += chunk.len();
             if total > state.max_body_bytes {
-                return Ok(None);
+                return Ok(Err(refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large",
+                )));
             }
             if chunks.send(chunk).await.is_err() {
                 // The writer stopped: its error is reported below.
                 break;
             }
         }
-        Ok::<_, std::io::Error>(Some(total))
+        Ok::<_, std::io::Error>(Ok(total))
     }
     .await;
     drop(chunks);
@@ -402,8 +442,8 @@ async fn ingest_csv(
     };
     let response = match written {
         Err(_) => unavailable(),
-        Ok(None) => refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
-        Ok(Some(_)) => {
+        Ok(Err(refused)) => refused,
+        Ok(Ok(_)) => {
             let doc = Document {
                 format: Format::Csv,
                 body: Body::File(spool.clone()),
