@@ -81,11 +81,26 @@ async fn without_a_configured_token_one_is_generated_privately() {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        // The data dir the engine created (journal, CDR: patient data) is private too.
+        // The data dir the engine created (journal, CDR: patient data) is private too, and
+        // nothing in its stores is open to other users, whatever the umask.
         assert_eq!(
             std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
             0o700
         );
+        let mut open = Vec::new();
+        let mut dirs = vec![data.join("journal"), data.join("cdr")];
+        while let Some(d) = dirs.pop() {
+            for entry in std::fs::read_dir(&d).unwrap().flatten() {
+                let meta = entry.metadata().unwrap();
+                if meta.permissions().mode() & 0o007 != 0 {
+                    open.push(entry.path());
+                }
+                if meta.is_dir() {
+                    dirs.push(entry.path());
+                }
+            }
+        }
+        assert!(open.is_empty(), "open to others: {open:?}");
     }
     engine.token = Some(token.clone());
     let (status, _) = engine.api("/api/transactions").await;

@@ -14,6 +14,53 @@ pub fn create(dir: &Path) -> io::Result<()> {
     builder.create(dir)
 }
 
+/// From now on, nothing this process creates is open to other users (files at most 0640,
+/// directories 0750, whatever the umask allowed before): the journal, the CDR, spooled and
+/// written documents hold patient data. The group keeps what the umask gives it, for an
+/// operator who shares the data dir with a backup group on purpose. Call once, at start,
+/// before anything is created.
+#[cfg(unix)]
+pub fn never_for_others() {
+    // SAFETY: umask only swaps the process's file mode creation mask; it cannot fail.
+    unsafe {
+        let old = libc::umask(0o077);
+        libc::umask(old | 0o007);
+    }
+}
+
+#[cfg(not(unix))]
+pub fn never_for_others() {}
+
+/// Takes away other users' access to `path` and, for a directory, everything under it (stores
+/// made by versions before [`never_for_others`], or by a start with a wider umask); what cannot
+/// be changed (another owner) is left and named at debug level.
+pub fn close_to_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        if meta.file_type().is_symlink() {
+            return;
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o007 != 0 {
+            let closed = std::fs::Permissions::from_mode(mode & !0o007);
+            if let Err(e) = std::fs::set_permissions(path, closed) {
+                tracing::debug!(path = %path.display(), error = %e, "cannot close to others");
+            }
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                close_to_others(&entry.path());
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
 /// The permission bits of `dir` when its group or others may enter or read it (for a
 /// warning with the fix); `None` when it is private, or on platforms without modes.
 pub fn open_to_others(dir: &Path) -> Option<u32> {
@@ -127,5 +174,32 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
         create(&dir).unwrap();
         assert_eq!(open_to_others(&dir), Some(0o750));
+    }
+
+    #[test]
+    fn stores_from_before_are_closed_to_others() {
+        let root = tempfile::tempdir().unwrap();
+        let journal = root.path().join("journal");
+        std::fs::create_dir_all(journal.join("values")).unwrap();
+        std::fs::write(journal.join("values/0.vlog"), "MSH|...").unwrap();
+        std::fs::write(journal.join("db"), "").unwrap();
+        for (path, mode) in [
+            (journal.clone(), 0o755),
+            (journal.join("values"), 0o757),
+            (journal.join("values/0.vlog"), 0o644),
+            (journal.join("db"), 0o666),
+        ] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        close_to_others(&journal);
+        for (path, mode) in [
+            (journal.clone(), 0o750),
+            (journal.join("values"), 0o750),
+            (journal.join("values/0.vlog"), 0o640),
+            (journal.join("db"), 0o660),
+        ] {
+            let now = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(now, mode, "{}", path.display());
+        }
     }
 }
