@@ -241,6 +241,7 @@ impl ScriptHost {
         fhir::register(&mut engine);
         dates::register(&mut engine);
         util::register(&mut engine);
+        super::sort::register(&mut engine);
         v2::register(&mut engine);
         super::v2fhir::register(&mut engine);
         xml::register(&mut engine);

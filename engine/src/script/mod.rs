@@ -34,6 +34,7 @@ pub mod lookup;
 pub mod message;
 pub mod output;
 pub mod resolver;
+pub mod sort;
 pub mod state;
 pub mod util;
 pub mod v2;

@@ -181,6 +181,40 @@ fn operations_limit_stops_an_endless_loop() {
     assert!(e.to_string().starts_with("test.rhai:1:"), "{e}");
 }
 
+/// A comparer that errors, or runs past the budget, stops the sort and the run (Rhai's own sort
+/// swallowed its errors and went on comparing, far past the budget); sorting still sorts.
+#[test]
+fn a_sort_comparer_is_held_to_the_limits() {
+    assert_eq!(
+        value(&host(), "let a = [3, 1, 2];\na.sort(|x, y| x - y);\na"),
+        json!([1, 2, 3])
+    );
+    assert_eq!(
+        value(&host(), "let a = [3, 1, 2];\na.sort_by(|x, y| x >= y);\na"),
+        json!([3, 2, 1])
+    );
+    let e = err(
+        &host(),
+        "let a = [3, 1, 2];\na.sort(|x, y| { throw \"bad\" });\n#{}",
+    );
+    assert!(e.to_string().contains("bad"), "{e}");
+    let h = host_with(ScriptLimits {
+        max_operations: 0,
+        time_budget: Duration::from_millis(100),
+        ..ScriptLimits::default()
+    });
+    let start = Instant::now();
+    let slow = "let a = [];\na.pad(2000, 1);\n\
+                a.sort(|x, y| { let j = 0; while j < 100000 { j += 1; } x - y });\n#{}";
+    let e = err(&h, slow);
+    assert_eq!(e.kind, ScriptErrorKind::Timeout, "{e}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "stopped at the budget: {:?}",
+        start.elapsed()
+    );
+}
+
 #[test]
 fn wall_clock_budget_stops_a_loop_without_an_operations_limit() {
     let h = host_with(ScriptLimits {
