@@ -316,9 +316,43 @@ struct TxInner {
     tree: Option<Vec<serde_json::Value>>,
     /// What the Bundle's check needs of each entry, in order.
     checks: Vec<EntryCheck>,
+    /// Bytes the entries take as JSON (measured on the trees when they are kept as trees).
+    bytes: usize,
+    /// [`super::ScriptLimits::max_output_bytes`] of the run that made the handle (0: none).
+    max_bytes: usize,
+}
+
+/// About how many bytes `value` takes as JSON, without writing it: string lengths plus a few
+/// bytes a node. Close enough to bound memory, and a walk costs far less than writing.
+fn json_size(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|v| json_size(v) + 1).sum::<usize>(),
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(k, v)| k.len() + 4 + json_size(v))
+                .sum::<usize>()
+        }
+    }
 }
 
 impl TxInner {
+    /// Counts `added` bytes against the limit: an error, naming it, past it.
+    fn count(&mut self, added: usize) -> Res<()> {
+        self.bytes += added;
+        if self.max_bytes > 0 && self.bytes > self.max_bytes {
+            return Err(format!(
+                "the transaction holds more than {} bytes of JSON (max_output_bytes)",
+                self.max_bytes
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     /// Where the next entry's text starts, after the comma that separates it from the last.
     fn begin_text_entry(&mut self) -> usize {
         let start = self.entries.len();
@@ -337,6 +371,8 @@ impl Transaction {
                 entries: Vec::new(),
                 tree: super::state::output_tree().then(Vec::new),
                 checks: Vec::new(),
+                bytes: 0,
+                max_bytes: super::state::max_output_bytes(),
             })),
         }
     }
@@ -346,12 +382,13 @@ impl Transaction {
         let url = ImmutableString::from(entry.full_url.as_str());
         let mut inner = self.inner.borrow_mut();
         let inner = &mut *inner;
-        if let Some(tree) = &mut inner.tree {
+        if inner.tree.is_some() {
             let value = entry
                 .into_json()
                 .map_err(|e| format!("cannot add the entry: {e}"))?;
+            inner.count(json_size(&value))?;
             inner.checks.push(EntryCheck::of(&value));
-            tree.push(value);
+            inner.tree.get_or_insert_default().push(value);
             return Ok(url);
         }
         let start = inner.begin_text_entry();
@@ -362,6 +399,8 @@ impl Transaction {
                 return Err(format!("cannot add the entry: {e}").into());
             }
         }
+        let added = inner.entries.len() - start;
+        inner.count(added)?;
         Ok(url)
     }
 
@@ -377,6 +416,7 @@ impl Transaction {
             Err(e) => return Err(format!("cannot add the entry: {e}").into()),
         };
         let mut inner = self.inner.borrow_mut();
+        inner.count(json_size(&value))?;
         let check = EntryCheck::of(&value);
         match &mut inner.tree {
             Some(tree) => tree.push(value),

@@ -408,6 +408,7 @@ impl ScriptHost {
             message,
         );
         super::state::set_output_tree(ctx.output_tree);
+        super::state::set_max_output_bytes(self.limits.max_output_bytes);
         if let ScriptInput::Document { raw, .. } = input {
             super::state::set_seed(raw);
         }

@@ -33,6 +33,10 @@ pub struct ScriptLimits {
     pub max_array_size: usize,
     /// Properties in one object map.
     pub max_map_size: usize,
+    /// Bytes of JSON one transaction handle (`transaction()`, `batch()`) may hold: its entries
+    /// live outside Rhai's own size limits, so without this a loop of `tx.create(...)` could
+    /// take the process's memory. 0 means unlimited.
+    pub max_output_bytes: usize,
     /// `import`s per run (embedded library modules count).
     pub max_modules: usize,
     /// Native stack a run may use, measured from where it starts. Rhai recursion costs ~6 KiB a
@@ -62,6 +66,7 @@ impl Default for ScriptLimits {
             max_string_size: 1 << 20,
             max_array_size: 10_000,
             max_map_size: 10_000,
+            max_output_bytes: 32 << 20,
             max_modules: 32,
             max_stack_bytes: 1 << 20,
             time_budget: Duration::from_secs(1),

@@ -54,6 +54,8 @@ struct Run {
     output_tree: bool,
     /// [`message_offset`], once read.
     msh_offset: Option<Option<i16>>,
+    /// The run's [`super::ScriptLimits::max_output_bytes`] (0: unlimited).
+    max_output_bytes: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -236,6 +238,16 @@ pub fn message_offset() -> Option<i16> {
         r.msh_offset = Some(offset);
         offset
     })
+}
+
+/// Sets the run's [`super::ScriptLimits::max_output_bytes`].
+pub fn set_max_output_bytes(bytes: usize) {
+    RUN.with(|r| r.borrow_mut().max_output_bytes = bytes);
+}
+
+/// See [`set_max_output_bytes`]; 0 means unlimited.
+pub fn max_output_bytes() -> usize {
+    RUN.with(|r| r.borrow().max_output_bytes)
 }
 
 /// See [`set_output_tree`].

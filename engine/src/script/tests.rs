@@ -181,6 +181,45 @@ fn operations_limit_stops_an_endless_loop() {
     assert!(e.to_string().starts_with("test.rhai:1:"), "{e}");
 }
 
+/// A transaction handle holds its entries outside Rhai's size limits: `max_output_bytes`
+/// bounds them, with the line that went past it, whether the entries are kept as text or as
+/// trees (for a destination).
+#[test]
+fn a_transaction_is_held_to_max_output_bytes() {
+    let h = host_with(ScriptLimits {
+        max_output_bytes: 20_000,
+        ..ScriptLimits::default()
+    });
+    let src = |n: usize| {
+        format!(
+            "let tx = transaction();\nlet s = \"x\";\ns.pad(1000, \"y\");\n\
+             for i in 0..{n} {{\n  tx.create(#{{resourceType: \"Basic\", id: `b${{i}}`, \
+             code: #{{text: s}}}});\n}}\ntx"
+        )
+    };
+    for output_tree in [false, true] {
+        let c = ScriptContext {
+            output_tree,
+            ..ctx()
+        };
+        let ast = h.compile_source("test.rhai", &src(10)).unwrap();
+        assert!(
+            matches!(
+                h.run_transform(&ast, &a01(), &c),
+                Ok(TransformOutcome::Output { .. })
+            ),
+            "ten fit"
+        );
+        let ast = h.compile_source("test.rhai", &src(100)).unwrap();
+        let e = match h.run_transform(&ast, &a01(), &c) {
+            Err(e) => e,
+            Ok(o) => panic!("expected the limit, got {o:?}"),
+        };
+        assert!(e.to_string().contains("max_output_bytes"), "{e}");
+        assert_eq!(e.line, Some(5), "{e}");
+    }
+}
+
 /// A comparer that errors, or runs past the budget, stops the sort and the run (Rhai's own sort
 /// swallowed its errors and went on comparing, far past the budget); sorting still sorts.
 #[test]
