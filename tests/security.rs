@@ -888,3 +888,39 @@ async fn writes_to_the_embedded_cdr_are_audited() {
         "the query stays out of the audit trail: {page}"
     );
 }
+
+/// A route written with a trailing slash is redirected, method kept, to the route without it
+/// (it was a 405 that listed the very method used); the redirect still needs the token.
+#[tokio::test]
+async fn a_trailing_slash_is_redirected_to_its_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(&dir.path().join("data"), &[]);
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = format!("http://{}/api/clients/?x=1", engine.admin);
+    let resp = plain.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 308);
+    assert_eq!(resp.headers()["location"], "/api/clients?x=1");
+    let resp = plain.get(&url).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "no token, no redirect");
+    let (status, body) = call(
+        &engine.admin,
+        Method::Get,
+        "/api/clients/",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "followed: {body}");
+    let (status, _) = call(
+        &engine.admin,
+        Method::Delete,
+        "/api/clients/",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 405, "a method the route does not have is still 405");
+}

@@ -94,6 +94,24 @@ fn api(cfg: &mut web::ServiceConfig) {
 /// through to here instead of answering 405 itself), else 404.
 async fn no_route(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
     let allowed = routes::methods_of(req.path());
+    // `/api/clients/` for `/api/clients`: the route table reads both, actix only the second.
+    // A permanent redirect that keeps the method and body says so (a 405 listing the very
+    // method that was used would not).
+    let trimmed = req.path().trim_end_matches('/');
+    if trimmed.len() < req.path().len() && !trimmed.is_empty() {
+        let method = routes::Method::from_http(req.method());
+        if method.is_some_and(|m| allowed.contains(&m)) {
+            let location = match req.query_string() {
+                "" => trimmed.to_string(),
+                query => format!("{trimmed}?{query}"),
+            };
+            return actix_web::HttpResponse::PermanentRedirect()
+                .insert_header((actix_web::http::header::LOCATION, location.clone()))
+                .json(serde_json::json!({
+                    "error": format!("no such route; this one is {trimmed} (no trailing slash)")
+                }));
+        }
+    }
     if allowed.is_empty() {
         return actix_web::HttpResponse::NotFound()
             .json(serde_json::json!({"error": "no such route"}));
