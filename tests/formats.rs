@@ -38,6 +38,20 @@ async fn settled_id(engine: &Engine, id: &str) -> serde_json::Value {
     }
 }
 
+/// Posts `bundle` to the ingest port's `/fhir`; the transaction once settled.
+async fn post_fhir(engine: &Engine, bundle: &serde_json::Value) -> serde_json::Value {
+    let resp = engine
+        .ingest(
+            "/fhir",
+            "application/fhir+json",
+            bundle.to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    settled_id(engine, body["id"].as_str().unwrap()).await
+}
+
 async fn total(engine: &Engine, query: &str) -> u64 {
     let (status, bundle) = engine.api(&format!("/fhir/{query}")).await;
     assert_eq!(status, 200, "{query}: {bundle}");
@@ -295,32 +309,14 @@ async fn the_fhir_channel_refuses_a_delete_and_the_resource_stays() {
             "request": {"method": "PUT", "url": "Patient/keep-me"}
         }]
     });
-    let resp = engine
-        .ingest(
-            "/fhir",
-            "application/fhir+json",
-            put.to_string().into_bytes(),
-        )
-        .await;
-    assert_eq!(resp.status().as_u16(), 202);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    let tx = settled_id(&engine, body["id"].as_str().unwrap()).await;
+    let tx = post_fhir(&engine, &put).await;
     assert_eq!(tx["status"], "delivered", "{tx}");
 
     let delete = serde_json::json!({
         "resourceType": "Bundle", "type": "transaction",
         "entry": [{"request": {"method": "DELETE", "url": "Patient/keep-me"}}]
     });
-    let resp = engine
-        .ingest(
-            "/fhir",
-            "application/fhir+json",
-            delete.to_string().into_bytes(),
-        )
-        .await;
-    assert_eq!(resp.status().as_u16(), 202);
-    let body: serde_json::Value = resp.json().await.unwrap();
-    let tx = settled_id(&engine, body["id"].as_str().unwrap()).await;
+    let tx = post_fhir(&engine, &delete).await;
     assert_eq!(tx["status"], "failed", "{tx}");
     assert!(
         tx.to_string().contains("DELETE Patient/keep-me"),

@@ -31,6 +31,15 @@ fn channel_toml(name: &str, types: &str, priority: i32) -> String {
     )
 }
 
+/// Writes channel `name` (see [`channel_toml`]) and its script.
+fn add_channel(p: &ChannelPaths, name: &str, types: &str, priority: i32, script: &str) {
+    write(
+        &p.channels_dir.join(format!("{name}.toml")),
+        &channel_toml(name, types, priority),
+    );
+    write(&p.scripts_dir.join(format!("{name}.rhai")), script);
+}
+
 const BUNDLE: &str = "#{resourceType: \"Bundle\", type: \"transaction\", entry: []}";
 
 fn meta(kind: &str) -> MessageMeta {
@@ -82,21 +91,9 @@ fn unknown_keys_and_bad_values_name_file_line_and_column() {
 fn loads_good_channels_reports_broken_ones_and_routes_by_priority() {
     let d = dirs();
     let p = &d.paths;
-    write(
-        &p.channels_dir.join("adt.toml"),
-        &channel_toml("adt", "\"ADT^*\"", 0),
-    );
-    write(&p.scripts_dir.join("adt.rhai"), BUNDLE);
-    write(
-        &p.channels_dir.join("a08.toml"),
-        &channel_toml("a08", "\"ADT^A08\"", 10),
-    );
-    write(&p.scripts_dir.join("a08.rhai"), BUNDLE);
-    write(
-        &p.channels_dir.join("broken.toml"),
-        &channel_toml("broken", "\"ORU^R01\"", 0),
-    );
-    write(&p.scripts_dir.join("broken.rhai"), "let x = ;\n");
+    add_channel(p, "adt", "\"ADT^*\"", 0, BUNDLE);
+    add_channel(p, "a08", "\"ADT^A08\"", 10, BUNDLE);
+    add_channel(p, "broken", "\"ORU^R01\"", 0, "let x = ;\n");
     write(
         &p.channels_dir.join("off.toml"),
         &channel_toml("off", "\"ADT^A08\"", 99).replace("priority", "enabled = false\npriority"),
@@ -131,11 +128,7 @@ fn loads_good_channels_reports_broken_ones_and_routes_by_priority() {
 fn a_broken_edit_keeps_the_running_revision_and_a_good_one_replaces_it() {
     let d = dirs();
     let p = &d.paths;
-    write(
-        &p.channels_dir.join("adt.toml"),
-        &channel_toml("adt", "\"ADT^A01\"", 0),
-    );
-    write(&p.scripts_dir.join("adt.rhai"), BUNDLE);
+    add_channel(p, "adt", "\"ADT^A01\"", 0, BUNDLE);
     let (channels, report) = Channels::load(p.clone());
     assert!(report.errors.is_empty(), "{report:?}");
     let first = channels.current().get("adt").unwrap().revision.clone();
@@ -170,11 +163,7 @@ fn a_broken_edit_keeps_the_running_revision_and_a_good_one_replaces_it() {
 fn a_library_change_is_a_new_revision_and_the_fingerprint_moves() {
     let d = dirs();
     let p = &d.paths;
-    write(
-        &p.channels_dir.join("adt.toml"),
-        &channel_toml("adt", "\"ADT^A01\"", 0),
-    );
-    write(&p.scripts_dir.join("adt.rhai"), BUNDLE);
+    add_channel(p, "adt", "\"ADT^A01\"", 0, BUNDLE);
     write(&p.lib_dir().join("util.rhai"), "fn one() { 1 }\n");
     let (channels, _) = Channels::load(p.clone());
     let before = (
@@ -314,11 +303,7 @@ fn a_file_source_channel_takes_only_its_own_files() {
             &format!("name = \"{name}\"\n[source]\nkind = \"dir\"\ndir = \"/in/{name}\"\n"),
         );
     }
-    write(
-        &p.channels_dir.join("adt.toml"),
-        &channel_toml("adt", "\"ADT^*\"", 0),
-    );
-    write(&p.scripts_dir.join("adt.rhai"), BUNDLE);
+    add_channel(p, "adt", "\"ADT^*\"", 0, BUNDLE);
     let (channels, report) = Channels::load(p.clone());
     assert!(report.errors.is_empty(), "{report:?}");
     let set = channels.current();
@@ -424,11 +409,7 @@ fn a_script_outside_the_scripts_dir_is_refused_unread() {
 fn a_broken_library_file_fails_only_the_channels_importing_it() {
     let d = dirs();
     let p = &d.paths;
-    write(
-        &p.channels_dir.join("adt.toml"),
-        &channel_toml("adt", "\"ADT^A01\"", 0),
-    );
-    write(&p.scripts_dir.join("adt.rhai"), BUNDLE);
+    add_channel(p, "adt", "\"ADT^A01\"", 0, BUNDLE);
     write(
         &p.channels_dir.join("oru.toml"),
         &channel_toml("oru", "\"ORU^R01\"", 0),
