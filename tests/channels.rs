@@ -461,6 +461,17 @@ fn check_and_try_say_each_thing_once_and_where() {
     let envelope: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let output = envelope["output"].as_str().unwrap();
     assert!(output.contains("\rPID|"), "{envelope}");
+    assert!(!text(&out.stderr).contains("note:"), "it takes ADT^A01");
+
+    // A message the channel's [match] does not take still runs, with a note saying so.
+    ws.channel("labs", "\"ORU^R01\"", "msg\n", "on-commit", "");
+    let out = run(&["try", "labs", adt]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("note: labs's [match] does not take this message (ADT^A01)"),
+        "{stderr}"
+    );
 }
 
 #[test]

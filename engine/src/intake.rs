@@ -455,7 +455,8 @@ pub fn delivery_ack(outcome: &PipelineOutcome) -> (AckCode, Option<AckError>) {
     }
 }
 
-fn fill_meta(meta: &mut MessageMeta, message: &Message) {
+/// Fills what the MSH header says (type, control id, sender, receiver, version) into `meta`.
+pub(crate) fn fill_meta(meta: &mut MessageMeta, message: &Message) {
     let owned = |v: Option<std::borrow::Cow<'_, str>>| v.map(|s| s.into_owned());
     meta.control_id = owned(message.control_id());
     meta.message_type = message.message_type().map(|kind| kind.to_string());

@@ -213,6 +213,23 @@ pub fn try_channel(
         Format::Hl7v2 => {
             let parsed = Message::parse(&raw)
                 .map_err(|e| anyhow::anyhow!("{}: not HL7 v2: {e}", message.display()))?;
+            // `try` runs the scripts whatever the channel's [match] and `enabled` say; a
+            // running engine would not give it this message, and the author should know.
+            let mut meta = crate::journal::MessageMeta::default();
+            crate::intake::fill_meta(&mut meta, &parsed);
+            if !channel.def.enabled {
+                eprintln!(
+                    "note: {} is disabled: the engine gives it no message",
+                    channel.name()
+                );
+            } else if !channel.matcher.matches(&meta) {
+                eprintln!(
+                    "note: {}'s [match] does not take this message ({}): the engine would not \
+                     give it to this channel",
+                    channel.name(),
+                    meta.message_type.as_deref().unwrap_or("no type")
+                );
+            }
             worker.run_channel(&channel, &ScriptInput::Hl7(&parsed), None)
         }
         format => {
