@@ -278,14 +278,24 @@ impl Intake {
             .collect();
         let (status, error) = match refused {
             Some(reason) => (Status::Failed, Some(reason)),
-            None if routed.is_some() && channels.is_empty() => (
-                Status::Failed,
-                Some(format!(
+            None if routed.is_some() && channels.is_empty() => {
+                let mut reason = format!(
                     "no channel: none takes {} from {}",
                     meta.message_type.as_deref().unwrap_or("this message"),
                     self.listener
-                )),
-            ),
+                );
+                // A channel switched off is the likeliest reason: name it.
+                if let Some((set, _)) = &routed {
+                    let disabled = set.disabled_takers(self.source, &self.listener, &meta);
+                    if !disabled.is_empty() {
+                        reason.push_str(&format!(
+                            " ({} would, but is disabled)",
+                            disabled.join(", ")
+                        ));
+                    }
+                }
+                (Status::Failed, Some(reason))
+            }
             None => (Status::Received, None),
         };
         let wait_for_delivery = routed.as_ref().is_some_and(|(_, routes)| {

@@ -116,6 +116,26 @@ impl ChannelSet {
             .collect()
     }
 
+    /// Disabled channels that would otherwise take the message: for the reason a message no
+    /// channel takes is failed with.
+    pub fn disabled_takers(
+        &self,
+        source: SourceKind,
+        listener: &str,
+        meta: &MessageMeta,
+    ) -> Vec<&str> {
+        self.channels
+            .iter()
+            .filter(|c| {
+                !c.def.enabled
+                    && c.def.source.kind == source
+                    && c.def.takes_from(listener)
+                    && c.matcher.matches(meta)
+            })
+            .map(|c| c.name())
+            .collect()
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Channel>> {
         self.channels.iter().find(|c| c.name() == name).cloned()
     }

@@ -116,6 +116,12 @@ fn loads_good_channels_reports_broken_ones_and_routes_by_priority() {
         .map(|c| c.name().to_string())
         .collect();
     assert_eq!(routed, vec!["a08", "adt"], "disabled channels take nothing");
+    // ... but are named when a message finds no channel because of them.
+    let off = set.disabled_takers(SourceKind::Mllp, "mllp", &meta("ADT^A08"));
+    assert_eq!(off, ["off"]);
+    assert!(set
+        .disabled_takers(SourceKind::Mllp, "mllp", &meta("ADT^A01"))
+        .is_empty());
     assert!(set
         .route(SourceKind::Mllp, "mllp", &meta("ORU^R01"))
         .is_empty());
