@@ -321,6 +321,10 @@ impl Channels {
         let lib_dir = self.paths.lib_dir();
         let lib_rev = lib_revision(&lib_dir)?;
         let host = ScriptHost::new(&lib_dir, self.paths.limits.clone())?;
+        // The running engine would not take it in until the library is fixed (see `reload`).
+        if let Some(broken) = host.lib_errors().first() {
+            return Err(broken.clone().into());
+        }
         load_channel_text(file, text, &self.paths, &host, &lib_rev)
     }
 
@@ -342,10 +346,18 @@ impl Channels {
                 return report;
             }
         };
-        // A broken library file is reported; only the channels importing it fail below.
+        // A broken library file, once channels run: keep everything as it is. Workers build
+        // their script host from the library on disk, so a channel that keeps its running
+        // revision because its import broke would fail at its next run on a new host. With
+        // nothing running yet (at start), only the channels that import it fail below: one
+        // bad file must not leave the engine with no channels at all.
         report
             .errors
             .extend(host.lib_errors().iter().map(ToString::to_string));
+        if !host.lib_errors().is_empty() && !old.channels.is_empty() {
+            self.finish(&report);
+            return report;
+        }
         // Every file first, so that a name defined twice is settled the same way whichever
         // file sorts first: the file already running it keeps it (a copy dropped beside it
         // must not take over), else the first file by name.

@@ -409,8 +409,9 @@ fn a_script_outside_the_scripts_dir_is_refused_unread() {
     }
 }
 
-/// A library file that does not compile fails the channels that import it, and no other: at
-/// start they load; on reload they take their new revision while the importer keeps its own.
+/// At start, a library file that does not compile fails the channels that import it, and no
+/// other. Once channels run, a library that breaks keeps every channel as it runs (workers
+/// build their hosts from the library on disk) until it is fixed.
 #[test]
 fn a_broken_library_file_fails_only_the_channels_importing_it() {
     let d = dirs();
@@ -433,7 +434,10 @@ fn a_broken_library_file_fails_only_the_channels_importing_it() {
     assert!(set.get("adt").is_some() && set.get("oru").is_some());
     let oru = set.get("oru").unwrap().revision.clone();
 
-    // The imported file breaks: its importer keeps running; the other channel still reloads.
+    let adt = set.get("adt").unwrap().revision.clone();
+
+    // The imported file breaks while they run: both keep running as they were, and the
+    // reload says why.
     write(&p.lib_dir().join("shared.rhai"), "fn f( {\n");
     write(&p.scripts_dir.join("adt.rhai"), &format!("// v2\n{BUNDLE}"));
     let report = channels.reload();
@@ -441,6 +445,21 @@ fn a_broken_library_file_fails_only_the_channels_importing_it() {
         report.errors.iter().any(|e| e.contains("shared.rhai:")),
         "{report:?}"
     );
-    assert_eq!(report.updated, vec!["adt".to_string()], "{report:?}");
+    assert!(report.updated.is_empty(), "{report:?}");
     assert_eq!(channels.current().get("oru").unwrap().revision, oru);
+    assert_eq!(channels.current().get("adt").unwrap().revision, adt);
+    // A channel put through the API meanwhile is refused with the library's error.
+    let text = channel_toml("new", "\"ADT^A02\"", 0);
+    write(&p.scripts_dir.join("new.rhai"), BUNDLE);
+    let err = channels
+        .compile(&p.channels_dir.join("new.toml"), &text)
+        .unwrap_err();
+    assert!(err.to_string().contains("shared.rhai:"), "{err}");
+
+    // Fixed: everything reloads.
+    write(&p.lib_dir().join("shared.rhai"), "fn f() { 2 }");
+    write(&p.lib_dir().join("unused.rhai"), "fn x() { 1 }");
+    let report = channels.reload();
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.updated.len(), 2, "{report:?}");
 }
