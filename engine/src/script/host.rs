@@ -71,6 +71,18 @@ impl Script {
     pub fn source(&self) -> &str {
         self.ast.source().unwrap_or("<script>")
     }
+
+    /// An error about the value the script ended with (not a resource, not a boolean), at
+    /// the line and column of its last top-level statement: where that value comes from.
+    fn value_error(&self, message: String) -> ScriptError {
+        let mut e = ScriptError::new(self.source(), ScriptErrorKind::Output, message);
+        if let Some(last) = self.ast.statements().last() {
+            let at = last.position();
+            e.line = at.line();
+            e.column = at.position();
+        }
+        e
+    }
 }
 
 impl std::fmt::Debug for Script {
@@ -437,7 +449,7 @@ impl ScriptHost {
         input: impl Into<ScriptInput<'a>>,
         ctx: &ScriptContext,
     ) -> Result<FilterOutcome, ScriptError> {
-        filter_outcome(script.source(), self.run(script, &input.into(), ctx))
+        filter_outcome(script, self.run(script, &input.into(), ctx))
     }
 
     /// Runs a filter on a non-HL7 `msg` (a C-CDA `XmlNode`, a CSV row map, a FHIR map); `raw`
@@ -464,7 +476,7 @@ impl ScriptHost {
     ) -> Result<TransformOutcome, ScriptError> {
         let input = input.into();
         let seed = input.seed_bytes();
-        transform_outcome(script.source(), self.run(script, &input, ctx), seed)
+        transform_outcome(script, self.run(script, &input, ctx), seed)
     }
 
     /// Runs a transform on a non-HL7 `msg` (a C-CDA `XmlNode`, a CSV row map, a FHIR map);
@@ -482,7 +494,8 @@ impl ScriptHost {
 }
 
 /// Interprets a filter run.
-fn filter_outcome(source: &str, ran: Ran) -> Result<FilterOutcome, ScriptError> {
+fn filter_outcome(script: &Script, ran: Ran) -> Result<FilterOutcome, ScriptError> {
+    let source = script.source();
     let Ran { result, end } = ran;
     let logs = end.logs;
     match end.halt {
@@ -520,20 +533,22 @@ fn filter_outcome(source: &str, ran: Ran) -> Result<FilterOutcome, ScriptError> 
             reason: None,
             logs,
         }),
-        Err(_) => Err(ScriptError::new(
-            source,
-            ScriptErrorKind::Output,
-            format!(
+        Err(_) => Err(script
+            .value_error(format!(
                 "a filter must end with true (keep) or false (filter out), not {}",
                 value.type_name()
-            ),
-        )
-        .with_logs(logs)),
+            ))
+            .with_logs(logs)),
     }
 }
 
 /// Interprets a transform run; `seed` derives the fullUrls of wrapped resources.
-fn transform_outcome(source: &str, ran: Ran, seed: &[u8]) -> Result<TransformOutcome, ScriptError> {
+fn transform_outcome(
+    script: &Script,
+    ran: Ran,
+    seed: &[u8],
+) -> Result<TransformOutcome, ScriptError> {
+    let source = script.source();
     let Ran { result, end } = ran;
     let logs = end.logs;
     match end.halt {
@@ -562,7 +577,7 @@ fn transform_outcome(source: &str, ran: Ran, seed: &[u8]) -> Result<TransformOut
             tree,
             logs,
         }),
-        Err(m) => Err(ScriptError::new(source, ScriptErrorKind::Output, m).with_logs(logs)),
+        Err(m) => Err(script.value_error(m).with_logs(logs)),
     }
 }
 

@@ -181,6 +181,22 @@ fn operations_limit_stops_an_endless_loop() {
     assert!(e.to_string().starts_with("test.rhai:1:"), "{e}");
 }
 
+/// An error about the value a script ended with points at its last statement, where the
+/// value comes from.
+#[test]
+fn a_wrong_final_value_is_reported_at_the_last_statement() {
+    let e = err(&host(), "let x = 1;\nlet y = 2;\n\nx + y");
+    assert_eq!(e.kind, ScriptErrorKind::Output, "{e}");
+    assert_eq!(e.line, Some(4), "{e}");
+    assert!(e.to_string().starts_with("test.rhai:4:"), "{e}");
+    let e = err(
+        &host(),
+        "let v = 1.0 / 0.0;\n#{resourceType: \"Basic\", id: \"b\", extension: [#{url: \"u\", valueDecimal: v}]}",
+    );
+    assert!(e.to_string().starts_with("test.rhai:2:1: "), "{e}");
+    assert!(e.message.contains("not a JSON number"), "{e}");
+}
+
 /// A transaction handle holds its entries outside Rhai's size limits: `max_output_bytes`
 /// bounds them, with the line that went past it, whether the entries are kept as text or as
 /// trees (for a destination).
