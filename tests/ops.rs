@@ -164,6 +164,16 @@ async fn channels_are_managed_over_the_api_and_route_accordingly() {
         body["error"].as_str().unwrap().contains("broken.rhai:1:"),
         "{body}"
     );
+    // Where in the script, apart too, as for a definition's mistake.
+    assert!(
+        body["file"].as_str().unwrap().ends_with("broken.rhai"),
+        "{body}"
+    );
+    assert_eq!(
+        (&body["line"], &body["column"]),
+        (&json!(1), &json!(9)),
+        "{body}"
+    );
     // A script that is not there: located at its `script` key, like any other mistake.
     let missing = channel_toml("adt", "\"ADT^A01\"", "scripts/nope.rhai", "");
     let (status, body) = put_toml(&engine, "adt", &missing).await;

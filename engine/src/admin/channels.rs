@@ -62,13 +62,21 @@ fn error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
 /// A definition that does not check: 422 with where (`file:line:col` in `error`, and apart).
 fn invalid(e: &ChannelError) -> HttpResponse {
     let mut body = json!({"error": e.to_string()});
-    if let ChannelError::Definition {
-        file, line, column, ..
-    } = e
-    {
-        body["file"] = json!(file);
-        body["line"] = json!(line);
-        body["column"] = json!(column);
+    match e {
+        ChannelError::Definition {
+            file, line, column, ..
+        } => {
+            body["file"] = json!(file);
+            body["line"] = json!(line);
+            body["column"] = json!(column);
+        }
+        // A script that does not compile: where in the script, alike.
+        ChannelError::Script(e) => {
+            body["file"] = json!(e.file);
+            body["line"] = json!(e.line);
+            body["column"] = json!(e.column);
+        }
+        _ => {}
     }
     HttpResponse::UnprocessableEntity().json(body)
 }
