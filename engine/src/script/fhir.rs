@@ -316,10 +316,31 @@ struct TxInner {
     tree: Option<Vec<serde_json::Value>>,
     /// What the Bundle's check needs of each entry, in order.
     checks: Vec<EntryCheck>,
-    /// Bytes the entries take as JSON (measured on the trees when they are kept as trees).
-    bytes: usize,
-    /// [`super::ScriptLimits::max_output_bytes`] of the run that made the handle (0: none).
-    max_bytes: usize,
+    /// Bytes of JSON the entries take, against the run's limit.
+    budget: Budget,
+}
+
+/// Bytes of JSON a transaction holds (measured on the trees when they are kept as trees), and
+/// [`super::ScriptLimits::max_output_bytes`] of the run that made it (0: none).
+struct Budget {
+    used: usize,
+    max: usize,
+}
+
+impl Budget {
+    /// Takes `bytes` more; an error naming the limit, and nothing taken, past it.
+    fn take(&mut self, bytes: usize) -> Res<()> {
+        let used = self.used + bytes;
+        if self.max > 0 && used > self.max {
+            return Err(format!(
+                "the transaction holds more than {} bytes of JSON (max_output_bytes)",
+                self.max
+            )
+            .into());
+        }
+        self.used = used;
+        Ok(())
+    }
 }
 
 /// About how many bytes `value` takes as JSON, without writing it: string lengths plus a few
@@ -340,17 +361,30 @@ fn json_size(value: &serde_json::Value) -> usize {
 }
 
 impl TxInner {
-    /// Counts `added` bytes against the limit: an error, naming it, past it.
-    fn count(&mut self, added: usize) -> Res<()> {
-        self.bytes += added;
-        if self.max_bytes > 0 && self.bytes > self.max_bytes {
-            return Err(format!(
-                "the transaction holds more than {} bytes of JSON (max_output_bytes)",
-                self.max_bytes
-            )
-            .into());
+    /// Adds an entry's JSON as the run keeps them: as a tree (measured by a walk) or as text
+    /// (measured as written); taken from the budget and noted for the Bundle's check. Past
+    /// the budget, nothing is added.
+    fn push_value(&mut self, value: serde_json::Value) -> Res<()> {
+        let check = EntryCheck::of(&value);
+        if let Some(tree) = &mut self.tree {
+            self.budget.take(json_size(&value))?;
+            tree.push(value);
+        } else {
+            let start = self.begin_text_entry();
+            serde_json::to_writer(&mut self.entries, &value).expect("writing to a Vec cannot fail");
+            self.take_text_since(start)?;
         }
+        self.checks.push(check);
         Ok(())
+    }
+
+    /// Takes the text written since `start` from the budget; past it, the text is removed.
+    fn take_text_since(&mut self, start: usize) -> Res<()> {
+        let taken = self.budget.take(self.entries.len() - start);
+        if taken.is_err() {
+            self.entries.truncate(start);
+        }
+        taken
     }
 
     /// Where the next entry's text starts, after the comma that separates it from the last.
@@ -371,8 +405,10 @@ impl Transaction {
                 entries: Vec::new(),
                 tree: super::state::output_tree().then(Vec::new),
                 checks: Vec::new(),
-                bytes: 0,
-                max_bytes: super::state::max_output_bytes(),
+                budget: Budget {
+                    used: 0,
+                    max: super::state::max_output_bytes(),
+                },
             })),
         }
     }
@@ -386,21 +422,20 @@ impl Transaction {
             let value = entry
                 .into_json()
                 .map_err(|e| format!("cannot add the entry: {e}"))?;
-            inner.count(json_size(&value))?;
-            inner.checks.push(EntryCheck::of(&value));
-            inner.tree.get_or_insert_default().push(value);
+            inner.push_value(value)?;
             return Ok(url);
         }
         let start = inner.begin_text_entry();
         match entry.write_json(&mut inner.entries) {
-            Ok(check) => inner.checks.push(check),
+            Ok(check) => {
+                inner.take_text_since(start)?;
+                inner.checks.push(check);
+            }
             Err(e) => {
                 inner.entries.truncate(start);
                 return Err(format!("cannot add the entry: {e}").into());
             }
         }
-        let added = inner.entries.len() - start;
-        inner.count(added)?;
         Ok(url)
     }
 
@@ -415,18 +450,7 @@ impl Transaction {
             Ok(None) => return Err("the entry is empty".into()),
             Err(e) => return Err(format!("cannot add the entry: {e}").into()),
         };
-        let mut inner = self.inner.borrow_mut();
-        inner.count(json_size(&value))?;
-        let check = EntryCheck::of(&value);
-        match &mut inner.tree {
-            Some(tree) => tree.push(value),
-            None => {
-                inner.begin_text_entry();
-                serde_json::to_writer(&mut inner.entries, &value)
-                    .expect("writing to a Vec cannot fail");
-            }
-        }
-        inner.checks.push(check);
+        self.inner.borrow_mut().push_value(value)?;
         Ok(url.into())
     }
 

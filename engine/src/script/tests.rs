@@ -233,6 +233,22 @@ fn a_transaction_is_held_to_max_output_bytes() {
         };
         assert!(e.to_string().contains("max_output_bytes"), "{e}");
         assert_eq!(e.line, Some(5), "{e}");
+        // An entry past the limit is not added: a script that catches the error still has a
+        // whole Bundle of the entries that fit, through either way of adding one.
+        for add in ["tx.create(r)", "tx.add(#{fullUrl: `urn:uuid:${i}`, resource: r, request: #{method: \"POST\", url: \"Basic\"}})"] {
+            let caught = format!(
+                "let tx = transaction();\nlet s = \"x\";\ns.pad(1000, \"y\");\n\
+                 for i in 0..100 {{\n  let r = #{{resourceType: \"Basic\", id: `b${{i}}`, \
+                 code: #{{text: s}}}};\n  try {{ {add}; }} catch {{ break; }}\n}}\ntx"
+            );
+            let ast = h.compile_source("test.rhai", &caught).unwrap();
+            let Ok(TransformOutcome::Output { output, .. }) = h.run_transform(&ast, &a01(), &c)
+            else {
+                panic!("{add}: the entries that fit")
+            };
+            let entries = output.to_value()["entry"].as_array().unwrap().len();
+            assert!((10..100).contains(&entries), "{add}: {entries}");
+        }
     }
 }
 
