@@ -77,6 +77,13 @@ impl Channel {
         &self.def.name
     }
 
+    /// Whether its source and `[match]` take this message, enabled or not.
+    fn would_take(&self, source: SourceKind, listener: &str, meta: &MessageMeta) -> bool {
+        self.def.source.kind == source
+            && self.def.takes_from(listener)
+            && self.matcher.matches(meta)
+    }
+
     /// The directory lookup tables are read from: the transform script's.
     pub fn script_dir(&self) -> PathBuf {
         self.transform
@@ -106,12 +113,7 @@ impl ChannelSet {
     ) -> Vec<Arc<Channel>> {
         self.channels
             .iter()
-            .filter(|c| {
-                c.def.enabled
-                    && c.def.source.kind == source
-                    && c.def.takes_from(listener)
-                    && c.matcher.matches(meta)
-            })
+            .filter(|c| c.def.enabled && c.would_take(source, listener, meta))
             .cloned()
             .collect()
     }
@@ -126,12 +128,7 @@ impl ChannelSet {
     ) -> Vec<&str> {
         self.channels
             .iter()
-            .filter(|c| {
-                !c.def.enabled
-                    && c.def.source.kind == source
-                    && c.def.takes_from(listener)
-                    && c.matcher.matches(meta)
-            })
+            .filter(|c| !c.def.enabled && c.would_take(source, listener, meta))
             .map(|c| c.name())
             .collect()
     }
@@ -183,6 +180,22 @@ fn files_with(dir: &Path, extension: &str) -> Vec<PathBuf> {
         .unwrap_or_default();
     files.sort();
     files
+}
+
+/// The errors for the files in `others` that define `name` too, which `holder` keeps.
+fn duplicates<'a>(
+    name: &'a str,
+    others: &'a [(PathBuf, Channel)],
+    holder: &'a Path,
+) -> impl Iterator<Item = String> + 'a {
+    others.iter().map(move |(other, _)| {
+        ChannelError::DuplicateName {
+            name: name.to_string(),
+            file: other.clone(),
+            other: holder.to_path_buf(),
+        }
+        .to_string()
+    })
 }
 
 /// The library's revision: every `.rhai` under `scripts/lib`.
@@ -381,16 +394,9 @@ impl Channels {
         for (name, mut candidates) in loaded {
             // The running file's edit is broken and its revision kept: it still holds the name.
             if let Some(kept) = by_name.get(&name) {
-                for (other, _) in &candidates {
-                    report.errors.push(
-                        ChannelError::DuplicateName {
-                            name: name.clone(),
-                            file: other.clone(),
-                            other: kept.file.clone(),
-                        }
-                        .to_string(),
-                    );
-                }
+                report
+                    .errors
+                    .extend(duplicates(&name, &candidates, &kept.file));
                 continue;
             }
             let running = old.get(&name).map(|c| c.file.clone());
@@ -399,16 +405,7 @@ impl Channels {
                 .position(|(file, _)| Some(file) == running.as_ref())
                 .unwrap_or(0);
             let (file, channel) = candidates.swap_remove(winner);
-            for (other, _) in &candidates {
-                report.errors.push(
-                    ChannelError::DuplicateName {
-                        name: name.clone(),
-                        file: other.clone(),
-                        other: file.clone(),
-                    }
-                    .to_string(),
-                );
-            }
+            report.errors.extend(duplicates(&name, &candidates, &file));
             let unchanged = old
                 .get(&name)
                 .is_some_and(|o| o.revision == channel.revision && o.file == file);
