@@ -114,6 +114,11 @@ fn refuse(status: StatusCode, text: &str) -> HttpResponse {
     HttpResponse::build(status).json(operation_outcome("error", refusal_code(status), text))
 }
 
+/// A body over `http.max_body_bytes`, declared or as it arrives.
+fn too_large() -> HttpResponse {
+    refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+}
+
 fn refusal_code(status: StatusCode) -> &'static str {
     match status.as_u16() {
         401 => "login",
@@ -205,7 +210,7 @@ async fn ingest(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared_len.is_some_and(|n| n > state.max_body_bytes) {
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        return too_large();
     }
     let peer = req.peer_addr().map(|a| a.to_string());
     if shared_hl7 && format != Format::Hl7v2 {
@@ -301,10 +306,7 @@ async fn read_body(
         let chunk =
             chunk.map_err(|_| refuse(StatusCode::BAD_REQUEST, "request body unreadable"))?;
         if body.len() + chunk.len() > limit {
-            return Err(refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body too large",
-            ));
+            return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
@@ -421,10 +423,7 @@ async fn ingest_csv(
             };
             total += chunk.len();
             if total > state.max_body_bytes {
-                return Ok(Err(refuse(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body too large",
-                )));
+                return Ok(Err(too_large()));
             }
             if chunks.send(chunk).await.is_err() {
                 // The writer stopped: its error is reported below.
