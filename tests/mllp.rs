@@ -299,6 +299,34 @@ async fn idle_connections_are_closed_and_truncated_frames_kept() {
 }
 
 #[tokio::test]
+async fn a_slow_sender_is_not_cut_while_its_bytes_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &[("ORBITER_MLLP_IDLE_TIMEOUT_SECS", "1")],
+    );
+    // A frame trickled over ~3 s, a piece every 0.25 s: three idle timeouts in all, but the
+    // link is never quiet for one.
+    let mut slow = TcpStream::connect(&engine.mllp).await.unwrap();
+    let framed = frame(&adt("SLOW-1"));
+    for piece in framed.chunks(framed.len() / 12 + 1) {
+        slow.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut ack = vec![0u8; 4096];
+    let n = tokio::time::timeout(T, slow.read(&mut ack))
+        .await
+        .unwrap()
+        .unwrap();
+    let (code, control, text) = ack_fields(&ack[..n]);
+    assert_eq!(
+        (code.as_str(), control.as_str()),
+        ("AA", "SLOW-1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn a_sender_that_never_reads_its_acks_is_closed() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::start(
@@ -350,6 +378,96 @@ async fn a_sender_that_never_reads_its_acks_is_closed() {
         ack_fields(&c.send(&adt("AFTER-STALL")).await.unwrap()).0,
         "AA"
     );
+}
+
+#[tokio::test]
+async fn messages_whose_acks_were_never_read_still_reach_their_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = default_channels();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let engine = Engine::start(&dir.path().join("data"), &env);
+    // A sender pipelines a batch of messages and resets the connection without reading a
+    // single ACK: the ACK writer fails on its first write, with most replies still owed.
+    const N: usize = 300;
+    let mut stream = TcpStream::connect(&engine.mllp).await.unwrap();
+    let mut batch = Vec::new();
+    for n in 0..N {
+        batch.extend_from_slice(&frame(&adt(&format!("GONE-{n}"))));
+    }
+    stream.write_all(&batch).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    stream.set_zero_linger().unwrap();
+    drop(stream);
+
+    // Every message the journal took goes on to its channel; none stays `received`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, stats) = engine.api("/api/stats").await;
+        let totals = &stats["totals"];
+        let count = |status: &str| totals[status].as_u64().unwrap_or(0);
+        if count("received") == 0 && count("processing") == 0 {
+            assert!(count("delivered") > 0, "some messages were read: {stats}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "transactions left in `received` after the sender went away: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_answers_every_message_the_journal_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = Engine::start(&dir.path().join("data"), &[]);
+    // Four senders pipeline 500 messages each and read their ACKs until the engine closes.
+    let mut senders = Vec::new();
+    for c in 0..4 {
+        let stream = TcpStream::connect(&engine.mllp).await.unwrap();
+        senders.push(tokio::spawn(async move {
+            let (mut read, mut write) = stream.into_split();
+            let writing = tokio::spawn(async move {
+                for n in 0..500 {
+                    let framed = frame(&adt(&format!("TERM-{c}-{n}")));
+                    if write.write_all(&framed).await.is_err() {
+                        break;
+                    }
+                }
+                write
+            });
+            let mut acks = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(20), read.read_to_end(&mut acks)).await;
+            drop(writing.await);
+            let text = String::from_utf8_lossy(&acks).to_string();
+            text.split('\r')
+                .filter(|s| s.starts_with("MSA|"))
+                .map(|s| s.split('|').nth(1).unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let status = tokio::task::block_in_place(|| engine.stop());
+    assert!(status.success(), "{status}: {}", engine.log());
+    let mut acked = 0;
+    for sender in senders {
+        let codes = sender.await.unwrap();
+        assert!(codes.iter().all(|c| c == "AA"), "{codes:?}");
+        acked += codes.len();
+    }
+
+    // What the journal holds is what was acknowledged: no message taken and left unanswered.
+    engine.restart();
+    let (_, stats) = engine.api("/api/stats").await;
+    let journaled: u64 = stats["totals"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(acked > 0, "some messages were answered before the stop");
+    assert_eq!(journaled, acked as u64, "{stats}\n{}", engine.log());
 }
 
 #[tokio::test]

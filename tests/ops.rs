@@ -922,6 +922,28 @@ async fn sigterm_under_load_loses_no_acknowledged_message() {
     }
 }
 
+/// SIGHUP reloads the channels (as daemons do) instead of killing the engine uncleanly.
+#[tokio::test]
+async fn sighup_reloads_the_channels_and_the_engine_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = Engine::start(&dir.path().join("data"), &[]);
+    engine.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !engine.log().contains("SIGHUP: reloading the channels") {
+        assert!(
+            engine.running(),
+            "the engine died on SIGHUP:\n{}",
+            engine.log()
+        );
+        assert!(std::time::Instant::now() < deadline, "{}", engine.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = engine.api("/api/channels").await;
+    assert_eq!(status, 200);
+    assert!(engine.running());
+    assert!(engine.stop().success(), "{}", engine.log());
+}
+
 /// `orbiter check` in CI with a channels dir that is not there (a typo, the image's path) must
 /// fail: it printed "0 channel(s) and their scripts compile" and exited 0.
 #[test]

@@ -245,9 +245,7 @@ impl Intake {
         raw: Bytes,
         refused: Option<String>,
         origin_key: Option<String>,
-    ) -> impl Future<Output = (Result<Appended, JournalError>, Option<PipelineOutcome>)> + Send + 'static
-    {
-        let this = self.clone();
+    ) -> impl Future<Output = (AppendResult, Option<PipelineOutcome>)> + Send + 'static {
         let routed = match (&self.pipeline, &refused) {
             (Some(pipeline), None) => Some(pipeline.route(self.source, &self.listener, &meta)),
             _ => None,
@@ -314,27 +312,35 @@ impl Intake {
             truncated: false,
             origin_key,
         });
+        let mut hand_on = HandOn {
+            appended: Some(Box::pin(appended)),
+            work: routed.and_then(|(set, routes)| {
+                let pipeline = self.pipeline.clone()?;
+                (!routes.is_empty()).then(|| Unsent {
+                    pipeline,
+                    patient_key,
+                    format,
+                    raw,
+                    set,
+                    channels: routes,
+                    run_on: RunOn::for_source(self.source),
+                })
+            }),
+        };
         async move {
-            let appended = appended.await;
+            let appended = match hand_on.appended.as_mut() {
+                Some(appended) => appended.await,
+                None => unreachable!("taken only when dropped"),
+            };
             // Hand the message to its channels; wait for them only in on-delivery mode. A part
             // the journal had already (same origin key) was handed on the first time.
             let mut delivery = None;
-            if let (Ok(a), Some((set, routes))) = (&appended, routed) {
-                if !routes.is_empty() && !a.already {
-                    let pipeline = this.pipeline.as_ref().expect("routed implies a pipeline");
-                    let work = Routed {
-                        id: a.id,
-                        patient_key,
-                        format,
-                        raw,
-                        set,
-                        channels: routes,
-                        run_on: RunOn::for_source(this.source),
-                    };
+            if let (Ok(a), Some(work)) = (&appended, hand_on.work.take()) {
+                if !a.already {
                     if wait_for_delivery {
-                        delivery = Some(pipeline.process_now(work).await);
+                        delivery = Some(work.process_now(a.id).await);
                     } else {
-                        pipeline.dispatch(work);
+                        work.dispatch(a.id);
                     }
                 }
             }
@@ -434,6 +440,80 @@ impl Intake {
                 queued: false,
                 already: false,
             }
+        }
+    }
+}
+
+/// A routed message on its way from the journal to its channels.
+struct Unsent {
+    pipeline: Pipeline,
+    patient_key: Option<String>,
+    format: crate::format::Format,
+    raw: Bytes,
+    set: Arc<crate::channel::ChannelSet>,
+    channels: Vec<Arc<crate::channel::Channel>>,
+    run_on: RunOn,
+}
+
+impl Unsent {
+    fn work(self, id: TxId) -> (Pipeline, Routed) {
+        let work = Routed {
+            id,
+            patient_key: self.patient_key,
+            format: self.format,
+            raw: self.raw,
+            set: self.set,
+            channels: self.channels,
+            run_on: self.run_on,
+        };
+        (self.pipeline, work)
+    }
+
+    fn dispatch(self, id: TxId) {
+        let (pipeline, work) = self.work(id);
+        pipeline.dispatch(work);
+    }
+
+    /// Runs the channels and waits for their outcome. They run on a task of their own, so that
+    /// a sender who goes away meanwhile does not stop them half way.
+    async fn process_now(self, id: TxId) -> PipelineOutcome {
+        let (pipeline, work) = self.work(id);
+        let run = actix_rt::spawn(async move { pipeline.process_now(work).await });
+        run.await.unwrap_or_else(|e| PipelineOutcome {
+            status: Status::Failed,
+            reason: Some(format!("processing stopped: {e}")),
+            rejected: false,
+        })
+    }
+}
+
+/// A message handed to the journal, and what hands it on to its channels once the journal has
+/// it. Whoever waits for the ACK may go away first: a sender that resets the connection or
+/// stops reading its ACKs, an HTTP client that hangs up. Dropped before the journal answered,
+/// it finishes on a task of its own, so a message the journal took always reaches its
+/// channels (not only at the next start, behind later messages of its patient).
+struct HandOn {
+    appended: Option<std::pin::Pin<Box<dyn Future<Output = AppendResult> + Send>>>,
+    work: Option<Unsent>,
+}
+
+type AppendResult = Result<Appended, JournalError>;
+
+impl Drop for HandOn {
+    fn drop(&mut self) {
+        let (Some(appended), Some(work)) = (self.appended.take(), self.work.take()) else {
+            return;
+        };
+        // Every listener runs on an actix arbiter. Without one (the runtime is going down),
+        // or if it has stopped, the message is resumed at the next start.
+        if let Some(arbiter) = actix_rt::Arbiter::try_current() {
+            arbiter.spawn(async move {
+                if let Ok(a) = appended.await {
+                    if !a.already {
+                        work.dispatch(a.id);
+                    }
+                }
+            });
         }
     }
 }

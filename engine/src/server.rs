@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::deliver::{CdrTarget, Credentials, Deliverer, FhirHttp, MediatorTarget};
 use crate::intake::Intake;
 use crate::journal::Journal;
+use crate::listen::mllp::Drain;
 use crate::listen::{FileSources, MllpListener};
 use crate::mediator::Mediators;
 use crate::metrics::Metrics;
@@ -27,6 +28,10 @@ const RETRY_POLL: Duration = Duration::from_secs(1);
 const CDR_PROBE: Duration = Duration::from_secs(5);
 /// How often the backlog (journaled, waiting for room in the pipeline) is fed in.
 const BACKLOG_POLL: Duration = Duration::from_millis(50);
+
+/// How long a stop waits for MLLP connections to write the ACKs they owe (inside Kubernetes'
+/// default 30 s grace period, with room for a preStop delay).
+const MLLP_DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// How often the journal size gauge is refreshed (it walks the files).
 const SIZE_GAUGE_EVERY: Duration = Duration::from_secs(10);
@@ -141,12 +146,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let deliverer = Deliverer::new(cdr_target, &config.data_dir, metrics.clone()).with_mediators(mediator_target);
         let pipeline = Pipeline::new(channels.clone(), transforms, journal.clone(), deliverer, metrics.clone());
         let mut mllp_addr: Option<SocketAddr> = None;
+        let drain = Drain::default();
         // Bound now, started once every other port is bound too: a port in use fails start-up
         // before any listener actor runs (one started and then torn down with the runtime
         // panicked in `TcpListener::from_std`).
         let mllp_listener = if config.mllp.enabled {
             let intake = Intake::new(journal.clone(), metrics.clone(), "mllp", SourceKind::Mllp, Some(pipeline.clone()));
-            let listener = MllpListener::bind(&config.mllp, intake, metrics.clone(), workers.clone())
+            let listener = MllpListener::bind(&config.mllp, intake, metrics.clone(), workers.clone(), drain.clone())
                 .context("starting the MLLP listener")?;
             mllp_addr = Some(listener.local_addr());
             Some(listener)
@@ -223,7 +229,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         });
 
         // Channels with their own MLLP port: opened now, kept in step with reloads.
-        let mut ports = crate::listen::ports::ChannelPorts::new(config.mllp.clone(), journal.clone(), metrics.clone(), pipeline.clone(), workers.clone());
+        let mut ports = crate::listen::ports::ChannelPorts::new(config.mllp.clone(), journal.clone(), metrics.clone(), pipeline.clone(), workers.clone(), drain.clone());
         ports.reconcile(&channels.current());
         if !ports.addrs().is_empty() {
             tracing::info!(ports = ?ports.addrs(), "channel MLLP ports listening");
@@ -266,8 +272,27 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
         });
 
+        // SIGHUP reloads the channels, as the file watch and the API do.
+        #[cfg(unix)]
+        if let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            let reloading = channels.clone();
+            actix_rt::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the channels");
+                    let channels = reloading.clone();
+                    let _ = tokio::task::spawn_blocking(move || channels.reload()).await;
+                }
+            });
+        }
+
         shutdown_signal().await;
         tracing::info!("shutting down");
+        // MLLP first: no new connection or frame, the ACKs owed written while the journal is
+        // still open.
+        let still_open = drain.stop(MLLP_DRAIN_GRACE).await;
+        if still_open > 0 {
+            tracing::warn!(connections = still_open, grace = ?MLLP_DRAIN_GRACE, "MLLP connections still owed ACKs at the stop; their senders resend");
+        }
         if let Some(http) = &http_handle {
             http.stop(true).await;
         }

@@ -164,6 +164,24 @@ impl Engine {
         }
     }
 
+    /// Sends a signal (`HUP`, `TERM`…) and returns at once.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("running");
+        let sent = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name}");
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().unwrap().is_none())
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");

@@ -6,9 +6,14 @@
 //! writer half writes the ACKs strictly in the order the messages came. `max_in_flight` bounds
 //! the messages read but not yet acknowledged: past it the reader stops reading, and TCP flow
 //! control slows the sender down.
+//!
+//! When the engine stops, [`Drain::stop`] closes the listening sockets, and each connection
+//! reads no further frame but writes the ACKs it owes for those it read, then closes: a sender
+//! loses no answer to a message the journal took, and resends the rest elsewhere.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +21,7 @@ use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use super::ListenError;
@@ -36,6 +41,61 @@ struct Shared {
     idle_timeout: Duration,
     max_in_flight: usize,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    drain: Drain,
+}
+
+/// The engine stopping, as every MLLP listener and connection sees it.
+#[derive(Clone)]
+pub struct Drain {
+    stopping: watch::Sender<bool>,
+    /// Connections open now.
+    open: Arc<AtomicUsize>,
+}
+
+impl Default for Drain {
+    fn default() -> Drain {
+        Drain {
+            stopping: watch::Sender::new(false),
+            open: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+/// Counts one connection open in its [`Drain`] for as long as it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(drain: &Drain) -> Open {
+        drain.open.fetch_add(1, Ordering::SeqCst);
+        Open(drain.open.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drain {
+    /// Stops accepting connections and reading frames, then waits (at most `grace`) for the
+    /// connections to write the ACKs they owe and close; returns how many were still open.
+    pub async fn stop(&self, grace: Duration) -> usize {
+        self.stopping.send_replace(true);
+        let deadline = Instant::now() + grace;
+        loop {
+            let open = self.open.load(Ordering::SeqCst);
+            if open == 0 || Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Resolves once the engine is stopping.
+    async fn stopping(mut stopping: watch::Receiver<bool>) {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    }
 }
 
 /// The listener actor.
@@ -56,6 +116,7 @@ impl MllpListener {
         intake: Intake,
         metrics: Arc<Metrics>,
         workers: Vec<ArbiterHandle>,
+        drain: Drain,
     ) -> Result<MllpListener, ListenError> {
         let tls = crate::tls::server_config(&config.tls)?.map(tokio_rustls::TlsAcceptor::from);
         let bind_err = |source| ListenError::Bind {
@@ -75,6 +136,7 @@ impl MllpListener {
                 idle_timeout: Duration::from_secs(config.idle_timeout_secs),
                 max_in_flight: config.max_in_flight,
                 tls,
+                drain,
             }),
             permits: Arc::new(Semaphore::new(config.max_connections)),
             workers,
@@ -132,11 +194,18 @@ async fn accept_loop(
     workers: Vec<ArbiterHandle>,
 ) {
     let mut next_worker = 0usize;
+    let stopping = shared.drain.stopping.subscribe();
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let (stream, peer) = match listener.accept().await {
+        // Returning drops the listening socket: new connections are refused.
+        let accepted = tokio::select! {
+            biased;
+            () = Drain::stopping(stopping.clone()) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
@@ -165,6 +234,7 @@ async fn accept_loop(
 }
 
 async fn serve(stream: std::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _open = Open::new(&shared.drain);
     let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
         return;
     };
@@ -201,6 +271,55 @@ fn is_plain_text(e: &std::io::Error) -> bool {
     )
 }
 
+/// When the connection last read a byte.
+#[derive(Clone)]
+struct LastRead {
+    since: Instant,
+    /// Microseconds after `since`.
+    micros: Arc<AtomicU64>,
+}
+
+impl Default for LastRead {
+    fn default() -> LastRead {
+        LastRead {
+            since: Instant::now(),
+            micros: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl LastRead {
+    fn at(&self) -> Instant {
+        self.since + Duration::from_micros(self.micros.load(Ordering::Relaxed))
+    }
+
+    fn now(&self) {
+        let micros = self.since.elapsed().as_micros() as u64;
+        self.micros.store(micros, Ordering::Relaxed);
+    }
+}
+
+/// A read half that notes in [`LastRead`] when bytes came in.
+struct NotingReads<R> {
+    inner: R,
+    last_read: LastRead,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for NotingReads<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last_read.now();
+        }
+        polled
+    }
+}
+
 /// An ACK on its way: the intake's future, and what the writer needs to finish it.
 struct Pending {
     reply: Pin<Box<dyn std::future::Future<Output = AckReply> + Send>>,
@@ -234,6 +353,11 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read_half, write_half) = tokio::io::split(stream);
+    let last_read = LastRead::default();
+    let read_half = NotingReads {
+        inner: read_half,
+        last_read: last_read.clone(),
+    };
     let mut frames = FramedRead::new(read_half, MllpCodec::new(shared.max_frame));
     let mut acks = FramedWrite::new(write_half, MllpCodec::new(shared.max_frame));
     let (queue, mut pending) = mpsc::channel::<Pending>(shared.max_in_flight);
@@ -282,9 +406,27 @@ where
         }
     };
 
+    let stopping = shared.drain.stopping.subscribe();
     let reader = async move {
         loop {
-            let next = tokio::time::timeout(shared.idle_timeout, frames.next()).await;
+            // The engine stopping: no further frame is read (a frame half read is neither
+            // journaled nor acknowledged, so its sender resends it); the ACKs owed still go out.
+            // Idle: no byte for the idle timeout (a large message on a slow link that is still
+            // arriving is not cut).
+            let next = loop {
+                let idle_at = last_read.at() + shared.idle_timeout;
+                tokio::select! {
+                    biased;
+                    () = Drain::stopping(stopping.clone()) => break None,
+                    next = frames.next() => break Some(Ok(next)),
+                    () = tokio::time::sleep_until(idle_at.into()) => {
+                        if last_read.at() + shared.idle_timeout <= Instant::now() {
+                            break Some(Err(()));
+                        }
+                    }
+                }
+            };
+            let Some(next) = next else { break };
             let skipped = frames.decoder_mut().take_skipped();
             if skipped > 0 {
                 metrics.mllp_bytes_skipped_total.inc_by(skipped);

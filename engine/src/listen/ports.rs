@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::mllp::{MllpListener, StopListening};
+use super::mllp::{Drain, MllpListener, StopListening};
 use crate::channel::def::own_mllp_listener;
 use crate::channel::{ChannelSet, SourceKind};
 use crate::config::MllpConfig;
@@ -24,6 +24,7 @@ pub struct ChannelPorts {
     metrics: Arc<Metrics>,
     pipeline: Pipeline,
     workers: Vec<ArbiterHandle>,
+    drain: Drain,
     running: HashMap<SocketAddr, Addr<MllpListener>>,
     /// Ports that could not be opened, with why: logged as an error once (and again when the
     /// reason changes), not at every retry.
@@ -37,6 +38,7 @@ impl ChannelPorts {
         metrics: Arc<Metrics>,
         pipeline: Pipeline,
         workers: Vec<ArbiterHandle>,
+        drain: Drain,
     ) -> ChannelPorts {
         ChannelPorts {
             shared_config,
@@ -44,6 +46,7 @@ impl ChannelPorts {
             metrics,
             pipeline,
             workers,
+            drain,
             running: HashMap::new(),
             failing: HashMap::new(),
         }
@@ -83,7 +86,13 @@ impl ChannelPorts {
                 SourceKind::Mllp,
                 Some(self.pipeline.clone()),
             );
-            match MllpListener::bind(&config, intake, self.metrics.clone(), self.workers.clone()) {
+            match MllpListener::bind(
+                &config,
+                intake,
+                self.metrics.clone(),
+                self.workers.clone(),
+                self.drain.clone(),
+            ) {
                 Ok(listener) => {
                     if self.failing.remove(&addr).is_some() {
                         tracing::info!(%addr, "a channel's MLLP port is open now");

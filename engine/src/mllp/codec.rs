@@ -82,8 +82,10 @@ impl MllpCodec {
         Some(src.split().freeze())
     }
 
-    fn prefix(src: &BytesMut) -> Bytes {
-        Bytes::copy_from_slice(&src[..src.len().min(KEPT_PREFIX)])
+    /// What an oversize frame keeps of its first `content_len` bytes: never the bytes after
+    /// its end block (the next sender's message may follow in the same read).
+    fn prefix(src: &BytesMut, content_len: usize) -> Bytes {
+        Bytes::copy_from_slice(&src[..content_len.min(src.len()).min(KEPT_PREFIX)])
     }
 }
 
@@ -130,7 +132,7 @@ impl Decoder for MllpCodec {
                     if i > self.max_frame {
                         return Err(FrameError::TooLarge {
                             limit: self.max_frame,
-                            prefix: Self::prefix(src),
+                            prefix: Self::prefix(src, i),
                         });
                     }
                     let frame = src.split_to(i).freeze();
@@ -171,7 +173,7 @@ impl MllpCodec {
         if content_len > self.max_frame {
             return Err(FrameError::TooLarge {
                 limit: self.max_frame,
-                prefix: Self::prefix(src),
+                prefix: Self::prefix(src, content_len),
             });
         }
         Ok(None)
@@ -254,6 +256,17 @@ mod tests {
                 assert_eq!(limit, 100);
                 assert!(prefix.starts_with(b"MSH|^~\\&|"));
             }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_oversize_frame_keeps_none_of_the_next_one() {
+        let mut codec = MllpCodec::new(100);
+        let mut buf = BytesMut::from(&frame(&[b'x'; 150])[..]);
+        buf.extend_from_slice(&frame(b"MSH|^~\\&|NEXT"));
+        match codec.decode(&mut buf) {
+            Err(FrameError::TooLarge { prefix, .. }) => assert_eq!(prefix, vec![b'x'; 150]),
             other => panic!("expected TooLarge, got {other:?}"),
         }
     }
