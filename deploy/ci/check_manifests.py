@@ -334,7 +334,8 @@ def cmd_flux(args) -> int:
                         if (dep.get("namespace", ns), dep["name"]) not in releases:
                             problem(f"{where}: {name_of(o)}: dependsOn {dep} not found")
                     # Secrets named in the values must be documented by a secret.example.yaml.
-                    for sname in re.findall(r"existingSecret': '([^']+)'", str(o["spec"].get("values", {}))):
+                    for sname in re.findall(r"(?:existingSecret|configSecret)': '([^']+)'",
+                                            str(o["spec"].get("values", {}))):
                         if (ns, sname) not in examples:
                             problem(f"{where}: {name_of(o)} needs Secret {ns}/{sname}: "
                                     f"no secret.example.yaml documents it")
