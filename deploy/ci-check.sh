@@ -328,7 +328,7 @@ stop_engine() {
   done
   if kill -0 "$ENGINE_PID" 2>/dev/null; then
     kill -KILL "$ENGINE_PID" 2>/dev/null || true
-    bad "$label: still running 25 s after SIGTERM (pod grace period is 30 s)"
+    bad "$label: still running 25 s after SIGTERM (the pod's grace period leaves it 30 s after the 5 s preStop sleep)"
   else
     ok "$label: exits on SIGTERM"
   fi
