@@ -328,7 +328,7 @@ stop_engine() {
   done
   if kill -0 "$ENGINE_PID" 2>/dev/null; then
     kill -KILL "$ENGINE_PID" 2>/dev/null || true
-    bad "$label: still running 25 s after SIGTERM (pod grace period is 30 s)"
+    bad "$label: still running 25 s after SIGTERM (the pod's grace period leaves it 30 s after the 5 s preStop sleep)"
   else
     ok "$label: exits on SIGTERM"
   fi
@@ -349,6 +349,26 @@ send_one() {
     log "$out" | head -n 20
     bad "$label: orbiter send adt_a01.hl7 --to $to"
   fi
+}
+
+# wait_processed LABEL ADMIN TOKEN SECONDS: the fixture's transaction has left `received` and
+# `processing` (ACKs come once it is journaled, processing follows), so that the metrics set by
+# its delivery (orbiter_deliveries_total, ...) exist before check_metrics reads them.
+wait_processed() {
+  local label="$1" admin="$2" token="$3" deadline cid body
+  deadline=$(($(date +%s) + $4))
+  cid="$(tr '\r' '\n' <"$FIXTURE" | awk -F'|' '/^MSH/ {print $10; exit}')"
+  while (($(date +%s) < deadline)); do
+    body="$(curl -sf --max-time 3 -H "Authorization: Bearer $token" \
+      "http://$admin/api/transactions?control_id=$cid&limit=1")" || body=""
+    if grep -Eq '"status":"(delivered|filtered|queued|failed)"' <<<"$body"; then
+      ok "$label: transaction $cid processed"
+      return 0
+    fi
+    sleep 0.5
+  done
+  bad "$label: transaction $cid not processed within $4 s"
+  return 1
 }
 
 # check_metrics LABEL: every metric, label and label value that the dashboard and the alerts
@@ -418,6 +438,7 @@ step_d() {
   ENGINE_PID="$a_pid"
   ENGINE_ADMIN="$a_admin"
   send_one "pi overlay" "$bin" "$a_mllp"
+  wait_processed "pi overlay" "$a_admin" "$a_token" 30 || true
   check_metrics "pi overlay"
   stop_engine "pi overlay"
 
