@@ -930,6 +930,20 @@ mod tests {
         assert!(ack.contains(
             "\rERR||MSH^1|100^Segment sequence error^HL70357|E||||message does not start with MSH"
         ));
+        // A bad segment name: ERR-2 names the segment by its position, as the text does.
+        let raw = b"MSH|^~\\&|A|B|C|D|T||ADT^A01|C5|P|2.5\rEVN|A01\rPID|1\rPV1|1\rp!d|x\r";
+        let e = Message::parse(raw).unwrap_err().to_ack_error();
+        let ack = s(build_ack_for_unparsed(
+            raw,
+            AckCode::Reject,
+            Some(&e),
+            "U6",
+            TS,
+        ));
+        assert!(
+            ack.contains("\rMSA|AR|C5\rERR||^5|100^Segment sequence error^HL70357|E||||segment 5 has a bad name"),
+            "{ack}"
+        );
     }
 
     #[test]
