@@ -364,6 +364,30 @@ struct Echo<'a> {
     processing_id: &'a str,
     version: &'a str,
     charset: &'a str,
+    /// The charset MSH-18 declares (its first repetition), `None` when it declares none: what
+    /// the receiver reads the engine's own text in (ASCII when none).
+    declared: Option<Charset>,
+}
+
+impl Echo<'_> {
+    /// Whether the receiver can read this character in the ACK.
+    fn carries(&self, c: char) -> bool {
+        match self.declared {
+            Some(Charset::Utf8) => true,
+            Some(Charset::Latin1) => u32::from(c) <= 0xFF,
+            Some(Charset::Ascii) | None => c.is_ascii(),
+        }
+    }
+}
+
+/// The charset a raw MSH-18 value declares; `None` when it is empty or not one this codec
+/// knows.
+fn declared_charset(raw: &str, repetition: u8) -> Option<Charset> {
+    let first = part(raw, repetition, 1);
+    if first.trim().is_empty() {
+        return None;
+    }
+    Charset::from_msh18(first).ok()
 }
 
 fn write_ack(
@@ -449,7 +473,9 @@ fn write_ack(
         for _ in 5..=8 {
             out.push(f);
         }
-        out.push_str(&esc(&err.text));
+        // The engine's own words (and what they quote) in what the receiver can read: ASCII
+        // unless MSH-18 declared more.
+        out.push_str(&esc(&charset::transliterate(&err.text, |c| e.carries(c))));
         out.push('\r');
     }
     charset::encode(&out, e.wire)
@@ -497,6 +523,7 @@ pub fn build_ack(
         processing_id: raw(11),
         version: raw(12),
         charset: raw(18),
+        declared: declared_charset(raw(18), d.repetition),
     };
     write_ack(&echo, code, error, ack_control_id, timestamp)
 }
@@ -524,6 +551,7 @@ pub fn build_ack_for_unparsed(
             processing_id: "",
             version: "",
             charset: "",
+            declared: None,
         };
         return write_ack(&echo, code, error, ack_control_id, timestamp);
     };
@@ -559,6 +587,7 @@ pub fn build_ack_for_unparsed(
         processing_id: raw_field(11),
         version: raw_field(12),
         charset: known_charset,
+        declared: declared_charset(known_charset, d.repetition),
     };
     write_ack(&echo, code, error, ack_control_id, timestamp)
 }
@@ -872,6 +901,40 @@ mod tests {
         let ack = s(build_ack(&m, AckCode::Accept, None, "A2", TS));
         assert!(ack.starts_with("MSH|^~\\&#|ORBITER|HIE|TRUNCSYS|GENHOSP|"));
         assert!(ack.contains("|ACK^A01^ACK|A2|P|2.7\rMSA|AA|TR0001\r"));
+    }
+
+    #[test]
+    fn engine_text_is_ascii_unless_the_message_declared_a_charset_that_carries_it() {
+        let text = "adt \u{2192} cdr: 422 \u{201c}bad\u{201d} \u{2014} M\u{fc}ller\u{2026}";
+        let err = AckError::new(ErrorCode::ApplicationInternalError, text);
+        // No MSH-18: ASCII applies; every byte of the ACK is ASCII.
+        let m = Message::parse(b"MSH|^~\\&|A|B|C|D|T||ADT^A01|N1|P|2.5.1\r").unwrap();
+        let ack = build_ack(&m, AckCode::Error, Some(&err), "A1", TS);
+        assert!(ack.is_ascii(), "{}", String::from_utf8_lossy(&ack));
+        assert!(
+            s(ack).ends_with("||||adt -> cdr: 422 \"bad\" - Muller...\r"),
+            "transliterated"
+        );
+        let ack = build_ack_for_unparsed(b"MSH|^~\\&|A|B|C|D|T||ADT^A01|N1|P|2.5.1\rp!d", AckCode::Error, Some(&err), "A1", TS);
+        assert!(ack.is_ascii(), "{}", String::from_utf8_lossy(&ack));
+        // MSH-18 ASCII: the same.
+        let m = Message::parse(
+            b"MSH|^~\\&|A|B|C|D|T||ADT^A01|N1|P|2.5.1||||||ASCII\r",
+        )
+        .unwrap();
+        assert!(build_ack(&m, AckCode::Error, Some(&err), "A1", TS).is_ascii());
+        // UTF-8 declared: as written.
+        let m = Message::parse(ADT).unwrap();
+        let ack = s(build_ack(&m, AckCode::Error, Some(&err), "A1", TS));
+        assert!(ack.contains(text), "{ack}");
+        // Latin-1 declared: what Latin-1 holds stays, the rest is transliterated.
+        let m = Message::parse(LATIN1).unwrap();
+        let ack = build_ack(&m, AckCode::Error, Some(&err), "A1", TS);
+        assert!(
+            ack.ends_with(b"adt -> cdr: 422 \"bad\" - M\xfcller...\r"),
+            "{}",
+            String::from_utf8_lossy(&ack)
+        );
     }
 
     #[test]
