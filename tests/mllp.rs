@@ -559,3 +559,86 @@ fn the_load_generator_counts_only_accepted_messages() {
     assert!(acked > 100 && rate > 100, "{acked} accepted, {rate}/s");
     assert_eq!(not_accepted, 0);
 }
+
+/// An ADT^A01 with this control id and MSH-11, MSH-12 as given.
+fn with_header(control_id: &str, processing_id: &str, version: &str) -> Vec<u8> {
+    String::from_utf8(adt(control_id))
+        .unwrap()
+        .replacen("|P|2.5.1", &format!("|{processing_id}|{version}"), 1)
+        .into_bytes()
+}
+
+/// MSH-11 (table 0103, and what `hl7.processing_ids` allows) and MSH-12 (an HL7 v2 version)
+/// are checked on MLLP and on HTTP `/hl7v2` alike: AR with code 202 or 203 at the field,
+/// journaled `failed`.
+#[tokio::test]
+async fn processing_id_and_version_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(&dir.path().join("data"), &[]);
+    let mut c = client(&engine).await;
+    let version_err = "\rERR||MSH^1^12|203^Unsupported version id^HL70357|E|";
+    let processing_err = "\rERR||MSH^1^11|202^Unsupported processing id^HL70357|E|";
+    for (id, processing_id, version, refused) in [
+        ("V-99", "P", "9.9", Some(version_err)),
+        ("V-BANANA", "P", "banana", Some(version_err)),
+        ("V-3", "P", "3.0", Some(version_err)),
+        ("V-2X", "P", "2.5.9", Some(version_err)),
+        ("V-21", "P", "2.1", None),
+        ("V-231", "P", "2.3.1", None),
+        ("V-251", "P", "2.5.1^DEU^2.5", None),
+        ("V-271", "P", "2.7.1", None),
+        ("V-282", "P", "2.8.2", None),
+        ("P-Z", "Z", "2.5.1", Some(processing_err)),
+        ("P-LOWER", "p", "2.5.1", Some(processing_err)),
+        ("P-T", "T", "2.5.1", None),
+        ("P-D", "D^A", "2.5.1", None),
+    ] {
+        let ack = c
+            .send(&with_header(id, processing_id, version))
+            .await
+            .unwrap();
+        let (code, control, text) = ack_fields(&ack);
+        assert_eq!(control, id, "{text}");
+        let tx = transaction_by_control_id(&engine, id).await;
+        assert_eq!(tx["status"], "failed", "{tx}");
+        let reason = tx["error"].as_str().unwrap();
+        match refused {
+            Some(err) => {
+                assert_eq!(code, "AR", "{id}: {text}");
+                assert!(text.contains(err), "{id}: {text:?}");
+                assert!(reason.starts_with("refused"), "{tx}");
+            }
+            None => {
+                assert_eq!(code, "AA", "{id}: {text}");
+                // No channel here: accepted, then failed for want of one.
+                assert!(reason.starts_with("no channel"), "{tx}");
+            }
+        }
+    }
+    // HTTP /hl7v2 takes the same path: 400 with the AR.
+    let response = engine
+        .ingest("/hl7v2", "application/hl7-v2", with_header("H-99", "P", "9.9"))
+        .await;
+    assert_eq!(response.status().as_u16(), 400);
+    let (code, control, text) = ack_fields(&response.bytes().await.unwrap());
+    assert_eq!((code.as_str(), control.as_str()), ("AR", "H-99"), "{text}");
+    assert!(text.contains(version_err), "{text:?}");
+
+    // An operator's production engine takes production messages only.
+    let production = Engine::start(
+        &dir.path().join("production"),
+        &[("ORBITER_HL7_PROCESSING_IDS", "P")],
+    );
+    let mut c = client(&production).await;
+    let (code, _, text) = ack_fields(&c.send(&with_header("PR-T", "T", "2.5.1")).await.unwrap());
+    assert_eq!(code, "AR", "{text}");
+    assert!(text.contains(processing_err), "{text:?}");
+    let (code, _, text) = ack_fields(&c.send(&with_header("PR-P", "P", "2.5.1")).await.unwrap());
+    assert_eq!(code, "AA", "{text}");
+    let response = production
+        .ingest("/hl7v2", "application/hl7-v2", with_header("PR-HT", "T", "2.5"))
+        .await;
+    assert_eq!(response.status().as_u16(), 400);
+    let (code, _, text) = ack_fields(&response.bytes().await.unwrap());
+    assert_eq!(code, "AR", "{text}");
+}

@@ -2,8 +2,9 @@
 //! its acknowledgement. Shared by every listener that answers with HL7 ACKs.
 //!
 //! - bytes that do not parse as HL7: journaled as `failed` with the parse error, answered AR;
-//! - a parseable message that cannot be accepted (no MSH-9 or MSH-10): journaled as `failed`,
-//!   answered AE naming the field;
+//! - a parseable message that cannot be accepted (no MSH-9 or MSH-10, or not one message):
+//!   journaled as `failed`, answered AE naming the field; a version (MSH-12) that is not HL7 v2
+//!   or a processing id (MSH-11) not in `hl7.processing_ids`: the same, answered AR (203, 202);
 //! - otherwise journaled as `received`, answered AA only once the append is durable;
 //! - the journal itself failing: AR with code 207, so the sender keeps the message and resends;
 //! - a repeated control id from the same sender: accepted (AA) and flagged `duplicate_of`.
@@ -17,13 +18,13 @@
 //! it or a destination refused it, AR when a destination was unavailable (queued: resend later).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use time::macros::format_description;
 
 use crate::channel::SourceKind;
-use crate::config::AckTiming;
+use crate::config::{AckTiming, Hl7Config};
 use crate::hl7::{self, AckCode, AckError, ErrorCode, Message, Severity};
 use crate::journal::{
     Appended, ChannelRun, Journal, JournalError, MessageMeta, NewMessage, Status, TxId,
@@ -67,6 +68,20 @@ pub struct DocumentReply {
     pub refused: Option<String>,
     /// The pipeline's outcome, when a channel acknowledges on delivery.
     pub delivery: Option<PipelineOutcome>,
+}
+
+/// The `[hl7]` settings every intake applies; see [`use_hl7_config`].
+static HL7_CONFIG: OnceLock<Hl7Config> = OnceLock::new();
+
+/// Sets the `[hl7]` settings for every intake of this process (`orbiter run` does, before any
+/// listener starts; until then, and without it, the defaults apply). `false` when they were set
+/// already, or read already.
+pub fn use_hl7_config(config: &Hl7Config) -> bool {
+    HL7_CONFIG.set(config.clone()).is_ok()
+}
+
+fn hl7_config() -> &'static Hl7Config {
+    HL7_CONFIG.get_or_init(Hl7Config::default)
 }
 
 /// Parses, journals and acknowledges messages for one listener.
@@ -143,7 +158,7 @@ impl Intake {
             origin: arrival.origin,
             ..MessageMeta::default()
         };
-        // `refusal`: why the message is not accepted, as the ACK will say it.
+        // `refusal`: why the message is not accepted, as the ACK will say it, and with what.
         let (parsed, refusal) = match Message::parse(&raw) {
             Err(e) => {
                 // What the header still says, so the refused message can be found by its
@@ -161,17 +176,26 @@ impl Intake {
                     text: e.to_string(),
                     severity: Severity::Error,
                 };
-                (None, Some(error))
+                (None, Some((AckCode::Reject, error)))
             }
             Ok(message) => {
                 fill_meta(&mut meta, &message);
-                let refusal = message.check_required().err();
+                let refusal = match message.check_required() {
+                    Err(e) => Some((AckCode::Error, e)),
+                    // A version or processing id the engine does not take: AR, do not resend
+                    // as is.
+                    Ok(()) => message
+                        .check_version()
+                        .and_then(|()| message.check_processing_id(&hl7_config().processing_ids))
+                        .err()
+                        .map(|e| (AckCode::Reject, e)),
+                };
                 (Some(message), refusal)
             }
         };
         let refused = match (&parsed, &refusal) {
-            (None, Some(e)) => Some(format!("not HL7 v2: {}", e.text)),
-            (Some(_), Some(e)) => Some(format!("refused: {}", e.text)),
+            (None, Some((_, e))) => Some(format!("not HL7 v2: {}", e.text)),
+            (Some(_), Some((_, e))) => Some(format!("refused: {}", e.text)),
             (_, None) => None,
         };
         let queued = self.enqueue(meta, raw.clone(), refused, arrival.origin_key);
@@ -181,8 +205,8 @@ impl Intake {
                 .as_ref()
                 .is_some_and(|d| d.status == Status::Queued);
             let already = appended.as_ref().is_ok_and(|a| a.already);
-            let (code, error, id) = match (appended, refusal, &parsed) {
-                (Err(e), _, _) => {
+            let (code, error, id) = match (appended, refusal) {
+                (Err(e), _) => {
                     tracing::error!(listener = %this.listener, error = %e, "journal append failed");
                     let error = AckError {
                         code: ErrorCode::ApplicationInternalError,
@@ -192,9 +216,8 @@ impl Intake {
                     };
                     (AckCode::Reject, Some(error), None)
                 }
-                (Ok(a), Some(error), None) => (AckCode::Reject, Some(error), Some(a.id)),
-                (Ok(a), Some(error), Some(_)) => (AckCode::Error, Some(error), Some(a.id)),
-                (Ok(a), None, _) => {
+                (Ok(a), Some((code, error))) => (code, Some(error), Some(a.id)),
+                (Ok(a), None) => {
                     if let Some(first) = a.duplicate_of.filter(|_| !a.already) {
                         this.metrics.duplicates_total.inc();
                         tracing::info!(listener = %this.listener, id = %a.id, duplicate_of = %first, "duplicate control id");
