@@ -642,3 +642,50 @@ async fn processing_id_and_version_are_checked() {
     let (code, _, text) = ack_fields(&response.bytes().await.unwrap());
     assert_eq!(code, "AR", "{text}");
 }
+
+/// In ACK mode `on-delivery` the one ACK reports the processing outcome: an application ACK,
+/// AA/AE/AR even in enhanced mode, sent as MSH-16 says. In `on-commit` it is the accept ACK:
+/// CA/CE/CR as MSH-15 says; and so is a refusal before the commit.
+#[tokio::test]
+async fn on_delivery_answers_with_an_application_ack() {
+    let ws = common::Workspace::new();
+    let file_dest = "[[destination]]\nkind = \"file\"\npath = \"out\"";
+    let patient = "#{resourceType: \"Patient\", id: \"p1\"}";
+    ws.channel("refuses", "\"ADT^A06\"", "reject(\"no ward\");", "on-delivery", file_dest);
+    ws.channel("takes", "\"ADT^A01\"", patient, "on-delivery", file_dest);
+    ws.channel("commits", "\"ADT^A08\"", patient, "on-commit", file_dest);
+    let engine = ws.start(&[]);
+    let mut c = client(&engine).await;
+    let message = |trigger: &str, id: &str, msh15_16: &str| {
+        String::from_utf8(adt(id))
+            .unwrap()
+            .replace("ADT^A01^ADT_A01", &format!("ADT^{trigger}"))
+            .replacen("|P|2.5.1", &format!("|P|2.5.1|||{msh15_16}"), 1)
+            .into_bytes()
+    };
+    let expect = |ack: bytes::Bytes, code: &str, id: &str| {
+        let (got, control, text) = ack_fields(&ack);
+        assert_eq!((got.as_str(), control.as_str()), (code, id), "{text}");
+        text
+    };
+    // The committed message a script rejected: AE, not CE.
+    let text = expect(c.send(&message("A06", "OD-1", "AL|AL")).await.unwrap(), "AE", "OD-1");
+    assert!(text.contains("no ward"), "{text}");
+    // MSH-15 SU says nothing of it: MSH-16 AL wants it.
+    expect(c.send(&message("A06", "OD-2", "SU|AL")).await.unwrap(), "AE", "OD-2");
+    // MSH-16 NE: none; MSH-16 ER: none on success. The next ACK is the next message's.
+    c.write(&message("A06", "OD-3", "AL|NE")).await.unwrap();
+    c.write(&message("A01", "OD-4", "AL|ER")).await.unwrap();
+    expect(c.send(&message("A01", "OD-5", "NE|AL")).await.unwrap(), "AA", "OD-5");
+    expect(c.send(&message("A06", "OD-6", "NE|ER")).await.unwrap(), "AE", "OD-6");
+    // on-commit: the accept ACK.
+    expect(c.send(&message("A08", "OC-1", "AL|NE")).await.unwrap(), "CA", "OC-1");
+    // Refused before the commit (no MSH-9): accept level, CE, even for an on-delivery type.
+    let refused = String::from_utf8(message("A06", "OD-7", "AL|NE"))
+        .unwrap()
+        .replace("|ADT^A06|", "||");
+    expect(c.send(refused.as_bytes()).await.unwrap(), "CE", "OD-7");
+    for id in ["OD-3", "OD-4"] {
+        transaction_by_control_id(&engine, id).await;
+    }
+}

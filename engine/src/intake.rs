@@ -9,13 +9,15 @@
 //! - the journal itself failing: AR with code 207, so the sender keeps the message and resends;
 //! - a repeated control id from the same sender: accepted (AA) and flagged `duplicate_of`.
 //!
-//! In enhanced mode (MSH-15/16 set) the codes are CA/CE/CR and MSH-15 decides whether an
-//! accept ACK is sent at all (AL, NE, ER, SU).
+//! In enhanced mode (MSH-15/16 set) these are accept ACKs: CA/CE/CR, and MSH-15 decides whether
+//! one is sent at all (AL, NE, ER, SU).
 //!
 //! Routing happens before the append (so the fan-out is journaled with the message); channel
 //! processing after it. When a channel that takes the message is in ACK mode `on-delivery`, the
 //! ACK waits for the pipeline: AA when delivered or filtered, AE when a script rejected or failed
 //! it or a destination refused it, AR when a destination was unavailable (queued: resend later).
+//! That ACK reports the processing outcome, so it is the application ACK: AA/AE/AR in enhanced
+//! mode too, sent as MSH-16 says.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -25,7 +27,7 @@ use time::macros::format_description;
 
 use crate::channel::SourceKind;
 use crate::config::{AckTiming, Hl7Config};
-use crate::hl7::{self, AckCode, AckError, ErrorCode, Message, Severity};
+use crate::hl7::{self, AckCode, AckError, AckMode, ErrorCode, Message, Severity};
 use crate::journal::{
     Appended, ChannelRun, Journal, JournalError, MessageMeta, NewMessage, Status, TxId,
 };
@@ -205,7 +207,8 @@ impl Intake {
                 .as_ref()
                 .is_some_and(|d| d.status == Status::Queued);
             let already = appended.as_ref().is_ok_and(|a| a.already);
-            let (code, error, id) = match (appended, refusal) {
+            // `application`: the ACK reports the processing outcome (on-delivery), not the commit.
+            let (code, error, id, application) = match (appended, refusal) {
                 (Err(e), _) => {
                     tracing::error!(listener = %this.listener, error = %e, "journal append failed");
                     let error = AckError {
@@ -214,19 +217,19 @@ impl Intake {
                         text: "message not stored; please resend".into(),
                         severity: Severity::Error,
                     };
-                    (AckCode::Reject, Some(error), None)
+                    (AckCode::Reject, Some(error), None, false)
                 }
-                (Ok(a), Some((code, error))) => (code, Some(error), Some(a.id)),
+                (Ok(a), Some((code, error))) => (code, Some(error), Some(a.id), false),
                 (Ok(a), None) => {
                     if let Some(first) = a.duplicate_of.filter(|_| !a.already) {
                         this.metrics.duplicates_total.inc();
                         tracing::info!(listener = %this.listener, id = %a.id, duplicate_of = %first, "duplicate control id");
                     }
                     match delivery {
-                        None => (AckCode::Accept, None, Some(a.id)),
+                        None => (AckCode::Accept, None, Some(a.id), false),
                         Some(outcome) => {
                             let (code, error) = delivery_ack(&outcome);
-                            (code, error, Some(a.id))
+                            (code, error, Some(a.id), true)
                         }
                     }
                 }
@@ -238,16 +241,25 @@ impl Intake {
             let control_id = ack_control_id(id);
             let timestamp = hl7_timestamp();
             let ack = match &parsed {
+                // The processing outcome: an application ACK, as MSH-16 asks, AA/AE/AR.
+                Some(message) if application => message.application_ack_wanted(code).then(|| {
+                    let error = error.as_ref();
+                    let mode = AckMode::Original;
+                    hl7::build_ack_as(message, code, mode, error, &control_id, &timestamp)
+                }),
+                // The commit, or a refusal before it: an accept ACK, as MSH-15 asks.
                 Some(message) => message.ack_wanted(code).then(|| {
                     hl7::build_ack(message, code, error.as_ref(), &control_id, &timestamp)
                 }),
-                None => Some(hl7::build_ack_for_unparsed(
-                    &raw,
-                    code,
-                    error.as_ref(),
-                    &control_id,
-                    &timestamp,
-                )),
+                None => hl7::ack::unparsed_ack_wanted(&raw, code).then(|| {
+                    hl7::build_ack_for_unparsed(
+                        &raw,
+                        code,
+                        error.as_ref(),
+                        &control_id,
+                        &timestamp,
+                    )
+                }),
             };
             AckReply {
                 ack: ack.map(Bytes::from),

@@ -5,7 +5,9 @@
 //! be something the sender's interface engine can read: the sender's own delimiters, its
 //! applications swapped into the receiver slots, its control id in MSA-2, and an ERR segment in
 //! the v2.5+ layout saying which field and why. Original mode answers `AA/AE/AR`, enhanced mode
-//! (MSH-15 or MSH-16 valued) answers `CA/CE/CR`.
+//! (MSH-15 or MSH-16 valued) answers `CA/CE/CR` for an accept ACK and `AA/AE/AR` for an
+//! application ACK ([`build_ack_as`]). The engine's own text (ERR-8) is written in what the
+//! message's MSH-18 declares, ASCII when it declares nothing.
 //!
 //! Built ACKs end every segment with `\r` (the HL7 segment terminator, also after the last
 //! segment) and carry no MLLP frame bytes.
@@ -498,11 +500,32 @@ fn valued(raw: &str) -> bool {
     !raw.is_empty() && raw != "\"\""
 }
 
-/// Builds the ACK for a parsed message (see the module doc for the layout). `timestamp` goes
-/// to MSH-7 as given (`YYYYMMDDHHMMSS`); `ack_control_id` to MSH-10. Both are escaped.
+/// Builds the ACK for a parsed message (see the module doc for the layout), in the message's
+/// own mode: the accept ACK. `timestamp` goes to MSH-7 as given (`YYYYMMDDHHMMSS`);
+/// `ack_control_id` to MSH-10. Both are escaped.
 pub fn build_ack(
     original: &Message,
     code: AckCode,
+    error: Option<&AckError>,
+    ack_control_id: &str,
+    timestamp: &str,
+) -> Vec<u8> {
+    build_ack_as(
+        original,
+        code,
+        original.ack_mode(),
+        error,
+        ack_control_id,
+        timestamp,
+    )
+}
+
+/// [`build_ack`] with MSA-1 in `mode`: an application ACK (the processing outcome) answers
+/// `AA/AE/AR` whatever the message's mode, so it is built with [`AckMode::Original`].
+pub fn build_ack_as(
+    original: &Message,
+    code: AckCode,
+    mode: AckMode,
     error: Option<&AckError>,
     ack_control_id: &str,
     timestamp: &str,
@@ -516,7 +539,7 @@ pub fn build_ack(
             None => Cow::Owned(d.encoding_characters()),
         },
         wire: original.wire(),
-        mode: original.ack_mode(),
+        mode,
         apps: [raw(3), raw(4), raw(5), raw(6)],
         trigger: part(part(raw(9), d.repetition, 1), d.component, 2),
         control_id: raw(10),
@@ -643,6 +666,27 @@ pub fn unparsed_header(raw: &[u8]) -> Option<UnparsedHeader> {
         sending_facility: field(4),
         version: field(12),
     })
+}
+
+/// Whether the sender of input that did not parse wants an accept ACK with this code, as far
+/// as its first usable `MSH` says: as [`Message::ack_wanted`] (MSH-15 in enhanced mode), and
+/// always when there is no such `MSH`.
+pub fn unparsed_ack_wanted(raw: &[u8], code: AckCode) -> bool {
+    let Some((start, d)) = find_msh(raw) else {
+        return true;
+    };
+    let line = raw[start..]
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or(&[]);
+    let (text, _, _) = charset::decode(line, Charset::Utf8);
+    let pieces: Vec<&str> = text.split(char::from(d.field)).collect();
+    let raw_field = |n: usize| pieces.get(n - 1).copied().unwrap_or("");
+    if !valued(raw_field(15)) && !valued(raw_field(16)) {
+        return true;
+    }
+    let accept = part(part(raw_field(15), d.repetition, 1), d.component, 1);
+    AckType::from_code(accept).is_none_or(|t| t.wants(code))
 }
 
 /// An ACK as read by `orbiter send`: what the receiver said.
@@ -935,6 +979,36 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&ack)
         );
+    }
+
+    #[test]
+    fn an_application_ack_has_original_codes_in_enhanced_mode() {
+        let m = Message::parse(ENHANCED).unwrap();
+        assert_eq!(m.ack_mode(), AckMode::Enhanced);
+        let err = AckError::new(ErrorCode::ApplicationInternalError, "rejected");
+        let ack = s(build_ack_as(
+            &m,
+            AckCode::Error,
+            AckMode::Original,
+            Some(&err),
+            "A1",
+            TS,
+        ));
+        assert!(ack.contains("\rMSA|AE|ENH0001\r"), "{ack}");
+        let ack = s(build_ack(&m, AckCode::Error, Some(&err), "A1", TS));
+        assert!(ack.contains("\rMSA|CE|ENH0001\r"), "{ack}");
+    }
+
+    #[test]
+    fn unparsed_input_follows_msh_15() {
+        let raw = |msh15_16: &str| format!("MSH|^~\\&|A|B|C|D|T||ADT^A01|C1|P|2.5|||{msh15_16}\rp!d|x\r");
+        assert!(unparsed_ack_wanted(raw("").as_bytes(), AckCode::Reject));
+        assert!(unparsed_ack_wanted(raw("AL|NE").as_bytes(), AckCode::Reject));
+        assert!(!unparsed_ack_wanted(raw("NE|AL").as_bytes(), AckCode::Reject));
+        assert!(unparsed_ack_wanted(raw("ER").as_bytes(), AckCode::Reject));
+        assert!(!unparsed_ack_wanted(raw("SU").as_bytes(), AckCode::Reject));
+        assert!(unparsed_ack_wanted(raw("|AL").as_bytes(), AckCode::Reject));
+        assert!(unparsed_ack_wanted(b"garbage", AckCode::Reject));
     }
 
     #[test]
