@@ -643,6 +643,45 @@ async fn processing_id_and_version_are_checked() {
     assert_eq!(code, "AR", "{text}");
 }
 
+/// A frame cut off where its text no longer parses (mid segment name) is still journaled
+/// under the control id, type and sender its header gives, and answered AR with code 100.
+#[tokio::test]
+async fn a_cut_off_frame_keeps_what_its_header_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &[("ORBITER_MLLP_IDLE_TIMEOUT_SECS", "1")],
+    );
+    for (id, half_close) in [("O003", true), ("O004", false)] {
+        let mut stream = TcpStream::connect(&engine.mllp).await.unwrap();
+        let message = adt(id);
+        // Up to the middle of the name of the PID segment.
+        let cut = message.windows(4).position(|w| w == b"\rPID").unwrap() + 3;
+        let mut bytes = vec![0x0b];
+        bytes.extend_from_slice(&message[..cut]);
+        assert!(orbiter::hl7::Message::parse(&message[..cut]).is_err());
+        stream.write_all(&bytes).await.unwrap();
+        if half_close {
+            stream.shutdown().await.unwrap();
+        }
+        // Half-closed, or quiet until the idle timeout: the AR comes back, then the close.
+        let rest = read_to_eof(&mut stream).await;
+        assert!(rest.len() > 3, "{id}: an ACK before the close");
+        let (code, control, text) = ack_fields(&rest[1..rest.len() - 2]);
+        assert_eq!((code.as_str(), control.as_str()), ("AR", id), "{text}");
+        assert!(
+            text.contains("|100^Segment sequence error^HL70357|E|"),
+            "{id}: {text:?}"
+        );
+        assert!(text.contains("in the middle of a message"), "{text:?}");
+        let tx = transaction_by_control_id(&engine, id).await;
+        assert_eq!(tx["status"], "failed", "{tx}");
+        assert_eq!(tx["truncated"], true, "{tx}");
+        assert_eq!(tx["message_type"], "ADT^A01", "{tx}");
+        assert_eq!(tx["sending_application"], "SENDAPP", "{tx}");
+    }
+}
+
 /// In ACK mode `on-delivery` the one ACK reports the processing outcome: an application ACK,
 /// AA/AE/AR even in enhanced mode, sent as MSH-16 says. In `on-commit` it is the accept ACK:
 /// CA/CE/CR as MSH-15 says; and so is a refusal before the commit.

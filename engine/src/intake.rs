@@ -165,13 +165,7 @@ impl Intake {
             Err(e) => {
                 // What the header still says, so the refused message can be found by its
                 // control id (the ACK echoes it too).
-                if let Some(h) = crate::hl7::ack::unparsed_header(&raw) {
-                    meta.control_id = h.control_id;
-                    meta.message_type = h.message_type;
-                    meta.sending_application = h.sending_application;
-                    meta.sending_facility = h.sending_facility;
-                    meta.version = h.version;
-                }
+                fill_unparsed_meta(&mut meta, &raw);
                 let error = AckError {
                     code: e.hl7_error_code(),
                     location: e.location(),
@@ -418,7 +412,10 @@ impl Intake {
     }
 
     /// Journals input that never became a whole message (an oversize frame, a frame cut off by
-    /// the connection closing) and builds the AR for it, if the sender is still there to read it.
+    /// the connection closing) and builds the AR for it, if the sender is still there to read it:
+    /// code 100 (what was received is not a whole message), `reason` in ERR-8. The record keeps
+    /// what the header says (control id, type, sender), read leniently when the part does not
+    /// parse, as the ACK reads it.
     pub fn submit_broken(
         &self,
         prefix: Bytes,
@@ -431,8 +428,9 @@ impl Intake {
             peer,
             ..MessageMeta::default()
         };
-        if let Ok(message) = Message::parse(&prefix) {
-            fill_meta(&mut meta, &message);
+        match Message::parse(&prefix) {
+            Ok(message) => fill_meta(&mut meta, &message),
+            Err(_) => fill_unparsed_meta(&mut meta, &prefix),
         }
         let appended = self.journal.append(NewMessage {
             meta,
@@ -449,21 +447,25 @@ impl Intake {
                 .messages_total
                 .with_label_values(&[&this.listener, outcome(AckCode::Reject)])
                 .inc();
+            // Not 207 (application internal error): nothing failed here, the message did not
+            // arrive whole.
             let error = AckError {
-                code: ErrorCode::ApplicationInternalError,
+                code: ErrorCode::SegmentSequenceError,
                 location: None,
                 text: reason,
                 severity: Severity::Error,
             };
-            let ack = hl7::build_ack_for_unparsed(
-                &prefix,
-                AckCode::Reject,
-                Some(&error),
-                &ack_control_id(id),
-                &hl7_timestamp(),
-            );
+            let ack = hl7::ack::unparsed_ack_wanted(&prefix, AckCode::Reject).then(|| {
+                hl7::build_ack_for_unparsed(
+                    &prefix,
+                    AckCode::Reject,
+                    Some(&error),
+                    &ack_control_id(id),
+                    &hl7_timestamp(),
+                )
+            });
             AckReply {
-                ack: Some(Bytes::from(ack)),
+                ack: ack.map(Bytes::from),
                 code: AckCode::Reject,
                 id,
                 queued: false,
@@ -497,6 +499,18 @@ pub fn delivery_ack(outcome: &PipelineOutcome) -> (AckCode, Option<AckError>) {
             AckCode::Error,
             Some(error(ErrorCode::ApplicationInternalError, reason)),
         ),
+    }
+}
+
+/// Fills what the first usable `MSH` of input that did not parse still says (control id, type,
+/// sender, version) into `meta`, so that the refused input can be found by its control id.
+fn fill_unparsed_meta(meta: &mut MessageMeta, raw: &[u8]) {
+    if let Some(h) = crate::hl7::ack::unparsed_header(raw) {
+        meta.control_id = h.control_id;
+        meta.message_type = h.message_type;
+        meta.sending_application = h.sending_application;
+        meta.sending_facility = h.sending_facility;
+        meta.version = h.version;
     }
 }
 
