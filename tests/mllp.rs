@@ -682,6 +682,38 @@ async fn a_cut_off_frame_keeps_what_its_header_says() {
     }
 }
 
+/// ACK MSH-10s are unique across engines and data dirs: a per-journal prefix, kept across
+/// restarts, then the transaction id; within the 20 characters v2.3 allows.
+#[tokio::test]
+async fn ack_control_ids_differ_between_data_dirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Engine::start(&dir.path().join("one"), &[]);
+    let second = Engine::start(&dir.path().join("two"), &[]);
+    let ack_id = |ack: &[u8]| {
+        orbiter::hl7::Message::parse(ack)
+            .unwrap()
+            .control_id()
+            .unwrap()
+            .to_string()
+    };
+    let mut ids = Vec::new();
+    for engine in [&first, &second] {
+        let mut c = client(engine).await;
+        ids.push(ack_id(&c.send(&adt("SAME-1")).await.unwrap()));
+    }
+    assert_ne!(ids[0], ids[1], "two fresh data dirs, two ACK ids");
+    for id in &ids {
+        assert!(id.len() <= 20, "{id}");
+        assert!(id.is_ascii() && id.chars().all(|c| c.is_ascii_alphanumeric()), "{id}");
+    }
+    first.stop();
+    first.restart();
+    let mut c = client(&first).await;
+    let again = ack_id(&c.send(&adt("SAME-2")).await.unwrap());
+    assert_ne!(again, ids[0]);
+    assert_eq!(again[..6], ids[0][..6], "the prefix is kept: {again} {}", ids[0]);
+}
+
 /// In ACK mode `on-delivery` the one ACK reports the processing outcome: an application ACK,
 /// AA/AE/AR even in enhanced mode, sent as MSH-16 says. In `on-commit` it is the accept ACK:
 /// CA/CE/CR as MSH-15 says; and so is a refusal before the commit.

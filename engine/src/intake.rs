@@ -232,7 +232,7 @@ impl Intake {
                 .messages_total
                 .with_label_values(&[&this.listener, outcome(code)])
                 .inc();
-            let control_id = ack_control_id(id);
+            let control_id = ack_control_id(this.journal.ack_id_prefix(), id);
             let timestamp = hl7_timestamp();
             let ack = match &parsed {
                 // The processing outcome: an application ACK, as MSH-16 asks, AA/AE/AR.
@@ -460,7 +460,7 @@ impl Intake {
                     &prefix,
                     AckCode::Reject,
                     Some(&error),
-                    &ack_control_id(id),
+                    &ack_control_id(this.journal.ack_id_prefix(), id),
                     &hl7_timestamp(),
                 )
             });
@@ -556,11 +556,14 @@ fn outcome(code: AckCode) -> &'static str {
     }
 }
 
-/// MSH-10 of an ACK: unique per ACK, tied to the transaction when there is one.
-fn ack_control_id(id: Option<TxId>) -> String {
+/// MSH-10 of an ACK: the journal's prefix (random, made once per journal, so that two engines
+/// or a fresh data dir do not repeat ids), then the transaction id; 20 characters at most (the
+/// v2.3 limit) for ids below 10^14. Not journaled (the journal failed): `X` and 13 random hex
+/// digits after the prefix.
+fn ack_control_id(prefix: &str, id: Option<TxId>) -> String {
     match id {
-        Some(id) => format!("ORB{id}"),
-        None => format!("ORBX{:016x}", rand::random::<u64>()),
+        Some(id) => format!("{prefix}{id}"),
+        None => format!("{prefix}X{:013x}", rand::random::<u64>() >> 12),
     }
 }
 
