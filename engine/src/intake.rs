@@ -7,7 +7,8 @@
 //!   or a processing id (MSH-11) not in `hl7.processing_ids`: the same, answered AR (203, 202);
 //! - otherwise journaled as `received`, answered AA only once the append is durable;
 //! - the journal itself failing: AR with code 207, so the sender keeps the message and resends;
-//! - a repeated control id from the same sender: accepted (AA) and flagged `duplicate_of`.
+//! - a repeated control id from the same sender: accepted (AA), flagged `duplicate_of`, and
+//!   processed like any other message.
 //!
 //! In enhanced mode (MSH-15/16 set) these are accept ACKs: CA/CE/CR, and MSH-15 decides whether
 //! one is sent at all (AL, NE, ER, SU).

@@ -45,7 +45,7 @@ impl Message {
                         String::from_utf8_lossy(name)
                     ),
                 )
-                .at(ErrLocation::segment("MSH", 1)));
+                .at(ErrLocation::segment(&String::from_utf8_lossy(name), 1)));
             }
             _ => {
                 return Err(AckError::new(
@@ -189,6 +189,13 @@ mod tests {
         let batch = Message::parse(b"BHS|^~\\&\rMSH|^~\\&|||||||ADT^A01|1\rBTS|1\r").unwrap();
         let e = batch.check_required().unwrap_err();
         assert!(e.text.contains("a batch (BHS)"), "{}", e.text);
+        // ERR-2 names the batch header refused, not a message header.
+        assert_eq!(e.location.unwrap().to_string(), "BHS^1");
+        let file = Message::parse(b"FHS|^~\\&\rBHS|^~\\&\rMSH|^~\\&|||||||ADT^A01|1\r").unwrap();
+        assert_eq!(
+            file.check_required().unwrap_err().location.unwrap().to_string(),
+            "FHS^1"
+        );
         // A Z-segment or any other later segment is fine.
         let m = Message::parse(b"MSH|^~\\&|A|B|C|D|T||ADT^A01|ONE|P|2.5\rZMS|1\r").unwrap();
         assert_eq!(m.check_required(), Ok(()));
