@@ -267,9 +267,11 @@ async fn orbiter_send_does_not_wait_for_an_ack_nobody_sends() {
     let engine = Engine::start(&dir.path().join("data"), &[]);
     let orbiter = env!("CARGO_BIN_EXE_orbiter");
     let file = |name: &str, id: &str, msh15: &str| {
-        let text = String::from_utf8(common::adt(id))
-            .unwrap()
-            .replacen("|P|2.5.1", &format!("|P|2.5.1|||{msh15}"), 1);
+        let text = String::from_utf8(common::adt(id)).unwrap().replacen(
+            "|P|2.5.1",
+            &format!("|P|2.5.1|||{msh15}"),
+            1,
+        );
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
@@ -290,8 +292,14 @@ async fn orbiter_send_does_not_wait_for_an_ack_nobody_sends() {
         started.elapsed() < std::time::Duration::from_secs(3),
         "no wait for the timeout"
     );
-    assert!(stdout.contains("no ACK requested (MSH-15 NE) for S-NE"), "{stdout}");
-    assert!(stdout.contains("no ACK (MSH-15 ER: none when accepted) for S-ER"), "{stdout}");
+    assert!(
+        stdout.contains("no ACK requested (MSH-15 NE) for S-NE"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("no ACK (MSH-15 ER: none when accepted) for S-ER"),
+        "{stdout}"
+    );
     assert!(stdout.contains("MSA|AA|S-AA"), "{stdout}");
     for id in ["S-NE", "S-ER", "S-AA"] {
         let (_, body) = engine

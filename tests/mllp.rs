@@ -617,7 +617,11 @@ async fn processing_id_and_version_are_checked() {
     }
     // HTTP /hl7v2 takes the same path: 400 with the AR.
     let response = engine
-        .ingest("/hl7v2", "application/hl7-v2", with_header("H-99", "P", "9.9"))
+        .ingest(
+            "/hl7v2",
+            "application/hl7-v2",
+            with_header("H-99", "P", "9.9"),
+        )
         .await;
     assert_eq!(response.status().as_u16(), 400);
     let (code, control, text) = ack_fields(&response.bytes().await.unwrap());
@@ -636,7 +640,11 @@ async fn processing_id_and_version_are_checked() {
     let (code, _, text) = ack_fields(&c.send(&with_header("PR-P", "P", "2.5.1")).await.unwrap());
     assert_eq!(code, "AA", "{text}");
     let response = production
-        .ingest("/hl7v2", "application/hl7-v2", with_header("PR-HT", "T", "2.5"))
+        .ingest(
+            "/hl7v2",
+            "application/hl7-v2",
+            with_header("PR-HT", "T", "2.5"),
+        )
         .await;
     assert_eq!(response.status().as_u16(), 400);
     let (code, _, text) = ack_fields(&response.bytes().await.unwrap());
@@ -704,14 +712,22 @@ async fn ack_control_ids_differ_between_data_dirs() {
     assert_ne!(ids[0], ids[1], "two fresh data dirs, two ACK ids");
     for id in &ids {
         assert!(id.len() <= 20, "{id}");
-        assert!(id.is_ascii() && id.chars().all(|c| c.is_ascii_alphanumeric()), "{id}");
+        assert!(
+            id.is_ascii() && id.chars().all(|c| c.is_ascii_alphanumeric()),
+            "{id}"
+        );
     }
     first.stop();
     first.restart();
     let mut c = client(&first).await;
     let again = ack_id(&c.send(&adt("SAME-2")).await.unwrap());
     assert_ne!(again, ids[0]);
-    assert_eq!(again[..6], ids[0][..6], "the prefix is kept: {again} {}", ids[0]);
+    assert_eq!(
+        again[..6],
+        ids[0][..6],
+        "the prefix is kept: {again} {}",
+        ids[0]
+    );
 }
 
 /// In ACK mode `on-delivery` the one ACK reports the processing outcome: an application ACK,
@@ -722,7 +738,13 @@ async fn on_delivery_answers_with_an_application_ack() {
     let ws = common::Workspace::new();
     let file_dest = "[[destination]]\nkind = \"file\"\npath = \"out\"";
     let patient = "#{resourceType: \"Patient\", id: \"p1\"}";
-    ws.channel("refuses", "\"ADT^A06\"", "reject(\"no ward\");", "on-delivery", file_dest);
+    ws.channel(
+        "refuses",
+        "\"ADT^A06\"",
+        "reject(\"no ward\");",
+        "on-delivery",
+        file_dest,
+    );
     ws.channel("takes", "\"ADT^A01\"", patient, "on-delivery", file_dest);
     ws.channel("commits", "\"ADT^A08\"", patient, "on-commit", file_dest);
     let engine = ws.start(&[]);
@@ -740,17 +762,37 @@ async fn on_delivery_answers_with_an_application_ack() {
         text
     };
     // The committed message a script rejected: AE, not CE.
-    let text = expect(c.send(&message("A06", "OD-1", "AL|AL")).await.unwrap(), "AE", "OD-1");
+    let text = expect(
+        c.send(&message("A06", "OD-1", "AL|AL")).await.unwrap(),
+        "AE",
+        "OD-1",
+    );
     assert!(text.contains("no ward"), "{text}");
     // MSH-15 SU says nothing of it: MSH-16 AL wants it.
-    expect(c.send(&message("A06", "OD-2", "SU|AL")).await.unwrap(), "AE", "OD-2");
+    expect(
+        c.send(&message("A06", "OD-2", "SU|AL")).await.unwrap(),
+        "AE",
+        "OD-2",
+    );
     // MSH-16 NE: none; MSH-16 ER: none on success. The next ACK is the next message's.
     c.write(&message("A06", "OD-3", "AL|NE")).await.unwrap();
     c.write(&message("A01", "OD-4", "AL|ER")).await.unwrap();
-    expect(c.send(&message("A01", "OD-5", "NE|AL")).await.unwrap(), "AA", "OD-5");
-    expect(c.send(&message("A06", "OD-6", "NE|ER")).await.unwrap(), "AE", "OD-6");
+    expect(
+        c.send(&message("A01", "OD-5", "NE|AL")).await.unwrap(),
+        "AA",
+        "OD-5",
+    );
+    expect(
+        c.send(&message("A06", "OD-6", "NE|ER")).await.unwrap(),
+        "AE",
+        "OD-6",
+    );
     // on-commit: the accept ACK.
-    expect(c.send(&message("A08", "OC-1", "AL|NE")).await.unwrap(), "CA", "OC-1");
+    expect(
+        c.send(&message("A08", "OC-1", "AL|NE")).await.unwrap(),
+        "CA",
+        "OC-1",
+    );
     // Refused before the commit (no MSH-9): accept level, CE, even for an on-delivery type.
     let refused = String::from_utf8(message("A06", "OD-7", "AL|NE"))
         .unwrap()

@@ -294,7 +294,11 @@ struct Outstanding {
 /// [`ER_WAIT`]; `SU` when none comes in time) is not an error: the line says so and the next
 /// message goes. An ACK that comes later for such a message (a receiver that answers anyway,
 /// or an application ACK) is matched by MSA-2 and printed for it.
-async fn send<S>(mut client: MllpClient<S>, files: &[PathBuf], timeout: Duration) -> anyhow::Result<bool>
+async fn send<S>(
+    mut client: MllpClient<S>,
+    files: &[PathBuf],
+    timeout: Duration,
+) -> anyhow::Result<bool>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -318,14 +322,23 @@ where
             client.write(message).await.with_context(context)?;
             let wait = match expect {
                 Expect::Never => {
-                    print_line(&format!("{label}: no ACK requested (MSH-15 NE) for {control_id}"))?;
+                    print_line(&format!(
+                        "{label}: no ACK requested (MSH-15 NE) for {control_id}"
+                    ))?;
                     outstanding.push(Outstanding { label, control_id });
                     continue;
                 }
                 Expect::OnError => ER_WAIT.min(timeout),
                 Expect::Always | Expect::OnSuccess => timeout,
             };
-            let ack = read_own_ack(&mut client, wait, &control_id, &mut outstanding, &mut all_accepted).await;
+            let ack = read_own_ack(
+                &mut client,
+                wait,
+                &control_id,
+                &mut outstanding,
+                &mut all_accepted,
+            )
+            .await;
             match ack.with_context(context)? {
                 Some(ack) => all_accepted &= print_ack(&label, &ack)?,
                 None if expect == Expect::OnError => {
@@ -350,7 +363,8 @@ where
     }
     // ACKs still owed to messages that went without one: those that come within a moment.
     while !outstanding.is_empty() {
-        let Ok(Ok(ack)) = tokio::time::timeout(ER_WAIT.min(timeout), client.read_ack()).await else {
+        let Ok(Ok(ack)) = tokio::time::timeout(ER_WAIT.min(timeout), client.read_ack()).await
+        else {
             break;
         };
         let answers = Ack::parse(&ack).ok().and_then(|a| a.control_id);

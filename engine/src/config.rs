@@ -763,8 +763,11 @@ time_budget = \"2s\"\n",
             assert!(err.contains("hl7.processing_ids"), "{err}");
         }
         // The other list key still takes its comma-separated form.
-        let c = Config::load(None, env(&[("ORBITER_RETENTION_STATUSES", "delivered,failed")]))
-            .unwrap();
+        let c = Config::load(
+            None,
+            env(&[("ORBITER_RETENTION_STATUSES", "delivered,failed")]),
+        )
+        .unwrap();
         assert_eq!(c.retention.statuses.len(), 2);
     }
 

@@ -247,13 +247,7 @@ impl Intake {
                     hl7::build_ack(message, code, error.as_ref(), &control_id, &timestamp)
                 }),
                 None => hl7::ack::unparsed_ack_wanted(&raw, code).then(|| {
-                    hl7::build_ack_for_unparsed(
-                        &raw,
-                        code,
-                        error.as_ref(),
-                        &control_id,
-                        &timestamp,
-                    )
+                    hl7::build_ack_for_unparsed(&raw, code, error.as_ref(), &control_id, &timestamp)
                 }),
             };
             AckReply {

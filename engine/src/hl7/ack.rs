@@ -959,13 +959,16 @@ mod tests {
             s(ack).ends_with("||||adt -> cdr: 422 \"bad\" - Muller...\r"),
             "transliterated"
         );
-        let ack = build_ack_for_unparsed(b"MSH|^~\\&|A|B|C|D|T||ADT^A01|N1|P|2.5.1\rp!d", AckCode::Error, Some(&err), "A1", TS);
+        let ack = build_ack_for_unparsed(
+            b"MSH|^~\\&|A|B|C|D|T||ADT^A01|N1|P|2.5.1\rp!d",
+            AckCode::Error,
+            Some(&err),
+            "A1",
+            TS,
+        );
         assert!(ack.is_ascii(), "{}", String::from_utf8_lossy(&ack));
         // MSH-18 ASCII: the same.
-        let m = Message::parse(
-            b"MSH|^~\\&|A|B|C|D|T||ADT^A01|N1|P|2.5.1||||||ASCII\r",
-        )
-        .unwrap();
+        let m = Message::parse(b"MSH|^~\\&|A|B|C|D|T||ADT^A01|N1|P|2.5.1||||||ASCII\r").unwrap();
         assert!(build_ack(&m, AckCode::Error, Some(&err), "A1", TS).is_ascii());
         // UTF-8 declared: as written.
         let m = Message::parse(ADT).unwrap();
@@ -1001,10 +1004,17 @@ mod tests {
 
     #[test]
     fn unparsed_input_follows_msh_15() {
-        let raw = |msh15_16: &str| format!("MSH|^~\\&|A|B|C|D|T||ADT^A01|C1|P|2.5|||{msh15_16}\rp!d|x\r");
+        let raw =
+            |msh15_16: &str| format!("MSH|^~\\&|A|B|C|D|T||ADT^A01|C1|P|2.5|||{msh15_16}\rp!d|x\r");
         assert!(unparsed_ack_wanted(raw("").as_bytes(), AckCode::Reject));
-        assert!(unparsed_ack_wanted(raw("AL|NE").as_bytes(), AckCode::Reject));
-        assert!(!unparsed_ack_wanted(raw("NE|AL").as_bytes(), AckCode::Reject));
+        assert!(unparsed_ack_wanted(
+            raw("AL|NE").as_bytes(),
+            AckCode::Reject
+        ));
+        assert!(!unparsed_ack_wanted(
+            raw("NE|AL").as_bytes(),
+            AckCode::Reject
+        ));
         assert!(unparsed_ack_wanted(raw("ER").as_bytes(), AckCode::Reject));
         assert!(!unparsed_ack_wanted(raw("SU").as_bytes(), AckCode::Reject));
         assert!(unparsed_ack_wanted(raw("|AL").as_bytes(), AckCode::Reject));

@@ -242,9 +242,15 @@ mod tests {
     #[test]
     fn transliteration() {
         let ascii = |c: char| c.is_ascii();
-        assert!(matches!(transliterate("plain", ascii), Cow::Borrowed("plain")));
+        assert!(matches!(
+            transliterate("plain", ascii),
+            Cow::Borrowed("plain")
+        ));
         assert_eq!(
-            transliterate("a \u{2192} b \u{2014} \u{201c}M\u{fc}ller\u{201d}\u{2026} \u{20ac}", ascii),
+            transliterate(
+                "a \u{2192} b \u{2014} \u{201c}M\u{fc}ller\u{201d}\u{2026} \u{20ac}",
+                ascii
+            ),
             "a -> b - \"Muller\"... ?"
         );
         let latin1 = |c: char| u32::from(c) <= 0xff;

@@ -193,7 +193,11 @@ mod tests {
         assert_eq!(e.location.unwrap().to_string(), "BHS^1");
         let file = Message::parse(b"FHS|^~\\&\rBHS|^~\\&\rMSH|^~\\&|||||||ADT^A01|1\r").unwrap();
         assert_eq!(
-            file.check_required().unwrap_err().location.unwrap().to_string(),
+            file.check_required()
+                .unwrap_err()
+                .location
+                .unwrap()
+                .to_string(),
             "FHS^1"
         );
         // A Z-segment or any other later segment is fine.
@@ -203,8 +207,19 @@ mod tests {
 
     #[test]
     fn versions() {
-        let m = |v: &str| Message::parse(format!("MSH|^~\\&|A|B|C|D|T||ADT^A01|1|P|{v}\r").as_bytes()).unwrap();
-        for v in ["2.1", "2.3", "2.3.1", "2.5.1", "2.5.1^DEU^2.5", "2.7.1", "2.8.2", ""] {
+        let m = |v: &str| {
+            Message::parse(format!("MSH|^~\\&|A|B|C|D|T||ADT^A01|1|P|{v}\r").as_bytes()).unwrap()
+        };
+        for v in [
+            "2.1",
+            "2.3",
+            "2.3.1",
+            "2.5.1",
+            "2.5.1^DEU^2.5",
+            "2.7.1",
+            "2.8.2",
+            "",
+        ] {
             assert_eq!(m(v).check_version(), Ok(()), "{v}");
         }
         for v in ["9.9", "banana", "2.0", "2.5.2", "3.0", "2.9.9"] {
@@ -217,7 +232,9 @@ mod tests {
 
     #[test]
     fn processing_ids() {
-        let m = |p: &str| Message::parse(format!("MSH|^~\\&|A|B|C|D|T||ADT^A01|1|{p}|2.5\r").as_bytes()).unwrap();
+        let m = |p: &str| {
+            Message::parse(format!("MSH|^~\\&|A|B|C|D|T||ADT^A01|1|{p}|2.5\r").as_bytes()).unwrap()
+        };
         for p in ["P", "D", "T", "T^A", ""] {
             assert_eq!(m(p).check_processing_id(&PROCESSING_IDS), Ok(()), "{p}");
         }
@@ -229,7 +246,11 @@ mod tests {
         // Restricted to production: T is refused, an empty MSH-11 counts as P.
         let production = ["P".to_string()];
         let e = m("T").check_processing_id(&production).unwrap_err();
-        assert!(e.text.contains("\"T\" is not one this engine takes (P)"), "{}", e.text);
+        assert!(
+            e.text.contains("\"T\" is not one this engine takes (P)"),
+            "{}",
+            e.text
+        );
         assert_eq!(m("").check_processing_id(&production), Ok(()));
     }
 

@@ -307,8 +307,8 @@ impl Journal {
                 .set(counts[status.code() as usize]);
         }
         let counts = counts::ChannelCounts::load(&trees)?;
-        let ack_id_prefix =
-            load_or_make_ack_id_prefix(&path).map_err(|e| open_err(format!("ACK id prefix: {e}")))?;
+        let ack_id_prefix = load_or_make_ack_id_prefix(&path)
+            .map_err(|e| open_err(format!("ACK id prefix: {e}")))?;
         let (tx, rx) = std::sync::mpsc::channel();
         let writer = Writer {
             trees: trees.clone(),

@@ -1147,7 +1147,11 @@ fn the_ack_id_prefix_is_made_once_per_journal() {
     let (journal, _) = open(&dir.path().join("one"));
     assert_eq!(journal.ack_id_prefix(), prefix, "kept across a restart");
     let (other, _) = open(&dir.path().join("two"));
-    assert_ne!(other.ack_id_prefix(), prefix, "another data dir, another prefix");
+    assert_ne!(
+        other.ack_id_prefix(),
+        prefix,
+        "another data dir, another prefix"
+    );
     // A file that does not hold one is replaced.
     std::fs::create_dir_all(dir.path().join("three/journal")).unwrap();
     std::fs::write(dir.path().join("three/journal/ack_id_prefix"), "no!\n").unwrap();
