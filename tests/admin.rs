@@ -258,3 +258,67 @@ async fn orbiter_send_prints_acks_and_sets_the_exit_code() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 }
+
+/// A message whose MSH-15 asks for no accept ACK (NE, or ER when it is accepted) gets none:
+/// `orbiter send` says so and goes on with the next file instead of waiting for its timeout.
+#[tokio::test]
+async fn orbiter_send_does_not_wait_for_an_ack_nobody_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(&dir.path().join("data"), &[]);
+    let orbiter = env!("CARGO_BIN_EXE_orbiter");
+    let file = |name: &str, id: &str, msh15: &str| {
+        let text = String::from_utf8(common::adt(id)).unwrap().replacen(
+            "|P|2.5.1",
+            &format!("|P|2.5.1|||{msh15}"),
+            1,
+        );
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ne = file("ne.hl7", "S-NE", "NE");
+    let er = file("er.hl7", "S-ER", "ER");
+    let plain = file("plain.hl7", "S-AA", "");
+    let started = std::time::Instant::now();
+    let out = Command::new(orbiter)
+        .args(["send", "--timeout", "3", "--to", &engine.mllp])
+        .args([&ne, &er, &plain])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "no wait for the timeout"
+    );
+    assert!(
+        stdout.contains("no ACK requested (MSH-15 NE) for S-NE"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("no ACK (MSH-15 ER: none when accepted) for S-ER"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("MSA|AA|S-AA"), "{stdout}");
+    for id in ["S-NE", "S-ER", "S-AA"] {
+        let (_, body) = engine
+            .api(&format!("/api/transactions?control_id={id}"))
+            .await;
+        assert_eq!(body["items"].as_array().unwrap().len(), 1, "{id}: {body}");
+    }
+    // ER and refused (no MSH-9): the error ACK is shown, and the exit code says so.
+    let refused = std::fs::read_to_string(&er)
+        .unwrap()
+        .replace("|ADT^A01^ADT_A01|S-ER|", "||S-ER2|");
+    std::fs::write(&er, refused).unwrap();
+    let out = Command::new(orbiter)
+        .args(["send", "--timeout", "3", "--to", &engine.mllp])
+        .args([&er, &plain])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("MSA|CE|S-ER2"), "{stdout}");
+    assert!(stdout.contains("MSA|AA|S-AA"), "{stdout}");
+}

@@ -677,3 +677,246 @@ fn the_load_generator_counts_only_accepted_messages() {
     assert!(acked > 100 && rate > 100, "{acked} accepted, {rate}/s");
     assert_eq!(not_accepted, 0);
 }
+
+/// An ADT^A01 with this control id and MSH-11, MSH-12 as given.
+fn with_header(control_id: &str, processing_id: &str, version: &str) -> Vec<u8> {
+    String::from_utf8(adt(control_id))
+        .unwrap()
+        .replacen("|P|2.5.1", &format!("|{processing_id}|{version}"), 1)
+        .into_bytes()
+}
+
+/// MSH-11 (table 0103, and what `hl7.processing_ids` allows) and MSH-12 (an HL7 v2 version)
+/// are checked on MLLP and on HTTP `/hl7v2` alike: AR with code 202 or 203 at the field,
+/// journaled `failed`.
+#[tokio::test]
+async fn processing_id_and_version_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(&dir.path().join("data"), &[]);
+    let mut c = client(&engine).await;
+    let version_err = "\rERR||MSH^1^12|203^Unsupported version id^HL70357|E|";
+    let processing_err = "\rERR||MSH^1^11|202^Unsupported processing id^HL70357|E|";
+    for (id, processing_id, version, refused) in [
+        ("V-99", "P", "9.9", Some(version_err)),
+        ("V-BANANA", "P", "banana", Some(version_err)),
+        ("V-3", "P", "3.0", Some(version_err)),
+        ("V-2X", "P", "2.5.9", Some(version_err)),
+        ("V-21", "P", "2.1", None),
+        ("V-231", "P", "2.3.1", None),
+        ("V-251", "P", "2.5.1^DEU^2.5", None),
+        ("V-271", "P", "2.7.1", None),
+        ("V-282", "P", "2.8.2", None),
+        ("P-Z", "Z", "2.5.1", Some(processing_err)),
+        ("P-LOWER", "p", "2.5.1", Some(processing_err)),
+        ("P-T", "T", "2.5.1", None),
+        ("P-D", "D^A", "2.5.1", None),
+    ] {
+        let ack = c
+            .send(&with_header(id, processing_id, version))
+            .await
+            .unwrap();
+        let (code, control, text) = ack_fields(&ack);
+        assert_eq!(control, id, "{text}");
+        let tx = transaction_by_control_id(&engine, id).await;
+        assert_eq!(tx["status"], "failed", "{tx}");
+        let reason = tx["error"].as_str().unwrap();
+        match refused {
+            Some(err) => {
+                assert_eq!(code, "AR", "{id}: {text}");
+                assert!(text.contains(err), "{id}: {text:?}");
+                assert!(reason.starts_with("refused"), "{tx}");
+            }
+            None => {
+                assert_eq!(code, "AA", "{id}: {text}");
+                // No channel here: accepted, then failed for want of one.
+                assert!(reason.starts_with("no channel"), "{tx}");
+            }
+        }
+    }
+    // HTTP /hl7v2 takes the same path: 400 with the AR.
+    let response = engine
+        .ingest(
+            "/hl7v2",
+            "application/hl7-v2",
+            with_header("H-99", "P", "9.9"),
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 400);
+    let (code, control, text) = ack_fields(&response.bytes().await.unwrap());
+    assert_eq!((code.as_str(), control.as_str()), ("AR", "H-99"), "{text}");
+    assert!(text.contains(version_err), "{text:?}");
+
+    // An operator's production engine takes production messages only.
+    let production = Engine::start(
+        &dir.path().join("production"),
+        &[("ORBITER_HL7_PROCESSING_IDS", "P")],
+    );
+    let mut c = client(&production).await;
+    let (code, _, text) = ack_fields(&c.send(&with_header("PR-T", "T", "2.5.1")).await.unwrap());
+    assert_eq!(code, "AR", "{text}");
+    assert!(text.contains(processing_err), "{text:?}");
+    let (code, _, text) = ack_fields(&c.send(&with_header("PR-P", "P", "2.5.1")).await.unwrap());
+    assert_eq!(code, "AA", "{text}");
+    let response = production
+        .ingest(
+            "/hl7v2",
+            "application/hl7-v2",
+            with_header("PR-HT", "T", "2.5"),
+        )
+        .await;
+    assert_eq!(response.status().as_u16(), 400);
+    let (code, _, text) = ack_fields(&response.bytes().await.unwrap());
+    assert_eq!(code, "AR", "{text}");
+}
+
+/// A frame cut off where its text no longer parses (mid segment name) is still journaled
+/// under the control id, type and sender its header gives, and answered AR with code 100.
+#[tokio::test]
+async fn a_cut_off_frame_keeps_what_its_header_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(
+        &dir.path().join("data"),
+        &[("ORBITER_MLLP_IDLE_TIMEOUT_SECS", "1")],
+    );
+    for (id, half_close) in [("O003", true), ("O004", false)] {
+        let mut stream = TcpStream::connect(&engine.mllp).await.unwrap();
+        let message = adt(id);
+        // Up to the middle of the name of the PID segment.
+        let cut = message.windows(4).position(|w| w == b"\rPID").unwrap() + 3;
+        let mut bytes = vec![0x0b];
+        bytes.extend_from_slice(&message[..cut]);
+        assert!(orbiter::hl7::Message::parse(&message[..cut]).is_err());
+        stream.write_all(&bytes).await.unwrap();
+        if half_close {
+            stream.shutdown().await.unwrap();
+        }
+        // Half-closed, or quiet until the idle timeout: the AR comes back, then the close.
+        let rest = read_to_eof(&mut stream).await;
+        assert!(rest.len() > 3, "{id}: an ACK before the close");
+        let (code, control, text) = ack_fields(&rest[1..rest.len() - 2]);
+        assert_eq!((code.as_str(), control.as_str()), ("AR", id), "{text}");
+        assert!(
+            text.contains("|100^Segment sequence error^HL70357|E|"),
+            "{id}: {text:?}"
+        );
+        assert!(text.contains("in the middle of a message"), "{text:?}");
+        let tx = transaction_by_control_id(&engine, id).await;
+        assert_eq!(tx["status"], "failed", "{tx}");
+        assert_eq!(tx["truncated"], true, "{tx}");
+        assert_eq!(tx["message_type"], "ADT^A01", "{tx}");
+        assert_eq!(tx["sending_application"], "SENDAPP", "{tx}");
+    }
+}
+
+/// ACK MSH-10s are unique across engines and data dirs: a per-journal prefix, kept across
+/// restarts, then the transaction id; within the 20 characters v2.3 allows.
+#[tokio::test]
+async fn ack_control_ids_differ_between_data_dirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Engine::start(&dir.path().join("one"), &[]);
+    let second = Engine::start(&dir.path().join("two"), &[]);
+    let ack_id = |ack: &[u8]| {
+        orbiter::hl7::Message::parse(ack)
+            .unwrap()
+            .control_id()
+            .unwrap()
+            .to_string()
+    };
+    let mut ids = Vec::new();
+    for engine in [&first, &second] {
+        let mut c = client(engine).await;
+        ids.push(ack_id(&c.send(&adt("SAME-1")).await.unwrap()));
+    }
+    assert_ne!(ids[0], ids[1], "two fresh data dirs, two ACK ids");
+    for id in &ids {
+        assert!(id.len() <= 20, "{id}");
+        assert!(
+            id.is_ascii() && id.chars().all(|c| c.is_ascii_alphanumeric()),
+            "{id}"
+        );
+    }
+    first.stop();
+    first.restart();
+    let mut c = client(&first).await;
+    let again = ack_id(&c.send(&adt("SAME-2")).await.unwrap());
+    assert_ne!(again, ids[0]);
+    assert_eq!(
+        again[..6],
+        ids[0][..6],
+        "the prefix is kept: {again} {}",
+        ids[0]
+    );
+}
+
+/// In ACK mode `on-delivery` the one ACK reports the processing outcome: an application ACK,
+/// AA/AE/AR even in enhanced mode, sent as MSH-16 says. In `on-commit` it is the accept ACK:
+/// CA/CE/CR as MSH-15 says; and so is a refusal before the commit.
+#[tokio::test]
+async fn on_delivery_answers_with_an_application_ack() {
+    let ws = common::Workspace::new();
+    let file_dest = "[[destination]]\nkind = \"file\"\npath = \"out\"";
+    let patient = "#{resourceType: \"Patient\", id: \"p1\"}";
+    ws.channel(
+        "refuses",
+        "\"ADT^A06\"",
+        "reject(\"no ward\");",
+        "on-delivery",
+        file_dest,
+    );
+    ws.channel("takes", "\"ADT^A01\"", patient, "on-delivery", file_dest);
+    ws.channel("commits", "\"ADT^A08\"", patient, "on-commit", file_dest);
+    let engine = ws.start(&[]);
+    let mut c = client(&engine).await;
+    let message = |trigger: &str, id: &str, msh15_16: &str| {
+        String::from_utf8(adt(id))
+            .unwrap()
+            .replace("ADT^A01^ADT_A01", &format!("ADT^{trigger}"))
+            .replacen("|P|2.5.1", &format!("|P|2.5.1|||{msh15_16}"), 1)
+            .into_bytes()
+    };
+    let expect = |ack: bytes::Bytes, code: &str, id: &str| {
+        let (got, control, text) = ack_fields(&ack);
+        assert_eq!((got.as_str(), control.as_str()), (code, id), "{text}");
+        text
+    };
+    // The committed message a script rejected: AE, not CE.
+    let text = expect(
+        c.send(&message("A06", "OD-1", "AL|AL")).await.unwrap(),
+        "AE",
+        "OD-1",
+    );
+    assert!(text.contains("no ward"), "{text}");
+    // MSH-15 SU says nothing of it: MSH-16 AL wants it.
+    expect(
+        c.send(&message("A06", "OD-2", "SU|AL")).await.unwrap(),
+        "AE",
+        "OD-2",
+    );
+    // MSH-16 NE: none; MSH-16 ER: none on success. The next ACK is the next message's.
+    c.write(&message("A06", "OD-3", "AL|NE")).await.unwrap();
+    c.write(&message("A01", "OD-4", "AL|ER")).await.unwrap();
+    expect(
+        c.send(&message("A01", "OD-5", "NE|AL")).await.unwrap(),
+        "AA",
+        "OD-5",
+    );
+    expect(
+        c.send(&message("A06", "OD-6", "NE|ER")).await.unwrap(),
+        "AE",
+        "OD-6",
+    );
+    // on-commit: the accept ACK.
+    expect(
+        c.send(&message("A08", "OC-1", "AL|NE")).await.unwrap(),
+        "CA",
+        "OC-1",
+    );
+    // Refused before the commit (no MSH-9): accept level, CE, even for an on-delivery type.
+    let refused = String::from_utf8(message("A06", "OD-7", "AL|NE"))
+        .unwrap()
+        .replace("|ADT^A06|", "||");
+    expect(c.send(refused.as_bytes()).await.unwrap(), "CE", "OD-7");
+    for id in ["OD-3", "OD-4"] {
+        transaction_by_control_id(&engine, id).await;
+    }
+}

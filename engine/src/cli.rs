@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::hl7::{split_batch, Ack};
+use crate::hl7::{split_batch, Ack, AckType};
 use crate::mllp::MllpClient;
 
 #[derive(Debug, Parser)]
@@ -35,6 +35,8 @@ pub enum Command {
         data: Option<PathBuf>,
     },
     /// Send HL7 v2 files over MLLP and print each ACK; exits non-zero unless every ACK is AA/CA.
+    /// A message whose MSH-15 asks for no accept ACK (NE, or ER when it is accepted) is not
+    /// waited for: the line says none was requested.
     Send {
         /// Files holding one message each, or FHS/BHS batch files.
         #[arg(required = true)]
@@ -168,6 +170,8 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             for unknown in crate::config::unknown_env_vars(std::env::vars()) {
                 tracing::warn!("{unknown}");
             }
+            // Before any listener starts: every intake reads it.
+            crate::intake::use_hl7_config(&config.hl7);
             crate::server::run(config)?;
             Ok(std::process::ExitCode::SUCCESS)
         }
@@ -225,12 +229,12 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             let all_accepted = runtime.block_on(async {
                 let timeout = Duration::from_secs(timeout);
                 match tls {
-                    None => send(MllpClient::connect(&to, timeout).await?, &files).await,
+                    None => send(MllpClient::connect(&to, timeout).await?, &files, timeout).await,
                     Some(config) => {
                         let client =
                             MllpClient::connect_tls(&to, config, tls_name.as_deref(), timeout)
                                 .await?;
-                        send(client, &files).await
+                        send(client, &files, timeout).await
                     }
                 }
             })?;
@@ -243,57 +247,205 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
+/// How long `orbiter send` waits for the ACK of a message whose MSH-15 is `ER` (one comes only
+/// when the receiver does not accept it, and then at once) before going on.
+const ER_WAIT: Duration = Duration::from_secs(1);
+
+/// What MSH-15 (the accept acknowledgment type) of a message lets its sender expect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Original mode, `AL`, or no usable MSH-15: an ACK, always.
+    Always,
+    /// `NE`: none.
+    Never,
+    /// `ER`: one only when the message is not accepted.
+    OnError,
+    /// `SU`: one only when it is accepted.
+    OnSuccess,
+}
+
+impl Expect {
+    fn of(message: &[u8]) -> Expect {
+        let Ok(parsed) = crate::hl7::Message::parse(message) else {
+            // A receiver answers what it cannot parse.
+            return Expect::Always;
+        };
+        if parsed.ack_mode() == crate::hl7::AckMode::Original {
+            return Expect::Always;
+        }
+        match parsed.accept_ack_type() {
+            Some(AckType::Never) => Expect::Never,
+            Some(AckType::Error) => Expect::OnError,
+            Some(AckType::Success) => Expect::OnSuccess,
+            Some(AckType::Always) | None => Expect::Always,
+        }
+    }
+}
+
+/// A message sent whose ACK is not read yet: its MSH-15 let it go without waiting, or it did
+/// not come in time. If it comes later, it is printed for this message.
+struct Outstanding {
+    label: String,
+    control_id: String,
+}
+
 /// Sends every message of every file on one connection, one at a time; prints each ACK.
-async fn send<S>(mut client: MllpClient<S>, files: &[PathBuf]) -> anyhow::Result<bool>
+/// A message whose MSH-15 asks for no accept ACK (`NE`; `ER` when none comes within
+/// [`ER_WAIT`]; `SU` when none comes in time) is not an error: the line says so and the next
+/// message goes. An ACK that comes later for such a message (a receiver that answers anyway,
+/// or an application ACK) is matched by MSA-2 and printed for it.
+async fn send<S>(
+    mut client: MllpClient<S>,
+    files: &[PathBuf],
+    timeout: Duration,
+) -> anyhow::Result<bool>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut all_accepted = true;
+    let mut outstanding: Vec<Outstanding> = Vec::new();
     for file in files {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         // Batch files are split; anything else goes as one message and the server judges it.
         let messages = split_batch(&bytes).unwrap_or_else(|_| vec![&bytes[..]]);
         for (n, message) in messages.iter().enumerate() {
-            let ack = client
-                .send(message)
-                .await
-                .with_context(|| format!("{} (message {})", file.display(), n + 1))?;
-            let summary = match Ack::parse(&ack) {
-                Ok(parsed) => {
-                    all_accepted &= matches!(parsed.code.as_str(), "AA" | "CA");
-                    let mut line = format!(
-                        "{} for {}",
-                        parsed.code,
-                        parsed.control_id.as_deref().unwrap_or("?")
-                    );
-                    if let Some(text) = &parsed.text {
-                        line.push_str(&format!(": {text}"));
-                    }
-                    line
-                }
-                Err(e) => {
-                    all_accepted = false;
-                    format!("unreadable ACK: {e}")
-                }
-            };
             let label = if messages.len() > 1 {
                 format!("{} #{}", file.display(), n + 1)
             } else {
                 file.display().to_string()
             };
-            // Locked per message: the lock must not be held across the next `await`.
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{label}: {summary}")?;
-            writeln!(
-                out,
-                "{}",
-                String::from_utf8_lossy(&ack).replace('\r', "\n").trim_end()
-            )?;
+            let context = || format!("{} (message {})", file.display(), n + 1);
+            let expect = Expect::of(message);
+            let control_id = crate::hl7::ack::unparsed_header(message)
+                .and_then(|h| h.control_id)
+                .unwrap_or_default();
+            client.write(message).await.with_context(context)?;
+            let wait = match expect {
+                Expect::Never => {
+                    print_line(&format!(
+                        "{label}: no ACK requested (MSH-15 NE) for {control_id}"
+                    ))?;
+                    outstanding.push(Outstanding { label, control_id });
+                    continue;
+                }
+                Expect::OnError => ER_WAIT.min(timeout),
+                Expect::Always | Expect::OnSuccess => timeout,
+            };
+            let ack = read_own_ack(
+                &mut client,
+                wait,
+                &control_id,
+                &mut outstanding,
+                &mut all_accepted,
+            )
+            .await;
+            match ack.with_context(context)? {
+                Some(ack) => all_accepted &= print_ack(&label, &ack)?,
+                None if expect == Expect::OnError => {
+                    print_line(&format!(
+                        "{label}: no ACK (MSH-15 ER: none when accepted) for {control_id}"
+                    ))?;
+                    outstanding.push(Outstanding { label, control_id });
+                }
+                None if expect == Expect::OnSuccess => {
+                    all_accepted = false;
+                    print_line(&format!(
+                        "{label}: no ACK within {wait:?} (MSH-15 SU: none when not accepted) for {control_id}"
+                    ))?;
+                    outstanding.push(Outstanding { label, control_id });
+                }
+                None => {
+                    return Err(anyhow::Error::from(crate::mllp::ClientError::Timeout(wait)))
+                        .with_context(context)
+                }
+            }
         }
+    }
+    // ACKs still owed to messages that went without one: those that come within a moment.
+    while !outstanding.is_empty() {
+        let Ok(Ok(ack)) = tokio::time::timeout(ER_WAIT.min(timeout), client.read_ack()).await
+        else {
+            break;
+        };
+        let answers = Ack::parse(&ack).ok().and_then(|a| a.control_id);
+        let label = match outstanding
+            .iter()
+            .position(|o| Some(&o.control_id) == answers.as_ref())
+        {
+            Some(i) => outstanding.remove(i).label,
+            None => "an ACK for no message sent".to_string(),
+        };
+        all_accepted &= print_ack(&label, &ack)?;
     }
     Ok(all_accepted)
 }
 
+/// Reads ACKs for up to `wait` until one that is not an outstanding message's (MSA-2): this
+/// message's. ACKs of outstanding messages are printed for them on the way. `None`: none came
+/// in time.
+async fn read_own_ack<S>(
+    client: &mut MllpClient<S>,
+    wait: Duration,
+    control_id: &str,
+    outstanding: &mut Vec<Outstanding>,
+    all_accepted: &mut bool,
+) -> anyhow::Result<Option<bytes::Bytes>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let ack = match tokio::time::timeout_at(deadline, client.read_ack()).await {
+            Err(_) | Ok(Err(crate::mllp::ClientError::Timeout(_))) => return Ok(None),
+            Ok(result) => result?,
+        };
+        let answers = Ack::parse(&ack).ok().and_then(|a| a.control_id);
+        let earlier = answers
+            .filter(|id| id != control_id)
+            .and_then(|id| outstanding.iter().position(|o| o.control_id == id));
+        match earlier {
+            Some(i) => {
+                let earlier = outstanding.remove(i);
+                *all_accepted &= print_ack(&earlier.label, &ack)?;
+            }
+            None => return Ok(Some(ack)),
+        }
+    }
+}
+
+/// Prints one line of the summary.
+fn print_line(line: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+}
+
+/// Prints an ACK under `label` (a summary line, then the ACK a segment a line); whether it
+/// accepts (`AA` or `CA`).
+fn print_ack(label: &str, ack: &[u8]) -> std::io::Result<bool> {
+    let (accepted, summary) = match Ack::parse(ack) {
+        Ok(parsed) => {
+            let mut line = format!(
+                "{} for {}",
+                parsed.code,
+                parsed.control_id.as_deref().unwrap_or("?")
+            );
+            if let Some(text) = &parsed.text {
+                line.push_str(&format!(": {text}"));
+            }
+            (matches!(parsed.code.as_str(), "AA" | "CA"), line)
+        }
+        Err(e) => (false, format!("unreadable ACK: {e}")),
+    };
+    // Locked per message: the lock must not be held across the next `await`.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{label}: {summary}")?;
+    writeln!(
+        out,
+        "{}",
+        String::from_utf8_lossy(ack).replace('\r', "\n").trim_end()
+    )?;
+    Ok(accepted)
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,8 @@ pub struct Config {
     pub log_json: bool,
     pub mllp: MllpConfig,
     pub http: HttpConfig,
+    /// HL7 v2 header checks (`[hl7]`), for every listener that takes HL7 v2.
+    pub hl7: Hl7Config,
     pub admin: AdminConfig,
     pub journal: JournalConfig,
     pub cdr: CdrConfig,
@@ -48,6 +50,7 @@ impl Default for Config {
             log_json: false,
             mllp: MllpConfig::default(),
             http: HttpConfig::default(),
+            hl7: Hl7Config::default(),
             admin: AdminConfig::default(),
             journal: JournalConfig::default(),
             cdr: CdrConfig::default(),
@@ -167,6 +170,27 @@ impl Default for HttpConfig {
             body_idle_timeout_secs: 30,
             max_connections: 1024,
             tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// What every HL7 v2 intake takes (the MLLP ports, HTTP `/hl7v2`, folder and SFTP files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hl7Config {
+    /// MSH-11.1 values taken (HL7 table 0103: `P` production, `D` debugging, `T` training);
+    /// a message with another is answered AR, code 202. A production engine can take `["P"]`
+    /// only, so that a test system pointed at it by mistake is refused, not processed.
+    pub processing_ids: Vec<String>,
+}
+
+impl Default for Hl7Config {
+    fn default() -> Self {
+        Hl7Config {
+            processing_ids: crate::hl7::validate::PROCESSING_IDS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
         }
     }
 }
@@ -390,6 +414,24 @@ impl Config {
         self.retention
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if self.hl7.processing_ids.is_empty() {
+            return Err(ConfigError::Invalid(
+                "hl7.processing_ids is empty: no message could be taken (HL7 table 0103: P, D, T)"
+                    .into(),
+            ));
+        }
+        let table = crate::hl7::validate::PROCESSING_IDS;
+        if let Some(bad) = self
+            .hl7
+            .processing_ids
+            .iter()
+            .find(|p| !table.contains(&p.as_str()))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "hl7.processing_ids: `{bad}` is not an HL7 processing id (table 0103: {})",
+                table.join(", ")
+            )));
+        }
         if self.journal.max_batch == 0 {
             return Err(ConfigError::Invalid(
                 "journal.max_batch must be positive".into(),
@@ -482,6 +524,14 @@ fn apply_env(tree: &mut serde_json::Value, vars: &[(String, String)]) -> Result<
                     message: "expected a number".into(),
                 })?)
             }
+            // A list: comma-separated (`ORBITER_HL7_PROCESSING_IDS=P,T`).
+            serde_json::Value::Array(_) => serde_json::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| serde_json::Value::String(s.to_string()))
+                    .collect(),
+            ),
             _ => serde_json::Value::String(raw.clone()),
         };
         serde_json::from_value::<Config>(tree.clone()).map_err(|e| ConfigError::Env {
@@ -691,6 +741,34 @@ time_budget = \"2s\"\n",
         // A bare number is milliseconds, as in the file.
         let c = Config::load(None, env(&[("ORBITER_SCRIPT_TIME_BUDGET", "1500")])).unwrap();
         assert_eq!(c.script.time_budget, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn processing_ids_from_the_file_and_the_environment() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.hl7.processing_ids, ["P", "D", "T"]);
+        let c = Config::load(None, env(&[("ORBITER_HL7_PROCESSING_IDS", "P")])).unwrap();
+        assert_eq!(c.hl7.processing_ids, ["P"]);
+        let c = Config::load(None, env(&[("ORBITER_HL7_PROCESSING_IDS", " P, T ")])).unwrap();
+        assert_eq!(c.hl7.processing_ids, ["P", "T"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orbiter.toml");
+        std::fs::write(&path, "[hl7]\nprocessing_ids = [\"P\", \"D\"]\n").unwrap();
+        let c = Config::load(Some(&path), env(&[])).unwrap();
+        assert_eq!(c.hl7.processing_ids, ["P", "D"]);
+        for bad in ["Z", ""] {
+            let err = Config::load(None, env(&[("ORBITER_HL7_PROCESSING_IDS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("hl7.processing_ids"), "{err}");
+        }
+        // The other list key still takes its comma-separated form.
+        let c = Config::load(
+            None,
+            env(&[("ORBITER_RETENTION_STATUSES", "delivered,failed")]),
+        )
+        .unwrap();
+        assert_eq!(c.retention.statuses.len(), 2);
     }
 
     #[test]

@@ -2,29 +2,33 @@
 //! its acknowledgement. Shared by every listener that answers with HL7 ACKs.
 //!
 //! - bytes that do not parse as HL7: journaled as `failed` with the parse error, answered AR;
-//! - a parseable message that cannot be accepted (no MSH-9 or MSH-10): journaled as `failed`,
-//!   answered AE naming the field;
+//! - a parseable message that cannot be accepted (no MSH-9 or MSH-10, or not one message):
+//!   journaled as `failed`, answered AE naming the field; a version (MSH-12) that is not HL7 v2
+//!   or a processing id (MSH-11) not in `hl7.processing_ids`: the same, answered AR (203, 202);
 //! - otherwise journaled as `received`, answered AA only once the append is durable;
 //! - the journal itself failing: AR with code 207, so the sender keeps the message and resends;
-//! - a repeated control id from the same sender: accepted (AA) and flagged `duplicate_of`.
+//! - a repeated control id from the same sender: accepted (AA), flagged `duplicate_of`, and
+//!   processed like any other message.
 //!
-//! In enhanced mode (MSH-15/16 set) the codes are CA/CE/CR and MSH-15 decides whether an
-//! accept ACK is sent at all (AL, NE, ER, SU).
+//! In enhanced mode (MSH-15/16 set) these are accept ACKs: CA/CE/CR, and MSH-15 decides whether
+//! one is sent at all (AL, NE, ER, SU).
 //!
 //! Routing happens before the append (so the fan-out is journaled with the message); channel
 //! processing after it. When a channel that takes the message is in ACK mode `on-delivery`, the
 //! ACK waits for the pipeline: AA when delivered or filtered, AE when a script rejected or failed
 //! it or a destination refused it, AR when a destination was unavailable (queued: resend later).
+//! That ACK reports the processing outcome, so it is the application ACK: AA/AE/AR in enhanced
+//! mode too, sent as MSH-16 says.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use time::macros::format_description;
 
 use crate::channel::SourceKind;
-use crate::config::AckTiming;
-use crate::hl7::{self, AckCode, AckError, ErrorCode, Message, Severity};
+use crate::config::{AckTiming, Hl7Config};
+use crate::hl7::{self, AckCode, AckError, AckMode, ErrorCode, Message, Severity};
 use crate::journal::{
     Appended, ChannelRun, Journal, JournalError, MessageMeta, NewMessage, Status, TxId,
 };
@@ -67,6 +71,20 @@ pub struct DocumentReply {
     pub refused: Option<String>,
     /// The pipeline's outcome, when a channel acknowledges on delivery.
     pub delivery: Option<PipelineOutcome>,
+}
+
+/// The `[hl7]` settings every intake applies; see [`use_hl7_config`].
+static HL7_CONFIG: OnceLock<Hl7Config> = OnceLock::new();
+
+/// Sets the `[hl7]` settings for every intake of this process (`orbiter run` does, before any
+/// listener starts; until then, and without it, the defaults apply). `false` when they were set
+/// already, or read already.
+pub fn use_hl7_config(config: &Hl7Config) -> bool {
+    HL7_CONFIG.set(config.clone()).is_ok()
+}
+
+fn hl7_config() -> &'static Hl7Config {
+    HL7_CONFIG.get_or_init(Hl7Config::default)
 }
 
 /// Parses, journals and acknowledges messages for one listener.
@@ -143,35 +161,38 @@ impl Intake {
             origin: arrival.origin,
             ..MessageMeta::default()
         };
-        // `refusal`: why the message is not accepted, as the ACK will say it.
+        // `refusal`: why the message is not accepted, as the ACK will say it, and with what.
         let (parsed, refusal) = match Message::parse(&raw) {
             Err(e) => {
                 // What the header still says, so the refused message can be found by its
                 // control id (the ACK echoes it too).
-                if let Some(h) = crate::hl7::ack::unparsed_header(&raw) {
-                    meta.control_id = h.control_id;
-                    meta.message_type = h.message_type;
-                    meta.sending_application = h.sending_application;
-                    meta.sending_facility = h.sending_facility;
-                    meta.version = h.version;
-                }
+                fill_unparsed_meta(&mut meta, &raw);
                 let error = AckError {
                     code: e.hl7_error_code(),
                     location: e.location(),
                     text: e.to_string(),
                     severity: Severity::Error,
                 };
-                (None, Some(error))
+                (None, Some((AckCode::Reject, error)))
             }
             Ok(message) => {
                 fill_meta(&mut meta, &message);
-                let refusal = message.check_required().err();
+                let refusal = match message.check_required() {
+                    Err(e) => Some((AckCode::Error, e)),
+                    // A version or processing id the engine does not take: AR, do not resend
+                    // as is.
+                    Ok(()) => message
+                        .check_version()
+                        .and_then(|()| message.check_processing_id(&hl7_config().processing_ids))
+                        .err()
+                        .map(|e| (AckCode::Reject, e)),
+                };
                 (Some(message), refusal)
             }
         };
         let refused = match (&parsed, &refusal) {
-            (None, Some(e)) => Some(format!("not HL7 v2: {}", e.text)),
-            (Some(_), Some(e)) => Some(format!("refused: {}", e.text)),
+            (None, Some((_, e))) => Some(format!("not HL7 v2: {}", e.text)),
+            (Some(_), Some((_, e))) => Some(format!("refused: {}", e.text)),
             (_, None) => None,
         };
         let queued = self.enqueue(meta, raw.clone(), refused, arrival.origin_key);
@@ -181,8 +202,9 @@ impl Intake {
                 .as_ref()
                 .is_some_and(|d| d.status == Status::Queued);
             let already = appended.as_ref().is_ok_and(|a| a.already);
-            let (code, error, id) = match (appended, refusal, &parsed) {
-                (Err(e), _, _) => {
+            // `application`: the ACK reports the processing outcome (on-delivery), not the commit.
+            let (code, error, id, application) = match (appended, refusal) {
+                (Err(e), _) => {
                     tracing::error!(listener = %this.listener, error = %e, "journal append failed");
                     let error = AckError {
                         code: ErrorCode::ApplicationInternalError,
@@ -190,20 +212,19 @@ impl Intake {
                         text: "message not stored; please resend".into(),
                         severity: Severity::Error,
                     };
-                    (AckCode::Reject, Some(error), None)
+                    (AckCode::Reject, Some(error), None, false)
                 }
-                (Ok(a), Some(error), None) => (AckCode::Reject, Some(error), Some(a.id)),
-                (Ok(a), Some(error), Some(_)) => (AckCode::Error, Some(error), Some(a.id)),
-                (Ok(a), None, _) => {
+                (Ok(a), Some((code, error))) => (code, Some(error), Some(a.id), false),
+                (Ok(a), None) => {
                     if let Some(first) = a.duplicate_of.filter(|_| !a.already) {
                         this.metrics.duplicates_total.inc();
                         tracing::info!(listener = %this.listener, id = %a.id, duplicate_of = %first, "duplicate control id");
                     }
                     match delivery {
-                        None => (AckCode::Accept, None, Some(a.id)),
+                        None => (AckCode::Accept, None, Some(a.id), false),
                         Some(outcome) => {
                             let (code, error) = delivery_ack(&outcome);
-                            (code, error, Some(a.id))
+                            (code, error, Some(a.id), true)
                         }
                     }
                 }
@@ -212,19 +233,22 @@ impl Intake {
                 .messages_total
                 .with_label_values(&[&this.listener, outcome(code)])
                 .inc();
-            let control_id = ack_control_id(id);
+            let control_id = ack_control_id(this.journal.ack_id_prefix(), id);
             let timestamp = hl7_timestamp();
             let ack = match &parsed {
+                // The processing outcome: an application ACK, as MSH-16 asks, AA/AE/AR.
+                Some(message) if application => message.application_ack_wanted(code).then(|| {
+                    let error = error.as_ref();
+                    let mode = AckMode::Original;
+                    hl7::build_ack_as(message, code, mode, error, &control_id, &timestamp)
+                }),
+                // The commit, or a refusal before it: an accept ACK, as MSH-15 asks.
                 Some(message) => message.ack_wanted(code).then(|| {
                     hl7::build_ack(message, code, error.as_ref(), &control_id, &timestamp)
                 }),
-                None => Some(hl7::build_ack_for_unparsed(
-                    &raw,
-                    code,
-                    error.as_ref(),
-                    &control_id,
-                    &timestamp,
-                )),
+                None => hl7::ack::unparsed_ack_wanted(&raw, code).then(|| {
+                    hl7::build_ack_for_unparsed(&raw, code, error.as_ref(), &control_id, &timestamp)
+                }),
             };
             AckReply {
                 ack: ack.map(Bytes::from),
@@ -389,7 +413,10 @@ impl Intake {
     }
 
     /// Journals input that never became a whole message (an oversize frame, a frame cut off by
-    /// the connection closing) and builds the AR for it, if the sender is still there to read it.
+    /// the connection closing) and builds the AR for it, if the sender is still there to read it:
+    /// code 100 (what was received is not a whole message), `reason` in ERR-8. The record keeps
+    /// what the header says (control id, type, sender), read leniently when the part does not
+    /// parse, as the ACK reads it.
     pub fn submit_broken(
         &self,
         prefix: Bytes,
@@ -402,8 +429,9 @@ impl Intake {
             peer,
             ..MessageMeta::default()
         };
-        if let Ok(message) = Message::parse(&prefix) {
-            fill_meta(&mut meta, &message);
+        match Message::parse(&prefix) {
+            Ok(message) => fill_meta(&mut meta, &message),
+            Err(_) => fill_unparsed_meta(&mut meta, &prefix),
         }
         let appended = self.journal.append(NewMessage {
             meta,
@@ -420,21 +448,25 @@ impl Intake {
                 .messages_total
                 .with_label_values(&[&this.listener, outcome(AckCode::Reject)])
                 .inc();
+            // Not 207 (application internal error): nothing failed here, the message did not
+            // arrive whole.
             let error = AckError {
-                code: ErrorCode::ApplicationInternalError,
+                code: ErrorCode::SegmentSequenceError,
                 location: None,
                 text: reason,
                 severity: Severity::Error,
             };
-            let ack = hl7::build_ack_for_unparsed(
-                &prefix,
-                AckCode::Reject,
-                Some(&error),
-                &ack_control_id(id),
-                &hl7_timestamp(),
-            );
+            let ack = hl7::ack::unparsed_ack_wanted(&prefix, AckCode::Reject).then(|| {
+                hl7::build_ack_for_unparsed(
+                    &prefix,
+                    AckCode::Reject,
+                    Some(&error),
+                    &ack_control_id(this.journal.ack_id_prefix(), id),
+                    &hl7_timestamp(),
+                )
+            });
             AckReply {
-                ack: Some(Bytes::from(ack)),
+                ack: ack.map(Bytes::from),
                 code: AckCode::Reject,
                 id,
                 queued: false,
@@ -545,6 +577,18 @@ pub fn delivery_ack(outcome: &PipelineOutcome) -> (AckCode, Option<AckError>) {
     }
 }
 
+/// Fills what the first usable `MSH` of input that did not parse still says (control id, type,
+/// sender, version) into `meta`, so that the refused input can be found by its control id.
+fn fill_unparsed_meta(meta: &mut MessageMeta, raw: &[u8]) {
+    if let Some(h) = crate::hl7::ack::unparsed_header(raw) {
+        meta.control_id = h.control_id;
+        meta.message_type = h.message_type;
+        meta.sending_application = h.sending_application;
+        meta.sending_facility = h.sending_facility;
+        meta.version = h.version;
+    }
+}
+
 /// Fills what the MSH header says (type, control id, sender, receiver, version) into `meta`.
 pub(crate) fn fill_meta(meta: &mut MessageMeta, message: &Message) {
     let owned = |v: Option<std::borrow::Cow<'_, str>>| v.map(|s| s.into_owned());
@@ -587,11 +631,14 @@ fn outcome(code: AckCode) -> &'static str {
     }
 }
 
-/// MSH-10 of an ACK: unique per ACK, tied to the transaction when there is one.
-fn ack_control_id(id: Option<TxId>) -> String {
+/// MSH-10 of an ACK: the journal's prefix (random, made once per journal, so that two engines
+/// or a fresh data dir do not repeat ids), then the transaction id; 20 characters at most (the
+/// v2.3 limit) for ids below 10^14. Not journaled (the journal failed): `X` and 13 random hex
+/// digits after the prefix.
+fn ack_control_id(prefix: &str, id: Option<TxId>) -> String {
     match id {
-        Some(id) => format!("ORB{id}"),
-        None => format!("ORBX{:016x}", rand::random::<u64>()),
+        Some(id) => format!("{prefix}{id}"),
+        None => format!("{prefix}X{:013x}", rand::random::<u64>() >> 12),
     }
 }
 

@@ -510,7 +510,7 @@ impl Pipeline {
             if rank(status) > rank(worst.0) {
                 worst = (
                     status,
-                    error.map(|e| format!("{name} → {}: {e}", destination.display_name())),
+                    error.map(|e| format!("{name} -> {}: {e}", destination.display_name())),
                 );
             }
         }

@@ -5,7 +5,9 @@
 //! be something the sender's interface engine can read: the sender's own delimiters, its
 //! applications swapped into the receiver slots, its control id in MSA-2, and an ERR segment in
 //! the v2.5+ layout saying which field and why. Original mode answers `AA/AE/AR`, enhanced mode
-//! (MSH-15 or MSH-16 valued) answers `CA/CE/CR`.
+//! (MSH-15 or MSH-16 valued) answers `CA/CE/CR` for an accept ACK and `AA/AE/AR` for an
+//! application ACK ([`build_ack_as`]). The engine's own text (ERR-8) is written in what the
+//! message's MSH-18 declares, ASCII when it declares nothing.
 //!
 //! Built ACKs end every segment with `\r` (the HL7 segment terminator, also after the last
 //! segment) and carry no MLLP frame bytes.
@@ -364,6 +366,30 @@ struct Echo<'a> {
     processing_id: &'a str,
     version: &'a str,
     charset: &'a str,
+    /// The charset MSH-18 declares (its first repetition), `None` when it declares none: what
+    /// the receiver reads the engine's own text in (ASCII when none).
+    declared: Option<Charset>,
+}
+
+impl Echo<'_> {
+    /// Whether the receiver can read this character in the ACK.
+    fn carries(&self, c: char) -> bool {
+        match self.declared {
+            Some(Charset::Utf8) => true,
+            Some(Charset::Latin1) => u32::from(c) <= 0xFF,
+            Some(Charset::Ascii) | None => c.is_ascii(),
+        }
+    }
+}
+
+/// The charset a raw MSH-18 value declares; `None` when it is empty or not one this codec
+/// knows.
+fn declared_charset(raw: &str, repetition: u8) -> Option<Charset> {
+    let first = part(raw, repetition, 1);
+    if first.trim().is_empty() {
+        return None;
+    }
+    Charset::from_msh18(first).ok()
 }
 
 fn write_ack(
@@ -449,7 +475,9 @@ fn write_ack(
         for _ in 5..=8 {
             out.push(f);
         }
-        out.push_str(&esc(&err.text));
+        // The engine's own words (and what they quote) in what the receiver can read: ASCII
+        // unless MSH-18 declared more.
+        out.push_str(&esc(&charset::transliterate(&err.text, |c| e.carries(c))));
         out.push('\r');
     }
     charset::encode(&out, e.wire)
@@ -472,11 +500,32 @@ fn valued(raw: &str) -> bool {
     !raw.is_empty() && raw != "\"\""
 }
 
-/// Builds the ACK for a parsed message (see the module doc for the layout). `timestamp` goes
-/// to MSH-7 as given (`YYYYMMDDHHMMSS`); `ack_control_id` to MSH-10. Both are escaped.
+/// Builds the ACK for a parsed message (see the module doc for the layout), in the message's
+/// own mode: the accept ACK. `timestamp` goes to MSH-7 as given (`YYYYMMDDHHMMSS`);
+/// `ack_control_id` to MSH-10. Both are escaped.
 pub fn build_ack(
     original: &Message,
     code: AckCode,
+    error: Option<&AckError>,
+    ack_control_id: &str,
+    timestamp: &str,
+) -> Vec<u8> {
+    build_ack_as(
+        original,
+        code,
+        original.ack_mode(),
+        error,
+        ack_control_id,
+        timestamp,
+    )
+}
+
+/// [`build_ack`] with MSA-1 in `mode`: an application ACK (the processing outcome) answers
+/// `AA/AE/AR` whatever the message's mode, so it is built with [`AckMode::Original`].
+pub fn build_ack_as(
+    original: &Message,
+    code: AckCode,
+    mode: AckMode,
     error: Option<&AckError>,
     ack_control_id: &str,
     timestamp: &str,
@@ -490,13 +539,14 @@ pub fn build_ack(
             None => Cow::Owned(d.encoding_characters()),
         },
         wire: original.wire(),
-        mode: original.ack_mode(),
+        mode,
         apps: [raw(3), raw(4), raw(5), raw(6)],
         trigger: part(part(raw(9), d.repetition, 1), d.component, 2),
         control_id: raw(10),
         processing_id: raw(11),
         version: raw(12),
         charset: raw(18),
+        declared: declared_charset(raw(18), d.repetition),
     };
     write_ack(&echo, code, error, ack_control_id, timestamp)
 }
@@ -524,6 +574,7 @@ pub fn build_ack_for_unparsed(
             processing_id: "",
             version: "",
             charset: "",
+            declared: None,
         };
         return write_ack(&echo, code, error, ack_control_id, timestamp);
     };
@@ -559,6 +610,7 @@ pub fn build_ack_for_unparsed(
         processing_id: raw_field(11),
         version: raw_field(12),
         charset: known_charset,
+        declared: declared_charset(known_charset, d.repetition),
     };
     write_ack(&echo, code, error, ack_control_id, timestamp)
 }
@@ -614,6 +666,27 @@ pub fn unparsed_header(raw: &[u8]) -> Option<UnparsedHeader> {
         sending_facility: field(4),
         version: field(12),
     })
+}
+
+/// Whether the sender of input that did not parse wants an accept ACK with this code, as far
+/// as its first usable `MSH` says: as [`Message::ack_wanted`] (MSH-15 in enhanced mode), and
+/// always when there is no such `MSH`.
+pub fn unparsed_ack_wanted(raw: &[u8], code: AckCode) -> bool {
+    let Some((start, d)) = find_msh(raw) else {
+        return true;
+    };
+    let line = raw[start..]
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or(&[]);
+    let (text, _, _) = charset::decode(line, Charset::Utf8);
+    let pieces: Vec<&str> = text.split(char::from(d.field)).collect();
+    let raw_field = |n: usize| pieces.get(n - 1).copied().unwrap_or("");
+    if !valued(raw_field(15)) && !valued(raw_field(16)) {
+        return true;
+    }
+    let accept = part(part(raw_field(15), d.repetition, 1), d.component, 1);
+    AckType::from_code(accept).is_none_or(|t| t.wants(code))
 }
 
 /// An ACK as read by `orbiter send`: what the receiver said.
@@ -875,6 +948,80 @@ mod tests {
     }
 
     #[test]
+    fn engine_text_is_ascii_unless_the_message_declared_a_charset_that_carries_it() {
+        let text = "adt \u{2192} cdr: 422 \u{201c}bad\u{201d} \u{2014} M\u{fc}ller\u{2026}";
+        let err = AckError::new(ErrorCode::ApplicationInternalError, text);
+        // No MSH-18: ASCII applies; every byte of the ACK is ASCII.
+        let m = Message::parse(b"MSH|^~\\&|A|B|C|D|T||ADT^A01|N1|P|2.5.1\r").unwrap();
+        let ack = build_ack(&m, AckCode::Error, Some(&err), "A1", TS);
+        assert!(ack.is_ascii(), "{}", String::from_utf8_lossy(&ack));
+        assert!(
+            s(ack).ends_with("||||adt -> cdr: 422 \"bad\" - Muller...\r"),
+            "transliterated"
+        );
+        let ack = build_ack_for_unparsed(
+            b"MSH|^~\\&|A|B|C|D|T||ADT^A01|N1|P|2.5.1\rp!d",
+            AckCode::Error,
+            Some(&err),
+            "A1",
+            TS,
+        );
+        assert!(ack.is_ascii(), "{}", String::from_utf8_lossy(&ack));
+        // MSH-18 ASCII: the same.
+        let m = Message::parse(b"MSH|^~\\&|A|B|C|D|T||ADT^A01|N1|P|2.5.1||||||ASCII\r").unwrap();
+        assert!(build_ack(&m, AckCode::Error, Some(&err), "A1", TS).is_ascii());
+        // UTF-8 declared: as written.
+        let m = Message::parse(ADT).unwrap();
+        let ack = s(build_ack(&m, AckCode::Error, Some(&err), "A1", TS));
+        assert!(ack.contains(text), "{ack}");
+        // Latin-1 declared: what Latin-1 holds stays, the rest is transliterated.
+        let m = Message::parse(LATIN1).unwrap();
+        let ack = build_ack(&m, AckCode::Error, Some(&err), "A1", TS);
+        assert!(
+            ack.ends_with(b"adt -> cdr: 422 \"bad\" - M\xfcller...\r"),
+            "{}",
+            String::from_utf8_lossy(&ack)
+        );
+    }
+
+    #[test]
+    fn an_application_ack_has_original_codes_in_enhanced_mode() {
+        let m = Message::parse(ENHANCED).unwrap();
+        assert_eq!(m.ack_mode(), AckMode::Enhanced);
+        let err = AckError::new(ErrorCode::ApplicationInternalError, "rejected");
+        let ack = s(build_ack_as(
+            &m,
+            AckCode::Error,
+            AckMode::Original,
+            Some(&err),
+            "A1",
+            TS,
+        ));
+        assert!(ack.contains("\rMSA|AE|ENH0001\r"), "{ack}");
+        let ack = s(build_ack(&m, AckCode::Error, Some(&err), "A1", TS));
+        assert!(ack.contains("\rMSA|CE|ENH0001\r"), "{ack}");
+    }
+
+    #[test]
+    fn unparsed_input_follows_msh_15() {
+        let raw =
+            |msh15_16: &str| format!("MSH|^~\\&|A|B|C|D|T||ADT^A01|C1|P|2.5|||{msh15_16}\rp!d|x\r");
+        assert!(unparsed_ack_wanted(raw("").as_bytes(), AckCode::Reject));
+        assert!(unparsed_ack_wanted(
+            raw("AL|NE").as_bytes(),
+            AckCode::Reject
+        ));
+        assert!(!unparsed_ack_wanted(
+            raw("NE|AL").as_bytes(),
+            AckCode::Reject
+        ));
+        assert!(unparsed_ack_wanted(raw("ER").as_bytes(), AckCode::Reject));
+        assert!(!unparsed_ack_wanted(raw("SU").as_bytes(), AckCode::Reject));
+        assert!(unparsed_ack_wanted(raw("|AL").as_bytes(), AckCode::Reject));
+        assert!(unparsed_ack_wanted(b"garbage", AckCode::Reject));
+    }
+
+    #[test]
     fn missing_fields_get_defaults() {
         let m = Message::parse(b"MSH|^~\\&|||||||ADT\r").unwrap();
         let ack = s(build_ack(&m, AckCode::Reject, None, "X", TS));
@@ -930,6 +1077,20 @@ mod tests {
         assert!(ack.contains(
             "\rERR||MSH^1|100^Segment sequence error^HL70357|E||||message does not start with MSH"
         ));
+        // A bad segment name: ERR-2 names the segment by its position, as the text does.
+        let raw = b"MSH|^~\\&|A|B|C|D|T||ADT^A01|C5|P|2.5\rEVN|A01\rPID|1\rPV1|1\rp!d|x\r";
+        let e = Message::parse(raw).unwrap_err().to_ack_error();
+        let ack = s(build_ack_for_unparsed(
+            raw,
+            AckCode::Reject,
+            Some(&e),
+            "U6",
+            TS,
+        ));
+        assert!(
+            ack.contains("\rMSA|AR|C5\rERR||^5|100^Segment sequence error^HL70357|E||||segment 5 has a bad name"),
+            "{ack}"
+        );
     }
 
     #[test]

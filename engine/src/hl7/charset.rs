@@ -15,6 +15,8 @@
 //! declared ASCII that holds bytes above 0x7F is decoded as UTF-8 if valid, else ISO-8859-1. In both
 //! cases [`super::Message::charset_fallback`] reports `true`.
 
+use std::borrow::Cow;
+
 use super::delimiters::Delimiters;
 use super::error::ParseError;
 
@@ -109,6 +111,67 @@ pub(super) fn encode(text: &str, wire: Wire) -> Vec<u8> {
     }
 }
 
+/// `text` with every character `keep` refuses replaced by an ASCII stand-in: typographic
+/// punctuation by its plain form (an arrow by `->`, dashes by `-`, curly quotes by straight
+/// ones, an ellipsis by `...`), Latin letters with diacritics by their base letter (`ü` by `u`,
+/// `ß` by `ss`), anything else by `?`. For text the engine writes into an ACK, which its
+/// receiver reads in the message's declared character set (ASCII when none is declared).
+pub fn transliterate(text: &str, keep: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if text.chars().all(&keep) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if keep(c) {
+            out.push(c);
+        } else {
+            out.push_str(ascii_stand_in(c));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// See [`transliterate`].
+fn ascii_stand_in(c: char) -> &'static str {
+    match c {
+        '\u{2192}' | '\u{27f6}' | '\u{21d2}' => "->",
+        '\u{2190}' | '\u{27f5}' | '\u{21d0}' => "<-",
+        '\u{2194}' => "<->",
+        '\u{2010}'..='\u{2015}' | '\u{2212}' => "-",
+        '\u{2018}' | '\u{2019}' | '\u{201a}' | '\u{201b}' | '\u{2032}' => "'",
+        '\u{201c}'..='\u{201f}' | '\u{ab}' | '\u{bb}' | '\u{2033}' => "\"",
+        '\u{2026}' => "...",
+        '\u{2022}' | '\u{b7}' => "*",
+        '\u{a0}' | '\u{2000}'..='\u{200a}' | '\u{202f}' => " ",
+        '\u{d7}' => "x",
+        '\u{2264}' => "<=",
+        '\u{2265}' => ">=",
+        '\u{2260}' => "!=",
+        '\u{df}' => "ss",
+        '\u{c6}' => "AE",
+        '\u{e6}' => "ae",
+        '\u{152}' => "OE",
+        '\u{153}' => "oe",
+        '\u{c0}'..='\u{c5}' => "A",
+        '\u{e0}'..='\u{e5}' => "a",
+        '\u{c7}' => "C",
+        '\u{e7}' => "c",
+        '\u{c8}'..='\u{cb}' => "E",
+        '\u{e8}'..='\u{eb}' => "e",
+        '\u{cc}'..='\u{cf}' => "I",
+        '\u{ec}'..='\u{ef}' => "i",
+        '\u{d1}' => "N",
+        '\u{f1}' => "n",
+        '\u{d2}'..='\u{d6}' | '\u{d8}' => "O",
+        '\u{f2}'..='\u{f6}' | '\u{f8}' => "o",
+        '\u{d9}'..='\u{dc}' => "U",
+        '\u{f9}'..='\u{fc}' => "u",
+        '\u{dd}' => "Y",
+        '\u{fd}' | '\u{ff}' => "y",
+        _ => "?",
+    }
+}
+
 /// Whether the character can be written in a message with this wire encoding and declaration.
 pub(super) fn representable(c: char, wire: Wire, declared: Charset) -> bool {
     match (declared, wire) {
@@ -174,6 +237,24 @@ mod tests {
         assert_eq!((w, f), (Wire::Utf8, false));
         assert_eq!(encode("Müller", Wire::Latin1), b"M\xfcller");
         assert_eq!(encode("a€", Wire::Latin1), b"a?");
+    }
+
+    #[test]
+    fn transliteration() {
+        let ascii = |c: char| c.is_ascii();
+        assert!(matches!(
+            transliterate("plain", ascii),
+            Cow::Borrowed("plain")
+        ));
+        assert_eq!(
+            transliterate(
+                "a \u{2192} b \u{2014} \u{201c}M\u{fc}ller\u{201d}\u{2026} \u{20ac}",
+                ascii
+            ),
+            "a -> b - \"Muller\"... ?"
+        );
+        let latin1 = |c: char| u32::from(c) <= 0xff;
+        assert_eq!(transliterate("\u{fc} \u{2192}", latin1), "\u{fc} ->");
     }
 
     #[test]

@@ -92,10 +92,16 @@ impl ParseError {
         }
     }
 
-    /// Where the error is, when it can be named by segment, sequence and field.
+    /// Where the error is, when it can be named by segment, sequence and field. A segment
+    /// whose name is bad has no segment id to give: ERR-2 is `^5` (ERL.1 empty, ERL.2 its
+    /// position in the message), as the error text says `segment 5`.
     pub fn location(&self) -> Option<ErrLocation> {
         match self {
             ParseError::NoMsh { .. } => Some(ErrLocation::segment("MSH", 1)),
+            ParseError::BadSegmentName { segment_index, .. } => Some(ErrLocation::segment(
+                "",
+                u32::try_from(*segment_index).unwrap_or(u32::MAX),
+            )),
             ParseError::BadEncodingCharacters { .. } => Some(ErrLocation::field("MSH", 1, 2)),
             ParseError::UnknownCharset(_) => Some(ErrLocation::field("MSH", 1, 18)),
             ParseError::MissingSegment { name } => Some(ErrLocation::segment(name, 1)),
@@ -196,6 +202,12 @@ mod tests {
         assert_eq!(a.code, ErrorCode::DataTypeError);
         assert!(a.text.contains("bad encoding characters"));
         assert_eq!(ParseError::Empty.location(), None);
+        // A bad segment name: no id to name, its position in the message.
+        let e = ParseError::BadSegmentName {
+            segment_index: 5,
+            name: "pid".into(),
+        };
+        assert_eq!(e.location().unwrap().to_string(), "^5");
         assert_eq!(
             ParseError::TooLarge { len: 1 }.hl7_error_code(),
             ErrorCode::ApplicationInternalError

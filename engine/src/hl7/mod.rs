@@ -38,8 +38,8 @@ pub mod validate;
 pub mod value;
 
 pub use ack::{
-    build_ack, build_ack_for_unparsed, Ack, AckCode, AckError, AckMode, AckType, ErrLocation,
-    ErrorCode, Severity,
+    build_ack, build_ack_as, build_ack_for_unparsed, Ack, AckCode, AckError, AckMode, AckType,
+    ErrLocation, ErrorCode, Severity,
 };
 pub use batch::split_batch;
 pub use charset::Charset;

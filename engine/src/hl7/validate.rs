@@ -2,12 +2,32 @@
 //!
 //! The parser accepts anything it can index, so that a message missing MSH-10 can still be
 //! journaled, inspected and answered; whether to accept it is a policy decision. These checks
-//! return the [`AckError`] (table 0357 code 101 with its ERR location) the policy sends back.
+//! return the [`AckError`] (table 0357 code and ERR location) the policy sends back: 100 for a
+//! frame that is not one message, 101 for a missing MSH-9 or MSH-10, 202 for a processing id
+//! (MSH-11) the engine does not take, 203 for a version (MSH-12) that is not HL7 v2.
 
 use super::ack::{AckError, ErrLocation, ErrorCode};
 use super::message::Message;
 use super::path::Path;
 use super::value::Value;
+
+/// The HL7 v2 versions (table 0104) taken in MSH-12: 2.1 to 2.8.2.
+pub const VERSIONS: [&str; 13] = [
+    "2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1",
+    "2.8.2",
+];
+
+/// HL7 table 0103, processing id: production, debugging, training.
+pub const PROCESSING_IDS: [&str; 3] = ["P", "D", "T"];
+
+/// A sender's value as an error quotes it: at most 20 characters, control characters as `?`.
+fn shown(value: &str) -> String {
+    value
+        .chars()
+        .take(20)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
 
 impl Message {
     /// Checks what every message needs for routing and acknowledgement: it starts with MSH
@@ -25,7 +45,7 @@ impl Message {
                         String::from_utf8_lossy(name)
                     ),
                 )
-                .at(ErrLocation::segment("MSH", 1)));
+                .at(ErrLocation::segment(&String::from_utf8_lossy(name), 1)));
             }
             _ => {
                 return Err(AckError::new(
@@ -72,6 +92,48 @@ impl Message {
             }
         }
         Ok(())
+    }
+
+    /// Checks that MSH-12.1 names an HL7 v2 version this engine takes ([`VERSIONS`]): code 203
+    /// at `MSH^1^12` otherwise. An empty MSH-12 is taken (the ACK then says 2.5.1).
+    pub fn check_version(&self) -> Result<(), AckError> {
+        let Some(version) = self.version() else {
+            return Ok(());
+        };
+        if VERSIONS.contains(&version.trim()) {
+            return Ok(());
+        }
+        Err(AckError::new(
+            ErrorCode::UnsupportedVersionId,
+            format!(
+                "MSH-12 (version id) \"{}\" is not an HL7 v2 version this engine takes ({} to {})",
+                shown(&version),
+                VERSIONS[0],
+                VERSIONS[VERSIONS.len() - 1]
+            ),
+        )
+        .at(ErrLocation::field("MSH", 1, 12)))
+    }
+
+    /// Checks that MSH-11.1 is one of `accepted` (HL7 table 0103 values, the engine's
+    /// `hl7.processing_ids`): code 202 at `MSH^1^11` otherwise. An empty MSH-11 counts as `P`,
+    /// which is what the ACK answers for it.
+    pub fn check_processing_id<S: AsRef<str>>(&self, accepted: &[S]) -> Result<(), AckError> {
+        let id = self.processing_id();
+        let id = id.as_deref().map_or("P", str::trim);
+        if accepted.iter().any(|a| a.as_ref() == id) {
+            return Ok(());
+        }
+        let list: Vec<&str> = accepted.iter().map(AsRef::as_ref).collect();
+        Err(AckError::new(
+            ErrorCode::UnsupportedProcessingId,
+            format!(
+                "MSH-11 (processing id) \"{}\" is not one this engine takes ({})",
+                shown(id),
+                list.join(", ")
+            ),
+        )
+        .at(ErrLocation::field("MSH", 1, 11)))
     }
 
     /// Checks that each path has a value (code 101 at the first one that is absent, empty or
@@ -127,9 +189,69 @@ mod tests {
         let batch = Message::parse(b"BHS|^~\\&\rMSH|^~\\&|||||||ADT^A01|1\rBTS|1\r").unwrap();
         let e = batch.check_required().unwrap_err();
         assert!(e.text.contains("a batch (BHS)"), "{}", e.text);
+        // ERR-2 names the batch header refused, not a message header.
+        assert_eq!(e.location.unwrap().to_string(), "BHS^1");
+        let file = Message::parse(b"FHS|^~\\&\rBHS|^~\\&\rMSH|^~\\&|||||||ADT^A01|1\r").unwrap();
+        assert_eq!(
+            file.check_required()
+                .unwrap_err()
+                .location
+                .unwrap()
+                .to_string(),
+            "FHS^1"
+        );
         // A Z-segment or any other later segment is fine.
         let m = Message::parse(b"MSH|^~\\&|A|B|C|D|T||ADT^A01|ONE|P|2.5\rZMS|1\r").unwrap();
         assert_eq!(m.check_required(), Ok(()));
+    }
+
+    #[test]
+    fn versions() {
+        let m = |v: &str| {
+            Message::parse(format!("MSH|^~\\&|A|B|C|D|T||ADT^A01|1|P|{v}\r").as_bytes()).unwrap()
+        };
+        for v in [
+            "2.1",
+            "2.3",
+            "2.3.1",
+            "2.5.1",
+            "2.5.1^DEU^2.5",
+            "2.7.1",
+            "2.8.2",
+            "",
+        ] {
+            assert_eq!(m(v).check_version(), Ok(()), "{v}");
+        }
+        for v in ["9.9", "banana", "2.0", "2.5.2", "3.0", "2.9.9"] {
+            let e = m(v).check_version().unwrap_err();
+            assert_eq!(e.code, ErrorCode::UnsupportedVersionId, "{v}");
+            assert_eq!(e.location.unwrap().to_string(), "MSH^1^12");
+            assert!(e.text.contains(&format!("\"{v}\"")), "{}", e.text);
+        }
+    }
+
+    #[test]
+    fn processing_ids() {
+        let m = |p: &str| {
+            Message::parse(format!("MSH|^~\\&|A|B|C|D|T||ADT^A01|1|{p}|2.5\r").as_bytes()).unwrap()
+        };
+        for p in ["P", "D", "T", "T^A", ""] {
+            assert_eq!(m(p).check_processing_id(&PROCESSING_IDS), Ok(()), "{p}");
+        }
+        for p in ["Z", "p", "PT"] {
+            let e = m(p).check_processing_id(&PROCESSING_IDS).unwrap_err();
+            assert_eq!(e.code, ErrorCode::UnsupportedProcessingId, "{p}");
+            assert_eq!(e.location.unwrap().to_string(), "MSH^1^11");
+        }
+        // Restricted to production: T is refused, an empty MSH-11 counts as P.
+        let production = ["P".to_string()];
+        let e = m("T").check_processing_id(&production).unwrap_err();
+        assert!(
+            e.text.contains("\"T\" is not one this engine takes (P)"),
+            "{}",
+            e.text
+        );
+        assert_eq!(m("").check_processing_id(&production), Ok(()));
     }
 
     #[test]

@@ -15,6 +15,10 @@
 //! - `stats`: (channel, status) → count, kept by the writer on every status change, so that
 //!   `GET /api/stats` never walks the journal.
 //!
+//! `ack_id_prefix` (`<data_dir>/journal/ack_id_prefix`): six random characters made when the
+//! journal is, that start the MSH-10 of every ACK (then the transaction id), so that ACK ids
+//! do not repeat across engines or data dirs although transaction ids start at 0 in each.
+//!
 //! [`retention`] prunes old transactions (or only their bodies) through the same writer.
 //!
 //! Writes go through one writer thread with group commit ([`writer`]); reads go straight to sled,
@@ -165,6 +169,8 @@ pub struct Journal {
     in_flight_at_open: Arc<Mutex<Vec<(TxId, Status)>>>,
     /// Per channel and status counts, kept by the writer.
     counts: counts::ChannelCounts,
+    /// Starts the MSH-10 of the ACKs for this journal's transactions (see the module doc).
+    ack_id_prefix: Arc<str>,
 }
 
 /// Filters for listing transactions (`GET /api/transactions`). Newest first.
@@ -301,6 +307,8 @@ impl Journal {
                 .set(counts[status.code() as usize]);
         }
         let counts = counts::ChannelCounts::load(&trees)?;
+        let ack_id_prefix = load_or_make_ack_id_prefix(&path)
+            .map_err(|e| open_err(format!("ACK id prefix: {e}")))?;
         let (tx, rx) = std::sync::mpsc::channel();
         let writer = Writer {
             trees: trees.clone(),
@@ -330,7 +338,14 @@ impl Journal {
             path,
             in_flight_at_open: Arc::new(Mutex::new(in_flight_at_open)),
             counts,
+            ack_id_prefix: ack_id_prefix.into(),
         })
+    }
+
+    /// Six characters (RFC 4648 base32) made once per journal, kept across restarts: the start
+    /// of every ACK's MSH-10.
+    pub fn ack_id_prefix(&self) -> &str {
+        &self.ack_id_prefix
     }
 
     fn send(&self, cmd: Command) -> Result<(), JournalError> {
@@ -815,6 +830,39 @@ fn matches(tx: &Transaction, filter: &TxFilter) -> bool {
             .patient_key
             .as_ref()
             .is_none_or(|k| tx.meta.patient_key.as_ref() == Some(k))
+}
+
+/// The file under the journal dir that holds [`Journal::ack_id_prefix`].
+const ACK_ID_PREFIX_FILE: &str = "ack_id_prefix";
+/// Characters of the prefix: RFC 4648 base32 (32 divides 256, so a random byte picks one
+/// without bias).
+const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+/// Reads the journal's ACK id prefix, or makes one (six random base32 characters) and stores
+/// it (temp file, fsync, rename) when there is none or what is there is not one.
+fn load_or_make_ack_id_prefix(dir: &Path) -> std::io::Result<String> {
+    let path = dir.join(ACK_ID_PREFIX_FILE);
+    let valid = |s: &str| s.len() == 6 && s.bytes().all(|b| BASE32.contains(&b));
+    match std::fs::read_to_string(&path) {
+        Ok(text) if valid(text.trim()) => return Ok(text.trim().to_string()),
+        Ok(_) => tracing::warn!(path = %path.display(), "unreadable ACK id prefix: made a new one"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let prefix: String = rand::random::<[u8; 6]>()
+        .iter()
+        .map(|b| char::from(BASE32[usize::from(*b) % 32]))
+        .collect();
+    let temp = dir.join(format!("{ACK_ID_PREFIX_FILE}.tmp"));
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(prefix.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temp, &path)?;
+    Ok(prefix)
 }
 
 #[cfg(test)]

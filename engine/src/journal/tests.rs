@@ -1134,3 +1134,27 @@ async fn records_lost_in_a_power_cut_roll_back_at_open_and_the_resend_is_taken()
     );
     assert!(journal.get(again.id).unwrap().is_some());
 }
+
+#[test]
+fn the_ack_id_prefix_is_made_once_per_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(&dir.path().join("one"));
+    let prefix = journal.ack_id_prefix().to_string();
+    assert_eq!(prefix.len(), 6);
+    assert!(prefix.bytes().all(|b| BASE32.contains(&b)), "{prefix}");
+    journal.close();
+    drop(journal);
+    let (journal, _) = open(&dir.path().join("one"));
+    assert_eq!(journal.ack_id_prefix(), prefix, "kept across a restart");
+    let (other, _) = open(&dir.path().join("two"));
+    assert_ne!(
+        other.ack_id_prefix(),
+        prefix,
+        "another data dir, another prefix"
+    );
+    // A file that does not hold one is replaced.
+    std::fs::create_dir_all(dir.path().join("three/journal")).unwrap();
+    std::fs::write(dir.path().join("three/journal/ack_id_prefix"), "no!\n").unwrap();
+    let (third, _) = open(&dir.path().join("three"));
+    assert_eq!(third.ack_id_prefix().len(), 6);
+}
