@@ -530,6 +530,21 @@ async fn retention_prunes_bodies_then_transactions_and_keeps_queued_ones() {
                 && l.contains("destination=\"http\"")),
         "{metrics}"
     );
+    // The destination that is down was logged once, when it was found down (its retries
+    // since were not), by name and kind of error, without its URL.
+    let log = engine.log();
+    let down: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("destination unavailable"))
+        .collect();
+    assert_eq!(down.len(), 1, "{log}");
+    assert!(
+        down[0].contains("WARN")
+            && down[0].contains("destination=http")
+            && down[0].contains("connection refused")
+            && !down[0].contains("127.0.0.1:9"),
+        "{log}"
+    );
     for line in [
         "orbiter_retention_pruned_total{channel=\"short\",kind=\"body\"} 1",
         "orbiter_retention_pruned_total{channel=\"short\",kind=\"transaction\"} 1",

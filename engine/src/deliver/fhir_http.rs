@@ -13,6 +13,8 @@ pub struct FhirHttp {
     client: reqwest::Client,
     /// The FHIR base URL, without a trailing slash.
     base: String,
+    /// The base URL as logs may show it: without credentials (`user:password@`) or a query.
+    shown: String,
     credentials: Option<Credentials>,
 }
 
@@ -27,7 +29,7 @@ impl std::fmt::Debug for FhirHttp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the token.
         f.debug_struct("FhirHttp")
-            .field("base", &self.base)
+            .field("base", &self.shown)
             .finish()
     }
 }
@@ -47,15 +49,18 @@ impl FhirHttp {
             .user_agent(concat!("orbiter/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
+        let base = base.trim_end_matches('/').to_string();
         Ok(FhirHttp {
             client,
-            base: base.trim_end_matches('/').to_string(),
+            shown: shown(&base),
+            base,
             credentials,
         })
     }
 
+    /// The base URL, for logs: without the credentials or query it may carry.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.shown
     }
 
     /// A Bundle goes to the base URL (batch/transaction); a single resource to its type.
@@ -99,5 +104,33 @@ impl FhirHttp {
             return Err(format!("HTTP {}", response.status()));
         }
         response.json().await.map_err(|e| e.to_string())
+    }
+}
+
+/// `url` without `user:password@` and without a query (where tokens go too).
+fn shown(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.as_str().trim_end_matches('/').to_string()
+        }
+        Err(_) => "(unparsable URL)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_base_shown_in_logs_carries_no_credentials() {
+        let http = super::FhirHttp::new(
+            "https://orbiter:s3cret@hapi:8443/fhir/?token=abc",
+            None,
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(http.base(), "https://hapi:8443/fhir");
+        assert!(!format!("{http:?}").contains("s3cret"));
     }
 }

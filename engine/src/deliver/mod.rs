@@ -10,6 +10,7 @@
 //! OperationOutcome is kept), except 408 and 429; 5xx, timeouts and refused connections are
 //! retried later (the transaction goes to `queued`).
 
+mod availability;
 mod fhir_http;
 pub mod mediator;
 mod mllp;
@@ -77,6 +78,8 @@ pub struct Deliverer {
     metrics: Arc<Metrics>,
     /// Registered mediators, for `mediator` destinations (unset: those fail).
     mediators: Option<MediatorTarget>,
+    /// Which destinations are down: logged when that changes, not at every message.
+    availability: Arc<availability::Availability>,
 }
 
 impl Deliverer {
@@ -87,6 +90,7 @@ impl Deliverer {
             http_timeout: Duration::from_secs(30),
             metrics,
             mediators: None,
+            availability: Arc::default(),
         }
     }
 
@@ -191,6 +195,8 @@ impl Deliverer {
                 .with_label_values(&[&name, &response_code(&delivery)])
                 .inc();
         }
+        self.availability
+            .note(destination, channel.name(), &delivery);
         delivery
     }
 }
