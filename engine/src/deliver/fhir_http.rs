@@ -64,7 +64,8 @@ impl FhirHttp {
     }
 
     /// A Bundle goes to the base URL (batch/transaction); a single resource to its type.
-    pub async fn post(&self, value: &Value) -> Delivery {
+    /// `code`: the HTTP status, when the server answered.
+    pub async fn post(&self, value: &Value, code: &mut Option<u16>) -> Delivery {
         let url = match value["resourceType"].as_str() {
             Some("Bundle") | None => self.base.clone(),
             Some(kind) => format!("{}/{kind}", self.base),
@@ -80,6 +81,7 @@ impl FhirHttp {
             Err(e) => Delivery::retry(format!("{url}: {}", error_chain(&e))),
             Ok(response) => {
                 let status = response.status().as_u16();
+                *code = Some(status);
                 let body = response.json::<Value>().await.unwrap_or(Value::Null);
                 classify(status, body)
             }
