@@ -435,13 +435,15 @@ async fn search_rerun_and_stats() {
     );
     let metrics = engine.metrics().await;
     assert!(
-        metrics.contains("orbiter_channel_messages_total{channel=\"adt\",status=\"received\"} 7"),
+        metrics.contains("orbiter_channel_received_total{channel=\"adt\"} 7")
+            && !metrics
+                .contains("orbiter_channel_messages_total{channel=\"adt\",status=\"received\"}"),
         "{metrics}"
     );
     // MLLP messages ran their scripts on the connection's thread; reruns on the pool.
     for line in [
-        "orbiter_transform_runs_total{on=\"inline\"} 4",
-        "orbiter_transform_runs_total{on=\"pool\"} 4",
+        "orbiter_transform_runs_total{thread=\"inline\"} 4",
+        "orbiter_transform_runs_total{thread=\"pool\"} 4",
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }

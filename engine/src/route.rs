@@ -251,13 +251,15 @@ impl Pipeline {
         self.process(work, Record::Await).await
     }
 
-    /// `orbiter_channel_messages_total{status="received"}`: once per new transaction and channel
-    /// (retries and resumes go through [`Pipeline::rerun`] and are not counted again).
+    /// `orbiter_channel_received_total`: once per new transaction and channel (retries and
+    /// resumes go through [`Pipeline::rerun`] and are not counted again). Not a status of
+    /// `orbiter_channel_messages_total`, whose sum over its statuses would count each
+    /// transaction twice.
     fn count_received(&self, work: &Routed) {
         for channel in &work.channels {
             self.metrics
-                .channel_messages_total
-                .with_label_values(&[channel.name(), Status::Received.as_str()])
+                .channel_received_total
+                .with_label_values(&[channel.name()])
                 .inc();
         }
     }
