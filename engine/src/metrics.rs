@@ -433,7 +433,7 @@ mod tests {
             .get_histogram()
             .get_bucket()
             .iter()
-            .map(|b| b.get_upper_bound())
+            .map(|b| b.upper_bound())
             .collect()
     }
 
