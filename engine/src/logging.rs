@@ -11,15 +11,11 @@ use tracing_subscriber::fmt;
 const PHI_SAFE: &[&str] = &["hl7_mllp_codec=off"];
 
 /// Builds the filter: the user's directives, then the PHI caps (which win for those targets).
+/// A filter that does not parse falls back to `info`, with a line on stderr: for the client
+/// commands (`orbiter send`). The engine refuses to start with one ([`check`], from the
+/// configuration's validation).
 pub fn filter(spec: &str) -> EnvFilter {
-    let parsed = match bare_target(spec) {
-        Some(word) => Err(format!(
-            "`{word}` is not a level (error, warn, info, debug, trace, off); \
-             for a target write `{word}=debug`"
-        )),
-        None => EnvFilter::try_new(spec).map_err(|e| e.to_string()),
-    };
-    let mut filter = parsed.unwrap_or_else(|e| {
+    let mut filter = parse(spec).unwrap_or_else(|e| {
         eprintln!("orbiter: bad log filter `{spec}` ({e}); using `info`");
         EnvFilter::new("info")
     });
@@ -27,6 +23,23 @@ pub fn filter(spec: &str) -> EnvFilter {
         filter = filter.add_directive(directive.parse::<Directive>().expect("static directive"));
     }
     filter
+}
+
+/// Whether `spec` is a filter the engine can use; otherwise why not, for a configuration error.
+pub fn check(spec: &str) -> Result<(), String> {
+    parse(spec)
+        .map(drop)
+        .map_err(|e| format!("`{spec}` is not a log filter: {e}"))
+}
+
+fn parse(spec: &str) -> Result<EnvFilter, String> {
+    match bare_target(spec) {
+        Some(word) => Err(format!(
+            "`{word}` is not a level (error, warn, info, debug, trace, off); \
+             for a target write `{word}=debug`"
+        )),
+        None => EnvFilter::try_new(spec).map_err(|e| e.to_string()),
+    }
 }
 
 /// A directive that is one word but no level: `EnvFilter` reads `infoo` as "everything from
@@ -234,6 +247,12 @@ mod tests {
         }
         let filter = super::filter("infoo").to_string();
         assert!(filter.split(',').any(|d| d == "info"), "{filter}");
+        // The engine does not fall back: it refuses to start.
+        for bad in ["verbose", "infoo", "warn,orbiter=dbug"] {
+            let e = super::check(bad).unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+        assert!(super::check("info,orbiter::route=debug").is_ok());
     }
 
     #[test]
