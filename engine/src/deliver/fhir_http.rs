@@ -11,10 +11,10 @@ use super::{classify, error_chain, Delivery};
 #[derive(Clone)]
 pub struct FhirHttp {
     client: reqwest::Client,
-    /// The FHIR base URL, without a trailing slash.
-    base: String,
+    /// The FHIR base URL requests go to, without a trailing slash.
+    endpoint: String,
     /// The base URL as logs may show it: without credentials (`user:password@`) or a query.
-    shown: String,
+    base: String,
     credentials: Option<Credentials>,
 }
 
@@ -29,7 +29,7 @@ impl std::fmt::Debug for FhirHttp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the token.
         f.debug_struct("FhirHttp")
-            .field("base", &self.shown)
+            .field("base", &self.base)
             .finish()
     }
 }
@@ -52,23 +52,23 @@ impl FhirHttp {
         let base = base.trim_end_matches('/').to_string();
         Ok(FhirHttp {
             client,
-            shown: shown(&base),
-            base,
+            base: shown(&base),
+            endpoint: base,
             credentials,
         })
     }
 
     /// The base URL, for logs: without the credentials or query it may carry.
     pub fn base(&self) -> &str {
-        &self.shown
+        &self.base
     }
 
     /// A Bundle goes to the base URL (batch/transaction); a single resource to its type.
     /// `code`: the HTTP status, when the server answered.
     pub async fn post(&self, value: &Value, code: &mut Option<u16>) -> Delivery {
         let url = match value["resourceType"].as_str() {
-            Some("Bundle") | None => self.base.clone(),
-            Some(kind) => format!("{}/{kind}", self.base),
+            Some("Bundle") | None => self.endpoint.clone(),
+            Some(kind) => format!("{}/{kind}", self.endpoint),
         };
         let mut request = self
             .client
@@ -100,7 +100,7 @@ impl FhirHttp {
 
     /// `GET metadata`: is the server there and speaking FHIR?
     pub async fn metadata(&self) -> Result<Value, String> {
-        let request = self.authenticate(self.client.get(format!("{}/metadata", self.base)));
+        let request = self.authenticate(self.client.get(format!("{}/metadata", self.endpoint)));
         let response = request.send().await.map_err(|e| error_chain(&e))?;
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status()));
