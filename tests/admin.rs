@@ -15,7 +15,23 @@ async fn probes_and_metrics_are_open_and_the_api_is_not() {
     for path in ["/health", "/ready", "/metrics"] {
         let status = client.get(engine.url(path)).send().await.unwrap().status();
         assert_eq!(status, 200, "{path}");
+        // HEAD: the GET's status and headers, no body.
+        let head = client.head(engine.url(path)).send().await.unwrap();
+        assert_eq!(head.status(), 200, "HEAD {path}");
+        assert!(head.bytes().await.unwrap().is_empty(), "HEAD {path}");
+        // Another method: 405 naming the ones it takes.
+        let post = client.post(engine.url(path)).send().await.unwrap();
+        assert_eq!(post.status(), 405, "POST {path}");
+        assert_eq!(post.headers()["allow"], "GET, HEAD", "POST {path}");
     }
+    let head = client
+        .head(engine.url("/api/transactions"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(head.bytes().await.unwrap().is_empty());
     let metrics = engine.metrics().await;
     for name in [
         "orbiter_journal_flush_seconds",

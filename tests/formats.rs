@@ -191,8 +191,8 @@ async fn a_csv_file_becomes_one_transaction_a_row() {
     // An upload's rows run their scripts on the pool, not on the HTTP worker reading it.
     let metrics = engine.metrics().await;
     assert!(
-        metrics.contains("orbiter_transform_runs_total{on=\"pool\"} 4")
-            && !metrics.contains("orbiter_transform_runs_total{on=\"inline\"}"),
+        metrics.contains("orbiter_transform_runs_total{thread=\"pool\"} 4")
+            && !metrics.contains("orbiter_transform_runs_total{thread=\"inline\"}"),
         "{metrics}"
     );
 

@@ -372,6 +372,23 @@ impl Config {
         let config: Config = serde_json::from_value(tree)
             .map_err(|e| ConfigError::Invalid(format!("configuration: {e}")))?;
         config.validate()?;
+        // A log filter that does not parse stops start-up like any bad value, naming where it
+        // came from (it used to fall back to `info` with a line on stderr).
+        if let Err(message) = crate::logging::check(&config.log) {
+            return Err(
+                match (vars.iter().find(|(k, _)| k == "ORBITER_LOG"), file) {
+                    (Some((var, _)), _) => ConfigError::Env {
+                        var: var.clone(),
+                        message,
+                    },
+                    (None, Some(path)) => ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: format!("key `log`: {message}"),
+                    },
+                    (None, None) => ConfigError::Invalid(format!("log: {message}")),
+                },
+            );
+        }
         Ok(config)
     }
 
@@ -710,6 +727,28 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/srv/o"));
         assert_eq!(c.mllp.addr.port(), 4000);
         assert_eq!(c.mllp.idle_timeout_secs, 5);
+    }
+
+    #[test]
+    fn a_log_filter_that_does_not_parse_is_refused_naming_where_it_came_from() {
+        let err = Config::load(None, env(&[("ORBITER_LOG", "verbose")])).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Env { var, .. } if var == "ORBITER_LOG"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("`verbose` is not a level"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orbiter.toml");
+        std::fs::write(&path, "log = \"warn,orbiter=dbug\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err();
+        assert!(matches!(&err, ConfigError::Parse { .. }), "{err}");
+        assert!(err.to_string().contains("key `log`"), "{err}");
+        // The variable wins over the file, and a good one is taken.
+        let c = Config::load(Some(&path), env(&[("ORBITER_LOG", "info,orbiter=debug")])).unwrap();
+        assert_eq!(c.log, "info,orbiter=debug");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io;
 use std::path::Path;
 
 /// Creates `dir` and any missing parents, private to this user. An existing dir keeps its
-/// mode: an operator may have opened it on purpose (a backup group); see [`open_to_others`].
+/// mode: an operator may have opened it on purpose (a backup group); see [`privacy`].
 pub fn create(dir: &Path) -> io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -61,19 +61,132 @@ pub fn close_to_others(path: &Path) {
     let _ = path;
 }
 
-/// The permission bits of `dir` when its group or others may enter or read it (for a
-/// warning with the fix); `None` when it is private, or on platforms without modes.
-pub fn open_to_others(dir: &Path) -> Option<u32> {
+/// The stores that hold patient data, closed to others at start ([`close_to_others`]).
+pub const STORES: &[&str] = &["journal", "cdr"];
+
+/// Who besides the engine's user may reach the data dir and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Privacy {
+    /// Only this user (and on platforms without modes, as far as can be told).
+    Private,
+    /// Its group or others may enter it, and this user can change that: `chmod 700` it.
+    Open { mode: u32 },
+    /// Open, and not this user's to change (another owner: a volume's root, such as K3s
+    /// local-path's root-owned 0777 dir for an engine running as uid 65532), but every entry in
+    /// it (the journal, the CDR...) is closed to others: they can list names, not read data.
+    DirOnly { mode: u32, owner: u32, uid: u32 },
+    /// Open, not this user's to change, and these entries of it are open to others too.
+    Exposed {
+        mode: u32,
+        owner: u32,
+        uid: u32,
+        entries: Vec<String>,
+    },
+}
+
+/// How private `dir` is (see [`Privacy`]), as it is now.
+pub fn privacy(dir: &Path) -> Privacy {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir).ok()?.permissions().mode() & 0o777;
-        (mode & 0o077 != 0).then_some(mode)
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::metadata(dir) else {
+            return Privacy::Private;
+        };
+        let entries: Vec<(String, u32)> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let meta = std::fs::symlink_metadata(entry.path()).ok()?;
+                // A link's own mode means nothing; where it leads is not ours to judge.
+                (!meta.file_type().is_symlink()).then(|| {
+                    (
+                        entry.file_name().to_string_lossy().into_owned(),
+                        meta.mode(),
+                    )
+                })
+            })
+            .collect();
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        judge(meta.mode(), meta.uid(), uid, &entries)
     }
     #[cfg(not(unix))]
     {
         let _ = dir;
-        None
+        Privacy::Private
+    }
+}
+
+/// [`privacy`] from the facts: the dir's mode and owner, this process's uid, and the name and
+/// mode of each entry of the dir.
+fn judge(mode: u32, owner: u32, uid: u32, entries: &[(String, u32)]) -> Privacy {
+    let mode = mode & 0o777;
+    if mode & 0o077 == 0 {
+        return Privacy::Private;
+    }
+    // The owner, or root, can chmod it.
+    if owner == uid || uid == 0 {
+        return Privacy::Open { mode };
+    }
+    let mut exposed: Vec<String> = entries
+        .iter()
+        .filter(|(_, mode)| mode & 0o007 != 0)
+        .map(|(name, _)| name.clone())
+        .collect();
+    exposed.sort();
+    if exposed.is_empty() {
+        Privacy::DirOnly { mode, owner, uid }
+    } else {
+        Privacy::Exposed {
+            mode,
+            owner,
+            uid,
+            entries: exposed,
+        }
+    }
+}
+
+/// At start: closes the stores in `dir` to others (see [`STORES`]), then says how private
+/// `dir` is. WARN when others may read patient data, or when this user can close the dir and
+/// has not; INFO, without a fix nobody here can make, when only the dir itself is open and is
+/// not this user's (the entries holding data are closed).
+pub fn report_privacy(dir: &Path) {
+    for store in STORES {
+        close_to_others(&dir.join(store));
+    }
+    let shown = dir.display();
+    match privacy(dir) {
+        Privacy::Private => {}
+        Privacy::Open { mode } => tracing::warn!(
+            dir = %shown,
+            mode = format!("{mode:o}"),
+            "the data dir (patient data) is open to other users: chmod 700 it"
+        ),
+        Privacy::DirOnly { mode, owner, uid } => tracing::info!(
+            dir = %shown,
+            mode = format!("{mode:o}"),
+            owner,
+            uid,
+            "the data dir is open to other users but belongs to another user (a volume's root?), \
+             so this process cannot close it; what it holds is closed to them: they may list \
+             its entries (and rename them where it is writable to them), not read their data"
+        ),
+        Privacy::Exposed {
+            mode,
+            owner,
+            uid,
+            entries,
+        } => tracing::warn!(
+            dir = %shown,
+            mode = format!("{mode:o}"),
+            owner,
+            uid,
+            entries = entries.join(", "),
+            "the data dir (patient data) and these entries of it are open to other users; \
+             the dir belongs to another user: close the entries (chmod o-rwx, as their owner), \
+             or have the dir's owner chmod 700 it"
+        ),
     }
 }
 
@@ -169,11 +282,61 @@ mod tests {
             let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{}", d.display());
         }
-        assert_eq!(open_to_others(&dir), None);
+        assert_eq!(privacy(&dir), Privacy::Private);
         // Existing: left as it is, and reported.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
         create(&dir).unwrap();
-        assert_eq!(open_to_others(&dir), Some(0o750));
+        assert_eq!(privacy(&dir), Privacy::Open { mode: 0o750 });
+    }
+
+    #[test]
+    fn a_dir_that_is_not_ours_is_judged_by_what_it_holds() {
+        let closed = [
+            ("journal".to_string(), 0o40750),
+            ("admin.token".into(), 0o100600),
+        ];
+        // Private, whoever owns it.
+        assert_eq!(judge(0o40700, 0, 65532, &closed), Privacy::Private);
+        // Ours (or we are root): the fix is ours to make.
+        assert_eq!(
+            judge(0o40755, 65532, 65532, &closed),
+            Privacy::Open { mode: 0o755 }
+        );
+        assert_eq!(judge(0o40777, 0, 0, &closed), Privacy::Open { mode: 0o777 });
+        // K3s local-path: root's 0777 dir, the engine as 65532, its stores closed.
+        assert_eq!(
+            judge(0o40777, 0, 65532, &closed),
+            Privacy::DirOnly {
+                mode: 0o777,
+                owner: 0,
+                uid: 65532
+            }
+        );
+        // The same with a store that others can read: still a warning, naming it.
+        let mut open = closed.to_vec();
+        open.push(("cdr".into(), 0o40755));
+        open.push(("out".into(), 0o40751));
+        assert_eq!(
+            judge(0o40777, 0, 65532, &open),
+            Privacy::Exposed {
+                mode: 0o777,
+                owner: 0,
+                uid: 65532,
+                entries: vec!["cdr".into(), "out".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn privacy_reads_the_dir_and_its_entries() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        create(&dir).unwrap();
+        assert_eq!(privacy(&dir), Privacy::Private);
+        std::fs::create_dir(dir.join("journal")).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        // This process owns it (or is root): its to close.
+        assert_eq!(privacy(&dir), Privacy::Open { mode: 0o777 });
     }
 
     #[test]

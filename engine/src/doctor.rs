@@ -190,15 +190,38 @@ fn data_dir(dir: &Path) -> Vec<Finding> {
             )]
         }
     }];
-    if let Some(mode) = crate::data_dir::open_to_others(dir) {
-        findings.push(Finding::warn(
+    match crate::data_dir::privacy(dir) {
+        crate::data_dir::Privacy::Private => {}
+        crate::data_dir::Privacy::Open { mode } => findings.push(Finding::warn(
             "data dir mode",
             format!(
                 "{} is {mode:o}: other users may read the journal (patient data)",
                 dir.display()
             ),
             format!("chmod 700 {}", dir.display()),
-        ));
+        )),
+        // Not ours to close, and nothing in it readable by others: nothing to fix here.
+        crate::data_dir::Privacy::DirOnly { mode, owner, .. } => findings.push(Finding::ok(
+            "data dir mode",
+            format!(
+                "{} is {mode:o} and belongs to uid {owner}; what it holds is closed to other users",
+                dir.display()
+            ),
+        )),
+        crate::data_dir::Privacy::Exposed {
+            mode,
+            owner,
+            entries,
+            ..
+        } => findings.push(Finding::warn(
+            "data dir mode",
+            format!(
+                "{} is {mode:o} (uid {owner}'s), and other users may read {} in it",
+                dir.display(),
+                entries.join(", ")
+            ),
+            "chmod o-rwx those entries as their owner, or have the dir's owner chmod 700 it",
+        )),
     }
     findings.push(match crate::data_dir::free_bytes(dir) {
         Some(free) if free < FAIL_BELOW_BYTES => Finding::fail(

@@ -11,15 +11,11 @@ use tracing_subscriber::fmt;
 const PHI_SAFE: &[&str] = &["hl7_mllp_codec=off"];
 
 /// Builds the filter: the user's directives, then the PHI caps (which win for those targets).
+/// A filter that does not parse falls back to `info`, with a line on stderr: for the client
+/// commands (`orbiter send`). The engine refuses to start with one ([`check`], from the
+/// configuration's validation).
 pub fn filter(spec: &str) -> EnvFilter {
-    let parsed = match bare_target(spec) {
-        Some(word) => Err(format!(
-            "`{word}` is not a level (error, warn, info, debug, trace, off); \
-             for a target write `{word}=debug`"
-        )),
-        None => EnvFilter::try_new(spec).map_err(|e| e.to_string()),
-    };
-    let mut filter = parsed.unwrap_or_else(|e| {
+    let mut filter = parse(spec).unwrap_or_else(|e| {
         eprintln!("orbiter: bad log filter `{spec}` ({e}); using `info`");
         EnvFilter::new("info")
     });
@@ -27,6 +23,23 @@ pub fn filter(spec: &str) -> EnvFilter {
         filter = filter.add_directive(directive.parse::<Directive>().expect("static directive"));
     }
     filter
+}
+
+/// Whether `spec` is a filter the engine can use; otherwise why not, for a configuration error.
+pub fn check(spec: &str) -> Result<(), String> {
+    parse(spec)
+        .map(drop)
+        .map_err(|e| format!("`{spec}` is not a log filter: {e}"))
+}
+
+fn parse(spec: &str) -> Result<EnvFilter, String> {
+    match bare_target(spec) {
+        Some(word) => Err(format!(
+            "`{word}` is not a level (error, warn, info, debug, trace, off); \
+             for a target write `{word}=debug`"
+        )),
+        None => EnvFilter::try_new(spec).map_err(|e| e.to_string()),
+    }
 }
 
 /// A directive that is one word but no level: `EnvFilter` reads `infoo` as "everything from
@@ -54,8 +67,7 @@ pub fn init(spec: &str, json: bool) {
     let layer = fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     let registry = tracing_subscriber::registry();
     let _ = if json {
-        let layer = layer
-            .json()
+        let layer = json_layer(std::io::stderr)
             .with_filter(filter)
             .with_filter(Flood::new(json));
         registry.with(layer).try_init()
@@ -63,6 +75,25 @@ pub fn init(spec: &str, json: bool) {
         let layer = layer.with_filter(filter).with_filter(Flood::new(json));
         registry.with(layer).try_init()
     };
+}
+
+/// JSON lines with the event's fields at the top level (`{"timestamp", "level", "message",
+/// "destination", ..., "target", "span", "spans"}`), not nested under `"fields"`, so that a
+/// log shipper's field names are the ones in the code. Values recorded with `?` (lists, for
+/// one) stay their Debug text in a string: `tracing` hands a formatter nothing else for them.
+fn json_layer<S, W>(
+    writer: W,
+) -> fmt::Layer<S, fmt::format::JsonFields, fmt::format::Format<fmt::format::Json>, W>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> fmt::MakeWriter<'w> + 'static,
+{
+    fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(true)
+        .with_writer(writer)
 }
 
 /// The most verbose level the filter lets through, as the `log` crate's static maximum. The
@@ -143,7 +174,7 @@ impl Flood {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         let line = if self.json {
-            serde_json::json!({"timestamp": now, "level": "WARN", "fields": {"message": text}, "target": "orbiter::logging"}).to_string()
+            serde_json::json!({"timestamp": now, "level": "WARN", "message": text, "target": "orbiter::logging"}).to_string()
         } else {
             format!("{now}  WARN orbiter::logging: {text}")
         };
@@ -216,6 +247,12 @@ mod tests {
         }
         let filter = super::filter("infoo").to_string();
         assert!(filter.split(',').any(|d| d == "info"), "{filter}");
+        // The engine does not fall back: it refuses to start.
+        for bad in ["verbose", "infoo", "warn,orbiter=dbug"] {
+            let e = super::check(bad).unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+        assert!(super::check("info,orbiter::route=debug").is_ok());
     }
 
     #[test]
@@ -234,6 +271,40 @@ mod tests {
         // Another statement has its own share; the next second starts afresh.
         assert!(flood.admit(key(2), 7));
         assert!(flood.admit(key(1), 8));
+    }
+
+    #[test]
+    fn json_lines_carry_the_fields_at_the_top_level_and_the_span() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber =
+            tracing_subscriber::registry().with(super::json_layer(move || writer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("delivery", channel = "adt");
+            let _entered = span.enter();
+            tracing::warn!(destination = "cdr", retries = 3, "destination unavailable");
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["message"], "destination unavailable", "{line}");
+        assert_eq!(line["destination"], "cdr", "{line}");
+        assert_eq!(line["retries"], 3, "{line}");
+        assert_eq!(line["level"], "WARN", "{line}");
+        assert!(line.get("fields").is_none(), "{line}");
+        assert_eq!(line["span"]["name"], "delivery", "{line}");
+        assert_eq!(line["span"]["channel"], "adt", "{line}");
     }
 
     #[test]

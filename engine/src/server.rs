@@ -43,13 +43,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     crate::data_dir::never_for_others();
     crate::data_dir::create(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    if let Some(mode) = crate::data_dir::open_to_others(&config.data_dir) {
-        tracing::warn!(
-            dir = %config.data_dir.display(),
-            mode = format!("{mode:o}"),
-            "the data dir (patient data) is open to other users: chmod 700 it"
-        );
-    }
+    crate::data_dir::report_privacy(&config.data_dir);
     // Alive but not ready while the journal and the CDR open (best effort: if the port is
     // taken, the real bind below reports it).
     let starting = if config.admin.tls.enabled() {

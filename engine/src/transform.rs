@@ -84,7 +84,7 @@ enum ToPool {
 }
 
 impl ToPool {
-    /// The `on` label of `orbiter_transform_runs_total` for a message that finished on the pool.
+    /// The `thread` label of `orbiter_transform_runs_total` for a message that finished on the pool.
     fn label(self) -> &'static str {
         match self {
             ToPool::Stopped => "moved",

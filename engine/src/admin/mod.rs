@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App, HttpMessage as _, HttpServer};
 
 pub use auth::{AdminToken, Caller, Role, TokenSource};
 
@@ -89,9 +89,29 @@ fn api(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// A HEAD request, taken for a GET by [`head_as_get`] (for the 405's text).
+#[derive(Clone, Copy)]
+struct Head;
+
+/// HEAD is GET without the body (RFC 9110): every GET route answers it. The method is changed
+/// before routing; actix's HTTP/1 and HTTP/2 layers saw the HEAD when they read the request and
+/// send the answer's status and headers without its body. Role checks read HEAD as GET anyway
+/// ([`routes::Method::from_http`]).
+async fn head_as_get(
+    mut req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    if req.method() == actix_web::http::Method::HEAD {
+        req.head_mut().method = actix_web::http::Method::GET;
+        req.extensions_mut().insert(Head);
+    }
+    next.call(req).await
+}
+
 /// No route took the request: 405 with `Allow` when the path is a route of the table under
 /// another method (each `.route` is its own resource guarded by its method, so actix falls
-/// through to here instead of answering 405 itself), else 404.
+/// through to here instead of answering 405 itself), else 404. `Allow` names HEAD wherever it
+/// names GET (see [`head_as_get`]).
 async fn no_route(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
     let allowed = routes::methods_of(req.path());
     // `/api/clients/` for `/api/clients`: the route table reads both, actix only the second.
@@ -116,16 +136,29 @@ async fn no_route(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
         return actix_web::HttpResponse::NotFound()
             .json(serde_json::json!({"error": "no such route"}));
     }
-    let allow = allowed
-        .iter()
-        .map(|m| m.as_str())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let allow = allow_header(&allowed);
+    let method = if req.extensions().get::<Head>().is_some() {
+        "HEAD".to_string()
+    } else {
+        req.method().to_string()
+    };
     actix_web::HttpResponse::MethodNotAllowed()
         .insert_header((actix_web::http::header::ALLOW, allow.clone()))
         .json(serde_json::json!({
-            "error": format!("{} is not allowed here; allowed: {allow}", req.method())
+            "error": format!("{method} is not allowed here; allowed: {allow}")
         }))
+}
+
+/// `GET, HEAD, POST`: the methods of the table, HEAD after GET.
+fn allow_header(methods: &[routes::Method]) -> String {
+    let mut names = Vec::new();
+    for method in methods {
+        names.push(method.as_str());
+        if *method == routes::Method::Get {
+            names.push("HEAD");
+        }
+    }
+    names.join(", ")
 }
 
 /// Binds the admin port and returns the server (run it by awaiting or spawning it).
@@ -154,8 +187,11 @@ pub fn server(
             .app_data(authenticator.clone())
             .app_data(clients.clone())
             .app_data(web::JsonConfig::default().limit(16 * 1024 * 1024))
+            .wrap(from_fn(head_as_get))
             .configure(health::routes)
-            .configure(api);
+            .configure(api)
+            // `/health`, `/ready`, `/metrics` under another method: 405, as under `/api`.
+            .default_service(web::to(no_route));
         // The embedded CDR holds patient data: behind the same token as the API.
         if let Some(cdr) = &cdr {
             app = app.service(
@@ -183,4 +219,58 @@ pub fn server(
     };
     let addrs = server.addrs();
     Ok((server.run(), addrs))
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::middleware::from_fn;
+    use actix_web::test::{self, TestRequest};
+    use actix_web::{web, App};
+
+    #[actix_web::test]
+    async fn probes_answer_head_and_name_their_methods_to_others() {
+        let app = test::init_service(
+            App::new()
+                .wrap(from_fn(super::head_as_get))
+                .configure(super::health::routes)
+                .default_service(web::to(super::no_route)),
+        )
+        .await;
+        let head = TestRequest::default()
+            .method(actix_web::http::Method::HEAD)
+            .uri("/health")
+            .to_request();
+        assert_eq!(test::call_service(&app, head).await.status(), 200);
+        for (method, path) in [
+            ("POST", "/health"),
+            ("PUT", "/ready"),
+            ("DELETE", "/metrics"),
+        ] {
+            let method = actix_web::http::Method::from_bytes(method.as_bytes()).unwrap();
+            let req = TestRequest::default()
+                .method(method.clone())
+                .uri(path)
+                .to_request();
+            let res = test::call_service(&app, req).await;
+            assert_eq!(res.status(), 405, "{method} {path}");
+            assert_eq!(res.headers().get("allow").unwrap(), "GET, HEAD");
+            let body: serde_json::Value = test::read_body_json(res).await;
+            assert!(
+                body["error"].as_str().unwrap().starts_with(method.as_str()),
+                "{body}"
+            );
+        }
+        let req = TestRequest::get().uri("/nothing").to_request();
+        assert_eq!(test::call_service(&app, req).await.status(), 404);
+    }
+
+    #[test]
+    fn allow_names_head_with_get() {
+        use super::routes::Method;
+        assert_eq!(
+            super::allow_header(&[Method::Get, Method::Put, Method::Delete]),
+            "GET, HEAD, PUT, DELETE"
+        );
+        assert_eq!(super::allow_header(&[Method::Post]), "POST");
+    }
 }

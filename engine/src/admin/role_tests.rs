@@ -175,11 +175,15 @@ async fn call_api(state: &web::Data<AdminState>, req: TestRequest) -> ServiceRes
             .app_data(state.clone())
             .app_data(web::Data::new(token))
             .app_data(web::Data::new(clients))
+            .wrap(actix_web::middleware::from_fn(super::head_as_get))
             .configure(super::api),
     )
     .await;
     let req = req.insert_header(("Authorization", "Bearer t0k3n"));
-    app.call(req.to_request()).await.unwrap()
+    app.call(req.to_request())
+        .await
+        .unwrap()
+        .map_into_boxed_body()
 }
 
 /// A JSON body sent as something else is a 415 that names the type to send.
@@ -226,14 +230,28 @@ async fn wrong_methods_are_405_with_allow() {
     assert_eq!(response.status().as_u16(), 405);
     assert_eq!(
         response.headers().get("allow").unwrap().to_str().unwrap(),
-        "GET, PUT, DELETE"
+        "GET, HEAD, PUT, DELETE"
     );
     let req = TestRequest::delete().uri("/api/transactions");
     let response = call_api(&state, req).await;
     assert_eq!(response.status().as_u16(), 405);
     assert_eq!(
         response.headers().get("allow").unwrap().to_str().unwrap(),
-        "GET"
+        "GET, HEAD"
+    );
+    // HEAD is GET without the body (the HTTP layer drops it): a GET route answers it.
+    let req = TestRequest::default()
+        .method(actix_web::http::Method::HEAD)
+        .uri("/api/transactions");
+    assert_eq!(call_api(&state, req).await.status().as_u16(), 200);
+    let req = TestRequest::default()
+        .method(actix_web::http::Method::HEAD)
+        .uri("/api/transactions/1/rerun");
+    let response = call_api(&state, req).await;
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(
+        response.headers().get("allow").unwrap().to_str().unwrap(),
+        "POST"
     );
     let req = TestRequest::get().uri("/api/nothing-here");
     assert_eq!(call_api(&state, req).await.status().as_u16(), 404);

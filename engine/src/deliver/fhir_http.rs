@@ -11,7 +11,9 @@ use super::{classify, error_chain, Delivery};
 #[derive(Clone)]
 pub struct FhirHttp {
     client: reqwest::Client,
-    /// The FHIR base URL, without a trailing slash.
+    /// The FHIR base URL requests go to, without a trailing slash.
+    endpoint: String,
+    /// The base URL as logs may show it: without credentials (`user:password@`) or a query.
     base: String,
     credentials: Option<Credentials>,
 }
@@ -47,22 +49,26 @@ impl FhirHttp {
             .user_agent(concat!("orbiter/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
+        let base = base.trim_end_matches('/').to_string();
         Ok(FhirHttp {
             client,
-            base: base.trim_end_matches('/').to_string(),
+            base: shown(&base),
+            endpoint: base,
             credentials,
         })
     }
 
+    /// The base URL, for logs: without the credentials or query it may carry.
     pub fn base(&self) -> &str {
         &self.base
     }
 
     /// A Bundle goes to the base URL (batch/transaction); a single resource to its type.
-    pub async fn post(&self, value: &Value) -> Delivery {
+    /// `code`: the HTTP status, when the server answered.
+    pub async fn post(&self, value: &Value, code: &mut Option<u16>) -> Delivery {
         let url = match value["resourceType"].as_str() {
-            Some("Bundle") | None => self.base.clone(),
-            Some(kind) => format!("{}/{kind}", self.base),
+            Some("Bundle") | None => self.endpoint.clone(),
+            Some(kind) => format!("{}/{kind}", self.endpoint),
         };
         let mut request = self
             .client
@@ -75,6 +81,7 @@ impl FhirHttp {
             Err(e) => Delivery::retry(format!("{url}: {}", error_chain(&e))),
             Ok(response) => {
                 let status = response.status().as_u16();
+                *code = Some(status);
                 let body = response.json::<Value>().await.unwrap_or(Value::Null);
                 classify(status, body)
             }
@@ -93,11 +100,39 @@ impl FhirHttp {
 
     /// `GET metadata`: is the server there and speaking FHIR?
     pub async fn metadata(&self) -> Result<Value, String> {
-        let request = self.authenticate(self.client.get(format!("{}/metadata", self.base)));
+        let request = self.authenticate(self.client.get(format!("{}/metadata", self.endpoint)));
         let response = request.send().await.map_err(|e| error_chain(&e))?;
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status()));
         }
         response.json().await.map_err(|e| e.to_string())
+    }
+}
+
+/// `url` without `user:password@` and without a query (where tokens go too).
+fn shown(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.as_str().trim_end_matches('/').to_string()
+        }
+        Err(_) => "(unparsable URL)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_base_shown_in_logs_carries_no_credentials() {
+        let http = super::FhirHttp::new(
+            "https://orbiter:s3cret@hapi:8443/fhir/?token=abc",
+            None,
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(http.base(), "https://hapi:8443/fhir");
+        assert!(!format!("{http:?}").contains("s3cret"));
     }
 }

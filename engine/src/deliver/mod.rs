@@ -10,6 +10,7 @@
 //! OperationOutcome is kept), except 408 and 429; 5xx, timeouts and refused connections are
 //! retried later (the transaction goes to `queued`).
 
+mod availability;
 mod fhir_http;
 pub mod mediator;
 mod mllp;
@@ -77,6 +78,8 @@ pub struct Deliverer {
     metrics: Arc<Metrics>,
     /// Registered mediators, for `mediator` destinations (unset: those fail).
     mediators: Option<MediatorTarget>,
+    /// Which destinations are down: logged when that changes, not at every message.
+    availability: Arc<availability::Availability>,
 }
 
 impl Deliverer {
@@ -87,6 +90,7 @@ impl Deliverer {
             http_timeout: Duration::from_secs(30),
             metrics,
             mediators: None,
+            availability: Arc::default(),
         }
     }
 
@@ -110,14 +114,16 @@ impl Deliverer {
         let name = destination.display_name();
         let value: &Value = &output;
         let started = Instant::now();
+        // The HTTP status a CDR or FHIR server answered, if it answered.
+        let mut code: Option<u16> = None;
         let delivery = match destination.kind {
             DestinationKind::Cdr => match &self.cdr {
-                CdrTarget::Embedded(cdr) => embedded(cdr, output).await,
-                CdrTarget::External(http) => http.post(value).await,
+                CdrTarget::Embedded(cdr) => embedded(cdr, output, &mut code).await,
+                CdrTarget::External(http) => http.post(value, &mut code).await,
             },
             DestinationKind::Http => match &destination.url {
                 Some(url) => match FhirHttp::new(url, None, self.http_timeout) {
-                    Ok(http) => http.post(value).await,
+                    Ok(http) => http.post(value, &mut code).await,
                     Err(e) => Delivery::Failed {
                         error: e,
                         response: None,
@@ -188,26 +194,21 @@ impl Deliverer {
         ) {
             self.metrics
                 .cdr_responses_total
-                .with_label_values(&[&name, &response_code(&delivery)])
+                .with_label_values(&[&name, &response_code(code)])
                 .inc();
         }
+        self.availability
+            .note(destination, channel.name(), &delivery);
         delivery
     }
 }
 
-/// The HTTP status class of a delivery, for `orbiter_cdr_responses_total`: `2xx` when
-/// delivered, the code that [`classify`] put in front of the error (`HTTP 503: …`), or `none`
-/// when no answer came (connection refused, timeout).
-fn response_code(delivery: &Delivery) -> String {
-    match delivery {
-        Delivery::Delivered { .. } => "2xx".into(),
-        Delivery::Failed { error, .. } | Delivery::Retry { error, .. } => error
-            .strip_prefix("HTTP ")
-            .and_then(|rest| rest.get(..3))
-            .filter(|code| code.bytes().all(|b| b.is_ascii_digit()))
-            .map(str::to_string)
-            .unwrap_or_else(|| "none".into()),
-    }
+/// The `code` label of `orbiter_cdr_responses_total`: the HTTP status the server answered,
+/// always as its three digits (`200`, `201`, `422`, `503`...), or `none` when no answer came
+/// (connection refused, timeout, TLS, an unusable URL). (It used to be `2xx` for every
+/// success and the exact code for the rest.)
+fn response_code(code: Option<u16>) -> String {
+    code.map_or_else(|| "none".into(), |code| code.to_string())
 }
 
 /// Classifies an HTTP-style answer (status and body) the way a FHIR client would.
@@ -262,14 +263,17 @@ pub fn diagnostics(body: &Value) -> String {
     text.chars().take(300).collect()
 }
 
-async fn embedded(cdr: &Cdr, value: Arc<Value>) -> Delivery {
+async fn embedded(cdr: &Cdr, value: Arc<Value>, code: &mut Option<u16>) -> Delivery {
     let answered = cdr
         .blocking(move |cdr| {
             cdr.process_bundle(Arc::unwrap_or_clone(value), "urn:orbiter:embedded")
         })
         .await;
     match answered {
-        Some((status, body)) => classify(status, body),
+        Some((status, body)) => {
+            *code = Some(status);
+            classify(status, body)
+        }
         None => Delivery::retry("embedded CDR: the write was interrupted (shutdown)"),
     }
 }
@@ -298,5 +302,103 @@ async fn write_file(dir: &Path, id: TxId, channel: &str, value: &Value) -> Deliv
         },
         Ok(Err(e)) => Delivery::retry(format!("writing file: {e}")),
         Err(e) => Delivery::retry(format!("writing file: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Channel `c` with a CDR destination and an `http` one at a port nobody listens on.
+    fn channel(dir: &Path) -> Arc<Channel> {
+        let paths = crate::channel::ChannelPaths {
+            channels_dir: dir.join("channels"),
+            scripts_dir: dir.join("scripts"),
+            limits: Default::default(),
+        };
+        std::fs::create_dir_all(&paths.channels_dir).unwrap();
+        std::fs::create_dir_all(paths.lib_dir()).unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(
+            paths.channels_dir.join("c.toml"),
+            format!(
+                "name = \"c\"\n[source]\nkind = \"mllp\"\n[transform]\nscript = \"scripts/c.rhai\"\n\
+                 [[destination]]\nkind = \"cdr\"\n\
+                 [[destination]]\nkind = \"http\"\nname = \"down\"\nurl = \"http://127.0.0.1:{closed}/fhir\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(paths.scripts_dir.join("c.rhai"), "#{}").unwrap();
+        let (channels, report) = crate::channel::Channels::load(paths);
+        assert!(report.errors.is_empty(), "{report:?}");
+        channels.current().get("c").unwrap()
+    }
+
+    /// `orbiter_cdr_responses_total{code}` is always the status answered, or `none`.
+    #[tokio::test]
+    async fn cdr_answers_are_counted_by_their_status_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let channel = channel(dir.path());
+        let metrics = Arc::new(Metrics::new());
+        let cdr = Cdr::open(&dir.path().join("cdr"), 1 << 20).unwrap();
+        let deliverer = Deliverer::new(CdrTarget::Embedded(cdr), dir.path(), metrics.clone());
+        let bundle = |entry: Value| {
+            Arc::new(serde_json::json!({
+                "resourceType": "Bundle", "type": "transaction", "entry": [entry]
+            }))
+        };
+        let patient = bundle(serde_json::json!({
+            "resource": {"resourceType": "Patient", "id": "p1"},
+            "request": {"method": "PUT", "url": "Patient/p1"}
+        }));
+        let refused = bundle(serde_json::json!({
+            "resource": {"resourceType": "Patient", "id": "p2"},
+            "request": {"method": "PATCH", "url": "Nothing/p2"}
+        }));
+        let [cdr, down] = [&channel.def.destinations[0], &channel.def.destinations[1]];
+        let delivered = deliverer
+            .deliver(cdr, TxId(1), &channel, patient.clone(), b"")
+            .await;
+        assert!(
+            matches!(delivered, Delivery::Delivered { .. }),
+            "{delivered:?}"
+        );
+        let failed = deliverer
+            .deliver(cdr, TxId(2), &channel, refused, b"")
+            .await;
+        assert!(matches!(failed, Delivery::Failed { .. }), "{failed:?}");
+        let retry = deliverer
+            .deliver(down, TxId(3), &channel, patient, b"")
+            .await;
+        assert!(matches!(retry, Delivery::Retry { .. }), "{retry:?}");
+
+        let text = metrics.render();
+        let mut counted: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("orbiter_cdr_responses_total{"))
+            .collect();
+        counted.sort();
+        let code = |l: &str| {
+            l.split("code=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let codes: Vec<String> = counted.iter().map(|l| code(l)).collect();
+        assert_eq!(codes.len(), 3, "{counted:?}");
+        assert_eq!(codes[0], "200", "{counted:?}");
+        assert!(
+            codes[1].len() == 3 && codes[1].starts_with('4'),
+            "{counted:?}"
+        );
+        assert_eq!(codes[2], "none", "{counted:?}");
+        assert!(counted[2].contains("destination=\"down\""), "{counted:?}");
     }
 }
