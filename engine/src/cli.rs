@@ -170,8 +170,6 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             for unknown in crate::config::unknown_env_vars(std::env::vars()) {
                 tracing::warn!("{unknown}");
             }
-            // Before any listener starts: every intake reads it.
-            crate::intake::use_hl7_config(&config.hl7);
             crate::server::run(config)?;
             Ok(std::process::ExitCode::SUCCESS)
         }

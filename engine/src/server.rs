@@ -40,6 +40,8 @@ const SIZE_GAUGE_EVERY: Duration = Duration::from_secs(10);
 /// journal writer drain and flush, exit.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    // Before any listener starts: every intake reads it.
+    crate::intake::use_hl7_config(&config.hl7);
     crate::data_dir::never_for_others();
     crate::data_dir::create(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -101,11 +103,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         ),
         Some(_) => None,
     };
-    // The stores as earlier versions left them (files 0644): patient data, for this user and
-    // its group only.
-    for store in ["journal", "cdr"] {
-        crate::data_dir::close_to_others(&config.data_dir.join(store));
-    }
     let cdr_target = match (&embedded_cdr, &config.cdr.url) {
         (Some(cdr), _) => CdrTarget::Embedded(cdr.clone()),
         (None, Some(url)) => CdrTarget::External(
