@@ -44,6 +44,27 @@ pub struct PipelineOutcome {
     pub rejected: bool,
 }
 
+impl Routed {
+    /// A journaled message run again (resumed, retried, rerun): on the transform pool.
+    fn stored(
+        id: TxId,
+        tx: &Transaction,
+        raw: &[u8],
+        set: Arc<ChannelSet>,
+        channels: Vec<Arc<Channel>>,
+    ) -> Routed {
+        Routed {
+            id,
+            patient_key: tx.meta.patient_key.clone(),
+            format: tx.meta.format,
+            raw: Bytes::copy_from_slice(raw),
+            set,
+            channels,
+            run_on: RunOn::Pool,
+        }
+    }
+}
+
 /// Whether [`Pipeline::process`] waits for its outcome to be journaled before it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Record {
@@ -608,15 +629,7 @@ impl Pipeline {
         if routes.is_empty() {
             return Some(Err("no channel: none takes it now".into()));
         }
-        Some(Ok(Routed {
-            id,
-            patient_key: tx.meta.patient_key.clone(),
-            format: tx.meta.format,
-            raw: Bytes::copy_from_slice(&raw),
-            set,
-            channels: routes,
-            run_on: RunOn::Pool,
-        }))
+        Some(Ok(Routed::stored(id, &tx, &raw, set, routes)))
     }
 
     /// A rerun requested by a person: routes the stored message with the channels in force now
@@ -644,15 +657,7 @@ impl Pipeline {
             })
             .collect();
         let appended = self.journal.append_rerun(of, runs).await?;
-        Ok(Routed {
-            id: appended.id,
-            patient_key: tx.meta.patient_key.clone(),
-            format: tx.meta.format,
-            raw: Bytes::copy_from_slice(&raw),
-            set,
-            channels: routes,
-            run_on: RunOn::Pool,
-        })
+        Ok(Routed::stored(appended.id, &tx, &raw, set, routes))
     }
 
     /// Retries queued transactions whose backoff has passed, oldest first; gives up (failed)

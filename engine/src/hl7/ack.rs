@@ -635,14 +635,20 @@ pub struct UnparsedHeader {
     pub version: Option<String>,
 }
 
-/// See [`UnparsedHeader`]; `None` when `raw` has no usable `MSH`.
-pub fn unparsed_header(raw: &[u8]) -> Option<UnparsedHeader> {
+/// The first usable `MSH` segment of `raw` as text, with its delimiters.
+fn first_msh_line(raw: &[u8]) -> Option<(String, Delimiters)> {
     let (start, d) = find_msh(raw)?;
     let line = raw[start..]
         .split(|&b| b == b'\r' || b == b'\n')
         .next()
         .unwrap_or(&[]);
     let (text, _, _) = charset::decode(line, Charset::Utf8);
+    Some((text, d))
+}
+
+/// See [`UnparsedHeader`]; `None` when `raw` has no usable `MSH`.
+pub fn unparsed_header(raw: &[u8]) -> Option<UnparsedHeader> {
+    let (text, d) = first_msh_line(raw)?;
     let pieces: Vec<&str> = text.split(char::from(d.field)).collect();
     // Piece k is MSH-(k+1); the first component of each, as the parsed accessors give.
     let field = |n: usize| {
@@ -672,14 +678,9 @@ pub fn unparsed_header(raw: &[u8]) -> Option<UnparsedHeader> {
 /// as its first usable `MSH` says: as [`Message::ack_wanted`] (MSH-15 in enhanced mode), and
 /// always when there is no such `MSH`.
 pub fn unparsed_ack_wanted(raw: &[u8], code: AckCode) -> bool {
-    let Some((start, d)) = find_msh(raw) else {
+    let Some((text, d)) = first_msh_line(raw) else {
         return true;
     };
-    let line = raw[start..]
-        .split(|&b| b == b'\r' || b == b'\n')
-        .next()
-        .unwrap_or(&[]);
-    let (text, _, _) = charset::decode(line, Charset::Utf8);
     let pieces: Vec<&str> = text.split(char::from(d.field)).collect();
     let raw_field = |n: usize| pieces.get(n - 1).copied().unwrap_or("");
     if !valued(raw_field(15)) && !valued(raw_field(16)) {
