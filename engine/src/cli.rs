@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::hl7::{split_batch, Ack, AckType};
+use crate::hl7::ack::{Expect, ER_WAIT};
+use crate::hl7::{split_batch, Ack};
 use crate::mllp::MllpClient;
 
 #[derive(Debug, Parser)]
@@ -241,41 +242,6 @@ fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             } else {
                 std::process::ExitCode::from(1)
             })
-        }
-    }
-}
-
-/// How long `orbiter send` waits for the ACK of a message whose MSH-15 is `ER` (one comes only
-/// when the receiver does not accept it, and then at once) before going on.
-const ER_WAIT: Duration = Duration::from_secs(1);
-
-/// What MSH-15 (the accept acknowledgment type) of a message lets its sender expect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    /// Original mode, `AL`, or no usable MSH-15: an ACK, always.
-    Always,
-    /// `NE`: none.
-    Never,
-    /// `ER`: one only when the message is not accepted.
-    OnError,
-    /// `SU`: one only when it is accepted.
-    OnSuccess,
-}
-
-impl Expect {
-    fn of(message: &[u8]) -> Expect {
-        let Ok(parsed) = crate::hl7::Message::parse(message) else {
-            // A receiver answers what it cannot parse.
-            return Expect::Always;
-        };
-        if parsed.ack_mode() == crate::hl7::AckMode::Original {
-            return Expect::Always;
-        }
-        match parsed.accept_ack_type() {
-            Some(AckType::Never) => Expect::Never,
-            Some(AckType::Error) => Expect::OnError,
-            Some(AckType::Success) => Expect::OnSuccess,
-            Some(AckType::Always) | None => Expect::Always,
         }
     }
 }

@@ -7,6 +7,10 @@
 //! - `AA`/`CA`: delivered, the ACK kept as the response;
 //! - `AE`/`CE`: failed (the receiver refuses this content; resending would not help);
 //! - `AR`/`CR`, no or unreadable ACK, refused connection, timeout: retried later.
+//!
+//! In enhanced mode the message's MSH-15 says whether an ACK comes at all: `NE`, delivered once
+//! written; `ER`, delivered unless an ACK comes within [`ER_WAIT`]; `SU`, as `AL` (no ACK in
+//! time: retried).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,6 +19,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::Delivery;
+use crate::hl7::ack::{Expect, ER_WAIT};
 use crate::hl7::Ack;
 use crate::mllp::MllpClient;
 
@@ -65,9 +70,26 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     addr: &str,
     wire: &str,
 ) -> Delivery {
-    match client.send(wire.as_bytes()).await {
-        Ok(ack) => classify_ack(&ack),
-        Err(e) => Delivery::retry(format!("mllp {addr}: {e}")),
+    let expect = Expect::of(wire.as_bytes());
+    if let Err(e) = client.write(wire.as_bytes()).await {
+        return Delivery::retry(format!("mllp {addr}: {e}"));
+    }
+    let no_ack = |why: String| Delivery::Delivered {
+        response: Some(json!({ "ack": null, "text": why })),
+    };
+    match expect {
+        Expect::Never => no_ack("no ACK requested (MSH-15 NE)".into()),
+        Expect::OnError => match tokio::time::timeout(ER_WAIT, client.read_ack()).await {
+            Ok(Ok(ack)) => classify_ack(&ack),
+            Ok(Err(crate::mllp::ClientError::Timeout(_))) | Err(_) => no_ack(format!(
+                "no ACK within {ER_WAIT:?} (MSH-15 ER: none when accepted)"
+            )),
+            Ok(Err(e)) => Delivery::retry(format!("mllp {addr}: {e}")),
+        },
+        Expect::Always | Expect::OnSuccess => match client.read_ack().await {
+            Ok(ack) => classify_ack(&ack),
+            Err(e) => Delivery::retry(format!("mllp {addr}: {e}")),
+        },
     }
 }
 
@@ -129,5 +151,43 @@ mod tests {
         }
         assert!(matches!(classify_ack(&ack("AR")), Delivery::Retry { .. }));
         assert!(matches!(classify_ack(b"garbage"), Delivery::Retry { .. }));
+    }
+
+    /// A receiver on loopback that reads frames and never answers.
+    async fn silent_receiver() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut sink = Vec::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn message(accept_ack: &str) -> Value {
+        Value::String(format!(
+            "MSH|^~\\&|S|F|R|F|20261201||ADT^A08|C1|P|2.5.1|||{accept_ack}|NE\rPID|1||1"
+        ))
+    }
+
+    #[tokio::test]
+    async fn msh_15_says_whether_to_wait_for_an_ack() {
+        let addr = silent_receiver().await;
+        let timeout = Duration::from_secs(3);
+        // NE: delivered once written; ER: delivered when no ACK comes within ER_WAIT; AL and
+        // SU: an ACK is owed, and its absence is retried.
+        // (The receiver never answers: waiting for an ACK could only end in a retry.)
+        for (accept_ack, delivered) in [("NE", true), ("ER", true), ("AL", false), ("SU", false)] {
+            let outcome = send(&addr, None, &message(accept_ack), timeout).await;
+            assert_eq!(
+                matches!(outcome, Delivery::Delivered { .. }),
+                delivered,
+                "{accept_ack}: {outcome:?}"
+            );
+        }
     }
 }

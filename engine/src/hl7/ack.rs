@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::time::Duration;
 
 use super::charset::{self, Charset, Wire};
 use super::delimiters::Delimiters;
@@ -633,6 +634,43 @@ pub struct UnparsedHeader {
     pub sending_application: Option<String>,
     pub sending_facility: Option<String>,
     pub version: Option<String>,
+}
+
+/// How long a sender (`orbiter send`, the `mllp` destination) waits for the ACK of a message
+/// whose MSH-15 is `ER` (one comes only when the receiver does not accept it, and then at once)
+/// before it takes the silence as accepted.
+pub const ER_WAIT: Duration = Duration::from_secs(1);
+
+/// What MSH-15 (the accept acknowledgment type) of a message lets its sender expect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Original mode, `AL`, or no usable MSH-15: an ACK, always.
+    Always,
+    /// `NE`: none.
+    Never,
+    /// `ER`: one only when the message is not accepted.
+    OnError,
+    /// `SU`: one only when it is accepted.
+    OnSuccess,
+}
+
+impl Expect {
+    /// What `message` (as it goes on the wire) lets its sender expect.
+    pub fn of(message: &[u8]) -> Expect {
+        let Ok(parsed) = Message::parse(message) else {
+            // A receiver answers what it cannot parse.
+            return Expect::Always;
+        };
+        if parsed.ack_mode() == super::AckMode::Original {
+            return Expect::Always;
+        }
+        match parsed.accept_ack_type() {
+            Some(AckType::Never) => Expect::Never,
+            Some(AckType::Error) => Expect::OnError,
+            Some(AckType::Success) => Expect::OnSuccess,
+            Some(AckType::Always) | None => Expect::Always,
+        }
+    }
 }
 
 /// The first usable `MSH` segment of `raw` as text, with its delimiters.
