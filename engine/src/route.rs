@@ -7,6 +7,7 @@
 //! with the reason "no channel" (rerunnable once a channel exists), as OpenHIM does.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -163,6 +164,39 @@ struct Admission {
     permits: Arc<tokio::sync::Semaphore>,
     /// Journaled, routed, not yet started; oldest first.
     backlog: Mutex<BTreeSet<TxId>>,
+    /// Taken from the backlog, not yet in its patient's line ([`InTransit`]): a new message
+    /// waits behind them as behind the backlog.
+    in_transit: Arc<AtomicUsize>,
+}
+
+/// One transaction between the backlog and its patient's line: counted in
+/// [`Admission::in_transit`] from the moment it leaves the backlog until its task has first run
+/// (and so taken its place in line, see [`Pipeline::process`]), or it is dropped.
+struct InTransit(Arc<AtomicUsize>);
+
+impl InTransit {
+    fn new(count: &Arc<AtomicUsize>) -> InTransit {
+        count.fetch_add(1, Ordering::SeqCst);
+        InTransit(count.clone())
+    }
+}
+
+impl Drop for InTransit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `inner`, with `transit` dropped after its first poll.
+async fn after_first_poll<F: std::future::Future>(inner: F, transit: InTransit) -> F::Output {
+    let mut inner = std::pin::pin!(inner);
+    let mut transit = Some(transit);
+    std::future::poll_fn(move |cx| {
+        let polled = inner.as_mut().poll(cx);
+        transit.take();
+        polled
+    })
+    .await
 }
 
 /// Keeps deliveries for one patient in order: one transaction per patient key in the pipeline
@@ -223,6 +257,7 @@ impl Pipeline {
             admission: Arc::new(Admission {
                 permits: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
                 backlog: Mutex::default(),
+                in_transit: Arc::default(),
             }),
         }
     }
@@ -245,11 +280,12 @@ impl Pipeline {
         self.count_received(&work);
         let permit = {
             let mut backlog = self.admission.backlog.lock().expect("backlog lock");
-            let permit = if backlog.is_empty() {
-                self.admission.permits.clone().try_acquire_owned().ok()
-            } else {
-                None
-            };
+            let permit =
+                if backlog.is_empty() && self.admission.in_transit.load(Ordering::SeqCst) == 0 {
+                    self.admission.permits.clone().try_acquire_owned().ok()
+                } else {
+                    None
+                };
             if permit.is_none() {
                 backlog.insert(work.id);
                 self.metrics.backlog_depth.set(backlog.len() as i64);
@@ -299,9 +335,11 @@ impl Pipeline {
                 let mut backlog = self.admission.backlog.lock().expect("backlog lock");
                 let next = backlog.pop_first();
                 self.metrics.backlog_depth.set(backlog.len() as i64);
-                next
+                // Counted before the lock is let go: a message dispatched meanwhile (the
+                // backlog may be empty now) waits behind this one.
+                next.map(|id| (id, InTransit::new(&self.admission.in_transit)))
             };
-            let Some(id) = next else { break };
+            let Some((id, transit)) = next else { break };
             let Ok(permit) = self.admission.permits.clone().acquire_owned().await else {
                 return;
             };
@@ -315,7 +353,7 @@ impl Pipeline {
             };
             let this = self.clone();
             actix_rt::spawn(async move {
-                this.process(work, Record::Handoff).await;
+                after_first_poll(this.process(work, Record::Handoff), transit).await;
                 drop(permit);
             });
         }
@@ -1013,6 +1051,68 @@ mod tests {
         families.reverse(); // _history is newest first
         let expected: Vec<String> = (0..N).map(|n| format!("C{n:02}")).collect();
         assert_eq!(families, expected);
+    }
+
+    /// The last transaction of the backlog is taken out, and while it is read from the journal
+    /// a new one of the same patient is dispatched (the backlog looks empty then): the new one
+    /// waits its turn instead of overtaking.
+    #[actix_web::test]
+    async fn a_message_dispatched_while_the_backlog_hands_on_its_last_waits_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, journal, _, _) = engine_parts(dir.path());
+        journal.append(received("OLD")).await.unwrap();
+        journal.close();
+        drop(journal);
+
+        let (channels, journal, cdr, metrics) = engine_parts(dir.path());
+        let transforms = Transforms::start(Default::default(), 2, metrics.clone());
+        let deliverer = Deliverer::new(
+            crate::deliver::CdrTarget::Embedded(cdr.clone()),
+            dir.path(),
+            metrics.clone(),
+        );
+        let pipeline = Pipeline::new(
+            channels.clone(),
+            transforms,
+            journal.clone(),
+            deliverer,
+            metrics.clone(),
+        );
+        pipeline.resume().await;
+        assert_eq!(metrics.backlog_depth.get(), 1);
+
+        // The drain takes OLD out of the backlog and waits for its record.
+        let mut drain = std::pin::pin!(pipeline.drain_backlog(1));
+        assert!(futures_util::FutureExt::now_or_never(drain.as_mut()).is_none());
+        assert_eq!(metrics.backlog_depth.get(), 0);
+        // NEW arrives now.
+        let new = journal.append(received("NEW")).await.unwrap();
+        let set = channels.current();
+        let routed = Routed {
+            id: new.id,
+            patient_key: Some("one patient".into()),
+            format: crate::format::Format::Hl7v2,
+            raw: Bytes::from_static(
+                b"MSH|^~\\&|APP|FAC|||20240101||ADT^A08|NEW|P|2.5.1\rPID|1||P1^^^H||DOE^J\r",
+            ),
+            channels: set.channels.clone(),
+            set,
+            run_on: RunOn::Pool,
+        };
+        pipeline.dispatch(routed);
+        drain.await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while journal.count_with_status(Status::Delivered) < 2 {
+            assert!(std::time::Instant::now() < deadline, "not both delivered");
+            pipeline.drain_backlog(8).await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let base = "http://orbiter/fhir";
+        let read = cdr.handle(
+            &crate::cdr::FhirRequest::new(crate::cdr::Method::Get, "Patient/p1", base),
+            base,
+        );
+        assert_eq!(read.body.unwrap()["name"][0]["family"], "NEW");
     }
 
     #[test]
