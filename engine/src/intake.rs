@@ -602,16 +602,38 @@ pub(crate) fn fill_meta(meta: &mut MessageMeta, message: &Message) {
     meta.patient_key = patient_key(message);
 }
 
-/// SHA-256 of PID-3's first identifier and its assigning authority, first 16 hex digits.
+/// SHA-256 of the patient's identifier in PID-3 and its assigning authority, first 16 hex
+/// digits; what orders one patient's deliveries.
+///
+/// With several identifiers in PID-3, the medical record number (identifier type `MR`) keys
+/// the patient, else the first: as the shipped scripts pick the identifier their conditional
+/// writes match the Patient on (`scripts/lib/patient.rhai`). Keyed on another repetition, two
+/// messages that list the same identifiers in another order would not be kept in order.
 pub fn patient_key(message: &Message) -> Option<String> {
-    let id = message.get_str("PID-3.1").ok().flatten()?;
-    let authority = message
-        .get_str("PID-3.4")
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    Some(patient_key_of(&id, &authority))
+    let field = |n: usize, component: usize| {
+        message
+            .get_str(&format!("PID-3[{n}].{component}"))
+            .ok()
+            .flatten()
+            .filter(|v| !v.is_empty())
+    };
+    let repetitions = crate::hl7::Path::parse("PID-3")
+        .map_or(0, |path| message.count_repetitions(&path))
+        .min(MAX_PID3_REPETITIONS);
+    let mut first = None;
+    for n in 1..=repetitions {
+        let Some(id) = field(n, 1) else { continue };
+        let authority = field(n, 4).unwrap_or_default();
+        if field(n, 5).as_deref() == Some("MR") {
+            return Some(patient_key_of(&id, &authority));
+        }
+        first.get_or_insert((id, authority));
+    }
+    first.map(|(id, authority)| patient_key_of(&id, &authority))
 }
+
+/// PID-3 repetitions looked at for the patient key.
+const MAX_PID3_REPETITIONS: usize = 20;
 
 /// The hash of a patient identifier (PID-3.1) and its assigning authority (PID-3.4): what the
 /// journal stores, and what `GET /api/transactions?patient=` compares against.
@@ -648,4 +670,29 @@ pub fn hl7_timestamp() -> String {
     time::OffsetDateTime::now_utc()
         .format(&format)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(pid3: &str) -> Option<String> {
+        let text = format!("MSH|^~\\&|A|B|C|D|20261201||ADT^A08|1|P|2.5.1\rPID|1||{pid3}\r");
+        patient_key(&Message::parse(text.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn the_medical_record_number_keys_the_patient_whatever_its_place_in_pid_3() {
+        let mrn = Some(patient_key_of("M1", "HOSP"));
+        assert_eq!(key("M1^^^HOSP^MR~S9^^^SSA^SS"), mrn);
+        assert_eq!(key("S9^^^SSA^SS~M1^^^HOSP^MR"), mrn);
+        assert_eq!(key("~M1^^^HOSP^MR"), mrn);
+        // Without an MR, the first identifier.
+        assert_eq!(
+            key("S9^^^SSA^SS~X1^^^H^PI"),
+            Some(patient_key_of("S9", "SSA"))
+        );
+        assert_eq!(key("M1^^^HOSP"), mrn);
+        assert_eq!(key(""), None);
+    }
 }

@@ -435,7 +435,7 @@ impl Pipeline {
                         Some(earlier) => (
                             Status::Queued,
                             Some(format!(
-                                "{name}: waiting behind transaction {earlier} for the same patient"
+                                "{name}: {WAITING_BEHIND} {earlier} for the same patient"
                             )),
                         ),
                         None => self.deliver(id, &channel, value, &raw, &mut steps).await,
@@ -798,10 +798,18 @@ impl Pipeline {
         if tx.status != Status::Queued {
             return None;
         }
+        // Attempts are deliveries tried: a check that found the transaction still behind an
+        // earlier one of its patient is none (a long queue must not run a patient's last
+        // updates out of attempts while their destination is up).
         let attempts = tx
             .events
             .iter()
             .filter(|e| e.status == Status::Queued)
+            .filter(|e| {
+                !e.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains(WAITING_BEHIND))
+            })
             .count() as u32;
         let last = tx.events.last().map(|e| e.at_ms).unwrap_or(0);
         let set = self.channels.current();
@@ -843,6 +851,10 @@ fn undelivered(steps: &[Step]) -> Vec<(String, String)> {
 }
 
 /// What the retry loop does with a queued transaction.
+/// The words of a `queued` event whose transaction waits behind an earlier one of its patient
+/// (not a delivery attempt; see [`Pipeline::retry_plan`]).
+const WAITING_BEHIND: &str = "waiting behind transaction";
+
 enum RetryPlan {
     /// Try again at this time (Unix ms).
     At(i64),
@@ -1113,6 +1125,45 @@ mod tests {
             base,
         );
         assert_eq!(read.body.unwrap()["name"][0]["family"], "NEW");
+    }
+
+    /// Waiting behind an earlier transaction of the patient is not a delivery attempt: however
+    /// often it was found still waiting, it is not given up.
+    #[actix_web::test]
+    async fn waiting_behind_a_patients_earlier_transaction_uses_no_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (channels, journal, cdr, metrics) = engine_parts(dir.path());
+        let transforms = Transforms::start(Default::default(), 1, metrics.clone());
+        let deliverer = Deliverer::new(
+            crate::deliver::CdrTarget::Embedded(cdr),
+            dir.path(),
+            metrics.clone(),
+        );
+        let pipeline = Pipeline::new(channels, transforms, journal.clone(), deliverer, metrics);
+        let waiting = journal.append(received("LATER")).await.unwrap().id;
+        for _ in 0..30 {
+            let reason = format!("c: {WAITING_BEHIND} 1 for the same patient");
+            journal
+                .set_status(waiting, Status::Queued, Some(reason))
+                .await
+                .unwrap();
+        }
+        assert!(matches!(
+            pipeline.retry_plan(waiting).await,
+            Some(RetryPlan::At(_))
+        ));
+        // Thirty failed deliveries are more than the channel's 20 attempts.
+        let tried = journal.append(received("TRIED")).await.unwrap().id;
+        for _ in 0..30 {
+            journal
+                .set_status(tried, Status::Queued, Some("c: HTTP 503".into()))
+                .await
+                .unwrap();
+        }
+        assert!(matches!(
+            pipeline.retry_plan(tried).await,
+            Some(RetryPlan::GiveUp { attempts: 30 })
+        ));
     }
 
     #[test]
