@@ -25,6 +25,8 @@ async fn health() -> HttpResponse {
 async fn ready(state: web::Data<AdminState>) -> HttpResponse {
     let journal = state.journal.is_open();
     let set = state.channels.current();
+    // The embedded CDR after a write failed half way takes no writes until a restart.
+    let cdr_halted = state.cdr.as_ref().is_some_and(|cdr| cdr.halted());
     let cdr = state
         .cdr_reachable
         .load(std::sync::atomic::Ordering::Relaxed);
@@ -37,7 +39,7 @@ async fn ready(state: web::Data<AdminState>) -> HttpResponse {
     });
     let free = crate::data_dir::free_bytes(state.journal.path());
     let room = has_room(free);
-    let ready = journal && room && (cdr || !needs_cdr);
+    let ready = journal && room && (cdr || !needs_cdr) && !cdr_halted;
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
         "checks": {
@@ -50,6 +52,7 @@ async fn ready(state: web::Data<AdminState>) -> HttpResponse {
             "channel_ports_failing": state.metrics.channel_ports_failing.get(),
             "cdr": cdr,
             "cdr_required": needs_cdr,
+            "cdr_halted": cdr_halted,
         },
     });
     if ready {

@@ -178,6 +178,12 @@ impl Cdr {
     pub fn flush(&self) -> Result<(), CdrError> {
         self.store.wait_durable(self.store.applied())
     }
+
+    /// Whether writes stopped after one failed half way (a full disk): every write answers 503
+    /// until the engine restarts, and `/ready` says so.
+    pub fn halted(&self) -> bool {
+        self.store.halted()
+    }
 }
 
 impl std::fmt::Debug for Cdr {

@@ -81,6 +81,9 @@ pub enum CdrError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// 503: writes stopped after a commit failed half way; a restart completes it.
+    #[error("the CDR takes no writes until the engine restarts (a write failed half way, e.g. on a full disk)")]
+    Halted,
     /// 500: stored data could not be decoded (corruption or a bug).
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -124,6 +127,7 @@ impl CdrError {
             CdrError::UnsupportedMediaType(_) => 415,
             CdrError::Unprocessable(_) => 422,
             CdrError::Storage(_) | CdrError::Io { .. } | CdrError::Corrupt(_) => 500,
+            CdrError::Halted => 503,
             CdrError::Entry { source, .. } => source.status(),
         }
     }
@@ -164,6 +168,7 @@ impl CdrError {
                 &format!("I/O error on {}: {source}", path.display()),
             ),
             CdrError::Corrupt(m) => one("exception", &format!("corrupt record: {m}")),
+            CdrError::Halted => one("transient", &CdrError::Halted.to_string()),
             CdrError::Entry { index, source } => source
                 .issues()
                 .into_iter()

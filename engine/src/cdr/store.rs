@@ -40,6 +40,7 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use serde_json::Value;
@@ -187,6 +188,14 @@ pub struct Store {
     appender: Mutex<Appender>,
     /// For error messages.
     dir: PathBuf,
+    /// A commit's record reached the log but sled failed to apply it (a full disk): no write
+    /// is taken until a restart, whose replay completes that commit. Writing on would plan
+    /// against a half-applied commit, and a client retrying it would create its resources
+    /// again under new ids.
+    halted: std::sync::atomic::AtomicBool,
+    /// Tests: the next commit fails as sled failing would.
+    #[cfg(test)]
+    fail_next_apply: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -243,6 +252,9 @@ impl Store {
             values,
             appender: Mutex::new(appender),
             dir: dir.to_path_buf(),
+            halted: Default::default(),
+            #[cfg(test)]
+            fail_next_apply: Default::default(),
         };
         store.finish_interrupted_commits()?;
         // A store still marked open was not closed: a crash, or a power cut.
@@ -497,6 +509,18 @@ impl Store {
         // A panic while holding the lock cannot leave a half-applied commit behind unnoticed:
         // its intent record is applied again at the next open.
         self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether writes stopped after a commit failed half way (see [`Store::halted`]'s field).
+    pub fn halted(&self) -> bool {
+        self.halted.load(Ordering::SeqCst)
+    }
+
+    fn halt(&self, cause: impl std::fmt::Display) -> CdrError {
+        if !self.halted.swap(true, Ordering::SeqCst) {
+            tracing::error!(error = %cause, "CDR: a commit failed half way (disk full?): no more writes until the engine restarts, which completes it from the log");
+        }
+        CdrError::Halted
     }
 
     /// Starts a write: takes the write lock until the writer is committed or dropped.
@@ -885,6 +909,9 @@ impl Writer<'_> {
         if self.staged == 0 {
             return Ok(self.store.applied());
         }
+        if self.store.halted() {
+            return Err(CdrError::Halted);
+        }
         // The commit record after the bodies of its versions, in one write; durable once a
         // waiter has fsynced the log (group commit), and replayed after a crash until a
         // checkpoint covers it. Writers are serialised by the write lock, so the next sequence
@@ -903,7 +930,13 @@ impl Writer<'_> {
             appender.write_out().map_err(values_err)?;
             appender.position()
         };
-        ops.apply(&self.store.tree)?;
+        #[cfg(test)]
+        if self.store.fail_next_apply.swap(false, Ordering::SeqCst) {
+            return Err(self.store.halt(sled::Error::Unsupported("injected".into())));
+        }
+        if let Err(e) = ops.apply(&self.store.tree) {
+            return Err(self.store.halt(e));
+        }
         self.staged = 0;
         Ok(self.store.mark_applied(position))
     }
@@ -1220,6 +1253,43 @@ mod intent_tests {
         store.wait_durable(seq).unwrap();
         assert_eq!(store.intents.len(), 0);
         assert!(store.current("Patient", "p1").unwrap().is_some());
+    }
+
+    /// A commit that reached the log but that sled failed to apply stops writes until the store
+    /// is opened again, which completes it: a client retrying the write cannot add a second
+    /// copy meanwhile.
+    #[test]
+    fn a_commit_sled_failed_halts_writes_until_it_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let stamp = Stamp {
+            vid: 1,
+            method: Method::Put,
+            last_updated: 0,
+        };
+        let write = |store: &Store, id: &str| {
+            let patient = serde_json::json!({"resourceType": "Patient", "id": id});
+            let mut writer = store.writer();
+            writer.stage("Patient", id, stamp, Some(&patient), None)?;
+            writer.commit()
+        };
+        {
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            write(&store, "before").unwrap();
+            store.fail_next_apply.store(true, Ordering::SeqCst);
+            assert!(matches!(write(&store, "failed"), Err(CdrError::Halted)));
+            assert!(store.halted());
+            // Nothing more is written, whatever comes next.
+            let again = write(&store, "after");
+            assert_eq!(again.map_err(|e| e.status()).unwrap_err(), 503);
+            assert!(store.current("Patient", "after").unwrap().is_none());
+        }
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert!(!store.halted());
+        for id in ["before", "failed"] {
+            assert!(store.current("Patient", id).unwrap().is_some(), "{id}");
+        }
+        assert!(store.current("Patient", "after").unwrap().is_none());
+        write(&store, "after").unwrap();
     }
 
     #[test]
