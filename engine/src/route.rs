@@ -969,6 +969,39 @@ mod tests {
         (channels, journal, cdr, metrics)
     }
 
+    /// A pipeline over [`engine_parts`], delivering into its embedded CDR.
+    struct Parts {
+        pipeline: Pipeline,
+        channels: Channels,
+        journal: Journal,
+        cdr: crate::cdr::Cdr,
+        metrics: Arc<Metrics>,
+    }
+
+    fn pipeline_parts(dir: &std::path::Path) -> Parts {
+        let (channels, journal, cdr, metrics) = engine_parts(dir);
+        let transforms = Transforms::start(Default::default(), 2, metrics.clone());
+        let deliverer = Deliverer::new(
+            crate::deliver::CdrTarget::Embedded(cdr.clone()),
+            dir,
+            metrics.clone(),
+        );
+        let pipeline = Pipeline::new(
+            channels.clone(),
+            transforms,
+            journal.clone(),
+            deliverer,
+            metrics.clone(),
+        );
+        Parts {
+            pipeline,
+            channels,
+            journal,
+            cdr,
+            metrics,
+        }
+    }
+
     fn received(control_id: &str) -> crate::journal::NewMessage {
         crate::journal::NewMessage {
             meta: MessageMeta {
@@ -1006,20 +1039,13 @@ mod tests {
         journal.close();
         drop(journal);
 
-        let (channels, journal, cdr, metrics) = engine_parts(dir.path());
-        let transforms = Transforms::start(Default::default(), 2, metrics.clone());
-        let deliverer = Deliverer::new(
-            crate::deliver::CdrTarget::Embedded(cdr.clone()),
-            dir.path(),
-            metrics.clone(),
-        );
-        let pipeline = Pipeline::new(
-            channels,
-            transforms,
-            journal.clone(),
-            deliverer,
-            metrics.clone(),
-        );
+        let Parts {
+            pipeline,
+            journal,
+            cdr,
+            metrics,
+            ..
+        } = pipeline_parts(dir.path());
         pipeline.resume().await;
         assert_eq!(metrics.backlog_depth.get(), N as i64, "all of them wait");
         assert_eq!(journal.count_with_status(Status::Received), N);
@@ -1076,20 +1102,13 @@ mod tests {
         journal.close();
         drop(journal);
 
-        let (channels, journal, cdr, metrics) = engine_parts(dir.path());
-        let transforms = Transforms::start(Default::default(), 2, metrics.clone());
-        let deliverer = Deliverer::new(
-            crate::deliver::CdrTarget::Embedded(cdr.clone()),
-            dir.path(),
-            metrics.clone(),
-        );
-        let pipeline = Pipeline::new(
-            channels.clone(),
-            transforms,
-            journal.clone(),
-            deliverer,
-            metrics.clone(),
-        );
+        let Parts {
+            pipeline,
+            channels,
+            journal,
+            cdr,
+            metrics,
+        } = pipeline_parts(dir.path());
         pipeline.resume().await;
         assert_eq!(metrics.backlog_depth.get(), 1);
 
@@ -1132,14 +1151,9 @@ mod tests {
     #[actix_web::test]
     async fn waiting_behind_a_patients_earlier_transaction_uses_no_attempt() {
         let dir = tempfile::tempdir().unwrap();
-        let (channels, journal, cdr, metrics) = engine_parts(dir.path());
-        let transforms = Transforms::start(Default::default(), 1, metrics.clone());
-        let deliverer = Deliverer::new(
-            crate::deliver::CdrTarget::Embedded(cdr),
-            dir.path(),
-            metrics.clone(),
-        );
-        let pipeline = Pipeline::new(channels, transforms, journal.clone(), deliverer, metrics);
+        let Parts {
+            pipeline, journal, ..
+        } = pipeline_parts(dir.path());
         let waiting = journal.append(received("LATER")).await.unwrap().id;
         for _ in 0..30 {
             let reason = format!("c: {WAITING_BEHIND} 1 for the same patient");
