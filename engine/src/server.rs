@@ -54,9 +54,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         admin::starting::Starting::start(config.admin.addr).ok()
     };
     crate::data_dir::check_writable(&config.data_dir)?;
+    refuse_a_full_disk(&config.data_dir)?;
     let journal =
         Journal::open(&config.data_dir, &config.journal, metrics.clone()).map_err(|e| {
-            let hint = storage_full_hint(&e, &config.data_dir);
+            let hint = open_failure_hint(&config.data_dir);
             anyhow::Error::new(e).context(format!("opening the journal{hint}"))
         })?;
     let (token, source) =
@@ -307,28 +308,36 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 /// to someone who sees a few MB free in `df`.
 const JOURNAL_OPEN_NEEDS_BYTES: u64 = 64 * 1024 * 1024;
 
-/// `: the data dir's filesystem is full …` when `e` is a full disk, else nothing.
-fn storage_full_hint(e: &crate::journal::JournalError, dir: &std::path::Path) -> String {
-    use crate::journal::JournalError;
-    let full = match e {
-        JournalError::Io(io) => io.kind() == std::io::ErrorKind::StorageFull,
-        JournalError::Storage(sled) => {
-            matches!(&**sled, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull)
+/// Refuses to start with less than [`JOURNAL_OPEN_NEEDS_BYTES`] free in `dir`, before the
+/// journal or the CDR writes anything: an open that fails half way on a full disk leaves files
+/// the next start must clean up, and the error it gives does not say what to do.
+fn refuse_a_full_disk(dir: &std::path::Path) -> anyhow::Result<()> {
+    match crate::data_dir::free_bytes(dir) {
+        Some(free) if free < JOURNAL_OPEN_NEEDS_BYTES => {
+            anyhow::bail!("not opening the journal{}", storage_full_hint(dir, free))
         }
-        _ => false,
-    };
-    if !full {
-        return String::new();
+        _ => Ok(()),
     }
-    let free = crate::data_dir::free_bytes(dir)
-        .map(|b| format!("{} MiB free", b / (1024 * 1024)))
-        .unwrap_or_else(|| "free space unknown".into());
+}
+
+/// What to do about a full disk, after the error it caused.
+fn storage_full_hint(dir: &std::path::Path, free: u64) -> String {
     format!(
-        " (the filesystem of {} is full, {free}: the journal needs about {} MiB free to open; \
-         free space or grow the volume, then start again, nothing is lost)",
+        ": the filesystem of {} is full, {} MiB free; the journal needs about {} MiB free to \
+         open. Free space or grow the volume, then start again; nothing is lost",
         dir.display(),
+        free / (1024 * 1024),
         JOURNAL_OPEN_NEEDS_BYTES / (1024 * 1024)
     )
+}
+
+/// [`storage_full_hint`] when the journal's open failed with the disk nearly full (its error
+/// may have lost the I/O error's kind on the way), else nothing.
+fn open_failure_hint(dir: &std::path::Path) -> String {
+    match crate::data_dir::free_bytes(dir) {
+        Some(free) if free < JOURNAL_OPEN_NEEDS_BYTES => storage_full_hint(dir, free),
+        _ => String::new(),
+    }
 }
 
 /// Prunes the journal every `interval_secs`, one small writer batch at a time with a pause in

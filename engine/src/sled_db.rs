@@ -6,7 +6,16 @@
 //! lock still held for a few milliseconds and fail with "could not acquire lock". sled's own
 //! test builds block on the lock for this reason. A lock held by another process is a real
 //! conflict (two engines on one data dir) and is reported after [`LOCK_WAIT`].
+//!
+//! sled writes a snapshot to `snap.<lsn>.generating` and renames it to `snap.<lsn>` once it is
+//! complete and synced; the rename is the commit. But at open it reads the last `snap.*` file
+//! by name, `.generating` ones included, and refuses a short one as corrupt. A start on a full
+//! disk leaves an empty `.generating` file behind (the snapshot sled writes as it opens), so
+//! every later start failed with "Read corrupted data", free space or not (sled issue #1527).
+//! Such a file was never committed: the snapshot before it and the log replace it, as if the
+//! write had not begun, so [`open`] removes it first.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How long an open waits for sled's file lock before reporting it held.
@@ -14,6 +23,7 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Opens `config`, retrying while the file lock is held, for up to [`LOCK_WAIT`].
 pub fn open(config: &sled::Config) -> sled::Result<sled::Db> {
+    remove_unfinished_snapshots(&config.path)?;
     let started = Instant::now();
     loop {
         match config.open() {
@@ -28,6 +38,29 @@ pub fn open(config: &sled::Config) -> sled::Result<sled::Db> {
 /// sled reports a held lock as an `Io` error of kind `Other` with this message (config.rs).
 fn is_lock_held(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
+}
+
+/// Removes the `snap.*.generating` files in `dir`: snapshots whose write never finished (see
+/// the module doc). A missing dir has none.
+fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(
+                file = %entry.path().display(),
+                "removing a snapshot whose write did not finish (a crash or a full disk while it was written); the database opens from its log"
+            );
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -52,5 +85,41 @@ mod tests {
         let second = open(&config).expect("opens once the first handle is gone");
         releaser.join().unwrap();
         drop(second);
+    }
+
+    #[test]
+    fn an_unfinished_snapshot_left_by_a_full_disk_does_not_stop_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = sled::Config::new().path(dir.path()).flush_every_ms(None);
+        let db = open(&config).unwrap();
+        for i in 0u32..2_000 {
+            db.insert(i.to_be_bytes(), vec![7u8; 100]).unwrap();
+        }
+        db.flush().unwrap();
+        drop(db);
+        // What a start on a full disk leaves: sled created the file and could write nothing.
+        let unfinished = dir.path().join("snap.00000000FFFFFFFF.generating");
+        std::fs::write(&unfinished, b"").unwrap();
+        // sled by itself (waiting out the lock its IO threads may still hold) takes the empty
+        // file for its last snapshot.
+        let started = Instant::now();
+        let refused = loop {
+            match config.open() {
+                Err(e) if is_lock_held(&e) && started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => break e,
+                Ok(_) => panic!("sled opened a database whose last snapshot is empty"),
+            }
+        };
+        assert!(
+            matches!(refused, sled::Error::Corruption { .. }),
+            "{refused}"
+        );
+
+        let db = open(&config).expect("opens from the log");
+        assert!(!unfinished.exists());
+        assert_eq!(db.len(), 2_000);
+        assert_eq!(db.get(1_999u32.to_be_bytes()).unwrap().unwrap().len(), 100);
     }
 }
