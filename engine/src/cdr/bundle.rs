@@ -61,13 +61,37 @@ enum Plan {
     Get,
 }
 
+/// When a Bundle's writes are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Before the answer is returned.
+    Now,
+    /// By the caller, which waits ([`Store::wait_durable`]) for the sequence number returned
+    /// before it passes the answer on: one wait for the Bundles of several callers.
+    ByCaller,
+}
+
 /// Processes a batch or transaction Bundle; returns the HTTP status and the response Bundle
 /// (or an OperationOutcome). An owned Bundle gives its resources up to the writes; a borrowed
 /// one has them copied.
 pub fn process(store: &Store, bundle: Cow<'_, Value>, base: &str, prefer: Return) -> (u16, Value) {
-    match run(store, bundle, base, prefer) {
-        Ok(v) => (200, v),
-        Err(e) => (e.status(), e.to_outcome()),
+    let (status, answer, _) = process_with(store, bundle, base, prefer, Durability::Now);
+    (status, answer)
+}
+
+/// [`process`], with the sequence number the answer depends on: with
+/// [`Durability::ByCaller`] the answer must not be passed on before that is durable.
+pub fn process_with(
+    store: &Store,
+    bundle: Cow<'_, Value>,
+    base: &str,
+    prefer: Return,
+    durability: Durability,
+) -> (u16, Value, u64) {
+    match run(store, bundle, base, prefer, durability) {
+        Ok((v, seq)) => (200, v, seq),
+        // An error claims nothing written; waiting for all applied so far is harmless.
+        Err(e) => (e.status(), e.to_outcome(), store.applied()),
     }
 }
 
@@ -76,7 +100,8 @@ fn run(
     bundle: Cow<'_, Value>,
     base: &str,
     prefer: Return,
-) -> Result<Value, CdrError> {
+    durability: Durability,
+) -> Result<(Value, u64), CdrError> {
     let bad = |m: &str| CdrError::BadRequest(m.to_string());
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(bad(
@@ -142,11 +167,25 @@ fn run(
     for (i, err) in failed.drain() {
         responses[i] = Some(error_entry(&err));
     }
-    if transaction {
-        transaction_run(store, &mut entries, base, prefer, &mut responses)?;
+    let seq = if transaction {
+        transaction_run(
+            store,
+            &mut entries,
+            base,
+            prefer,
+            &mut responses,
+            durability,
+        )?
     } else {
-        batch_run(store, &mut entries, base, prefer, &mut responses)?;
-    }
+        batch_run(
+            store,
+            &mut entries,
+            base,
+            prefer,
+            &mut responses,
+            durability,
+        )?
+    };
     let mut out = json!({
         "resourceType": "Bundle",
         "id": new_id(),
@@ -161,7 +200,7 @@ fn run(
             .map(|r| r.unwrap_or_else(|| json!({})))
             .collect();
     }
-    Ok(out)
+    Ok((out, seq))
 }
 
 fn parse_entry(index: usize, mut e: Value, base: &str) -> Result<Entry, CdrError> {
@@ -598,7 +637,8 @@ fn transaction_run(
     base: &str,
     prefer: Return,
     responses: &mut [Option<Value>],
-) -> Result<(), CdrError> {
+    durability: Durability,
+) -> Result<u64, CdrError> {
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| rank(entries[i].method));
     for e in entries.iter() {
@@ -652,7 +692,10 @@ fn transaction_run(
             None => continue,
         });
     }
-    store.wait_durable(seq)
+    if durability == Durability::Now {
+        store.wait_durable(seq)?;
+    }
+    Ok(seq)
 }
 
 fn batch_run(
@@ -661,7 +704,8 @@ fn batch_run(
     base: &str,
     prefer: Return,
     responses: &mut [Option<Value>],
-) -> Result<(), CdrError> {
+    durability: Durability,
+) -> Result<u64, CdrError> {
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| rank(entries[i].method));
     let mut errors: HashMap<usize, CdrError> = HashMap::new();
@@ -704,7 +748,9 @@ fn batch_run(
         }
     }
     let last_seq = w.commit()?;
-    store.wait_durable(last_seq)?;
+    if durability == Durability::Now {
+        store.wait_durable(last_seq)?;
+    }
     // GETs run in processing order (after the writes); every entry gets its response.
     order.extend(invalid);
     for &i in &order {
@@ -732,5 +778,5 @@ fn batch_run(
         };
         responses[e.index] = Some(response);
     }
-    Ok(())
+    Ok(last_seq)
 }

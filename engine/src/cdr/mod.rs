@@ -18,6 +18,7 @@
 //! - [`searchset`]: the searchset Bundle: a page, includes, paging links;
 //! - [`interact`]: create, read, vread, update, delete, history, and the conditional forms;
 //! - [`bundle`]: batch and transaction processing, `urn:uuid` resolution;
+//! - [`deliveries`]: channels' Bundles on threads of their own, one fsync a batch;
 //! - [`validate`]: structural checks against R4 (types, shapes, formats, references);
 //! - [`r4`]: the R4 specification as tables (resource types, element shapes, bindings);
 //! - [`datetime`]: FHIR dates as millisecond ranges (validation and date search);
@@ -40,6 +41,7 @@
 pub mod bundle;
 pub mod capability;
 pub mod datetime;
+mod deliveries;
 pub mod http;
 pub mod index;
 pub mod interact;
@@ -72,6 +74,9 @@ pub struct Cdr {
     store: Arc<store::Store>,
     /// Calls on the blocking pool at a time (see [`Cdr::blocking`]).
     admission: Arc<tokio::sync::Semaphore>,
+    /// Channels' Bundles (see [`Cdr::deliver_bundle`]). Dropped before `_checkpoints`: its
+    /// threads hold the store until they are joined.
+    deliveries: Arc<deliveries::Deliveries>,
     /// Declared after `store`: dropped last, it stops and joins the checkpoint thread, so the
     /// store is closed (its last checkpoint written) when the last `Cdr` is gone.
     _checkpoints: Arc<Checkpoints>,
@@ -127,13 +132,16 @@ impl Cdr {
     /// `cache_bytes` of sled page cache.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Cdr, CdrError> {
         let store = Arc::new(store::Store::open(dir, cache_bytes)?);
-        let checkpoints = Checkpoints::start(&store).map_err(|source| CdrError::Io {
+        let io = |source| CdrError::Io {
             path: dir.to_path_buf(),
             source,
-        })?;
+        };
+        let checkpoints = Checkpoints::start(&store).map_err(io)?;
+        let deliveries = deliveries::Deliveries::start(&store).map_err(io)?;
         Ok(Cdr {
             store,
             admission: Arc::new(tokio::sync::Semaphore::new(MAX_BLOCKING_CALLS)),
+            deliveries: Arc::new(deliveries),
             _checkpoints: Arc::new(checkpoints),
         })
     }
@@ -160,6 +168,13 @@ impl Cdr {
             base.trim_end_matches('/'),
             Return::Minimal,
         )
+    }
+
+    /// [`Cdr::process_bundle`] for a channel's delivery, from async code: on the CDR's delivery
+    /// threads, which share one fsync among the Bundles queued together. `None` when the
+    /// engine is stopping.
+    pub async fn deliver_bundle(&self, bundle: Value, base: &str) -> Option<(u16, Value)> {
+        self.deliveries.process(bundle, base).await
     }
 
     /// Answers one FHIR REST interaction (what the HTTP handler does, without HTTP).

@@ -2010,3 +2010,60 @@ async fn unknown_elements_and_double_choices_are_refused() {
         assert_eq!(r.status, 201, "{body}: {}", r.body);
     }
 }
+
+/// Channels' deliveries ([`Cdr::deliver_bundle`]) queued together share the delivery threads'
+/// batches: each is still its own transaction, answered as `POST /fhir` would answer it, and a
+/// refused one changes nothing for the others.
+#[actix_rt::test]
+async fn deliveries_queued_together_are_each_answered_and_written_once() {
+    let (_dir, cdr) = open();
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..64 {
+        let cdr = cdr.clone();
+        let bundle = if n == 17 {
+            // Refused: a collection is not written.
+            json!({"resourceType": "Bundle", "type": "collection", "entry": []})
+        } else {
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"fullUrl": "urn:uuid:7c6e1c2a-0000-4000-8000-000000000001",
+                 "resource": patient("Batch", &format!("N{n}"), "female", "1980-01-01", &format!("MRN{n}")),
+                 "request": {"method": "PUT", "url": format!("Patient?identifier=urn:oid:1.2.36.146|MRN{n}")}},
+                {"resource": {"resourceType": "Encounter", "status": "finished",
+                  "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                  "subject": {"reference": "urn:uuid:7c6e1c2a-0000-4000-8000-000000000001"}},
+                 "request": {"method": "POST", "url": "Encounter"}}
+            ]})
+        };
+        calls.spawn_local(async move { (n, cdr.deliver_bundle(bundle, BASE).await) });
+    }
+    let mut answered = 0;
+    while let Some(call) = calls.join_next().await {
+        let (n, answer) = call.unwrap();
+        let (status, body) = answer.expect("answered");
+        answered += 1;
+        if n == 17 {
+            assert_eq!(status, 400, "{body:#}");
+            continue;
+        }
+        assert_eq!(status, 200, "{body:#}");
+        let locations: Vec<String> = entries(&body)
+            .iter()
+            .map(|e| e["response"]["location"].as_str().unwrap().to_string())
+            .collect();
+        let patient_id = id_of(&locations[0]);
+        let encounter = cdr
+            .read("Encounter", &id_of(&locations[1]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            encounter["subject"]["reference"],
+            format!("Patient/{patient_id}")
+        );
+    }
+    assert_eq!(answered, 64);
+    let found = cdr.handle(
+        &FhirRequest::new(Method::Get, "Patient?family=Batch&_summary=count", BASE),
+        BASE,
+    );
+    assert_eq!(found.body.as_ref().unwrap()["total"], 63);
+}

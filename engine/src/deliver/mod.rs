@@ -265,9 +265,7 @@ pub fn diagnostics(body: &Value) -> String {
 
 async fn embedded(cdr: &Cdr, value: Arc<Value>, code: &mut Option<u16>) -> Delivery {
     let answered = cdr
-        .blocking(move |cdr| {
-            cdr.process_bundle(Arc::unwrap_or_clone(value), "urn:orbiter:embedded")
-        })
+        .deliver_bundle(Arc::unwrap_or_clone(value), "urn:orbiter:embedded")
         .await;
     match answered {
         Some((status, body)) => {

@@ -1,0 +1,129 @@
+//! Channels' Bundles into the store: a few threads of their own, one fsync a batch.
+//!
+//! A channel's delivery used to take a thread of the blocking pool per Bundle, and wait there
+//! for its own group commit. Draining a backlog, that was ~7 context switches a Bundle on the
+//! pool's threads alone (its queue's lock contended, a wake-up to start, another after the
+//! fsync) and an fsync every three Bundles. Here [`WORKERS`] threads take what is queued, up to
+//! [`MAX_BATCH`] Bundles at a time, process each as `POST /fhir` would (each its own atomic
+//! commit, in queue order), wait once for the last one to be durable, then answer them all.
+//! Nothing is answered before its writes are on disk; if the fsync fails, every Bundle of the
+//! batch that wrote is answered with that error (and retried by its channel: a replay writes
+//! nothing new).
+
+use std::borrow::Cow;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::bundle::{self, Durability};
+use super::request::Return;
+use super::store::Store;
+
+/// Threads processing deliveries: one can hold the write lock while the other validates,
+/// plans or waits for an fsync.
+const WORKERS: usize = 2;
+
+/// At most this many Bundles share one wait for durability (and delay each other's answer).
+const MAX_BATCH: usize = 32;
+
+/// One Bundle to write, and who hears how it went.
+struct Job {
+    bundle: Value,
+    base: String,
+    answer: oneshot::Sender<(u16, Value)>,
+}
+
+/// The queue into the delivery threads. Dropping it ends them, once they have answered what
+/// they took, and joins them: the store they hold is released when this returns.
+pub(super) struct Deliveries {
+    queue: Option<Sender<Job>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Deliveries {
+    pub(super) fn start(store: &Arc<Store>) -> std::io::Result<Deliveries> {
+        let (queue, jobs) = mpsc::channel();
+        let jobs = Arc::new(Mutex::new(jobs));
+        let mut threads = Vec::with_capacity(WORKERS);
+        for n in 0..WORKERS {
+            let store = store.clone();
+            let jobs = jobs.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("cdr-deliver-{n}"))
+                    .spawn(move || work(&store, &jobs))?,
+            );
+        }
+        Ok(Deliveries {
+            queue: Some(queue),
+            threads,
+        })
+    }
+
+    /// Queues `bundle`; the answer comes once it is processed and durable. `None` when the
+    /// threads are gone (the engine is stopping).
+    pub(super) async fn process(&self, bundle: Value, base: &str) -> Option<(u16, Value)> {
+        let (answer, answered) = oneshot::channel();
+        self.queue
+            .as_ref()?
+            .send(Job {
+                bundle,
+                base: base.trim_end_matches('/').to_owned(),
+                answer,
+            })
+            .ok()?;
+        answered.await.ok()
+    }
+}
+
+fn work(store: &Store, jobs: &Mutex<Receiver<Job>>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        {
+            // One thread waits for work at a time; it takes all that is queued.
+            let jobs = jobs.lock().unwrap_or_else(|e| e.into_inner());
+            match jobs.recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => return,
+            }
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut last = 0;
+        for job in batch.drain(..) {
+            let (status, body, seq) = bundle::process_with(
+                store,
+                Cow::Owned(job.bundle),
+                &job.base,
+                Return::Minimal,
+                Durability::ByCaller,
+            );
+            last = last.max(seq);
+            answers.push((job.answer, status, body));
+        }
+        let durable = store.wait_durable(last);
+        for (answer, status, body) in answers {
+            // A refused Bundle wrote nothing: its answer stands.
+            let _ = answer.send(match &durable {
+                Err(e) if status < 300 => (e.status(), e.to_outcome()),
+                _ => (status, body),
+            });
+        }
+    }
+}
