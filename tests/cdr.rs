@@ -185,3 +185,164 @@ async fn a_second_engine_as_external_cdr_through_an_outage_and_a_restart() {
         "no new version"
     );
 }
+
+/// A proxy in front of `upstream` that loses the answer to the first POST: it passes the
+/// request on, waits until the server starts to answer (its write is committed), then closes
+/// the connection unanswered, as a reply lost to a timeout or a dropped link would be.
+/// Everything else is relayed. Returns the proxy's address.
+async fn losing_the_first_post_reply(upstream: String) -> String {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn relay(client: TcpStream, upstream: &str, lost: &AtomicBool) -> std::io::Result<()> {
+        let (mut client_rd, mut client_wr) = client.into_split();
+        let (mut server_rd, mut server_wr) = TcpStream::connect(upstream).await?.into_split();
+        // Answers flow back as they come; requests are read one at a time (HTTP/1.1, no
+        // pipelining: the next request comes once the last answer is in).
+        let back =
+            tokio::spawn(async move { tokio::io::copy(&mut server_rd, &mut client_wr).await });
+        let mut buf = Vec::new();
+        loop {
+            let head_end = loop {
+                if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break at + 4;
+                }
+                if client_rd.read_buf(&mut buf).await? == 0 {
+                    back.abort();
+                    return Ok(());
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let body_len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while buf.len() < head_end + body_len {
+                if client_rd.read_buf(&mut buf).await? == 0 {
+                    back.abort();
+                    return Ok(());
+                }
+            }
+            let request: Vec<u8> = buf.drain(..head_end + body_len).collect();
+            if head.starts_with("post ") && !lost.swap(true, Ordering::SeqCst) {
+                let mut once = TcpStream::connect(upstream).await?;
+                once.write_all(&request).await?;
+                let mut first = [0u8; 1];
+                once.read_exact(&mut first).await?;
+                back.abort();
+                return Ok(()); // the client's connection closes unanswered
+            }
+            server_wr.write_all(&request).await?;
+        }
+    }
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let lost = Arc::new(AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (upstream, lost) = (upstream.clone(), lost.clone());
+            tokio::spawn(async move {
+                let _ = relay(client, &upstream, &lost).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The default `fhir-bundle` channel delivers a transaction of plain creates (`POST Type`, no
+/// `ifNoneExist`) to an external CDR, whose answer is lost after it wrote them: the engine
+/// queues the transaction and delivers it again, and reruns it through the API. The CDR holds
+/// each resource once, the Observation pointing at the Patient. (Each delivery created them
+/// anew under new ids.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_creates_delivered_again_after_a_lost_reply_are_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cdr = Engine::start(&dir.path().join("cdr-data"), &[]);
+    let proxy = losing_the_first_post_reply(cdr.admin.clone()).await;
+
+    let ws = common::Workspace::new();
+    let repo = repo_root();
+    let channel = std::fs::read_to_string(repo.join("channels/fhir-bundle.toml")).unwrap();
+    ws.write(
+        "channels/fhir-bundle.toml",
+        &format!("{channel}\n[retry]\ninitial_backoff_ms = 100\nmax_backoff_ms = 800\n"),
+    );
+    std::fs::copy(
+        repo.join("scripts/fhir_passthrough.rhai"),
+        ws.path("scripts/fhir_passthrough.rhai"),
+    )
+    .unwrap();
+    let cdr_url = format!("http://{proxy}/fhir");
+    let engine = ws.start(&[
+        ("ORBITER_CDR_URL", cdr_url.as_str()),
+        ("ORBITER_CDR_TOKEN", common::TOKEN),
+    ]);
+
+    let patient = "urn:uuid:6f1a6a4e-6f5e-4b4e-9d0c-2b7e7d2a9a01";
+    let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": patient,
+         "resource": {"resourceType": "Patient",
+            "identifier": [{"system": "urn:test:mrn", "value": "LOST-1"}],
+            "name": [{"family": "Adeyemi"}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": {"resourceType": "Observation", "status": "final",
+            "code": {"text": "body weight"}, "subject": {"reference": patient},
+            "valueQuantity": {"value": 72, "unit": "kg"}},
+         "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let resp = engine
+        .ingest(
+            "/fhir",
+            "application/fhir+json",
+            bundle.to_string().into_bytes(),
+        )
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let id = resp.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let tx = loop {
+        let (status, tx) = engine.api(&format!("/api/transactions/{id}")).await;
+        assert_eq!(status, 200, "{tx}");
+        if tx["status"] == "delivered" || tx["status"] == "failed" {
+            break tx;
+        }
+        assert!(Instant::now() < deadline, "never delivered: {tx}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(tx["status"], "delivered", "{tx}");
+    assert!(
+        tx.to_string().contains("queued"),
+        "the first answer was lost, so it was delivered again: {tx}"
+    );
+
+    // A rerun (a new transaction) writes the same resources again.
+    let rerun: serde_json::Value = reqwest::Client::new()
+        .post(engine.url(&format!("/api/transactions/{id}/rerun")))
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rerun["status"], "delivered", "{rerun}");
+
+    let patients = patients(&cdr, "LOST-1").await;
+    assert_eq!(patients.len(), 1, "{patients:?}");
+    let (status, observations) = cdr.api("/fhir/Observation").await;
+    assert_eq!(status, 200, "{observations}");
+    assert_eq!(observations["total"], 1, "{observations}");
+    let patient_id = patients[0]["id"].as_str().unwrap();
+    assert_eq!(
+        observations["entry"][0]["resource"]["subject"]["reference"],
+        format!("Patient/{patient_id}")
+    );
+    let (status, _) = cdr.api(&format!("/fhir/Patient/{patient_id}")).await;
+    assert_eq!(status, 200);
+}

@@ -491,6 +491,7 @@ impl Unsent {
     fn work(self, id: TxId) -> (Pipeline, Routed) {
         let work = Routed {
             id,
+            original: id,
             patient_key: self.patient_key,
             format: self.format,
             raw: self.raw,

@@ -17,8 +17,8 @@
 //!   per-patient ordering;
 //! - [`transform`]: the pool of sync actors running Rhai, one Engine per worker;
 //! - [`script`]: the Rhai sandbox and the script API (HL7 paths, FHIR helpers, utilities);
-//! - [`deliver`]: destinations (the CDR, any FHIR server, files, mediators) and failure
-//!   classification;
+//! - [`deliver`]: destinations (the CDR, any FHIR server, files, mediators), failure
+//!   classification, and unconditional creates made repeatable (`deliver::creates`);
 //! - [`mediator`]: OpenHIM-style mediators: registration, config definitions, heartbeats, the
 //!   registry, and the `application/json+openhim` answer;
 //! - [`cdr`]: the embedded FHIR R4 store served under `/fhir`;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use crate::channel::{Channel, ChannelSet, Channels, SourceKind};
-use crate::deliver::{Deliverer, Delivery};
+use crate::deliver::{Deliverer, Delivery, IdSeed};
 use crate::journal::{
     now_ms, ChannelRun, Journal, JournalError, MessageMeta, Status, Step, StepKind, StepOutput,
     Transaction, TxId,
@@ -24,6 +24,10 @@ use crate::transform::{ChannelOutcome, RunChannels, RunOn, Transforms};
 /// A journaled transaction and the channels that take it: the pipeline's unit of work.
 pub struct Routed {
     pub id: TxId,
+    /// The transaction whose deliveries this one repeats: `id` itself, or, for a rerun, the one
+    /// its rerun chain started from. The ids of plain creates derive from it
+    /// ([`crate::deliver::creates`]), so a rerun writes over what its original wrote.
+    pub original: TxId,
     /// Deliveries for one patient keep their order (see [`crate::intake::patient_key`]).
     pub patient_key: Option<String>,
     /// What `raw` is: decides what the scripts see.
@@ -49,6 +53,7 @@ impl Routed {
     /// A journaled message run again (resumed, retried, rerun): on the transform pool.
     fn stored(
         id: TxId,
+        original: TxId,
         tx: &Transaction,
         raw: &[u8],
         set: Arc<ChannelSet>,
@@ -56,6 +61,7 @@ impl Routed {
     ) -> Routed {
         Routed {
             id,
+            original,
             patient_key: tx.meta.patient_key.clone(),
             format: tx.meta.format,
             raw: Bytes::copy_from_slice(raw),
@@ -64,6 +70,20 @@ impl Routed {
             run_on: RunOn::Pool,
         }
     }
+}
+
+/// The transaction `tx` (numbered `id`) repeats: `id` unless it is a rerun, else the first of
+/// its rerun chain, as far as retention left the records (an original's record gone, the id
+/// its rerun names is the answer). A journal read per rerun in the chain; none for the rest.
+fn original_of(journal: &Journal, id: TxId, tx: &Transaction) -> TxId {
+    let mut original = id;
+    let mut earlier = tx.rerun_of;
+    // A rerun is always newer than what it reruns: the ids go down, and the walk ends.
+    while let Some(of) = earlier.filter(|of| *of < original) {
+        original = of;
+        earlier = journal.get(of).ok().flatten().and_then(|t| t.rerun_of);
+    }
+    original
 }
 
 /// Whether [`Pipeline::process`] waits for its outcome to be journaled before it returns.
@@ -364,6 +384,7 @@ impl Pipeline {
     pub async fn process(&self, work: Routed, record: Record) -> PipelineOutcome {
         let Routed {
             id,
+            original,
             patient_key,
             format,
             raw,
@@ -438,7 +459,10 @@ impl Pipeline {
                                 "{name}: {WAITING_BEHIND} {earlier} for the same patient"
                             )),
                         ),
-                        None => self.deliver(id, &channel, value, &raw, &mut steps).await,
+                        None => {
+                            self.deliver(id, original, &channel, value, &raw, &mut steps)
+                                .await
+                        }
                     }
                 }
             };
@@ -511,10 +535,12 @@ impl Pipeline {
     }
 
     /// Sends one channel's output to each of its destinations (the last one is given the
-    /// value itself, so that the embedded CDR takes it without a copy).
+    /// value itself, so that the embedded CDR takes it without a copy). `original`: see
+    /// [`Routed::original`].
     async fn deliver(
         &self,
         id: TxId,
+        original: TxId,
         channel: &Arc<Channel>,
         value: serde_json::Value,
         raw: &[u8],
@@ -529,6 +555,10 @@ impl Pipeline {
                 )),
             );
         }
+        let seed = IdSeed {
+            journal: self.journal.ack_id_prefix(),
+            original,
+        };
         let mut worst = (Status::Delivered, None);
         let mut value = Some(Arc::new(value));
         let last = channel.def.destinations.len() - 1;
@@ -541,7 +571,7 @@ impl Pipeline {
             let value = value.expect("taken at the last destination only");
             let delivery = self
                 .deliverer
-                .deliver(destination, id, channel, value, raw)
+                .deliver(destination, id, seed, channel, value, raw)
                 .await;
             let (ok, output, error, status) = match delivery {
                 Delivery::Delivered { response } => (
@@ -654,11 +684,13 @@ impl Pipeline {
     async fn load(&self, id: TxId, only: Option<&[String]>) -> Option<Result<Routed, String>> {
         let journal = self.journal.clone();
         let loaded = tokio::task::spawn_blocking(move || -> Option<_> {
-            Some((journal.get(id).ok()??, journal.raw(id).ok()??))
+            let tx = journal.get(id).ok()??;
+            let original = original_of(&journal, id, &tx);
+            Some((tx, journal.raw(id).ok()??, original))
         })
         .await
         .ok()??;
-        let (tx, raw) = loaded;
+        let (tx, raw, original) = loaded;
         let source = source_of(&tx.meta.listener);
         let (set, mut routes) = self.route(source, &tx.meta.listener, &tx.meta);
         if let Some(only) = only {
@@ -667,7 +699,7 @@ impl Pipeline {
         if routes.is_empty() {
             return Some(Err("no channel: none takes it now".into()));
         }
-        Some(Ok(Routed::stored(id, &tx, &raw, set, routes)))
+        Some(Ok(Routed::stored(id, original, &tx, &raw, set, routes)))
     }
 
     /// A rerun requested by a person: routes the stored message with the channels in force now
@@ -675,12 +707,15 @@ impl Pipeline {
     /// (`rerun_of`, plus an event on the original). Returns the work to process or dispatch.
     pub async fn start_rerun(&self, of: TxId) -> Result<Routed, RerunError> {
         let journal = self.journal.clone();
-        let (tx, raw) = tokio::task::spawn_blocking(move || {
-            Ok::<_, JournalError>((journal.get(of)?, journal.raw(of)?))
+        let (tx, raw, original) = tokio::task::spawn_blocking(move || {
+            let tx = journal.get(of)?;
+            let original = tx.as_ref().map(|tx| original_of(&journal, of, tx));
+            Ok::<_, JournalError>((tx, journal.raw(of)?, original))
         })
         .await
         .map_err(|_| JournalError::Closed)??;
         let tx: Transaction = tx.ok_or(RerunError::NotFound(of))?;
+        let original = original.unwrap_or(of);
         let raw = raw.ok_or(RerunError::BodyPruned(of))?;
         let source = source_of(&tx.meta.listener);
         let (set, routes) = self.route(source, &tx.meta.listener, &tx.meta);
@@ -695,7 +730,14 @@ impl Pipeline {
             })
             .collect();
         let appended = self.journal.append_rerun(of, runs).await?;
-        Ok(Routed::stored(appended.id, &tx, &raw, set, routes))
+        Ok(Routed::stored(
+            appended.id,
+            original,
+            &tx,
+            &raw,
+            set,
+            routes,
+        ))
     }
 
     /// Retries queued transactions whose backoff has passed, oldest first; gives up (failed)
@@ -933,9 +975,23 @@ mod tests {
         assert_eq!(combine(&[x]).1.as_deref(), Some("x"));
     }
 
+    /// The script of [`engine_parts`]' channel: `Patient/p1` named after the control id.
+    const PUT_P1: &str =
+        "let p = #{resourceType: \"Patient\", id: \"p1\", name: [#{family: msg.control_id}]};\n\
+         #{resourceType: \"Bundle\", type: \"transaction\", \
+           entry: [#{resource: p, request: #{method: \"PUT\", url: \"Patient/p1\"}}]}";
+
     /// A channel `c` (MLLP, every message) whose script writes `Patient/p1` named after the
     /// message's control id to the embedded CDR, and a journal in `dir`.
     fn engine_parts(dir: &std::path::Path) -> (Channels, Journal, crate::cdr::Cdr, Arc<Metrics>) {
+        engine_parts_with(dir, PUT_P1)
+    }
+
+    /// [`engine_parts`] with another script for channel `c`.
+    fn engine_parts_with(
+        dir: &std::path::Path,
+        script: &str,
+    ) -> (Channels, Journal, crate::cdr::Cdr, Arc<Metrics>) {
         let paths = crate::channel::ChannelPaths {
             channels_dir: dir.join("channels"),
             scripts_dir: dir.join("scripts"),
@@ -949,13 +1005,7 @@ mod tests {
              [[destination]]\nkind = \"cdr\"\n",
         )
         .unwrap();
-        std::fs::write(
-            paths.scripts_dir.join("c.rhai"),
-            "let p = #{resourceType: \"Patient\", id: \"p1\", name: [#{family: msg.control_id}]};\n\
-             #{resourceType: \"Bundle\", type: \"transaction\", \
-               entry: [#{resource: p, request: #{method: \"PUT\", url: \"Patient/p1\"}}]}",
-        )
-        .unwrap();
+        std::fs::write(paths.scripts_dir.join("c.rhai"), script).unwrap();
         let (channels, report) = Channels::load(paths);
         assert!(report.errors.is_empty(), "{report:?}");
         let metrics = Arc::new(Metrics::new());
@@ -979,7 +1029,12 @@ mod tests {
     }
 
     fn pipeline_parts(dir: &std::path::Path) -> Parts {
-        let (channels, journal, cdr, metrics) = engine_parts(dir);
+        pipeline_parts_with(dir, PUT_P1)
+    }
+
+    /// [`pipeline_parts`] with another script for channel `c`.
+    fn pipeline_parts_with(dir: &std::path::Path, script: &str) -> Parts {
+        let (channels, journal, cdr, metrics) = engine_parts_with(dir, script);
         let transforms = Transforms::start(Default::default(), 2, metrics.clone());
         let deliverer = Deliverer::new(
             crate::deliver::CdrTarget::Embedded(cdr.clone()),
@@ -1121,6 +1176,7 @@ mod tests {
         let set = channels.current();
         let routed = Routed {
             id: new.id,
+            original: new.id,
             patient_key: Some("one patient".into()),
             format: crate::format::Format::Hl7v2,
             raw: Bytes::from_static(
@@ -1144,6 +1200,59 @@ mod tests {
             base,
         );
         assert_eq!(read.body.unwrap()["name"][0]["family"], "NEW");
+    }
+
+    /// A Bundle of plain creates (`POST Type`, no `ifNoneExist`) delivered again, as a retry
+    /// or a resume after a crash runs it (the same transaction), and as reruns (new
+    /// transactions, one a rerun of the other), leaves the CDR as delivering it once: each
+    /// resource once, the Observation still pointing at the Patient.
+    #[actix_web::test]
+    async fn plain_creates_delivered_again_are_written_once() {
+        const PLAIN_CREATES: &str = "\
+            let patient = \"urn:uuid:0b8bd2b1-2a1e-4b8e-8a5a-0c2d9d0e0f11\";\n\
+            #{resourceType: \"Bundle\", type: \"transaction\", entry: [\
+              #{fullUrl: patient, request: #{method: \"POST\", url: \"Patient\"},\
+                resource: #{resourceType: \"Patient\", name: [#{family: msg.control_id}]}},\
+              #{request: #{method: \"POST\", url: \"Observation\"},\
+                resource: #{resourceType: \"Observation\", status: \"final\",\
+                  code: #{text: \"weight\"}, subject: #{reference: patient}}}]}";
+        let dir = tempfile::tempdir().unwrap();
+        let Parts {
+            pipeline,
+            journal,
+            cdr,
+            ..
+        } = pipeline_parts_with(dir.path(), PLAIN_CREATES);
+        let id = journal.append(received("C1")).await.unwrap().id;
+        // Delivered, then delivered again (the outcome not known to have been recorded).
+        for _ in 0..2 {
+            let outcome = pipeline.rerun(id, None, Record::Await).await.unwrap();
+            assert_eq!(outcome.status, Status::Delivered, "{outcome:?}");
+        }
+        // Rerun through the API, and that rerun rerun.
+        let mut of = id;
+        for _ in 0..2 {
+            let work = pipeline.start_rerun(of).await.unwrap();
+            assert_eq!(work.original, id);
+            of = work.id;
+            let outcome = pipeline.process(work, Record::Await).await;
+            assert_eq!(outcome.status, Status::Delivered, "{outcome:?}");
+        }
+
+        let base = "http://orbiter/fhir";
+        let search = |query: &str| {
+            let request = crate::cdr::FhirRequest::new(crate::cdr::Method::Get, query, base);
+            cdr.handle(&request, base).body.unwrap()
+        };
+        let patients = search("Patient");
+        assert_eq!(patients["total"], 1, "{patients}");
+        let observations = search("Observation");
+        assert_eq!(observations["total"], 1, "{observations}");
+        let patient_id = patients["entry"][0]["resource"]["id"].as_str().unwrap();
+        assert_eq!(
+            observations["entry"][0]["resource"]["subject"]["reference"],
+            format!("Patient/{patient_id}")
+        );
     }
 
     /// Waiting behind an earlier transaction of the patient is not a delivery attempt: however

@@ -589,8 +589,23 @@ fn target_of(plan: &Plan) -> Option<(String, String)> {
 /// The plan of each entry (by position in `entries`) and the `Type/id` of each fullUrl.
 type Planned = (HashMap<usize, Plan>, HashMap<String, String>);
 
-/// Plans every entry in processing order: unconditional creates first (their ids are known),
-/// then conditional creates (whose criteria may name them), then updates and deletes.
+/// Whether `e` is written under an id known without a lookup: an unconditional create, or an
+/// update of `Type/id`. Planned first, so that any criterion may name its fullUrl.
+fn known_id(e: &Entry) -> bool {
+    match e.method {
+        Method::Post => e.if_none_exist.is_none(),
+        Method::Put => {
+            e.query.is_empty() && matches!(request::parse_target(&e.path), Ok(Target::Instance(..)))
+        }
+        _ => false,
+    }
+}
+
+/// Plans every entry in processing order: those whose ids are known first (unconditional
+/// creates, updates of `Type/id`), then conditional creates (whose criteria may name them),
+/// then the rest (conditional updates, deletes, reads). (Updates of `Type/id` were planned
+/// last: a conditional create whose criterion named one's fullUrl was refused, and the
+/// engine's CDR destinations turn unconditional creates into such updates.)
 fn plan_all(
     store: &Store,
     entries: &[Entry],
@@ -602,9 +617,9 @@ fn plan_all(
     let mut urls: HashMap<String, String> = HashMap::new();
     let mut conditional_seen = HashMap::new();
     let passes: [&dyn Fn(&Entry) -> bool; 3] = [
-        &|e| e.method == Method::Post && e.if_none_exist.is_none(),
+        &known_id,
         &|e| e.method == Method::Post && e.if_none_exist.is_some(),
-        &|e| e.method != Method::Post,
+        &|e| e.method != Method::Post && !known_id(e),
     ];
     for pass in passes {
         for &i in order {

@@ -28,9 +28,13 @@ const WORKERS: usize = 2;
 /// At most this many Bundles share one wait for durability (and delay each other's answer).
 const MAX_BATCH: usize = 32;
 
+/// What a delivery does to its Bundle before it is written (on the delivery thread).
+pub(super) type Prepare = Box<dyn FnOnce(&mut Value) + Send>;
+
 /// One Bundle to write, and who hears how it went.
 struct Job {
-    bundle: Value,
+    bundle: Arc<Value>,
+    prepare: Prepare,
     base: String,
     answer: oneshot::Sender<(u16, Value)>,
 }
@@ -73,12 +77,18 @@ impl Deliveries {
 
     /// Queues `bundle`; the answer comes once it is processed and durable. `None` when the
     /// threads are gone (the engine is stopping).
-    pub(super) async fn process(&self, bundle: Value, base: &str) -> Option<(u16, Value)> {
+    pub(super) async fn process(
+        &self,
+        bundle: Arc<Value>,
+        base: &str,
+        prepare: Prepare,
+    ) -> Option<(u16, Value)> {
         let (answer, answered) = oneshot::channel();
         self.queue
             .as_ref()?
             .send(Job {
                 bundle,
+                prepare,
                 base: base.trim_end_matches('/').to_owned(),
                 answer,
             })
@@ -107,9 +117,11 @@ fn work(store: &Store, jobs: &Mutex<Receiver<Job>>) {
         let mut answers = Vec::with_capacity(batch.len());
         let mut last = 0;
         for job in batch.drain(..) {
+            let mut bundle = Arc::unwrap_or_clone(job.bundle);
+            (job.prepare)(&mut bundle);
             let (status, body, seq) = bundle::process_with(
                 store,
-                Cow::Owned(job.bundle),
+                Cow::Owned(bundle),
                 &job.base,
                 Return::Minimal,
                 Durability::ByCaller,

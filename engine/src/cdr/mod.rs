@@ -171,10 +171,18 @@ impl Cdr {
     }
 
     /// [`Cdr::process_bundle`] for a channel's delivery, from async code: on the CDR's delivery
-    /// threads, which share one fsync among the Bundles queued together. `None` when the
-    /// engine is stopping.
-    pub async fn deliver_bundle(&self, bundle: Value, base: &str) -> Option<(u16, Value)> {
-        self.deliveries.process(bundle, base).await
+    /// threads, which share one fsync among the Bundles queued together. There the Bundle is
+    /// taken out of its `Arc` (copied only if another holder is left) and `prepare`d. `None`
+    /// when the engine is stopping.
+    pub async fn deliver_bundle(
+        &self,
+        bundle: Arc<Value>,
+        base: &str,
+        prepare: impl FnOnce(&mut Value) + Send + 'static,
+    ) -> Option<(u16, Value)> {
+        self.deliveries
+            .process(bundle, base, Box::new(prepare))
+            .await
     }
 
     /// Answers one FHIR REST interaction (what the HTTP handler does, without HTTP).

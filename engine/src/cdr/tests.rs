@@ -1043,6 +1043,39 @@ async fn transaction_links_in_uri_elements_and_the_narrative_name_the_written_re
     assert!(div.contains(&format!("href=\"{obs_rel}\"")), "{div}");
 }
 
+/// A `PUT Type/id` entry's fullUrl resolves like a create's: in references, in a link, and in
+/// the criteria of a conditional create listed before it (the engine's CDR destinations send
+/// unconditional creates as such updates). Sent twice, it writes each resource once.
+#[actix_web::test]
+async fn a_put_entrys_full_url_resolves_everywhere_a_creates_does() {
+    let (_d, cdr) = open();
+    let app = app!(cdr);
+    let pu = "urn:uuid:55555555-5555-4555-8555-555555555555";
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:55555555-5555-4555-8555-000000000001",
+         "resource": {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+            "identifier": [{"system": "urn:visit", "value": "V1"}], "subject": {"reference": pu}},
+         "request": {"method": "POST", "url": "Encounter",
+            "ifNoneExist": format!("identifier=urn:visit|V1&subject={pu}")}},
+        {"resource": {"resourceType": "DocumentReference", "status": "current",
+            "content": [{"attachment": {"url": pu}}], "subject": {"reference": pu}},
+         "request": {"method": "PUT", "url": "DocumentReference/d1"}},
+        {"fullUrl": pu, "resource": {"resourceType": "Patient", "id": "p1"},
+         "request": {"method": "PUT", "url": "Patient/p1"}}
+    ]});
+    for round in 0..2 {
+        let mut b = bundle.clone();
+        b["entry"][1]["resource"]["id"] = json!("d1");
+        let r = call!(app, "POST", "/fhir", b);
+        assert_eq!(r.status, 200, "round {round}: {}", r.body);
+    }
+    let found = call!(app, "GET", "/fhir/Encounter?subject=Patient/p1");
+    assert_eq!(found.total(), 1, "{}", found.body);
+    let doc = call!(app, "GET", "/fhir/DocumentReference/d1");
+    assert_eq!(doc.body["subject"]["reference"], "Patient/p1");
+    assert_eq!(doc.body["content"][0]["attachment"]["url"], "Patient/p1");
+}
+
 #[actix_web::test]
 async fn transaction_resolves_urn_uuids_and_replays_idempotently() {
     let (_d, cdr) = open();
@@ -2034,7 +2067,10 @@ async fn deliveries_queued_together_are_each_answered_and_written_once() {
                  "request": {"method": "POST", "url": "Encounter"}}
             ]})
         };
-        calls.spawn_local(async move { (n, cdr.deliver_bundle(bundle, BASE).await) });
+        calls.spawn_local(async move {
+            let answer = cdr.deliver_bundle(bundle.into(), BASE, |_| ()).await;
+            (n, answer)
+        });
     }
     let mut answered = 0;
     while let Some(call) = calls.join_next().await {

@@ -6,11 +6,16 @@
 //! - `mllp`: HL7 v2 output to a downstream system's MLLP port (`addr`), classified by its ACK.
 //! - `mediator`: a registered mediator's endpoint, by URN ([`mediator`]).
 //!
+//! Before a Bundle goes to a FHIR server (`cdr`, `http`), its plain creates (`POST Type` without
+//! `ifNoneExist`) become `PUT Type/<id>` under ids derived from the transaction ([`creates`]),
+//! so that a repeated delivery (a retry, a resume after a crash, a rerun) writes them once.
+//!
 //! Classification, as a FHIR client would: 2xx delivered; 4xx failed for good (the
 //! OperationOutcome is kept), except 408 and 429; 5xx, timeouts and refused connections are
 //! retried later (the transaction goes to `queued`).
 
 mod availability;
+pub mod creates;
 mod fhir_http;
 pub mod mediator;
 mod mllp;
@@ -26,6 +31,7 @@ use crate::channel::{Channel, DestinationDef, DestinationKind};
 use crate::journal::TxId;
 use crate::metrics::Metrics;
 
+pub use creates::IdSeed;
 pub use fhir_http::{Credentials, FhirHttp};
 pub use mediator::MediatorTarget;
 
@@ -102,23 +108,42 @@ impl Deliverer {
 
     /// Sends `output` to one destination. It is shared (`Arc`) so that the embedded CDR, which
     /// consumes a Bundle, copies it only when another destination still holds it, and never on
-    /// the caller's thread.
+    /// the caller's thread. `seed`: where the ids of plain creates come from ([`creates`]).
     pub async fn deliver(
         &self,
         destination: &DestinationDef,
         id: TxId,
+        seed: IdSeed<'_>,
         channel: &Channel,
         output: Arc<Value>,
         raw: &[u8],
     ) -> Delivery {
         let name = destination.display_name();
-        let value: &Value = &output;
         let started = Instant::now();
+        // Plain creates made repeatable for a FHIR server (only a Bundle that has any).
+        let to_fhir_server = matches!(
+            destination.kind,
+            DestinationKind::Cdr | DestinationKind::Http
+        );
+        let ids = (to_fhir_server && creates::has_plain_creates(&output))
+            .then(|| creates::CreateIds::new(seed, channel.name(), &name));
+        let embedded_cdr =
+            destination.kind == DestinationKind::Cdr && matches!(self.cdr, CdrTarget::Embedded(_));
+        // (The embedded CDR rewrites the copy it takes, off this thread.)
+        let rewritten = match &ids {
+            Some(ids) if !embedded_cdr => {
+                let mut copy = Value::clone(&output);
+                ids.apply(&mut copy);
+                Some(copy)
+            }
+            _ => None,
+        };
+        let value: &Value = rewritten.as_ref().unwrap_or(&output);
         // The HTTP status a CDR or FHIR server answered, if it answered.
         let mut code: Option<u16> = None;
         let delivery = match destination.kind {
             DestinationKind::Cdr => match &self.cdr {
-                CdrTarget::Embedded(cdr) => embedded(cdr, output, &mut code).await,
+                CdrTarget::Embedded(cdr) => embedded(cdr, output, ids, &mut code).await,
                 CdrTarget::External(http) => http.post(value, &mut code).await,
             },
             DestinationKind::Http => match &destination.url {
@@ -263,9 +288,19 @@ pub fn diagnostics(body: &Value) -> String {
     text.chars().take(300).collect()
 }
 
-async fn embedded(cdr: &Cdr, value: Arc<Value>, code: &mut Option<u16>) -> Delivery {
+/// Writes to the embedded CDR, `ids` giving the plain creates their ids (see [`creates`]).
+async fn embedded(
+    cdr: &Cdr,
+    value: Arc<Value>,
+    ids: Option<creates::CreateIds>,
+    code: &mut Option<u16>,
+) -> Delivery {
     let answered = cdr
-        .deliver_bundle(Arc::unwrap_or_clone(value), "urn:orbiter:embedded")
+        .deliver_bundle(value, "urn:orbiter:embedded", move |bundle| {
+            if let Some(ids) = ids {
+                ids.apply(bundle);
+            }
+        })
         .await;
     match answered {
         Some((status, body)) => {
@@ -336,6 +371,14 @@ mod tests {
         channels.current().get("c").unwrap()
     }
 
+    /// Where the ids of transaction `n`'s plain creates come from.
+    fn seed(n: u64) -> IdSeed<'static> {
+        IdSeed {
+            journal: "TESTJR",
+            original: TxId(n),
+        }
+    }
+
     /// `orbiter_cdr_responses_total{code}` is always the status answered, or `none`.
     #[tokio::test]
     async fn cdr_answers_are_counted_by_their_status_code() {
@@ -359,18 +402,18 @@ mod tests {
         }));
         let [cdr, down] = [&channel.def.destinations[0], &channel.def.destinations[1]];
         let delivered = deliverer
-            .deliver(cdr, TxId(1), &channel, patient.clone(), b"")
+            .deliver(cdr, TxId(1), seed(1), &channel, patient.clone(), b"")
             .await;
         assert!(
             matches!(delivered, Delivery::Delivered { .. }),
             "{delivered:?}"
         );
         let failed = deliverer
-            .deliver(cdr, TxId(2), &channel, refused, b"")
+            .deliver(cdr, TxId(2), seed(2), &channel, refused, b"")
             .await;
         assert!(matches!(failed, Delivery::Failed { .. }), "{failed:?}");
         let retry = deliverer
-            .deliver(down, TxId(3), &channel, patient, b"")
+            .deliver(down, TxId(3), seed(3), &channel, patient, b"")
             .await;
         assert!(matches!(retry, Delivery::Retry { .. }), "{retry:?}");
 

@@ -329,7 +329,8 @@ fn walk_references(v: &Value, root: &str, f: &mut impl FnMut(&str, &str)) {
     walk(v, &mut path, f, 0);
 }
 
-fn walk_references_mut(v: &mut Value, f: &mut impl FnMut(&mut String)) {
+/// Calls `f` on every `reference` string, to rewrite it.
+pub(crate) fn walk_references_mut(v: &mut Value, f: &mut impl FnMut(&mut String)) {
     match v {
         Value::Object(o) => {
             for (k, child) in o.iter_mut() {
