@@ -3,7 +3,7 @@
 //! A channel's delivery used to take a thread of the blocking pool per Bundle, and wait there
 //! for its own group commit. Draining a backlog, that was ~7 context switches a Bundle on the
 //! pool's threads alone (its queue's lock contended, a wake-up to start, another after the
-//! fsync) and an fsync every three Bundles. Here [`WORKERS`] threads take what is queued, up to
+//! fsync) and an fsync every three Bundles. Here [`WORKERS`] thread(s) take what is queued, up to
 //! [`MAX_BATCH`] Bundles at a time, process each as `POST /fhir` would (each its own atomic
 //! commit, in queue order), wait once for the last one to be durable, then answer them all.
 //! Nothing is answered before its writes are on disk; if the fsync fails, every Bundle of the
@@ -21,9 +21,11 @@ use super::bundle::{self, Durability};
 use super::request::Return;
 use super::store::Store;
 
-/// Threads processing deliveries: one can hold the write lock while the other validates,
-/// plans or waits for an fsync.
-const WORKERS: usize = 2;
+/// Threads processing deliveries. One: the store takes one writer at a time anyway, and a
+/// second thread (validating or waiting for its fsync while the first writes) cost more in
+/// lock hand-offs and switches than it overlapped: draining into the CDR, two threads gave
+/// 3,503-4,014 Bundles/s at 392-458 µs of CPU each, one 4,474-4,520 at 358 µs (BENCHMARKS.md).
+const WORKERS: usize = 1;
 
 /// At most this many Bundles share one wait for durability (and delay each other's answer).
 const MAX_BATCH: usize = 32;

@@ -1,7 +1,8 @@
 //! The embedded CDR: a FHIR R4 (4.0.1) JSON server backed by sled, served under `/fhir`.
 //!
-//! Channels write to it in-process with [`Cdr::process_bundle`] (the same code a
-//! `POST /fhir` runs); clients reach it over HTTP through [`routes`]. It does what a client of
+//! Channels write to it in-process with [`Cdr::deliver_bundle`] (the same code a
+//! `POST /fhir` runs, on the CDR's delivery threads); clients reach it over HTTP through
+//! [`routes`]. It does what a client of
 //! HAPI FHIR expects for the common resource types: CRUD with versions and history, search on
 //! the common parameters from sled indexes, batch and transaction Bundles with `urn:uuid`
 //! references and conditional create/update, structural validation, and OperationOutcomes with
