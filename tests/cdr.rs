@@ -170,14 +170,8 @@ async fn a_second_engine_as_external_cdr_through_an_outage_and_a_restart() {
     // A rerun of a delivered transaction changes nothing in the CDR.
     let tx = settled(&engine, "OUT-3").await;
     let before = patients(&cdr, "MRN-3").await;
-    let client = reqwest::Client::new();
-    let rerun = client
-        .post(engine.url(&format!("/api/transactions/{}/rerun", tx["id"])))
-        .bearer_auth(common::TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rerun.status(), 200);
+    let (status, _) = engine.rerun(&tx["id"]).await;
+    assert_eq!(status, 200);
     let after = patients(&cdr, "MRN-3").await;
     assert_eq!(after.len(), 1);
     assert_eq!(
@@ -322,15 +316,7 @@ async fn plain_creates_delivered_again_after_a_lost_reply_are_written_once() {
     );
 
     // A rerun (a new transaction) writes the same resources again.
-    let rerun: serde_json::Value = reqwest::Client::new()
-        .post(engine.url(&format!("/api/transactions/{id}/rerun")))
-        .bearer_auth(common::TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, rerun) = engine.rerun(&id).await;
     assert_eq!(rerun["status"], "delivered", "{rerun}");
 
     let patients = patients(&cdr, "LOST-1").await;

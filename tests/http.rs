@@ -89,15 +89,7 @@ async fn hl7_over_http_is_acknowledged_and_takes_the_mllp_channels() {
     assert_eq!(status, 200);
     assert_eq!(bundle["total"], 1, "{bundle}");
     // A rerun routes it as it was routed: to the MLLP port's channels.
-    let rerun: serde_json::Value = client()
-        .post(engine.url(&format!("/api/transactions/{}/rerun", tx["id"])))
-        .bearer_auth(common::TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, rerun) = engine.rerun(&tx["id"]).await;
     assert_eq!(rerun["status"], "delivered", "{rerun}");
     assert_eq!(rerun["channels"][0]["name"], "adt-to-fhir", "{rerun}");
 

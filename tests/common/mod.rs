@@ -235,6 +235,19 @@ impl Engine {
         (status, body)
     }
 
+    /// Reruns transaction `id` through the admin API (with the token); status and JSON body.
+    pub async fn rerun(&self, id: impl std::fmt::Display) -> (u16, serde_json::Value) {
+        let mut req =
+            reqwest::Client::new().post(self.url(&format!("/api/transactions/{id}/rerun")));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+        (status, body)
+    }
+
     /// The Prometheus exposition text of `/metrics` (open, no token).
     pub async fn metrics(&self) -> String {
         reqwest::get(self.url("/metrics"))

@@ -167,25 +167,19 @@ fn run(
     for (i, err) in failed.drain() {
         responses[i] = Some(error_entry(&err));
     }
-    let seq = if transaction {
-        transaction_run(
-            store,
-            &mut entries,
-            base,
-            prefer,
-            &mut responses,
-            durability,
-        )?
+    let run_entries = if transaction {
+        transaction_run
     } else {
-        batch_run(
-            store,
-            &mut entries,
-            base,
-            prefer,
-            &mut responses,
-            durability,
-        )?
+        batch_run
     };
+    let seq = run_entries(
+        store,
+        &mut entries,
+        base,
+        prefer,
+        &mut responses,
+        durability,
+    )?;
     let mut out = json!({
         "resourceType": "Bundle",
         "id": new_id(),
