@@ -25,6 +25,7 @@
 //! which is safe from any thread (callers on an async runtime should use a blocking pool).
 
 mod counts;
+pub mod faults;
 mod keys;
 mod live;
 pub mod record;
@@ -68,6 +69,26 @@ pub enum JournalError {
     Corrupt(String),
     #[error("cannot open journal at {path}: {message}")]
     Open { path: PathBuf, message: String },
+}
+
+impl JournalError {
+    /// The data dir's filesystem is full (`ENOSPC`, or a quota: `EDQUOT`).
+    pub fn storage_full(&self) -> bool {
+        let io = match self {
+            JournalError::Io(io) => Some(&**io),
+            JournalError::Storage(sled) => match &**sled {
+                sled::Error::Io(io) => Some(io),
+                _ => None,
+            },
+            _ => None,
+        };
+        io.is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        })
+    }
 }
 
 impl From<sled::Error> for JournalError {
@@ -171,6 +192,8 @@ pub struct Journal {
     counts: counts::ChannelCounts,
     /// Starts the MSH-10 of the ACKs for this journal's transactions (see the module doc).
     ack_id_prefix: Arc<str>,
+    /// The test hook that makes writes fail (empty in release builds; see [`faults`]).
+    faults: Arc<faults::Faults>,
 }
 
 /// Filters for listing transactions (`GET /api/transactions`). Newest first.
@@ -309,6 +332,7 @@ impl Journal {
         let counts = counts::ChannelCounts::load(&trees)?;
         let ack_id_prefix = load_or_make_ack_id_prefix(&path)
             .map_err(|e| open_err(format!("ACK id prefix: {e}")))?;
+        let faults = Arc::new(faults::Faults::from_env());
         let (tx, rx) = std::sync::mpsc::channel();
         let writer = Writer {
             trees: trees.clone(),
@@ -326,6 +350,7 @@ impl Journal {
             recent: Default::default(),
             live: live::LiveBytes::load(&trees)?,
             counts: counts.clone(),
+            faults: faults.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())
@@ -339,7 +364,14 @@ impl Journal {
             in_flight_at_open: Arc::new(Mutex::new(in_flight_at_open)),
             counts,
             ack_id_prefix: ack_id_prefix.into(),
+            faults,
         })
+    }
+
+    /// Tests: the next `count` writes at `point` fail as on a full disk (see [`faults`]).
+    #[cfg(any(test, debug_assertions))]
+    pub fn fail_next_writes(&self, point: faults::FaultPoint, count: u32) {
+        self.faults.arm(point, count);
     }
 
     /// Six characters (RFC 4648 base32) made once per journal, kept across restarts: the start

@@ -19,6 +19,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::counts::ChannelCounts;
+use super::faults::{FaultPoint, Faults};
 use super::keys;
 use super::live::LiveBytes;
 use super::record::{
@@ -140,6 +141,8 @@ pub(super) struct Writer {
     /// Per channel and status, shared with the journal's readers; written to sled at
     /// checkpoints.
     pub counts: ChannelCounts,
+    /// The test hook (empty in release builds).
+    pub faults: Arc<Faults>,
 }
 
 /// A reply to send once the batch is durable.
@@ -169,6 +172,7 @@ impl Writer {
         let flusher = Flusher {
             fsync: self.fsync,
             metrics: self.metrics.clone(),
+            faults: self.faults.clone(),
         };
         let flusher = std::thread::Builder::new()
             .name("journal-flush".into())
@@ -193,6 +197,7 @@ impl Writer {
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             };
+            self.faults.poll_trigger();
             batch.push(first);
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
@@ -257,6 +262,7 @@ impl Writer {
             if self.fsync {
                 self.trees.slots.sync()?;
             }
+            self.faults.sled()?;
             self.live.persist(&self.trees)?;
             self.counts.persist(&self.trees)?;
             let position = self.values.position();
@@ -380,8 +386,13 @@ impl Writer {
     /// Applies staged writes; keeps the segments they left dead for the next checkpoint.
     fn apply(&mut self, pending: PendingWrites) -> Result<(), JournalError> {
         self.dirty = true;
-        let (dead, records) =
-            pending.apply(&self.trees, &mut self.values, &mut self.live, &self.counts)?;
+        let (dead, records) = pending.apply(
+            &self.trees,
+            &mut self.values,
+            &mut self.live,
+            &self.counts,
+            &self.faults,
+        )?;
         self.dead_segments.extend(dead);
         let mut recent = self.recent.borrow_mut();
         recent.extend(records);
@@ -768,6 +779,7 @@ struct FlushJob {
 struct Flusher {
     fsync: bool,
     metrics: Arc<Metrics>,
+    faults: Arc<Faults>,
 }
 
 impl Flusher {
@@ -795,6 +807,7 @@ impl Flusher {
     /// Makes the batches' records durable: what an ACK waits for.
     fn sync_values(&self, segments: &[(u32, Arc<File>)]) -> Result<(), JournalError> {
         let started = Instant::now();
+        self.faults.fire(FaultPoint::Fsync)?;
         if self.fsync {
             for (_, file) in segments {
                 file.sync_data()
@@ -1075,6 +1088,7 @@ impl PendingWrites {
         values: &mut Appender,
         live: &mut LiveBytes,
         counts: &ChannelCounts,
+        faults: &Faults,
     ) -> Result<(Vec<u32>, HashMap<TxId, Transaction>), JournalError> {
         let raw = self.raw.into_pointers(Kind::Raw, values)?;
         let mut records = Writes::default();
@@ -1090,6 +1104,7 @@ impl PendingWrites {
         let records = records.into_pointers(Kind::Tx, values)?;
         let steps = self.steps.into_pointers(Kind::Step, values)?;
         values.write_out()?;
+        faults.fire(FaultPoint::AfterValues)?;
         let mut added = HashMap::new();
         for writes in [&raw, &records, &steps] {
             writes.added(&mut added);
@@ -1131,10 +1146,13 @@ impl PendingWrites {
         }
         // Indexes before slots: if a crash cuts this short, replay finds the old record still
         // there and can remove what it indexed.
+        faults.sled()?;
         self.by_control.apply(&trees.by_control)?;
         self.by_origin.apply(&trees.by_origin)?;
+        faults.fire(FaultPoint::Slots)?;
         trees.slots.write(&slots)?;
         steps.apply(&trees.steps, &mut released)?;
+        faults.fire(FaultPoint::Sled)?;
         counts.add(self.stats_deltas);
         dead.extend(live.add(&released, active));
         Ok((dead, self.records))
