@@ -351,6 +351,8 @@ impl Journal {
             live: live::LiveBytes::load(&trees)?,
             counts: counts.clone(),
             faults: faults.clone(),
+            gate: Arc::new(writer::SyncGate::new(appender_position)),
+            halted: None,
         };
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())

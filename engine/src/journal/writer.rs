@@ -8,6 +8,14 @@
 //! fsync, which is what makes durable ACKs cheap. One thread also sidesteps sled 0.34's
 //! `flush_async` deadlock under concurrent callers, keeps blocking I/O off the actix arbiters,
 //! and makes read-modify-write of a record race-free.
+//!
+//! A write that fails (a full disk) fails its whole batch, and every sender in it is told "not
+//! stored, resend". So the batch is taken back first ([`Applied::revert`]): its records are
+//! cut off the value log, durably, and the slots and sled entries it changed are put back;
+//! else a restart's replay would store those messages after all, next to their resent copies.
+//! Nothing of this costs the batches that succeed a system call: what each write replaced is
+//! returned by the write itself. An `fdatasync` that fails is another matter ([`SyncGate`]):
+//! the unsynced batches are cut off too, and the journal halts until a restart.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -143,6 +151,11 @@ pub(super) struct Writer {
     pub counts: ChannelCounts,
     /// The test hook (empty in release builds).
     pub faults: Arc<Faults>,
+    /// The value log's fsyncs, the flusher's and the checkpoints', and whether one failed.
+    pub gate: Arc<SyncGate>,
+    /// Set when a failed write could not be taken back whole, or an fsync failed: every
+    /// command is refused until a restart.
+    pub halted: Option<JournalError>,
 }
 
 /// A reply to send once the batch is durable.
@@ -173,6 +186,7 @@ impl Writer {
             fsync: self.fsync,
             metrics: self.metrics.clone(),
             faults: self.faults.clone(),
+            gate: self.gate.clone(),
         };
         let flusher = std::thread::Builder::new()
             .name("journal-flush".into())
@@ -183,6 +197,10 @@ impl Writer {
             let first = match rx.recv_timeout(super::values::CHECKPOINT_EVERY) {
                 Ok(cmd) => cmd,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    self.notice_failed_fsync();
+                    if self.halted.is_some() {
+                        continue;
+                    }
                     // Idle: checkpoint what the last batches did; compact when it is time.
                     if self.dirty {
                         self.checkpoint();
@@ -204,6 +222,13 @@ impl Writer {
                     Ok(cmd) => batch.push(cmd),
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
+            }
+            self.notice_failed_fsync();
+            if let Some(error) = self.halted.clone() {
+                if jobs.send(self.refuse(&mut batch, error)).is_err() {
+                    break;
+                }
+                continue;
             }
             // Compactions run alone, after the rest of the batch: each is its own commit, so
             // nothing else staged can interleave with the pointers it moves.
@@ -231,6 +256,12 @@ impl Writer {
         }
         drop(jobs);
         let _ = flusher.join();
+        self.notice_failed_fsync();
+        if self.halted.is_some() {
+            // Left marked open, and with no checkpoint past what failed: the next open
+            // replays and repairs (see `replay::repair_torn`).
+            return;
+        }
         // Shutting down: a last checkpoint, so a clean restart replays nothing; then the
         // journal is no longer marked open (see `replay::repair_torn`).
         self.checkpoint();
@@ -247,25 +278,87 @@ impl Writer {
         }
     }
 
+    /// Stops writing until a restart: every command from now on is refused with `error`.
+    fn halt(&mut self, error: JournalError, what: &str) {
+        if self.halted.is_none() {
+            tracing::error!(error = %error, "journal: {what}; no more writes until the engine restarts (which replays and repairs the journal)");
+        }
+        self.halted = Some(error);
+        // Never closed cleanly from now on: the next open repairs.
+        self.dirty = true;
+    }
+
+    /// After an `fdatasync` of the value log failed (in the flusher or a checkpoint): what
+    /// the kernel kept of the batches since the last good one is unknown, and their senders
+    /// are told "not stored" ([`SyncGate`]). Their records are cut off the log, so that no
+    /// replay brings them back, and the pointers into them rolled back as after a power cut;
+    /// then the journal halts.
+    fn notice_failed_fsync(&mut self) {
+        if self.halted.is_some() {
+            return;
+        }
+        let Some((durable, error)) = self.gate.failed() else {
+            return;
+        };
+        self.halt(error, "an fsync of the value log failed");
+        if let Err(e) = self.values.discard_from(durable) {
+            tracing::error!(error = %e, "journal: could not cut the unsynced batches off the value log: a restart may replay them");
+            return;
+        }
+        self.recent.borrow_mut().clear();
+        if let Err(e) = super::replay::repair_torn(&self.trees, durable) {
+            tracing::error!(error = %e, "journal: could not roll back the pointers to the batches cut off (a restart repairs them)");
+        }
+    }
+
+    /// Answers every command of `batch` with `error`, touching nothing.
+    fn refuse(&mut self, batch: &mut Vec<Command>, error: JournalError) -> FlushJob {
+        let mut replies = Vec::with_capacity(batch.len());
+        for cmd in batch.drain(..) {
+            let refused = Err(error.clone());
+            match cmd {
+                Command::Append {
+                    reply, enqueued, ..
+                }
+                | Command::AppendRerun {
+                    reply, enqueued, ..
+                } => replies.push(Reply::Append(reply, Err(error.clone()), enqueued)),
+                Command::Record {
+                    reply,
+                    wait: Wait::Applied,
+                    ..
+                } => reply.send(refused),
+                Command::Record { reply, .. } => replies.push(Reply::Status(reply, refused)),
+                Command::Prune { reply, .. } => replies.push(Reply::Prune(reply, Ok(Vec::new()))),
+                Command::Compact { reply } => replies.push(Reply::Compact(Some(reply), Ok(None))),
+            }
+        }
+        FlushJob {
+            replies,
+            status_deltas: HashMap::new(),
+            applied: Err(error),
+            unsynced: Vec::new(),
+            end: self.values.position(),
+        }
+    }
+
     /// Flushes sled with the log position it has reached. Done here, on the one thread that
     /// writes to sled, after an fsync of every segment written since the last checkpoint: no
     /// pointer sled makes durable can point past what the log made durable, even across a
     /// power cut. Then the segments found dead since the last checkpoint are deleted.
     fn checkpoint(&mut self) {
         let result = (|| {
-            for (_, file) in self.values.take_touched() {
-                if self.fsync {
-                    file.sync_data()
-                        .map_err(|e| JournalError::Io(Arc::new(e)))?;
-                }
-            }
+            let position = self.values.position();
+            let touched = self.values.take_touched();
+            self.gate
+                .sync(&touched, self.fsync, position, Ok(()))
+                .map_err(|(_, e)| e)?;
             if self.fsync {
                 self.trees.slots.sync()?;
             }
             self.faults.sled()?;
             self.live.persist(&self.trees)?;
             self.counts.persist(&self.trees)?;
-            let position = self.values.position();
             self.trees.segments.insert(
                 super::replay::CHECKPOINT_KEY,
                 &super::values::position_bytes(position),
@@ -311,6 +404,7 @@ impl Writer {
             status_deltas: HashMap::new(),
             applied,
             unsynced: self.values.take_unsynced(),
+            end: self.values.position(),
         }
     }
 
@@ -386,13 +480,39 @@ impl Writer {
     /// Applies staged writes; keeps the segments they left dead for the next checkpoint.
     fn apply(&mut self, pending: PendingWrites) -> Result<(), JournalError> {
         self.dirty = true;
-        let (dead, records) = pending.apply(
+        let new_from = pending.new_from;
+        let applied = pending.apply(
             &self.trees,
             &mut self.values,
             &mut self.live,
             &self.counts,
             &self.faults,
-        )?;
+        );
+        let (dead, records) = match applied {
+            Ok(applied) => applied,
+            Err(failure) => {
+                let Failure {
+                    error,
+                    reverted,
+                    dead,
+                } = *failure;
+                self.dead_segments.extend(dead);
+                match reverted {
+                    Reverted::Done => {
+                        // Nobody was given its ids: the next batch takes them.
+                        if let Some(id) = new_from {
+                            self.next_id.set(id.0);
+                        }
+                        tracing::warn!(error = %error, "journal: a write failed; the batch was taken back and its senders told to resend");
+                    }
+                    Reverted::Sled(e) => {
+                        self.halt(e, "a write failed and sled cannot take it back")
+                    }
+                    Reverted::Not(e) => self.halt(e, "a write failed and could not be taken back"),
+                }
+                return Err(error);
+            }
+        };
         self.dead_segments.extend(dead);
         let mut recent = self.recent.borrow_mut();
         recent.extend(records);
@@ -463,6 +583,7 @@ impl Writer {
             status_deltas,
             applied,
             unsynced: self.values.take_unsynced(),
+            end: self.values.position(),
         }
     }
 
@@ -773,6 +894,8 @@ struct FlushJob {
     applied: Result<(), JournalError>,
     /// Value-log segments written by this batch: fsynced before the replies go.
     unsynced: Vec<(u32, Arc<File>)>,
+    /// Where the value log ends after this batch.
+    end: super::values::Position,
 }
 
 /// The second stage: fsyncs the value log once for every batch applied meanwhile, then answers.
@@ -780,6 +903,7 @@ struct Flusher {
     fsync: bool,
     metrics: Arc<Metrics>,
     faults: Arc<Faults>,
+    gate: Arc<SyncGate>,
 }
 
 impl Flusher {
@@ -797,27 +921,27 @@ impl Flusher {
                     }
                 }
             }
-            let flushed = self.sync_values(&unsynced);
+            let end = ready.iter().map(|job| job.end).max().unwrap_or_default();
+            let started = Instant::now();
+            let synced = self.gate.sync(
+                &unsynced,
+                self.fsync,
+                end,
+                self.faults.fire(FaultPoint::Fsync),
+            );
+            self.metrics
+                .journal_flush_seconds
+                .observe(started.elapsed().as_secs_f64());
             for job in ready {
+                // After a failed fsync, a batch is durable only if an earlier fsync (a
+                // checkpoint's) covered it.
+                let flushed = match &synced {
+                    Err((durable, e)) if job.end > *durable => Err(e.clone()),
+                    _ => Ok(()),
+                };
                 self.answer(job, &flushed);
             }
         }
-    }
-
-    /// Makes the batches' records durable: what an ACK waits for.
-    fn sync_values(&self, segments: &[(u32, Arc<File>)]) -> Result<(), JournalError> {
-        let started = Instant::now();
-        self.faults.fire(FaultPoint::Fsync)?;
-        if self.fsync {
-            for (_, file) in segments {
-                file.sync_data()
-                    .map_err(|e| JournalError::Io(Arc::new(e)))?;
-            }
-        }
-        self.metrics
-            .journal_flush_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Ok(())
     }
 
     fn answer(&self, job: FlushJob, flushed: &Result<(), JournalError>) {
@@ -865,6 +989,90 @@ impl Flusher {
     }
 }
 
+/// The value log's fsyncs, one at a time: the flusher's (what ACKs wait for) and the
+/// checkpoints'. After a failed `fdatasync` the kernel may have dropped the pages it could not
+/// write, and it reports the error to one fsync only (fsyncgate): a later one that succeeds
+/// says nothing about them. So the first failure is kept here, and from then on nothing more
+/// counts as durable: the flusher fails every batch past the last position an fsync covered,
+/// and the writer cuts them off the log and halts ([`Writer::notice_failed_fsync`]).
+pub(super) struct SyncGate {
+    /// Held through each fsync.
+    state: std::sync::Mutex<Synced>,
+    /// Set once an fsync failed: what the writer looks at before each batch, without waiting
+    /// for the lock (which the flusher holds through its fsync: the writer would lose the
+    /// overlap of its work with the flusher's).
+    failed: std::sync::atomic::AtomicBool,
+}
+
+struct Synced {
+    /// The log is durable up to here.
+    durable: super::values::Position,
+    /// The first failed fsync: where the log was durable up to then, and the error.
+    failed: Option<(super::values::Position, JournalError)>,
+}
+
+impl SyncGate {
+    pub fn new(durable: super::values::Position) -> SyncGate {
+        SyncGate {
+            state: std::sync::Mutex::new(Synced {
+                durable,
+                failed: None,
+            }),
+            failed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Synced> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fsyncs `files` (if `fsync`; `injected` is the test hook's verdict first): the log is
+    /// then durable up to `end`. On failure, or after an earlier one: where it is durable up
+    /// to, and the error.
+    fn sync(
+        &self,
+        files: &[(u32, Arc<File>)],
+        fsync: bool,
+        end: super::values::Position,
+        injected: Result<(), JournalError>,
+    ) -> Result<(), (super::values::Position, JournalError)> {
+        let mut state = self.lock();
+        if let Some(failed) = &state.failed {
+            return Err(failed.clone());
+        }
+        let synced = injected.and_then(|()| {
+            if fsync {
+                for (_, file) in files {
+                    file.sync_data()
+                        .map_err(|e| JournalError::Io(Arc::new(e)))?;
+                }
+            }
+            Ok(())
+        });
+        match synced {
+            Ok(()) => {
+                state.durable = state.durable.max(end);
+                Ok(())
+            }
+            Err(e) => {
+                let failed = (state.durable, e);
+                state.failed = Some(failed.clone());
+                self.failed
+                    .store(true, std::sync::atomic::Ordering::Release);
+                Err(failed)
+            }
+        }
+    }
+
+    /// The first failed fsync, if any: where the log was durable up to, and the error.
+    pub fn failed(&self) -> Option<(super::values::Position, JournalError)> {
+        if !self.failed.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        self.lock().failed.clone()
+    }
+}
+
 /// Writes to one tree, applied in order with plain inserts and removes. (sled's `apply_batch`
 /// seals and writes an I/O buffer on every call, on a new thread: five of them per commit cost
 /// more than the inserts themselves. Atomicity across a batch is not needed: nothing in it is
@@ -891,12 +1099,18 @@ impl Writes {
             .and_then(|(_, v)| v.clone())
     }
 
-    fn apply(self, tree: &sled::Tree) -> Result<(), JournalError> {
-        for (key, value) in self.0 {
-            match value {
-                Some(value) => tree.insert(key, value)?,
+    /// Applies the writes in order; `before` gets what each key held, for [`SledUndo`].
+    fn apply(
+        &self,
+        tree: &sled::Tree,
+        before: &mut Vec<Option<sled::IVec>>,
+    ) -> Result<(), JournalError> {
+        before.reserve(self.0.len());
+        for (key, value) in &self.0 {
+            before.push(match value {
+                Some(value) => tree.insert(key.as_slice(), value.as_slice())?,
                 None => tree.remove(key)?,
-            };
+            });
         }
         Ok(())
     }
@@ -939,20 +1153,24 @@ impl PointerWrites {
         }
     }
 
-    /// Writes the pointers; counts what the replaced or removed ones referred to.
+    /// Writes the pointers; counts what the replaced or removed ones referred to. `before`
+    /// gets what each key held, for [`SledUndo`].
     fn apply(
-        self,
+        &self,
         tree: &sled::Tree,
         released: &mut HashMap<u32, i64>,
+        before: &mut Vec<Option<sled::IVec>>,
     ) -> Result<(), JournalError> {
-        for (key, ptr) in self.writes {
+        before.reserve(self.writes.len());
+        for (key, ptr) in &self.writes {
             let old = match ptr {
-                Some(ptr) => tree.insert(key, &ptr.to_bytes())?,
+                Some(ptr) => tree.insert(key.as_slice(), &ptr.to_bytes())?,
                 None => tree.remove(key)?,
             };
             if let Some(old) = old.as_deref().and_then(Ptr::from_bytes) {
                 *released.entry(old.segment).or_default() -= i64::from(old.len);
             }
+            before.push(old);
         }
         Ok(())
     }
@@ -1027,10 +1245,12 @@ pub(super) fn migrate_inline_values(
     Ok(())
 }
 
-/// The slot a batch is building for the id in `key`: what the table holds now, or an empty one
-/// for ids the batch created (from `new_from` on).
+/// The slot a batch is building for the id in `key`: what the table holds now (kept in
+/// `before` too, to put back if the batch fails), or an empty one for ids the batch created
+/// (from `new_from` on).
 fn slot_of<'a>(
     slots: &'a mut BTreeMap<u64, Slot>,
+    before: &mut BTreeMap<u64, Slot>,
     trees: &Trees,
     new_from: u64,
     key: &[u8],
@@ -1043,7 +1263,11 @@ fn slot_of<'a>(
         std::collections::btree_map::Entry::Vacant(e) if id.0 >= new_from => {
             e.insert(Slot::default())
         }
-        std::collections::btree_map::Entry::Vacant(e) => e.insert(trees.slots.get(id)?),
+        std::collections::btree_map::Entry::Vacant(e) => {
+            let slot = trees.slots.get(id)?;
+            before.insert(id.0, slot);
+            e.insert(slot)
+        }
     }))
 }
 
@@ -1082,15 +1306,49 @@ impl PendingWrites {
     /// nothing in this batch was acknowledged yet (replies wait for the flush), and readers
     /// skip index entries whose slot is empty. Returns the segments to delete once the flush
     /// is durable, and the records written.
+    ///
+    /// A write that fails (a full disk) fails the whole batch, whose senders are told "not
+    /// stored" and resend: so what it wrote is taken back first ([`Applied::revert`]), the
+    /// value log included, or a restart's replay would store it after all, and the resend too.
     fn apply(
-        self,
+        mut self,
         trees: &Trees,
         values: &mut Appender,
         live: &mut LiveBytes,
         counts: &ChannelCounts,
         faults: &Faults,
-    ) -> Result<(Vec<u32>, HashMap<TxId, Transaction>), JournalError> {
-        let raw = self.raw.into_pointers(Kind::Raw, values)?;
+    ) -> Result<Written, Box<Failure>> {
+        let mut applied = Applied {
+            start: values.position(),
+            slots_end: trees.slots.end(),
+            ..Applied::default()
+        };
+        match self.write(trees, values, live, faults, &mut applied) {
+            Ok(dead) => {
+                counts.add(std::mem::take(&mut self.stats_deltas));
+                Ok((dead, self.records))
+            }
+            Err(error) => {
+                let (reverted, dead) = applied.revert(&self, trees, values, live, faults);
+                Err(Box::new(Failure {
+                    error,
+                    reverted,
+                    dead,
+                }))
+            }
+        }
+    }
+
+    /// [`PendingWrites::apply`]'s writes, each noted in `applied` as it is made.
+    fn write(
+        &mut self,
+        trees: &Trees,
+        values: &mut Appender,
+        live: &mut LiveBytes,
+        faults: &Faults,
+        applied: &mut Applied,
+    ) -> Result<Vec<u32>, JournalError> {
+        let raw = std::mem::take(&mut self.raw).into_pointers(Kind::Raw, values)?;
         let mut records = Writes::default();
         for (id, tx) in &self.records {
             records.insert(
@@ -1102,33 +1360,35 @@ impl PendingWrites {
             records.remove(id.to_key());
         }
         let records = records.into_pointers(Kind::Tx, values)?;
-        let steps = self.steps.into_pointers(Kind::Step, values)?;
+        applied.steps = std::mem::take(&mut self.steps).into_pointers(Kind::Step, values)?;
         values.write_out()?;
         faults.fire(FaultPoint::AfterValues)?;
         let mut added = HashMap::new();
-        for writes in [&raw, &records, &steps] {
+        for writes in [&raw, &records, &applied.steps] {
             writes.added(&mut added);
         }
         let active = values.active_segment();
         // Counted before anything points at them: a segment is never found dead while a
         // pointer into it is being written.
         let mut dead = live.add(&added, active);
+        applied.added = Some(added);
         let mut released = HashMap::new();
         let mut slots: BTreeMap<u64, Slot> = BTreeMap::new();
         let new_from = self.new_from.map_or(u64::MAX, |id| id.0);
+        let before = &mut applied.slots;
         let mut release = |ptr: Option<Ptr>| {
             if let Some(old) = ptr {
                 *released.entry(old.segment).or_default() -= i64::from(old.len);
             }
         };
         for (key, ptr) in raw.writes {
-            if let Some(slot) = slot_of(&mut slots, trees, new_from, &key)? {
+            if let Some(slot) = slot_of(&mut slots, before, trees, new_from, &key)? {
                 release(slot.raw);
                 slot.raw = ptr;
             }
         }
         for (key, ptr) in records.writes {
-            let Some(slot) = slot_of(&mut slots, trees, new_from, &key)? else {
+            let Some(slot) = slot_of(&mut slots, before, trees, new_from, &key)? else {
                 continue;
             };
             release(slot.record);
@@ -1147,14 +1407,160 @@ impl PendingWrites {
         // Indexes before slots: if a crash cuts this short, replay finds the old record still
         // there and can remove what it indexed.
         faults.sled()?;
-        self.by_control.apply(&trees.by_control)?;
-        self.by_origin.apply(&trees.by_origin)?;
+        self.by_control
+            .apply(&trees.by_control, &mut applied.by_control)?;
+        self.by_origin
+            .apply(&trees.by_origin, &mut applied.by_origin)?;
         faults.fire(FaultPoint::Slots)?;
+        applied.slots_written = true;
         trees.slots.write(&slots)?;
-        steps.apply(&trees.steps, &mut released)?;
+        applied
+            .steps
+            .apply(&trees.steps, &mut released, &mut applied.steps_before)?;
         faults.fire(FaultPoint::Sled)?;
-        counts.add(self.stats_deltas);
         dead.extend(live.add(&released, active));
-        Ok((dead, self.records))
+        Ok(dead)
+    }
+}
+
+/// What [`PendingWrites::apply`] has written so far: enough to take a failed batch back.
+#[derive(Default)]
+struct Applied {
+    /// Where the batch's records start in the value log.
+    start: super::values::Position,
+    /// The slot table's end before the batch: the slots of the ids it creates start there.
+    slots_end: u64,
+    /// The live bytes the batch counted, once counted.
+    added: Option<HashMap<u32, i64>>,
+    /// The slots of earlier transactions that the batch changes, as they were.
+    slots: BTreeMap<u64, Slot>,
+    /// The slot table may hold some of the batch's slots.
+    slots_written: bool,
+    /// What the `by_control` entries written held before, in the order written.
+    by_control: Vec<Option<sled::IVec>>,
+    /// The same for `by_origin`.
+    by_origin: Vec<Option<sled::IVec>>,
+    /// The batch's step pointers, and what their keys held before.
+    steps: PointerWrites,
+    steps_before: Vec<Option<sled::IVec>>,
+}
+
+/// A batch written: the segments it left unreferenced (deleted after the next checkpoint), and
+/// its records as written.
+type Written = (Vec<u32>, HashMap<TxId, Transaction>);
+
+/// A batch that failed, and how far it was taken back.
+struct Failure {
+    error: JournalError,
+    reverted: Reverted,
+    /// Segments that the batch's live bytes, taken back, leave unreferenced.
+    dead: Vec<u32>,
+}
+
+/// How far a failed batch was taken back.
+pub(super) enum Reverted {
+    /// All of it: the journal is as before the batch.
+    Done,
+    /// All but sled's entries, because sled fails too (the journal must not write until they
+    /// are put back).
+    Sled(JournalError),
+    /// Not all: the value log or the slots may still hold the batch (a restart's replay and
+    /// repair put that right; the journal must not write until then).
+    Not(JournalError),
+}
+
+impl Applied {
+    /// Takes back what the batch wrote: the slots (first, so that no reader follows a pointer
+    /// into what is cut next), the records in the value log (cut off, durably, before the
+    /// batch's senders hear "not stored"), the live bytes, then sled's entries (put back as
+    /// they were, and flushed).
+    fn revert(
+        self,
+        pending: &PendingWrites,
+        trees: &Trees,
+        values: &mut Appender,
+        live: &mut LiveBytes,
+        faults: &Faults,
+    ) -> (Reverted, Vec<u32>) {
+        let mut undo = SledUndo::default();
+        let keys = |writes: &Writes| writes.0.iter().map(|(key, _)| key.clone()).collect();
+        undo.push(
+            UndoTree::ByControl,
+            keys(&pending.by_control),
+            self.by_control,
+        );
+        undo.push(UndoTree::ByOrigin, keys(&pending.by_origin), self.by_origin);
+        let step_keys = self.steps.writes.iter().map(|(key, _)| key.clone());
+        undo.push(UndoTree::Steps, step_keys.collect(), self.steps_before);
+        let mut failed = None;
+        if self.slots_written {
+            let restored = trees
+                .slots
+                .write(&self.slots)
+                .and_then(|()| trees.slots.truncate(self.slots_end));
+            failed = restored.err();
+        }
+        if let Err(e) = values.discard_from(self.start) {
+            failed.get_or_insert(e);
+        }
+        let mut dead = Vec::new();
+        if let Some(added) = self.added {
+            let taken_back: HashMap<u32, i64> = added.into_iter().map(|(s, n)| (s, -n)).collect();
+            // No segment is being appended to any more: the next record starts a new one.
+            dead = live.add(&taken_back, u32::MAX);
+        }
+        if let Some(e) = failed {
+            return (Reverted::Not(e), dead);
+        }
+        if !undo.is_empty() {
+            if let Err(e) = undo.apply(trees, faults) {
+                return (Reverted::Sled(e), dead);
+            }
+        }
+        (Reverted::Done, dead)
+    }
+}
+
+/// Which tree an undone sled entry is in.
+#[derive(Debug, Clone, Copy)]
+enum UndoTree {
+    ByControl,
+    ByOrigin,
+    Steps,
+}
+
+/// sled entries of a failed batch, with what they held before it, in the order written.
+#[derive(Default)]
+pub(super) struct SledUndo(Vec<(UndoTree, Vec<u8>, Option<sled::IVec>)>);
+
+impl SledUndo {
+    fn push(&mut self, tree: UndoTree, keys: Vec<Vec<u8>>, before: Vec<Option<sled::IVec>>) {
+        // Only the keys written: `before` stops where a write failed.
+        for (key, old) in keys.into_iter().zip(before) {
+            self.0.push((tree, key, old));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Puts every entry back as it was (newest first, so a key written twice ends as it was
+    /// first), then flushes sled so that a crash cannot bring the batch's entries back.
+    fn apply(&self, trees: &Trees, faults: &Faults) -> Result<(), JournalError> {
+        faults.sled()?;
+        for (tree, key, old) in self.0.iter().rev() {
+            let tree = match tree {
+                UndoTree::ByControl => &trees.by_control,
+                UndoTree::ByOrigin => &trees.by_origin,
+                UndoTree::Steps => &trees.steps,
+            };
+            match old {
+                Some(old) => tree.insert(key.as_slice(), old.clone())?,
+                None => tree.remove(key.as_slice())?,
+            };
+        }
+        trees.db.flush()?;
+        Ok(())
     }
 }
