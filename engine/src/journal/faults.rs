@@ -134,6 +134,20 @@ impl Faults {
         }
         Ok(())
     }
+
+    /// An attempt to reopen sled: fails while armed `Sled` failures remain, else ends an
+    /// injected sled failure.
+    pub fn reopen_sled(&self) -> Result<(), JournalError> {
+        let mut state = self.state();
+        if state.sled_down {
+            if let Some((FaultPoint::Sled, n)) = state.armed {
+                state.armed = (n > 1).then_some((FaultPoint::Sled, n - 1));
+                return Err(injected(FaultPoint::Sled));
+            }
+        }
+        state.sled_down = false;
+        Ok(())
+    }
 }
 
 /// Release builds: nothing to arm, nothing ever fails.
@@ -157,6 +171,11 @@ impl Faults {
 
     #[inline(always)]
     pub fn sled(&self) -> Result<(), JournalError> {
+        Ok(())
+    }
+
+    #[inline(always)]
+    pub fn reopen_sled(&self) -> Result<(), JournalError> {
         Ok(())
     }
 }

@@ -638,7 +638,7 @@ async fn a_journal_with_inline_values_is_moved_into_the_value_log_at_open() {
     let (journal, _) = open(dir.path());
     assert_eq!(journal.get(TxId(7)).unwrap().unwrap(), tx);
     assert_eq!(journal.raw(TxId(7)).unwrap().unwrap(), raw);
-    assert!(!journal.trees.db.tree_names().iter().any(|n| [
+    assert!(!journal.trees().db.tree_names().iter().any(|n| [
         &b"tx"[..],
         b"raw",
         b"tx_ptr",
@@ -923,7 +923,7 @@ async fn a_journal_with_pointer_trees_moves_them_into_the_slots_at_open() {
         journal.ids_with_status(Status::Delivered, 10).unwrap(),
         vec![id]
     );
-    assert!(!journal.trees.db.tree_names().iter().any(|n| [
+    assert!(!journal.trees().db.tree_names().iter().any(|n| [
         &b"tx_ptr"[..],
         b"raw_ptr",
         b"by_time",
@@ -1064,9 +1064,9 @@ async fn records_lost_in_a_power_cut_roll_back_at_open_and_the_resend_is_taken()
     let unacked = journal.append(resent.clone()).await.unwrap().id;
     // Where the lost part of the log starts: the status update of the first message (its
     // step and record) and everything of the second.
-    let slot = |id| journal.trees.slots.get(id).unwrap();
+    let slot = |id| journal.slots.get(id).unwrap();
     let step_ptrs: Vec<Ptr> = journal
-        .trees
+        .trees()
         .steps
         .iter()
         .values()
@@ -1199,7 +1199,7 @@ async fn a_failed_batch_is_never_brought_back(point: faults::FaultPoint) {
     // Where a restart's replay starts if the engine stops without a checkpoint after this:
     // what the disk holds after a crash (or when the full disk fails the checkpoints too).
     let checkpoint = journal
-        .trees
+        .trees()
         .segments
         .get(replay::CHECKPOINT_KEY)
         .unwrap()
@@ -1220,6 +1220,15 @@ async fn a_failed_batch_is_never_brought_back(point: faults::FaultPoint) {
     let err = a.unwrap_err();
     assert!(err.storage_full(), "{err}");
     let mut before = before;
+    if point == faults::FaultPoint::Sled {
+        // sled fails every write from then on, until it is reopened: the writer does that on
+        // its own (once there is room), and puts back what the batch wrote to it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while journal.prune(Vec::new()).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "sled never came back");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
     if point == faults::FaultPoint::Fsync {
         // What the kernel kept is unknown (fsyncgate): the batch is cut off the log and rolled
         // back as after a power cut (once the writer notices, within a checkpoint interval),
@@ -1295,6 +1304,89 @@ async fn a_batch_whose_slots_failed_is_never_brought_back() {
 }
 
 #[tokio::test]
+async fn a_batch_whose_sled_write_failed_is_never_brought_back() {
+    a_failed_batch_is_never_brought_back(faults::FaultPoint::Sled).await;
+}
+
+#[tokio::test]
 async fn a_batch_whose_fsync_failed_is_never_brought_back() {
     a_failed_batch_is_never_brought_back(faults::FaultPoint::Fsync).await;
+}
+
+/// Waits (10 s at most) until the journal's trouble is as `wanted` says.
+async fn until_unwritable(journal: &Journal, wanted: impl Fn(Option<Unwritable>) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !wanted(journal.unwritable()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {:?}",
+            journal.unwritable()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_journal_that_cannot_write_says_why_and_writes_again_on_its_own() {
+    use faults::FaultPoint;
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    journal.append(message("A1", "LAB")).await.unwrap();
+    assert_eq!(journal.unwritable(), None);
+
+    // A batch failed: said at once, and the next one is tried as usual.
+    journal.fail_next_writes(FaultPoint::Slots, 1);
+    let refused = journal.append(message("A2", "LAB")).await.unwrap_err();
+    assert!(refused.storage_full(), "{refused}");
+    let problem = journal.unwritable().expect("says why");
+    assert!(
+        problem.storage_full && !problem.restart_needed,
+        "{problem:?}"
+    );
+    assert!(
+        problem
+            .reason
+            .starts_with("the journal cannot store messages: the data dir's filesystem is full"),
+        "{problem:?}"
+    );
+    journal.append(message("A3", "LAB")).await.unwrap();
+    assert_eq!(journal.unwritable(), None);
+
+    // With nothing to write (a pod out of its Service gets no traffic), the writer finds out
+    // on its own that it can write again.
+    journal.fail_next_writes(FaultPoint::AfterValues, 1);
+    journal.append(message("A4", "LAB")).await.unwrap_err();
+    assert!(journal.unwritable().is_some());
+    until_unwritable(&journal, |u| u.is_none()).await;
+
+    // sled down: every write refused at once until the writer has reopened it, on its own.
+    journal.fail_next_writes(FaultPoint::Sled, 2);
+    journal.append(message("A5", "LAB")).await.unwrap_err();
+    let problem = journal.unwritable().expect("says why");
+    assert!(
+        problem.storage_full && !problem.restart_needed,
+        "{problem:?}"
+    );
+    let refused = journal.append(message("A6", "LAB")).await.unwrap_err();
+    assert!(refused.storage_full(), "{refused}");
+    until_unwritable(&journal, |u| u.is_none()).await;
+    journal.append(message("A7", "LAB")).await.unwrap();
+
+    // A failed fsync: only a restart helps.
+    journal.fail_next_writes(FaultPoint::Fsync, 1);
+    journal.append(message("A8", "LAB")).await.unwrap_err();
+    until_unwritable(&journal, |u| u.is_some_and(|u| u.restart_needed)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    journal.append(message("A9", "LAB")).await.unwrap_err();
+    journal.close();
+    drop(journal);
+
+    let (journal, _) = open(dir.path());
+    assert_eq!(journal.unwritable(), None);
+    let stored: Vec<String> = snapshot(&journal)
+        .into_iter()
+        .rev()
+        .filter_map(|(tx, _, _)| tx.meta.control_id)
+        .collect();
+    assert_eq!(stored, ["A1", "A3", "A7"]);
 }

@@ -230,9 +230,20 @@ impl ValueLog {
     /// Creates segment `segment` under a temporary name, full of zeros and fsynced; the
     /// appender renames it when it gets there.
     /// On a full disk the half-made file is removed again: left behind, it would hold the
-    /// last free space that the slots and sled need.
+    /// last free space that the slots and sled need. Refused at once when the filesystem says
+    /// it has not the room (each batch tries again while the disk is full).
     fn prepare(&self, segment: u32) -> std::io::Result<File> {
         static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        if crate::data_dir::free_bytes(&self.dir).is_some_and(|free| free < self.segment_bytes) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "no room for a new value-log segment of {} MiB in {}",
+                    self.segment_bytes >> 20,
+                    self.dir.display()
+                ),
+            ));
+        }
         let path = self.prepared_path(segment);
         let file = OpenOptions::new()
             .create(true)
@@ -458,6 +469,11 @@ impl Appender {
             touched: Vec::new(),
             next,
         })
+    }
+
+    /// The log this appends to.
+    pub fn log(&self) -> Arc<ValueLog> {
+        self.log.clone()
     }
 
     /// The segment being appended to (never deleted, whatever its count says).

@@ -16,6 +16,13 @@
 //! Nothing of this costs the batches that succeed a system call: what each write replaced is
 //! returned by the write itself. An `fdatasync` that fails is another matter ([`SyncGate`]):
 //! the unsynced batches are cut off too, and the journal halts until a restart.
+//!
+//! Until it writes again the writer says why ([`Trouble`], published for `/ready`), and gets
+//! over it on its own once the disk has room: after a failed batch the next one is simply
+//! tried (and an idle writer checks with a checkpoint); but sled 0.34 fails every write after
+//! one I/O error until it is opened again, so then the writer refuses everything, reopens sled
+//! in place ([`Writer::reopen_sled`]: what a restart would do, without one) and puts back the
+//! failed batch's sled entries.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -120,7 +127,7 @@ const COMPACT_BELOW: f64 = 0.5;
 
 /// Owned by the writer thread.
 pub(super) struct Writer {
-    pub trees: Trees,
+    pub trees: Option<Trees>,
     /// The value log's only appender.
     pub values: Appender,
     /// sled's log file, opened separately so that it can be fsynced after sled's flush.
@@ -151,11 +158,80 @@ pub(super) struct Writer {
     pub counts: ChannelCounts,
     /// The test hook (empty in release builds).
     pub faults: Arc<Faults>,
+    /// The slot table (also in [`Writer::trees`], which sled's reopening takes away a moment).
+    pub slots: Arc<super::slots::Slots>,
     /// The value log's fsyncs, the flusher's and the checkpoints', and whether one failed.
     pub gate: Arc<SyncGate>,
-    /// Set when a failed write could not be taken back whole, or an fsync failed: every
-    /// command is refused until a restart.
-    pub halted: Option<JournalError>,
+    /// Why the writer is not writing as usual, if it is not (see [`Trouble`]).
+    pub trouble: Option<Trouble>,
+    /// When the writer last tried to get over its trouble on its own.
+    pub last_try: Instant,
+    /// Where [`Writer::trouble`] is published, for `/ready`.
+    pub health: Arc<Health>,
+    /// The journal's dir (for its free space).
+    pub path: std::path::PathBuf,
+    /// To reopen sled with ([`Writer::reopen_sled`]), and where the trees are shared with the
+    /// journal's readers.
+    pub sled_config: sled::Config,
+    pub shared: Arc<std::sync::RwLock<Option<Trees>>>,
+}
+
+/// The message of [`Writer::trees`].
+const SLED_OPEN: &str = "sled is open whenever the writer writes";
+
+/// How often the writer tries on its own to get over a failure.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Free space the writer waits for before it tries again after a failure: a new value-log
+/// segment (created full), and as much again for the slots and sled. (`/ready` asks the same.)
+const RECOVER_FREE_BYTES: u64 = 2 * super::values::SEGMENT_BYTES;
+
+/// Why the writer is not writing as usual.
+pub(super) enum Trouble {
+    /// A batch failed and was taken back whole: the next one is tried as usual, and an idle
+    /// writer checks on its own, once there is room on the disk, that a checkpoint works.
+    Failed(JournalError),
+    /// sled failed, and sled 0.34 fails every write after an I/O error until it is opened
+    /// again: commands are refused until the writer has reopened it and put back what the
+    /// failed batch wrote to it ([`Writer::reopen_sled`]), once there is room on the disk.
+    SledDown { error: JournalError, undo: SledUndo },
+    /// Only a restart helps: an fsync failed, or a failed batch could not be taken back.
+    Halted(JournalError),
+}
+
+/// Whether the writer can write, and if not why: published by the writer for `/ready`.
+#[derive(Default)]
+pub(super) struct Health(std::sync::Mutex<Option<super::Unwritable>>);
+
+impl Health {
+    pub fn get(&self) -> Option<super::Unwritable> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, trouble: Option<&Trouble>) {
+        let problem = trouble.map(|trouble| {
+            let (error, then) = match trouble {
+                Trouble::Failed(e) => (e, "it tries again with the next message"),
+                Trouble::SledDown { error, .. } => (
+                    error,
+                    "it reopens its index and writes again on its own once there is room",
+                ),
+                Trouble::Halted(e) => (e, "restart the engine (which repairs the journal)"),
+            };
+            let storage_full = error.storage_full();
+            let what = if storage_full {
+                "the data dir's filesystem is full"
+            } else {
+                "a write failed"
+            };
+            super::Unwritable {
+                reason: format!("the journal cannot store messages: {what} ({error}); {then}"),
+                storage_full,
+                restart_needed: matches!(trouble, Trouble::Halted(_)),
+            }
+        });
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
 }
 
 /// A reply to send once the batch is durable.
@@ -177,6 +253,101 @@ enum Reply {
 }
 
 impl Writer {
+    /// sled's trees, which the writer always has except while it waits to reopen sled (when
+    /// it writes nothing: see [`Writer::refusing`]).
+    fn trees(&self) -> &Trees {
+        self.trees.as_ref().expect(SLED_OPEN)
+    }
+
+    fn set_trouble(&mut self, trouble: Option<Trouble>) {
+        self.health.set(trouble.as_ref());
+        self.trouble = trouble;
+    }
+
+    /// The error every command gets now, if the writer refuses them (sled is down, or the
+    /// writer halted).
+    fn refusing(&self) -> Option<JournalError> {
+        match &self.trouble {
+            Some(Trouble::SledDown { error, .. } | Trouble::Halted(error)) => Some(error.clone()),
+            _ => None,
+        }
+    }
+
+    /// Gets over a failure on its own if it is time to try (every [`RETRY_EVERY`]) and there
+    /// is room on the disk: after a batch that failed, a checkpoint that works ends the trouble
+    /// (batches are tried meanwhile anyway); with sled down, sled is reopened.
+    fn try_to_recover(&mut self) {
+        let due = match &self.trouble {
+            Some(Trouble::Failed(_) | Trouble::SledDown { .. }) => {
+                self.last_try.elapsed() >= RETRY_EVERY
+            }
+            _ => false,
+        };
+        if !due {
+            return;
+        }
+        self.last_try = Instant::now();
+        let free = crate::data_dir::free_bytes(&self.path);
+        if free.is_some_and(|free| free < RECOVER_FREE_BYTES) {
+            return;
+        }
+        let recovered = match self.trouble.take() {
+            Some(Trouble::SledDown { error, undo }) => match self.reopen_sled(&undo) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "journal: sled could not be reopened yet");
+                    self.trouble = Some(Trouble::SledDown { error, undo });
+                    false
+                }
+            },
+            other => {
+                self.trouble = other;
+                match self.checkpoint() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.checkpoint_failed(e);
+                        false
+                    }
+                }
+            }
+        };
+        if recovered {
+            tracing::info!("journal: writes again");
+            self.set_trouble(None);
+        }
+    }
+
+    /// Reopens sled after it failed, as a restart would but without one: every handle to it
+    /// is let go (readers wait meanwhile: sled locks its files while one is open), sled opens
+    /// from what it had made durable, the value log replays what it lost since (the failed
+    /// batch is no longer in the log), the failed batch's entries are put back as they were,
+    /// and a checkpoint makes it all durable, with the writer's own live bytes and counts.
+    fn reopen_sled(&mut self, undo: &SledUndo) -> Result<(), JournalError> {
+        self.faults.reopen_sled()?;
+        let (values, slots) = (self.values.log(), self.slots.clone());
+        {
+            let mut shared = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            *shared = None;
+            self.trees = None;
+        }
+        let db = crate::sled_db::open(&self.sled_config)?;
+        let trees = super::trees_of(db, values, slots)?;
+        let replayed = super::replay::replay_records(&trees)?;
+        let put_back = undo.put_back(&trees);
+        *self.shared.write().unwrap_or_else(|e| e.into_inner()) = Some(trees.clone());
+        self.trees = Some(trees);
+        put_back?;
+        let trees = self.trees.as_ref().expect(SLED_OPEN);
+        self.live.persist_all(trees)?;
+        self.counts.persist_all(trees)?;
+        self.checkpoint()?;
+        tracing::info!(
+            records = replayed,
+            "journal: reopened sled after a failed write"
+        );
+        Ok(())
+    }
+
     /// Runs until every sender is dropped, then flushes one last time.
     pub fn run(mut self, rx: Receiver<Command>) {
         // Two stages: this thread applies batch N+1 while the flusher thread makes batch N
@@ -198,12 +369,13 @@ impl Writer {
                 Ok(cmd) => cmd,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     self.notice_failed_fsync();
-                    if self.halted.is_some() {
+                    self.try_to_recover();
+                    if self.refusing().is_some() {
                         continue;
                     }
                     // Idle: checkpoint what the last batches did; compact when it is time.
                     if self.dirty {
-                        self.checkpoint();
+                        self.checkpoint_now();
                     }
                     if self.last_compaction.elapsed() >= COMPACT_EVERY {
                         self.last_compaction = Instant::now();
@@ -224,7 +396,10 @@ impl Writer {
                 }
             }
             self.notice_failed_fsync();
-            if let Some(error) = self.halted.clone() {
+            if self.refusing().is_some() {
+                self.try_to_recover();
+            }
+            if let Some(error) = self.refusing() {
                 if jobs.send(self.refuse(&mut batch, error)).is_err() {
                     break;
                 }
@@ -244,34 +419,48 @@ impl Writer {
             if !batch.is_empty() && jobs.send(self.commit(&mut batch)).is_err() {
                 break;
             }
+            if let Some(error) = self.refusing() {
+                // The batch failed and sled with it: no compaction until it is back.
+                let mut refused = compactions
+                    .into_iter()
+                    .flatten()
+                    .map(|reply| Command::Compact { reply })
+                    .collect();
+                if jobs.send(self.refuse(&mut refused, error)).is_err() {
+                    break;
+                }
+                continue;
+            }
             for reply in compactions {
                 self.last_compaction = Instant::now();
                 if jobs.send(self.compact(reply)).is_err() {
                     break;
                 }
             }
-            if self.last_checkpoint.elapsed() >= super::values::CHECKPOINT_EVERY {
-                self.checkpoint();
+            if self.last_checkpoint.elapsed() >= super::values::CHECKPOINT_EVERY
+                && self.refusing().is_none()
+            {
+                self.checkpoint_now();
             }
         }
         drop(jobs);
         let _ = flusher.join();
         self.notice_failed_fsync();
-        if self.halted.is_some() {
+        if self.refusing().is_some() {
             // Left marked open, and with no checkpoint past what failed: the next open
             // replays and repairs (see `replay::repair_torn`).
             return;
         }
         // Shutting down: a last checkpoint, so a clean restart replays nothing; then the
         // journal is no longer marked open (see `replay::repair_torn`).
-        self.checkpoint();
+        let _ = self.checkpoint();
         if !self.dirty {
             let closed = self
-                .trees
+                .trees()
                 .segments
                 .remove(super::replay::OPEN_KEY)
                 .map_err(JournalError::from)
-                .and_then(|_| self.trees.db.flush().map_err(JournalError::from));
+                .and_then(|_| self.trees().db.flush().map_err(JournalError::from));
             if let Err(e) = closed {
                 tracing::warn!(error = %e, "journal: could not mark the journal closed");
             }
@@ -280,10 +469,10 @@ impl Writer {
 
     /// Stops writing until a restart: every command from now on is refused with `error`.
     fn halt(&mut self, error: JournalError, what: &str) {
-        if self.halted.is_none() {
+        if !matches!(self.trouble, Some(Trouble::Halted(_))) {
             tracing::error!(error = %error, "journal: {what}; no more writes until the engine restarts (which replays and repairs the journal)");
         }
-        self.halted = Some(error);
+        self.set_trouble(Some(Trouble::Halted(error)));
         // Never closed cleanly from now on: the next open repairs.
         self.dirty = true;
     }
@@ -294,7 +483,7 @@ impl Writer {
     /// replay brings them back, and the pointers into them rolled back as after a power cut;
     /// then the journal halts.
     fn notice_failed_fsync(&mut self) {
-        if self.halted.is_some() {
+        if matches!(self.trouble, Some(Trouble::Halted(_))) {
             return;
         }
         let Some((durable, error)) = self.gate.failed() else {
@@ -306,7 +495,10 @@ impl Writer {
             return;
         }
         self.recent.borrow_mut().clear();
-        if let Err(e) = super::replay::repair_torn(&self.trees, durable) {
+        let Some(trees) = &self.trees else {
+            return;
+        };
+        if let Err(e) = super::replay::repair_torn(trees, durable) {
             tracing::error!(error = %e, "journal: could not roll back the pointers to the batches cut off (a restart repairs them)");
         }
     }
@@ -346,44 +538,80 @@ impl Writer {
     /// writes to sled, after an fsync of every segment written since the last checkpoint: no
     /// pointer sled makes durable can point past what the log made durable, even across a
     /// power cut. Then the segments found dead since the last checkpoint are deleted.
-    fn checkpoint(&mut self) {
-        let result = (|| {
-            let position = self.values.position();
-            let touched = self.values.take_touched();
-            self.gate
-                .sync(&touched, self.fsync, position, Ok(()))
-                .map_err(|(_, e)| e)?;
-            if self.fsync {
-                self.trees.slots.sync()?;
-            }
-            self.faults.sled()?;
-            self.live.persist(&self.trees)?;
-            self.counts.persist(&self.trees)?;
-            self.trees.segments.insert(
-                super::replay::CHECKPOINT_KEY,
-                &super::values::position_bytes(position),
-            )?;
-            self.trees.db.flush()?;
-            if let Some(file) = &self.log_file {
-                file.sync_data()
-                    .map_err(|e| JournalError::Io(Arc::new(e)))?;
-            }
-            Ok::<_, JournalError>(position)
-        })();
+    fn checkpoint(&mut self) -> Result<(), JournalError> {
+        let result = self.write_checkpoint();
         self.last_checkpoint = Instant::now();
         match result {
             Ok(position) => {
                 self.checkpointed = position;
                 self.dirty = false;
-                for segment in self.dead_segments.drain(..) {
-                    if let Err(e) = self.trees.values.remove_segment(segment) {
+                for segment in std::mem::take(&mut self.dead_segments) {
+                    if let Err(e) = self.trees().values.remove_segment(segment) {
                         tracing::warn!(segment, error = %e, "could not delete a value-log segment");
                     }
                 }
+                Ok(())
             }
             // The log still has everything: replay covers it after a crash.
-            Err(e) => tracing::warn!(error = %e, "journal checkpoint failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "journal checkpoint failed");
+                Err(e)
+            }
         }
+    }
+
+    /// [`Writer::checkpoint`], as the writer does it every [`super::values::CHECKPOINT_EVERY`]:
+    /// one that fails is trouble too. sled fails every write after an I/O error (a flush on a
+    /// full disk), so it is reopened; anything else fails until a checkpoint works again.
+    fn checkpoint_now(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            self.checkpoint_failed(e);
+        }
+    }
+
+    fn checkpoint_failed(&mut self, error: JournalError) {
+        match error {
+            JournalError::Storage(_) => self.sled_down(error, SledUndo::default()),
+            // Noticed by `notice_failed_fsync`.
+            _ if self.gate.failed().is_some() => {}
+            _ => self.set_trouble(Some(Trouble::Failed(error))),
+        }
+    }
+
+    /// sled failed: nothing is written until it is reopened and `undo` put back (after what an
+    /// earlier failure left to put back, if any).
+    fn sled_down(&mut self, error: JournalError, mut undo: SledUndo) {
+        if let Some(Trouble::SledDown { undo: earlier, .. }) = self.trouble.take() {
+            let mut all = earlier;
+            all.0.append(&mut undo.0);
+            undo = all;
+        }
+        self.set_trouble(Some(Trouble::SledDown { error, undo }));
+    }
+
+    fn write_checkpoint(&mut self) -> Result<super::values::Position, JournalError> {
+        let position = self.values.position();
+        let touched = self.values.take_touched();
+        self.gate
+            .sync(&touched, self.fsync, position, Ok(()))
+            .map_err(|(_, e)| e)?;
+        let trees = self.trees.as_ref().expect(SLED_OPEN);
+        if self.fsync {
+            trees.slots.sync()?;
+        }
+        self.faults.sled()?;
+        self.live.persist(trees)?;
+        self.counts.persist(trees)?;
+        trees.segments.insert(
+            super::replay::CHECKPOINT_KEY,
+            &super::values::position_bytes(position),
+        )?;
+        trees.db.flush()?;
+        if let Some(file) = &self.log_file {
+            file.sync_data()
+                .map_err(|e| JournalError::Io(Arc::new(e)))?;
+        }
+        Ok(position)
     }
 
     /// Moves what is still referenced in the emptiest old segment to the end of the log; the
@@ -412,7 +640,7 @@ impl Writer {
         let Some(segment) = self.compaction_candidate()? else {
             return Ok(None);
         };
-        self.trees.values.scan(segment, 0, |record| {
+        self.trees().values.scan(segment, 0, |record| {
             if record.tombstone {
                 return Ok(());
             }
@@ -421,7 +649,7 @@ impl Writer {
                     let Some(id) = TxId::from_key(&record.key) else {
                         return Ok(());
                     };
-                    let slot = self.trees.slots.get(id)?;
+                    let slot = self.trees().slots.get(id)?;
                     match (record.kind, slot.status) {
                         (_, None) => None,
                         (Kind::Raw, _) => slot.raw,
@@ -429,7 +657,7 @@ impl Writer {
                     }
                 }
                 Kind::Step => self
-                    .trees
+                    .trees()
                     .steps
                     .get(&record.key)?
                     .as_deref()
@@ -465,7 +693,7 @@ impl Writer {
             if segment >= self.checkpointed.0 {
                 continue;
             }
-            let size = self.trees.values.segment_len(segment);
+            let size = self.trees().values.segment_len(segment);
             if size == 0 {
                 continue;
             }
@@ -482,7 +710,7 @@ impl Writer {
         self.dirty = true;
         let new_from = pending.new_from;
         let applied = pending.apply(
-            &self.trees,
+            self.trees.as_ref().expect(SLED_OPEN),
             &mut self.values,
             &mut self.live,
             &self.counts,
@@ -504,9 +732,11 @@ impl Writer {
                             self.next_id.set(id.0);
                         }
                         tracing::warn!(error = %error, "journal: a write failed; the batch was taken back and its senders told to resend");
+                        self.set_trouble(Some(Trouble::Failed(error.clone())));
                     }
-                    Reverted::Sled(e) => {
-                        self.halt(e, "a write failed and sled cannot take it back")
+                    Reverted::Sled(undo, e) => {
+                        tracing::warn!(error = %error, sled = %e, "journal: a write failed and sled fails too; the batch was taken back but in sled, which is reopened once there is room");
+                        self.sled_down(e, undo);
                     }
                     Reverted::Not(e) => self.halt(e, "a write failed and could not be taken back"),
                 }
@@ -514,6 +744,10 @@ impl Writer {
             }
         };
         self.dead_segments.extend(dead);
+        if matches!(self.trouble, Some(Trouble::Failed(_))) {
+            tracing::info!("journal: writes again");
+            self.set_trouble(None);
+        }
         let mut recent = self.recent.borrow_mut();
         recent.extend(records);
         while recent.len() > RECENT_RECORDS {
@@ -596,7 +830,7 @@ impl Writer {
             let earlier = match pending.first_by_origin.get(key) {
                 Some(id) => Some(*id),
                 None => self
-                    .trees
+                    .trees()
                     .by_origin
                     .get(key.as_bytes())?
                     .and_then(|v| TxId::from_key(&v)),
@@ -623,7 +857,7 @@ impl Writer {
             let recent = self.recent.borrow_mut().remove(&id);
             let tx = match recent {
                 Some(tx) => tx,
-                None => self.trees.tx(id)?.ok_or(JournalError::NotFound(id))?,
+                None => self.trees().tx(id)?.ok_or(JournalError::NotFound(id))?,
             };
             slot.insert(tx);
         }
@@ -640,7 +874,7 @@ impl Writer {
         let raw = match pending.raw.latest(&of.to_key()) {
             Some(raw) => raw,
             None => self
-                .trees
+                .trees()
                 .raw(of)?
                 .ok_or_else(|| JournalError::Corrupt(format!("transaction {of}: body pruned")))?,
         };
@@ -682,7 +916,7 @@ impl Writer {
         }
         let channels: Vec<String> = tx.channel_names().iter().map(|c| c.to_string()).collect();
         let step_keys: Vec<sled::IVec> = self
-            .trees
+            .trees()
             .steps
             .scan_prefix(id.to_key())
             .keys()
@@ -696,7 +930,9 @@ impl Writer {
                 // Step outputs are FHIR made from the body: PHI too. Keep what ran and how it
                 // ended.
                 for key in step_keys {
-                    if let Some(bytes) = self.trees.value(&self.trees.steps, Kind::Step, &key)? {
+                    if let Some(bytes) =
+                        self.trees().value(&self.trees().steps, Kind::Step, &key)?
+                    {
                         if let Ok(mut step) = serde_json::from_slice::<Step>(&bytes) {
                             step.output = None;
                             step.logs.clear();
@@ -821,7 +1057,7 @@ impl Writer {
         sender: &str,
     ) -> Result<Option<TxId>, JournalError> {
         for entry in self
-            .trees
+            .trees()
             .by_control
             .scan_prefix(keys::control_prefix(control_id))
         {
@@ -846,7 +1082,7 @@ impl Writer {
             let tx = pending.records.get_mut(&id).expect("loaded above");
             let next = match tx.step_count {
                 Some(n) => n,
-                None => self.trees.steps.scan_prefix(id.to_key()).count() as u32,
+                None => self.trees().steps.scan_prefix(id.to_key()).count() as u32,
             };
             tx.step_count = Some(next + steps.len() as u32);
             for (n, step) in steps.iter().enumerate() {
@@ -1461,9 +1697,9 @@ struct Failure {
 pub(super) enum Reverted {
     /// All of it: the journal is as before the batch.
     Done,
-    /// All but sled's entries, because sled fails too (the journal must not write until they
-    /// are put back).
-    Sled(JournalError),
+    /// All but sled's entries, because sled fails too: to put back once it works again (until
+    /// then the journal must not write).
+    Sled(SledUndo, JournalError),
     /// Not all: the value log or the slots may still hold the batch (a restart's replay and
     /// repair put that right; the journal must not write until then).
     Not(JournalError),
@@ -1514,7 +1750,7 @@ impl Applied {
         }
         if !undo.is_empty() {
             if let Err(e) = undo.apply(trees, faults) {
-                return (Reverted::Sled(e), dead);
+                return (Reverted::Sled(undo, e), dead);
             }
         }
         (Reverted::Done, dead)
@@ -1545,10 +1781,19 @@ impl SledUndo {
         self.0.is_empty()
     }
 
-    /// Puts every entry back as it was (newest first, so a key written twice ends as it was
-    /// first), then flushes sled so that a crash cannot bring the batch's entries back.
+    /// [`SledUndo::put_back`], then a flush of sled, so that a crash cannot bring the batch's
+    /// entries back.
     fn apply(&self, trees: &Trees, faults: &Faults) -> Result<(), JournalError> {
         faults.sled()?;
+        self.put_back(trees)?;
+        faults.sled()?;
+        trees.db.flush()?;
+        Ok(())
+    }
+
+    /// Puts every entry back as it was (newest first, so that a key written twice ends as it
+    /// was first).
+    fn put_back(&self, trees: &Trees) -> Result<(), JournalError> {
         for (tree, key, old) in self.0.iter().rev() {
             let tree = match tree {
                 UndoTree::ByControl => &trees.by_control,
@@ -1560,7 +1805,6 @@ impl SledUndo {
                 None => tree.remove(key.as_slice())?,
             };
         }
-        trees.db.flush()?;
         Ok(())
     }
 }
