@@ -920,3 +920,78 @@ async fn on_delivery_answers_with_an_application_ack() {
         transaction_by_control_id(&engine, id).await;
     }
 }
+
+/// `/ready`: status and JSON body.
+async fn ready(engine: &Engine) -> (u16, serde_json::Value) {
+    let resp = reqwest::get(engine.url("/ready")).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// The journal cannot write (the data dir's filesystem is full; here the debug build's test
+/// hook, `ORBITER_TEST_JOURNAL_FAULTS`, makes sled fail as it does on a full disk): the sender
+/// hears AR "not stored", `/ready` says why (so Kubernetes sends the traffic elsewhere), the
+/// engine writes again on its own, without a restart, and the refused copies never come back,
+/// not even after a crash: each resend is the one copy.
+#[tokio::test]
+async fn a_journal_that_cannot_write_refuses_says_why_and_writes_again_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let trigger = dir.path().join("journal-faults");
+    let mut env = default_channels();
+    env.push((
+        "ORBITER_TEST_JOURNAL_FAULTS".into(),
+        trigger.display().to_string(),
+    ));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut engine = Engine::start(&dir.path().join("data"), &env);
+    let mut c = client(&engine).await;
+    let (code, _, text) = ack_fields(&c.send(&adt("FULL1")).await.unwrap());
+    assert_eq!(code, "AA", "{text}");
+    assert_eq!(settled(&engine, "FULL1").await["status"], "delivered");
+
+    // sled fails on the next write and stays failed (as after a write on a full disk); the
+    // next three attempts to reopen it fail too.
+    std::fs::write(&trigger, "sled 4").unwrap();
+    let (code, control, text) = ack_fields(&c.send(&adt("FULL2")).await.unwrap());
+    assert_eq!((code.as_str(), control.as_str()), ("AR", "FULL2"), "{text}");
+    assert!(text.contains("filesystem is full"), "{text}");
+    let (status, body) = ready(&engine).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["journal_unwritable"], true, "{body}");
+    let reason = body["checks"]["journal_error"].as_str().unwrap();
+    assert!(
+        reason.starts_with("the journal cannot store messages: the data dir's filesystem is full"),
+        "{body}"
+    );
+    // Refused at once meanwhile.
+    let (code, _, text) = ack_fields(&c.send(&adt("FULL3")).await.unwrap());
+    assert_eq!(code, "AR", "{text}");
+
+    // Back on its own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = ready(&engine).await;
+        if status == 200 {
+            assert_eq!(body["checks"]["journal_unwritable"], false, "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The senders resend.
+    for id in ["FULL2", "FULL3", "FULL4"] {
+        let (code, _, text) = ack_fields(&c.send(&adt(id)).await.unwrap());
+        assert_eq!(code, "AA", "{text}");
+        assert_eq!(settled(&engine, id).await["status"], "delivered");
+    }
+
+    // A crash (no last checkpoint): what a restart replays holds no refused copy.
+    drop(c);
+    engine.kill();
+    engine.restart();
+    for id in ["FULL1", "FULL2", "FULL3", "FULL4"] {
+        let tx = transaction_by_control_id(&engine, id).await;
+        assert_eq!(tx["status"], "delivered", "{tx}");
+        assert_eq!(tx["duplicate_of"], serde_json::Value::Null, "{tx}");
+    }
+}

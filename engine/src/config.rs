@@ -559,13 +559,15 @@ fn apply_env(tree: &mut serde_json::Value, vars: &[(String, String)]) -> Result<
     Ok(())
 }
 
-/// `ORBITER_…` variables of Orbiter's other tools, which the engine does not read.
+/// `ORBITER_…` variables of Orbiter's other tools, which the engine does not read, and of the
+/// test hooks of debug builds.
 const OTHER_TOOLS_VARS: &[&str] = &[
     "ORBITER_API_URL",
     "ORBITER_MEDIATOR_TOKEN",
     "ORBITER_BIN",
     "ORBITER_BUILD_STRIP",
     "ORBITER_FHIR_PYTHON",
+    crate::journal::faults::TRIGGER_ENV,
 ];
 
 /// An `ORBITER_…` variable that is set but names no configuration key (a typo such as

@@ -209,7 +209,7 @@ impl Intake {
                     let error = AckError {
                         code: ErrorCode::ApplicationInternalError,
                         location: None,
-                        text: "message not stored; please resend".into(),
+                        text: e.not_stored().into(),
                         severity: Severity::Error,
                     };
                     (AckCode::Reject, Some(error), None, false)

@@ -107,8 +107,8 @@ pub fn record_outcome(journal: &Journal, caller: &Caller, what: AuditAction<'_>,
         detail: what.detail,
         outcome: outcome.to_string(),
     };
-    let tree = journal.audit_tree();
     let written = (|| -> Result<(), String> {
+        let tree = journal.audit_tree().map_err(|e| e.to_string())?;
         let seq = journal.generate_id().map_err(|e| e.to_string())?;
         let value = serde_json::to_vec(&event).map_err(|e| e.to_string())?;
         tree.insert(key(at_ms, seq), value)
@@ -160,7 +160,7 @@ fn key(at_ms: i64, seq: u64) -> [u8; 16] {
 /// Deletes the audit events recorded before `cutoff_ms` (Unix ms), oldest first, and flushes;
 /// returns how many went. Blocking: run it on the blocking pool.
 pub fn prune_before(journal: &Journal, cutoff_ms: i64) -> Result<usize, String> {
-    let tree = journal.audit_tree();
+    let tree = journal.audit_tree().map_err(|e| e.to_string())?;
     let end = key(cutoff_ms, 0);
     let mut removed = 0;
     for entry in tree.range(..end) {
@@ -250,7 +250,8 @@ pub fn list(journal: &Journal, query: &AuditQuery) -> Result<AuditPage, String> 
     let mut items = Vec::new();
     let mut last_key: Option<Vec<u8>> = None;
     let mut more = false;
-    for (scanned, entry) in journal.audit_tree().range(start..end).rev().enumerate() {
+    let tree = journal.audit_tree().map_err(|e| e.to_string())?;
+    for (scanned, entry) in tree.range(start..end).rev().enumerate() {
         let (k, v) = entry.map_err(|e| e.to_string())?;
         if items.len() == limit || scanned == MAX_SCAN {
             more = true;
@@ -428,7 +429,7 @@ mod tests {
     fn retention_deletes_only_events_older_than_its_cutoff() {
         let dir = tempfile::tempdir().unwrap();
         let journal = open_journal(dir.path());
-        let tree = journal.audit_tree();
+        let tree = journal.audit_tree().unwrap();
         let event = |target: &str| {
             serde_json::to_vec(&json!({
                 "at": "", "actor": "a", "roles": [], "action": "rerun",

@@ -125,7 +125,7 @@ impl ApiClients {
     /// Loads every client from the journal.
     pub fn open(journal: &Journal) -> Result<ApiClients, ClientError> {
         let mut index = Index::default();
-        for entry in journal.clients_tree().iter() {
+        for entry in journal.clients_tree()?.iter() {
             let (_, value) = entry?;
             let record: ClientRecord =
                 serde_json::from_slice(&value).map_err(|e| ClientError::Corrupt(e.to_string()))?;
@@ -193,7 +193,7 @@ impl ApiClients {
             if index.by_name.contains_key(name) {
                 return Err(ClientError::Exists);
             }
-            let swapped = self.journal.clients_tree().compare_and_swap(
+            let swapped = self.journal.clients_tree()?.compare_and_swap(
                 name.as_bytes(),
                 None as Option<&[u8]>,
                 Some(bytes),
@@ -218,7 +218,7 @@ impl ApiClients {
                 return Err(ClientError::NotFound);
             };
             index.by_digest.remove(&digest);
-            self.journal.clients_tree().remove(name.as_bytes())?;
+            self.journal.clients_tree()?.remove(name.as_bytes())?;
         }
         self.journal.flush_side_trees()?;
         Ok(())
@@ -398,7 +398,7 @@ mod tests {
             Err(ClientError::Exists)
         ));
         // Stored: the digest, never the token.
-        for entry in j.clients_tree().iter() {
+        for entry in j.clients_tree().unwrap().iter() {
             let (_, v) = entry.unwrap();
             let text = String::from_utf8(v.to_vec()).unwrap();
             assert!(!text.contains(&token[4..]) && !text.contains(&other[4..]));

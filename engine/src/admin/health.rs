@@ -18,12 +18,16 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready to take messages: the journal is open with room to grow (see [`MIN_FREE_BYTES`]),
-/// and the CDR answers if a channel in ACK mode
+/// Ready to take messages: the journal is open and can write (after a failed write, a full disk,
+/// it says why until it writes again: `journal_unwritable`), with room to grow (see
+/// [`MIN_FREE_BYTES`]), and the CDR answers if a channel in ACK mode
 /// `on-delivery` writes to it (in `on-commit` mode messages queue durably while the CDR is down,
 /// so an outage must not take the engine out of its Service).
 async fn ready(state: web::Data<AdminState>) -> HttpResponse {
     let journal = state.journal.is_open();
+    // It cannot store messages (they get "not stored, resend") until it writes again, which
+    // it finds out on its own once there is room (or, after a failed fsync, a restart).
+    let unwritable = state.journal.unwritable();
     let set = state.channels.current();
     // The embedded CDR after a write failed half way takes no writes until a restart.
     let cdr_halted = state.cdr.as_ref().is_some_and(|cdr| cdr.halted());
@@ -39,11 +43,14 @@ async fn ready(state: web::Data<AdminState>) -> HttpResponse {
     });
     let free = crate::data_dir::free_bytes(state.journal.path());
     let room = has_room(free);
-    let ready = journal && room && (cdr || !needs_cdr) && !cdr_halted;
+    let ready = journal && unwritable.is_none() && room && (cdr || !needs_cdr) && !cdr_halted;
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
         "checks": {
             "journal": journal,
+            "journal_unwritable": unwritable.is_some(),
+            "journal_error": unwritable.as_ref().map(|u| &u.reason),
+            "journal_restart_needed": unwritable.as_ref().is_some_and(|u| u.restart_needed),
             "disk_free_bytes": free,
             "disk_room": room,
             "channels": set.channels.len(),

@@ -85,6 +85,17 @@ impl ChannelCounts {
         out
     }
 
+    /// Writes every count into sled (after sled was reopened: what it had lost of them is
+    /// unknown).
+    pub fn persist_all(&self, trees: &Trees) -> Result<(), JournalError> {
+        {
+            let mut counts = self.lock();
+            let keys: Vec<Vec<u8>> = counts.by_key.keys().cloned().collect();
+            counts.changed.extend(keys);
+        }
+        self.persist(trees)
+    }
+
     /// Writes the changed counts into sled (made durable by the caller's flush).
     pub fn persist(&self, trees: &Trees) -> Result<(), JournalError> {
         let mut counts = self.lock();

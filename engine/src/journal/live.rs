@@ -60,6 +60,19 @@ impl LiveBytes {
         self.counts.iter().map(|(&segment, &live)| (segment, live))
     }
 
+    /// Writes every count into sled, and removes the counts of segments that went (after sled
+    /// was reopened: what it had lost of them is unknown).
+    pub fn persist_all(&mut self, trees: &Trees) -> Result<(), JournalError> {
+        for key in trees.segments.iter().keys() {
+            let key = key?;
+            if let Ok(segment) = <[u8; 4]>::try_from(key.as_ref()) {
+                self.changed.insert(u32::from_be_bytes(segment));
+            }
+        }
+        self.changed.extend(self.counts.keys().copied());
+        self.persist(trees)
+    }
+
     /// Writes the changed counts into sled (made durable by the caller's flush).
     pub fn persist(&mut self, trees: &Trees) -> Result<(), JournalError> {
         while let Some(segment) = self.changed.pop_first() {

@@ -25,6 +25,7 @@
 //! which is safe from any thread (callers on an async runtime should use a blocking pool).
 
 mod counts;
+pub mod faults;
 mod keys;
 mod live;
 pub mod record;
@@ -37,7 +38,7 @@ mod writer;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -68,6 +69,39 @@ pub enum JournalError {
     Corrupt(String),
     #[error("cannot open journal at {path}: {message}")]
     Open { path: PathBuf, message: String },
+    /// For the moment the writer reopens sled after a failed write (see [`writer`]).
+    #[error("journal storage is being reopened after a failed write: try again")]
+    Reopening,
+}
+
+impl JournalError {
+    /// The data dir's filesystem is full (`ENOSPC`, or a quota: `EDQUOT`).
+    pub fn storage_full(&self) -> bool {
+        let io = match self {
+            JournalError::Io(io) => Some(&**io),
+            JournalError::Storage(sled) => match &**sled {
+                sled::Error::Io(io) => Some(io),
+                _ => None,
+            },
+            _ => None,
+        };
+        io.is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        })
+    }
+
+    /// What a sender whose message this failed is told (an ACK's ERR, an OperationOutcome).
+    pub fn not_stored(&self) -> &'static str {
+        if self.storage_full() {
+            "message not stored: the journal cannot store messages, the data dir's filesystem \
+             is full; please resend"
+        } else {
+            "message not stored; please resend"
+        }
+    }
 }
 
 impl From<sled::Error> for JournalError {
@@ -116,50 +150,94 @@ impl Trees {
 
     /// A transaction record (from the value log).
     fn tx(&self, id: TxId) -> Result<Option<Transaction>, JournalError> {
-        let Some(ptr) = self.slots.get(id)?.record else {
-            return Ok(None);
-        };
-        self.tx_at(id, ptr).map(Some)
+        read_tx(&self.values, &self.slots, id)
     }
 
     /// The transaction record at `ptr`.
     fn tx_at(&self, id: TxId, ptr: Ptr) -> Result<Transaction, JournalError> {
-        let bytes = self.values.read(ptr, Kind::Tx, &id.to_key())?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}")))
+        read_tx_at(&self.values, id, ptr)
     }
 
     /// A raw body (from the value log).
     fn raw(&self, id: TxId) -> Result<Option<Vec<u8>>, JournalError> {
-        let slot = self.slots.get(id)?;
-        match (slot.status, slot.raw) {
-            (Some(_), Some(ptr)) => self.values.read(ptr, Kind::Raw, &id.to_key()).map(Some),
-            _ => Ok(None),
-        }
+        read_raw(&self.values, &self.slots, id)
     }
+}
 
-    /// Ids in `status`, oldest first: a walk of the slots (32 bytes a transaction; no index
-    /// to keep, so a backlog of a million `received` costs no memory).
-    fn ids_with_status(&self, status: Status, limit: usize) -> Result<Vec<TxId>, JournalError> {
-        let mut ids = Vec::new();
-        self.slots.scan(0, u64::MAX, false, |id, slot| {
-            if slot.status == Some(status) {
-                ids.push(id);
-            }
-            if ids.len() >= limit {
-                std::ops::ControlFlow::Break(())
-            } else {
-                std::ops::ControlFlow::Continue(())
-            }
-        })?;
-        Ok(ids)
+/// sled's trees in `db` (with the value log and the slot table, which are not sled's): at
+/// open, and when the writer reopens sled after a failed write (sled 0.34 fails every write
+/// after an I/O error until it is opened again).
+fn trees_of(db: sled::Db, values: Arc<ValueLog>, slots: Arc<Slots>) -> Result<Trees, JournalError> {
+    Ok(Trees {
+        slots,
+        by_control: db.open_tree("by_control")?,
+        by_origin: db.open_tree("by_origin")?,
+        steps: db.open_tree("step_ptr")?,
+        audit: db.open_tree("audit")?,
+        api_clients: db.open_tree("api_clients")?,
+        stats: db.open_tree("stats")?,
+        segments: db.open_tree("segments")?,
+        values,
+        db,
+    })
+}
+
+/// A transaction record (from the value log).
+fn read_tx(
+    values: &ValueLog,
+    slots: &Slots,
+    id: TxId,
+) -> Result<Option<Transaction>, JournalError> {
+    let Some(ptr) = slots.get(id)?.record else {
+        return Ok(None);
+    };
+    read_tx_at(values, id, ptr).map(Some)
+}
+
+/// The transaction record at `ptr`.
+fn read_tx_at(values: &ValueLog, id: TxId, ptr: Ptr) -> Result<Transaction, JournalError> {
+    let bytes = values.read(ptr, Kind::Tx, &id.to_key())?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| JournalError::Corrupt(format!("transaction {id}: {e}")))
+}
+
+/// A raw body (from the value log).
+fn read_raw(values: &ValueLog, slots: &Slots, id: TxId) -> Result<Option<Vec<u8>>, JournalError> {
+    let slot = slots.get(id)?;
+    match (slot.status, slot.raw) {
+        (Some(_), Some(ptr)) => values.read(ptr, Kind::Raw, &id.to_key()).map(Some),
+        _ => Ok(None),
     }
+}
+
+/// Ids in `status`, oldest first: a walk of the slots (32 bytes a transaction; no index to
+/// keep, so a backlog of a million `received` costs no memory).
+fn ids_with_status(slots: &Slots, status: Status, limit: usize) -> Result<Vec<TxId>, JournalError> {
+    let mut ids = Vec::new();
+    slots.scan(0, u64::MAX, false, |id, slot| {
+        if slot.status == Some(status) {
+            ids.push(id);
+        }
+        if ids.len() >= limit {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    })?;
+    Ok(ids)
 }
 
 /// A cheap, cloneable handle to the journal.
 #[derive(Clone)]
 pub struct Journal {
-    trees: Trees,
+    /// The value log and the slot table: never reopened, and most reads need nothing else.
+    values: Arc<ValueLog>,
+    slots: Arc<Slots>,
+    /// sled's trees, for the reads that need them: `None` for the moment the writer reopens
+    /// sled after a failed write (it waits for the readers holding them).
+    trees: Arc<RwLock<Option<Trees>>>,
+    /// Whether the writer can write, and if not why (for `/ready`).
+    health: Arc<writer::Health>,
     /// `None` once closed. A std `Sender` is `Send + Sync` and never blocks.
     commands: Arc<Mutex<Option<Sender<Command>>>>,
     writer_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
@@ -171,6 +249,20 @@ pub struct Journal {
     counts: counts::ChannelCounts,
     /// Starts the MSH-10 of the ACKs for this journal's transactions (see the module doc).
     ack_id_prefix: Arc<str>,
+    /// The test hook that makes writes fail (empty in release builds; see [`faults`]).
+    #[cfg_attr(not(any(test, debug_assertions)), allow(dead_code))]
+    faults: Arc<faults::Faults>,
+}
+
+/// Why the journal cannot store messages (see [`Journal::unwritable`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Unwritable {
+    /// What a person reads: what fails, and whether it comes back on its own.
+    pub reason: String,
+    /// The data dir's filesystem is full: freeing space (or growing the volume) is the fix.
+    pub storage_full: bool,
+    /// Only a restart brings the journal back (an fsync failed: see [`writer::SyncGate`]).
+    pub restart_needed: bool,
 }
 
 /// Filters for listing transactions (`GET /api/transactions`). Newest first.
@@ -232,33 +324,21 @@ impl Journal {
             message,
         };
         std::fs::create_dir_all(&path).map_err(|e| open_err(e.to_string()))?;
-        let db = crate::sled_db::open(
-            &sled::Config::new()
-                .path(&path)
-                .cache_capacity(config.cache_mb * 1024 * 1024)
-                // Durability comes from the writer's explicit flush; the background flusher
-                // only adds work.
-                .flush_every_ms(None)
-                .mode(if config.high_throughput {
-                    sled::Mode::HighThroughput
-                } else {
-                    sled::Mode::LowSpace
-                }),
-        )
-        .map_err(|e| open_err(e.to_string()))?;
+        let sled_config = sled::Config::new()
+            .path(&path)
+            .cache_capacity(config.cache_mb * 1024 * 1024)
+            // Durability comes from the writer's explicit flush; the background flusher only
+            // adds work.
+            .flush_every_ms(None)
+            .mode(if config.high_throughput {
+                sled::Mode::HighThroughput
+            } else {
+                sled::Mode::LowSpace
+            });
+        // sled first: its lock says whether another engine has this data dir.
+        let db = crate::sled_db::open(&sled_config).map_err(|e| open_err(e.to_string()))?;
         let (values, mut appender) = ValueLog::open(&path.join("values"))?;
-        let trees = Trees {
-            slots: Arc::new(Slots::open(&path.join("slots"))?),
-            by_control: db.open_tree("by_control")?,
-            by_origin: db.open_tree("by_origin")?,
-            steps: db.open_tree("step_ptr")?,
-            audit: db.open_tree("audit")?,
-            api_clients: db.open_tree("api_clients")?,
-            stats: db.open_tree("stats")?,
-            segments: db.open_tree("segments")?,
-            values,
-            db,
-        };
+        let trees = trees_of(db, values, Arc::new(Slots::open(&path.join("slots"))?))?;
         writer::migrate_inline_values(&trees, &mut appender)?;
         replay::migrate_pointer_trees(&trees)?;
         // Still marked open: the last stop was a crash or a power cut.
@@ -309,9 +389,16 @@ impl Journal {
         let counts = counts::ChannelCounts::load(&trees)?;
         let ack_id_prefix = load_or_make_ack_id_prefix(&path)
             .map_err(|e| open_err(format!("ACK id prefix: {e}")))?;
+        let faults = Arc::new(faults::Faults::from_env());
+        let health = Arc::new(writer::Health::default());
+        let shared = Arc::new(RwLock::new(Some(trees.clone())));
         let (tx, rx) = std::sync::mpsc::channel();
         let writer = Writer {
-            trees: trees.clone(),
+            trees: Some(trees.clone()),
+            shared: shared.clone(),
+            sled_config,
+            path: path.clone(),
+            health: health.clone(),
             values: appender,
             log_file,
             fsync: config.fsync,
@@ -326,20 +413,58 @@ impl Journal {
             recent: Default::default(),
             live: live::LiveBytes::load(&trees)?,
             counts: counts.clone(),
+            faults: faults.clone(),
+            gate: Arc::new(writer::SyncGate::new(appender_position)),
+            trouble: None,
+            last_try: Instant::now(),
+            slots: trees.slots.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| open_err(e.to_string()))?;
         Ok(Journal {
-            trees,
+            values: trees.values.clone(),
+            slots: trees.slots.clone(),
+            trees: shared,
+            health,
             commands: Arc::new(Mutex::new(Some(tx))),
             writer_thread: Arc::new(Mutex::new(Some(handle))),
             path,
             in_flight_at_open: Arc::new(Mutex::new(in_flight_at_open)),
             counts,
             ack_id_prefix: ack_id_prefix.into(),
+            faults,
         })
+    }
+
+    /// Why the journal cannot store messages now, if it cannot (see [`writer`]): `/ready`
+    /// says so, and ingest answers "not stored" meanwhile. Cleared as soon as a write works
+    /// again (the writer tries on its own once there is room).
+    pub fn unwritable(&self) -> Option<Unwritable> {
+        self.health.get()
+    }
+
+    /// sled's trees, for a read (waits while the writer reopens sled: a read holding them
+    /// keeps sled's files locked).
+    fn sled<T>(
+        &self,
+        read: impl FnOnce(&Trees) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        let trees = self.trees.read().unwrap_or_else(|e| e.into_inner());
+        read(trees.as_ref().ok_or(JournalError::Reopening)?)
+    }
+
+    /// Tests: the trees as they are now.
+    #[cfg(test)]
+    fn trees(&self) -> Trees {
+        self.sled(|trees| Ok(trees.clone())).unwrap()
+    }
+
+    /// Tests: the next `count` writes at `point` fail as on a full disk (see [`faults`]).
+    #[cfg(any(test, debug_assertions))]
+    pub fn fail_next_writes(&self, point: faults::FaultPoint, count: u32) {
+        self.faults.arm(point, count);
     }
 
     /// Six characters (RFC 4648 base32) made once per journal, kept across restarts: the start
@@ -520,7 +645,7 @@ impl Journal {
     ) -> Result<Vec<(i64, TxId)>, JournalError> {
         let from = after.map_or(0, |id| id.0 + 1);
         let mut out = Vec::with_capacity(limit.min(1024));
-        self.trees.slots.scan(from, u64::MAX, false, |id, slot| {
+        self.slots.scan(from, u64::MAX, false, |id, slot| {
             out.push((slot.received_at_ms, id));
             if out.len() >= limit {
                 ControlFlow::Break(())
@@ -552,24 +677,27 @@ impl Journal {
 
     /// Oldest first: the transactions in `status`.
     pub fn ids_with_status(&self, status: Status, limit: usize) -> Result<Vec<TxId>, JournalError> {
-        self.trees.ids_with_status(status, limit)
+        ids_with_status(&self.slots, status, limit)
     }
 
     /// How many transactions are in `status`.
     pub fn count_with_status(&self, status: Status) -> usize {
-        self.trees
-            .ids_with_status(status, usize::MAX)
-            .map_or(0, |ids| ids.len())
+        ids_with_status(&self.slots, status, usize::MAX).map_or(0, |ids| ids.len())
     }
 
     /// The pipeline steps recorded for a transaction, in order.
     pub fn steps(&self, id: TxId) -> Result<Vec<Step>, JournalError> {
         let mut steps = Vec::new();
-        for entry in self.trees.steps.scan_prefix(id.to_key()) {
-            let (key, ptr) = entry?;
+        let pointers: Vec<(sled::IVec, sled::IVec)> = self.sled(|trees| {
+            Ok(trees
+                .steps
+                .scan_prefix(id.to_key())
+                .collect::<Result<_, _>>()?)
+        })?;
+        for (key, ptr) in pointers {
             let ptr = Ptr::from_bytes(&ptr)
                 .ok_or_else(|| JournalError::Corrupt(format!("step pointer of {id}")))?;
-            let bytes = self.trees.values.read(ptr, Kind::Step, &key)?;
+            let bytes = self.values.read(ptr, Kind::Step, &key)?;
             steps.push(
                 serde_json::from_slice(&bytes)
                     .map_err(|e| JournalError::Corrupt(format!("step of {id}: {e}")))?,
@@ -580,12 +708,12 @@ impl Journal {
 
     /// One transaction's record.
     pub fn get(&self, id: TxId) -> Result<Option<Transaction>, JournalError> {
-        self.trees.tx(id)
+        read_tx(&self.values, &self.slots, id)
     }
 
     /// The raw message bytes as received (`None` once retention pruned them).
     pub fn raw(&self, id: TxId) -> Result<Option<Vec<u8>>, JournalError> {
-        self.trees.raw(id)
+        read_raw(&self.values, &self.slots, id)
     }
 
     /// Transactions matching `filter`, newest first, one page.
@@ -595,14 +723,15 @@ impl Journal {
         // The most selective way in: the control-id index, or the slots newest first (status
         // and time are checked there before a record is read).
         if let Some(control_id) = &filter.control_id {
-            let mut ids: Vec<TxId> = self
-                .trees
-                .by_control
-                .scan_prefix(keys::control_prefix(control_id))
-                .keys()
-                .filter_map(|k| k.ok().and_then(|k| keys::control_tx(&k)))
-                .filter(|id| id.0 < below)
-                .collect();
+            let mut ids: Vec<TxId> = self.sled(|trees| {
+                Ok(trees
+                    .by_control
+                    .scan_prefix(keys::control_prefix(control_id))
+                    .keys()
+                    .filter_map(|k| k.ok().and_then(|k| keys::control_tx(&k)))
+                    .filter(|id| id.0 < below)
+                    .collect())
+            })?;
             ids.sort_unstable_by(|a, b| b.cmp(a));
             for id in ids {
                 if page.visit(id)?.is_break() {
@@ -618,14 +747,13 @@ impl Journal {
             let upper = match filter.until_ms {
                 Some(until) => {
                     let bound = self
-                        .trees
                         .slots
                         .first_after(until.saturating_add(CLOCK_SLACK_MS))?;
                     below.min(bound)
                 }
                 None => below,
             };
-            self.trees.slots.scan(0, upper, true, |id, slot| {
+            self.slots.scan(0, upper, true, |id, slot| {
                 slots_seen += 1;
                 if slots_seen > SLOT_SCAN_LIMIT {
                     page.stop_at(id);
@@ -663,33 +791,37 @@ impl Journal {
     /// Bytes on disk: sled's own estimate, the value log and the slots (walks the files: not
     /// for hot paths).
     pub fn size_on_disk(&self) -> Result<u64, JournalError> {
-        Ok(self.trees.db.size_on_disk()?
-            + self.trees.values.size_on_disk()?
-            + self.trees.slots.size_on_disk()?)
+        Ok(self.sled(|trees| Ok(trees.db.size_on_disk()?))?
+            + self.values.size_on_disk()?
+            + self.slots.size_on_disk()?)
     }
 
     /// The admin audit trail (append-only; written and read by `admin::audit` only). Writes to it
-    /// bypass the message writer: call [`Journal::flush_side_trees`] to make them durable.
-    pub fn audit_tree(&self) -> &sled::Tree {
-        &self.trees.audit
+    /// bypass the message writer: call [`Journal::flush_side_trees`] to make them durable. A
+    /// handle to use at once and drop (held, it keeps sled from being reopened after a failed
+    /// write).
+    pub fn audit_tree(&self) -> Result<sled::Tree, JournalError> {
+        self.sled(|trees| Ok(trees.audit.clone()))
     }
 
-    /// API clients and their token digests (owned by `admin::clients`).
-    pub fn clients_tree(&self) -> &sled::Tree {
-        &self.trees.api_clients
+    /// API clients and their token digests (owned by `admin::clients`); as [`Journal::audit_tree`].
+    pub fn clients_tree(&self) -> Result<sled::Tree, JournalError> {
+        self.sled(|trees| Ok(trees.api_clients.clone()))
     }
 
     /// A number that is unique and increasing for the life of the database (sled's counter):
     /// orders side-tree entries written in the same millisecond.
     pub fn generate_id(&self) -> Result<u64, JournalError> {
-        Ok(self.trees.db.generate_id()?)
+        self.sled(|trees| Ok(trees.db.generate_id()?))
     }
 
     /// Flushes sled so that writes to the side trees above survive a crash. Blocking: call it
     /// from a blocking pool. (A synchronous `flush`, never `flush_async`: see DEPENDENCIES.md.)
     pub fn flush_side_trees(&self) -> Result<(), JournalError> {
-        self.trees.db.flush()?;
-        Ok(())
+        self.sled(|trees| {
+            trees.db.flush()?;
+            Ok(())
+        })
     }
 
     /// Whether the journal accepts writes.

@@ -43,6 +43,17 @@ pub(super) fn set_checkpoint(trees: &Trees, position: Position) -> Result<(), Jo
 /// the per-channel counters and the segments' live bytes are recounted (they are sums, which
 /// a half-applied batch leaves in an unknown state).
 pub(super) fn replay(trees: &Trees) -> Result<usize, JournalError> {
+    let read = replay_records(trees)?;
+    if read > 0 {
+        recount_live(trees)?;
+        rebuild_stats(trees)?;
+    }
+    Ok(read)
+}
+
+/// [`replay`] without the recounts: for the writer, which reopens sled after a failed write
+/// and has the counts right in memory.
+pub(super) fn replay_records(trees: &Trees) -> Result<usize, JournalError> {
     let from = checkpoint(trees)?;
     let mut read = 0;
     for segment in trees.values.segments()? {
@@ -60,10 +71,6 @@ pub(super) fn replay(trees: &Trees) -> Result<usize, JournalError> {
                 // Not the journal's: the CDR keeps its own log.
                 Kind::Resource | Kind::Commit => Ok(()),
             })?;
-    }
-    if read > 0 {
-        recount_live(trees)?;
-        rebuild_stats(trees)?;
     }
     Ok(read)
 }

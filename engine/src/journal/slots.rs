@@ -175,6 +175,17 @@ impl Slots {
         Ok(())
     }
 
+    /// Forgets every slot from `end` on (those of a batch that failed): the file is cut there,
+    /// which needs no free space.
+    pub fn truncate(&self, end: u64) -> Result<(), JournalError> {
+        let len = end * SLOT_BYTES as u64;
+        if self.file.metadata().map_err(io_err)?.len() > len {
+            self.file.set_len(len).map_err(io_err)?;
+        }
+        self.end.fetch_min(end, Ordering::AcqRel);
+        Ok(())
+    }
+
     fn write_run(&self, first: u64, bytes: &[u8]) -> Result<(), JournalError> {
         self.file
             .write_all_at(bytes, first * SLOT_BYTES as u64)

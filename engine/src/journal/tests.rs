@@ -638,7 +638,7 @@ async fn a_journal_with_inline_values_is_moved_into_the_value_log_at_open() {
     let (journal, _) = open(dir.path());
     assert_eq!(journal.get(TxId(7)).unwrap().unwrap(), tx);
     assert_eq!(journal.raw(TxId(7)).unwrap().unwrap(), raw);
-    assert!(!journal.trees.db.tree_names().iter().any(|n| [
+    assert!(!journal.trees().db.tree_names().iter().any(|n| [
         &b"tx"[..],
         b"raw",
         b"tx_ptr",
@@ -716,19 +716,23 @@ async fn steps_recorded_later_follow_the_earlier_ones_in_old_and_new_records() {
 }
 
 /// Everything a reader can see of the journal, for before/after comparisons.
-fn snapshot(journal: &Journal) -> Vec<(Transaction, Option<Vec<u8>>, Vec<Step>)> {
-    let page = journal
-        .list(&TxFilter {
-            limit: 1000,
-            ..TxFilter::default()
-        })
-        .unwrap();
+type Snapshot = Vec<(Transaction, Option<Vec<u8>>, Vec<Step>)>;
+
+fn snapshot(journal: &Journal) -> Snapshot {
+    try_snapshot(journal).unwrap()
+}
+
+fn try_snapshot(journal: &Journal) -> Result<Snapshot, JournalError> {
+    let page = journal.list(&TxFilter {
+        limit: 1000,
+        ..TxFilter::default()
+    })?;
     page.items
         .into_iter()
         .map(|tx| {
-            let raw = journal.raw(tx.id).unwrap();
-            let steps = journal.steps(tx.id).unwrap();
-            (tx, raw, steps)
+            let raw = journal.raw(tx.id)?;
+            let steps = journal.steps(tx.id)?;
+            Ok((tx, raw, steps))
         })
         .collect()
 }
@@ -919,7 +923,7 @@ async fn a_journal_with_pointer_trees_moves_them_into_the_slots_at_open() {
         journal.ids_with_status(Status::Delivered, 10).unwrap(),
         vec![id]
     );
-    assert!(!journal.trees.db.tree_names().iter().any(|n| [
+    assert!(!journal.trees().db.tree_names().iter().any(|n| [
         &b"tx_ptr"[..],
         b"raw_ptr",
         b"by_time",
@@ -1060,9 +1064,9 @@ async fn records_lost_in_a_power_cut_roll_back_at_open_and_the_resend_is_taken()
     let unacked = journal.append(resent.clone()).await.unwrap().id;
     // Where the lost part of the log starts: the status update of the first message (its
     // step and record) and everything of the second.
-    let slot = |id| journal.trees.slots.get(id).unwrap();
+    let slot = |id| journal.slots.get(id).unwrap();
     let step_ptrs: Vec<Ptr> = journal
-        .trees
+        .trees()
         .steps
         .iter()
         .values()
@@ -1157,4 +1161,232 @@ fn the_ack_id_prefix_is_made_once_per_journal() {
     std::fs::write(dir.path().join("three/journal/ack_id_prefix"), "no!\n").unwrap();
     let (third, _) = open(&dir.path().join("three"));
     assert_eq!(third.ack_id_prefix().len(), 6);
+}
+
+/// A document part with an origin key (as file and HTTP ingest append them).
+fn part(origin: &str) -> NewMessage {
+    let mut m = message("", "FILES");
+    m.meta.control_id = None;
+    m.origin_key = Some(origin.into());
+    m
+}
+
+/// The transactions with this control id or origin key.
+fn copies(journal: &Journal, control_id: Option<&str>, origin: Option<&str>) -> usize {
+    snapshot(journal)
+        .iter()
+        .filter(|(tx, _, _)| {
+            control_id.is_some_and(|c| tx.meta.control_id.as_deref() == Some(c))
+                || origin.is_some_and(|o| tx.origin_key.as_deref() == Some(o))
+        })
+        .count()
+}
+
+/// A batch that failed once (part of) it had reached the disk was answered "not stored", so
+/// its sender resends it: neither the journal as it runs nor a restart's replay may bring it
+/// back, and the resend is a new message, not a duplicate or "already there".
+async fn a_failed_batch_is_never_brought_back(point: faults::FaultPoint) {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    let kept = journal.append(message("K1", "LAB")).await.unwrap().id;
+    let kept_part = journal.append(part("inbox/k.csv#1")).await.unwrap().id;
+    let steps = vec![step("adt", serde_json::json!({"resourceType": "Bundle"}))];
+    journal
+        .record(kept, steps, vec![(Status::Delivered, None)])
+        .await
+        .unwrap();
+    let before = snapshot(&journal);
+    // Where a restart's replay starts if the engine stops without a checkpoint after this:
+    // what the disk holds after a crash (or when the full disk fails the checkpoints too).
+    let checkpoint = journal
+        .trees()
+        .segments
+        .get(replay::CHECKPOINT_KEY)
+        .unwrap()
+        .unwrap();
+    // One batch if the writer takes them together, else one each: every one fails.
+    journal.fail_next_writes(point, 3);
+    let (a, b, c) = tokio::join!(
+        journal.append(message("R1", "LAB")),
+        journal.append(part("inbox/r.csv#1")),
+        journal.record(
+            kept,
+            vec![step("adt", serde_json::json!({"resourceType": "Patient"}))],
+            vec![(Status::Failed, Some("later".into()))],
+        ),
+    );
+    journal.fail_next_writes(point, 0);
+    assert!(a.is_err() && b.is_err() && c.is_err(), "{a:?} {b:?} {c:?}");
+    let err = a.unwrap_err();
+    assert!(err.storage_full(), "{err}");
+    let mut before = before;
+    if point == faults::FaultPoint::Sled {
+        // sled fails every write from then on, until it is reopened: the writer does that on
+        // its own (once there is room), and puts back what the batch wrote to it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while journal.prune(Vec::new()).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "sled never came back");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    if point == faults::FaultPoint::Fsync {
+        // What the kernel kept is unknown (fsyncgate): the batch is cut off the log and rolled
+        // back as after a power cut (once the writer notices, within a checkpoint interval),
+        // and nothing more is taken until a restart.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // (Reads may fail for a moment, between the cut and the roll-back.)
+        let settled = || try_snapshot(&journal).is_ok_and(|now| now == before);
+        while !settled() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(snapshot(&journal), before);
+        let refused = journal.append(message("N1", "LAB")).await.unwrap_err();
+        assert!(refused.storage_full(), "{refused}");
+    } else {
+        // The journal is as it was before, and writes again.
+        assert_eq!(snapshot(&journal), before);
+        assert_eq!(
+            journal.get(kept).unwrap().unwrap().status,
+            Status::Delivered
+        );
+        journal.append(message("N1", "LAB")).await.unwrap();
+        before = snapshot(&journal);
+    }
+    journal.close();
+    drop(journal);
+    {
+        let db =
+            crate::sled_db::open(&sled::Config::new().path(dir.path().join("journal"))).unwrap();
+        let segments = db.open_tree("segments").unwrap();
+        segments.insert(replay::CHECKPOINT_KEY, checkpoint).unwrap();
+        segments.insert(replay::OPEN_KEY, &[]).unwrap();
+        db.flush().unwrap();
+    }
+
+    let (journal, metrics) = open(dir.path());
+    assert_eq!(
+        snapshot(&journal),
+        before,
+        "restarted: nothing of the failed batch"
+    );
+    let received = before
+        .iter()
+        .filter(|(tx, _, _)| tx.status == Status::Received);
+    assert_eq!(count(&metrics, Status::Received), received.count() as i64);
+    assert_eq!(count(&metrics, Status::Delivered), 1);
+    assert_eq!(journal.steps(kept).unwrap().len(), 1);
+    assert!(journal.get(kept_part).unwrap().is_some());
+    // The senders resend: new messages, once each.
+    let again = journal.append(message("R1", "LAB")).await.unwrap();
+    assert_eq!(
+        again.duplicate_of, None,
+        "not a duplicate of the refused copy"
+    );
+    let again_part = journal.append(part("inbox/r.csv#1")).await.unwrap();
+    assert!(!again_part.already, "the refused part was not stored");
+    assert_eq!(copies(&journal, Some("R1"), None), 1);
+    assert_eq!(copies(&journal, None, Some("inbox/r.csv#1")), 1);
+    journal.close();
+    drop(journal);
+    let (journal, _) = open(dir.path());
+    assert_eq!(copies(&journal, Some("R1"), Some("inbox/r.csv#1")), 2);
+    assert_eq!(snapshot(&journal).len(), before.len() + 2);
+}
+
+#[tokio::test]
+async fn a_batch_that_failed_after_the_value_log_is_never_brought_back() {
+    a_failed_batch_is_never_brought_back(faults::FaultPoint::AfterValues).await;
+}
+
+#[tokio::test]
+async fn a_batch_whose_slots_failed_is_never_brought_back() {
+    a_failed_batch_is_never_brought_back(faults::FaultPoint::Slots).await;
+}
+
+#[tokio::test]
+async fn a_batch_whose_sled_write_failed_is_never_brought_back() {
+    a_failed_batch_is_never_brought_back(faults::FaultPoint::Sled).await;
+}
+
+#[tokio::test]
+async fn a_batch_whose_fsync_failed_is_never_brought_back() {
+    a_failed_batch_is_never_brought_back(faults::FaultPoint::Fsync).await;
+}
+
+/// Waits (10 s at most) until the journal's trouble is as `wanted` says.
+async fn until_unwritable(journal: &Journal, wanted: impl Fn(Option<Unwritable>) -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !wanted(journal.unwritable()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {:?}",
+            journal.unwritable()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_journal_that_cannot_write_says_why_and_writes_again_on_its_own() {
+    use faults::FaultPoint;
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = open(dir.path());
+    journal.append(message("A1", "LAB")).await.unwrap();
+    assert_eq!(journal.unwritable(), None);
+
+    // A batch failed: said at once, and the next one is tried as usual.
+    journal.fail_next_writes(FaultPoint::Slots, 1);
+    let refused = journal.append(message("A2", "LAB")).await.unwrap_err();
+    assert!(refused.storage_full(), "{refused}");
+    let problem = journal.unwritable().expect("says why");
+    assert!(
+        problem.storage_full && !problem.restart_needed,
+        "{problem:?}"
+    );
+    assert!(
+        problem
+            .reason
+            .starts_with("the journal cannot store messages: the data dir's filesystem is full"),
+        "{problem:?}"
+    );
+    journal.append(message("A3", "LAB")).await.unwrap();
+    assert_eq!(journal.unwritable(), None);
+
+    // With nothing to write (a pod out of its Service gets no traffic), the writer finds out
+    // on its own that it can write again.
+    journal.fail_next_writes(FaultPoint::AfterValues, 1);
+    journal.append(message("A4", "LAB")).await.unwrap_err();
+    assert!(journal.unwritable().is_some());
+    until_unwritable(&journal, |u| u.is_none()).await;
+
+    // sled down: every write refused at once until the writer has reopened it, on its own.
+    journal.fail_next_writes(FaultPoint::Sled, 2);
+    journal.append(message("A5", "LAB")).await.unwrap_err();
+    let problem = journal.unwritable().expect("says why");
+    assert!(
+        problem.storage_full && !problem.restart_needed,
+        "{problem:?}"
+    );
+    let refused = journal.append(message("A6", "LAB")).await.unwrap_err();
+    assert!(refused.storage_full(), "{refused}");
+    until_unwritable(&journal, |u| u.is_none()).await;
+    journal.append(message("A7", "LAB")).await.unwrap();
+
+    // A failed fsync: only a restart helps.
+    journal.fail_next_writes(FaultPoint::Fsync, 1);
+    journal.append(message("A8", "LAB")).await.unwrap_err();
+    until_unwritable(&journal, |u| u.is_some_and(|u| u.restart_needed)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    journal.append(message("A9", "LAB")).await.unwrap_err();
+    journal.close();
+    drop(journal);
+
+    let (journal, _) = open(dir.path());
+    assert_eq!(journal.unwritable(), None);
+    let stored: Vec<String> = snapshot(&journal)
+        .into_iter()
+        .rev()
+        .filter_map(|(tx, _, _)| tx.meta.control_id)
+        .collect();
+    assert_eq!(stored, ["A1", "A3", "A7"]);
 }

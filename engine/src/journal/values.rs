@@ -229,21 +229,42 @@ impl ValueLog {
 
     /// Creates segment `segment` under a temporary name, full of zeros and fsynced; the
     /// appender renames it when it gets there.
+    /// On a full disk the half-made file is removed again: left behind, it would hold the
+    /// last free space that the slots and sled need. Refused at once when the filesystem says
+    /// it has not the room (each batch tries again while the disk is full).
     fn prepare(&self, segment: u32) -> std::io::Result<File> {
         static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        if crate::data_dir::free_bytes(&self.dir).is_some_and(|free| free < self.segment_bytes) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "no room for a new value-log segment of {} MiB in {}",
+                    self.segment_bytes >> 20,
+                    self.dir.display()
+                ),
+            ));
+        }
+        let path = self.prepared_path(segment);
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .read(true)
-            .open(self.prepared_path(segment))?;
-        let mut written = 0u64;
-        while written < self.segment_bytes {
-            let n = (self.segment_bytes - written).min(ZEROS.len() as u64) as usize;
-            file.write_all_at(&ZEROS[..n], written)?;
-            written += n as u64;
+            .open(&path)?;
+        let filled = (|| {
+            let mut written = 0u64;
+            while written < self.segment_bytes {
+                let n = (self.segment_bytes - written).min(ZEROS.len() as u64) as usize;
+                file.write_all_at(&ZEROS[..n], written)?;
+                written += n as u64;
+            }
+            file.sync_all()
+        })();
+        if let Err(e) = filled {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
         }
-        file.sync_all()?;
         Ok(file)
     }
 
@@ -450,6 +471,11 @@ impl Appender {
         })
     }
 
+    /// The log this appends to.
+    pub fn log(&self) -> Arc<ValueLog> {
+        self.log.clone()
+    }
+
     /// The segment being appended to (never deleted, whatever its count says).
     pub fn active_segment(&self) -> u32 {
         self.segment
@@ -533,6 +559,42 @@ impl Appender {
                 list.push((self.segment, self.file.clone()));
             }
         }
+        Ok(())
+    }
+
+    /// Takes back what was written from `start` on (a batch that failed: its records must
+    /// never be replayed). The segment `start` is in is cut there and the segments begun after
+    /// it are deleted, durably (fsynced) before this returns; the next record starts a new
+    /// segment, as after a restart, so no pointer into what was cut can meet a new record.
+    /// Needs no free space: it only shortens and deletes files. Nothing to do if nothing of
+    /// the batch reached the file.
+    pub fn discard_from(&mut self, start: Position) -> Result<(), JournalError> {
+        let written = self.len - self.buf.len() as u64;
+        self.buf.clear();
+        if start.0 == self.segment && u64::from(start.1) >= written {
+            self.len = u64::from(start.1);
+            return Ok(());
+        }
+        for segment in start.0 + 1..=self.segment {
+            self.log.remove_segment(segment)?;
+        }
+        let file = if start.0 == self.segment {
+            self.file.clone()
+        } else {
+            Arc::new(
+                OpenOptions::new()
+                    .write(true)
+                    .open(self.log.path(start.0))
+                    .map_err(io_err)?,
+            )
+        };
+        file.set_len(u64::from(start.1)).map_err(io_err)?;
+        file.sync_all().map_err(io_err)?;
+        File::open(&self.log.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io_err)?;
+        // Full: the next push rotates (and `Drop` leaves the file as cut).
+        self.len = self.log.segment_bytes;
         Ok(())
     }
 
@@ -634,6 +696,59 @@ mod tests {
         app.write_out().unwrap();
         assert_eq!(big.segment, b.segment + 1);
         assert_eq!(log.read(big, Kind::Raw, b"c").unwrap().len(), 200);
+    }
+
+    #[test]
+    fn what_a_failed_batch_wrote_is_cut_off_and_the_next_record_starts_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut app) = ValueLog::open_sized(dir.path(), 4096).unwrap();
+        let kept = app.push(Kind::Raw, b"a", b"kept").unwrap();
+        app.write_out().unwrap();
+        let count = |segment| log.scan(segment, 0, |_| Ok(())).unwrap();
+        // A batch that failed before anything reached the file: nothing to cut.
+        let start = app.position();
+        app.push(Kind::Raw, b"b", b"buffered only").unwrap();
+        app.discard_from(start).unwrap();
+        assert_eq!(app.position(), start);
+        let next = app.push(Kind::Raw, b"c", b"next").unwrap();
+        app.write_out().unwrap();
+        assert_eq!(
+            next.position(),
+            start,
+            "appended where the failed batch began"
+        );
+        // One that wrote: the segment is cut where it began, durably, and never appended to
+        // again.
+        let start = app.position();
+        app.push(Kind::Raw, b"d", b"failed").unwrap();
+        app.write_out().unwrap();
+        app.discard_from(start).unwrap();
+        assert_eq!(count(kept.segment), 2);
+        let path = dir.path().join(segment_name(kept.segment));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), u64::from(start.1));
+        let after = app.push(Kind::Raw, b"e", b"after").unwrap();
+        app.write_out().unwrap();
+        assert_eq!(after.segment, kept.segment + 1);
+        // One that rotated into new segments: those are deleted, the first one cut.
+        let start = app.position();
+        app.push(Kind::Raw, b"f", &[b'x'; 3000]).unwrap();
+        app.push(Kind::Raw, b"g", &[b'y'; 3000]).unwrap();
+        app.push(Kind::Raw, b"h", &[b'z'; 3000]).unwrap();
+        app.write_out().unwrap();
+        assert!(app.active_segment() >= start.0 + 2);
+        app.discard_from(start).unwrap();
+        assert_eq!(log.segments().unwrap(), vec![kept.segment, start.0]);
+        assert_eq!(count(start.0), 1);
+        assert_eq!(log.read(after, Kind::Raw, b"e").unwrap(), b"after");
+        let last = app.push(Kind::Raw, b"i", b"last").unwrap();
+        app.write_out().unwrap();
+        assert!(
+            last.segment > start.0 + 2,
+            "a segment number is never reused"
+        );
+        drop(app);
+        let (log, _app) = ValueLog::open_sized(dir.path(), 4096).unwrap();
+        assert_eq!(log.read(last, Kind::Raw, b"i").unwrap(), b"last");
     }
 
     #[test]

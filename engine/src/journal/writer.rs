@@ -8,6 +8,21 @@
 //! fsync, which is what makes durable ACKs cheap. One thread also sidesteps sled 0.34's
 //! `flush_async` deadlock under concurrent callers, keeps blocking I/O off the actix arbiters,
 //! and makes read-modify-write of a record race-free.
+//!
+//! A write that fails (a full disk) fails its whole batch, and every sender in it is told "not
+//! stored, resend". So the batch is taken back first ([`Applied::revert`]): its records are
+//! cut off the value log, durably, and the slots and sled entries it changed are put back;
+//! else a restart's replay would store those messages after all, next to their resent copies.
+//! Nothing of this costs the batches that succeed a system call: what each write replaced is
+//! returned by the write itself. An `fdatasync` that fails is another matter ([`SyncGate`]):
+//! the unsynced batches are cut off too, and the journal halts until a restart.
+//!
+//! Until it writes again the writer says why ([`Trouble`], published for `/ready`), and gets
+//! over it on its own once the disk has room: after a failed batch the next one is simply
+//! tried (and an idle writer checks with a checkpoint); but sled 0.34 fails every write after
+//! one I/O error until it is opened again, so then the writer refuses everything, reopens sled
+//! in place ([`Writer::reopen_sled`]: what a restart would do, without one) and puts back the
+//! failed batch's sled entries.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -19,6 +34,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::counts::ChannelCounts;
+use super::faults::{FaultPoint, Faults};
 use super::keys;
 use super::live::LiveBytes;
 use super::record::{
@@ -111,7 +127,7 @@ const COMPACT_BELOW: f64 = 0.5;
 
 /// Owned by the writer thread.
 pub(super) struct Writer {
-    pub trees: Trees,
+    pub trees: Option<Trees>,
     /// The value log's only appender.
     pub values: Appender,
     /// sled's log file, opened separately so that it can be fsynced after sled's flush.
@@ -140,6 +156,82 @@ pub(super) struct Writer {
     /// Per channel and status, shared with the journal's readers; written to sled at
     /// checkpoints.
     pub counts: ChannelCounts,
+    /// The test hook (empty in release builds).
+    pub faults: Arc<Faults>,
+    /// The slot table (also in [`Writer::trees`], which sled's reopening takes away a moment).
+    pub slots: Arc<super::slots::Slots>,
+    /// The value log's fsyncs, the flusher's and the checkpoints', and whether one failed.
+    pub gate: Arc<SyncGate>,
+    /// Why the writer is not writing as usual, if it is not (see [`Trouble`]).
+    pub trouble: Option<Trouble>,
+    /// When the writer last tried to get over its trouble on its own.
+    pub last_try: Instant,
+    /// Where [`Writer::trouble`] is published, for `/ready`.
+    pub health: Arc<Health>,
+    /// The journal's dir (for its free space).
+    pub path: std::path::PathBuf,
+    /// To reopen sled with ([`Writer::reopen_sled`]), and where the trees are shared with the
+    /// journal's readers.
+    pub sled_config: sled::Config,
+    pub shared: Arc<std::sync::RwLock<Option<Trees>>>,
+}
+
+/// The message of [`Writer::trees`].
+const SLED_OPEN: &str = "sled is open whenever the writer writes";
+
+/// How often the writer tries on its own to get over a failure.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Free space the writer waits for before it tries again after a failure: a new value-log
+/// segment (created full), and as much again for the slots and sled. (`/ready` asks the same.)
+const RECOVER_FREE_BYTES: u64 = 2 * super::values::SEGMENT_BYTES;
+
+/// Why the writer is not writing as usual.
+pub(super) enum Trouble {
+    /// A batch failed and was taken back whole: the next one is tried as usual, and an idle
+    /// writer checks on its own, once there is room on the disk, that a checkpoint works.
+    Failed(JournalError),
+    /// sled failed, and sled 0.34 fails every write after an I/O error until it is opened
+    /// again: commands are refused until the writer has reopened it and put back what the
+    /// failed batch wrote to it ([`Writer::reopen_sled`]), once there is room on the disk.
+    SledDown { error: JournalError, undo: SledUndo },
+    /// Only a restart helps: an fsync failed, or a failed batch could not be taken back.
+    Halted(JournalError),
+}
+
+/// Whether the writer can write, and if not why: published by the writer for `/ready`.
+#[derive(Default)]
+pub(super) struct Health(std::sync::Mutex<Option<super::Unwritable>>);
+
+impl Health {
+    pub fn get(&self) -> Option<super::Unwritable> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, trouble: Option<&Trouble>) {
+        let problem = trouble.map(|trouble| {
+            let (error, then) = match trouble {
+                Trouble::Failed(e) => (e, "it tries again with the next message"),
+                Trouble::SledDown { error, .. } => (
+                    error,
+                    "it reopens its index and writes again on its own once there is room",
+                ),
+                Trouble::Halted(e) => (e, "restart the engine (which repairs the journal)"),
+            };
+            let storage_full = error.storage_full();
+            let what = if storage_full {
+                "the data dir's filesystem is full"
+            } else {
+                "a write failed"
+            };
+            super::Unwritable {
+                reason: format!("the journal cannot store messages: {what} ({error}); {then}"),
+                storage_full,
+                restart_needed: matches!(trouble, Trouble::Halted(_)),
+            }
+        });
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
 }
 
 /// A reply to send once the batch is durable.
@@ -161,6 +253,101 @@ enum Reply {
 }
 
 impl Writer {
+    /// sled's trees, which the writer always has except while it waits to reopen sled (when
+    /// it writes nothing: see [`Writer::refusing`]).
+    fn trees(&self) -> &Trees {
+        self.trees.as_ref().expect(SLED_OPEN)
+    }
+
+    fn set_trouble(&mut self, trouble: Option<Trouble>) {
+        self.health.set(trouble.as_ref());
+        self.trouble = trouble;
+    }
+
+    /// The error every command gets now, if the writer refuses them (sled is down, or the
+    /// writer halted).
+    fn refusing(&self) -> Option<JournalError> {
+        match &self.trouble {
+            Some(Trouble::SledDown { error, .. } | Trouble::Halted(error)) => Some(error.clone()),
+            _ => None,
+        }
+    }
+
+    /// Gets over a failure on its own if it is time to try (every [`RETRY_EVERY`]) and there
+    /// is room on the disk: after a batch that failed, a checkpoint that works ends the trouble
+    /// (batches are tried meanwhile anyway); with sled down, sled is reopened.
+    fn try_to_recover(&mut self) {
+        let due = match &self.trouble {
+            Some(Trouble::Failed(_) | Trouble::SledDown { .. }) => {
+                self.last_try.elapsed() >= RETRY_EVERY
+            }
+            _ => false,
+        };
+        if !due {
+            return;
+        }
+        self.last_try = Instant::now();
+        let free = crate::data_dir::free_bytes(&self.path);
+        if free.is_some_and(|free| free < RECOVER_FREE_BYTES) {
+            return;
+        }
+        let recovered = match self.trouble.take() {
+            Some(Trouble::SledDown { error, undo }) => match self.reopen_sled(&undo) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "journal: sled could not be reopened yet");
+                    self.trouble = Some(Trouble::SledDown { error, undo });
+                    false
+                }
+            },
+            other => {
+                self.trouble = other;
+                match self.checkpoint() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.checkpoint_failed(e);
+                        false
+                    }
+                }
+            }
+        };
+        if recovered {
+            tracing::info!("journal: writes again");
+            self.set_trouble(None);
+        }
+    }
+
+    /// Reopens sled after it failed, as a restart would but without one: every handle to it
+    /// is let go (readers wait meanwhile: sled locks its files while one is open), sled opens
+    /// from what it had made durable, the value log replays what it lost since (the failed
+    /// batch is no longer in the log), the failed batch's entries are put back as they were,
+    /// and a checkpoint makes it all durable, with the writer's own live bytes and counts.
+    fn reopen_sled(&mut self, undo: &SledUndo) -> Result<(), JournalError> {
+        self.faults.reopen_sled()?;
+        let (values, slots) = (self.values.log(), self.slots.clone());
+        {
+            let mut shared = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            *shared = None;
+            self.trees = None;
+        }
+        let db = crate::sled_db::open(&self.sled_config)?;
+        let trees = super::trees_of(db, values, slots)?;
+        let replayed = super::replay::replay_records(&trees)?;
+        let put_back = undo.put_back(&trees);
+        *self.shared.write().unwrap_or_else(|e| e.into_inner()) = Some(trees.clone());
+        self.trees = Some(trees);
+        put_back?;
+        let trees = self.trees.as_ref().expect(SLED_OPEN);
+        self.live.persist_all(trees)?;
+        self.counts.persist_all(trees)?;
+        self.checkpoint()?;
+        tracing::info!(
+            records = replayed,
+            "journal: reopened sled after a failed write"
+        );
+        Ok(())
+    }
+
     /// Runs until every sender is dropped, then flushes one last time.
     pub fn run(mut self, rx: Receiver<Command>) {
         // Two stages: this thread applies batch N+1 while the flusher thread makes batch N
@@ -169,6 +356,8 @@ impl Writer {
         let flusher = Flusher {
             fsync: self.fsync,
             metrics: self.metrics.clone(),
+            faults: self.faults.clone(),
+            gate: self.gate.clone(),
         };
         let flusher = std::thread::Builder::new()
             .name("journal-flush".into())
@@ -179,9 +368,14 @@ impl Writer {
             let first = match rx.recv_timeout(super::values::CHECKPOINT_EVERY) {
                 Ok(cmd) => cmd,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    self.notice_failed_fsync();
+                    self.try_to_recover();
+                    if self.refusing().is_some() {
+                        continue;
+                    }
                     // Idle: checkpoint what the last batches did; compact when it is time.
                     if self.dirty {
-                        self.checkpoint();
+                        self.checkpoint_now();
                     }
                     if self.last_compaction.elapsed() >= COMPACT_EVERY {
                         self.last_compaction = Instant::now();
@@ -193,12 +387,23 @@ impl Writer {
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             };
+            self.faults.poll_trigger();
             batch.push(first);
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
                     Ok(cmd) => batch.push(cmd),
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
+            }
+            self.notice_failed_fsync();
+            if self.refusing().is_some() {
+                self.try_to_recover();
+            }
+            if let Some(error) = self.refusing() {
+                if jobs.send(self.refuse(&mut batch, error)).is_err() {
+                    break;
+                }
+                continue;
             }
             // Compactions run alone, after the rest of the batch: each is its own commit, so
             // nothing else staged can interleave with the pointers it moves.
@@ -214,31 +419,118 @@ impl Writer {
             if !batch.is_empty() && jobs.send(self.commit(&mut batch)).is_err() {
                 break;
             }
+            if let Some(error) = self.refusing() {
+                // The batch failed and sled with it: no compaction until it is back.
+                let mut refused = compactions
+                    .into_iter()
+                    .flatten()
+                    .map(|reply| Command::Compact { reply })
+                    .collect();
+                if jobs.send(self.refuse(&mut refused, error)).is_err() {
+                    break;
+                }
+                continue;
+            }
             for reply in compactions {
                 self.last_compaction = Instant::now();
                 if jobs.send(self.compact(reply)).is_err() {
                     break;
                 }
             }
-            if self.last_checkpoint.elapsed() >= super::values::CHECKPOINT_EVERY {
-                self.checkpoint();
+            if self.last_checkpoint.elapsed() >= super::values::CHECKPOINT_EVERY
+                && self.refusing().is_none()
+            {
+                self.checkpoint_now();
             }
         }
         drop(jobs);
         let _ = flusher.join();
+        self.notice_failed_fsync();
+        if self.refusing().is_some() {
+            // Left marked open, and with no checkpoint past what failed: the next open
+            // replays and repairs (see `replay::repair_torn`).
+            return;
+        }
         // Shutting down: a last checkpoint, so a clean restart replays nothing; then the
         // journal is no longer marked open (see `replay::repair_torn`).
-        self.checkpoint();
+        let _ = self.checkpoint();
         if !self.dirty {
             let closed = self
-                .trees
+                .trees()
                 .segments
                 .remove(super::replay::OPEN_KEY)
                 .map_err(JournalError::from)
-                .and_then(|_| self.trees.db.flush().map_err(JournalError::from));
+                .and_then(|_| self.trees().db.flush().map_err(JournalError::from));
             if let Err(e) = closed {
                 tracing::warn!(error = %e, "journal: could not mark the journal closed");
             }
+        }
+    }
+
+    /// Stops writing until a restart: every command from now on is refused with `error`.
+    fn halt(&mut self, error: JournalError, what: &str) {
+        if !matches!(self.trouble, Some(Trouble::Halted(_))) {
+            tracing::error!(error = %error, "journal: {what}; no more writes until the engine restarts (which replays and repairs the journal)");
+        }
+        self.set_trouble(Some(Trouble::Halted(error)));
+        // Never closed cleanly from now on: the next open repairs.
+        self.dirty = true;
+    }
+
+    /// After an `fdatasync` of the value log failed (in the flusher or a checkpoint): what
+    /// the kernel kept of the batches since the last good one is unknown, and their senders
+    /// are told "not stored" ([`SyncGate`]). Their records are cut off the log, so that no
+    /// replay brings them back, and the pointers into them rolled back as after a power cut;
+    /// then the journal halts.
+    fn notice_failed_fsync(&mut self) {
+        if matches!(self.trouble, Some(Trouble::Halted(_))) {
+            return;
+        }
+        let Some((durable, error)) = self.gate.failed() else {
+            return;
+        };
+        self.halt(error, "an fsync of the value log failed");
+        if let Err(e) = self.values.discard_from(durable) {
+            tracing::error!(error = %e, "journal: could not cut the unsynced batches off the value log: a restart may replay them");
+            return;
+        }
+        self.recent.borrow_mut().clear();
+        let Some(trees) = &self.trees else {
+            return;
+        };
+        if let Err(e) = super::replay::repair_torn(trees, durable) {
+            tracing::error!(error = %e, "journal: could not roll back the pointers to the batches cut off (a restart repairs them)");
+        }
+    }
+
+    /// Answers every command of `batch` with `error`, touching nothing.
+    fn refuse(&mut self, batch: &mut Vec<Command>, error: JournalError) -> FlushJob {
+        let mut replies = Vec::with_capacity(batch.len());
+        for cmd in batch.drain(..) {
+            let refused = Err(error.clone());
+            match cmd {
+                Command::Append {
+                    reply, enqueued, ..
+                }
+                | Command::AppendRerun {
+                    reply, enqueued, ..
+                } => replies.push(Reply::Append(reply, Err(error.clone()), enqueued)),
+                Command::Record {
+                    reply,
+                    wait: Wait::Applied,
+                    ..
+                } => reply.send(refused),
+                Command::Record { reply, .. } => replies.push(Reply::Status(reply, refused)),
+                Command::Prune { reply, .. } => replies.push(Reply::Prune(reply, Ok(Vec::new()))),
+                Command::Compact { reply } => replies.push(Reply::Compact(Some(reply), Ok(None))),
+            }
+        }
+        FlushJob {
+            replies,
+            status_deltas: HashMap::new(),
+            applied: Err(error),
+            unsynced: Vec::new(),
+            end: self.values.position(),
         }
     }
 
@@ -246,45 +538,80 @@ impl Writer {
     /// writes to sled, after an fsync of every segment written since the last checkpoint: no
     /// pointer sled makes durable can point past what the log made durable, even across a
     /// power cut. Then the segments found dead since the last checkpoint are deleted.
-    fn checkpoint(&mut self) {
-        let result = (|| {
-            for (_, file) in self.values.take_touched() {
-                if self.fsync {
-                    file.sync_data()
-                        .map_err(|e| JournalError::Io(Arc::new(e)))?;
-                }
-            }
-            if self.fsync {
-                self.trees.slots.sync()?;
-            }
-            self.live.persist(&self.trees)?;
-            self.counts.persist(&self.trees)?;
-            let position = self.values.position();
-            self.trees.segments.insert(
-                super::replay::CHECKPOINT_KEY,
-                &super::values::position_bytes(position),
-            )?;
-            self.trees.db.flush()?;
-            if let Some(file) = &self.log_file {
-                file.sync_data()
-                    .map_err(|e| JournalError::Io(Arc::new(e)))?;
-            }
-            Ok::<_, JournalError>(position)
-        })();
+    fn checkpoint(&mut self) -> Result<(), JournalError> {
+        let result = self.write_checkpoint();
         self.last_checkpoint = Instant::now();
         match result {
             Ok(position) => {
                 self.checkpointed = position;
                 self.dirty = false;
-                for segment in self.dead_segments.drain(..) {
-                    if let Err(e) = self.trees.values.remove_segment(segment) {
+                for segment in std::mem::take(&mut self.dead_segments) {
+                    if let Err(e) = self.trees().values.remove_segment(segment) {
                         tracing::warn!(segment, error = %e, "could not delete a value-log segment");
                     }
                 }
+                Ok(())
             }
             // The log still has everything: replay covers it after a crash.
-            Err(e) => tracing::warn!(error = %e, "journal checkpoint failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "journal checkpoint failed");
+                Err(e)
+            }
         }
+    }
+
+    /// [`Writer::checkpoint`], as the writer does it every [`super::values::CHECKPOINT_EVERY`]:
+    /// one that fails is trouble too. sled fails every write after an I/O error (a flush on a
+    /// full disk), so it is reopened; anything else fails until a checkpoint works again.
+    fn checkpoint_now(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            self.checkpoint_failed(e);
+        }
+    }
+
+    fn checkpoint_failed(&mut self, error: JournalError) {
+        match error {
+            JournalError::Storage(_) => self.sled_down(error, SledUndo::default()),
+            // Noticed by `notice_failed_fsync`.
+            _ if self.gate.failed().is_some() => {}
+            _ => self.set_trouble(Some(Trouble::Failed(error))),
+        }
+    }
+
+    /// sled failed: nothing is written until it is reopened and `undo` put back (after what an
+    /// earlier failure left to put back, if any).
+    fn sled_down(&mut self, error: JournalError, mut undo: SledUndo) {
+        if let Some(Trouble::SledDown { undo: earlier, .. }) = self.trouble.take() {
+            let mut all = earlier;
+            all.0.append(&mut undo.0);
+            undo = all;
+        }
+        self.set_trouble(Some(Trouble::SledDown { error, undo }));
+    }
+
+    fn write_checkpoint(&mut self) -> Result<super::values::Position, JournalError> {
+        let position = self.values.position();
+        let touched = self.values.take_touched();
+        self.gate
+            .sync(&touched, self.fsync, position, Ok(()))
+            .map_err(|(_, e)| e)?;
+        let trees = self.trees.as_ref().expect(SLED_OPEN);
+        if self.fsync {
+            trees.slots.sync()?;
+        }
+        self.faults.sled()?;
+        self.live.persist(trees)?;
+        self.counts.persist(trees)?;
+        trees.segments.insert(
+            super::replay::CHECKPOINT_KEY,
+            &super::values::position_bytes(position),
+        )?;
+        trees.db.flush()?;
+        if let Some(file) = &self.log_file {
+            file.sync_data()
+                .map_err(|e| JournalError::Io(Arc::new(e)))?;
+        }
+        Ok(position)
     }
 
     /// Moves what is still referenced in the emptiest old segment to the end of the log; the
@@ -305,6 +632,7 @@ impl Writer {
             status_deltas: HashMap::new(),
             applied,
             unsynced: self.values.take_unsynced(),
+            end: self.values.position(),
         }
     }
 
@@ -312,7 +640,7 @@ impl Writer {
         let Some(segment) = self.compaction_candidate()? else {
             return Ok(None);
         };
-        self.trees.values.scan(segment, 0, |record| {
+        self.trees().values.scan(segment, 0, |record| {
             if record.tombstone {
                 return Ok(());
             }
@@ -321,7 +649,7 @@ impl Writer {
                     let Some(id) = TxId::from_key(&record.key) else {
                         return Ok(());
                     };
-                    let slot = self.trees.slots.get(id)?;
+                    let slot = self.trees().slots.get(id)?;
                     match (record.kind, slot.status) {
                         (_, None) => None,
                         (Kind::Raw, _) => slot.raw,
@@ -329,7 +657,7 @@ impl Writer {
                     }
                 }
                 Kind::Step => self
-                    .trees
+                    .trees()
                     .steps
                     .get(&record.key)?
                     .as_deref()
@@ -365,7 +693,7 @@ impl Writer {
             if segment >= self.checkpointed.0 {
                 continue;
             }
-            let size = self.trees.values.segment_len(segment);
+            let size = self.trees().values.segment_len(segment);
             if size == 0 {
                 continue;
             }
@@ -380,9 +708,46 @@ impl Writer {
     /// Applies staged writes; keeps the segments they left dead for the next checkpoint.
     fn apply(&mut self, pending: PendingWrites) -> Result<(), JournalError> {
         self.dirty = true;
-        let (dead, records) =
-            pending.apply(&self.trees, &mut self.values, &mut self.live, &self.counts)?;
+        let new_from = pending.new_from;
+        let applied = pending.apply(
+            self.trees.as_ref().expect(SLED_OPEN),
+            &mut self.values,
+            &mut self.live,
+            &self.counts,
+            &self.faults,
+        );
+        let (dead, records) = match applied {
+            Ok(applied) => applied,
+            Err(failure) => {
+                let Failure {
+                    error,
+                    reverted,
+                    dead,
+                } = *failure;
+                self.dead_segments.extend(dead);
+                match reverted {
+                    Reverted::Done => {
+                        // Nobody was given its ids: the next batch takes them.
+                        if let Some(id) = new_from {
+                            self.next_id.set(id.0);
+                        }
+                        tracing::warn!(error = %error, "journal: a write failed; the batch was taken back and its senders told to resend");
+                        self.set_trouble(Some(Trouble::Failed(error.clone())));
+                    }
+                    Reverted::Sled(undo, e) => {
+                        tracing::warn!(error = %error, sled = %e, "journal: a write failed and sled fails too; the batch was taken back but in sled, which is reopened once there is room");
+                        self.sled_down(e, undo);
+                    }
+                    Reverted::Not(e) => self.halt(e, "a write failed and could not be taken back"),
+                }
+                return Err(error);
+            }
+        };
         self.dead_segments.extend(dead);
+        if matches!(self.trouble, Some(Trouble::Failed(_))) {
+            tracing::info!("journal: writes again");
+            self.set_trouble(None);
+        }
         let mut recent = self.recent.borrow_mut();
         recent.extend(records);
         while recent.len() > RECENT_RECORDS {
@@ -452,6 +817,7 @@ impl Writer {
             status_deltas,
             applied,
             unsynced: self.values.take_unsynced(),
+            end: self.values.position(),
         }
     }
 
@@ -464,7 +830,7 @@ impl Writer {
             let earlier = match pending.first_by_origin.get(key) {
                 Some(id) => Some(*id),
                 None => self
-                    .trees
+                    .trees()
                     .by_origin
                     .get(key.as_bytes())?
                     .and_then(|v| TxId::from_key(&v)),
@@ -491,7 +857,7 @@ impl Writer {
             let recent = self.recent.borrow_mut().remove(&id);
             let tx = match recent {
                 Some(tx) => tx,
-                None => self.trees.tx(id)?.ok_or(JournalError::NotFound(id))?,
+                None => self.trees().tx(id)?.ok_or(JournalError::NotFound(id))?,
             };
             slot.insert(tx);
         }
@@ -508,7 +874,7 @@ impl Writer {
         let raw = match pending.raw.latest(&of.to_key()) {
             Some(raw) => raw,
             None => self
-                .trees
+                .trees()
                 .raw(of)?
                 .ok_or_else(|| JournalError::Corrupt(format!("transaction {of}: body pruned")))?,
         };
@@ -550,7 +916,7 @@ impl Writer {
         }
         let channels: Vec<String> = tx.channel_names().iter().map(|c| c.to_string()).collect();
         let step_keys: Vec<sled::IVec> = self
-            .trees
+            .trees()
             .steps
             .scan_prefix(id.to_key())
             .keys()
@@ -564,7 +930,9 @@ impl Writer {
                 // Step outputs are FHIR made from the body: PHI too. Keep what ran and how it
                 // ended.
                 for key in step_keys {
-                    if let Some(bytes) = self.trees.value(&self.trees.steps, Kind::Step, &key)? {
+                    if let Some(bytes) =
+                        self.trees().value(&self.trees().steps, Kind::Step, &key)?
+                    {
                         if let Ok(mut step) = serde_json::from_slice::<Step>(&bytes) {
                             step.output = None;
                             step.logs.clear();
@@ -689,7 +1057,7 @@ impl Writer {
         sender: &str,
     ) -> Result<Option<TxId>, JournalError> {
         for entry in self
-            .trees
+            .trees()
             .by_control
             .scan_prefix(keys::control_prefix(control_id))
         {
@@ -714,7 +1082,7 @@ impl Writer {
             let tx = pending.records.get_mut(&id).expect("loaded above");
             let next = match tx.step_count {
                 Some(n) => n,
-                None => self.trees.steps.scan_prefix(id.to_key()).count() as u32,
+                None => self.trees().steps.scan_prefix(id.to_key()).count() as u32,
             };
             tx.step_count = Some(next + steps.len() as u32);
             for (n, step) in steps.iter().enumerate() {
@@ -762,12 +1130,16 @@ struct FlushJob {
     applied: Result<(), JournalError>,
     /// Value-log segments written by this batch: fsynced before the replies go.
     unsynced: Vec<(u32, Arc<File>)>,
+    /// Where the value log ends after this batch.
+    end: super::values::Position,
 }
 
 /// The second stage: fsyncs the value log once for every batch applied meanwhile, then answers.
 struct Flusher {
     fsync: bool,
     metrics: Arc<Metrics>,
+    faults: Arc<Faults>,
+    gate: Arc<SyncGate>,
 }
 
 impl Flusher {
@@ -785,26 +1157,27 @@ impl Flusher {
                     }
                 }
             }
-            let flushed = self.sync_values(&unsynced);
+            let end = ready.iter().map(|job| job.end).max().unwrap_or_default();
+            let started = Instant::now();
+            let synced = self.gate.sync(
+                &unsynced,
+                self.fsync,
+                end,
+                self.faults.fire(FaultPoint::Fsync),
+            );
+            self.metrics
+                .journal_flush_seconds
+                .observe(started.elapsed().as_secs_f64());
             for job in ready {
+                // After a failed fsync, a batch is durable only if an earlier fsync (a
+                // checkpoint's) covered it.
+                let flushed = match &synced {
+                    Err((durable, e)) if job.end > *durable => Err(e.clone()),
+                    _ => Ok(()),
+                };
                 self.answer(job, &flushed);
             }
         }
-    }
-
-    /// Makes the batches' records durable: what an ACK waits for.
-    fn sync_values(&self, segments: &[(u32, Arc<File>)]) -> Result<(), JournalError> {
-        let started = Instant::now();
-        if self.fsync {
-            for (_, file) in segments {
-                file.sync_data()
-                    .map_err(|e| JournalError::Io(Arc::new(e)))?;
-            }
-        }
-        self.metrics
-            .journal_flush_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Ok(())
     }
 
     fn answer(&self, job: FlushJob, flushed: &Result<(), JournalError>) {
@@ -852,6 +1225,90 @@ impl Flusher {
     }
 }
 
+/// The value log's fsyncs, one at a time: the flusher's (what ACKs wait for) and the
+/// checkpoints'. After a failed `fdatasync` the kernel may have dropped the pages it could not
+/// write, and it reports the error to one fsync only (fsyncgate): a later one that succeeds
+/// says nothing about them. So the first failure is kept here, and from then on nothing more
+/// counts as durable: the flusher fails every batch past the last position an fsync covered,
+/// and the writer cuts them off the log and halts ([`Writer::notice_failed_fsync`]).
+pub(super) struct SyncGate {
+    /// Held through each fsync.
+    state: std::sync::Mutex<Synced>,
+    /// Set once an fsync failed: what the writer looks at before each batch, without waiting
+    /// for the lock (which the flusher holds through its fsync: the writer would lose the
+    /// overlap of its work with the flusher's).
+    failed: std::sync::atomic::AtomicBool,
+}
+
+struct Synced {
+    /// The log is durable up to here.
+    durable: super::values::Position,
+    /// The first failed fsync: where the log was durable up to then, and the error.
+    failed: Option<(super::values::Position, JournalError)>,
+}
+
+impl SyncGate {
+    pub fn new(durable: super::values::Position) -> SyncGate {
+        SyncGate {
+            state: std::sync::Mutex::new(Synced {
+                durable,
+                failed: None,
+            }),
+            failed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Synced> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fsyncs `files` (if `fsync`; `injected` is the test hook's verdict first): the log is
+    /// then durable up to `end`. On failure, or after an earlier one: where it is durable up
+    /// to, and the error.
+    fn sync(
+        &self,
+        files: &[(u32, Arc<File>)],
+        fsync: bool,
+        end: super::values::Position,
+        injected: Result<(), JournalError>,
+    ) -> Result<(), (super::values::Position, JournalError)> {
+        let mut state = self.lock();
+        if let Some(failed) = &state.failed {
+            return Err(failed.clone());
+        }
+        let synced = injected.and_then(|()| {
+            if fsync {
+                for (_, file) in files {
+                    file.sync_data()
+                        .map_err(|e| JournalError::Io(Arc::new(e)))?;
+                }
+            }
+            Ok(())
+        });
+        match synced {
+            Ok(()) => {
+                state.durable = state.durable.max(end);
+                Ok(())
+            }
+            Err(e) => {
+                let failed = (state.durable, e);
+                state.failed = Some(failed.clone());
+                self.failed
+                    .store(true, std::sync::atomic::Ordering::Release);
+                Err(failed)
+            }
+        }
+    }
+
+    /// The first failed fsync, if any: where the log was durable up to, and the error.
+    pub fn failed(&self) -> Option<(super::values::Position, JournalError)> {
+        if !self.failed.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        self.lock().failed.clone()
+    }
+}
+
 /// Writes to one tree, applied in order with plain inserts and removes. (sled's `apply_batch`
 /// seals and writes an I/O buffer on every call, on a new thread: five of them per commit cost
 /// more than the inserts themselves. Atomicity across a batch is not needed: nothing in it is
@@ -878,12 +1335,18 @@ impl Writes {
             .and_then(|(_, v)| v.clone())
     }
 
-    fn apply(self, tree: &sled::Tree) -> Result<(), JournalError> {
-        for (key, value) in self.0 {
-            match value {
-                Some(value) => tree.insert(key, value)?,
+    /// Applies the writes in order; `before` gets what each key held, for [`SledUndo`].
+    fn apply(
+        &self,
+        tree: &sled::Tree,
+        before: &mut Vec<Option<sled::IVec>>,
+    ) -> Result<(), JournalError> {
+        before.reserve(self.0.len());
+        for (key, value) in &self.0 {
+            before.push(match value {
+                Some(value) => tree.insert(key.as_slice(), value.as_slice())?,
                 None => tree.remove(key)?,
-            };
+            });
         }
         Ok(())
     }
@@ -926,20 +1389,24 @@ impl PointerWrites {
         }
     }
 
-    /// Writes the pointers; counts what the replaced or removed ones referred to.
+    /// Writes the pointers; counts what the replaced or removed ones referred to. `before`
+    /// gets what each key held, for [`SledUndo`].
     fn apply(
-        self,
+        &self,
         tree: &sled::Tree,
         released: &mut HashMap<u32, i64>,
+        before: &mut Vec<Option<sled::IVec>>,
     ) -> Result<(), JournalError> {
-        for (key, ptr) in self.writes {
+        before.reserve(self.writes.len());
+        for (key, ptr) in &self.writes {
             let old = match ptr {
-                Some(ptr) => tree.insert(key, &ptr.to_bytes())?,
+                Some(ptr) => tree.insert(key.as_slice(), &ptr.to_bytes())?,
                 None => tree.remove(key)?,
             };
             if let Some(old) = old.as_deref().and_then(Ptr::from_bytes) {
                 *released.entry(old.segment).or_default() -= i64::from(old.len);
             }
+            before.push(old);
         }
         Ok(())
     }
@@ -1014,10 +1481,12 @@ pub(super) fn migrate_inline_values(
     Ok(())
 }
 
-/// The slot a batch is building for the id in `key`: what the table holds now, or an empty one
-/// for ids the batch created (from `new_from` on).
+/// The slot a batch is building for the id in `key`: what the table holds now (kept in
+/// `before` too, to put back if the batch fails), or an empty one for ids the batch created
+/// (from `new_from` on).
 fn slot_of<'a>(
     slots: &'a mut BTreeMap<u64, Slot>,
+    before: &mut BTreeMap<u64, Slot>,
     trees: &Trees,
     new_from: u64,
     key: &[u8],
@@ -1030,7 +1499,11 @@ fn slot_of<'a>(
         std::collections::btree_map::Entry::Vacant(e) if id.0 >= new_from => {
             e.insert(Slot::default())
         }
-        std::collections::btree_map::Entry::Vacant(e) => e.insert(trees.slots.get(id)?),
+        std::collections::btree_map::Entry::Vacant(e) => {
+            let slot = trees.slots.get(id)?;
+            before.insert(id.0, slot);
+            e.insert(slot)
+        }
     }))
 }
 
@@ -1069,14 +1542,49 @@ impl PendingWrites {
     /// nothing in this batch was acknowledged yet (replies wait for the flush), and readers
     /// skip index entries whose slot is empty. Returns the segments to delete once the flush
     /// is durable, and the records written.
+    ///
+    /// A write that fails (a full disk) fails the whole batch, whose senders are told "not
+    /// stored" and resend: so what it wrote is taken back first ([`Applied::revert`]), the
+    /// value log included, or a restart's replay would store it after all, and the resend too.
     fn apply(
-        self,
+        mut self,
         trees: &Trees,
         values: &mut Appender,
         live: &mut LiveBytes,
         counts: &ChannelCounts,
-    ) -> Result<(Vec<u32>, HashMap<TxId, Transaction>), JournalError> {
-        let raw = self.raw.into_pointers(Kind::Raw, values)?;
+        faults: &Faults,
+    ) -> Result<Written, Box<Failure>> {
+        let mut applied = Applied {
+            start: values.position(),
+            slots_end: trees.slots.end(),
+            ..Applied::default()
+        };
+        match self.write(trees, values, live, faults, &mut applied) {
+            Ok(dead) => {
+                counts.add(std::mem::take(&mut self.stats_deltas));
+                Ok((dead, self.records))
+            }
+            Err(error) => {
+                let (reverted, dead) = applied.revert(&self, trees, values, live, faults);
+                Err(Box::new(Failure {
+                    error,
+                    reverted,
+                    dead,
+                }))
+            }
+        }
+    }
+
+    /// [`PendingWrites::apply`]'s writes, each noted in `applied` as it is made.
+    fn write(
+        &mut self,
+        trees: &Trees,
+        values: &mut Appender,
+        live: &mut LiveBytes,
+        faults: &Faults,
+        applied: &mut Applied,
+    ) -> Result<Vec<u32>, JournalError> {
+        let raw = std::mem::take(&mut self.raw).into_pointers(Kind::Raw, values)?;
         let mut records = Writes::default();
         for (id, tx) in &self.records {
             records.insert(
@@ -1088,32 +1596,35 @@ impl PendingWrites {
             records.remove(id.to_key());
         }
         let records = records.into_pointers(Kind::Tx, values)?;
-        let steps = self.steps.into_pointers(Kind::Step, values)?;
+        applied.steps = std::mem::take(&mut self.steps).into_pointers(Kind::Step, values)?;
         values.write_out()?;
+        faults.fire(FaultPoint::AfterValues)?;
         let mut added = HashMap::new();
-        for writes in [&raw, &records, &steps] {
+        for writes in [&raw, &records, &applied.steps] {
             writes.added(&mut added);
         }
         let active = values.active_segment();
         // Counted before anything points at them: a segment is never found dead while a
         // pointer into it is being written.
         let mut dead = live.add(&added, active);
+        applied.added = Some(added);
         let mut released = HashMap::new();
         let mut slots: BTreeMap<u64, Slot> = BTreeMap::new();
         let new_from = self.new_from.map_or(u64::MAX, |id| id.0);
+        let before = &mut applied.slots;
         let mut release = |ptr: Option<Ptr>| {
             if let Some(old) = ptr {
                 *released.entry(old.segment).or_default() -= i64::from(old.len);
             }
         };
         for (key, ptr) in raw.writes {
-            if let Some(slot) = slot_of(&mut slots, trees, new_from, &key)? {
+            if let Some(slot) = slot_of(&mut slots, before, trees, new_from, &key)? {
                 release(slot.raw);
                 slot.raw = ptr;
             }
         }
         for (key, ptr) in records.writes {
-            let Some(slot) = slot_of(&mut slots, trees, new_from, &key)? else {
+            let Some(slot) = slot_of(&mut slots, before, trees, new_from, &key)? else {
                 continue;
             };
             release(slot.record);
@@ -1131,12 +1642,169 @@ impl PendingWrites {
         }
         // Indexes before slots: if a crash cuts this short, replay finds the old record still
         // there and can remove what it indexed.
-        self.by_control.apply(&trees.by_control)?;
-        self.by_origin.apply(&trees.by_origin)?;
+        faults.sled()?;
+        self.by_control
+            .apply(&trees.by_control, &mut applied.by_control)?;
+        self.by_origin
+            .apply(&trees.by_origin, &mut applied.by_origin)?;
+        faults.fire(FaultPoint::Slots)?;
+        applied.slots_written = true;
         trees.slots.write(&slots)?;
-        steps.apply(&trees.steps, &mut released)?;
-        counts.add(self.stats_deltas);
+        applied
+            .steps
+            .apply(&trees.steps, &mut released, &mut applied.steps_before)?;
+        faults.fire(FaultPoint::Sled)?;
         dead.extend(live.add(&released, active));
-        Ok((dead, self.records))
+        Ok(dead)
+    }
+}
+
+/// What [`PendingWrites::apply`] has written so far: enough to take a failed batch back.
+#[derive(Default)]
+struct Applied {
+    /// Where the batch's records start in the value log.
+    start: super::values::Position,
+    /// The slot table's end before the batch: the slots of the ids it creates start there.
+    slots_end: u64,
+    /// The live bytes the batch counted, once counted.
+    added: Option<HashMap<u32, i64>>,
+    /// The slots of earlier transactions that the batch changes, as they were.
+    slots: BTreeMap<u64, Slot>,
+    /// The slot table may hold some of the batch's slots.
+    slots_written: bool,
+    /// What the `by_control` entries written held before, in the order written.
+    by_control: Vec<Option<sled::IVec>>,
+    /// The same for `by_origin`.
+    by_origin: Vec<Option<sled::IVec>>,
+    /// The batch's step pointers, and what their keys held before.
+    steps: PointerWrites,
+    steps_before: Vec<Option<sled::IVec>>,
+}
+
+/// A batch written: the segments it left unreferenced (deleted after the next checkpoint), and
+/// its records as written.
+type Written = (Vec<u32>, HashMap<TxId, Transaction>);
+
+/// A batch that failed, and how far it was taken back.
+struct Failure {
+    error: JournalError,
+    reverted: Reverted,
+    /// Segments that the batch's live bytes, taken back, leave unreferenced.
+    dead: Vec<u32>,
+}
+
+/// How far a failed batch was taken back.
+pub(super) enum Reverted {
+    /// All of it: the journal is as before the batch.
+    Done,
+    /// All but sled's entries, because sled fails too: to put back once it works again (until
+    /// then the journal must not write).
+    Sled(SledUndo, JournalError),
+    /// Not all: the value log or the slots may still hold the batch (a restart's replay and
+    /// repair put that right; the journal must not write until then).
+    Not(JournalError),
+}
+
+impl Applied {
+    /// Takes back what the batch wrote: the slots (first, so that no reader follows a pointer
+    /// into what is cut next), the records in the value log (cut off, durably, before the
+    /// batch's senders hear "not stored"), the live bytes, then sled's entries (put back as
+    /// they were, and flushed).
+    fn revert(
+        self,
+        pending: &PendingWrites,
+        trees: &Trees,
+        values: &mut Appender,
+        live: &mut LiveBytes,
+        faults: &Faults,
+    ) -> (Reverted, Vec<u32>) {
+        let mut undo = SledUndo::default();
+        let keys = |writes: &Writes| writes.0.iter().map(|(key, _)| key.clone()).collect();
+        undo.push(
+            UndoTree::ByControl,
+            keys(&pending.by_control),
+            self.by_control,
+        );
+        undo.push(UndoTree::ByOrigin, keys(&pending.by_origin), self.by_origin);
+        let step_keys = self.steps.writes.iter().map(|(key, _)| key.clone());
+        undo.push(UndoTree::Steps, step_keys.collect(), self.steps_before);
+        let mut failed = None;
+        if self.slots_written {
+            let restored = trees
+                .slots
+                .write(&self.slots)
+                .and_then(|()| trees.slots.truncate(self.slots_end));
+            failed = restored.err();
+        }
+        if let Err(e) = values.discard_from(self.start) {
+            failed.get_or_insert(e);
+        }
+        let mut dead = Vec::new();
+        if let Some(added) = self.added {
+            let taken_back: HashMap<u32, i64> = added.into_iter().map(|(s, n)| (s, -n)).collect();
+            // No segment is being appended to any more: the next record starts a new one.
+            dead = live.add(&taken_back, u32::MAX);
+        }
+        if let Some(e) = failed {
+            return (Reverted::Not(e), dead);
+        }
+        if !undo.is_empty() {
+            if let Err(e) = undo.apply(trees, faults) {
+                return (Reverted::Sled(undo, e), dead);
+            }
+        }
+        (Reverted::Done, dead)
+    }
+}
+
+/// Which tree an undone sled entry is in.
+#[derive(Debug, Clone, Copy)]
+enum UndoTree {
+    ByControl,
+    ByOrigin,
+    Steps,
+}
+
+/// sled entries of a failed batch, with what they held before it, in the order written.
+#[derive(Default)]
+pub(super) struct SledUndo(Vec<(UndoTree, Vec<u8>, Option<sled::IVec>)>);
+
+impl SledUndo {
+    fn push(&mut self, tree: UndoTree, keys: Vec<Vec<u8>>, before: Vec<Option<sled::IVec>>) {
+        // Only the keys written: `before` stops where a write failed.
+        for (key, old) in keys.into_iter().zip(before) {
+            self.0.push((tree, key, old));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// [`SledUndo::put_back`], then a flush of sled, so that a crash cannot bring the batch's
+    /// entries back.
+    fn apply(&self, trees: &Trees, faults: &Faults) -> Result<(), JournalError> {
+        faults.sled()?;
+        self.put_back(trees)?;
+        faults.sled()?;
+        trees.db.flush()?;
+        Ok(())
+    }
+
+    /// Puts every entry back as it was (newest first, so that a key written twice ends as it
+    /// was first).
+    fn put_back(&self, trees: &Trees) -> Result<(), JournalError> {
+        for (tree, key, old) in self.0.iter().rev() {
+            let tree = match tree {
+                UndoTree::ByControl => &trees.by_control,
+                UndoTree::ByOrigin => &trees.by_origin,
+                UndoTree::Steps => &trees.steps,
+            };
+            match old {
+                Some(old) => tree.insert(key.as_slice(), old.clone())?,
+                None => tree.remove(key.as_slice())?,
+            };
+        }
+        Ok(())
     }
 }

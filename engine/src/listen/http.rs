@@ -259,13 +259,9 @@ async fn ingest(
         _ => {
             let facts = crate::format::facts(format, &body);
             match intake.submit_document(facts, body, arrival).await {
-                Err(_) => HttpResponse::ServiceUnavailable()
+                Err(e) => HttpResponse::ServiceUnavailable()
                     .insert_header((header::RETRY_AFTER, "5"))
-                    .json(operation_outcome(
-                        "error",
-                        "transient",
-                        "not stored; please resend",
-                    )),
+                    .json(operation_outcome("error", "transient", e.not_stored())),
                 Ok(reply) => document_reply(reply),
             }
         }
