@@ -11,6 +11,7 @@
 //! nothing new).
 
 use std::borrow::Cow;
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::bundle::{self, Durability};
+use super::outcome::CdrError;
 use super::request::Return;
 use super::store::Store;
 
@@ -119,15 +121,24 @@ fn work(store: &Store, jobs: &Mutex<Receiver<Job>>) {
         let mut answers = Vec::with_capacity(batch.len());
         let mut last = 0;
         for job in batch.drain(..) {
-            let mut bundle = Arc::unwrap_or_clone(job.bundle);
-            (job.prepare)(&mut bundle);
-            let (status, body, seq) = bundle::process_with(
-                store,
-                Cow::Owned(bundle),
-                &job.base,
-                Return::Minimal,
-                Durability::ByCaller,
-            );
+            // A bug that panics fails this Bundle (a 500, retried by its channel), not the
+            // thread every later delivery needs.
+            let processed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let mut bundle = Arc::unwrap_or_clone(job.bundle);
+                (job.prepare)(&mut bundle);
+                bundle::process_with(
+                    store,
+                    Cow::Owned(bundle),
+                    &job.base,
+                    Return::Minimal,
+                    Durability::ByCaller,
+                )
+            }));
+            let (status, body, seq) = processed.unwrap_or_else(|panic| {
+                let error = CdrError::Internal(panic_message(&*panic));
+                tracing::error!(error = %error, "CDR delivery panicked; the delivery is retried");
+                (error.status(), error.to_outcome(), store.applied())
+            });
             last = last.max(seq);
             answers.push((job.answer, status, body));
         }
@@ -140,4 +151,13 @@ fn work(store: &Store, jobs: &Mutex<Receiver<Job>>) {
             });
         }
     }
+}
+
+/// What a caught panic said (its `&str` or `String` payload).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }

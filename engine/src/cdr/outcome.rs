@@ -87,6 +87,9 @@ pub enum CdrError {
     /// 500: stored data could not be decoded (corruption or a bug).
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// 500: processing stopped on a bug (a panic), caught so that it fails one request.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// An error in one entry of a batch or transaction Bundle; the status is the entry's.
     #[error("Bundle.entry[{index}]: {source}")]
     Entry {
@@ -126,7 +129,10 @@ impl CdrError {
             CdrError::TooLarge(_) => 413,
             CdrError::UnsupportedMediaType(_) => 415,
             CdrError::Unprocessable(_) => 422,
-            CdrError::Storage(_) | CdrError::Io { .. } | CdrError::Corrupt(_) => 500,
+            CdrError::Storage(_)
+            | CdrError::Io { .. }
+            | CdrError::Corrupt(_)
+            | CdrError::Internal(_) => 500,
             CdrError::Halted => 503,
             CdrError::Entry { source, .. } => source.status(),
         }
@@ -168,6 +174,7 @@ impl CdrError {
                 &format!("I/O error on {}: {source}", path.display()),
             ),
             CdrError::Corrupt(m) => one("exception", &format!("corrupt record: {m}")),
+            CdrError::Internal(m) => one("exception", &format!("internal error: {m}")),
             CdrError::Halted => one("transient", &CdrError::Halted.to_string()),
             CdrError::Entry { index, source } => source
                 .issues()

@@ -2103,3 +2103,29 @@ async fn deliveries_queued_together_are_each_answered_and_written_once() {
     );
     assert_eq!(found.body.as_ref().unwrap()["total"], 63);
 }
+
+/// A delivery that panics (a bug) fails alone, with a 500 its channel retries; the delivery
+/// thread lives on for the next one.
+#[actix_rt::test]
+async fn a_delivery_that_panics_fails_alone() {
+    let (_dir, cdr) = open();
+    let bundle = || {
+        std::sync::Arc::new(
+            json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": patient("Panic", "After", "male", "1970-01-01", "MRN-P"),
+                 "request": {"method": "PUT", "url": "Patient?identifier=urn:oid:1.2.36.146|MRN-P"}}
+            ]}),
+        )
+    };
+    let (status, body) = cdr
+        .deliver_bundle(bundle(), BASE, |_| panic!("a bug in a delivery"))
+        .await
+        .expect("answered");
+    assert_eq!(status, 500, "{body:#}");
+    assert!(body.to_string().contains("a bug in a delivery"), "{body:#}");
+    let (status, body) = cdr
+        .deliver_bundle(bundle(), BASE, |_| ())
+        .await
+        .expect("the delivery thread still answers");
+    assert_eq!(status, 200, "{body:#}");
+}
