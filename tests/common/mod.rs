@@ -224,21 +224,18 @@ impl Engine {
 
     /// GET on the admin API with the token; returns status and JSON body.
     pub async fn api(&self, path: &str) -> (u16, serde_json::Value) {
-        let client = reqwest::Client::new();
-        let mut req = client.get(self.url(path));
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let body = resp.json().await.unwrap_or(serde_json::Value::Null);
-        (status, body)
+        self.with_token(reqwest::Client::new().get(self.url(path)))
+            .await
     }
 
     /// Reruns transaction `id` through the admin API (with the token); status and JSON body.
     pub async fn rerun(&self, id: impl std::fmt::Display) -> (u16, serde_json::Value) {
-        let mut req =
-            reqwest::Client::new().post(self.url(&format!("/api/transactions/{id}/rerun")));
+        let url = self.url(&format!("/api/transactions/{id}/rerun"));
+        self.with_token(reqwest::Client::new().post(url)).await
+    }
+
+    /// Sends `req` with the admin token, if the engine has one; status and JSON body.
+    async fn with_token(&self, mut req: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
