@@ -23,9 +23,9 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Opens `config`, retrying while the file lock is held, for up to [`LOCK_WAIT`].
 pub fn open(config: &sled::Config) -> sled::Result<sled::Db> {
-    remove_unfinished_snapshots(&config.path)?;
     let started = Instant::now();
     loop {
+        remove_unfinished_snapshots(&config.path)?;
         match config.open() {
             Err(e) if is_lock_held(&e) && started.elapsed() < LOCK_WAIT => {
                 std::thread::sleep(Duration::from_millis(10));
@@ -41,8 +41,13 @@ fn is_lock_held(e: &sled::Error) -> bool {
 }
 
 /// Removes the `snap.*.generating` files in `dir`: snapshots whose write never finished (see
-/// the module doc). A missing dir has none.
+/// the module doc). Only while nothing holds sled's lock: an open database (another engine on
+/// the same data dir, which its open then reports) may be writing one at this moment. A
+/// missing dir has none.
 fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<()> {
+    if lock_held(dir)? {
+        return Ok(());
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -61,6 +66,35 @@ fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether an open handle holds sled's lock on `<dir>/db` (sled takes an exclusive `flock` on
+/// it for as long as the database is open, on Linux). Probed with a non-blocking lock of our
+/// own, released when the probe's file closes.
+#[cfg(target_os = "linux")]
+fn lock_held(dir: &Path) -> std::io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    let file = match std::fs::File::open(dir.join("db")) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    // SAFETY: flock on a descriptor this function owns; it is closed (and unlocked) on return.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(false);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        Ok(true)
+    } else {
+        Err(e)
+    }
+}
+
+/// Elsewhere sled's lock cannot be probed the same way: assume it free, as before this check.
+#[cfg(not(target_os = "linux"))]
+fn lock_held(_: &Path) -> std::io::Result<bool> {
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -121,5 +155,23 @@ mod tests {
         assert!(!unfinished.exists());
         assert_eq!(db.len(), 2_000);
         assert_eq!(db.get(1_999u32.to_be_bytes()).unwrap().unwrap().len(), 100);
+    }
+
+    #[test]
+    fn a_snapshot_being_written_by_an_open_database_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = sled::Config::new().path(dir.path()).flush_every_ms(None);
+        let running = open(&config).unwrap();
+        // As if the running database were writing its next snapshot.
+        let in_progress = dir.path().join("snap.00000000FFFFFFFF.generating");
+        std::fs::write(&in_progress, b"").unwrap();
+        let second = sled::Config::new().path(dir.path()).flush_every_ms(None);
+        let refused = open(&second).expect_err("the first holds the lock");
+        assert!(is_lock_held(&refused), "{refused}");
+        assert!(
+            in_progress.exists(),
+            "a second open removed the running one's snapshot"
+        );
+        drop(running);
     }
 }
