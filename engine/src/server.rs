@@ -57,7 +57,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     refuse_a_full_disk(&config.data_dir)?;
     let journal =
         Journal::open(&config.data_dir, &config.journal, metrics.clone()).map_err(|e| {
-            let hint = open_failure_hint(&config.data_dir);
+            let hint = full_disk_hint(&config.data_dir).unwrap_or_default();
             anyhow::Error::new(e).context(format!("opening the journal{hint}"))
         })?;
     let (token, source) =
@@ -312,32 +312,24 @@ const JOURNAL_OPEN_NEEDS_BYTES: u64 = 64 * 1024 * 1024;
 /// journal or the CDR writes anything: an open that fails half way on a full disk leaves files
 /// the next start must clean up, and the error it gives does not say what to do.
 fn refuse_a_full_disk(dir: &std::path::Path) -> anyhow::Result<()> {
-    match crate::data_dir::free_bytes(dir) {
-        Some(free) if free < JOURNAL_OPEN_NEEDS_BYTES => {
-            anyhow::bail!("not opening the journal{}", storage_full_hint(dir, free))
-        }
-        _ => Ok(()),
+    match full_disk_hint(dir) {
+        Some(hint) => anyhow::bail!("not opening the journal{hint}"),
+        None => Ok(()),
     }
 }
 
-/// What to do about a full disk, after the error it caused.
-fn storage_full_hint(dir: &std::path::Path, free: u64) -> String {
-    format!(
+/// `: the filesystem of … is full …` and what to do, when `dir` has less than
+/// [`JOURNAL_OPEN_NEEDS_BYTES`] free (also after a failed open, whose error may have lost the
+/// I/O error's kind on the way); `None` with room enough or where free space cannot be told.
+fn full_disk_hint(dir: &std::path::Path) -> Option<String> {
+    let free = crate::data_dir::free_bytes(dir).filter(|&b| b < JOURNAL_OPEN_NEEDS_BYTES)?;
+    Some(format!(
         ": the filesystem of {} is full, {} MiB free; the journal needs about {} MiB free to \
          open. Free space or grow the volume, then start again; nothing is lost",
         dir.display(),
         free / (1024 * 1024),
         JOURNAL_OPEN_NEEDS_BYTES / (1024 * 1024)
-    )
-}
-
-/// [`storage_full_hint`] when the journal's open failed with the disk nearly full (its error
-/// may have lost the I/O error's kind on the way), else nothing.
-fn open_failure_hint(dir: &std::path::Path) -> String {
-    match crate::data_dir::free_bytes(dir) {
-        Some(free) if free < JOURNAL_OPEN_NEEDS_BYTES => storage_full_hint(dir, free),
-        _ => String::new(),
-    }
+    ))
 }
 
 /// Prunes the journal every `interval_secs`, one small writer batch at a time with a pause in
