@@ -1,19 +1,24 @@
-//! Channels' Bundles into the store: a few threads of their own, one fsync a batch.
+//! Channels' Bundles into the store: a thread of their own, one fsync a batch.
 //!
 //! A channel's delivery used to take a thread of the blocking pool per Bundle, and wait there
 //! for its own group commit. Draining a backlog, that was ~7 context switches a Bundle on the
 //! pool's threads alone (its queue's lock contended, a wake-up to start, another after the
-//! fsync) and an fsync every three Bundles. Here [`WORKERS`] thread(s) take what is queued, up to
-//! [`MAX_BATCH`] Bundles at a time, process each as `POST /fhir` would (each its own atomic
-//! commit, in queue order), wait once for the last one to be durable, then answer them all.
+//! fsync) and an fsync every three Bundles. Here one thread takes what is queued, up to
+//! [`MAX_BATCH`] Bundles at a time, processes each as `POST /fhir` would (each its own atomic
+//! commit, in queue order), waits once for the last one to be durable, then answers them all.
 //! Nothing is answered before its writes are on disk; if the fsync fails, every Bundle of the
 //! batch that wrote is answered with that error (and retried by its channel: a replay writes
 //! nothing new).
+//!
+//! One thread, not a pool: the store takes one writer at a time anyway, and a second thread
+//! (validating or waiting for its fsync while the first writes) cost more in lock hand-offs
+//! and switches than it overlapped: draining into the CDR, two threads gave 3,503-4,014
+//! Bundles/s at 392-458 µs of CPU each, one 4,474-4,520 at 358 µs (BENCHMARKS.md).
 
 use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -22,12 +27,6 @@ use super::bundle::{self, Durability};
 use super::outcome::CdrError;
 use super::request::Return;
 use super::store::Store;
-
-/// Threads processing deliveries. One: the store takes one writer at a time anyway, and a
-/// second thread (validating or waiting for its fsync while the first writes) cost more in
-/// lock hand-offs and switches than it overlapped: draining into the CDR, two threads gave
-/// 3,503-4,014 Bundles/s at 392-458 µs of CPU each, one 4,474-4,520 at 358 µs (BENCHMARKS.md).
-const WORKERS: usize = 1;
 
 /// At most this many Bundles share one wait for durability (and delay each other's answer).
 const MAX_BATCH: usize = 32;
@@ -43,17 +42,17 @@ struct Job {
     answer: oneshot::Sender<(u16, Value)>,
 }
 
-/// The queue into the delivery threads. Dropping it ends them, once they have answered what
-/// they took, and joins them: the store they hold is released when this returns.
+/// The queue into the delivery thread. Dropping it ends the thread, once it has answered what
+/// it took, and joins it: the store it holds is released when this returns.
 pub(super) struct Deliveries {
     queue: Option<Sender<Job>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Deliveries {
     fn drop(&mut self) {
         drop(self.queue.take());
-        for thread in self.threads.drain(..) {
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
@@ -62,25 +61,18 @@ impl Drop for Deliveries {
 impl Deliveries {
     pub(super) fn start(store: &Arc<Store>) -> std::io::Result<Deliveries> {
         let (queue, jobs) = mpsc::channel();
-        let jobs = Arc::new(Mutex::new(jobs));
-        let mut threads = Vec::with_capacity(WORKERS);
-        for n in 0..WORKERS {
-            let store = store.clone();
-            let jobs = jobs.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("cdr-deliver-{n}"))
-                    .spawn(move || work(&store, &jobs))?,
-            );
-        }
+        let store = store.clone();
+        let thread = std::thread::Builder::new()
+            .name("cdr-deliver".into())
+            .spawn(move || work(&store, &jobs))?;
         Ok(Deliveries {
             queue: Some(queue),
-            threads,
+            thread: Some(thread),
         })
     }
 
     /// Queues `bundle`; the answer comes once it is processed and durable. `None` when the
-    /// threads are gone (the engine is stopping).
+    /// thread is gone (the engine is stopping).
     pub(super) async fn process(
         &self,
         bundle: Arc<Value>,
@@ -101,23 +93,12 @@ impl Deliveries {
     }
 }
 
-fn work(store: &Store, jobs: &Mutex<Receiver<Job>>) {
+fn work(store: &Store, jobs: &Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        {
-            // One thread waits for work at a time; it takes all that is queued.
-            let jobs = jobs.lock().unwrap_or_else(|e| e.into_inner());
-            match jobs.recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => return,
-            }
-            while batch.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-        }
+    // Waits for one, then takes all that is queued behind it.
+    while let Ok(first) = jobs.recv() {
+        batch.push(first);
+        batch.extend(jobs.try_iter().take(MAX_BATCH - 1));
         let mut answers = Vec::with_capacity(batch.len());
         let mut last = 0;
         for job in batch.drain(..) {

@@ -1,7 +1,7 @@
 //! The embedded CDR: a FHIR R4 (4.0.1) JSON server backed by sled, served under `/fhir`.
 //!
 //! Channels write to it in-process with [`Cdr::deliver_bundle`] (the same code a
-//! `POST /fhir` runs, on the CDR's delivery threads); clients reach it over HTTP through
+//! `POST /fhir` runs, on the CDR's delivery thread); clients reach it over HTTP through
 //! [`routes`]. It does what a client of
 //! HAPI FHIR expects for the common resource types: CRUD with versions and history, search on
 //! the common parameters from sled indexes, batch and transaction Bundles with `urn:uuid`
@@ -19,7 +19,7 @@
 //! - [`searchset`]: the searchset Bundle: a page, includes, paging links;
 //! - [`interact`]: create, read, vread, update, delete, history, and the conditional forms;
 //! - [`bundle`]: batch and transaction processing, `urn:uuid` resolution;
-//! - [`deliveries`]: channels' Bundles on threads of their own, one fsync a batch;
+//! - [`deliveries`]: channels' Bundles on a thread of their own, one fsync a batch;
 //! - [`validate`]: structural checks against R4 (types, shapes, formats, references);
 //! - [`r4`]: the R4 specification as tables (resource types, element shapes, bindings);
 //! - [`datetime`]: FHIR dates as millisecond ranges (validation and date search);
@@ -172,7 +172,7 @@ impl Cdr {
     }
 
     /// [`Cdr::process_bundle`] for a channel's delivery, from async code: on the CDR's delivery
-    /// threads, which share one fsync among the Bundles queued together. There the Bundle is
+    /// thread, which shares one fsync among the Bundles queued together. There the Bundle is
     /// taken out of its `Arc` (copied only if another holder is left) and `prepare`d. `None`
     /// when the engine is stopping.
     pub async fn deliver_bundle(

@@ -2044,7 +2044,7 @@ async fn unknown_elements_and_double_choices_are_refused() {
     }
 }
 
-/// Channels' deliveries ([`Cdr::deliver_bundle`]) queued together share the delivery threads'
+/// Channels' deliveries ([`Cdr::deliver_bundle`]) queued together share the delivery thread's
 /// batches: each is still its own transaction, answered as `POST /fhir` would answer it, and a
 /// refused one changes nothing for the others.
 #[actix_rt::test]
