@@ -25,6 +25,8 @@
 //! The transform step in the journal keeps the Bundle as the script made it; the delivery
 //! step's response names the ids written.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
 use crate::cdr::r4::is_resource_type;
@@ -90,7 +92,7 @@ impl CreateIds {
             return 0;
         };
         // fullUrl → Type/id, for the references.
-        let mut renamed: Vec<(String, String)> = Vec::new();
+        let mut renamed: HashMap<String, String> = HashMap::new();
         let mut changed = 0;
         for (index, entry) in entries.iter_mut().enumerate() {
             let Some(ty) = plain_create_type(entry).map(str::to_owned) else {
@@ -108,21 +110,12 @@ impl CreateIds {
                 request.remove("ifNoneExist");
             }
             if let Some(url) = entry.get("fullUrl").and_then(Value::as_str) {
-                renamed.push((url.to_owned(), path));
+                // The first entry of a fullUrl given twice (a batch may) names it.
+                renamed.entry(url.to_owned()).or_insert(path);
             }
             changed += 1;
         }
-        if !renamed.is_empty() {
-            for entry in entries.iter_mut() {
-                if let Some(resource) = entry.get_mut("resource") {
-                    crate::format::fhir::walk_references_mut(resource, &mut |r| {
-                        if let Some((_, to)) = renamed.iter().find(|(from, _)| from == r) {
-                            *r = to.clone();
-                        }
-                    });
-                }
-            }
-        }
+        crate::format::fhir::rename_references(entries, &renamed);
         changed
     }
 }

@@ -329,8 +329,25 @@ fn walk_references(v: &Value, root: &str, f: &mut impl FnMut(&str, &str)) {
     walk(v, &mut path, f, 0);
 }
 
+/// Points every `reference` in the resources of `entries` that names a key of `renamed` at its
+/// value (an entry's `fullUrl` at the `Type/id` it is written under).
+pub(crate) fn rename_references(entries: &mut [Value], renamed: &HashMap<String, String>) {
+    if renamed.is_empty() {
+        return;
+    }
+    for e in entries.iter_mut() {
+        if let Some(r) = e.get_mut("resource") {
+            walk_references_mut(r, &mut |r| {
+                if let Some(to) = renamed.get(r.as_str()) {
+                    *r = to.clone();
+                }
+            });
+        }
+    }
+}
+
 /// Calls `f` on every `reference` string, to rewrite it.
-pub(crate) fn walk_references_mut(v: &mut Value, f: &mut impl FnMut(&mut String)) {
+fn walk_references_mut(v: &mut Value, f: &mut impl FnMut(&mut String)) {
     match v {
         Value::Object(o) => {
             for (k, child) in o.iter_mut() {
@@ -426,17 +443,7 @@ pub fn as_transaction(bundle: Value) -> Result<Value, FhirInputError> {
             }
         }
     }
-    if !rename.is_empty() {
-        for e in entries.iter_mut() {
-            if let Some(r) = e.get_mut("resource") {
-                walk_references_mut(r, &mut |r| {
-                    if let Some(to) = rename.get(r.as_str()) {
-                        *r = to.clone();
-                    }
-                });
-            }
-        }
-    }
+    rename_references(&mut entries, &rename);
     let mut out = Map::new();
     out.insert("resourceType".into(), "Bundle".into());
     if let Some(id) = b.get("id") {
