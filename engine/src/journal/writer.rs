@@ -110,8 +110,9 @@ impl RecordReply {
 pub(super) enum Wait {
     /// After the group commit has fsynced it.
     Durable,
-    /// Once applied: visible to readers, made durable by the same group commit, but the caller
-    /// does not wait for the disk.
+    /// Once applied: visible to readers, made durable by the next fsync (the next batch that
+    /// someone waits for, or the flusher's within [`SYNC_DEFERRED_WITHIN`] when none comes),
+    /// but the caller does not wait for the disk.
     Applied,
 }
 
@@ -1123,6 +1124,9 @@ impl Writer {
     }
 }
 
+/// How long the flusher leaves writes no one waits for unsynced when nothing else comes.
+const SYNC_DEFERRED_WITHIN: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// One applied batch waiting to be made durable.
 struct FlushJob {
     replies: Vec<Reply>,
@@ -1144,20 +1148,47 @@ struct Flusher {
 
 impl Flusher {
     fn run(self, jobs: Receiver<FlushJob>) {
-        while let Ok(first) = jobs.recv() {
-            let mut ready = vec![first];
+        // Segments written by batches no one waits on the disk for (outcomes recorded with
+        // [`Wait::Applied`]), and where the log ended after them: not fsynced on their own
+        // (their callers were answered when they were applied), but by the next fsync, a
+        // later batch's or this thread's once it has been idle for [`SYNC_DEFERRED_WITHIN`].
+        // The log is written in order, so whatever a later fsync makes durable, these are too.
+        let mut deferred: Vec<(u32, Arc<File>)> = Vec::new();
+        let mut deferred_end = super::values::Position::default();
+        loop {
+            let first = if deferred.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => break,
+                }
+            } else {
+                match jobs.recv_timeout(SYNC_DEFERRED_WITHIN) {
+                    Ok(job) => Some(job),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let mut ready: Vec<FlushJob> = first.into_iter().collect();
             while let Ok(job) = jobs.try_recv() {
                 ready.push(job);
             }
-            let mut unsynced: Vec<(u32, Arc<File>)> = Vec::new();
             for job in &mut ready {
                 for (segment, file) in job.unsynced.drain(..) {
-                    if !unsynced.iter().any(|(s, _)| *s == segment) {
-                        unsynced.push((segment, file));
+                    if !deferred.iter().any(|(s, _)| *s == segment) {
+                        deferred.push((segment, file));
                     }
                 }
+                deferred_end = deferred_end.max(job.end);
             }
-            let end = ready.iter().map(|job| job.end).max().unwrap_or_default();
+            // Idle with deferred writes, or someone waits for these batches: fsync.
+            if !ready.is_empty() && ready.iter().all(|job| job.replies.is_empty()) {
+                for job in ready {
+                    self.answer(job, &Ok(()));
+                }
+                continue;
+            }
+            let unsynced = std::mem::take(&mut deferred);
+            let end = deferred_end;
             let started = Instant::now();
             let synced = self.gate.sync(
                 &unsynced,
@@ -1177,6 +1208,10 @@ impl Flusher {
                 };
                 self.answer(job, &flushed);
             }
+        }
+        // Stopping: what was deferred is made durable before the thread ends.
+        if !deferred.is_empty() {
+            let _ = self.gate.sync(&deferred, self.fsync, deferred_end, Ok(()));
         }
     }
 
