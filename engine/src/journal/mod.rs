@@ -521,8 +521,8 @@ impl Journal {
     }
 
     /// Records pipeline steps and status events in one write, resolving once it is applied
-    /// (readable) rather than once it is fsynced; the same group commit makes it durable a
-    /// moment later. For outcomes a crash may lose safely: a transaction whose outcome was not
+    /// (readable) rather than once it is fsynced; the next fsync makes it durable (the next
+    /// write someone waits for, or the flusher's own within 20 ms when none comes). For outcomes a crash may lose safely: a transaction whose outcome was not
     /// yet on disk is resumed and run again, and deliveries are idempotent, exactly as when
     /// the crash comes between a delivery and its record.
     pub fn record_applied(
