@@ -238,7 +238,7 @@ async fn an_outcome_recorded_applied_is_readable_at_once_and_durable_after() {
 }
 
 /// Outcomes nobody waits on the disk for get no fsync of their own: the next fsync covers
-/// them, here the flusher's once it has been idle for `SYNC_DEFERRED_WITHIN`. (Each used to
+/// them, here the one the writer asks for once it has been idle for `SYNC_HELD_WITHIN`. (Each used to
 /// cost one: at 5,000 msg/s that was three fsyncs for every four messages.)
 #[tokio::test]
 async fn outcomes_recorded_applied_share_one_fsync() {

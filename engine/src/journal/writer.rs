@@ -111,8 +111,8 @@ pub(super) enum Wait {
     /// After the group commit has fsynced it.
     Durable,
     /// Once applied: visible to readers, made durable by the next fsync (the next batch that
-    /// someone waits for, or the flusher's within [`SYNC_DEFERRED_WITHIN`] when none comes),
-    /// but the caller does not wait for the disk.
+    /// someone waits for, or on its own within [`SYNC_HELD_WITHIN`] when none comes; see
+    /// [`Flushes`]), but the caller does not wait for the disk.
     Applied,
 }
 
@@ -364,10 +364,26 @@ impl Writer {
             .name("journal-flush".into())
             .spawn(move || flusher.run(flush_rx))
             .expect("journal flusher thread starts");
+        let mut jobs = Flushes {
+            jobs,
+            held: None,
+            metrics: self.metrics.clone(),
+        };
         let mut batch = Vec::with_capacity(self.max_batch);
         loop {
-            let first = match rx.recv_timeout(super::values::CHECKPOINT_EVERY) {
+            let idle_after = if jobs.holding() {
+                SYNC_HELD_WITHIN
+            } else {
+                super::values::CHECKPOINT_EVERY
+            };
+            let first = match rx.recv_timeout(idle_after) {
                 Ok(cmd) => cmd,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if jobs.holding() => {
+                    if jobs.release().is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     self.notice_failed_fsync();
                     self.try_to_recover();
@@ -444,7 +460,7 @@ impl Writer {
                 self.checkpoint_now();
             }
         }
-        drop(jobs);
+        jobs.close();
         let _ = flusher.join();
         self.notice_failed_fsync();
         if self.refusing().is_some() {
@@ -1124,8 +1140,76 @@ impl Writer {
     }
 }
 
-/// How long the flusher leaves writes no one waits for unsynced when nothing else comes.
-const SYNC_DEFERRED_WITHIN: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long the writer holds back writes no one waits for when nothing else comes.
+const SYNC_HELD_WITHIN: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The writer's side of the flusher's queue. A batch no one waits on the disk for (outcomes
+/// recorded with [`Wait::Applied`], whose callers were answered when it was applied) is held
+/// back rather than fsynced on its own: its segments go with the next batch sent, whose fsync
+/// covers them (the log is written in order), or alone once the writer has been idle for
+/// [`SYNC_HELD_WITHIN`]. At 5,000 msg/s that saves one fsync, and the flusher's wake-up, for
+/// most outcomes.
+struct Flushes {
+    jobs: std::sync::mpsc::Sender<FlushJob>,
+    /// Segments written by held batches, and where the log ended after them.
+    held: Option<(Vec<(u32, Arc<File>)>, super::values::Position)>,
+    metrics: Arc<Metrics>,
+}
+
+impl Flushes {
+    fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Hands `job` to the flusher with what is held, or holds it.
+    fn send(&mut self, mut job: FlushJob) -> Result<(), std::sync::mpsc::SendError<FlushJob>> {
+        if job.replies.is_empty() && job.applied.is_ok() {
+            // Counted now, as its callers were answered: applied and readable.
+            for (status, delta) in std::mem::take(&mut job.status_deltas) {
+                self.metrics
+                    .transactions_by_status
+                    .with_label_values(&[status.as_str()])
+                    .add(delta);
+            }
+            let (segments, end) = self.held.get_or_insert_with(Default::default);
+            merge_segments(segments, job.unsynced);
+            *end = (*end).max(job.end);
+            return Ok(());
+        }
+        if let Some((segments, end)) = self.held.take() {
+            merge_segments(&mut job.unsynced, segments);
+            job.end = job.end.max(end);
+        }
+        self.jobs.send(job)
+    }
+
+    /// Sends what is held to be fsynced on its own.
+    fn release(&mut self) -> Result<(), std::sync::mpsc::SendError<FlushJob>> {
+        match self.held.take() {
+            Some((unsynced, end)) => self.jobs.send(FlushJob {
+                replies: Vec::new(),
+                status_deltas: HashMap::new(),
+                applied: Ok(()),
+                unsynced,
+                end,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Releases what is held and lets the flusher finish.
+    fn close(mut self) {
+        let _ = self.release();
+    }
+}
+
+fn merge_segments(into: &mut Vec<(u32, Arc<File>)>, from: Vec<(u32, Arc<File>)>) {
+    for (segment, file) in from {
+        if !into.iter().any(|(s, _)| *s == segment) {
+            into.push((segment, file));
+        }
+    }
+}
 
 /// One applied batch waiting to be made durable.
 struct FlushJob {
@@ -1148,47 +1232,20 @@ struct Flusher {
 
 impl Flusher {
     fn run(self, jobs: Receiver<FlushJob>) {
-        // Segments written by batches no one waits on the disk for (outcomes recorded with
-        // [`Wait::Applied`]), and where the log ended after them: not fsynced on their own
-        // (their callers were answered when they were applied), but by the next fsync, a
-        // later batch's or this thread's once it has been idle for [`SYNC_DEFERRED_WITHIN`].
-        // The log is written in order, so whatever a later fsync makes durable, these are too.
-        let mut deferred: Vec<(u32, Arc<File>)> = Vec::new();
-        let mut deferred_end = super::values::Position::default();
-        loop {
-            let first = if deferred.is_empty() {
-                match jobs.recv() {
-                    Ok(job) => Some(job),
-                    Err(_) => break,
-                }
-            } else {
-                match jobs.recv_timeout(SYNC_DEFERRED_WITHIN) {
-                    Ok(job) => Some(job),
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                }
-            };
-            let mut ready: Vec<FlushJob> = first.into_iter().collect();
+        while let Ok(first) = jobs.recv() {
+            let mut ready = vec![first];
             while let Ok(job) = jobs.try_recv() {
                 ready.push(job);
             }
+            let mut unsynced: Vec<(u32, Arc<File>)> = Vec::new();
             for job in &mut ready {
                 for (segment, file) in job.unsynced.drain(..) {
-                    if !deferred.iter().any(|(s, _)| *s == segment) {
-                        deferred.push((segment, file));
+                    if !unsynced.iter().any(|(s, _)| *s == segment) {
+                        unsynced.push((segment, file));
                     }
                 }
-                deferred_end = deferred_end.max(job.end);
             }
-            // Idle with deferred writes, or someone waits for these batches: fsync.
-            if !ready.is_empty() && ready.iter().all(|job| job.replies.is_empty()) {
-                for job in ready {
-                    self.answer(job, &Ok(()));
-                }
-                continue;
-            }
-            let unsynced = std::mem::take(&mut deferred);
-            let end = deferred_end;
+            let end = ready.iter().map(|job| job.end).max().unwrap_or_default();
             let started = Instant::now();
             let synced = self.gate.sync(
                 &unsynced,
@@ -1208,10 +1265,6 @@ impl Flusher {
                 };
                 self.answer(job, &flushed);
             }
-        }
-        // Stopping: what was deferred is made durable before the thread ends.
-        if !deferred.is_empty() {
-            let _ = self.gate.sync(&deferred, self.fsync, deferred_end, Ok(()));
         }
     }
 
