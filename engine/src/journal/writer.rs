@@ -1152,7 +1152,7 @@ const SYNC_HELD_WITHIN: std::time::Duration = std::time::Duration::from_millis(2
 struct Flushes {
     jobs: std::sync::mpsc::Sender<FlushJob>,
     /// Segments written by held batches, and where the log ended after them.
-    held: Option<(Vec<(u32, Arc<File>)>, super::values::Position)>,
+    held: Option<(Segments, super::values::Position)>,
     metrics: Arc<Metrics>,
 }
 
@@ -1162,7 +1162,7 @@ impl Flushes {
     }
 
     /// Hands `job` to the flusher with what is held, or holds it.
-    fn send(&mut self, mut job: FlushJob) -> Result<(), std::sync::mpsc::SendError<FlushJob>> {
+    fn send(&mut self, mut job: FlushJob) -> Result<(), FlusherGone> {
         if job.replies.is_empty() && job.applied.is_ok() {
             // Counted now, as its callers were answered: applied and readable.
             for (status, delta) in std::mem::take(&mut job.status_deltas) {
@@ -1180,19 +1180,22 @@ impl Flushes {
             merge_segments(&mut job.unsynced, segments);
             job.end = job.end.max(end);
         }
-        self.jobs.send(job)
+        self.jobs.send(job).map_err(|_| FlusherGone)
     }
 
     /// Sends what is held to be fsynced on its own.
-    fn release(&mut self) -> Result<(), std::sync::mpsc::SendError<FlushJob>> {
+    fn release(&mut self) -> Result<(), FlusherGone> {
         match self.held.take() {
-            Some((unsynced, end)) => self.jobs.send(FlushJob {
-                replies: Vec::new(),
-                status_deltas: HashMap::new(),
-                applied: Ok(()),
-                unsynced,
-                end,
-            }),
+            Some((unsynced, end)) => self
+                .jobs
+                .send(FlushJob {
+                    replies: Vec::new(),
+                    status_deltas: HashMap::new(),
+                    applied: Ok(()),
+                    unsynced,
+                    end,
+                })
+                .map_err(|_| FlusherGone),
             None => Ok(()),
         }
     }
@@ -1203,7 +1206,14 @@ impl Flushes {
     }
 }
 
-fn merge_segments(into: &mut Vec<(u32, Arc<File>)>, from: Vec<(u32, Arc<File>)>) {
+/// The flusher thread has ended (it ends only after the writer lets go of its queue, or
+/// when it panicked).
+struct FlusherGone;
+
+/// Value-log segments written and not yet fsynced, each with its file.
+type Segments = Vec<(u32, Arc<File>)>;
+
+fn merge_segments(into: &mut Segments, from: Segments) {
     for (segment, file) in from {
         if !into.iter().any(|(s, _)| *s == segment) {
             into.push((segment, file));
@@ -1217,7 +1227,7 @@ struct FlushJob {
     status_deltas: HashMap<Status, i64>,
     applied: Result<(), JournalError>,
     /// Value-log segments written by this batch: fsynced before the replies go.
-    unsynced: Vec<(u32, Arc<File>)>,
+    unsynced: Segments,
     /// Where the value log ends after this batch.
     end: super::values::Position,
 }
