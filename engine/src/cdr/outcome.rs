@@ -84,6 +84,9 @@ pub enum CdrError {
     /// 503: writes stopped after a commit failed half way; a restart completes it.
     #[error("the CDR takes no writes until the engine restarts (a write failed half way, e.g. on a full disk)")]
     Halted,
+    /// 503: sled's handles are being opened again; a moment later the store answers again.
+    #[error("the CDR is reopening its store after a failed write; try again in a moment")]
+    Reopening,
     /// 500: stored data could not be decoded (corruption or a bug).
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -133,7 +136,7 @@ impl CdrError {
             | CdrError::Io { .. }
             | CdrError::Corrupt(_)
             | CdrError::Internal(_) => 500,
-            CdrError::Halted => 503,
+            CdrError::Halted | CdrError::Reopening => 503,
             CdrError::Entry { source, .. } => source.status(),
         }
     }
@@ -175,7 +178,7 @@ impl CdrError {
             ),
             CdrError::Corrupt(m) => one("exception", &format!("corrupt record: {m}")),
             CdrError::Internal(m) => one("exception", &format!("internal error: {m}")),
-            CdrError::Halted => one("transient", &CdrError::Halted.to_string()),
+            CdrError::Halted | CdrError::Reopening => one("transient", &self.to_string()),
             CdrError::Entry { index, source } => source
                 .issues()
                 .into_iter()

@@ -40,8 +40,8 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 use serde_json::Value;
 
@@ -166,24 +166,17 @@ fn method_of(code: u8) -> Method {
 
 /// The sled store of the CDR.
 pub struct Store {
-    /// Kept for flushing; the data is in `tree`.
-    db: sled::Db,
-    /// The one tree holding resources, versions and indexes (see [`index`]).
-    pub tree: sled::Tree,
-    /// Commits interrupted by a crash in stores from before the redo log (see the module docs).
-    intents: sled::Tree,
-    /// The checkpoint: the value-log position up to which sled holds every commit.
-    wal: sled::Tree,
+    /// sled's handles, in a slot of their own so that they can be let go of and opened again
+    /// while the store stays open: `None` meanwhile, when readers get [`CdrError::Reopening`].
+    sled: RwLock<Option<Arc<Sled>>>,
     /// Held by the one [`Writer`] at a time.
     write_lock: Mutex<()>,
     /// Group commit state: what is applied, what is durable, who is flushing.
     commit: Mutex<CommitState>,
     /// Wakes writers waiting for a flush.
     flushed: Condvar,
-    /// sled's log file, opened to fsync it after sled's flush.
-    log_file: File,
     /// Version bodies (see the module docs).
-    values: std::sync::Arc<ValueLog>,
+    values: Arc<ValueLog>,
     /// The value log's appender; used under the write lock, so never contended.
     appender: Mutex<Appender>,
     /// For error messages.
@@ -192,10 +185,69 @@ pub struct Store {
     /// is taken until a restart, whose replay completes that commit. Writing on would plan
     /// against a half-applied commit, and a client retrying it would create its resources
     /// again under new ids.
-    halted: std::sync::atomic::AtomicBool,
+    halted: AtomicBool,
     /// Tests: the next commit fails as sled failing would.
     #[cfg(test)]
-    fail_next_apply: std::sync::atomic::AtomicBool,
+    fail_next_apply: AtomicBool,
+}
+
+/// sled's handles, let go of together when sled is reopened: sled locks its files for as long
+/// as any of them is alive.
+struct Sled {
+    /// Kept for flushing; the data is in `tree`.
+    db: sled::Db,
+    /// The one tree holding resources, versions and indexes (see [`index`]).
+    tree: sled::Tree,
+    /// Commits interrupted by a crash in stores from before the redo log (see the module docs).
+    intents: sled::Tree,
+    /// The checkpoint: the value-log position up to which sled holds every commit.
+    wal: sled::Tree,
+    /// sled's log file, opened to fsync it after sled's flush.
+    log_file: File,
+}
+
+impl Sled {
+    fn open(config: &sled::Config, dir: &Path) -> Result<Sled, CdrError> {
+        let db = crate::sled_db::open(config)?;
+        let tree = db.open_tree("cdr")?;
+        let intents = db.open_tree("intents")?;
+        let wal = db.open_tree("wal")?;
+        // sled 0.34 keeps its log in `<dir>/db`.
+        let log_path = dir.join("db");
+        let log_file = File::open(&log_path).map_err(|source| CdrError::Io {
+            path: log_path,
+            source,
+        })?;
+        Ok(Sled {
+            db,
+            tree,
+            intents,
+            wal,
+            log_file,
+        })
+    }
+
+    /// Flushes sled and fsyncs its log file: at open and at checkpoints (one at a time: once the
+    /// store is open, only the checkpoint thread checkpoints, and the drop after it stopped).
+    fn flush(&self, dir: &Path) -> Result<(), CdrError> {
+        self.db.flush()?;
+        self.log_file.sync_data().map_err(|source| CdrError::Io {
+            path: dir.join("db"),
+            source,
+        })
+    }
+}
+
+/// A read handle on the store's tree (see [`Store::tree`]). It keeps the sled it came from
+/// open, which a reopen waits for: hold it for one read or one scan, not longer.
+pub struct TreeRef(Arc<Sled>);
+
+impl std::ops::Deref for TreeRef {
+    type Target = sled::Tree;
+
+    fn deref(&self) -> &sled::Tree {
+        &self.0.tree
+    }
 }
 
 #[derive(Default)]
@@ -220,35 +272,21 @@ impl Store {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let db = crate::sled_db::open(
-            &sled::Config::new()
-                .path(dir)
-                .cache_capacity(cache_bytes)
-                // Every write is flushed by its writer (group commit); a background flusher
-                // would only add work and keep a thread holding the files after the store is
-                // dropped.
-                .flush_every_ms(None)
-                .mode(sled::Mode::HighThroughput),
-        )?;
-        let tree = db.open_tree("cdr")?;
-        let intents = db.open_tree("intents")?;
-        let wal = db.open_tree("wal")?;
-        // sled 0.34 keeps its log in `<dir>/db`.
-        let log_path = dir.join("db");
-        let log_file = File::open(&log_path).map_err(|source| CdrError::Io {
-            path: log_path,
-            source,
-        })?;
+        let sled_config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // Every write is flushed by its writer (group commit); a background flusher
+            // would only add work and keep a thread holding the files after the store is
+            // dropped.
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput);
+        let sled = Arc::new(Sled::open(&sled_config, dir)?);
         let (values, appender) = ValueLog::open(&dir.join("values")).map_err(values_err)?;
         let store = Store {
-            db,
-            tree,
-            intents,
-            wal,
+            sled: RwLock::new(Some(sled.clone())),
             write_lock: Mutex::new(()),
             commit: Mutex::new(CommitState::default()),
             flushed: Condvar::new(),
-            log_file,
             values,
             appender: Mutex::new(appender),
             dir: dir.to_path_buf(),
@@ -256,17 +294,32 @@ impl Store {
             #[cfg(test)]
             fail_next_apply: Default::default(),
         };
-        store.finish_interrupted_commits()?;
+        store.finish_interrupted_commits(&sled)?;
         // A store still marked open was not closed: a crash, or a power cut.
-        let unclean = store.wal.get(OPEN_KEY)?.is_some();
-        let checkpoint = store.checkpoint_position()?;
-        store.wal.insert(OPEN_KEY, &[])?;
-        store.replay()?;
+        let unclean = sled.wal.get(OPEN_KEY)?.is_some();
+        let checkpoint = checkpoint_position(&sled)?;
+        sled.wal.insert(OPEN_KEY, &[])?;
+        store.replay(&sled)?;
         if let (true, Some(checkpoint)) = (unclean, checkpoint) {
-            store.repair_torn_versions(checkpoint)?;
+            store.repair_torn_versions(&sled, checkpoint)?;
         }
+        drop(sled);
         store.check_layout()?;
         Ok(store)
+    }
+
+    /// sled's handles, unless they are being reopened.
+    fn sled(&self) -> Result<Arc<Sled>, CdrError> {
+        self.sled
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(CdrError::Reopening)
+    }
+
+    /// The tree holding resources, versions and indexes, for reads (see [`TreeRef`]).
+    pub fn tree(&self) -> Result<TreeRef, CdrError> {
+        self.sled().map(TreeRef)
     }
 
     /// After an unclean stop, puts back the last version that reached the disk wherever the
@@ -277,9 +330,9 @@ impl Store {
     /// commit) is put back as current, or the resource removed if it had none; then the indexes
     /// are rebuilt, since the lost version's entries may be there. Versions before the
     /// checkpoint are durable, so only pointers after it are read.
-    fn repair_torn_versions(&self, checkpoint: Position) -> Result<(), CdrError> {
+    fn repair_torn_versions(&self, sled: &Sled, checkpoint: Position) -> Result<(), CdrError> {
         let mut torn = Vec::new();
-        for item in self.tree.scan_prefix(index::all_current_prefix()) {
+        for item in sled.tree.scan_prefix(index::all_current_prefix()) {
             let (key, record) = item?;
             let Some((ty, id)) = index::parse_current_key(&key) else {
                 continue;
@@ -293,18 +346,18 @@ impl Store {
             let mut restored = None;
             for older in (1..*vid).rev() {
                 let history_key = index::version_key(ty, id, older, 0);
-                let Some(record) = self.tree.get(&history_key)? else {
+                let Some(record) = sled.tree.get(&history_key)? else {
                     break;
                 };
-                self.tree.remove(&history_key)?;
+                sled.tree.remove(&history_key)?;
                 if self.body_intact(ty, id, &record, checkpoint)? {
                     restored = Some(record);
                     break;
                 }
             }
             match restored {
-                Some(record) => self.tree.insert(key, record)?,
-                None => self.tree.remove(key)?,
+                Some(record) => sled.tree.insert(key, record)?,
+                None => sled.tree.remove(key)?,
             };
         }
         if !torn.is_empty() {
@@ -313,8 +366,8 @@ impl Store {
                 "CDR: versions whose bodies did not reach the disk before the stop were rolled back to the last one that did (none had been answered)"
             );
             // The layout check at open then rebuilds every index entry.
-            self.tree.remove(index::meta_key("layout"))?;
-            self.flush()?;
+            sled.tree.remove(index::meta_key("layout"))?;
+            sled.flush(&self.dir)?;
         }
         Ok(())
     }
@@ -342,20 +395,11 @@ impl Store {
                 .is_ok())
     }
 
-    /// The log position of the last checkpoint (`None`: a store from before the redo log, or a
-    /// new one).
-    fn checkpoint_position(&self) -> Result<Option<Position>, CdrError> {
-        Ok(self
-            .wal
-            .get(CHECKPOINT_KEY)?
-            .and_then(|v| position_from_bytes(&v)))
-    }
-
     /// Applies again, in order, the commit records after the checkpoint; then checkpoints at
     /// the start of the new segment. A store without a checkpoint predates the redo log (every
     /// commit of it was flushed) or is new: nothing to replay.
-    fn replay(&self) -> Result<(), CdrError> {
-        let from = self.checkpoint_position()?;
+    fn replay(&self, sled: &Sled) -> Result<(), CdrError> {
+        let from = checkpoint_position(sled)?;
         let mut replayed = 0usize;
         if let Some((from_segment, from_offset)) = from {
             for segment in self.values.segments().map_err(values_err)? {
@@ -373,7 +417,7 @@ impl Store {
                         if record.kind == Kind::Commit && !record.tombstone {
                             match Ops::decode(&record.value) {
                                 Some(ops) => {
-                                    if let Err(e) = ops.apply(&self.tree) {
+                                    if let Err(e) = ops.apply(&sled.tree) {
                                         failed = Some(e);
                                     }
                                     replayed += 1;
@@ -410,20 +454,20 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .applied_position = position;
-        self.checkpoint(position)
+        self.checkpoint(sled, position)
     }
 
     /// Flushes sled with the log position it covers (every commit up to `position` is
     /// applied), after an fsync of every segment written since the last checkpoint.
-    fn checkpoint(&self, position: Position) -> Result<(), CdrError> {
+    fn checkpoint(&self, sled: &Sled, position: Position) -> Result<(), CdrError> {
         let touched = self
             .appender
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take_touched();
         self.sync_segments(touched)?;
-        self.wal.insert(CHECKPOINT_KEY, &position_bytes(position))?;
-        self.flush()
+        sled.wal.insert(CHECKPOINT_KEY, &position_bytes(position))?;
+        sled.flush(&self.dir)
     }
 
     /// Makes the commit records written so far durable: what a commit's answer waits for.
@@ -447,14 +491,14 @@ impl Store {
     }
 
     /// Applies the commits a crash interrupted (their intent records are still there).
-    fn finish_interrupted_commits(&self) -> Result<(), CdrError> {
+    fn finish_interrupted_commits(&self, sled: &Sled) -> Result<(), CdrError> {
         let mut finished = 0;
-        for item in self.intents.iter() {
+        for item in sled.intents.iter() {
             let (key, value) = item?;
             let ops = Ops::decode(&value)
                 .ok_or_else(|| CdrError::Corrupt("unreadable commit intent".into()))?;
-            ops.apply(&self.tree)?;
-            self.intents.remove(key)?;
+            ops.apply(&sled.tree)?;
+            sled.intents.remove(key)?;
             finished += 1;
         }
         if finished > 0 {
@@ -462,7 +506,7 @@ impl Store {
                 commits = finished,
                 "CDR: finished commits interrupted by a crash"
             );
-            self.flush()?;
+            sled.flush(&self.dir)?;
         }
         Ok(())
     }
@@ -471,7 +515,8 @@ impl Store {
     /// differs from the one stored (or none is stored but resources are).
     fn check_layout(&self) -> Result<(), CdrError> {
         let key = index::meta_key("layout");
-        let stored = self
+        let sled = self.sled()?;
+        let stored = sled
             .tree
             .get(&key)?
             .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
@@ -482,27 +527,27 @@ impl Store {
         // Runs at open, before anything else uses the store; a crash part-way leaves the layout
         // key unwritten, so the rebuild runs again.
         let _guard = self.lock();
-        for item in self.tree.iter().keys() {
+        for item in sled.tree.iter().keys() {
             let k = item?;
             if index::is_index_key(&k) {
-                self.tree.remove(k)?;
+                sled.tree.remove(k)?;
             }
         }
-        for item in self.tree.scan_prefix(index::all_current_prefix()) {
+        for item in sled.tree.scan_prefix(index::all_current_prefix()) {
             let (k, _) = item?;
             let Some((ty, id)) = index::parse_current_key(&k) else {
                 continue;
             };
             if let Some((_, Some(resource))) = self.read(ty, id)? {
                 for (ik, iv) in index::entries(ty, id, &resource) {
-                    self.tree.insert(ik, iv)?;
+                    sled.tree.insert(ik, iv)?;
                 }
             }
         }
-        self.flush()?;
-        self.tree
+        sled.flush(&self.dir)?;
+        sled.tree
             .insert(key, index::LAYOUT_VERSION.to_be_bytes().to_vec())?;
-        self.flush()
+        sled.flush(&self.dir)
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
@@ -535,7 +580,7 @@ impl Store {
 
     /// The current record of `ty/id`.
     pub fn current(&self, ty: &str, id: &str) -> Result<Option<Current>, CdrError> {
-        match self.tree.get(index::current_key(ty, id))? {
+        match self.tree()?.get(index::current_key(ty, id))? {
             Some(v) => Header::decode(&v).map(|h| {
                 Some(Current {
                     vid: h.vid,
@@ -573,7 +618,7 @@ impl Store {
         } else {
             let mut body = first[HEADER..].to_vec();
             for c in 1..h.chunks {
-                match self.tree.get(more(c))? {
+                match self.tree()?.get(more(c))? {
                     Some(part) => body.extend_from_slice(&part),
                     None => {
                         return Err(CdrError::Corrupt(format!(
@@ -596,7 +641,7 @@ impl Store {
 
     /// The current version of `ty/id` (body included).
     fn current_version(&self, ty: &str, id: &str) -> Result<Option<Version>, CdrError> {
-        match self.tree.get(index::current_key(ty, id))? {
+        match self.tree()?.get(index::current_key(ty, id))? {
             Some(first) => self
                 .assemble(
                     &first,
@@ -615,7 +660,7 @@ impl Store {
                 return Ok(Some(cur));
             }
         }
-        match self.tree.get(index::version_key(ty, id, vid, 0))? {
+        match self.tree()?.get(index::version_key(ty, id, vid, 0))? {
             Some(first) => self
                 .assemble(
                     &first,
@@ -650,7 +695,7 @@ impl Store {
         };
         let prefix = index::history_prefix(ty, id);
         let mut vids = Vec::new();
-        for key in self.tree.scan_prefix(&prefix).keys() {
+        for key in self.tree()?.scan_prefix(&prefix).keys() {
             let key = key?;
             if let Some((vid, 0)) = index::version_of(&key, prefix.len()) {
                 vids.push(vid);
@@ -659,7 +704,7 @@ impl Store {
         let mut out = Vec::with_capacity(vids.len() + 1);
         out.push(current);
         for vid in vids.into_iter().rev() {
-            if let Some(first) = self.tree.get(index::version_key(ty, id, vid, 0))? {
+            if let Some(first) = self.tree()?.get(index::version_key(ty, id, vid, 0))? {
                 out.push(self.assemble(
                     &first,
                     |c| index::version_key(ty, id, vid, c),
@@ -674,7 +719,7 @@ impl Store {
     pub fn live_ids(&self, ty: &str) -> Result<BTreeSet<String>, CdrError> {
         let prefix = index::current_prefix(ty);
         let mut out = BTreeSet::new();
-        for item in self.tree.scan_prefix(&prefix) {
+        for item in self.tree()?.scan_prefix(&prefix) {
             let (k, v) = item?;
             if !Header::decode(&v)?.deleted {
                 if let Ok(id) = std::str::from_utf8(&k[prefix.len()..]) {
@@ -730,20 +775,17 @@ impl Store {
             }
             (st.applied, st.applied_position)
         };
-        self.checkpoint(position)?;
+        let sled = self.sled()?;
+        self.checkpoint(&sled, position)?;
         let mut st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         st.checkpointed = st.checkpointed.max(applied);
         Ok(true)
     }
 
-    /// Flushes sled and fsyncs its log file: at open and at checkpoints (one at a time: once the
-    /// store is open, only the checkpoint thread checkpoints, and the drop after it stopped).
+    /// Tests: flushes sled and fsyncs its log file, as open and checkpoints do ([`Sled::flush`]).
+    #[cfg(test)]
     fn flush(&self) -> Result<(), CdrError> {
-        self.db.flush()?;
-        self.log_file.sync_data().map_err(|source| CdrError::Io {
-            path: self.dir.join("db"),
-            source,
-        })
+        self.sled()?.flush(&self.dir)
     }
 
     /// Marks a batch applied, its record ending at `position`, and returns its sequence number.
@@ -761,9 +803,10 @@ impl Drop for Store {
         let st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         let position = st.applied_position;
         drop(st);
-        let closed = self.checkpoint(position).and_then(|()| {
-            self.wal.remove(OPEN_KEY)?;
-            self.flush()
+        let closed = self.sled().and_then(|sled| {
+            self.checkpoint(&sled, position)?;
+            sled.wal.remove(OPEN_KEY)?;
+            sled.flush(&self.dir)
         });
         if let Err(e) = closed {
             tracing::warn!(error = %e, "CDR: last checkpoint failed (the log is replayed at open)");
@@ -773,6 +816,15 @@ impl Drop for Store {
 
 /// The key of the checkpoint in the `wal` tree.
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+
+/// The log position of the last checkpoint (`None`: a store from before the redo log, or a
+/// new one).
+fn checkpoint_position(sled: &Sled) -> Result<Option<Position>, CdrError> {
+    Ok(sled
+        .wal
+        .get(CHECKPOINT_KEY)?
+        .and_then(|v| position_from_bytes(&v)))
+}
 
 /// In the `wal` tree while the store is open: still there at open, the last stop was unclean.
 const OPEN_KEY: &[u8] = b"open";
@@ -842,7 +894,7 @@ impl Writer<'_> {
         // new resource, whichever method created it.
         let existing = match vid {
             1 => None,
-            _ => self.store.tree.get(index::current_key(ty, id))?,
+            _ => self.store.tree()?.get(index::current_key(ty, id))?,
         };
         if let Some(first) = existing {
             let h = Header::decode(&first)?;
@@ -851,7 +903,7 @@ impl Writer<'_> {
             for c in 1..h.chunks {
                 let part = self
                     .store
-                    .tree
+                    .tree()?
                     .get(index::chunk_key(ty, id, c))?
                     .ok_or_else(|| CdrError::Corrupt(format!("missing chunk {c} of {ty}/{id}")))?;
                 moved.push((index::version_key(ty, id, h.vid, c), part.to_vec()));
@@ -912,6 +964,7 @@ impl Writer<'_> {
         if self.store.halted() {
             return Err(CdrError::Halted);
         }
+        let sled = self.store.sled()?;
         // The commit record after the bodies of its versions, in one write; durable once a
         // waiter has fsynced the log (group commit), and replayed after a crash until a
         // checkpoint covers it. Writers are serialised by the write lock, so the next sequence
@@ -934,7 +987,7 @@ impl Writer<'_> {
         if self.store.fail_next_apply.swap(false, Ordering::SeqCst) {
             return Err(self.store.halt(sled::Error::Unsupported("injected".into())));
         }
-        if let Err(e) = ops.apply(&self.store.tree) {
+        if let Err(e) = ops.apply(&sled.tree) {
             return Err(self.store.halt(e));
         }
         self.staged = 0;
@@ -1066,12 +1119,14 @@ mod unit {
             .encode(&mut first);
             first.extend_from_slice(chunks[0]);
             store
-                .tree
+                .tree()
+                .unwrap()
                 .insert(index::current_key("Basic", "old"), first)
                 .unwrap();
             for (c, chunk) in chunks.iter().enumerate().skip(1) {
                 store
-                    .tree
+                    .tree()
+                    .unwrap()
                     .insert(index::chunk_key("Basic", "old", c as u16), *chunk)
                     .unwrap();
             }
@@ -1097,7 +1152,7 @@ mod unit {
         let h = store.history("Basic", "old").unwrap();
         assert_eq!(h[0].resource().unwrap().unwrap(), new);
         assert_eq!(h[1].resource().unwrap().unwrap(), big);
-        assert_eq!(store.tree.scan_prefix([b'C']).count(), 0);
+        assert_eq!(store.tree().unwrap().scan_prefix([b'C']).count(), 0);
     }
 
     #[test]
@@ -1186,7 +1241,7 @@ mod unit {
         assert!(store.read("Basic", "b").unwrap().unwrap().1.is_none());
         assert!(store.live_ids("Basic").unwrap().is_empty());
         // No chunk of the big version is left under the current record.
-        assert_eq!(store.tree.scan_prefix([b'C']).count(), 0);
+        assert_eq!(store.tree().unwrap().scan_prefix([b'C']).count(), 0);
         let id = new_id();
         assert!(super::super::validate::is_uuid(&id) && id.as_bytes()[14] == b'7');
     }
@@ -1215,12 +1270,14 @@ mod intent_tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), 1 << 20).unwrap();
-            store.tree.insert(b"Zstale", b"old").unwrap();
+            store.tree().unwrap().insert(b"Zstale", b"old").unwrap();
             // What a crash between writing the intent and applying it leaves behind.
             let mut ops = Ops::default();
             ops.insert(b"Znew", b"value");
             ops.remove(b"Zstale");
             store
+                .sled()
+                .unwrap()
                 .intents
                 .insert(7u64.to_be_bytes(), ops.encode())
                 .unwrap();
@@ -1228,11 +1285,15 @@ mod intent_tests {
         }
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(
-            store.tree.get(b"Znew").unwrap().as_deref(),
+            store.tree().unwrap().get(b"Znew").unwrap().as_deref(),
             Some(&b"value"[..])
         );
-        assert!(store.tree.get(b"Zstale").unwrap().is_none());
-        assert_eq!(store.intents.len(), 0, "the intent is gone once applied");
+        assert!(store.tree().unwrap().get(b"Zstale").unwrap().is_none());
+        assert_eq!(
+            store.sled().unwrap().intents.len(),
+            0,
+            "the intent is gone once applied"
+        );
     }
 
     #[test]
@@ -1251,7 +1312,7 @@ mod intent_tests {
             .unwrap();
         let seq = writer.commit().unwrap();
         store.wait_durable(seq).unwrap();
-        assert_eq!(store.intents.len(), 0);
+        assert_eq!(store.sled().unwrap().intents.len(), 0);
         assert!(store.current("Patient", "p1").unwrap().is_some());
     }
 
@@ -1399,14 +1460,14 @@ mod intent_tests {
         {
             if !index::entries("Patient", "p1", &v1).contains_key(&key) {
                 assert!(
-                    store.tree.get(&key).unwrap().is_none(),
+                    store.tree().unwrap().get(&key).unwrap().is_none(),
                     "stale entry {key:?}"
                 );
             }
         }
         for (key, _) in index::entries("Patient", "p1", &v1) {
             assert!(
-                store.tree.get(&key).unwrap().is_some(),
+                store.tree().unwrap().get(&key).unwrap().is_some(),
                 "missing entry {key:?}"
             );
         }
@@ -1414,7 +1475,10 @@ mod intent_tests {
         // Closed cleanly this time: the next open finds nothing to repair and the same data.
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(store.read_live("Patient", "p1").unwrap().unwrap().1, v1);
-        assert!(store.wal.get(OPEN_KEY).unwrap().is_some(), "open again");
+        assert!(
+            store.sled().unwrap().wal.get(OPEN_KEY).unwrap().is_some(),
+            "open again"
+        );
     }
 
     /// A checkpoint is due once something was applied after the last one, and only then; the
