@@ -40,8 +40,9 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -50,7 +51,7 @@ use super::index;
 use super::outcome::CdrError;
 use super::request::Method;
 use crate::journal::values::{
-    position_bytes, position_from_bytes, Appender, Kind, Position, Ptr, ValueLog,
+    position_bytes, position_from_bytes, Appender, Kind, Position, Ptr, ValueLog, SEGMENT_BYTES,
 };
 
 // For the doc links to the checkpoint pace (the journal's).
@@ -59,6 +60,13 @@ use crate::journal::values::CHECKPOINT_EVERY;
 
 /// Largest piece of a version's JSON stored under one key.
 pub const CHUNK: usize = 2048;
+
+/// Free space on the CDR's filesystem before sled is reopened after a failed write: the
+/// journal's bound for its own reopen (two value-log segments, 32 MiB; `/ready` asks as much).
+pub const RECOVER_FREE_BYTES: u64 = 2 * SEGMENT_BYTES;
+
+/// How often [`Store::recover_if_due`] tries, at most (the journal's pace too).
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// The current state of a resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,9 +174,11 @@ fn method_of(code: u8) -> Method {
 
 /// The sled store of the CDR.
 pub struct Store {
-    /// sled's handles, in a slot of their own so that they can be let go of and opened again
-    /// while the store stays open: `None` meanwhile, when readers get [`CdrError::Reopening`].
+    /// sled's handles: `None` only while they are reopened after a failed write (see
+    /// [`Store::recover`]); readers then get [`CdrError::Reopening`].
     sled: RwLock<Option<Arc<Sled>>>,
+    /// What sled is opened (and reopened) with.
+    sled_config: sled::Config,
     /// Held by the one [`Writer`] at a time.
     write_lock: Mutex<()>,
     /// Group commit state: what is applied, what is durable, who is flushing.
@@ -182,10 +192,16 @@ pub struct Store {
     /// For error messages.
     dir: PathBuf,
     /// A commit's record reached the log but sled failed to apply it (a full disk): no write
-    /// is taken until a restart, whose replay completes that commit. Writing on would plan
+    /// is taken until sled is reopened and that commit completed from the log, in place once
+    /// the disk has room ([`Store::recover`]) or at the next open. Writing on would plan
     /// against a half-applied commit, and a client retrying it would create its resources
     /// again under new ids.
     halted: AtomicBool,
+    /// When [`Store::recover_if_due`] last tried.
+    last_try: Mutex<Option<Instant>>,
+    /// Free space [`Store::recover`] waits for: [`RECOVER_FREE_BYTES`]; tests change it
+    /// rather than fill a disk.
+    recover_free_bytes: AtomicU64,
     /// Tests: the next commit fails as sled failing would.
     #[cfg(test)]
     fail_next_apply: AtomicBool,
@@ -204,6 +220,10 @@ struct Sled {
     wal: sled::Tree,
     /// sled's log file, opened to fsync it after sled's flush.
     log_file: File,
+    /// Tests: this sled failed, as sled 0.34 does after an I/O error: every later write and
+    /// flush fails until it is opened again.
+    #[cfg(test)]
+    failed: AtomicBool,
 }
 
 impl Sled {
@@ -224,12 +244,19 @@ impl Sled {
             intents,
             wal,
             log_file,
+            #[cfg(test)]
+            failed: AtomicBool::new(false),
         })
     }
 
     /// Flushes sled and fsyncs its log file: at open and at checkpoints (one at a time: once the
-    /// store is open, only the checkpoint thread checkpoints, and the drop after it stopped).
+    /// store is open, only the checkpoint thread checkpoints or reopens sled, and the drop after
+    /// it stopped).
     fn flush(&self, dir: &Path) -> Result<(), CdrError> {
+        #[cfg(test)]
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
         self.db.flush()?;
         self.log_file.sync_data().map_err(|source| CdrError::Io {
             path: dir.join("db"),
@@ -284,6 +311,7 @@ impl Store {
         let (values, appender) = ValueLog::open(&dir.join("values")).map_err(values_err)?;
         let store = Store {
             sled: RwLock::new(Some(sled.clone())),
+            sled_config,
             write_lock: Mutex::new(()),
             commit: Mutex::new(CommitState::default()),
             flushed: Condvar::new(),
@@ -291,6 +319,8 @@ impl Store {
             appender: Mutex::new(appender),
             dir: dir.to_path_buf(),
             halted: Default::default(),
+            last_try: Mutex::new(None),
+            recover_free_bytes: AtomicU64::new(RECOVER_FREE_BYTES),
             #[cfg(test)]
             fail_next_apply: Default::default(),
         };
@@ -563,9 +593,99 @@ impl Store {
 
     fn halt(&self, cause: impl std::fmt::Display) -> CdrError {
         if !self.halted.swap(true, Ordering::SeqCst) {
-            tracing::error!(error = %cause, "CDR: a commit failed half way (disk full?): no more writes until the engine restarts, which completes it from the log");
+            tracing::error!(error = %cause, "CDR: a commit failed half way (disk full?): no more writes until sled is reopened, on its own once there is room, which completes it from the log");
         }
         CdrError::Halted
+    }
+
+    /// After a failed write, gets writes going again if it is time to try (every
+    /// [`RETRY_EVERY`]) and there is room: see [`Store::recover`]. Called by the CDR's
+    /// checkpoint thread, which wakes every [`CHECKPOINT_EVERY`] anyway (see
+    /// [`super::Cdr::open`]): so the CDR comes back without a write to prompt it, and `/ready`
+    /// with it, and no writer ever waits for a reopen it did not ask for. Returns whether
+    /// writes go again.
+    pub fn recover_if_due(&self) -> bool {
+        if !self.halted() {
+            return false;
+        }
+        {
+            let mut last = self.last_try.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < RETRY_EVERY) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        match self.recover() {
+            Ok(recovered) => recovered,
+            Err(e) => {
+                tracing::warn!(error = %e, "CDR: sled could not be reopened yet (tried again in a moment)");
+                false
+            }
+        }
+    }
+
+    /// Reopens sled in place after a failed write, as a restart would but without one, once
+    /// the CDR's filesystem has [`RECOVER_FREE_BYTES`] free (or its free space cannot be told):
+    /// sled 0.34 fails every write after an I/O error until it is opened again. Under the
+    /// write lock, so no writer runs meanwhile: every handle to sled is let go, sled opens from
+    /// what it had made durable, the commit records after the last checkpoint are applied again
+    /// ([`Store::replay`], as at open: the failed commit's included, which completes it; see the
+    /// module docs), and a checkpoint makes that durable before writes are taken again.
+    /// Returns whether writes go again (`false`: not enough room yet).
+    ///
+    /// What an open does besides is not needed here: commits from before the redo log
+    /// (`intents`) were all finished at open, the value log lost nothing (no power was cut:
+    /// what was written to it is in the page cache, so no version is torn), and the index
+    /// layout is the one checked at open.
+    pub fn recover(&self) -> Result<bool, CdrError> {
+        let free = crate::data_dir::free_bytes(&self.dir);
+        if free.is_some_and(|free| free < self.recover_free_bytes.load(Ordering::SeqCst)) {
+            return Ok(false);
+        }
+        let _guard = self.lock();
+        if !self.halted() {
+            return Ok(true);
+        }
+        self.reopen_sled()?;
+        self.halted.store(false, Ordering::SeqCst);
+        tracing::info!("CDR: reopened sled after a failed write: writes again");
+        Ok(true)
+    }
+
+    /// Lets go of sled's handles, opens it again and replays the log into it; the new handles
+    /// are published only then, so no reader sees sled without the commits it had not made
+    /// durable. Readers meanwhile get [`CdrError::Reopening`] (503) rather than wait: a read
+    /// that holds a handle and asks for another (a search reading resources as it scans) would
+    /// otherwise wait on this while this waits on its handle. The handles readers hold are
+    /// waited for (sled keeps its files locked while one is alive), [`crate::sled_db::LOCK_WAIT`]
+    /// at most: then they are put back, and the next try waits for them again.
+    fn reopen_sled(&self) -> Result<(), CdrError> {
+        let slot = || self.sled.write().unwrap_or_else(|e| e.into_inner());
+        let taken = slot().take();
+        if let Some(mut old) = taken {
+            let started = Instant::now();
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(sled) => {
+                        drop(sled);
+                        break;
+                    }
+                    Err(held) if started.elapsed() < crate::sled_db::LOCK_WAIT => {
+                        old = held;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(held) => {
+                        *slot() = Some(held);
+                        return Err(CdrError::Reopening);
+                    }
+                }
+            }
+        }
+        // Waits out sled's own threads, which may hold its lock a moment longer.
+        let sled = Sled::open(&self.sled_config, &self.dir)?;
+        self.replay(&sled)?;
+        *slot() = Some(Arc::new(sled));
+        Ok(())
     }
 
     /// Starts a write: takes the write lock until the writer is committed or dropped.
@@ -985,7 +1105,14 @@ impl Writer<'_> {
         };
         #[cfg(test)]
         if self.store.fail_next_apply.swap(false, Ordering::SeqCst) {
-            return Err(self.store.halt(sled::Error::Unsupported("injected".into())));
+            // As sled failing part way through: some of the commit is in, and this sled
+            // refuses every write from now on.
+            Ops(ops.0[..ops.0.len() / 2].to_vec()).apply(&sled.tree)?;
+            sled.failed.store(true, Ordering::SeqCst);
+        }
+        #[cfg(test)]
+        if sled.failed.load(Ordering::SeqCst) {
+            return Err(self.store.halt(injected()));
         }
         if let Err(e) = ops.apply(&sled.tree) {
             return Err(self.store.halt(e));
@@ -1074,6 +1201,15 @@ impl Ops {
         }
         Some(ops)
     }
+}
+
+/// Tests: what a sled that failed on a full disk answers.
+#[cfg(test)]
+fn injected() -> CdrError {
+    CdrError::Storage(sled::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::StorageFull,
+        "No space left on device (injected by the CDR's test hook)",
+    )))
 }
 
 /// A value-log error as the CDR reports it.
@@ -1316,9 +1452,9 @@ mod intent_tests {
         assert!(store.current("Patient", "p1").unwrap().is_some());
     }
 
-    /// A commit that reached the log but that sled failed to apply stops writes until the store
-    /// is opened again, which completes it: a client retrying the write cannot add a second
-    /// copy meanwhile.
+    /// A commit that reached the log but that sled failed to apply stops writes until sled is
+    /// opened again (here by a restart, before the store reopened it on its own), which
+    /// completes it: a client retrying the write cannot add a second copy meanwhile.
     #[test]
     fn a_commit_sled_failed_halts_writes_until_it_is_replayed() {
         let dir = tempfile::tempdir().unwrap();
@@ -1351,6 +1487,146 @@ mod intent_tests {
         }
         assert!(store.current("Patient", "after").unwrap().is_none());
         write(&store, "after").unwrap();
+    }
+
+    /// Writes `Patient/<id>` (a first version) and waits until it is durable.
+    fn write_patient(store: &Store, id: &str) -> Result<(), CdrError> {
+        let patient = patient(id);
+        let stamp = Stamp {
+            vid: 1,
+            method: Method::Put,
+            last_updated: 0,
+        };
+        let mut writer = store.writer();
+        writer.stage("Patient", id, stamp, Some(&patient), None)?;
+        store.wait_durable(writer.commit()?)
+    }
+
+    fn patient(id: &str) -> Value {
+        serde_json::json!({"resourceType": "Patient", "id": id, "gender": "female"})
+    }
+
+    /// Exactly the Patients `ids` are there, each with its one version and its index entries.
+    fn assert_patients(store: &Store, ids: &[&str]) {
+        let live = store.live_ids("Patient").unwrap();
+        assert_eq!(live.iter().map(String::as_str).collect::<Vec<_>>(), ids);
+        for id in ids {
+            let (current, body) = store.read_live("Patient", id).unwrap().unwrap();
+            assert_eq!((current.vid, body), (1, patient(id)), "{id}");
+            assert_eq!(store.history("Patient", id).unwrap().len(), 1, "{id}");
+            for (key, _) in index::entries("Patient", id, &patient(id)) {
+                assert!(
+                    store.tree().unwrap().get(&key).unwrap().is_some(),
+                    "{id}: {key:?}"
+                );
+            }
+        }
+    }
+
+    /// sled failing half way through a commit halts writes; once the disk has room, the store
+    /// reopens sled in place (the same `Store`, no restart), completes that commit from the log
+    /// and writes again. Reads are answered all along; a restart then finds the same.
+    #[test]
+    fn a_commit_sled_failed_is_completed_in_place_once_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        write_patient(&store, "before").unwrap();
+        store.fail_next_apply.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            write_patient(&store, "failed"),
+            Err(CdrError::Halted)
+        ));
+        assert!(store.halted());
+        assert_eq!(
+            store.read_live("Patient", "before").unwrap().unwrap().1,
+            patient("before"),
+            "reads go on"
+        );
+
+        // No room yet: nothing is tried, writes are still refused.
+        store.recover_free_bytes.store(u64::MAX, Ordering::SeqCst);
+        assert!(!store.recover().unwrap());
+        assert!(store.halted());
+        let refused = write_patient(&store, "after").unwrap_err();
+        assert_eq!(refused.status(), 503, "{refused}");
+
+        // Room: sled is reopened in place and the failed commit completed from the log.
+        store.recover_free_bytes.store(0, Ordering::SeqCst);
+        assert!(store.recover().unwrap());
+        assert!(!store.halted());
+        write_patient(&store, "after").unwrap();
+        assert_patients(&store, &["after", "before", "failed"]);
+
+        drop(store);
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_patients(&store, &["after", "before", "failed"]);
+        write_patient(&store, "later").unwrap();
+    }
+
+    /// A reopen waits for the tree handles readers hold (sled keeps its files locked while one
+    /// is alive); reads asked for meanwhile are refused with a 503, not blocked.
+    #[test]
+    fn a_reopen_waits_for_the_handles_readers_hold_and_refuses_reads_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        write_patient(&store, "p1").unwrap();
+        store.fail_next_apply.store(true, Ordering::SeqCst);
+        assert!(write_patient(&store, "p2").is_err());
+        store.recover_free_bytes.store(0, Ordering::SeqCst);
+        let held = store.tree().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        std::thread::scope(|s| {
+            let store = &store;
+            s.spawn(move || {
+                // Reads work until the reopen takes sled's handles; then they are refused,
+                // and this reader lets go of the one it holds.
+                let refused = loop {
+                    match store.read_live("Patient", "p1") {
+                        Ok(found) => assert!(found.is_some()),
+                        Err(e) => break e,
+                    }
+                    assert!(Instant::now() < deadline, "never refused");
+                    std::thread::sleep(Duration::from_millis(1));
+                };
+                assert!(matches!(refused, CdrError::Reopening), "{refused}");
+                assert_eq!(refused.status(), 503);
+                assert!(held.get(b"anything").is_ok(), "a held handle still reads");
+                drop(held);
+            });
+            // As the checkpoint thread does: a try that waited too long gives the handles back,
+            // and the next one waits for them again.
+            while !store.recover().unwrap_or(false) {
+                assert!(Instant::now() < deadline, "never reopened");
+            }
+        });
+        assert!(!store.halted());
+        write_patient(&store, "p3").unwrap();
+        assert_patients(&store, &["p1", "p2", "p3"]);
+    }
+
+    /// Through the engine's handle: the checkpoint thread reopens sled on its own once there
+    /// is room, and not before; no write has to come along to prompt it.
+    #[test]
+    fn the_checkpoint_thread_brings_writes_back_once_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let cdr = crate::cdr::Cdr::open(dir.path(), 1 << 20).unwrap();
+        cdr.store
+            .recover_free_bytes
+            .store(u64::MAX, Ordering::SeqCst);
+        write_patient(&cdr.store, "p1").unwrap();
+        cdr.store.fail_next_apply.store(true, Ordering::SeqCst);
+        assert!(write_patient(&cdr.store, "p2").is_err());
+        std::thread::sleep(RETRY_EVERY * 2);
+        assert!(cdr.halted(), "reopened without room");
+        cdr.store.recover_free_bytes.store(0, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cdr.halted() {
+            assert!(Instant::now() < deadline, "still halted");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        write_patient(&cdr.store, "p3").unwrap();
+        assert_eq!(cdr.read("Patient", "p2").unwrap(), Some(patient("p2")));
+        assert_patients(&cdr.store, &["p1", "p2", "p3"]);
     }
 
     #[test]
