@@ -81,10 +81,11 @@ pub enum CdrError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// 503: writes stopped after a commit failed half way; a restart completes it.
-    #[error("the CDR takes no writes until the engine restarts (a write failed half way, e.g. on a full disk)")]
+    /// 503: writes stopped after a commit failed half way; they go again once sled is reopened
+    /// (on its own, once the disk has room), which completes that commit.
+    #[error("the CDR takes no writes for now (a write failed half way, e.g. on a full disk); it writes again on its own once there is room")]
     Halted,
-    /// 503: sled's handles are being opened again; a moment later the store answers again.
+    /// 503: the store is being reopened after a failed write; a moment later it answers again.
     #[error("the CDR is reopening its store after a failed write; try again in a moment")]
     Reopening,
     /// 500: stored data could not be decoded (corruption or a bug).

@@ -27,6 +27,21 @@
 //! do. (Stores from before the redo log kept an `intents` tree for the same purpose; an intent
 //! left by a crash is still applied at open.)
 //!
+//! A failed sled write (a full disk) stops writes, not reads: sled 0.34 fails every write after
+//! one I/O error until it is opened again, and the commit it failed may be half applied, so
+//! writes answer [`CdrError::Halted`] (503; `/ready` says `cdr_halted`) until sled is reopened.
+//! That happens in place, without a restart, once the filesystem has [`RECOVER_FREE_BYTES`] free
+//! ([`Store::recover`]; the CDR's checkpoint thread tries every second): every sled handle is
+//! let go, sled is opened again with the same config, and the commit records after the last
+//! checkpoint are applied again as at open. The failed commit's record is among them, so it is
+//! completed, as a restart would complete it: **a write answered 503 `Halted` may still have
+//! been written.** A channel's retry of it is idempotent (its plain creates are written as
+//! `PUT`s with ids derived from the delivery: see [`crate::deliver::creates`]); a REST client
+//! that retries a plain `POST` may create a second copy. The record is not cut off the log, as
+//! the journal cuts a failed batch, because sled may already hold part of that commit on disk
+//! (it writes its pages out on its own), and only applying the commit whole makes that part
+//! consistent again without a list of what each of its writes replaced.
+//!
 //! The current version lives in the resource's `R` record (one insert for a create); when it is
 //! replaced, it moves to the `H` history keys. A version's JSON is appended to the CDR's value
 //! log (`<dir>/values/`, the journal's [`ValueLog`]) and the record holds its header and a
