@@ -29,7 +29,8 @@ async fn ready(state: web::Data<AdminState>) -> HttpResponse {
     // it finds out on its own once there is room (or, after a failed fsync, a restart).
     let unwritable = state.journal.unwritable();
     let set = state.channels.current();
-    // The embedded CDR after a write failed half way takes no writes until a restart.
+    // The embedded CDR after a write failed half way takes no writes until it has reopened its
+    // store, on its own once the disk has room.
     let cdr_halted = state.cdr.as_ref().is_some_and(|cdr| cdr.halted());
     let cdr = state
         .cdr_reachable

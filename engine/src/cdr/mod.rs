@@ -84,7 +84,9 @@ pub struct Cdr {
 }
 
 /// The thread that checkpoints the store's sled tree every [`values::CHECKPOINT_EVERY`] (see
-/// [`store::Store::checkpoint_if_due`]). It holds the store weakly, so it keeps nothing alive.
+/// [`store::Store::checkpoint_if_due`]) and, after a failed write, reopens sled once the disk
+/// has room (see [`store::Store::recover_if_due`]). It holds the store weakly, so it keeps
+/// nothing alive.
 struct Checkpoints {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -101,7 +103,10 @@ impl Checkpoints {
                     stopped.recv_timeout(crate::journal::values::CHECKPOINT_EVERY)
                 {
                     let Some(store) = weak.upgrade() else { break };
-                    if let Err(e) = store.checkpoint_if_due() {
+                    // Halted, sled refuses every write: no checkpoint until it is reopened.
+                    if store.halted() {
+                        store.recover_if_due();
+                    } else if let Err(e) = store.checkpoint_if_due() {
                         tracing::warn!(error = %e, "CDR: checkpoint failed (the log is replayed at open)");
                     }
                 }
@@ -203,8 +208,9 @@ impl Cdr {
         self.store.wait_durable(self.store.applied())
     }
 
-    /// Whether writes stopped after one failed half way (a full disk): every write answers 503
-    /// until the engine restarts, and `/ready` says so.
+    /// Whether writes stopped after one failed half way (a full disk): every write answers 503,
+    /// and `/ready` says so, until the CDR has reopened its store, on its own once the disk has
+    /// room (see [`store::Store::recover`]).
     pub fn halted(&self) -> bool {
         self.store.halted()
     }

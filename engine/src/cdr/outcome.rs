@@ -81,9 +81,13 @@ pub enum CdrError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// 503: writes stopped after a commit failed half way; a restart completes it.
-    #[error("the CDR takes no writes until the engine restarts (a write failed half way, e.g. on a full disk)")]
+    /// 503: writes stopped after a commit failed half way; they go again once sled is reopened
+    /// (on its own, once the disk has room), which completes that commit.
+    #[error("the CDR takes no writes for now (a write failed half way, e.g. on a full disk); it writes again on its own once there is room")]
     Halted,
+    /// 503: the store is being reopened after a failed write; a moment later it answers again.
+    #[error("the CDR is reopening its store after a failed write; try again in a moment")]
+    Reopening,
     /// 500: stored data could not be decoded (corruption or a bug).
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -133,7 +137,7 @@ impl CdrError {
             | CdrError::Io { .. }
             | CdrError::Corrupt(_)
             | CdrError::Internal(_) => 500,
-            CdrError::Halted => 503,
+            CdrError::Halted | CdrError::Reopening => 503,
             CdrError::Entry { source, .. } => source.status(),
         }
     }
@@ -175,7 +179,7 @@ impl CdrError {
             ),
             CdrError::Corrupt(m) => one("exception", &format!("corrupt record: {m}")),
             CdrError::Internal(m) => one("exception", &format!("internal error: {m}")),
-            CdrError::Halted => one("transient", &CdrError::Halted.to_string()),
+            CdrError::Halted | CdrError::Reopening => one("transient", &self.to_string()),
             CdrError::Entry { index, source } => source
                 .issues()
                 .into_iter()

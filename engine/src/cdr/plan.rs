@@ -119,7 +119,7 @@ impl Eval<'_> {
         let mut out = BTreeSet::new();
         if def.kind == ParamType::Date {
             let prefix = index::date_prefix(self.ty, def.name, b'L');
-            for key in self.store.tree.scan_prefix(&prefix).keys() {
+            for key in self.store.tree()?.scan_prefix(&prefix).keys() {
                 let key = key?;
                 if let Some(id) = key
                     .get(prefix.len() + 8..)
@@ -160,7 +160,7 @@ impl Eval<'_> {
         keep: impl Fn(&[u8]) -> bool,
     ) -> Result<BTreeSet<String>, CdrError> {
         let mut out = BTreeSet::new();
-        for key in self.store.tree.scan_prefix(prefix).keys() {
+        for key in self.store.tree()?.scan_prefix(prefix).keys() {
             let key = key?;
             let Some(pos) = key.iter().rposition(|&b| b == 0) else {
                 continue;
@@ -323,7 +323,7 @@ impl Eval<'_> {
                 }
             }
             let n = prefix_key.len();
-            for item in self.store.tree.range(start..end) {
+            for item in self.store.tree()?.range(start..end) {
                 let (k, v) = item?;
                 let (Some(this), Some(other)) = (
                     k.get(n..n + 8).and_then(index::decode_i64),
@@ -463,7 +463,7 @@ fn sort(store: &Store, q: &SearchQuery, ids: &mut [String]) -> Result<(), CdrErr
                 let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
                 if def.kind == ParamType::Date {
                     let prefix = index::date_prefix(&q.ty, def.name, b'L');
-                    for key in store.tree.scan_prefix(&prefix).keys() {
+                    for key in store.tree()?.scan_prefix(&prefix).keys() {
                         let key = key?;
                         let n = prefix.len();
                         if let Some(id) = key.get(n + 8..).and_then(|b| std::str::from_utf8(b).ok())
@@ -500,7 +500,7 @@ fn sort(store: &Store, q: &SearchQuery, ids: &mut [String]) -> Result<(), CdrErr
                     };
                     let mut prefix = index::param_prefix(&q.ty, def.name);
                     prefix.push(kind);
-                    for key in store.tree.scan_prefix(&prefix).keys() {
+                    for key in store.tree()?.scan_prefix(&prefix).keys() {
                         let key = key?;
                         let Some(pos) = key.iter().rposition(|&b| b == 0) else {
                             continue;

@@ -78,7 +78,7 @@ pub fn searchset(store: &Store, q: &SearchQuery, base: &str) -> Result<Value, Cd
                 })
             });
             for prefix in prefixes {
-                for key in store.tree.scan_prefix(&prefix).keys() {
+                for key in store.tree()?.scan_prefix(&prefix).keys() {
                     let key = key?;
                     let Some(rid) = index::id_of_index_key(&key) else {
                         continue;

@@ -27,6 +27,21 @@
 //! do. (Stores from before the redo log kept an `intents` tree for the same purpose; an intent
 //! left by a crash is still applied at open.)
 //!
+//! A failed sled write (a full disk) stops writes, not reads: sled 0.34 fails every write after
+//! one I/O error until it is opened again, and the commit it failed may be half applied, so
+//! writes answer [`CdrError::Halted`] (503; `/ready` says `cdr_halted`) until sled is reopened.
+//! That happens in place, without a restart, once the filesystem has [`RECOVER_FREE_BYTES`] free
+//! ([`Store::recover`]; the CDR's checkpoint thread tries every second): every sled handle is
+//! let go, sled is opened again with the same config, and the commit records after the last
+//! checkpoint are applied again as at open. The failed commit's record is among them, so it is
+//! completed, as a restart would complete it: **a write answered 503 `Halted` may still have
+//! been written.** A channel's retry of it is idempotent (its plain creates are written as
+//! `PUT`s with ids derived from the delivery: see [`crate::deliver::creates`]); a REST client
+//! that retries a plain `POST` may create a second copy. The record is not cut off the log, as
+//! the journal cuts a failed batch, because sled may already hold part of that commit on disk
+//! (it writes its pages out on its own), and only applying the commit whole makes that part
+//! consistent again without a list of what each of its writes replaced.
+//!
 //! The current version lives in the resource's `R` record (one insert for a create); when it is
 //! replaced, it moves to the `H` history keys. A version's JSON is appended to the CDR's value
 //! log (`<dir>/values/`, the journal's [`ValueLog`]) and the record holds its header and a
@@ -40,8 +55,9 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -50,7 +66,7 @@ use super::index;
 use super::outcome::CdrError;
 use super::request::Method;
 use crate::journal::values::{
-    position_bytes, position_from_bytes, Appender, Kind, Position, Ptr, ValueLog,
+    position_bytes, position_from_bytes, Appender, Kind, Position, Ptr, ValueLog, SEGMENT_BYTES,
 };
 
 // For the doc links to the checkpoint pace (the journal's).
@@ -59,6 +75,13 @@ use crate::journal::values::CHECKPOINT_EVERY;
 
 /// Largest piece of a version's JSON stored under one key.
 pub const CHUNK: usize = 2048;
+
+/// Free space on the CDR's filesystem before sled is reopened after a failed write: the
+/// journal's bound for its own reopen (two value-log segments, 32 MiB; `/ready` asks as much).
+pub const RECOVER_FREE_BYTES: u64 = 2 * SEGMENT_BYTES;
+
+/// How often [`Store::recover_if_due`] tries, at most (the journal's pace too).
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// The current state of a resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,36 +189,107 @@ fn method_of(code: u8) -> Method {
 
 /// The sled store of the CDR.
 pub struct Store {
-    /// Kept for flushing; the data is in `tree`.
-    db: sled::Db,
-    /// The one tree holding resources, versions and indexes (see [`index`]).
-    pub tree: sled::Tree,
-    /// Commits interrupted by a crash in stores from before the redo log (see the module docs).
-    intents: sled::Tree,
-    /// The checkpoint: the value-log position up to which sled holds every commit.
-    wal: sled::Tree,
+    /// sled's handles: `None` only while they are reopened after a failed write (see
+    /// [`Store::recover`]); readers then get [`CdrError::Reopening`].
+    sled: RwLock<Option<Arc<Sled>>>,
+    /// What sled is opened (and reopened) with.
+    sled_config: sled::Config,
     /// Held by the one [`Writer`] at a time.
     write_lock: Mutex<()>,
     /// Group commit state: what is applied, what is durable, who is flushing.
     commit: Mutex<CommitState>,
     /// Wakes writers waiting for a flush.
     flushed: Condvar,
-    /// sled's log file, opened to fsync it after sled's flush.
-    log_file: File,
     /// Version bodies (see the module docs).
-    values: std::sync::Arc<ValueLog>,
+    values: Arc<ValueLog>,
     /// The value log's appender; used under the write lock, so never contended.
     appender: Mutex<Appender>,
     /// For error messages.
     dir: PathBuf,
     /// A commit's record reached the log but sled failed to apply it (a full disk): no write
-    /// is taken until a restart, whose replay completes that commit. Writing on would plan
+    /// is taken until sled is reopened and that commit completed from the log, in place once
+    /// the disk has room ([`Store::recover`]) or at the next open. Writing on would plan
     /// against a half-applied commit, and a client retrying it would create its resources
     /// again under new ids.
-    halted: std::sync::atomic::AtomicBool,
+    halted: AtomicBool,
+    /// When [`Store::recover_if_due`] last tried.
+    last_try: Mutex<Option<Instant>>,
+    /// Free space [`Store::recover`] waits for: [`RECOVER_FREE_BYTES`]; tests change it
+    /// rather than fill a disk.
+    recover_free_bytes: AtomicU64,
     /// Tests: the next commit fails as sled failing would.
     #[cfg(test)]
-    fail_next_apply: std::sync::atomic::AtomicBool,
+    fail_next_apply: AtomicBool,
+}
+
+/// sled's handles, let go of together when sled is reopened: sled locks its files for as long
+/// as any of them is alive.
+struct Sled {
+    /// Kept for flushing; the data is in `tree`.
+    db: sled::Db,
+    /// The one tree holding resources, versions and indexes (see [`index`]).
+    tree: sled::Tree,
+    /// Commits interrupted by a crash in stores from before the redo log (see the module docs).
+    intents: sled::Tree,
+    /// The checkpoint: the value-log position up to which sled holds every commit.
+    wal: sled::Tree,
+    /// sled's log file, opened to fsync it after sled's flush.
+    log_file: File,
+    /// Tests: this sled failed, as sled 0.34 does after an I/O error: every later write and
+    /// flush fails until it is opened again.
+    #[cfg(test)]
+    failed: AtomicBool,
+}
+
+impl Sled {
+    fn open(config: &sled::Config, dir: &Path) -> Result<Sled, CdrError> {
+        let db = crate::sled_db::open(config)?;
+        let tree = db.open_tree("cdr")?;
+        let intents = db.open_tree("intents")?;
+        let wal = db.open_tree("wal")?;
+        // sled 0.34 keeps its log in `<dir>/db`.
+        let log_path = dir.join("db");
+        let log_file = File::open(&log_path).map_err(|source| CdrError::Io {
+            path: log_path,
+            source,
+        })?;
+        Ok(Sled {
+            db,
+            tree,
+            intents,
+            wal,
+            log_file,
+            #[cfg(test)]
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    /// Flushes sled and fsyncs its log file: at open and at checkpoints (one at a time: once the
+    /// store is open, only the checkpoint thread checkpoints or reopens sled, and the drop after
+    /// it stopped).
+    fn flush(&self, dir: &Path) -> Result<(), CdrError> {
+        #[cfg(test)]
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        self.db.flush()?;
+        self.log_file.sync_data().map_err(|source| CdrError::Io {
+            path: dir.join("db"),
+            source,
+        })
+    }
+}
+
+/// A read handle on the store's tree (see [`Store::tree`]). It keeps the sled it came from
+/// open, which a reopen waits for: hold it for one read or one scan, not longer.
+pub struct TreeRef(Arc<Sled>);
+
+impl std::ops::Deref for TreeRef {
+    type Target = sled::Tree;
+
+    fn deref(&self) -> &sled::Tree {
+        &self.0.tree
+    }
 }
 
 #[derive(Default)]
@@ -220,53 +314,57 @@ impl Store {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let db = crate::sled_db::open(
-            &sled::Config::new()
-                .path(dir)
-                .cache_capacity(cache_bytes)
-                // Every write is flushed by its writer (group commit); a background flusher
-                // would only add work and keep a thread holding the files after the store is
-                // dropped.
-                .flush_every_ms(None)
-                .mode(sled::Mode::HighThroughput),
-        )?;
-        let tree = db.open_tree("cdr")?;
-        let intents = db.open_tree("intents")?;
-        let wal = db.open_tree("wal")?;
-        // sled 0.34 keeps its log in `<dir>/db`.
-        let log_path = dir.join("db");
-        let log_file = File::open(&log_path).map_err(|source| CdrError::Io {
-            path: log_path,
-            source,
-        })?;
+        let sled_config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // Every write is flushed by its writer (group commit); a background flusher
+            // would only add work and keep a thread holding the files after the store is
+            // dropped.
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput);
+        let sled = Arc::new(Sled::open(&sled_config, dir)?);
         let (values, appender) = ValueLog::open(&dir.join("values")).map_err(values_err)?;
         let store = Store {
-            db,
-            tree,
-            intents,
-            wal,
+            sled: RwLock::new(Some(sled.clone())),
+            sled_config,
             write_lock: Mutex::new(()),
             commit: Mutex::new(CommitState::default()),
             flushed: Condvar::new(),
-            log_file,
             values,
             appender: Mutex::new(appender),
             dir: dir.to_path_buf(),
             halted: Default::default(),
+            last_try: Mutex::new(None),
+            recover_free_bytes: AtomicU64::new(RECOVER_FREE_BYTES),
             #[cfg(test)]
             fail_next_apply: Default::default(),
         };
-        store.finish_interrupted_commits()?;
+        store.finish_interrupted_commits(&sled)?;
         // A store still marked open was not closed: a crash, or a power cut.
-        let unclean = store.wal.get(OPEN_KEY)?.is_some();
-        let checkpoint = store.checkpoint_position()?;
-        store.wal.insert(OPEN_KEY, &[])?;
-        store.replay()?;
+        let unclean = sled.wal.get(OPEN_KEY)?.is_some();
+        let checkpoint = checkpoint_position(&sled)?;
+        sled.wal.insert(OPEN_KEY, &[])?;
+        store.replay(&sled)?;
         if let (true, Some(checkpoint)) = (unclean, checkpoint) {
-            store.repair_torn_versions(checkpoint)?;
+            store.repair_torn_versions(&sled, checkpoint)?;
         }
+        drop(sled);
         store.check_layout()?;
         Ok(store)
+    }
+
+    /// sled's handles, unless they are being reopened.
+    fn sled(&self) -> Result<Arc<Sled>, CdrError> {
+        self.sled
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(CdrError::Reopening)
+    }
+
+    /// The tree holding resources, versions and indexes, for reads (see [`TreeRef`]).
+    pub fn tree(&self) -> Result<TreeRef, CdrError> {
+        self.sled().map(TreeRef)
     }
 
     /// After an unclean stop, puts back the last version that reached the disk wherever the
@@ -277,9 +375,9 @@ impl Store {
     /// commit) is put back as current, or the resource removed if it had none; then the indexes
     /// are rebuilt, since the lost version's entries may be there. Versions before the
     /// checkpoint are durable, so only pointers after it are read.
-    fn repair_torn_versions(&self, checkpoint: Position) -> Result<(), CdrError> {
+    fn repair_torn_versions(&self, sled: &Sled, checkpoint: Position) -> Result<(), CdrError> {
         let mut torn = Vec::new();
-        for item in self.tree.scan_prefix(index::all_current_prefix()) {
+        for item in sled.tree.scan_prefix(index::all_current_prefix()) {
             let (key, record) = item?;
             let Some((ty, id)) = index::parse_current_key(&key) else {
                 continue;
@@ -293,18 +391,18 @@ impl Store {
             let mut restored = None;
             for older in (1..*vid).rev() {
                 let history_key = index::version_key(ty, id, older, 0);
-                let Some(record) = self.tree.get(&history_key)? else {
+                let Some(record) = sled.tree.get(&history_key)? else {
                     break;
                 };
-                self.tree.remove(&history_key)?;
+                sled.tree.remove(&history_key)?;
                 if self.body_intact(ty, id, &record, checkpoint)? {
                     restored = Some(record);
                     break;
                 }
             }
             match restored {
-                Some(record) => self.tree.insert(key, record)?,
-                None => self.tree.remove(key)?,
+                Some(record) => sled.tree.insert(key, record)?,
+                None => sled.tree.remove(key)?,
             };
         }
         if !torn.is_empty() {
@@ -313,8 +411,8 @@ impl Store {
                 "CDR: versions whose bodies did not reach the disk before the stop were rolled back to the last one that did (none had been answered)"
             );
             // The layout check at open then rebuilds every index entry.
-            self.tree.remove(index::meta_key("layout"))?;
-            self.flush()?;
+            sled.tree.remove(index::meta_key("layout"))?;
+            sled.flush(&self.dir)?;
         }
         Ok(())
     }
@@ -342,20 +440,11 @@ impl Store {
                 .is_ok())
     }
 
-    /// The log position of the last checkpoint (`None`: a store from before the redo log, or a
-    /// new one).
-    fn checkpoint_position(&self) -> Result<Option<Position>, CdrError> {
-        Ok(self
-            .wal
-            .get(CHECKPOINT_KEY)?
-            .and_then(|v| position_from_bytes(&v)))
-    }
-
     /// Applies again, in order, the commit records after the checkpoint; then checkpoints at
     /// the start of the new segment. A store without a checkpoint predates the redo log (every
     /// commit of it was flushed) or is new: nothing to replay.
-    fn replay(&self) -> Result<(), CdrError> {
-        let from = self.checkpoint_position()?;
+    fn replay(&self, sled: &Sled) -> Result<(), CdrError> {
+        let from = checkpoint_position(sled)?;
         let mut replayed = 0usize;
         if let Some((from_segment, from_offset)) = from {
             for segment in self.values.segments().map_err(values_err)? {
@@ -373,7 +462,7 @@ impl Store {
                         if record.kind == Kind::Commit && !record.tombstone {
                             match Ops::decode(&record.value) {
                                 Some(ops) => {
-                                    if let Err(e) = ops.apply(&self.tree) {
+                                    if let Err(e) = ops.apply(&sled.tree) {
                                         failed = Some(e);
                                     }
                                     replayed += 1;
@@ -410,20 +499,20 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .applied_position = position;
-        self.checkpoint(position)
+        self.checkpoint(sled, position)
     }
 
     /// Flushes sled with the log position it covers (every commit up to `position` is
     /// applied), after an fsync of every segment written since the last checkpoint.
-    fn checkpoint(&self, position: Position) -> Result<(), CdrError> {
+    fn checkpoint(&self, sled: &Sled, position: Position) -> Result<(), CdrError> {
         let touched = self
             .appender
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take_touched();
         self.sync_segments(touched)?;
-        self.wal.insert(CHECKPOINT_KEY, &position_bytes(position))?;
-        self.flush()
+        sled.wal.insert(CHECKPOINT_KEY, &position_bytes(position))?;
+        sled.flush(&self.dir)
     }
 
     /// Makes the commit records written so far durable: what a commit's answer waits for.
@@ -447,14 +536,14 @@ impl Store {
     }
 
     /// Applies the commits a crash interrupted (their intent records are still there).
-    fn finish_interrupted_commits(&self) -> Result<(), CdrError> {
+    fn finish_interrupted_commits(&self, sled: &Sled) -> Result<(), CdrError> {
         let mut finished = 0;
-        for item in self.intents.iter() {
+        for item in sled.intents.iter() {
             let (key, value) = item?;
             let ops = Ops::decode(&value)
                 .ok_or_else(|| CdrError::Corrupt("unreadable commit intent".into()))?;
-            ops.apply(&self.tree)?;
-            self.intents.remove(key)?;
+            ops.apply(&sled.tree)?;
+            sled.intents.remove(key)?;
             finished += 1;
         }
         if finished > 0 {
@@ -462,7 +551,7 @@ impl Store {
                 commits = finished,
                 "CDR: finished commits interrupted by a crash"
             );
-            self.flush()?;
+            sled.flush(&self.dir)?;
         }
         Ok(())
     }
@@ -471,7 +560,8 @@ impl Store {
     /// differs from the one stored (or none is stored but resources are).
     fn check_layout(&self) -> Result<(), CdrError> {
         let key = index::meta_key("layout");
-        let stored = self
+        let sled = self.sled()?;
+        let stored = sled
             .tree
             .get(&key)?
             .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
@@ -482,27 +572,27 @@ impl Store {
         // Runs at open, before anything else uses the store; a crash part-way leaves the layout
         // key unwritten, so the rebuild runs again.
         let _guard = self.lock();
-        for item in self.tree.iter().keys() {
+        for item in sled.tree.iter().keys() {
             let k = item?;
             if index::is_index_key(&k) {
-                self.tree.remove(k)?;
+                sled.tree.remove(k)?;
             }
         }
-        for item in self.tree.scan_prefix(index::all_current_prefix()) {
+        for item in sled.tree.scan_prefix(index::all_current_prefix()) {
             let (k, _) = item?;
             let Some((ty, id)) = index::parse_current_key(&k) else {
                 continue;
             };
             if let Some((_, Some(resource))) = self.read(ty, id)? {
                 for (ik, iv) in index::entries(ty, id, &resource) {
-                    self.tree.insert(ik, iv)?;
+                    sled.tree.insert(ik, iv)?;
                 }
             }
         }
-        self.flush()?;
-        self.tree
+        sled.flush(&self.dir)?;
+        sled.tree
             .insert(key, index::LAYOUT_VERSION.to_be_bytes().to_vec())?;
-        self.flush()
+        sled.flush(&self.dir)
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
@@ -518,9 +608,99 @@ impl Store {
 
     fn halt(&self, cause: impl std::fmt::Display) -> CdrError {
         if !self.halted.swap(true, Ordering::SeqCst) {
-            tracing::error!(error = %cause, "CDR: a commit failed half way (disk full?): no more writes until the engine restarts, which completes it from the log");
+            tracing::error!(error = %cause, "CDR: a commit failed half way (disk full?): no more writes until sled is reopened, on its own once there is room, which completes it from the log");
         }
         CdrError::Halted
+    }
+
+    /// After a failed write, gets writes going again if it is time to try (every
+    /// [`RETRY_EVERY`]) and there is room: see [`Store::recover`]. Called by the CDR's
+    /// checkpoint thread, which wakes every [`CHECKPOINT_EVERY`] anyway (see
+    /// [`super::Cdr::open`]): so the CDR comes back without a write to prompt it, and `/ready`
+    /// with it, and no writer ever waits for a reopen it did not ask for. Returns whether
+    /// writes go again.
+    pub fn recover_if_due(&self) -> bool {
+        if !self.halted() {
+            return false;
+        }
+        {
+            let mut last = self.last_try.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < RETRY_EVERY) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        match self.recover() {
+            Ok(recovered) => recovered,
+            Err(e) => {
+                tracing::warn!(error = %e, "CDR: sled could not be reopened yet (tried again in a moment)");
+                false
+            }
+        }
+    }
+
+    /// Reopens sled in place after a failed write, as a restart would but without one, once
+    /// the CDR's filesystem has [`RECOVER_FREE_BYTES`] free (or its free space cannot be told):
+    /// sled 0.34 fails every write after an I/O error until it is opened again. Under the
+    /// write lock, so no writer runs meanwhile: every handle to sled is let go, sled opens from
+    /// what it had made durable, the commit records after the last checkpoint are applied again
+    /// ([`Store::replay`], as at open: the failed commit's included, which completes it; see the
+    /// module docs), and a checkpoint makes that durable before writes are taken again.
+    /// Returns whether writes go again (`false`: not enough room yet).
+    ///
+    /// What an open does besides is not needed here: commits from before the redo log
+    /// (`intents`) were all finished at open, the value log lost nothing (no power was cut:
+    /// what was written to it is in the page cache, so no version is torn), and the index
+    /// layout is the one checked at open.
+    pub fn recover(&self) -> Result<bool, CdrError> {
+        let free = crate::data_dir::free_bytes(&self.dir);
+        if free.is_some_and(|free| free < self.recover_free_bytes.load(Ordering::SeqCst)) {
+            return Ok(false);
+        }
+        let _guard = self.lock();
+        if !self.halted() {
+            return Ok(true);
+        }
+        self.reopen_sled()?;
+        self.halted.store(false, Ordering::SeqCst);
+        tracing::info!("CDR: reopened sled after a failed write: writes again");
+        Ok(true)
+    }
+
+    /// Lets go of sled's handles, opens it again and replays the log into it; the new handles
+    /// are published only then, so no reader sees sled without the commits it had not made
+    /// durable. Readers meanwhile get [`CdrError::Reopening`] (503) rather than wait: a read
+    /// that holds a handle and asks for another (a search reading resources as it scans) would
+    /// otherwise wait on this while this waits on its handle. The handles readers hold are
+    /// waited for (sled keeps its files locked while one is alive), [`crate::sled_db::LOCK_WAIT`]
+    /// at most: then they are put back, and the next try waits for them again.
+    fn reopen_sled(&self) -> Result<(), CdrError> {
+        let slot = || self.sled.write().unwrap_or_else(|e| e.into_inner());
+        let taken = slot().take();
+        if let Some(mut old) = taken {
+            let started = Instant::now();
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(sled) => {
+                        drop(sled);
+                        break;
+                    }
+                    Err(held) if started.elapsed() < crate::sled_db::LOCK_WAIT => {
+                        old = held;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(held) => {
+                        *slot() = Some(held);
+                        return Err(CdrError::Reopening);
+                    }
+                }
+            }
+        }
+        // Waits out sled's own threads, which may hold its lock a moment longer.
+        let sled = Sled::open(&self.sled_config, &self.dir)?;
+        self.replay(&sled)?;
+        *slot() = Some(Arc::new(sled));
+        Ok(())
     }
 
     /// Starts a write: takes the write lock until the writer is committed or dropped.
@@ -535,7 +715,7 @@ impl Store {
 
     /// The current record of `ty/id`.
     pub fn current(&self, ty: &str, id: &str) -> Result<Option<Current>, CdrError> {
-        match self.tree.get(index::current_key(ty, id))? {
+        match self.tree()?.get(index::current_key(ty, id))? {
             Some(v) => Header::decode(&v).map(|h| {
                 Some(Current {
                     vid: h.vid,
@@ -573,7 +753,7 @@ impl Store {
         } else {
             let mut body = first[HEADER..].to_vec();
             for c in 1..h.chunks {
-                match self.tree.get(more(c))? {
+                match self.tree()?.get(more(c))? {
                     Some(part) => body.extend_from_slice(&part),
                     None => {
                         return Err(CdrError::Corrupt(format!(
@@ -596,7 +776,7 @@ impl Store {
 
     /// The current version of `ty/id` (body included).
     fn current_version(&self, ty: &str, id: &str) -> Result<Option<Version>, CdrError> {
-        match self.tree.get(index::current_key(ty, id))? {
+        match self.tree()?.get(index::current_key(ty, id))? {
             Some(first) => self
                 .assemble(
                     &first,
@@ -615,7 +795,7 @@ impl Store {
                 return Ok(Some(cur));
             }
         }
-        match self.tree.get(index::version_key(ty, id, vid, 0))? {
+        match self.tree()?.get(index::version_key(ty, id, vid, 0))? {
             Some(first) => self
                 .assemble(
                     &first,
@@ -650,7 +830,7 @@ impl Store {
         };
         let prefix = index::history_prefix(ty, id);
         let mut vids = Vec::new();
-        for key in self.tree.scan_prefix(&prefix).keys() {
+        for key in self.tree()?.scan_prefix(&prefix).keys() {
             let key = key?;
             if let Some((vid, 0)) = index::version_of(&key, prefix.len()) {
                 vids.push(vid);
@@ -659,7 +839,7 @@ impl Store {
         let mut out = Vec::with_capacity(vids.len() + 1);
         out.push(current);
         for vid in vids.into_iter().rev() {
-            if let Some(first) = self.tree.get(index::version_key(ty, id, vid, 0))? {
+            if let Some(first) = self.tree()?.get(index::version_key(ty, id, vid, 0))? {
                 out.push(self.assemble(
                     &first,
                     |c| index::version_key(ty, id, vid, c),
@@ -674,7 +854,7 @@ impl Store {
     pub fn live_ids(&self, ty: &str) -> Result<BTreeSet<String>, CdrError> {
         let prefix = index::current_prefix(ty);
         let mut out = BTreeSet::new();
-        for item in self.tree.scan_prefix(&prefix) {
+        for item in self.tree()?.scan_prefix(&prefix) {
             let (k, v) = item?;
             if !Header::decode(&v)?.deleted {
                 if let Ok(id) = std::str::from_utf8(&k[prefix.len()..]) {
@@ -730,20 +910,17 @@ impl Store {
             }
             (st.applied, st.applied_position)
         };
-        self.checkpoint(position)?;
+        let sled = self.sled()?;
+        self.checkpoint(&sled, position)?;
         let mut st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         st.checkpointed = st.checkpointed.max(applied);
         Ok(true)
     }
 
-    /// Flushes sled and fsyncs its log file: at open and at checkpoints (one at a time: once the
-    /// store is open, only the checkpoint thread checkpoints, and the drop after it stopped).
+    /// Tests: flushes sled and fsyncs its log file, as open and checkpoints do ([`Sled::flush`]).
+    #[cfg(test)]
     fn flush(&self) -> Result<(), CdrError> {
-        self.db.flush()?;
-        self.log_file.sync_data().map_err(|source| CdrError::Io {
-            path: self.dir.join("db"),
-            source,
-        })
+        self.sled()?.flush(&self.dir)
     }
 
     /// Marks a batch applied, its record ending at `position`, and returns its sequence number.
@@ -761,9 +938,10 @@ impl Drop for Store {
         let st = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         let position = st.applied_position;
         drop(st);
-        let closed = self.checkpoint(position).and_then(|()| {
-            self.wal.remove(OPEN_KEY)?;
-            self.flush()
+        let closed = self.sled().and_then(|sled| {
+            self.checkpoint(&sled, position)?;
+            sled.wal.remove(OPEN_KEY)?;
+            sled.flush(&self.dir)
         });
         if let Err(e) = closed {
             tracing::warn!(error = %e, "CDR: last checkpoint failed (the log is replayed at open)");
@@ -773,6 +951,15 @@ impl Drop for Store {
 
 /// The key of the checkpoint in the `wal` tree.
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+
+/// The log position of the last checkpoint (`None`: a store from before the redo log, or a
+/// new one).
+fn checkpoint_position(sled: &Sled) -> Result<Option<Position>, CdrError> {
+    Ok(sled
+        .wal
+        .get(CHECKPOINT_KEY)?
+        .and_then(|v| position_from_bytes(&v)))
+}
 
 /// In the `wal` tree while the store is open: still there at open, the last stop was unclean.
 const OPEN_KEY: &[u8] = b"open";
@@ -842,7 +1029,7 @@ impl Writer<'_> {
         // new resource, whichever method created it.
         let existing = match vid {
             1 => None,
-            _ => self.store.tree.get(index::current_key(ty, id))?,
+            _ => self.store.tree()?.get(index::current_key(ty, id))?,
         };
         if let Some(first) = existing {
             let h = Header::decode(&first)?;
@@ -851,7 +1038,7 @@ impl Writer<'_> {
             for c in 1..h.chunks {
                 let part = self
                     .store
-                    .tree
+                    .tree()?
                     .get(index::chunk_key(ty, id, c))?
                     .ok_or_else(|| CdrError::Corrupt(format!("missing chunk {c} of {ty}/{id}")))?;
                 moved.push((index::version_key(ty, id, h.vid, c), part.to_vec()));
@@ -912,6 +1099,7 @@ impl Writer<'_> {
         if self.store.halted() {
             return Err(CdrError::Halted);
         }
+        let sled = self.store.sled()?;
         // The commit record after the bodies of its versions, in one write; durable once a
         // waiter has fsynced the log (group commit), and replayed after a crash until a
         // checkpoint covers it. Writers are serialised by the write lock, so the next sequence
@@ -932,9 +1120,16 @@ impl Writer<'_> {
         };
         #[cfg(test)]
         if self.store.fail_next_apply.swap(false, Ordering::SeqCst) {
-            return Err(self.store.halt(sled::Error::Unsupported("injected".into())));
+            // As sled failing part way through: some of the commit is in, and this sled
+            // refuses every write from now on.
+            Ops(ops.0[..ops.0.len() / 2].to_vec()).apply(&sled.tree)?;
+            sled.failed.store(true, Ordering::SeqCst);
         }
-        if let Err(e) = ops.apply(&self.store.tree) {
+        #[cfg(test)]
+        if sled.failed.load(Ordering::SeqCst) {
+            return Err(self.store.halt(injected()));
+        }
+        if let Err(e) = ops.apply(&sled.tree) {
             return Err(self.store.halt(e));
         }
         self.staged = 0;
@@ -1023,6 +1218,15 @@ impl Ops {
     }
 }
 
+/// Tests: what a sled that failed on a full disk answers.
+#[cfg(test)]
+fn injected() -> CdrError {
+    CdrError::Storage(sled::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::StorageFull,
+        "No space left on device (injected by the CDR's test hook)",
+    )))
+}
+
 /// A value-log error as the CDR reports it.
 fn values_err(e: crate::journal::JournalError) -> CdrError {
     CdrError::Corrupt(format!("CDR value log: {e}"))
@@ -1066,12 +1270,14 @@ mod unit {
             .encode(&mut first);
             first.extend_from_slice(chunks[0]);
             store
-                .tree
+                .tree()
+                .unwrap()
                 .insert(index::current_key("Basic", "old"), first)
                 .unwrap();
             for (c, chunk) in chunks.iter().enumerate().skip(1) {
                 store
-                    .tree
+                    .tree()
+                    .unwrap()
                     .insert(index::chunk_key("Basic", "old", c as u16), *chunk)
                     .unwrap();
             }
@@ -1097,7 +1303,7 @@ mod unit {
         let h = store.history("Basic", "old").unwrap();
         assert_eq!(h[0].resource().unwrap().unwrap(), new);
         assert_eq!(h[1].resource().unwrap().unwrap(), big);
-        assert_eq!(store.tree.scan_prefix([b'C']).count(), 0);
+        assert_eq!(store.tree().unwrap().scan_prefix([b'C']).count(), 0);
     }
 
     #[test]
@@ -1186,7 +1392,7 @@ mod unit {
         assert!(store.read("Basic", "b").unwrap().unwrap().1.is_none());
         assert!(store.live_ids("Basic").unwrap().is_empty());
         // No chunk of the big version is left under the current record.
-        assert_eq!(store.tree.scan_prefix([b'C']).count(), 0);
+        assert_eq!(store.tree().unwrap().scan_prefix([b'C']).count(), 0);
         let id = new_id();
         assert!(super::super::validate::is_uuid(&id) && id.as_bytes()[14] == b'7');
     }
@@ -1215,12 +1421,14 @@ mod intent_tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), 1 << 20).unwrap();
-            store.tree.insert(b"Zstale", b"old").unwrap();
+            store.tree().unwrap().insert(b"Zstale", b"old").unwrap();
             // What a crash between writing the intent and applying it leaves behind.
             let mut ops = Ops::default();
             ops.insert(b"Znew", b"value");
             ops.remove(b"Zstale");
             store
+                .sled()
+                .unwrap()
                 .intents
                 .insert(7u64.to_be_bytes(), ops.encode())
                 .unwrap();
@@ -1228,11 +1436,15 @@ mod intent_tests {
         }
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(
-            store.tree.get(b"Znew").unwrap().as_deref(),
+            store.tree().unwrap().get(b"Znew").unwrap().as_deref(),
             Some(&b"value"[..])
         );
-        assert!(store.tree.get(b"Zstale").unwrap().is_none());
-        assert_eq!(store.intents.len(), 0, "the intent is gone once applied");
+        assert!(store.tree().unwrap().get(b"Zstale").unwrap().is_none());
+        assert_eq!(
+            store.sled().unwrap().intents.len(),
+            0,
+            "the intent is gone once applied"
+        );
     }
 
     #[test]
@@ -1251,13 +1463,13 @@ mod intent_tests {
             .unwrap();
         let seq = writer.commit().unwrap();
         store.wait_durable(seq).unwrap();
-        assert_eq!(store.intents.len(), 0);
+        assert_eq!(store.sled().unwrap().intents.len(), 0);
         assert!(store.current("Patient", "p1").unwrap().is_some());
     }
 
-    /// A commit that reached the log but that sled failed to apply stops writes until the store
-    /// is opened again, which completes it: a client retrying the write cannot add a second
-    /// copy meanwhile.
+    /// A commit that reached the log but that sled failed to apply stops writes until sled is
+    /// opened again (here by a restart, before the store reopened it on its own), which
+    /// completes it: a client retrying the write cannot add a second copy meanwhile.
     #[test]
     fn a_commit_sled_failed_halts_writes_until_it_is_replayed() {
         let dir = tempfile::tempdir().unwrap();
@@ -1290,6 +1502,146 @@ mod intent_tests {
         }
         assert!(store.current("Patient", "after").unwrap().is_none());
         write(&store, "after").unwrap();
+    }
+
+    /// Writes `Patient/<id>` (a first version) and waits until it is durable.
+    fn write_patient(store: &Store, id: &str) -> Result<(), CdrError> {
+        let patient = patient(id);
+        let stamp = Stamp {
+            vid: 1,
+            method: Method::Put,
+            last_updated: 0,
+        };
+        let mut writer = store.writer();
+        writer.stage("Patient", id, stamp, Some(&patient), None)?;
+        store.wait_durable(writer.commit()?)
+    }
+
+    fn patient(id: &str) -> Value {
+        serde_json::json!({"resourceType": "Patient", "id": id, "gender": "female"})
+    }
+
+    /// Exactly the Patients `ids` are there, each with its one version and its index entries.
+    fn assert_patients(store: &Store, ids: &[&str]) {
+        let live = store.live_ids("Patient").unwrap();
+        assert_eq!(live.iter().map(String::as_str).collect::<Vec<_>>(), ids);
+        for id in ids {
+            let (current, body) = store.read_live("Patient", id).unwrap().unwrap();
+            assert_eq!((current.vid, body), (1, patient(id)), "{id}");
+            assert_eq!(store.history("Patient", id).unwrap().len(), 1, "{id}");
+            for (key, _) in index::entries("Patient", id, &patient(id)) {
+                assert!(
+                    store.tree().unwrap().get(&key).unwrap().is_some(),
+                    "{id}: {key:?}"
+                );
+            }
+        }
+    }
+
+    /// sled failing half way through a commit halts writes; once the disk has room, the store
+    /// reopens sled in place (the same `Store`, no restart), completes that commit from the log
+    /// and writes again. Reads are answered all along; a restart then finds the same.
+    #[test]
+    fn a_commit_sled_failed_is_completed_in_place_once_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        write_patient(&store, "before").unwrap();
+        store.fail_next_apply.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            write_patient(&store, "failed"),
+            Err(CdrError::Halted)
+        ));
+        assert!(store.halted());
+        assert_eq!(
+            store.read_live("Patient", "before").unwrap().unwrap().1,
+            patient("before"),
+            "reads go on"
+        );
+
+        // No room yet: nothing is tried, writes are still refused.
+        store.recover_free_bytes.store(u64::MAX, Ordering::SeqCst);
+        assert!(!store.recover().unwrap());
+        assert!(store.halted());
+        let refused = write_patient(&store, "after").unwrap_err();
+        assert_eq!(refused.status(), 503, "{refused}");
+
+        // Room: sled is reopened in place and the failed commit completed from the log.
+        store.recover_free_bytes.store(0, Ordering::SeqCst);
+        assert!(store.recover().unwrap());
+        assert!(!store.halted());
+        write_patient(&store, "after").unwrap();
+        assert_patients(&store, &["after", "before", "failed"]);
+
+        drop(store);
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_patients(&store, &["after", "before", "failed"]);
+        write_patient(&store, "later").unwrap();
+    }
+
+    /// A reopen waits for the tree handles readers hold (sled keeps its files locked while one
+    /// is alive); reads asked for meanwhile are refused with a 503, not blocked.
+    #[test]
+    fn a_reopen_waits_for_the_handles_readers_hold_and_refuses_reads_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        write_patient(&store, "p1").unwrap();
+        store.fail_next_apply.store(true, Ordering::SeqCst);
+        assert!(write_patient(&store, "p2").is_err());
+        store.recover_free_bytes.store(0, Ordering::SeqCst);
+        let held = store.tree().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        std::thread::scope(|s| {
+            let store = &store;
+            s.spawn(move || {
+                // Reads work until the reopen takes sled's handles; then they are refused,
+                // and this reader lets go of the one it holds.
+                let refused = loop {
+                    match store.read_live("Patient", "p1") {
+                        Ok(found) => assert!(found.is_some()),
+                        Err(e) => break e,
+                    }
+                    assert!(Instant::now() < deadline, "never refused");
+                    std::thread::sleep(Duration::from_millis(1));
+                };
+                assert!(matches!(refused, CdrError::Reopening), "{refused}");
+                assert_eq!(refused.status(), 503);
+                assert!(held.get(b"anything").is_ok(), "a held handle still reads");
+                drop(held);
+            });
+            // As the checkpoint thread does: a try that waited too long gives the handles back,
+            // and the next one waits for them again.
+            while !store.recover().unwrap_or(false) {
+                assert!(Instant::now() < deadline, "never reopened");
+            }
+        });
+        assert!(!store.halted());
+        write_patient(&store, "p3").unwrap();
+        assert_patients(&store, &["p1", "p2", "p3"]);
+    }
+
+    /// Through the engine's handle: the checkpoint thread reopens sled on its own once there
+    /// is room, and not before; no write has to come along to prompt it.
+    #[test]
+    fn the_checkpoint_thread_brings_writes_back_once_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let cdr = crate::cdr::Cdr::open(dir.path(), 1 << 20).unwrap();
+        cdr.store
+            .recover_free_bytes
+            .store(u64::MAX, Ordering::SeqCst);
+        write_patient(&cdr.store, "p1").unwrap();
+        cdr.store.fail_next_apply.store(true, Ordering::SeqCst);
+        assert!(write_patient(&cdr.store, "p2").is_err());
+        std::thread::sleep(RETRY_EVERY * 2);
+        assert!(cdr.halted(), "reopened without room");
+        cdr.store.recover_free_bytes.store(0, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cdr.halted() {
+            assert!(Instant::now() < deadline, "still halted");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        write_patient(&cdr.store, "p3").unwrap();
+        assert_eq!(cdr.read("Patient", "p2").unwrap(), Some(patient("p2")));
+        assert_patients(&cdr.store, &["p1", "p2", "p3"]);
     }
 
     #[test]
@@ -1399,14 +1751,14 @@ mod intent_tests {
         {
             if !index::entries("Patient", "p1", &v1).contains_key(&key) {
                 assert!(
-                    store.tree.get(&key).unwrap().is_none(),
+                    store.tree().unwrap().get(&key).unwrap().is_none(),
                     "stale entry {key:?}"
                 );
             }
         }
         for (key, _) in index::entries("Patient", "p1", &v1) {
             assert!(
-                store.tree.get(&key).unwrap().is_some(),
+                store.tree().unwrap().get(&key).unwrap().is_some(),
                 "missing entry {key:?}"
             );
         }
@@ -1414,7 +1766,10 @@ mod intent_tests {
         // Closed cleanly this time: the next open finds nothing to repair and the same data.
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(store.read_live("Patient", "p1").unwrap().unwrap().1, v1);
-        assert!(store.wal.get(OPEN_KEY).unwrap().is_some(), "open again");
+        assert!(
+            store.sled().unwrap().wal.get(OPEN_KEY).unwrap().is_some(),
+            "open again"
+        );
     }
 
     /// A checkpoint is due once something was applied after the last one, and only then; the
