@@ -65,10 +65,17 @@ impl FhirHttp {
 
     /// A Bundle goes to the base URL (batch/transaction); a single resource to its type.
     /// `code`: the HTTP status, when the server answered.
+    ///
+    /// An error names the URL as [`FhirHttp::base`] shows it: it is kept on the transaction
+    /// (read by viewers) and, in ACK mode `on-delivery`, sent to the message's sender in the
+    /// ACK, so it must not carry the `user:password@` or query a configured URL may hold.
     pub async fn post(&self, value: &Value, code: &mut Option<u16>) -> Delivery {
-        let url = match value["resourceType"].as_str() {
-            Some("Bundle") | None => self.endpoint.clone(),
-            Some(kind) => format!("{}/{kind}", self.endpoint),
+        let (url, shown) = match value["resourceType"].as_str() {
+            Some("Bundle") | None => (self.endpoint.clone(), self.base.clone()),
+            Some(kind) => (
+                format!("{}/{kind}", self.endpoint),
+                format!("{}/{kind}", self.base),
+            ),
         };
         let mut request = self
             .client
@@ -78,7 +85,8 @@ impl FhirHttp {
             .json(value);
         request = self.authenticate(request);
         match request.send().await {
-            Err(e) => Delivery::retry(format!("{url}: {}", error_chain(&e))),
+            // (reqwest's own text names the URL again, its password masked: left out.)
+            Err(e) => Delivery::retry(format!("{shown}: {}", error_chain(&e.without_url()))),
             Ok(response) => {
                 let status = response.status().as_u16();
                 *code = Some(status);
@@ -134,5 +142,41 @@ mod tests {
         .unwrap();
         assert_eq!(http.base(), "https://hapi:8443/fhir");
         assert!(!format!("{http:?}").contains("s3cret"));
+    }
+
+    /// A delivery that fails names the server without the credentials in its URL: the error
+    /// is kept on the transaction and may reach the sender in an `on-delivery` ACK.
+    #[tokio::test]
+    async fn a_failed_delivery_names_the_server_without_its_credentials() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let http = super::FhirHttp::new(
+            &format!("http://orbiter:s3cret@127.0.0.1:{closed}/fhir?token=abc"),
+            None,
+            std::time::Duration::from_secs(2),
+        )
+        .unwrap();
+        for value in [
+            serde_json::json!({"resourceType": "Bundle", "type": "transaction"}),
+            serde_json::json!({"resourceType": "Patient"}),
+        ] {
+            let mut code = None;
+            match http.post(&value, &mut code).await {
+                super::Delivery::Retry { error, .. } => {
+                    assert!(!error.contains("s3cret"), "{error}");
+                    assert!(!error.contains("token=abc"), "{error}");
+                    assert!(
+                        error.starts_with(&format!("http://127.0.0.1:{closed}/fhir")),
+                        "{error}"
+                    );
+                    assert!(error.contains("refused"), "{error}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(code, None);
+        }
     }
 }
