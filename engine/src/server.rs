@@ -111,6 +111,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 url,
                 cdr_credentials(&config),
                 Duration::from_secs(config.cdr.timeout_secs),
+                config.cdr.tls_ca.as_deref(),
             )
             .map_err(anyhow::Error::msg)
             .context("cdr.url")?,

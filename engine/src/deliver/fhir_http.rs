@@ -1,6 +1,7 @@
 //! A FHIR REST client for one server: posts Bundles (or single resources) with rustls, a bearer
 //! token if configured, and timeouts.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -35,15 +36,21 @@ impl std::fmt::Debug for FhirHttp {
 }
 
 impl FhirHttp {
+    /// `tls_ca`: a PEM file of the CA certificates an `https` server's certificate must chain
+    /// to, trusted instead of the system's roots (a site's own CA in front of HAPI FHIR).
     pub fn new(
         base: &str,
         credentials: Option<Credentials>,
         timeout: Duration,
+        tls_ca: Option<&Path>,
     ) -> Result<FhirHttp, String> {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(format!("FHIR base `{base}` must be an http(s) URL"));
+            return Err(format!(
+                "FHIR base `{}` must be an http(s) URL",
+                shown(base)
+            ));
         }
-        let client = reqwest::Client::builder()
+        let client = client_builder(tls_ca)?
             .connect_timeout(Duration::from_secs(5))
             .timeout(timeout)
             .user_agent(concat!("orbiter/", env!("CARGO_PKG_VERSION")))
@@ -117,8 +124,27 @@ impl FhirHttp {
     }
 }
 
+/// An HTTP client builder that trusts the CA certificates in `tls_ca` (PEM) instead of the
+/// system's roots, or the system's roots when `None`. An error names the file and says why.
+pub fn client_builder(tls_ca: Option<&Path>) -> Result<reqwest::ClientBuilder, String> {
+    let builder = reqwest::Client::builder();
+    let Some(path) = tls_ca else {
+        return Ok(builder);
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("TLS CA {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("TLS CA {}: {}", path.display(), error_chain(&e)))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "TLS CA {}: no PEM certificate (`-----BEGIN CERTIFICATE-----`) in it",
+            path.display()
+        ));
+    }
+    Ok(builder.tls_certs_only(certs))
+}
+
 /// `url` without `user:password@` and without a query (where tokens go too).
-fn shown(url: &str) -> String {
+pub fn shown(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut parsed) => {
             let _ = parsed.set_username("");
@@ -138,6 +164,7 @@ mod tests {
             "https://orbiter:s3cret@hapi:8443/fhir/?token=abc",
             None,
             std::time::Duration::from_secs(1),
+            None,
         )
         .unwrap();
         assert_eq!(http.base(), "https://hapi:8443/fhir");
@@ -157,6 +184,7 @@ mod tests {
             &format!("http://orbiter:s3cret@127.0.0.1:{closed}/fhir?token=abc"),
             None,
             std::time::Duration::from_secs(2),
+            None,
         )
         .unwrap();
         for value in [

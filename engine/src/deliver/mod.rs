@@ -33,7 +33,7 @@ use crate::journal::TxId;
 use crate::metrics::Metrics;
 
 pub use creates::IdSeed;
-pub use fhir_http::{Credentials, FhirHttp};
+pub use fhir_http::{client_builder, shown as shown_url, Credentials, FhirHttp};
 pub use mediator::MediatorTarget;
 
 /// What a destination did with the output.
@@ -148,7 +148,7 @@ impl Deliverer {
                 CdrTarget::External(http) => http.post(value, &mut code).await,
             },
             DestinationKind::Http => match &destination.url {
-                Some(url) => match FhirHttp::new(url, None, self.http_timeout) {
+                Some(url) => match FhirHttp::new(url, None, self.http_timeout, None) {
                     Ok(http) => http.post(value, &mut code).await,
                     Err(e) => Delivery::Failed {
                         error: e,
@@ -401,7 +401,10 @@ mod tests {
         for status in [401, 403] {
             match classify(status, outcome("bad token")) {
                 Delivery::Retry { error, .. } => {
-                    assert!(error.starts_with(&format!("HTTP {status}: bad token")), "{error}");
+                    assert!(
+                        error.starts_with(&format!("HTTP {status}: bad token")),
+                        "{error}"
+                    );
                     assert!(error.contains("credentials"), "{error}");
                 }
                 other => panic!("{status}: {other:?}"),
