@@ -332,3 +332,101 @@ async fn plain_creates_delivered_again_after_a_lost_reply_are_written_once() {
     let (status, _) = cdr.api(&format!("/fhir/Patient/{patient_id}")).await;
     assert_eq!(status, 200);
 }
+
+/// `(name, value)` pairs as [`Engine::start`] takes them.
+fn as_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// A TLS front (as an ingress would be) for the plain HTTP server at `upstream`, with the
+/// certificate and key in these PEM files. Returns its address.
+async fn tls_front(upstream: String, cert: &str, key: &str) -> String {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::net::{TcpListener, TcpStream};
+
+    orbiter::tls::install_crypto_provider();
+    let certs = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let Ok(mut client) = acceptor.accept(client).await else {
+                    return;
+                };
+                if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An external CDR over https under a private CA (`ORBITER_CDR_TLS_CA`), first with a token it
+/// refuses: the message is queued (the engine's credentials are wrong, not the message), the
+/// token never reaches the log, and once the engine restarts with the right token the queued
+/// message is delivered. (A CA could not be configured, and a 401 failed every message for
+/// good, to be rerun one by one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_cdr_under_a_private_ca_and_refused_credentials_queue_until_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::TestPki::new(dir.path());
+    let cdr = Engine::start(&dir.path().join("cdr-data"), &[]);
+    let front = tls_front(cdr.admin.clone(), &pki.cert_path, &pki.key_path).await;
+    let mut env = channels_with_fast_retry(&dir.path().join("ws"));
+    env.push(("ORBITER_CDR_URL".into(), format!("https://{front}/fhir")));
+    env.push(("ORBITER_CDR_TLS_CA".into(), pki.ca_path.clone()));
+    let with_token = |token: &str| {
+        let mut env = env.clone();
+        env.push(("ORBITER_CDR_TOKEN".into(), token.into()));
+        env
+    };
+    let wrong = with_token("rotated-away-token-5150");
+    let data = dir.path().join("data");
+    let mut engine = Engine::start(&data, &as_refs(&wrong));
+    let mut c = MllpClient::connect(&engine.mllp, T).await.unwrap();
+    let ack = c
+        .send(&adt("A01", "AUTH-1", "MRN-AUTH", "TLS"))
+        .await
+        .unwrap();
+    assert_eq!(ack_fields(&ack).0, "AA");
+    let tx = settled(&engine, "AUTH-1").await;
+    assert_eq!(tx["status"], "queued", "{tx}");
+    let reason = tx["events"].as_array().unwrap().last().unwrap()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("HTTP 401") && reason.contains("credentials"),
+        "{reason}"
+    );
+    assert!(!engine.log().contains("rotated-away-token-5150"));
+    drop(c);
+    assert!(engine.stop().success());
+
+    let right = with_token(common::TOKEN);
+    let engine = Engine::start(&data, &as_refs(&right));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tx = settled(&engine, "AUTH-1").await;
+        if tx["status"] == "delivered" {
+            break;
+        }
+        assert_eq!(tx["status"], "queued", "{tx}");
+        assert!(Instant::now() < deadline, "never delivered: {tx}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(patients(&cdr, "MRN-AUTH").await.len(), 1);
+}

@@ -670,6 +670,11 @@ async fn a_destination_that_stays_down_is_retried_then_given_up() {
             .contains("gave up after 3 attempts"),
         "{tx}"
     );
+    // ...and why: the last attempt's error, not only how many there were.
+    assert!(
+        tx["error"].as_str().unwrap_or("").contains("refused"),
+        "{tx}"
+    );
     // The give-up is counted: each attempt was a retry, the end a failure.
     let metrics = engine.metrics().await;
     for line in [

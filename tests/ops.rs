@@ -645,6 +645,69 @@ fn doctor_passes_a_good_setup_and_names_what_is_broken() {
     assert!(out.contains("adress"), "{out}");
 }
 
+/// An external CDR that cannot be reached: the doctor says why (the refused connection, a CA
+/// file that holds no certificate), and never prints the credentials `cdr.url` may carry.
+#[test]
+fn doctor_says_why_the_cdr_is_unreachable_without_its_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = || format!("127.0.0.1:{}", free_port());
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = reserved.local_addr().unwrap().port();
+    drop(reserved);
+    let env = |url: String, ca: Option<String>| {
+        let mut env = vec![
+            (
+                "ORBITER_CHANNELS_DIR",
+                repo_root().join("channels").display().to_string(),
+            ),
+            (
+                "ORBITER_SCRIPTS_DIR",
+                repo_root().join("scripts").display().to_string(),
+            ),
+            ("ORBITER_ADMIN_ADDR", port()),
+            ("ORBITER_MLLP_ADDR", port()),
+            ("ORBITER_HTTP_ADDR", port()),
+            ("ORBITER_CDR_URL", url),
+        ];
+        env.extend(ca.map(|ca| ("ORBITER_CDR_TLS_CA", ca)));
+        env
+    };
+    let data = dir.path().join("data").display().to_string();
+    let (code, out) = doctor(
+        &["--data", &data],
+        &env(
+            format!("http://orb:s3cret@127.0.0.1:{closed}/fhir?token=abc"),
+            None,
+        ),
+        dir.path(),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(has_line(&out, "fail", "cdr"), "{out}");
+    assert!(
+        out.contains("refused"),
+        "the cause, not only 'error sending request':\n{out}"
+    );
+    assert!(
+        !out.contains("s3cret") && !out.contains("token=abc"),
+        "{out}"
+    );
+
+    let not_a_ca = dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_a_ca, "not a certificate\n").unwrap();
+    let (code, out) = doctor(
+        &["--data", &data],
+        &env(
+            format!("https://127.0.0.1:{closed}/fhir"),
+            Some(not_a_ca.display().to_string()),
+        ),
+        dir.path(),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(has_line(&out, "fail", "cdr"), "{out}");
+    assert!(out.contains("no PEM certificate"), "{out}");
+    assert!(out.contains("cdr.tls_ca"), "{out}");
+}
+
 #[tokio::test]
 async fn doctor_recognises_a_running_engine_on_its_ports() {
     let ws = Workspace::new();

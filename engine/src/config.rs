@@ -264,6 +264,9 @@ pub struct CdrConfig {
     pub password: Option<String>,
     /// Per request to an external CDR.
     pub timeout_secs: u64,
+    /// PEM file of the CA(s) an `https` CDR's certificate must chain to, trusted instead of
+    /// the system's roots: a HAPI FHIR behind the site's own CA.
+    pub tls_ca: Option<PathBuf>,
     /// The embedded CDR's sled page cache.
     pub cache_mb: u64,
 }
@@ -276,6 +279,7 @@ impl Default for CdrConfig {
             username: None,
             password: None,
             timeout_secs: 30,
+            tls_ca: None,
             cache_mb: 32,
         }
     }

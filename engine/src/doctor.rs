@@ -504,6 +504,20 @@ pub fn x509_not_after(cert: &[u8]) -> Option<SystemTime> {
     Some(moment.into())
 }
 
+/// An error with its causes, `outer: inner: innermost`: reqwest keeps what went wrong
+/// (`Connection refused`, `invalid peer certificate: UnknownIssuer`) in its sources, and its
+/// own text alone ("error sending request") says nothing a person can act on.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The CDR: embedded (nothing to reach), or an external server answering `metadata`, whose
 /// `Date` header also checks our clock.
 fn cdr(config: &Config) -> Vec<Finding> {
@@ -511,6 +525,19 @@ fn cdr(config: &Config) -> Vec<Finding> {
         return vec![Finding::ok("cdr", "embedded (under the data dir)")];
     };
     let metadata = format!("{}/metadata", url.trim_end_matches('/'));
+    // What this report prints: the URL without the `user:password@` or query it may carry.
+    let shown_url = crate::deliver::shown_url(url);
+    let shown = format!("{shown_url}/metadata");
+    let builder = match crate::deliver::client_builder(config.cdr.tls_ca.as_deref()) {
+        Ok(builder) => builder,
+        Err(e) => {
+            return vec![Finding::fail(
+                "cdr",
+                e,
+                "cdr.tls_ca (ORBITER_CDR_TLS_CA) must be a readable PEM file of CA certificates",
+            )]
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -519,7 +546,7 @@ fn cdr(config: &Config) -> Vec<Finding> {
         Err(e) => return vec![Finding::fail("cdr", e.to_string(), "report this as a bug")],
     };
     let answer = runtime.block_on(async {
-        let client = reqwest::Client::builder().timeout(PROBE_TIMEOUT).build()?;
+        let client = builder.timeout(PROBE_TIMEOUT).build()?;
         let mut request = client
             .get(&metadata)
             .header("Accept", "application/fhir+json");
@@ -542,12 +569,13 @@ fn cdr(config: &Config) -> Vec<Finding> {
     match answer {
         Err(e) => findings.push(Finding::fail(
             "cdr",
-            format!("{metadata}: {e}"),
-            "check ORBITER_CDR_URL and that the FHIR server is up and reachable from here",
+            format!("{shown}: {}", with_causes(&e.without_url())),
+            "check ORBITER_CDR_URL and that the FHIR server is up and reachable from here \
+             (an https server under a private CA: cdr.tls_ca)",
         )),
         Ok((status, _, _)) if status == 401 || status == 403 => findings.push(Finding::fail(
             "cdr",
-            format!("{metadata} answered {status}"),
+            format!("{shown} answered {status}"),
             "set ORBITER_CDR_TOKEN (or cdr.username and ORBITER_CDR_PASSWORD)",
         )),
         Ok((status, date, body)) => {
@@ -555,12 +583,12 @@ fn cdr(config: &Config) -> Vec<Finding> {
                 let version = body["fhirVersion"].as_str().unwrap_or("?");
                 findings.push(Finding::ok(
                     "cdr",
-                    format!("{url} answers metadata (FHIR {version})"),
+                    format!("{shown_url} answers metadata (FHIR {version})"),
                 ));
             } else {
                 findings.push(Finding::fail(
                     "cdr",
-                    format!("{metadata} answered {status} without a CapabilityStatement"),
+                    format!("{shown} answered {status} without a CapabilityStatement"),
                     "ORBITER_CDR_URL must be the FHIR base URL (the one ending before /metadata)",
                 ));
             }

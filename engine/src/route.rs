@@ -809,8 +809,22 @@ impl Pipeline {
                 .with_label_values(&[destination, "failed"])
                 .inc();
         }
-        self.fail(id, format!("gave up after {attempts} attempts"))
-            .await;
+        // With the last attempt's error: the reason a person reads first (the transaction's
+        // `error`) says why, not only how many times.
+        let last_error = tx.as_ref().and_then(|tx| {
+            tx.events
+                .iter()
+                .rev()
+                .filter(|e| e.status == Status::Queued)
+                .filter_map(|e| e.reason.as_deref())
+                .find(|r| !r.contains(WAITING_BEHIND))
+                .map(str::to_string)
+        });
+        let reason = match last_error {
+            Some(last) => format!("gave up after {attempts} attempts; the last: {last}"),
+            None => format!("gave up after {attempts} attempts"),
+        };
+        self.fail(id, reason).await;
         // No longer queued: the patient's later transactions may be delivered.
         if let Some(key) = tx.as_ref().and_then(|tx| tx.meta.patient_key.as_deref()) {
             self.order.set_queued(key, id, false);

@@ -111,9 +111,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 url,
                 cdr_credentials(&config),
                 Duration::from_secs(config.cdr.timeout_secs),
+                config.cdr.tls_ca.as_deref(),
             )
             .map_err(anyhow::Error::msg)
-            .context("cdr.url")?,
+            .context(if config.cdr.tls_ca.is_some() {
+                "cdr.url, cdr.tls_ca"
+            } else {
+                "cdr.url"
+            })?,
         ),
         (None, None) => unreachable!("one of the two is set"),
     };

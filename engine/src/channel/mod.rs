@@ -450,37 +450,44 @@ impl Channels {
     }
 
     /// A fingerprint of the channel and script files (names, sizes, mtimes): polled to notice
-    /// edits without an inotify dependency.
+    /// edits without an inotify dependency. The scripts dir is walked with its subfolders: a
+    /// channel's script may live in one (`script = "lab/oru.rhai"`), and editing a file in place
+    /// changes neither the folder's entries nor its mtime.
     pub fn fingerprint(&self) -> String {
         let mut parts = Vec::new();
-        for dir in [
-            self.paths.channels_dir.clone(),
-            self.paths.scripts_dir.clone(),
-            self.paths.lib_dir(),
-        ] {
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).collect();
-                entries.sort_by_key(|e| e.path());
-                for entry in entries {
-                    if let Ok(meta) = entry.metadata() {
-                        let mtime = meta
-                            .modified()
-                            .ok()
-                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                            .map(|d| d.as_nanos())
-                            .unwrap_or(0);
-                        parts.push(format!(
-                            "{}:{}:{}",
-                            entry.path().display(),
-                            meta.len(),
-                            mtime
-                        ));
-                    }
-                }
-            }
-        }
+        fingerprint_dir(&self.paths.channels_dir, 0, &mut parts);
+        fingerprint_dir(&self.paths.scripts_dir, SCRIPT_DIR_DEPTH, &mut parts);
         let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
         sha256_hex(&parts)
+    }
+}
+
+/// How deep the file watch looks into the scripts dir's subfolders (a bound, so that a link
+/// back up the tree cannot loop).
+const SCRIPT_DIR_DEPTH: usize = 8;
+
+/// Adds `path:size:mtime` for every entry of `dir` to `parts`, sorted, and for its subfolders
+/// down to `depth` more levels.
+fn fingerprint_dir(dir: &Path, depth: usize, parts: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.filter_map(|e| e.ok()).collect();
+    entries.sort_by_key(|e| e.path());
+    for entry in entries {
+        let path = entry.path();
+        if let Ok(meta) = entry.metadata() {
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            parts.push(format!("{}:{}:{}", path.display(), meta.len(), mtime));
+        }
+        if depth > 0 && path.is_dir() {
+            fingerprint_dir(&path, depth - 1, parts);
+        }
     }
 }
 

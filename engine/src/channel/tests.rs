@@ -186,6 +186,35 @@ fn a_library_change_is_a_new_revision_and_the_fingerprint_moves() {
     assert_ne!(channels.current().get("adt").unwrap().revision, before.0);
 }
 
+/// A channel's script may live in a subfolder of the scripts dir; editing it in place (which
+/// changes neither the folder's entries nor its mtime) must move the fingerprint the file
+/// watch polls, or the engine keeps running the old revision without a word.
+#[test]
+fn an_edit_to_a_script_in_a_subfolder_moves_the_fingerprint() {
+    let d = dirs();
+    let p = &d.paths;
+    std::fs::create_dir_all(p.scripts_dir.join("lab/deep")).unwrap();
+    write(
+        &p.channels_dir.join("lab.toml"),
+        "name = \"lab\"\n[source]\nkind = \"mllp\"\n[transform]\nscript = \"lab/deep/oru.rhai\"\n",
+    );
+    write(&p.scripts_dir.join("lab/deep/oru.rhai"), BUNDLE);
+    let (channels, report) = Channels::load(p.clone());
+    assert!(report.errors.is_empty(), "{report:?}");
+    let before = (
+        channels.current().get("lab").unwrap().revision.clone(),
+        channels.fingerprint(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    write(
+        &p.scripts_dir.join("lab/deep/oru.rhai"),
+        &format!("{BUNDLE}\n// edited\n"),
+    );
+    assert_ne!(channels.fingerprint(), before.1, "the edit went unnoticed");
+    channels.reload();
+    assert_ne!(channels.current().get("lab").unwrap().revision, before.0);
+}
+
 #[test]
 fn duplicate_channel_names_are_an_error() {
     let d = dirs();

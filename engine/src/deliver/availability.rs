@@ -170,6 +170,8 @@ fn error_kind(kind: DestinationKind, error: &str) -> Option<&'static str> {
 /// `HTTP 503` and the like, as static text (the codes a destination is retried for).
 fn http_status(code: u16) -> &'static str {
     match code {
+        401 => "HTTP 401",
+        403 => "HTTP 403",
         408 => "HTTP 408",
         429 => "HTTP 429",
         500 => "HTTP 500",

@@ -1,6 +1,7 @@
 //! A FHIR REST client for one server: posts Bundles (or single resources) with rustls, a bearer
 //! token if configured, and timeouts.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -35,15 +36,21 @@ impl std::fmt::Debug for FhirHttp {
 }
 
 impl FhirHttp {
+    /// `tls_ca`: a PEM file of the CA certificates an `https` server's certificate must chain
+    /// to, trusted instead of the system's roots (a site's own CA in front of HAPI FHIR).
     pub fn new(
         base: &str,
         credentials: Option<Credentials>,
         timeout: Duration,
+        tls_ca: Option<&Path>,
     ) -> Result<FhirHttp, String> {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(format!("FHIR base `{base}` must be an http(s) URL"));
+            return Err(format!(
+                "FHIR base `{}` must be an http(s) URL",
+                shown(base)
+            ));
         }
-        let client = reqwest::Client::builder()
+        let client = client_builder(tls_ca)?
             .connect_timeout(Duration::from_secs(5))
             .timeout(timeout)
             .user_agent(concat!("orbiter/", env!("CARGO_PKG_VERSION")))
@@ -65,10 +72,17 @@ impl FhirHttp {
 
     /// A Bundle goes to the base URL (batch/transaction); a single resource to its type.
     /// `code`: the HTTP status, when the server answered.
+    ///
+    /// An error names the URL as [`FhirHttp::base`] shows it: it is kept on the transaction
+    /// (read by viewers) and, in ACK mode `on-delivery`, sent to the message's sender in the
+    /// ACK, so it must not carry the `user:password@` or query a configured URL may hold.
     pub async fn post(&self, value: &Value, code: &mut Option<u16>) -> Delivery {
-        let url = match value["resourceType"].as_str() {
-            Some("Bundle") | None => self.endpoint.clone(),
-            Some(kind) => format!("{}/{kind}", self.endpoint),
+        let (url, shown) = match value["resourceType"].as_str() {
+            Some("Bundle") | None => (self.endpoint.clone(), self.base.clone()),
+            Some(kind) => (
+                format!("{}/{kind}", self.endpoint),
+                format!("{}/{kind}", self.base),
+            ),
         };
         let mut request = self
             .client
@@ -78,7 +92,8 @@ impl FhirHttp {
             .json(value);
         request = self.authenticate(request);
         match request.send().await {
-            Err(e) => Delivery::retry(format!("{url}: {}", error_chain(&e))),
+            // (reqwest's own text names the URL again, its password masked: left out.)
+            Err(e) => Delivery::retry(format!("{shown}: {}", error_chain(&e.without_url()))),
             Ok(response) => {
                 let status = response.status().as_u16();
                 *code = Some(status);
@@ -109,8 +124,27 @@ impl FhirHttp {
     }
 }
 
+/// An HTTP client builder that trusts the CA certificates in `tls_ca` (PEM) instead of the
+/// system's roots, or the system's roots when `None`. An error names the file and says why.
+pub fn client_builder(tls_ca: Option<&Path>) -> Result<reqwest::ClientBuilder, String> {
+    let builder = reqwest::Client::builder();
+    let Some(path) = tls_ca else {
+        return Ok(builder);
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("TLS CA {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("TLS CA {}: {}", path.display(), error_chain(&e)))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "TLS CA {}: no PEM certificate (`-----BEGIN CERTIFICATE-----`) in it",
+            path.display()
+        ));
+    }
+    Ok(builder.tls_certs_only(certs))
+}
+
 /// `url` without `user:password@` and without a query (where tokens go too).
-fn shown(url: &str) -> String {
+pub fn shown(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut parsed) => {
             let _ = parsed.set_username("");
@@ -130,9 +164,47 @@ mod tests {
             "https://orbiter:s3cret@hapi:8443/fhir/?token=abc",
             None,
             std::time::Duration::from_secs(1),
+            None,
         )
         .unwrap();
         assert_eq!(http.base(), "https://hapi:8443/fhir");
         assert!(!format!("{http:?}").contains("s3cret"));
+    }
+
+    /// A delivery that fails names the server without the credentials in its URL: the error
+    /// is kept on the transaction and may reach the sender in an `on-delivery` ACK.
+    #[tokio::test]
+    async fn a_failed_delivery_names_the_server_without_its_credentials() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let http = super::FhirHttp::new(
+            &format!("http://orbiter:s3cret@127.0.0.1:{closed}/fhir?token=abc"),
+            None,
+            std::time::Duration::from_secs(2),
+            None,
+        )
+        .unwrap();
+        for value in [
+            serde_json::json!({"resourceType": "Bundle", "type": "transaction"}),
+            serde_json::json!({"resourceType": "Patient"}),
+        ] {
+            let mut code = None;
+            match http.post(&value, &mut code).await {
+                super::Delivery::Retry { error, .. } => {
+                    assert!(!error.contains("s3cret"), "{error}");
+                    assert!(!error.contains("token=abc"), "{error}");
+                    assert!(
+                        error.starts_with(&format!("http://127.0.0.1:{closed}/fhir")),
+                        "{error}"
+                    );
+                    assert!(error.contains("refused"), "{error}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(code, None);
+        }
     }
 }

@@ -11,8 +11,9 @@
 //! so that a repeated delivery (a retry, a resume after a crash, a rerun) writes them once.
 //!
 //! Classification, as a FHIR client would: 2xx delivered; 4xx failed for good (the
-//! OperationOutcome is kept), except 408 and 429; 5xx, timeouts and refused connections are
-//! retried later (the transaction goes to `queued`).
+//! OperationOutcome is kept), except 408 and 429, and 401 and 403 (the engine's credentials
+//! refused, not the message); 5xx, timeouts and refused connections are retried later (the
+//! transaction goes to `queued`).
 
 mod availability;
 pub mod creates;
@@ -32,7 +33,7 @@ use crate::journal::TxId;
 use crate::metrics::Metrics;
 
 pub use creates::IdSeed;
-pub use fhir_http::{Credentials, FhirHttp};
+pub use fhir_http::{client_builder, shown as shown_url, Credentials, FhirHttp};
 pub use mediator::MediatorTarget;
 
 /// What a destination did with the output.
@@ -147,7 +148,7 @@ impl Deliverer {
                 CdrTarget::External(http) => http.post(value, &mut code).await,
             },
             DestinationKind::Http => match &destination.url {
-                Some(url) => match FhirHttp::new(url, None, self.http_timeout) {
+                Some(url) => match FhirHttp::new(url, None, self.http_timeout, None) {
                     Ok(http) => http.post(value, &mut code).await,
                     Err(e) => Delivery::Failed {
                         error: e,
@@ -243,6 +244,15 @@ pub fn classify(status: u16, body: Value) -> Delivery {
             response: Some(body),
         },
         408 | 429 | 500..=599 => Delivery::retry(format!("HTTP {status}: {}", diagnostics(&body))),
+        // The engine's credentials refused (a wrong, expired or rotated token or password, a
+        // missing role): nothing in the message can fix that, and failing every message until
+        // someone fixes the secret would leave them all to be rerun by hand. Queued instead,
+        // like a destination that is down, and delivered once the credentials work (or failed
+        // after `max_attempts`).
+        401 | 403 => Delivery::retry(format!(
+            "HTTP {status}: {} (the destination refused the engine's credentials)",
+            diagnostics(&body)
+        )),
         _ => Delivery::Failed {
             error: format!("HTTP {status}: {}", diagnostics(&body)),
             response: Some(body),
@@ -376,6 +386,44 @@ mod tests {
         IdSeed {
             journal: "TESTJR",
             original: TxId(n),
+        }
+    }
+
+    /// Credentials refused (401, 403) are the engine's problem, not the message's: queued
+    /// and retried, like a server that is down; other 4xx are failed for good, with the
+    /// OperationOutcome kept.
+    #[test]
+    fn refused_credentials_queue_and_other_client_errors_fail() {
+        let outcome = |text: &str| {
+            serde_json::json!({"resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "security", "diagnostics": text}]})
+        };
+        for status in [401, 403] {
+            match classify(status, outcome("bad token")) {
+                Delivery::Retry { error, .. } => {
+                    assert!(
+                        error.starts_with(&format!("HTTP {status}: bad token")),
+                        "{error}"
+                    );
+                    assert!(error.contains("credentials"), "{error}");
+                }
+                other => panic!("{status}: {other:?}"),
+            }
+        }
+        for status in [400, 404, 409, 412, 422] {
+            match classify(status, outcome("invalid")) {
+                Delivery::Failed { error, response } => {
+                    assert_eq!(error, format!("HTTP {status}: invalid"));
+                    assert_eq!(response.unwrap()["resourceType"], "OperationOutcome");
+                }
+                other => panic!("{status}: {other:?}"),
+            }
+        }
+        for status in [408, 429, 500, 503] {
+            assert!(matches!(
+                classify(status, Value::Null),
+                Delivery::Retry { .. }
+            ));
         }
     }
 
