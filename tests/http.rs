@@ -151,10 +151,28 @@ async fn refusals_are_defined() {
         .ingest("/hl7v2", "image/png", common::adt("R2"))
         .await;
     assert_eq!(resp.status().as_u16(), 415);
+    // The refusal says what the path takes, with every type that names it.
+    let outcome: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        outcome["issue"][0]["diagnostics"],
+        "Content-Type \"image/png\": this path takes hl7v2 (application/hl7-v2, \
+         x-application/hl7-v2+er7 or text/plain)",
+        "{outcome}"
+    );
     let resp = engine
         .ingest("/hl7v2", "application/fhir+json", b"{}".to_vec())
         .await;
     assert_eq!(resp.status().as_u16(), 415);
+    let resp = engine
+        .ingest("/ccda", "application/json", b"{}".to_vec())
+        .await;
+    assert_eq!(resp.status().as_u16(), 415);
+    let outcome: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        outcome["issue"][0]["diagnostics"],
+        "this path takes ccda (application/xml, application/cda+xml or text/xml), not fhir",
+        "{outcome}"
+    );
 
     let mut big = common::adt("R3");
     big.extend(std::iter::repeat_n(b'x', 8192));

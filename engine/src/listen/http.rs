@@ -189,20 +189,28 @@ async fn ingest(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // What this path takes: its channel's declared format, HL7 v2 at the shared path, else any.
+    let takes: Vec<Format> = match owners.iter().find_map(|c| c.def.source.format) {
+        Some(declared) => vec![declared],
+        None if shared_hl7 => vec![Format::Hl7v2],
+        None => Format::ALL.to_vec(),
+    };
     let Some(format) = Format::from_content_type(content_type) else {
+        let shown = if content_type.is_empty() {
+            "no Content-Type".to_string()
+        } else {
+            format!("Content-Type {content_type:?}")
+        };
         return refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/hl7-v2, x-application/hl7-v2+er7, text/plain, \
-             application/fhir+json, application/xml, application/cda+xml or text/csv",
+            &format!("{shown}: this path takes {}", described(&takes)),
         );
     };
-    if let Some(declared) = owners.iter().find_map(|c| c.def.source.format) {
-        if declared != format {
-            return refuse(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                &format!("this path takes {declared} documents, not {format}"),
-            );
-        }
+    if !takes.contains(&format) {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("this path takes {}, not {format}", described(&takes)),
+        );
     }
     let declared_len = req
         .headers()
@@ -213,12 +221,6 @@ async fn ingest(
         return too_large();
     }
     let peer = req.peer_addr().map(|a| a.to_string());
-    if shared_hl7 && format != Format::Hl7v2 {
-        return refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            &format!("{SHARED_HL7_PATH} takes HL7 v2, not {format}"),
-        );
-    }
     let (listener, source) = if shared_hl7 {
         (HL7_OVER_HTTP_LISTENER.to_string(), SourceKind::Mllp)
     } else {
@@ -266,6 +268,21 @@ async fn ingest(
             }
         }
     }
+}
+
+/// The formats a path takes, with their `Content-Type`s: `ccda (application/xml,
+/// application/cda+xml or text/xml)`.
+fn described(formats: &[Format]) -> String {
+    let one = |f: &Format| {
+        let types = f.content_types();
+        let (last, rest) = types.split_last().expect("every format has a type");
+        if rest.is_empty() {
+            format!("{f} ({last})")
+        } else {
+            format!("{f} ({} or {last})", rest.join(", "))
+        }
+    };
+    formats.iter().map(one).collect::<Vec<_>>().join(", ")
 }
 
 /// The next piece of a body; `Err(408)` when none comes within `idle`.
