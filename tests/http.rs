@@ -189,6 +189,16 @@ async fn refusals_are_defined() {
     // Nothing of the refused requests reached the journal.
     let (_, page) = engine.api("/api/transactions?limit=10").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
+    // ... but an operator can see that senders are being turned away, and with what.
+    let metrics = engine.metrics().await;
+    for line in [
+        "orbiter_http_refused_total{code=\"404\"} 1",
+        "orbiter_http_refused_total{code=\"405\"} 1",
+        "orbiter_http_refused_total{code=\"413\"} 1",
+        "orbiter_http_refused_total{code=\"415\"} 3",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
 }
 
 /// A client that sends its headers and then stalls mid-body (or trickles too slowly) is

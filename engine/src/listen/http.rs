@@ -136,10 +136,37 @@ fn operation_outcome(severity: &str, code: &str, text: &str) -> serde_json::Valu
     })
 }
 
+/// One request; a refusal that journaled nothing (wrong path, method, type, size,
+/// credentials, a stalled or broken body, not stored) is counted, as nothing else shows it.
 async fn ingest(
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     state: web::Data<IngestState>,
+) -> HttpResponse {
+    let response = ingest_request(&req, payload, &state).await;
+    let status = response.status();
+    if (status.is_client_error() || status.is_server_error())
+        && !response.headers().contains_key("x-orbiter-transaction")
+    {
+        state
+            .metrics
+            .http_refused_total
+            .with_label_values(&[status.as_str()])
+            .inc();
+        tracing::debug!(
+            path = %req.path(),
+            peer = %req.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            status = status.as_u16(),
+            "ingest request refused, nothing journaled"
+        );
+    }
+    response
+}
+
+async fn ingest_request(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    state: &IngestState,
 ) -> HttpResponse {
     let path = req.path().to_string();
     let set = state.channels.current();
@@ -235,7 +262,7 @@ async fn ingest(
     );
     if format == Format::Csv {
         let charset = crate::format::csv::CsvEncoding::from_content_type(content_type);
-        return ingest_csv(&state, &intake, &mut payload, path, peer, charset).await;
+        return ingest_csv(state, &intake, &mut payload, path, peer, charset).await;
     }
     let body = match read_body(&mut payload, state.max_body_bytes, state.body_idle).await {
         Ok(body) => body,
