@@ -268,6 +268,22 @@ kind = "cdr"
 mode = "on-delivery"
 "#;
 
+/// Bearer auth whose token variable the engine was not given: nobody gets in, and the log
+/// says it is the engine's setup, not the sender's token.
+const UNSET_SECRET_CHANNEL: &str = r#"
+name = "fhir-unset"
+[source]
+kind = "http"
+path = "/unset"
+[source.auth]
+kind = "bearer"
+token_env = "TEST_INGEST_TOKEN_NEVER_SET"
+[transform]
+script = "scripts/fhir_in.rhai"
+[[destination]]
+kind = "cdr"
+"#;
+
 /// The same with HTTP Basic credentials (the password from the environment).
 const BASIC_CHANNEL: &str = r#"
 name = "fhir-basic"
@@ -312,6 +328,7 @@ async fn fhir_documents_are_journaled_routed_and_delivered() {
             ("fhir-in.toml", FHIR_CHANNEL),
             ("fhir-secured.toml", SECURED_CHANNEL),
             ("fhir-basic.toml", BASIC_CHANNEL),
+            ("fhir-unset.toml", UNSET_SECRET_CHANNEL),
         ],
         &[("fhir_in.rhai", FHIR_SCRIPT)],
     );
@@ -434,6 +451,27 @@ async fn fhir_documents_are_journaled_routed_and_delivered() {
     );
     let (_, found) = engine.api("/fhir/Patient?identifier=F3").await;
     assert_eq!(found["total"], 1, "{found}");
+
+    // A channel whose secret the engine lacks refuses everyone, and the log names the
+    // variable to set (the sender's credentials are not the problem).
+    let resp = client()
+        .post(format!("http://{}/unset", engine.http))
+        .header("Content-Type", "application/fhir+json")
+        .bearer_auth("anything")
+        .body(patient_bundle("F4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let log = engine.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("channel=fhir-unset"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+    assert!(
+        line.contains("secret is not set") && line.contains("TEST_INGEST_TOKEN_NEVER_SET"),
+        "{line}"
+    );
 }
 
 #[tokio::test]

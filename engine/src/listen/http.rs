@@ -195,16 +195,30 @@ async fn ingest_request(
     }
     for channel in &owners {
         if let Some(auth) = &channel.def.source.auth {
-            if !authorized(auth, &req) {
+            if let Err(refusal) = authorized(auth, req) {
                 // Logged so that whoever sets up a sender sees why it is refused (never what
                 // it presented).
-                tracing::warn!(
-                    channel = %channel.name(),
-                    %path,
-                    peer = %req.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
-                    presented = req.headers().contains_key(header::AUTHORIZATION),
-                    "ingest request refused: no or wrong credentials"
-                );
+                let peer = req.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                let presented = req.headers().contains_key(header::AUTHORIZATION);
+                match refusal {
+                    AuthRefusal::Credentials => tracing::warn!(
+                        channel = %channel.name(),
+                        %path,
+                        %peer,
+                        presented,
+                        "ingest request refused: no or wrong credentials"
+                    ),
+                    // Not the sender's fault: every request is refused until it is set.
+                    AuthRefusal::SecretUnset(variable) => tracing::warn!(
+                        channel = %channel.name(),
+                        %path,
+                        %peer,
+                        %variable,
+                        "ingest request refused: the channel's [source.auth] secret is not set \
+                         (its environment variable is unset or empty in the engine), so no \
+                         credentials are taken"
+                    ),
+                }
                 return HttpResponse::Unauthorized()
                     .insert_header((header::WWW_AUTHENTICATE, challenge(auth)))
                     .json(operation_outcome("error", "login", "unauthorized"));
@@ -545,9 +559,18 @@ fn challenge(auth: &HttpAuthDef) -> &'static str {
     }
 }
 
+/// Why a request was not let in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AuthRefusal {
+    /// No credentials, or not the channel's.
+    Credentials,
+    /// The channel's secret is not in the engine's environment (the variable named here).
+    SecretUnset(String),
+}
+
 /// Whether the request carries the credentials the channel asks for. A secret that is not set
 /// in the environment lets nobody in.
-fn authorized(auth: &HttpAuthDef, req: &HttpRequest) -> bool {
+fn authorized(auth: &HttpAuthDef, req: &HttpRequest) -> Result<(), AuthRefusal> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -563,21 +586,25 @@ fn authorized(auth: &HttpAuthDef, req: &HttpRequest) -> bool {
     match auth {
         HttpAuthDef::Bearer { token_env } => {
             let Some(expected) = std::env::var(token_env).ok().filter(|t| !t.is_empty()) else {
-                return false;
+                return Err(AuthRefusal::SecretUnset(token_env.clone()));
             };
             presented
                 .strip_prefix("Bearer ")
                 .is_some_and(|t| same(t.trim(), &expected))
+                .then_some(())
+                .ok_or(AuthRefusal::Credentials)
         }
         HttpAuthDef::Basic { user, password_env } => {
             let Some(password) = std::env::var(password_env).ok().filter(|t| !t.is_empty()) else {
-                return false;
+                return Err(AuthRefusal::SecretUnset(password_env.clone()));
             };
             // Compared encoded, without decoding what the caller sent.
             let expected = crate::script::v2fhir::base64(format!("{user}:{password}").as_bytes());
             presented
                 .strip_prefix("Basic ")
                 .is_some_and(|t| same(t.trim(), &expected))
+                .then_some(())
+                .ok_or(AuthRefusal::Credentials)
         }
     }
 }
