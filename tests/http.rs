@@ -284,6 +284,21 @@ script = "scripts/fhir_in.rhai"
 kind = "cdr"
 "#;
 
+/// On-delivery to a FHIR server that is down (`{port}`: nothing listens there).
+const DOWN_CHANNEL: &str = r#"
+name = "fhir-down"
+[source]
+kind = "http"
+path = "/down"
+[transform]
+script = "scripts/fhir_in.rhai"
+[[destination]]
+kind = "http"
+url = "http://127.0.0.1:{port}/fhir"
+[ack]
+mode = "on-delivery"
+"#;
+
 /// The same with HTTP Basic credentials (the password from the environment).
 const BASIC_CHANNEL: &str = r#"
 name = "fhir-basic"
@@ -322,6 +337,7 @@ fn patient_bundle(mrn: &str) -> Vec<u8> {
 #[tokio::test]
 async fn fhir_documents_are_journaled_routed_and_delivered() {
     let dir = tempfile::tempdir().unwrap();
+    let down_channel = DOWN_CHANNEL.replace("{port}", &common::free_port().to_string());
     let pairs = channels_dir(
         dir.path(),
         &[
@@ -329,6 +345,7 @@ async fn fhir_documents_are_journaled_routed_and_delivered() {
             ("fhir-secured.toml", SECURED_CHANNEL),
             ("fhir-basic.toml", BASIC_CHANNEL),
             ("fhir-unset.toml", UNSET_SECRET_CHANNEL),
+            ("fhir-down.toml", &down_channel),
         ],
         &[("fhir_in.rhai", FHIR_SCRIPT)],
     );
@@ -472,6 +489,16 @@ async fn fhir_documents_are_journaled_routed_and_delivered() {
         line.contains("secret is not set") && line.contains("TEST_INGEST_TOKEN_NEVER_SET"),
         "{line}"
     );
+
+    // On delivery to a destination that is down: 503 queued, with when to come back.
+    let resp = engine
+        .ingest("/down", "application/fhir+json", patient_bundle("F5"))
+        .await;
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().contains_key("x-orbiter-transaction"));
+    assert_eq!(resp.headers()["retry-after"], "30");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "queued", "{body}");
 }
 
 #[tokio::test]

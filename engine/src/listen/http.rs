@@ -417,7 +417,12 @@ fn document_reply(reply: crate::intake::DocumentReply) -> HttpResponse {
             _ => (StatusCode::OK, "delivered", None),
         },
     };
-    HttpResponse::build(status)
+    let mut response = HttpResponse::build(status);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // As for HL7: its destination is down; the engine retries it, a resend waits as long.
+        response.insert_header((header::RETRY_AFTER, "30"));
+    }
+    response
         .insert_header(("X-Orbiter-Transaction", id.clone()))
         .json(serde_json::json!({
             "id": id,
