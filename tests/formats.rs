@@ -299,6 +299,24 @@ async fn a_csv_file_whose_header_cannot_be_read_is_refused_whole() {
     );
 }
 
+/// A FHIR body that starts with a UTF-8 byte order mark (PowerShell, Notepad and many Windows
+/// exports write one) is taken and delivered, as BOM-prefixed HL7 v2, C-CDA and CSV are: it
+/// was refused as "not JSON (line 1, column 1)".
+#[tokio::test]
+async fn a_fhir_body_with_a_byte_order_mark_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path());
+    let mut body = b"\xEF\xBB\xBF".to_vec();
+    body.extend(fixture("fhir/patient.json"));
+    let resp = engine.ingest("/fhir", "application/fhir+json", body).await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    let tx = settled_id(&engine, answer["id"].as_str().unwrap()).await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+    assert_eq!(tx["message_type"], "Patient", "{tx}");
+    assert_eq!(total(&engine, "Patient?_id=pat-2002").await, 1);
+}
+
 #[tokio::test]
 async fn a_collection_bundle_is_written_as_a_transaction() {
     let dir = tempfile::tempdir().unwrap();
