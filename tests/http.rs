@@ -174,6 +174,24 @@ async fn refusals_are_defined() {
         "{outcome}"
     );
 
+    // A compressed body is refused as such, not journaled as bytes that are "not HL7".
+    let resp = client()
+        .post(format!("http://{}/hl7v2", engine.http))
+        .header("Content-Type", "application/hl7-v2")
+        .header("Content-Encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 0x08, 0x00, 0x00])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    assert_eq!(resp.headers()["accept-encoding"], "identity");
+    let outcome: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        outcome["issue"][0]["diagnostics"],
+        "Content-Encoding \"gzip\" is not taken: send the body uncompressed",
+        "{outcome}"
+    );
+
     let mut big = common::adt("R3");
     big.extend(std::iter::repeat_n(b'x', 8192));
     let resp = engine.ingest("/hl7v2", "application/hl7-v2", big).await;
@@ -195,7 +213,7 @@ async fn refusals_are_defined() {
         "orbiter_http_refused_total{code=\"404\"} 1",
         "orbiter_http_refused_total{code=\"405\"} 1",
         "orbiter_http_refused_total{code=\"413\"} 1",
-        "orbiter_http_refused_total{code=\"415\"} 3",
+        "orbiter_http_refused_total{code=\"415\"} 4",
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }

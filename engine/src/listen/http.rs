@@ -253,6 +253,22 @@ async fn ingest_request(
             &format!("this path takes {}, not {format}", described(&takes)),
         );
     }
+    // A compressed body would be journaled as its compressed bytes and refused as "not HL7",
+    // "not JSON" or a CSV header "not UTF-8": say what is wrong instead.
+    if let Some(coding) = req.headers().get(header::CONTENT_ENCODING) {
+        let coding = coding.to_str().unwrap_or("?").trim();
+        if !coding.is_empty() && !coding.eq_ignore_ascii_case("identity") {
+            let mut refused = refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!("Content-Encoding {coding:?} is not taken: send the body uncompressed"),
+            );
+            refused.headers_mut().insert(
+                header::ACCEPT_ENCODING,
+                header::HeaderValue::from_static("identity"),
+            );
+            return refused;
+        }
+    }
     let declared_len = req
         .headers()
         .get(header::CONTENT_LENGTH)
