@@ -258,6 +258,65 @@ async fn a_csv_file_becomes_one_transaction_a_row() {
     );
 }
 
+/// A header row that cannot be read (here a Latin-1 column name in a file sent as UTF-8) is the
+/// file's fault: 400 naming the column and the fix, nothing journaled, as for a file with no
+/// header. (It was journaled as one failed "row" and answered 202, its data rows dropped.)
+#[tokio::test]
+async fn a_csv_file_whose_header_cannot_be_read_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path());
+    let mut file = b"mrn,family,given,birth_date,sex,loinc,test_name,value,unit,ref_low,ref_high,collected_at,Pr\xe9nom\n".to_vec();
+    for mrn in ["MRN-H1", "MRN-H2"] {
+        file.extend_from_slice(
+            format!(
+                "{mrn},A,B,1970-01-01,M,2345-7,Glucose,5.0,mmol/L,3.9,6.1,2026-11-30T08:00:00Z,x\n"
+            )
+            .as_bytes(),
+        );
+    }
+    let resp = engine.ingest("/csv/lab", "text/csv", file.clone()).await;
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(!resp.headers().contains_key("x-orbiter-transaction"));
+    let outcome: serde_json::Value = resp.json().await.unwrap();
+    let text = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(
+        text.starts_with("line 1: header column 13 is not UTF-8")
+            && text.contains("charset=ISO-8859-1"),
+        "{outcome}"
+    );
+    let (_, page) = engine.api("/api/transactions?limit=10").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
+    // Sent as what it is, the same file is taken, every row.
+    let resp = engine
+        .ingest("/csv/lab", "text/csv; charset=ISO-8859-1", file)
+        .await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        (body["rows"].as_u64(), body["failed"].as_u64()),
+        (Some(2), Some(0)),
+        "{body}"
+    );
+}
+
+/// A FHIR body that starts with a UTF-8 byte order mark (PowerShell, Notepad and many Windows
+/// exports write one) is taken and delivered, as BOM-prefixed HL7 v2, C-CDA and CSV are: it
+/// was refused as "not JSON (line 1, column 1)".
+#[tokio::test]
+async fn a_fhir_body_with_a_byte_order_mark_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start(dir.path());
+    let mut body = b"\xEF\xBB\xBF".to_vec();
+    body.extend(fixture("fhir/patient.json"));
+    let resp = engine.ingest("/fhir", "application/fhir+json", body).await;
+    assert_eq!(resp.status().as_u16(), 202);
+    let answer: serde_json::Value = resp.json().await.unwrap();
+    let tx = settled_id(&engine, answer["id"].as_str().unwrap()).await;
+    assert_eq!(tx["status"], "delivered", "{tx}");
+    assert_eq!(tx["message_type"], "Patient", "{tx}");
+    assert_eq!(total(&engine, "Patient?_id=pat-2002").await, 1);
+}
+
 #[tokio::test]
 async fn a_collection_bundle_is_written_as_a_transaction() {
     let dir = tempfile::tempdir().unwrap();

@@ -151,10 +151,46 @@ async fn refusals_are_defined() {
         .ingest("/hl7v2", "image/png", common::adt("R2"))
         .await;
     assert_eq!(resp.status().as_u16(), 415);
+    // The refusal says what the path takes, with every type that names it.
+    let outcome: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        outcome["issue"][0]["diagnostics"],
+        "Content-Type \"image/png\": this path takes hl7v2 (application/hl7-v2, \
+         x-application/hl7-v2+er7 or text/plain)",
+        "{outcome}"
+    );
     let resp = engine
         .ingest("/hl7v2", "application/fhir+json", b"{}".to_vec())
         .await;
     assert_eq!(resp.status().as_u16(), 415);
+    let resp = engine
+        .ingest("/ccda", "application/json", b"{}".to_vec())
+        .await;
+    assert_eq!(resp.status().as_u16(), 415);
+    let outcome: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        outcome["issue"][0]["diagnostics"],
+        "this path takes ccda (application/xml, application/cda+xml or text/xml), not fhir",
+        "{outcome}"
+    );
+
+    // A compressed body is refused as such, not journaled as bytes that are "not HL7".
+    let resp = client()
+        .post(format!("http://{}/hl7v2", engine.http))
+        .header("Content-Type", "application/hl7-v2")
+        .header("Content-Encoding", "gzip")
+        .body(vec![0x1f, 0x8b, 0x08, 0x00, 0x00])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    assert_eq!(resp.headers()["accept-encoding"], "identity");
+    let outcome: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        outcome["issue"][0]["diagnostics"],
+        "Content-Encoding \"gzip\" is not taken: send the body uncompressed",
+        "{outcome}"
+    );
 
     let mut big = common::adt("R3");
     big.extend(std::iter::repeat_n(b'x', 8192));
@@ -171,6 +207,16 @@ async fn refusals_are_defined() {
     // Nothing of the refused requests reached the journal.
     let (_, page) = engine.api("/api/transactions?limit=10").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
+    // ... but an operator can see that senders are being turned away, and with what.
+    let metrics = engine.metrics().await;
+    for line in [
+        "orbiter_http_refused_total{code=\"404\"} 1",
+        "orbiter_http_refused_total{code=\"405\"} 1",
+        "orbiter_http_refused_total{code=\"413\"} 1",
+        "orbiter_http_refused_total{code=\"415\"} 4",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
 }
 
 /// A client that sends its headers and then stalls mid-body (or trickles too slowly) is
@@ -240,6 +286,37 @@ kind = "cdr"
 mode = "on-delivery"
 "#;
 
+/// Bearer auth whose token variable the engine was not given: nobody gets in, and the log
+/// says it is the engine's setup, not the sender's token.
+const UNSET_SECRET_CHANNEL: &str = r#"
+name = "fhir-unset"
+[source]
+kind = "http"
+path = "/unset"
+[source.auth]
+kind = "bearer"
+token_env = "TEST_INGEST_TOKEN_NEVER_SET"
+[transform]
+script = "scripts/fhir_in.rhai"
+[[destination]]
+kind = "cdr"
+"#;
+
+/// On-delivery to a FHIR server that is down (`{port}`: nothing listens there).
+const DOWN_CHANNEL: &str = r#"
+name = "fhir-down"
+[source]
+kind = "http"
+path = "/down"
+[transform]
+script = "scripts/fhir_in.rhai"
+[[destination]]
+kind = "http"
+url = "http://127.0.0.1:{port}/fhir"
+[ack]
+mode = "on-delivery"
+"#;
+
 /// The same with HTTP Basic credentials (the password from the environment).
 const BASIC_CHANNEL: &str = r#"
 name = "fhir-basic"
@@ -278,12 +355,15 @@ fn patient_bundle(mrn: &str) -> Vec<u8> {
 #[tokio::test]
 async fn fhir_documents_are_journaled_routed_and_delivered() {
     let dir = tempfile::tempdir().unwrap();
+    let down_channel = DOWN_CHANNEL.replace("{port}", &common::free_port().to_string());
     let pairs = channels_dir(
         dir.path(),
         &[
             ("fhir-in.toml", FHIR_CHANNEL),
             ("fhir-secured.toml", SECURED_CHANNEL),
             ("fhir-basic.toml", BASIC_CHANNEL),
+            ("fhir-unset.toml", UNSET_SECRET_CHANNEL),
+            ("fhir-down.toml", &down_channel),
         ],
         &[("fhir_in.rhai", FHIR_SCRIPT)],
     );
@@ -406,6 +486,37 @@ async fn fhir_documents_are_journaled_routed_and_delivered() {
     );
     let (_, found) = engine.api("/fhir/Patient?identifier=F3").await;
     assert_eq!(found["total"], 1, "{found}");
+
+    // A channel whose secret the engine lacks refuses everyone, and the log names the
+    // variable to set (the sender's credentials are not the problem).
+    let resp = client()
+        .post(format!("http://{}/unset", engine.http))
+        .header("Content-Type", "application/fhir+json")
+        .bearer_auth("anything")
+        .body(patient_bundle("F4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let log = engine.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("channel=fhir-unset"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+    assert!(
+        line.contains("secret is not set") && line.contains("TEST_INGEST_TOKEN_NEVER_SET"),
+        "{line}"
+    );
+
+    // On delivery to a destination that is down: 503 queued, with when to come back.
+    let resp = engine
+        .ingest("/down", "application/fhir+json", patient_bundle("F5"))
+        .await;
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().contains_key("x-orbiter-transaction"));
+    assert_eq!(resp.headers()["retry-after"], "30");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "queued", "{body}");
 }
 
 #[tokio::test]

@@ -37,6 +37,9 @@ pub struct Metrics {
     pub mllp_connections_total: IntCounter,
     /// Frames the MLLP decoder refused or lost, by reason (`oversize`, `truncated`, `idle`).
     pub mllp_frame_errors_total: IntCounterVec,
+    /// Requests on the HTTP ingest port answered without journaling anything, by the HTTP
+    /// status answered (`401`, `404`, `408`, `413`, `415`, `503`...): nothing else shows them.
+    pub http_refused_total: IntCounterVec,
     /// Bytes outside any MLLP frame (skipped, per the protocol).
     pub mllp_bytes_skipped_total: IntCounter,
     pub duplicates_total: IntCounter,
@@ -147,6 +150,14 @@ impl Metrics {
                 "MLLP frames refused or cut off, by reason",
             ),
             &["reason"],
+        )
+        .expect("metric");
+        let http_refused_total = IntCounterVec::new(
+            Opts::new(
+                "orbiter_http_refused_total",
+                "HTTP ingest requests answered without journaling anything, by HTTP status",
+            ),
+            &["code"],
         )
         .expect("metric");
         let mllp_bytes_skipped_total = IntCounter::new(
@@ -292,6 +303,7 @@ impl Metrics {
             Box::new(channel_ports_failing.clone()),
             Box::new(mllp_connections_total.clone()),
             Box::new(mllp_frame_errors_total.clone()),
+            Box::new(http_refused_total.clone()),
             Box::new(mllp_bytes_skipped_total.clone()),
             Box::new(duplicates_total.clone()),
             Box::new(channel_received_total.clone()),
@@ -329,6 +341,7 @@ impl Metrics {
             channel_ports_failing,
             mllp_connections_total,
             mllp_frame_errors_total,
+            http_refused_total,
             mllp_bytes_skipped_total,
             duplicates_total,
             channel_received_total,

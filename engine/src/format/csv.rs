@@ -156,6 +156,28 @@ impl CsvError {
         }
     }
 
+    /// The same problem met in the header row: a [`CsvError::Header`], which ends the file
+    /// (a row error there would be journaled as one failed row and the file's rows dropped).
+    fn in_header(self) -> CsvError {
+        let Some(line) = self.line() else {
+            return self;
+        };
+        let message = match self {
+            CsvError::RowTooLong { max, .. } => {
+                format!("row is longer than {max} bytes (max_row_bytes)")
+            }
+            CsvError::TooManyFields { max, .. } => {
+                format!("has more than {max} fields (max_fields)")
+            }
+            CsvError::NotUtf8 { field, .. } => format!(
+                "column {field} is not UTF-8 (a Latin-1 file? set `encoding = \"latin1\"` in \
+                 the channel's [csv], or send it as `text/csv; charset=ISO-8859-1`)"
+            ),
+            other => return other,
+        };
+        CsvError::Header { line, message }
+    }
+
     /// Does reading go on after this error? (A bad row is skipped; a broken stream or header
     /// ends the file.)
     pub fn is_row_error(&self) -> bool {
@@ -224,9 +246,12 @@ impl<R: Read> CsvReader<R> {
     /// the columns are named `1`, `2`, ... once the first record is read; empty before.
     pub fn headers(&mut self) -> Result<&[String], CsvError> {
         if self.headers.is_none() && self.options.has_header {
-            let row = match self.read_row()? {
-                Some(row) => row,
-                None => return Err(CsvError::NoHeader),
+            // A header that cannot be read is the file's error, not one bad row: without
+            // names, no row after it can be journaled.
+            let row = match self.read_row() {
+                Ok(Some(row)) => row,
+                Ok(None) => return Err(CsvError::NoHeader),
+                Err(e) => return Err(e.in_header()),
             };
             self.headers = Some(check_headers(row)?);
         }
@@ -658,6 +683,40 @@ mod tests {
         let rows = read_all("a,b\n1,2,3,4,5,6,7\n8,9\n", &options, 64);
         assert!(matches!(rows[0], Err(ref e) if e.contains("more than 3 fields")));
         assert_eq!(rows[1], rec(3, &["8", "9"]));
+    }
+
+    /// A header row that cannot be read ends the file with a header error (so a source
+    /// refuses the file), never one bad "row" after which the data rows are silently dropped.
+    #[test]
+    fn a_header_that_cannot_be_read_ends_the_file() {
+        let small = CsvOptions {
+            max_row_bytes: 8,
+            max_fields: 2,
+            ..CsvOptions::default()
+        };
+        for (input, options, says) in [
+            (
+                &b"mrn,Pr\xe9nom\n1,2\n3,4\n"[..],
+                CsvOptions::default(),
+                "line 1: header column 2 is not UTF-8",
+            ),
+            (
+                &b"mrn,family_name\n1,2\n"[..],
+                small.clone(),
+                "line 1: header row is longer than 8 bytes",
+            ),
+            (
+                &b"a,b,c\n1,2,3\n"[..],
+                small,
+                "line 1: header has more than 2 fields",
+            ),
+        ] {
+            let items: Vec<_> = CsvReader::new(input, &options).collect();
+            assert_eq!(items.len(), 1, "{items:?}");
+            let e = items[0].as_ref().unwrap_err();
+            assert!(!e.is_row_error(), "{e}");
+            assert!(e.to_string().starts_with(says), "{e}");
+        }
     }
 
     #[test]

@@ -85,8 +85,10 @@ fn bundle_types() -> &'static [&'static str] {
 }
 const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"];
 
-/// Parses and checks a body.
+/// Parses and checks a body. A leading UTF-8 byte order mark (Windows tools write one) is
+/// skipped, as JSON parsers may (RFC 8259 §8.1) and as the HL7 v2, C-CDA and CSV readers do.
 pub fn parse(bytes: &[u8]) -> Result<Value, FhirInputError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let value: Value = serde_json::from_slice(bytes).map_err(|e| FhirInputError::Json {
         line: e.line(),
         column: e.column(),

@@ -74,6 +74,23 @@ impl Format {
         }
     }
 
+    /// Every format, in the order refusals list them.
+    pub const ALL: [Format; 4] = [Format::Hl7v2, Format::Fhir, Format::Ccda, Format::Csv];
+
+    /// The HTTP `Content-Type`s (without parameters) that name this format.
+    pub fn content_types(self) -> &'static [&'static str] {
+        match self {
+            Format::Hl7v2 => &[
+                "application/hl7-v2",
+                "x-application/hl7-v2+er7",
+                "text/plain",
+            ],
+            Format::Fhir => &["application/fhir+json", "application/json"],
+            Format::Ccda => &["application/xml", "application/cda+xml", "text/xml"],
+            Format::Csv => &["text/csv"],
+        }
+    }
+
     /// The format an HTTP `Content-Type` names (parameters such as `charset` ignored).
     pub fn from_content_type(content_type: &str) -> Option<Format> {
         let essence = content_type
@@ -82,13 +99,9 @@ impl Format {
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
-        match essence.as_str() {
-            "application/hl7-v2" | "x-application/hl7-v2+er7" | "text/plain" => Some(Format::Hl7v2),
-            "application/fhir+json" | "application/json" => Some(Format::Fhir),
-            "application/xml" | "application/cda+xml" | "text/xml" => Some(Format::Ccda),
-            "text/csv" => Some(Format::Csv),
-            _ => None,
-        }
+        Format::ALL
+            .into_iter()
+            .find(|f| f.content_types().contains(&essence.as_str()))
     }
 
     /// A guess from a file name's extension, for folder and SFTP sources without a `format`.

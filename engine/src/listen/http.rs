@@ -136,10 +136,37 @@ fn operation_outcome(severity: &str, code: &str, text: &str) -> serde_json::Valu
     })
 }
 
+/// One request; a refusal that journaled nothing (wrong path, method, type, size,
+/// credentials, a stalled or broken body, not stored) is counted, as nothing else shows it.
 async fn ingest(
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     state: web::Data<IngestState>,
+) -> HttpResponse {
+    let response = ingest_request(&req, payload, &state).await;
+    let status = response.status();
+    if (status.is_client_error() || status.is_server_error())
+        && !response.headers().contains_key("x-orbiter-transaction")
+    {
+        state
+            .metrics
+            .http_refused_total
+            .with_label_values(&[status.as_str()])
+            .inc();
+        tracing::debug!(
+            path = %req.path(),
+            peer = %req.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            status = status.as_u16(),
+            "ingest request refused, nothing journaled"
+        );
+    }
+    response
+}
+
+async fn ingest_request(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    state: &IngestState,
 ) -> HttpResponse {
     let path = req.path().to_string();
     let set = state.channels.current();
@@ -168,16 +195,30 @@ async fn ingest(
     }
     for channel in &owners {
         if let Some(auth) = &channel.def.source.auth {
-            if !authorized(auth, &req) {
+            if let Err(refusal) = authorized(auth, req) {
                 // Logged so that whoever sets up a sender sees why it is refused (never what
                 // it presented).
-                tracing::warn!(
-                    channel = %channel.name(),
-                    %path,
-                    peer = %req.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
-                    presented = req.headers().contains_key(header::AUTHORIZATION),
-                    "ingest request refused: no or wrong credentials"
-                );
+                let peer = req.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                let presented = req.headers().contains_key(header::AUTHORIZATION);
+                match refusal {
+                    AuthRefusal::Credentials => tracing::warn!(
+                        channel = %channel.name(),
+                        %path,
+                        %peer,
+                        presented,
+                        "ingest request refused: no or wrong credentials"
+                    ),
+                    // Not the sender's fault: every request is refused until it is set.
+                    AuthRefusal::SecretUnset(variable) => tracing::warn!(
+                        channel = %channel.name(),
+                        %path,
+                        %peer,
+                        %variable,
+                        "ingest request refused: the channel's [source.auth] secret is not set \
+                         (its environment variable is unset or empty in the engine), so no \
+                         credentials are taken"
+                    ),
+                }
                 return HttpResponse::Unauthorized()
                     .insert_header((header::WWW_AUTHENTICATE, challenge(auth)))
                     .json(operation_outcome("error", "login", "unauthorized"));
@@ -189,19 +230,43 @@ async fn ingest(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // What this path takes: its channel's declared format, HL7 v2 at the shared path, else any.
+    let takes: Vec<Format> = match owners.iter().find_map(|c| c.def.source.format) {
+        Some(declared) => vec![declared],
+        None if shared_hl7 => vec![Format::Hl7v2],
+        None => Format::ALL.to_vec(),
+    };
     let Some(format) = Format::from_content_type(content_type) else {
+        let shown = if content_type.is_empty() {
+            "no Content-Type".to_string()
+        } else {
+            format!("Content-Type {content_type:?}")
+        };
         return refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/hl7-v2, x-application/hl7-v2+er7, text/plain, \
-             application/fhir+json, application/xml, application/cda+xml or text/csv",
+            &format!("{shown}: this path takes {}", described(&takes)),
         );
     };
-    if let Some(declared) = owners.iter().find_map(|c| c.def.source.format) {
-        if declared != format {
-            return refuse(
+    if !takes.contains(&format) {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("this path takes {}, not {format}", described(&takes)),
+        );
+    }
+    // A compressed body would be journaled as its compressed bytes and refused as "not HL7",
+    // "not JSON" or a CSV header "not UTF-8": say what is wrong instead.
+    if let Some(coding) = req.headers().get(header::CONTENT_ENCODING) {
+        let coding = coding.to_str().unwrap_or("?").trim();
+        if !coding.is_empty() && !coding.eq_ignore_ascii_case("identity") {
+            let mut refused = refuse(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                &format!("this path takes {declared} documents, not {format}"),
+                &format!("Content-Encoding {coding:?} is not taken: send the body uncompressed"),
             );
+            refused.headers_mut().insert(
+                header::ACCEPT_ENCODING,
+                header::HeaderValue::from_static("identity"),
+            );
+            return refused;
         }
     }
     let declared_len = req
@@ -213,12 +278,6 @@ async fn ingest(
         return too_large();
     }
     let peer = req.peer_addr().map(|a| a.to_string());
-    if shared_hl7 && format != Format::Hl7v2 {
-        return refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            &format!("{SHARED_HL7_PATH} takes HL7 v2, not {format}"),
-        );
-    }
     let (listener, source) = if shared_hl7 {
         (HL7_OVER_HTTP_LISTENER.to_string(), SourceKind::Mllp)
     } else {
@@ -233,7 +292,7 @@ async fn ingest(
     );
     if format == Format::Csv {
         let charset = crate::format::csv::CsvEncoding::from_content_type(content_type);
-        return ingest_csv(&state, &intake, &mut payload, path, peer, charset).await;
+        return ingest_csv(state, &intake, &mut payload, path, peer, charset).await;
     }
     let body = match read_body(&mut payload, state.max_body_bytes, state.body_idle).await {
         Ok(body) => body,
@@ -266,6 +325,21 @@ async fn ingest(
             }
         }
     }
+}
+
+/// The formats a path takes, with their `Content-Type`s: `ccda (application/xml,
+/// application/cda+xml or text/xml)`.
+fn described(formats: &[Format]) -> String {
+    let one = |f: &Format| {
+        let types = f.content_types();
+        let (last, rest) = types.split_last().expect("every format has a type");
+        if rest.is_empty() {
+            format!("{f} ({last})")
+        } else {
+            format!("{f} ({} or {last})", rest.join(", "))
+        }
+    };
+    formats.iter().map(one).collect::<Vec<_>>().join(", ")
 }
 
 /// The next piece of a body; `Err(408)` when none comes within `idle`.
@@ -359,7 +433,12 @@ fn document_reply(reply: crate::intake::DocumentReply) -> HttpResponse {
             _ => (StatusCode::OK, "delivered", None),
         },
     };
-    HttpResponse::build(status)
+    let mut response = HttpResponse::build(status);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // As for HL7: its destination is down; the engine retries it, a resend waits as long.
+        response.insert_header((header::RETRY_AFTER, "30"));
+    }
+    response
         .insert_header(("X-Orbiter-Transaction", id.clone()))
         .json(serde_json::json!({
             "id": id,
@@ -501,9 +580,18 @@ fn challenge(auth: &HttpAuthDef) -> &'static str {
     }
 }
 
+/// Why a request was not let in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AuthRefusal {
+    /// No credentials, or not the channel's.
+    Credentials,
+    /// The channel's secret is not in the engine's environment (the variable named here).
+    SecretUnset(String),
+}
+
 /// Whether the request carries the credentials the channel asks for. A secret that is not set
 /// in the environment lets nobody in.
-fn authorized(auth: &HttpAuthDef, req: &HttpRequest) -> bool {
+fn authorized(auth: &HttpAuthDef, req: &HttpRequest) -> Result<(), AuthRefusal> {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -519,21 +607,25 @@ fn authorized(auth: &HttpAuthDef, req: &HttpRequest) -> bool {
     match auth {
         HttpAuthDef::Bearer { token_env } => {
             let Some(expected) = std::env::var(token_env).ok().filter(|t| !t.is_empty()) else {
-                return false;
+                return Err(AuthRefusal::SecretUnset(token_env.clone()));
             };
             presented
                 .strip_prefix("Bearer ")
                 .is_some_and(|t| same(t.trim(), &expected))
+                .then_some(())
+                .ok_or(AuthRefusal::Credentials)
         }
         HttpAuthDef::Basic { user, password_env } => {
             let Some(password) = std::env::var(password_env).ok().filter(|t| !t.is_empty()) else {
-                return false;
+                return Err(AuthRefusal::SecretUnset(password_env.clone()));
             };
             // Compared encoded, without decoding what the caller sent.
             let expected = crate::script::v2fhir::base64(format!("{user}:{password}").as_bytes());
             presented
                 .strip_prefix("Basic ")
                 .is_some_and(|t| same(t.trim(), &expected))
+                .then_some(())
+                .ok_or(AuthRefusal::Credentials)
         }
     }
 }
