@@ -174,6 +174,25 @@ async fn refusals_are_defined() {
         "{outcome}"
     );
 
+    // A CSV whose charset the reader cannot decode is refused whole, not read as UTF-8 and
+    // failed row by row.
+    let resp = engine
+        .ingest(
+            "/csv/lab",
+            "text/csv; charset=windows-1252",
+            b"mrn,family\n1,M\xfcller\n".to_vec(),
+        )
+        .await;
+    assert_eq!(resp.status().as_u16(), 415);
+    let outcome: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        outcome["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .starts_with("charset \"windows-1252\" is not one a CSV path reads"),
+        "{outcome}"
+    );
+
     // A compressed body is refused as such, not journaled as bytes that are "not HL7".
     let resp = client()
         .post(format!("http://{}/hl7v2", engine.http))
@@ -213,7 +232,7 @@ async fn refusals_are_defined() {
         "orbiter_http_refused_total{code=\"404\"} 1",
         "orbiter_http_refused_total{code=\"405\"} 1",
         "orbiter_http_refused_total{code=\"413\"} 1",
-        "orbiter_http_refused_total{code=\"415\"} 4",
+        "orbiter_http_refused_total{code=\"415\"} 5",
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }

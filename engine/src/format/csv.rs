@@ -46,19 +46,23 @@ pub struct CsvOptions {
 }
 
 impl CsvEncoding {
-    /// The encoding a `Content-Type`'s `charset` parameter names, when it is one of ours
-    /// (`text/csv; charset=ISO-8859-1`); `None` without one or for any other.
-    pub fn from_content_type(content_type: &str) -> Option<CsvEncoding> {
-        let charset = content_type.split(';').skip(1).find_map(|p| {
+    /// The encoding a `Content-Type`'s `charset` parameter names (`text/csv;
+    /// charset=ISO-8859-1`); `Ok(None)` without one. `Err` with the charset as sent when it
+    /// names one the reader cannot decode: read as the channel's encoding instead, its rows
+    /// would fail one by one as "not UTF-8" although the sender said what they are.
+    pub fn from_content_type(content_type: &str) -> Result<Option<CsvEncoding>, String> {
+        let Some(charset) = content_type.split(';').skip(1).find_map(|p| {
             let (name, value) = p.split_once('=')?;
             name.trim()
                 .eq_ignore_ascii_case("charset")
-                .then(|| value.trim().trim_matches('"').to_ascii_lowercase())
-        })?;
-        match charset.as_str() {
-            "utf-8" | "utf8" | "us-ascii" => Some(CsvEncoding::Utf8),
-            "iso-8859-1" | "iso8859-1" | "latin1" | "latin-1" => Some(CsvEncoding::Latin1),
-            _ => None,
+                .then(|| value.trim().trim_matches('"').to_string())
+        }) else {
+            return Ok(None);
+        };
+        match charset.to_ascii_lowercase().as_str() {
+            "utf-8" | "utf8" | "us-ascii" => Ok(Some(CsvEncoding::Utf8)),
+            "iso-8859-1" | "iso8859-1" | "latin1" | "latin-1" => Ok(Some(CsvEncoding::Latin1)),
+            _ => Err(charset),
         }
     }
 }
@@ -552,17 +556,25 @@ mod tests {
     #[test]
     fn a_content_type_charset_names_the_encoding() {
         let of = CsvEncoding::from_content_type;
-        assert_eq!(of("text/csv"), None);
+        assert_eq!(of("text/csv"), Ok(None));
         assert_eq!(
             of("text/csv; charset=ISO-8859-1"),
-            Some(CsvEncoding::Latin1)
+            Ok(Some(CsvEncoding::Latin1))
         );
-        assert_eq!(of("text/csv;Charset=\"utf-8\""), Some(CsvEncoding::Utf8));
+        assert_eq!(
+            of("text/csv;Charset=\"utf-8\""),
+            Ok(Some(CsvEncoding::Utf8))
+        );
         assert_eq!(
             of("text/csv; header=present; charset=latin1"),
-            Some(CsvEncoding::Latin1)
+            Ok(Some(CsvEncoding::Latin1))
         );
-        assert_eq!(of("text/csv; charset=shift_jis"), None);
+        // Named, and not one the reader decodes: refused with the name as sent.
+        assert_eq!(of("text/csv; charset=Shift_JIS"), Err("Shift_JIS".into()));
+        assert_eq!(
+            of("text/csv; charset=\"windows-1252\""),
+            Err("windows-1252".into())
+        );
     }
 
     #[test]

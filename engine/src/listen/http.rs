@@ -291,7 +291,18 @@ async fn ingest_request(
         Some(state.pipeline.clone()),
     );
     if format == Format::Csv {
-        let charset = crate::format::csv::CsvEncoding::from_content_type(content_type);
+        let charset = match crate::format::csv::CsvEncoding::from_content_type(content_type) {
+            Ok(charset) => charset,
+            Err(charset) => {
+                return refuse(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    &format!(
+                        "charset {charset:?} is not one a CSV path reads: send UTF-8 or \
+                         ISO-8859-1 (`text/csv; charset=ISO-8859-1`)"
+                    ),
+                )
+            }
+        };
         return ingest_csv(state, &intake, &mut payload, path, peer, charset).await;
     }
     let body = match read_body(&mut payload, state.max_body_bytes, state.body_idle).await {
