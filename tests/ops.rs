@@ -577,11 +577,11 @@ fn has_line(out: &str, level: &str, subject: &str) -> bool {
         .any(|l| l.starts_with(level) && l[level.len()..].trim_start().starts_with(subject))
 }
 
-#[test]
-fn doctor_passes_a_good_setup_and_names_what_is_broken() {
-    let dir = tempfile::tempdir().unwrap();
+/// A setup the doctor passes: the shipped channels and scripts, three free loopback ports
+/// (admin, mllp, http, in that order after the two dirs).
+fn doctor_env() -> Vec<(&'static str, String)> {
     let port = || format!("127.0.0.1:{}", free_port());
-    let good = [
+    vec![
         (
             "ORBITER_CHANNELS_DIR",
             repo_root().join("channels").display().to_string(),
@@ -593,7 +593,13 @@ fn doctor_passes_a_good_setup_and_names_what_is_broken() {
         ("ORBITER_ADMIN_ADDR", port()),
         ("ORBITER_MLLP_ADDR", port()),
         ("ORBITER_HTTP_ADDR", port()),
-    ];
+    ]
+}
+
+#[test]
+fn doctor_passes_a_good_setup_and_names_what_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = doctor_env();
     let data = dir.path().join("data");
     let data_arg = data.display().to_string();
     let (code, out) = doctor(&["--data", &data_arg], &good, dir.path());
@@ -650,25 +656,12 @@ fn doctor_passes_a_good_setup_and_names_what_is_broken() {
 #[test]
 fn doctor_says_why_the_cdr_is_unreachable_without_its_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let port = || format!("127.0.0.1:{}", free_port());
     let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed = reserved.local_addr().unwrap().port();
     drop(reserved);
     let env = |url: String, ca: Option<String>| {
-        let mut env = vec![
-            (
-                "ORBITER_CHANNELS_DIR",
-                repo_root().join("channels").display().to_string(),
-            ),
-            (
-                "ORBITER_SCRIPTS_DIR",
-                repo_root().join("scripts").display().to_string(),
-            ),
-            ("ORBITER_ADMIN_ADDR", port()),
-            ("ORBITER_MLLP_ADDR", port()),
-            ("ORBITER_HTTP_ADDR", port()),
-            ("ORBITER_CDR_URL", url),
-        ];
+        let mut env = doctor_env();
+        env.push(("ORBITER_CDR_URL", url));
         env.extend(ca.map(|ca| ("ORBITER_CDR_TLS_CA", ca)));
         env
     };
