@@ -257,7 +257,21 @@ impl<R: Read> CsvReader<R> {
                 Ok(None) => return Err(CsvError::NoHeader),
                 Err(e) => return Err(e.in_header()),
             };
-            self.headers = Some(check_headers(row)?);
+            let line = row.line;
+            let names = check_headers(row)?;
+            if let [only] = names.as_slice() {
+                if let Some(other) = another_delimiter(only, self.options.delimiter) {
+                    return Err(CsvError::Header {
+                        line,
+                        message: format!(
+                            "is one column whose name holds {:?}: the file looks delimited by \
+                             {:?}, not by the channel's [csv] delimiter {:?}",
+                            other as char, other as char, self.options.delimiter as char
+                        ),
+                    });
+                }
+            }
+            self.headers = Some(names);
         }
         Ok(self.headers.as_deref().unwrap_or_default())
     }
@@ -428,6 +442,15 @@ fn check_headers(row: CsvRecord) -> Result<Vec<String>, CsvError> {
         names.push(name);
     }
     Ok(names)
+}
+
+/// The delimiter a one-column header looks split by, when it is not the configured one: a
+/// `;` or tab file sent to a `,` channel reads as one column, and then every row would fail
+/// as "N fields where the header has 1" with nothing saying why.
+fn another_delimiter(only_column: &str, configured: u8) -> Option<u8> {
+    [b';', b'\t', b'|', b',']
+        .into_iter()
+        .find(|&d| d != configured && only_column.as_bytes().contains(&d))
 }
 
 /// A row as the script's `msg`: a map from header to value (all strings).
@@ -695,6 +718,37 @@ mod tests {
         let rows = read_all("a,b\n1,2,3,4,5,6,7\n8,9\n", &options, 64);
         assert!(matches!(rows[0], Err(ref e) if e.contains("more than 3 fields")));
         assert_eq!(rows[1], rec(3, &["8", "9"]));
+    }
+
+    /// A file split by another delimiter than the channel's reads as one column: refused
+    /// whole with a header error that names the delimiter it looks split by, not failed row
+    /// by row. A genuine one-column file is read.
+    #[test]
+    fn a_file_with_another_delimiter_is_refused_at_its_header() {
+        let options = CsvOptions::default();
+        let items: Vec<_> = CsvReader::new(&b"mrn;family\n1;Doe\n2;Roe\n"[..], &options).collect();
+        assert_eq!(items.len(), 1, "{items:?}");
+        let e = items[0].as_ref().unwrap_err();
+        assert!(!e.is_row_error(), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("line 1: header is one column whose name holds ';'"),
+            "{e}"
+        );
+        let semicolons = CsvOptions {
+            delimiter: b';',
+            ..CsvOptions::default()
+        };
+        let items: Vec<_> = CsvReader::new(&b"mrn,family\n1,Doe\n"[..], &semicolons).collect();
+        assert!(items[0]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("looks delimited by ','"));
+
+        let rows: Vec<_> = CsvReader::new(&b"mrn\n1\n2\n"[..], &options).collect();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(rows.iter().all(|r| r.is_ok()), "{rows:?}");
     }
 
     /// A header row that cannot be read ends the file with a header error (so a source
