@@ -504,20 +504,6 @@ pub fn x509_not_after(cert: &[u8]) -> Option<SystemTime> {
     Some(moment.into())
 }
 
-/// An error with its causes, `outer: inner: innermost`: reqwest keeps what went wrong
-/// (`Connection refused`, `invalid peer certificate: UnknownIssuer`) in its sources, and its
-/// own text alone ("error sending request") says nothing a person can act on.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// The CDR: embedded (nothing to reach), or an external server answering `metadata`, whose
 /// `Date` header also checks our clock.
 fn cdr(config: &Config) -> Vec<Finding> {
@@ -569,7 +555,7 @@ fn cdr(config: &Config) -> Vec<Finding> {
     match answer {
         Err(e) => findings.push(Finding::fail(
             "cdr",
-            format!("{shown}: {}", with_causes(&e.without_url())),
+            format!("{shown}: {}", crate::deliver::error_chain(&e.without_url())),
             "check ORBITER_CDR_URL and that the FHIR server is up and reachable from here \
              (an https server under a private CA: cdr.tls_ca)",
         )),

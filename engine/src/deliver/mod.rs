@@ -262,7 +262,7 @@ pub fn classify(status: u16, body: Value) -> Delivery {
 
 /// An error with its causes, `outer: inner: innermost` (reqwest hides the useful part, such as
 /// "connection refused", in its sources).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
